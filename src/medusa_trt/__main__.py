@@ -1,0 +1,3 @@
+from medusa_trt.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""The `medusa-trt` command line. Thin: each command parses, calls the library, renders.
+
+Heavy libraries (torch, transformers, tensorrt_llm) are imported inside command bodies only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from medusa_trt import __version__
+from medusa_trt.cli._common import err_console
+from medusa_trt.errors import EXIT_INTERRUPTED, EXIT_USAGE, MedusaTrtError
+
+app = typer.Typer(
+    name="medusa-trt",
+    help="Llama 3.x + Medusa speculative decoding: convert, build, serve and benchmark "
+    "(TensorRT-LLM on GPU hosts, a PyTorch reference runtime anywhere).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medusa-trt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", envvar="MEDUSA_TRT_DEBUG", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+# --- commands (one thin module each) ---------------------------------------------------------
+# Each module registers itself on `app` when imported; keep these imports light.
+from medusa_trt.cli import commands as _commands  # noqa: E402
+
+_commands.register(app)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (errors mapped to one line + hint)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = "--debug" in args or os.environ.get("MEDUSA_TRT_DEBUG", "") not in ("", "0")
+    try:
+        rv = app(args=args, prog_name="medusa-trt", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except MedusaTrtError as e:
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {e.message}", soft_wrap=True)
+        if e.hint:
+            err_console.print(f"[yellow]hint:[/] {e.hint}", soft_wrap=True)
+        return e.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print("interrupted")
+        return EXIT_INTERRUPTED
+    except typer.TyperException as e:  # click usage errors: bad option, missing argument
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"error: {e}")
+        return int(getattr(e, "exit_code", EXIT_USAGE))
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,1 @@
+"""Validated configuration: hardware profiles, model specs and presets, build specs."""

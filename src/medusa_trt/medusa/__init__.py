@@ -1,0 +1,1 @@
+"""Pure Medusa algorithm: trees, buffers, acceptance, tree optimizer. No files, no HTTP."""

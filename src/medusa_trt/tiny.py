@@ -1,0 +1,158 @@
+"""Tiny Llama 3-architecture models, tokenizers and Medusa heads, made locally.
+
+Used by the demo (the embedded default) and by the tests as real Hugging Face directories: a
+``config.json`` in either RoPE spelling, ``model.safetensors`` (or shards with an index), and a
+byte-level BPE tokenizer with a chat template. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+DEFAULT_CORPUS = (
+    "def main():\n    return 0\n\nclass Model:\n    def __init__(self, name):\n        self.name = name\n"
+    "The quick brown fox jumps over the lazy dog. Speculative decoding drafts tokens and verifies them.\n"
+) * 8
+
+RopeStyle = Literal["rope_scaling", "rope_parameters", "none"]
+
+
+def make_tokenizer(out_dir: str | Path, texts: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int = 320) -> Any:
+    """Train a byte-level BPE on ``texts`` and save it (tokenizer.json + tokenizer_config.json)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
+                                   eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def llama_config_dict(
+    *, vocab_size: int = 320, hidden_size: int = 64, intermediate_size: int = 128, num_hidden_layers: int = 2,
+    num_attention_heads: int = 4, num_key_value_heads: int = 2, max_position_embeddings: int = 256,
+    rope_theta: float = 500000.0, llama3_rope: bool = True, rms_norm_eps: float = 1e-5,
+    tie_word_embeddings: bool = False, bos_token_id: int = 0, eos_token_id: int = 2,
+) -> dict[str, Any]:
+    """A Llama 3.x config in the Hugging Face hub spelling (``rope_scaling`` + ``rope_theta``)."""
+    rope_scaling = None
+    if llama3_rope:  # original context a quarter of the table so tests can run past it
+        rope_scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": max(16, max_position_embeddings // 4)}
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab_size,
+        "hidden_size": hidden_size, "intermediate_size": intermediate_size, "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads,
+        "head_dim": hidden_size // num_attention_heads, "hidden_act": "silu",
+        "max_position_embeddings": max_position_embeddings, "rms_norm_eps": rms_norm_eps,
+        "rope_theta": rope_theta, "rope_scaling": rope_scaling, "tie_word_embeddings": tie_word_embeddings,
+        "attention_bias": False, "mlp_bias": False, "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+        "torch_dtype": "float32",
+    }
+
+
+def to_rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite a hub-style config into the transformers-5 ``rope_parameters`` spelling."""
+    out = {k: v for k, v in cfg.items() if k not in ("rope_scaling", "rope_theta")}
+    params = dict(cfg.get("rope_scaling") or {"rope_type": "default"})
+    params["rope_theta"] = cfg["rope_theta"]
+    out["rope_parameters"] = params
+    return out
+
+
+def make_tiny_llama(
+    out_dir: str | Path, *, seed: int = 0, rope_style: RopeStyle = "rope_scaling", shards: int = 1,
+    tokenizer: bool = True, dtype: str = "float32", **config: Any,
+) -> Path:
+    """Save a randomly initialised tiny LlamaForCausalLM as a Hugging Face directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = llama_config_dict(**config)
+    if tokenizer:
+        tok = make_tokenizer(out, vocab_size=min(cfg["vocab_size"], 320))
+        assert len(tok) <= cfg["vocab_size"], "model vocab must cover the tokenizer"
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).to(getattr(torch, dtype)).eval()
+    save_hf_model(model, out, cfg, rope_style=rope_style, shards=shards)
+    return out
+
+
+def save_hf_model(model: Any, out: Path, cfg: dict[str, Any], *, rope_style: RopeStyle = "rope_scaling",
+                  shards: int = 1) -> None:
+    """Write weights (one file, or ``shards`` files with an index) and config.json in the chosen spelling."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if cfg.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)  # tied checkpoints on the hub carry the embedding only
+    names = sorted(state)
+    if shards == 1:
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map: dict[str, str] = {}
+        for i in range(shards):
+            fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            part = {n: state[n] for n in names[i::shards]}
+            save_file(part, str(out / fname), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(part, fname))
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    written = dict(cfg, torch_dtype=str(next(iter(state.values())).dtype).removeprefix("torch."))
+    if rope_style == "rope_parameters":
+        written = to_rope_parameters(written)
+    (out / "config.json").write_text(json.dumps(written, indent=2))
+
+
+def make_medusa_heads(
+    out_dir: str | Path, *, hidden_size: int, vocab_size: int, num_heads: int = 3, num_layers: int = 1,
+    bias: bool = True, fmt: Literal["safetensors", "pt"] = "safetensors", seed: int = 0, scale: float = 0.05,
+    config_num_heads: int | None = None, lm_head: Any = None,
+) -> Path:
+    """Random FasterDecoding-format Medusa-1 heads: ``{k}.{l}.linear.*`` and ``{k}.{L}.weight``.
+
+    ``config_num_heads`` writes a different head count into config.json, as published checkpoints do.
+    ``lm_head`` (a [V, D] tensor) initialises every head's lm_head, as the paper does.
+    """
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    for k in range(num_heads):
+        for layer in range(num_layers):
+            state[f"{k}.{layer}.linear.weight"] = torch.randn(hidden_size, hidden_size, generator=g) * scale
+            if bias:
+                state[f"{k}.{layer}.linear.bias"] = torch.randn(hidden_size, generator=g) * scale
+        head = lm_head.clone() if lm_head is not None else torch.randn(vocab_size, hidden_size, generator=g) * scale
+        state[f"{k}.{num_layers}.weight"] = head.contiguous()
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(out / "medusa_lm_head.safetensors"))
+    else:
+        torch.save(state, out / "medusa_lm_head.pt")
+    config = {"medusa_num_heads": config_num_heads or num_heads, "medusa_num_layers": num_layers,
+              "hidden_size": hidden_size, "vocab_size": vocab_size, "base_model_name_or_path": "tiny-llama"}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
