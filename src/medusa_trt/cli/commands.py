@@ -11,6 +11,8 @@ import typer
 
 COMMAND_MODULES: tuple[str, ...] = (
     # one entry per command module, in the order `--help` lists them
+    "profiles", "plan",
+    "heads", "tree", "demo", "bench", "build", "convert", "run",
 )
 
 

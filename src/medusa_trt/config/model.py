@@ -57,6 +57,7 @@ class ModelSpec(BaseModel):
                                   hint="medusa-trt supports Llama 3.x checkpoints (model_type: llama).")
         try:
             params = cfg.get("rope_parameters")
+            scaling: dict[str, Any] | None
             if params:  # transformers 5: theta lives inside rope_parameters
                 theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
                 scaling = {k: v for k, v in params.items() if k != "rope_theta"}

@@ -1,0 +1,144 @@
+"""Conversion throughput and peak RSS on a synthetic Llama-3.1-8B-shaped checkpoint.
+
+Makes a random bf16 checkpoint with 8B shapes (full 128256x4096 embedding and lm_head, N decoder
+layers; --layers 32 for the whole model), converts it at --tp 8 in a child process, and reports:
+  - convert throughput: bytes written / seconds (the call to convert_checkpoint, imports excluded);
+  - copy throughput: a plain copy of the source files on the same disk (shutil.copyfile);
+  - peak RSS of the converting process (ru_maxrss of the child).
+Several --layers values show how RSS grows with model size. Everything is deleted afterwards unless --keep.
+
+    .venv/bin/python benchmarks/convert.py --layers 1 2 --tp 8 --workers 8 --dir /tmp/convert-bench
+
+Disk: the output at tp 8 holds the embedding 8 times (8 x 1.05 GB) plus lm_head and layers (~0.44 GB
+each at bf16): about 10 GB for 2 layers, 23 GB for 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
+          "head_dim": 128}
+
+
+def make_source(out: Path, layers: int, vocab: int) -> int:
+    """A sharded bf16 HF Llama checkpoint with 8B shapes; one shard per layer keeps memory low."""
+    import torch
+    from safetensors.torch import save_file
+
+    from medusa_trt.tiny import llama_config_dict
+
+    out.mkdir(parents=True)
+    d, i, kv = SHAPES["hidden_size"], SHAPES["intermediate_size"], SHAPES["num_key_value_heads"] * SHAPES["head_dim"]
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, dtype=torch.float32) * 0.02).to(torch.bfloat16)
+
+    shards: list[dict[str, torch.Tensor]] = [
+        {"model.embed_tokens.weight": rnd(vocab, d)}, {"lm_head.weight": rnd(vocab, d), "model.norm.weight": rnd(d)}]
+    for layer in range(layers):
+        p = f"model.layers.{layer}."
+        shards.append({f"{p}self_attn.q_proj.weight": rnd(d, d), f"{p}self_attn.k_proj.weight": rnd(kv, d),
+                       f"{p}self_attn.v_proj.weight": rnd(kv, d), f"{p}self_attn.o_proj.weight": rnd(d, d),
+                       f"{p}mlp.gate_proj.weight": rnd(i, d), f"{p}mlp.up_proj.weight": rnd(i, d),
+                       f"{p}mlp.down_proj.weight": rnd(d, i), f"{p}input_layernorm.weight": rnd(d),
+                       f"{p}post_attention_layernorm.weight": rnd(d)})
+    weight_map: dict[str, str] = {}
+    total = 0
+    for n, shard in enumerate(shards):
+        name = f"model-{n + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+        total += (out / name).stat().st_size
+        shard.clear()  # free this shard before generating the next
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    cfg = llama_config_dict(vocab_size=vocab, num_hidden_layers=layers, max_position_embeddings=131072, **{
+        k: v for k, v in SHAPES.items() if k != "head_dim"})
+    cfg["torch_dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(cfg))
+    return total
+
+
+CHILD = """
+import json, resource, sys
+from pathlib import Path
+from medusa_trt.checkpoint import convert_checkpoint
+src, out, tp, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+r = convert_checkpoint(src, out, tp=tp, workers=workers, progress=False)
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+print(json.dumps({"bytes": r.bytes_written, "seconds": r.seconds, "peak_rss_mb": peak_mb}))
+"""
+
+
+def convert_in_child(src: Path, out: Path, tp: int, workers: int) -> dict[str, float]:
+    """Convert in a fresh process so its ru_maxrss is the conversion's own peak RSS."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(tp), str(workers)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"convert failed:\n{proc.stderr[-2000:]}")
+    doc: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return doc
+
+
+def copy_throughput(src: Path, dst: Path) -> dict[str, float]:
+    dst.mkdir()
+    t0 = time.perf_counter()
+    total = 0
+    for f in sorted(src.iterdir()):
+        shutil.copyfile(f, dst / f.name)
+        total += f.stat().st_size
+    return {"bytes": total, "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, nargs="+", default=[2], help="decoder layers (32 = the full 8B); "
+                    "several values: RSS growth (run smallest first)")
+    ap.add_argument("--tp", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=128256)
+    ap.add_argument("--dir", type=Path, default=None, help="work directory (source, copy, output); default a "
+                    "temp dir under /tmp")
+    ap.add_argument("--keep", action="store_true", help="keep the files")
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="convert-bench-", dir=args.dir))
+    rows = []
+    try:
+        for layers in sorted(args.layers):
+            src, cp, out = work / f"src-{layers}", work / f"copy-{layers}", work / f"out-{layers}"
+            src_bytes = make_source(src, layers, args.vocab)
+            copy = copy_throughput(src, cp)
+            shutil.rmtree(cp)
+            conv = convert_in_child(src, out, args.tp, args.workers)
+            rows.append({"layers": layers, "tp": args.tp, "workers": args.workers, "source_bytes": src_bytes,
+                         "convert_bytes": conv["bytes"], "convert_s": round(conv["seconds"], 2),
+                         "convert_MBps": round(conv["bytes"] / conv["seconds"] / 1e6, 1),
+                         "copy_MBps": round(copy["bytes"] / copy["seconds"] / 1e6, 1),
+                         "ratio_vs_copy": round(conv["bytes"] / conv["seconds"] / (copy["bytes"] / copy["seconds"]), 2),
+                         "peak_rss_MB": round(conv["peak_rss_mb"])})
+            shutil.rmtree(out)
+            shutil.rmtree(src)
+            if not args.json:
+                r = rows[-1]
+                print(f"layers={layers} tp={args.tp}: wrote {r['convert_bytes'] / 1e9:.2f} GB in {r['convert_s']} s "
+                      f"= {r['convert_MBps']} MB/s; copy {r['copy_MBps']} MB/s; ratio {r['ratio_vs_copy']}; "
+                      f"peak RSS {r['peak_rss_MB']} MB", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"host": os.uname().nodename, "cpus": os.cpu_count(), "runs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

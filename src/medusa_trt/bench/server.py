@@ -1,0 +1,145 @@
+"""The server under test: a fast reachability probe, and our own server started for `--engine`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from medusa_trt.errors import InvalidInputError, ServerError
+
+MANIFEST = "medusa-trt.json"
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    model: str | None                      # first id of /v1/models, when the server lists one
+    version: Any = None                    # /version's answer, when it has one
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "model": self.model, "version": self.version, "headers": self.headers}
+
+
+def probe(url: str, timeout_s: float = 5.0) -> ServerInfo:
+    """Fail fast (ServerError) when nothing answers at `url`; else the model and version it reports."""
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInputError(f"--url must start with http:// or https://, got {url!r}")
+    try:
+        with httpx.Client(base_url=url, timeout=timeout_s) as c:
+            models = c.get("/v1/models")
+            info = ServerInfo(url=url, model=None)
+            if "server" in models.headers:
+                info.headers["server"] = models.headers["server"]
+            if models.status_code == 200:
+                data = models.json().get("data") or []
+                if data and isinstance(data[0], dict):
+                    info.model = data[0].get("id")
+            ver = c.get("/version")
+            if ver.status_code == 200:
+                try:
+                    info.version = ver.json()
+                except ValueError:
+                    info.version = ver.text[:200]
+            return info
+    except httpx.ConnectError as e:
+        raise ServerError(f"cannot reach {url}: {e}",
+                          hint="Start a server (`medusa-trt run ENGINE_DIR`) or check --url.") from None
+    except httpx.TimeoutException:
+        raise ServerError(f"{url} did not answer within {timeout_s:g} s",
+                          hint="Check that the server is up and not overloaded.") from None
+    except (httpx.HTTPError, ValueError) as e:
+        raise ServerError(f"{url}: unexpected answer to GET /v1/models ({e})") from None
+
+
+def read_engine_provenance(engine_dir: Path) -> dict[str, Any]:
+    """The engine manifest (medusa-trt.json) and the profile it was built for, when present."""
+    path = engine_dir / MANIFEST
+    out: dict[str, Any] = {"dir": str(engine_dir.resolve()), "manifest": None, "profile": None}
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError:
+            manifest = None
+        if isinstance(manifest, dict):
+            out["manifest"] = manifest
+            out["profile"] = manifest.get("profile") or manifest.get("profile_id") or manifest.get("profile_name")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, n: int = 5) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"the server exited with code {proc.returncode} before it was ready: {_tail(log)}",
+                              hint="Run `medusa-trt run ENGINE_DIR` by hand to see its full output.")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise ServerError(f"the server was not healthy after {timeout_s:g} s: {_tail(log)}",
+                      hint="Raise the start timeout or check the engine directory.")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def engine_server(engine_dir: Path, start_timeout_s: float = 600.0) -> Iterator[str]:
+    """Start `medusa-trt run ENGINE_DIR` on a free loopback port; yield its URL; stop it."""
+    if not engine_dir.is_dir():
+        raise InvalidInputError(f"engine directory not found: {engine_dir}",
+                                hint="Build one with `medusa-trt build`, or pass --url.")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--host", "127.0.0.1", "--port", str(port)]
+    with tempfile.TemporaryDirectory(prefix="medusa-trt-bench-") as tmp:
+        log = Path(tmp) / "server.log"
+        with log.open("wb") as fh:
+            # Own session: a Ctrl-C in the terminal reaches the bench, which then stops the server itself.
+            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+            try:
+                _wait_healthy(proc, url, log, start_timeout_s)
+                yield url
+            finally:
+                stop_process(proc)

@@ -1,0 +1,100 @@
+"""`medusa-trt bench`: measure an OpenAI-compatible server (or our own, started for --engine)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medusa_trt.cli._common import JsonOpt, emit_json, err_console
+from medusa_trt.errors import EXIT_INTERRUPTED, InvalidInputError
+
+
+def _parse_concurrency(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidInputError(f"--concurrency must be comma-separated integers, got {text!r}",
+                                hint="For example --concurrency 1,2,4.") from None
+    if not levels or any(c < 1 for c in levels):
+        raise InvalidInputError(f"--concurrency levels must be >= 1, got {text!r}")
+    return levels
+
+
+def bench_cmd(
+    url: Annotated[str | None, typer.Option("--url", help="Base URL of an OpenAI-compatible server.")] = None,
+    engine: Annotated[Path | None, typer.Option("--engine", help="Engine dir: start our server on a free "
+                                                "loopback port, measure, stop it.")] = None,
+    model: Annotated[str, typer.Option("--model", help="Model preset for --simulate.")] = "llama-3.1-70b",
+    served_model: Annotated[str | None, typer.Option("--served-model", help="The request's model name "
+                                                     "(default: the first id of /v1/models).")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", help="'builtin', a JSONL of prompts or a ShareGPT JSON.")] = "builtin",
+    num_prompts: Annotated[int, typer.Option("--num-prompts", help="Requests per concurrency level "
+                                             "(per Medusa mode with --compare-no-medusa).")] = 32,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Concurrent users, comma-separated levels.")] = "1",
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="max_tokens per request.")] = 128,
+    input_len: Annotated[int | None, typer.Option("--input-len", help="Cut or pad every prompt to this many "
+                                                  "CHARACTERS.")] = None,
+    compare: Annotated[bool, typer.Option("--compare-no-medusa", help="Interleave requests with Medusa on "
+                                          "and off; report the speedup and check greedy outputs match.")] = False,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed requests before measuring.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for drawing prompts.")] = 0,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
+    endpoint: Annotated[str, typer.Option("--endpoint", help="'chat' or 'completions'.")] = "chat",
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per request.")] = 300.0,
+    json_out_file: Annotated[Path | None, typer.Option("--json-out", help="Write the result JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: tokens/s/user and TTFT vs "
+                                              "concurrency.")] = None,
+    simulate: Annotated[str | None, typer.Option("--simulate", help="Hardware profile: print the analytic "
+                                                 "prediction at the measured tokens/step.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Benchmark a server: TTFT, TPOT, ITL, E2EL, tokens/s/user, tokens/step (vLLM key names)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from medusa_trt.bench import BenchConfig, run_benchmark
+    from medusa_trt.bench.metrics import RequestRecord
+    from medusa_trt.bench.report import render_table, summary_lines
+
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InvalidInputError(f"--plot must name a .png file, got {plot}")
+    cfg = BenchConfig(url=url, engine=engine, served_model=served_model, dataset=dataset, num_prompts=num_prompts,
+                      concurrency=_parse_concurrency(concurrency), max_tokens=max_tokens, input_len=input_len,
+                      compare_no_medusa=compare, warmup=warmup, seed=seed, temperature=temperature,
+                      endpoint=endpoint, request_timeout_s=timeout, simulate=simulate, sim_model=model,
+                      command=["medusa-trt", *sys.argv[1:]])
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, transient=True)
+    state: dict[str, Any] = {}
+
+    def on_level(c: int, n: int) -> None:
+        if "task" in state:
+            progress.remove_task(state["task"])
+        state["task"] = progress.add_task(f"concurrency {c}", total=n)
+
+    def on_request(_rec: RequestRecord) -> None:
+        progress.advance(state["task"])
+
+    if engine is not None:
+        err_console.print(f"starting the server for {engine} ...")
+    with progress:
+        report = run_benchmark(cfg, on_level=on_level, on_request=on_request)
+    err_console.print(render_table(report))
+    for line in summary_lines(report):
+        err_console.print(line, soft_wrap=True)
+    if json_out_file is not None:
+        err_console.print(f"wrote {report.write(json_out_file)}")
+    if plot is not None and report.runs:
+        from medusa_trt.bench.plot import write_plot
+
+        err_console.print(f"wrote {write_plot(report, plot)}")
+    if json_out:
+        emit_json(report.to_json())
+    if report.was_cancelled:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench_cmd)

@@ -1,0 +1,326 @@
+"""Hardware profiles: validated YAML describing the target machine and the engine settings.
+
+A profile is found by name in the profile directories (``$MEDUSA_TRT_PROFILES_DIR``, the repository's
+``profiles/`` in an editable install, the copy shipped in the wheel) or given as a YAML file path.
+Every problem is reported as ``path:line: key: message`` (lines from the composed YAML nodes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from medusa_trt.config import yaml_marks
+from medusa_trt.config.trtllm_flags import TRTLLM_BUILD_FLAGS, TRTLLM_BUILD_MANAGED, TRTLLM_BUILD_PLUGINS, closest
+from medusa_trt.config.yaml_marks import Issue
+from medusa_trt.errors import ProfileError, TreeError
+
+PROFILES_ENV = "MEDUSA_TRT_PROFILES_DIR"
+
+Dtype = Literal["float32", "float16", "bfloat16"]
+KvDtype = Literal["auto", "float32", "float16", "bfloat16", "fp8"]
+Pos = Annotated[float, Field(gt=0)]
+PosInt = Annotated[int, Field(ge=1)]
+FlagValue = str | bool | int | float
+
+DTYPE_BYTES: dict[str, float] = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DenseTflops(_Strict):
+    """Dense (not 2:4 sparse) tensor-core TFLOPS per datatype."""
+
+    fp8: Pos | None = None
+    bf16: Pos | None = None
+    fp16: Pos | None = None
+    fp32: Pos | None = None
+
+
+class Hardware(_Strict):
+    device: Literal["cuda", "cpu"] = "cuda"
+    gpu: str | None = None  # matched (case-insensitively, as a substring) against detected GPU names
+    count: PosInt = 1
+    memory_gib: Pos  # per device (host RAM budget for cpu profiles)
+    hbm_bandwidth_tbps: Pos  # per device memory bandwidth
+    interconnect_bandwidth_gbps: Pos  # per device, bidirectional (NVLink 4: 900)
+    allreduce_latency_us: Annotated[float, Field(ge=0)]  # small-message (<= 32 KiB) all-reduce
+    dense_tflops: DenseTflops = DenseTflops()
+
+
+class Parallelism(_Strict):
+    tp: PosInt = 1
+    pp: PosInt = 1
+
+
+class Precision(_Strict):
+    dtype: Dtype = "bfloat16"  # activations and unquantized weights
+    quantization: Literal["none", "fp8"] = "none"  # fp8: the linear layers inside the transformer blocks
+    kv_cache_dtype: KvDtype = "auto"  # auto: the same as dtype
+
+    @property
+    def kv_dtype(self) -> str:
+        return self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype
+
+
+class Limits(_Strict):
+    max_batch_size: PosInt
+    max_input_len: PosInt
+    max_seq_len: PosInt
+    max_num_tokens: PosInt
+
+
+class MedusaSection(_Strict):
+    num_heads: Annotated[int, Field(ge=1, le=10)]
+    num_layers: PosInt = 1
+    max_draft_len: PosInt
+    tree: str | list[list[int]]  # a shipped tree name, a tree file path, or the list of paths
+
+
+class Serve(_Strict):
+    """Settings for `trtllm-serve` (flag names per trtllm-cli-flags.md) and the reference server."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    kv_cache_free_gpu_memory_fraction: Annotated[float, Field(gt=0, le=1)] = 0.9
+    num_postprocess_workers: Annotated[int, Field(ge=0)] | None = None
+    log_level: Literal["verbose", "info", "warning", "error", "internal_error"] | None = None
+    extra_llm_api_options: dict[str, Any] = {}  # merged into the --config YAML (beside speculative_config)
+
+
+class HardwareProfile(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    description: str = ""
+    engine: Literal["trtllm", "reference"]
+    hardware: Hardware
+    parallelism: Parallelism = Parallelism()
+    precision: Precision = Precision()
+    limits: Limits
+    medusa: MedusaSection
+    trtllm_build: dict[str, FlagValue] = {}
+    runtime_env: dict[str, str | int | float | bool] = {}
+    serve: Serve = Serve()
+
+    _source: Path | None = PrivateAttr(default=None)
+    _tree: tuple[str, list[list[int]]] | None = PrivateAttr(default=None)  # (spec key, resolved paths)
+
+    @property
+    def source(self) -> Path | None:
+        """The YAML file this profile came from (None when built in code)."""
+        return self._source
+
+    @property
+    def tree(self) -> list[list[int]]:
+        """The Medusa tree (named trees resolved to their paths)."""
+        key = json.dumps(self.medusa.tree)  # model_copy keeps private attrs: re-resolve when the spec changed
+        if self._tree is None or self._tree[0] != key:
+            from medusa_trt.medusa.trees import load_tree
+
+            self._tree = (key, load_tree(self.medusa.tree))
+        return [list(p) for p in self._tree[1]]
+
+    @property
+    def id(self) -> str:
+        """Short content hash of the normalised profile (name and description excluded)."""
+        doc = self.model_dump(mode="json", exclude={"name", "description"})
+        doc["medusa"]["tree"] = self.tree
+        blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """runtime_env as strings (booleans as 1/0), ready for a subprocess environment."""
+        return {k: ("1" if v else "0") if isinstance(v, bool) else str(v) for k, v in self.runtime_env.items()}
+
+    def trtllm_build_args(self) -> list[str]:
+        """``trtllm-build`` argv from the ``trtllm_build`` mapping (limits and Medusa flags excluded).
+
+        Plugin/feature flags take a value (true -> enable, false -> disable); the other flags are
+        switches (true -> present, false -> absent) or take their value verbatim.
+        """
+        argv: list[str] = []
+        for key, value in self.trtllm_build.items():
+            if isinstance(value, bool) and key not in TRTLLM_BUILD_PLUGINS:
+                argv += [f"--{key}"] if value else []
+            elif isinstance(value, bool):
+                argv += [f"--{key}", "enable" if value else "disable"]
+            else:
+                argv += [f"--{key}", str(value)]
+        return argv
+
+
+# --- checks beyond the field types ---------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _cross_issues(p: HardwareProfile) -> list[Issue]:
+    issues: list[Issue] = []
+    for key in p.trtllm_build:
+        if key in TRTLLM_BUILD_MANAGED:
+            issues.append(Issue(("trtllm_build", key), f"'{key}' is set by medusa-trt",
+                                hint=f"Set it through {TRTLLM_BUILD_MANAGED[key]}.", on_key=True))
+        elif key not in TRTLLM_BUILD_FLAGS:
+            guess = closest(key, TRTLLM_BUILD_FLAGS)
+            issues.append(Issue(("trtllm_build", key), f"'{key}' is not a trtllm-build flag",
+                                hint=(f"Did you mean '{guess}'? " if guess else "")
+                                + "Keys are trtllm-build flag names without dashes (see trtllm-cli-flags.md).",
+                                on_key=True))
+    for key in p.runtime_env:
+        if not _ENV_NAME.match(key):
+            issues.append(Issue(("runtime_env", key), f"'{key}' is not a valid environment variable name",
+                                on_key=True))
+    if p.engine == "trtllm" and p.hardware.device != "cuda":
+        issues.append(Issue(("hardware", "device"), "engine trtllm needs device cuda",
+                            hint="Use engine: reference for CPU profiles."))
+    if p.hardware.device == "cuda" and not p.hardware.gpu:
+        issues.append(Issue(("hardware",), "missing required key 'gpu' for a cuda device",
+                            hint="e.g. gpu: H200 (matched against the names nvidia-smi reports)."))
+    if p.engine == "reference" and p.precision.quantization != "none":
+        issues.append(Issue(("precision", "quantization"), "the reference engine runs unquantized checkpoints",
+                            hint="Use quantization: none, or engine: trtllm for FP8."))
+    if p.engine == "reference" and p.precision.kv_cache_dtype == "fp8":
+        issues.append(Issue(("precision", "kv_cache_dtype"), "the reference engine has no FP8 KV cache",
+                            hint="Use auto, float32, float16 or bfloat16."))
+    if p.limits.max_input_len > p.limits.max_seq_len:
+        issues.append(Issue(("limits", "max_input_len"),
+                            f"max_input_len {p.limits.max_input_len} exceeds max_seq_len {p.limits.max_seq_len}"))
+    issues += _tree_issues(p)
+    return issues
+
+
+def _tree_issues(p: HardwareProfile) -> list[Issue]:
+    from medusa_trt.medusa.trees import load_tree, tree_problems
+
+    try:
+        tree = load_tree(p.medusa.tree)
+    except TreeError as e:
+        return [Issue(("medusa", "tree"), e.message, hint=e.hint)]
+    problems = tree_problems(tree, num_heads=p.medusa.num_heads, max_draft_len=p.medusa.max_draft_len)
+    if problems:
+        return [Issue(("medusa", "tree"), "; ".join(problems),
+                      hint="Fix the tree, or raise medusa.num_heads / medusa.max_draft_len to match it.")]
+    p._tree = (json.dumps(p.medusa.tree), tree)
+    return []
+
+
+def _pydantic_issues(err: ValidationError) -> list[Issue]:
+    issues = []
+    for e in err.errors():
+        loc = yaml_marks.clean_loc(tuple(e["loc"]))
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            issues.append(Issue(loc, "unknown key", hint=_allowed_keys_hint(loc), on_key=True))
+        elif kind == "missing":
+            issues.append(Issue(loc, "missing required key", hint=f"Add '{loc[-1]}' here." if loc else None))
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            issues.append(Issue(loc, f"{e['msg']}{shown}"))
+    # An unknown key is usually the cause of a 'missing' one (a typo): report it first.
+    return sorted(issues, key=lambda i: not i.on_key)
+
+
+def _allowed_keys_hint(loc: yaml_marks.Loc) -> str | None:
+    model: type[BaseModel] = HardwareProfile
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    keys = ", ".join(model.model_fields)
+    guess = closest(str(loc[-1]), set(model.model_fields)) if loc else None
+    return (f"Did you mean '{guess}'? " if guess else "") + f"Allowed keys here: {keys}."
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def parse_profile(text: str, source: str, path: Path | None = None) -> HardwareProfile:
+    """Validate YAML text; every error names ``source:line`` and the key."""
+    data, root = yaml_marks.parse_yaml(text, source)
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}:1: a profile is a YAML mapping of sections",
+                           hint="Start from a shipped profile: medusa-trt profiles show cpu")
+    try:
+        profile = HardwareProfile.model_validate(data)
+    except ValidationError as e:
+        yaml_marks.raise_issues(_pydantic_issues(e), root, source)
+        raise  # unreachable: raise_issues raises for a non-empty list
+    yaml_marks.raise_issues(_cross_issues(profile), root, source)
+    profile._source = path
+    return profile
+
+
+def profile_dirs() -> list[Path]:
+    """Where named profiles are looked up, first match wins."""
+    dirs: list[Path] = []
+    if os.environ.get(PROFILES_ENV):
+        dirs.append(Path(os.environ[PROFILES_ENV]).expanduser())
+    here = Path(__file__).resolve()
+    root = here.parents[3]  # <repo>/src/medusa_trt/config/profile.py in a source checkout (editable install)
+    if here.parents[2].name == "src" and (root / "pyproject.toml").is_file() and (root / "profiles").is_dir():
+        dirs.append(root / "profiles")
+    shipped = here.parents[1] / "_profiles"  # the wheel's copy (pyproject force-include)
+    if shipped.is_dir():
+        dirs.append(shipped)
+    return dirs
+
+
+def profile_paths() -> dict[str, Path]:
+    """Profile name -> YAML file, over all profile directories."""
+    found: dict[str, Path] = {}
+    for d in profile_dirs():
+        for f in sorted(d.glob("*.y*ml")):
+            if f.suffix in (".yaml", ".yml"):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith((".yaml", ".yml")) or os.sep in spec or "/" in spec
+
+
+def load_profile_file(path: Path, *, expect_name: str | None = None) -> HardwareProfile:
+    try:
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise ProfileError(f"{path}: no such profile file",
+                           hint="Give a profile name (medusa-trt profiles list) or an existing YAML file.") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: cannot read the profile ({e.__class__.__name__})") from e
+    profile = parse_profile(text, str(path), path)
+    if expect_name is not None and profile.name != expect_name:
+        yaml_marks.raise_issues([Issue(("name",), f"'{profile.name}' differs from the file name '{path.name}'",
+                                       hint=f"Rename the file or set name: {expect_name}")],
+                                yaml_marks.parse_yaml(text, str(path))[1], str(path))
+    return profile
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """A profile by name (see :func:`profile_paths`) or from a YAML file path."""
+    spec = str(name_or_path)
+    path = Path(spec).expanduser()
+    if isinstance(name_or_path, Path) or path.is_file() or _looks_like_path(spec):
+        return load_profile_file(path)
+    paths = profile_paths()
+    if spec in paths:
+        return load_profile_file(paths[spec], expect_name=spec)
+    guess = closest(spec, set(paths))
+    raise ProfileError(f"unknown profile '{spec}'",
+                       hint=(f"Did you mean '{guess}'? " if guess else "")
+                       + f"Profiles: {', '.join(sorted(paths)) or '(none found)'}; or give a YAML file path.")
+
+
+def list_profiles() -> list[HardwareProfile]:
+    """Every named profile, sorted by name (a broken file raises its ProfileError)."""
+    return [load_profile_file(p, expect_name=n) for n, p in sorted(profile_paths().items())]

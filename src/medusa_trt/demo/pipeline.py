@@ -1,0 +1,312 @@
+"""`medusa-trt demo`: the embedded default, offline and deterministic, end to end.
+
+Stages (each cached under the cache dir, keyed by a hash of everything it depends on, so a second
+run reuses them and a changed recipe redoes only what changed):
+
+1. ``model/``     a tiny Llama 3 with its own byte-level BPE, pre-trained on stdlib source
+2. ``heads/``     Medusa-1 heads trained on the model's own greedy generations
+3. ``accuracy.csv`` per-head, per-rank accuracy on held-out prompts; ``tree.yaml`` the optimal tree
+4. ``engine/``    the ``cpu`` profile engine (build API), max_draft_len set by the tree
+5. measured every run: our server, the same held-out prompts with Medusa on and off, greedy
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medusa_trt.demo.pretrain import ModelRecipe
+from medusa_trt.errors import InvalidInputError
+
+CACHE_ENV = "MEDUSA_TRT_CACHE"
+STAMP = ".demo-stage.json"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    recipe: ModelRecipe = field(default_factory=ModelRecipe)
+    corpus_chars: int = 1_500_000
+    num_heads: int = 4
+    head_steps: int = 300
+    head_lr: float = 3e-3
+    head_batch: int = 16
+    distill_prompts: int = 160
+    distill_tokens: int = 96
+    accuracy_prompts: int = 16
+    accuracy_steps: int = 64
+    tree_nodes: int = 16
+    bench_prompts: int = 8
+    max_tokens: int = 128
+    threads: int = 2
+
+    def key(self, *fields: str) -> dict[str, Any]:
+        d = asdict(self)
+        return {f: d[f] for f in fields}
+
+
+def default_cache_dir() -> Path:
+    """$MEDUSA_TRT_CACHE, else $XDG_CACHE_HOME/medusa-trt, else ~/.cache/medusa-trt."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "medusa-trt"
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, key: str) -> bool:
+    stamp = path / STAMP if path.is_dir() else path.with_name(path.name + STAMP)
+    try:
+        return bool(json.loads(stamp.read_text()).get("key") == key)
+    except (OSError, ValueError):
+        return False
+
+
+def _stamp(path: Path, key: str, info: dict[str, Any]) -> None:
+    stamp = path / STAMP if path.is_dir() else path.with_name(path.name + STAMP)
+    stamp.write_text(json.dumps({"key": key, **info}, indent=2, default=str))
+
+
+def _fresh_dir(path: Path) -> Path:
+    """An empty temp sibling to build into; renamed over ``path`` when the stage completes."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.replace(path)
+
+
+class Stages:
+    """Runs the cached stages and records what each did and how long it took."""
+
+    def __init__(self, cache: Path, cfg: DemoConfig, log: Callable[[str], None], fresh: bool) -> None:
+        self.cache, self.cfg, self.log, self.fresh = cache, cfg, log, fresh
+        self.timings: dict[str, float] = {}
+        self.reused: dict[str, bool] = {}
+        self.info: dict[str, Any] = {}
+
+    def timed(self, name: str, reused: bool, t0: float) -> None:
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        self.reused[name] = reused
+
+    def model(self) -> Path:
+        from medusa_trt.demo.corpus import load_corpus
+        from medusa_trt.demo.pretrain import pretrain
+
+        t0, out = time.perf_counter(), self.cache / "model"
+        corpus = load_corpus(self.cfg.corpus_chars)
+        self.corpus = corpus
+        key = _digest({"recipe": asdict(self.cfg.recipe), "corpus": corpus.digest,
+                       "python": platform.python_version()})
+        if not self.fresh and _cached(out, key):
+            self.info["pretrain"] = json.loads((out / STAMP).read_text()).get("pretrain")
+            self.log(f"model: reusing {out}")
+            self.timed("pretrain", True, t0)
+            return out
+        self.log(f"model: pre-training a tiny Llama 3 on {len(corpus.train_files)} stdlib modules "
+                 f"({self.cfg.recipe.steps} steps)")
+        tmp = _fresh_dir(out)
+        every = max(1, self.cfg.recipe.steps // 8)
+        info = pretrain(tmp, corpus.train_text, self.cfg.recipe,
+                        on_step=lambda s, loss: self.log(f"  step {s}/{self.cfg.recipe.steps} loss {loss:.3f}")
+                        if s % every == 0 else None)
+        _stamp(tmp, key, {"pretrain": info})
+        _publish(tmp, out)
+        self.info["pretrain"] = info
+        self.timed("pretrain", False, t0)
+        return out
+
+    def heads(self, model_dir: Path) -> Path:
+        from medusa_trt.demo.corpus import code_prompts
+        from medusa_trt.train.trainer import TrainConfig, train_heads
+
+        t0, out = time.perf_counter(), self.cache / "heads"
+        c = self.cfg
+        key = _digest({"model": json.loads((model_dir / STAMP).read_text())["key"],
+                       **c.key("num_heads", "head_steps", "head_lr", "head_batch", "distill_prompts",
+                               "distill_tokens")})
+        if not self.fresh and _cached(out, key):
+            self.log(f"heads: reusing {out}")
+            self.info["heads"] = json.loads((out / STAMP).read_text()).get("heads")
+            self.timed("heads", True, t0)
+            return out
+        prompts: list[Any] = list(code_prompts(self.corpus.train_files, c.distill_prompts))
+        self.log(f"heads: self-distillation on {len(prompts)} prompts, {c.head_steps} steps, {c.num_heads} heads")
+        tmp = _fresh_dir(out)
+        tcfg = TrainConfig(num_heads=c.num_heads, steps=c.head_steps, lr=c.head_lr, batch_size=c.head_batch,
+                           seq_len=c.distill_tokens + 96, gen_tokens=c.distill_tokens, checkpoint_every=0,
+                           log_every=max(1, c.head_steps // 4), resume=False, progress=False)
+        res = train_heads(model_dir, tmp, data=prompts, config=tcfg)
+        shutil.rmtree(tmp / ".train", ignore_errors=True)  # resumable state is not needed once cached
+        info = {"final_loss": res.final_loss, "initial_loss": res.initial_loss, "train_top1": res.top1,
+                "sequences": res.sequences}
+        _stamp(tmp, key, {"heads": info})
+        _publish(tmp, out)
+        self.info["heads"] = info
+        self.timed("heads", False, t0)
+        return out
+
+    def tree(self, model_dir: Path, heads_dir: Path) -> tuple[list[list[int]], list[list[float]], float]:
+        from medusa_trt.demo.corpus import code_prompts
+        from medusa_trt.medusa import tree_builder as tb
+        from medusa_trt.train.accuracy import measure_accuracy
+
+        t0 = time.perf_counter()
+        acc_path, tree_path = self.cache / "accuracy.csv", self.cache / "tree.yaml"
+        c = self.cfg
+        key = _digest({"heads": json.loads((heads_dir / STAMP).read_text())["key"],
+                       **c.key("accuracy_prompts", "accuracy_steps", "tree_nodes")})
+        reused = not self.fresh and _cached(acc_path, key) and tree_path.is_file()
+        if reused:
+            acc = tb.parse_accuracy_csv(acc_path.read_text(), str(acc_path))
+        else:
+            prompts: list[Any] = list(code_prompts(self.corpus.heldout_files[1::2], c.accuracy_prompts))
+            self.log(f"accuracy: {len(prompts)} held-out prompts x {c.accuracy_steps} greedy steps")
+            acc = measure_accuracy(model_dir, prompts, heads_dir=heads_dir, steps=c.accuracy_steps).table
+            acc_path.write_text(tb.format_accuracy_csv(acc))
+        tree = tb.build_tree(acc, c.tree_nodes)
+        expected = tb.expected_tokens_per_step(acc, tree)
+        if not reused:
+            tree_path.write_text(tb.tree_yaml(tree, expected))
+            _stamp(acc_path, key, {})
+        self.log("head top-1 accuracy: " + ", ".join(f"h{k} {row[0]:.2f}" for k, row in enumerate(acc))
+                 + f"; tree of {len(tree)} nodes, expected {expected:.2f} tokens/step")
+        self.timed("accuracy_tree", reused, t0)
+        return tree, acc, expected
+
+    def engine(self, model_dir: Path, heads_dir: Path, tree: list[list[int]]) -> Path:
+        t0, out = time.perf_counter(), self.cache / "engine"
+        key = _digest({"heads": json.loads((heads_dir / STAMP).read_text())["key"], "tree": tree})
+        if not self.fresh and _cached(out, key):
+            self.log(f"engine: reusing {out}")
+            self.timed("build", True, t0)
+            return out
+        self.log("engine: building the cpu profile engine with the tuned tree")
+        tmp = _fresh_dir(out)
+        build_engine(model_dir, heads_dir, tree, tmp, self.cache / "tree.yaml")
+        _stamp(tmp, key, {})
+        _publish(tmp, out)
+        self.timed("build", False, t0)
+        return out
+
+
+def build_engine(model_dir: Path, heads_dir: Path, tree: list[list[int]], out: Path, tree_file: Path) -> None:
+    """`medusa-trt build --profile cpu` with the tree (its size becomes max_draft_len)."""
+    from medusa_trt.config.profile import load_profile
+    from medusa_trt.engine.build import execute, prepare
+
+    base = load_profile("cpu")
+    medusa = base.medusa.model_copy(update={"max_draft_len": len(tree), "tree": tree})
+    profile = base.model_copy(update={"medusa": medusa})
+    plan = prepare(profile, str(model_dir), medusa=str(heads_dir), output=out, tree=str(tree_file))
+    execute(plan, force=True)
+
+
+def bench(engine_dir: Path, prompts: list[str], cfg: DemoConfig, work: Path) -> Any:
+    """Our server on the engine; each prompt with Medusa on and off (interleaved), greedy, one user."""
+    from medusa_trt.bench.runner import BenchConfig, run_benchmark
+
+    data = work / "bench_prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    bc = BenchConfig(engine=engine_dir, dataset=str(data), num_prompts=len(prompts), concurrency=(1,),
+                     max_tokens=cfg.max_tokens, compare_no_medusa=True, warmup=1, seed=0, temperature=0.0,
+                     endpoint="completions", command=["medusa-trt", "demo"])
+    return run_benchmark(bc)
+
+
+def run_demo(cfg: DemoConfig | None = None, *, cache_dir: Path | None = None, output_dir: Path | None = None,
+             fresh: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every stage and return the result document (also written to ``output_dir/demo.json``)."""
+    import torch
+
+    from medusa_trt.demo.corpus import code_prompts
+    from medusa_trt.demo.report import render, write_plot
+
+    cfg = cfg or DemoConfig()
+    cache = (cache_dir or default_cache_dir()).expanduser().absolute()
+    out = (output_dir or cache / "results").expanduser().absolute()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError(f"cannot use {cache}: {e.strerror}", hint=f"Pass --cache-dir or set {CACHE_ENV}.") from e
+    if log is None:
+        from medusa_trt.cli._common import err_console
+
+        def log(msg: str) -> None:
+            err_console.print(msg)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # the same on a laptop and a 2-core CI box
+    t0 = time.perf_counter()
+    try:
+        st = Stages(cache, cfg, log, fresh)
+        model_dir = st.model()
+        heads_dir = st.heads(model_dir)
+        tree, acc, expected = st.tree(model_dir, heads_dir)
+        engine_dir = st.engine(model_dir, heads_dir, tree)
+    finally:
+        torch.set_num_threads(threads)
+    prompts = code_prompts(st.corpus.heldout_files[0::2], cfg.bench_prompts)
+    log(f"bench: {len(prompts)} held-out prompts, {cfg.max_tokens} tokens each, Medusa on and off, same server")
+    tb = time.perf_counter()
+    report = bench(engine_dir, prompts, cfg, out)
+    st.timed("bench", False, tb)
+    doc = result_document(report, cfg, st, tree, acc, expected, cache, out, time.perf_counter() - t0)
+    report.write(out / "bench.json")
+    doc["plot"] = str(write_plot(doc, out / "demo.png"))
+    doc["bench_json"] = str(out / "bench.json")
+    tmp = out / f".demo.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(out / "demo.json")
+    render(doc, log)
+    return doc
+
+
+def result_document(report: Any, cfg: DemoConfig, st: Stages, tree: list[list[int]], acc: list[list[float]],
+                    expected: float, cache: Path, out: Path, wall_s: float) -> dict[str, Any]:
+    on = report.run(1, True) or {}
+    off = report.run(1, False) or {}
+    comp = report.comparisons[0] if report.comparisons else {}
+    return {
+        "tokens_per_step": on.get("tokens_per_step"),
+        "speedup": comp.get("speedup"),
+        "identical_outputs": bool(comp.get("identical_outputs")),
+        "tokens_per_s_per_user": {"medusa": comp.get("mean_output_tokens_per_s_per_user_medusa"),
+                                  "no_medusa": comp.get("mean_output_tokens_per_s_per_user_no_medusa")},
+        "tokens_per_step_no_medusa": off.get("tokens_per_step"),
+        "expected_tokens_per_step": expected,
+        "tree": tree,
+        "tree_nodes": len(tree),
+        "head_accuracy": acc,
+        "requests": {"medusa": on.get("completed"), "no_medusa": off.get("completed"),
+                     "failed": (on.get("failed") or 0) + (off.get("failed") or 0)},
+        "mismatches": comp.get("mismatches", []),
+        "targets": {"tokens_per_step": 1.8, "speedup": 1.4},
+        "stages_s": st.timings,
+        "reused": st.reused,
+        "wall_s": round(wall_s, 1),
+        "model": st.info.get("pretrain"),
+        "heads": st.info.get("heads"),
+        "config": asdict(cfg),
+        "cache_dir": str(cache),
+        "output_dir": str(out),
+        "python": sys.version.split()[0],
+    }

@@ -1,0 +1,219 @@
+"""`medusa-trt build`: resolve, run the plan checks, then run the steps into an engine directory.
+
+Layout of the output directory::
+
+    checkpoint/        TRT-LLM checkpoint (config.json, rank{r}.safetensors, tokenizer)
+    engine/            trtllm-build output (TensorRT-LLM profiles only)
+    tokenizer files    copied beside the manifest (trtllm-serve --tokenizer <out>)
+    medusa_tree.yaml   the Medusa tree (medusa_choices)
+    medusa.yaml        the trtllm-serve --config YAML (speculative_config)
+    logs/              one log per external tool run
+    .steps/            per-step stamps (input hash, output fingerprint) for resuming
+    medusa-trt.json    the manifest, written last
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from medusa_trt.engine import recipe, trtllm
+from medusa_trt.engine.manifest import MANIFEST, tool_versions, write_manifest
+from medusa_trt.engine.recipe import CHECKPOINT, CONFIG_YAML, ENGINE, TREE_FILE, BuildPlan
+from medusa_trt.engine.spec import BuildSpec, resolve
+from medusa_trt.engine.steps import Step, StepRunner, fingerprint
+from medusa_trt.errors import CheckpointError, MedusaTrtError, MissingDependencyError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json", "chat_template.jinja")
+ProgressFactory = Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]]
+
+
+def prepare(profile: Any, model: str, *, medusa: str | None = None, output: str | Path | None = None,
+            tree: str | None = None, revision: str | None = None, checks: bool = True) -> BuildPlan:
+    """Resolve the spec, run the preflight checks (exit 4 when it does not fit), lay out the steps."""
+    if isinstance(profile, str | Path):
+        from medusa_trt.config.profile import load_profile
+
+        profile = load_profile(profile)
+    spec = resolve(profile, model, medusa=medusa, output=output, tree=tree, revision=revision)
+    doc = preflight(spec) if checks else None
+    return recipe.make_build_plan(spec, checks=doc)
+
+
+def preflight(spec: BuildSpec) -> dict[str, Any] | None:
+    """`medusa-trt plan`'s checks for this profile and model; None when the model's shape is unknown."""
+    model_spec = recipe._model_spec(spec)
+    if model_spec is None:
+        return None
+    from medusa_trt.plan import make_plan
+
+    model_arg = str(spec.model.local) if spec.model.local is not None else model_spec
+    report = make_plan(spec.profile, model_arg, num_medusa_heads=spec.num_medusa_heads, work_dir=spec.output)
+    report.raise_if_not_fits()
+    doc: dict[str, Any] = report.to_dict()
+    return doc
+
+
+def check_tools(plan: BuildPlan) -> str | None:
+    """Exit 3 before any work when TensorRT-LLM (or quantize.py) is missing; returns its version."""
+    if plan.spec.engine != "trtllm":
+        return None
+    version = trtllm.check_trtllm(("trtllm-build",))
+    if plan.spec.quantize_needed:
+        script = Path(plan.step("quantize").argv[1])
+        if not script.is_file():
+            raise MissingDependencyError(
+                f"{script} not found (TensorRT-LLM's examples, needed for FP8 quantization)",
+                hint=f"Set {trtllm.EXAMPLES_ENV} to the examples directory of your TensorRT-LLM checkout "
+                     "(the NVIDIA container has /app/tensorrt_llm/examples).")
+    return version
+
+
+def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Run every step (skipping finished ones), write the manifest, return it."""
+    spec = plan.spec
+    version = check_tools(plan)
+    out = spec.output.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the manifest is rewritten
+    runner = StepRunner(out, force=force, progress=progress)
+    funcs: dict[str, Callable[[], None]] = {
+        "convert": lambda: _convert(spec, out),
+        "runtime-files": lambda: _runtime_files(spec, out),
+        "validate": lambda: _validate(spec, out),
+        "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model"),
+        "fetch-medusa": lambda: _fetch(spec.medusa.spec if spec.medusa else "",
+                                       spec.medusa.revision if spec.medusa else None, out / "sources" / "medusa"),
+    }
+    t0 = time.perf_counter()
+    for step in plan.steps:
+        if step.kind == "serve" or step.name == "manifest":
+            continue
+        if step.kind == "python":
+            step.func = funcs[step.name]
+        runner.run(step)
+    doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
+    write_manifest(out, doc)
+    return doc
+
+
+def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None, seconds: float) -> dict[str, Any]:
+    spec, out = plan.spec, plan.spec.output.resolve()
+    serve = plan.step("serve")
+    inputs: dict[str, Any] = {}
+    for role, src in (("model", spec.model), ("medusa", spec.medusa)):
+        if src is not None:
+            inputs[role] = {**src.to_json(), "fingerprint": fingerprint(src.local) if src.local else None,
+                            "fingerprint_kind": "xxh3-128 over (name, size, mtime) of every file"}
+    convert_manifest = out / CHECKPOINT / "medusa-trt-convert.json"
+    if convert_manifest.is_file():
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            inputs["checkpoint"] = json.loads(convert_manifest.read_text())
+    versions = tool_versions()
+    versions["tensorrt_llm"] = trtllm_version or versions.get("tensorrt_llm")
+    return {
+        "engine": spec.engine, "checkpoint_dir": CHECKPOINT,
+        "engine_dir": ENGINE if spec.engine == "trtllm" else None, "tokenizer_dir": ".",
+        "tree_file": TREE_FILE, "config": CONFIG_YAML, "model_name": spec.model_name,
+        "tree": spec.tree, "num_medusa_heads": spec.num_medusa_heads, "num_medusa_layers": spec.num_medusa_layers,
+        "max_draft_len": spec.max_draft_len, "tp": spec.tp, "pp": spec.pp, "dtype": spec.dtype,
+        "quantization": spec.quantization, "kv_cache_dtype": spec.kv_cache_dtype, "limits": spec.limits,
+        "profile": {"name": spec.profile.name, "id": spec.profile.id,
+                    "profile": spec.profile.model_dump(mode="json")},
+        "runtime_env": spec.runtime_env, "sources": spec.sources, "inputs": inputs, "tools": versions,
+        "notes": plan.notes,
+        "commands": [{"step": r.name, "argv": r.argv, "status": r.status, "seconds": round(r.seconds, 3),
+                      "input_hash": r.input_hash, "log": r.log} for r in runner.results],
+        "serve": {"argv": serve.argv, "env": serve.env},
+        "timings": {**{r.name: round(r.seconds, 3) for r in runner.results}, "this_run_s": round(seconds, 3)},
+    }
+
+
+# --- in-process steps ------------------------------------------------------------------------------
+
+
+def _convert(spec: BuildSpec, out: Path) -> None:
+    from medusa_trt.checkpoint.convert import convert_checkpoint
+
+    heads = None
+    if spec.medusa is not None and spec.model.format not in ("modelopt-fp8", "modelopt"):
+        heads = str(spec.medusa.local or spec.medusa.spec)
+    convert_checkpoint(str(spec.model.local or spec.model.spec), out / CHECKPOINT, medusa=heads, tp=spec.tp,
+                       pp=spec.pp, dtype=spec.dtype, num_medusa_heads=spec.num_medusa_heads,
+                       max_draft_len=spec.max_draft_len, revision=spec.model.revision if not spec.model.local else None,
+                       workers=spec.convert_workers, progress=True)
+
+
+def _fetch(repo: str, revision: str | None, local: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    tmp = local.with_name(local.name + ".partial")
+    snapshot_download(repo, revision=revision, local_dir=str(tmp),
+                      allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.pt", "*.jinja"])
+    tmp.replace(local)
+
+
+def _runtime_files(spec: BuildSpec, out: Path) -> None:
+    from medusa_trt.medusa.trees import dump_tree
+
+    sources = [out / CHECKPOINT] + ([spec.model.local] if spec.model.local else [])
+    for name in TOKENIZER_FILES:
+        src = next((d / name for d in sources if (d / name).is_file()), None)
+        if src is not None:
+            shutil.copy2(src, out / name)
+    if not (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").is_file():
+        raise CheckpointError(f"no tokenizer files in {out / CHECKPOINT} or the model directory",
+                              hint="The model source must include tokenizer.json (or tokenizer.model).")
+    _atomic_text(out / TREE_FILE, dump_tree(spec.tree))
+    _atomic_text(out / CONFIG_YAML, trtllm.dump_medusa_yaml(recipe.medusa_yaml(spec)))
+
+
+def _validate(spec: BuildSpec, out: Path) -> None:
+    """Load the checkpoint on the profile's tp and run one forward (prefill + one step)."""
+    from medusa_trt.runtime import SamplingParams, load_engine
+
+    try:
+        engine = load_engine(out / CHECKPOINT, device="cpu", tree=spec.tree)
+    except MedusaTrtError:
+        raise
+    except Exception as e:  # a broken checkpoint surfaces here, before anyone serves it
+        raise CheckpointError(f"the converted checkpoint does not load: {e.__class__.__name__}: {e}",
+                              hint="Rebuild with --force; report a bug if it persists.") from e
+    try:
+        if engine.tp != spec.tp:
+            raise CheckpointError(f"validation ran at tp {engine.tp}, the profile needs tp {spec.tp}")
+        ids = engine.tokenizer.encode("Hello")
+        gen = engine.generate(ids, SamplingParams(max_tokens=1), medusa=engine.has_medusa)
+        tokens = [t for chunk in gen for t in chunk.token_ids]
+        if not tokens:
+            raise CheckpointError("validation forward produced no token", hint="Rebuild with --force.")
+    finally:
+        engine.close()
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def rich_status(label: str) -> Iterator[Callable[[str], None]]:
+    """A spinner with elapsed time and the tool's latest log line, on stderr."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True, highlight=False)
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                  TextColumn("[dim]{task.fields[line]}"), console=console, transient=False) as bar:
+        task = bar.add_task(label, line="")
+        yield lambda line: bar.update(task, line=line[:80])
+
+
+__all__ = ["Step", "execute", "preflight", "prepare", "rich_status"]

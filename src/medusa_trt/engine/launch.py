@@ -1,0 +1,97 @@
+"""`medusa-trt run DIR` (server mode): dispatch on the manifest's engine.
+
+- reference engine: the built-in OpenAI server (``medusa_trt.serve.server.run_server``);
+- trtllm engine: supervise ``trtllm-serve DIR/engine --backend tensorrt ... --config DIR/medusa.yaml``
+  with the profile's runtime environment; more than one node prints the mpirun/srun lines instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from medusa_trt.engine import trtllm
+from medusa_trt.engine.manifest import MANIFEST, read_manifest
+from medusa_trt.engine.supervise import Supervisor
+
+STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
+
+
+def _serve_settings(manifest: dict[str, Any]) -> Any:
+    """The profile's serve section as an object (the manifest keeps the profile as JSON)."""
+    from medusa_trt.config.profile import Serve
+
+    serve = (manifest.get("profile", {}).get("profile") or {}).get("serve") or {}
+    return Serve.model_validate(serve)
+
+
+def trtllm_command(engine_dir: Path, manifest: dict[str, Any], host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The trtllm-serve argv and the environment additions for a built TensorRT-LLM engine directory."""
+    flags, _extra = trtllm.serve_settings(_serve_settings(manifest))
+    argv = trtllm.serve_argv(engine_dir=engine_dir / (manifest.get("engine_dir") or "engine"),
+                             tokenizer_dir=engine_dir / (manifest.get("tokenizer_dir") or "."),
+                             config_yaml=engine_dir / (manifest.get("config") or "medusa.yaml"),
+                             tp=int(manifest.get("tp", 1)), pp=int(manifest.get("pp", 1)),
+                             host=host, port=port, extra_flags=flags)
+    env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
+    return argv, env
+
+
+def node_layout(manifest: dict[str, Any]) -> tuple[int, int, int]:
+    """(world size, nodes, GPUs per node): hardware.count is the GPUs of one node."""
+    world = int(manifest.get("tp", 1)) * int(manifest.get("pp", 1))
+    hardware = (manifest.get("profile", {}).get("profile") or {}).get("hardware") or {}
+    per_node = int(hardware.get("count", world)) or world
+    return world, max(1, math.ceil(world / per_node)), min(per_node, world)
+
+
+def command_text(argv: list[str], env: dict[str, str]) -> str:
+    """A copy-pasteable shell line: environment assignments, then the command."""
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return (prefix + " " if prefix else "") + shlex.join(argv)
+
+
+def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, print_cmd: bool = False,
+          device: str = "cpu", **_ignored: Any) -> int:
+    """Serve a built engine directory until interrupted; returns the process exit code."""
+    engine_dir = Path(engine_dir).resolve()
+    if not (engine_dir / MANIFEST).is_file() and (engine_dir / "config.json").is_file() \
+            and any(engine_dir.glob("rank*.safetensors")):
+        # a converted checkpoint (from `convert`) is served by the reference runtime as is
+        manifest: dict[str, Any] = {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
+    else:
+        manifest = read_manifest(engine_dir)
+    if manifest["engine"] == "reference":
+        if print_cmd:
+            argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
+            env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
+            print(command_text(argv, env))
+            return 0
+        from medusa_trt.serve.server import run_server
+
+        return int(run_server(engine_dir, host, port, device, manifest.get("model_name") or engine_dir.name))
+    argv, env = trtllm_command(engine_dir, manifest, host, port)
+    world, nodes, per_node = node_layout(manifest)
+    if nodes > 1:
+        lines = trtllm.multinode_lines(serve=argv, env=env, world_size=world, nodes=nodes, gpus_per_node=per_node)
+        print(f"# {world} ranks over {nodes} nodes ({per_node} GPUs each); rank 0 serves http://{host}:{port}")
+        print(f"# Open MPI (hostfile lists the {nodes} nodes, slots={per_node}):")
+        print(lines["mpirun"])
+        print("# Slurm:")
+        print(lines["srun"])
+        return 0
+    if print_cmd:
+        print(command_text(argv, env))
+        return 0
+    trtllm.check_trtllm(("trtllm-serve",), require_package=False)
+    timeout = float(os.environ.get(STARTUP_ENV, "1800"))
+
+    def ready(url: str) -> None:
+        print(f"medusa-trt: serving {manifest.get('model_name')} (TensorRT-LLM, Medusa) at {url}/v1",
+              file=sys.stderr, flush=True)
+
+    return Supervisor(argv, env=env, host=host, port=port, startup_timeout_s=timeout, on_ready=ready).run()

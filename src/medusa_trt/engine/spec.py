@@ -1,0 +1,222 @@
+"""Resolve a build: profile + command-line flags + environment into one validated BuildSpec.
+
+Every value carries its source (flag, env, profile, heads, default) so `build --dry-run` can say
+where each number came from. Precedence: flag > environment > model/heads files > profile > default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medusa_trt.errors import CheckpointError, InvalidInputError
+
+OUTPUT_ENV = "MEDUSA_TRT_OUTPUT"
+TREE_ENV = "MEDUSA_TRT_TREE"
+WORKERS_ENV = "MEDUSA_TRT_CONVERT_WORKERS"
+
+
+@dataclass
+class Source:
+    """A model or heads source: a local directory or a Hugging Face repo id (with revision)."""
+
+    spec: str
+    local: Path | None
+    revision: str | None = None
+    format: str = "hf"      # hf | modelopt-fp8 | modelopt | faster-decoding | unknown
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec, "local": str(self.local) if self.local else None, "revision": self.revision,
+                "format": self.format, "notes": self.notes}
+
+
+@dataclass
+class BuildSpec:
+    profile: Any                     # medusa_trt.config.profile.HardwareProfile
+    engine: str                      # trtllm | reference
+    model: Source
+    medusa: Source | None
+    output: Path
+    tp: int
+    pp: int
+    dtype: str
+    quantization: str                # none | fp8
+    kv_cache_dtype: str
+    num_medusa_heads: int
+    num_medusa_layers: int
+    max_draft_len: int
+    tree: list[list[int]]
+    limits: dict[str, int]
+    runtime_env: dict[str, str]
+    convert_workers: int
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def model_name(self) -> str:
+        return self.model.spec.rstrip("/").split("/")[-1] if self.model.local is None else self.model.local.name
+
+    @property
+    def quantize_needed(self) -> bool:
+        """FP8 profile, BF16/FP16 source: ModelOpt PTQ runs before the build (trtllm-medusa.md 1.3)."""
+        return self.engine == "trtllm" and self.quantization == "fp8" and self.model.format != "modelopt-fp8"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": {"name": self.profile.name, "id": self.profile.id},
+            "engine": self.engine, "model": self.model.to_json(),
+            "medusa": self.medusa.to_json() if self.medusa else None, "output": str(self.output),
+            "tp": self.tp, "pp": self.pp, "world_size": self.world_size, "dtype": self.dtype,
+            "quantization": self.quantization, "kv_cache_dtype": self.kv_cache_dtype,
+            "num_medusa_heads": self.num_medusa_heads, "num_medusa_layers": self.num_medusa_layers,
+            "max_draft_len": self.max_draft_len, "tree": self.tree, "limits": self.limits,
+            "runtime_env": self.runtime_env, "convert_workers": self.convert_workers, "sources": self.sources,
+        }
+
+
+def _is_repo_id(spec: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec)) and not Path(spec).exists()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e.__class__.__name__})") from e
+    return data if isinstance(data, dict) else {}
+
+
+def detect_model(spec: str, revision: str | None = None) -> Source:
+    """Classify a base-model source; a ModelOpt FP8 checkpoint converts directly (no quantize step)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: no config.json (not a Hugging Face model directory)",
+                                  hint="Give a directory holding config.json and *.safetensors, or a hub repo id.")
+        src = Source(spec, path.resolve(), revision)
+        quant = path / "hf_quant_config.json"
+        if quant.is_file():
+            q = _read_json(quant)
+            producer = str((q.get("producer") or {}).get("name", "")).lower()
+            algo = str((q.get("quantization") or {}).get("quant_algo", "")).upper()
+            if producer == "modelopt":
+                src.format = "modelopt-fp8" if algo == "FP8" else "modelopt"
+                src.notes.append(f"ModelOpt checkpoint (quant_algo {algo or 'none'}): converted directly")
+        return src
+    if _is_repo_id(spec):
+        return Source(spec, None, revision or "main", "unknown",
+                      ["hub repo: its format is known once fetched; this plan assumes a BF16/FP16 "
+                       "Hugging Face checkpoint (a ModelOpt FP8 repo would convert directly)"])
+    raise InvalidInputError(f"model '{spec}' is neither a local directory nor a Hugging Face repo id",
+                            hint="Give a directory with config.json, or an id such as meta-llama/Llama-3.1-70B-Instruct.")
+
+
+def detect_heads(spec: str, revision: str | None = None) -> tuple[Source, int | None, int | None]:
+    """A Medusa-heads source and, for local FasterDecoding heads, (num_heads, num_layers) from the files."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        src = Source(spec, path.resolve(), revision, "faster-decoding")
+        heads, layers = _count_heads(path)
+        return src, heads, layers
+    if _is_repo_id(spec):
+        return Source(spec, None, revision or "main", "unknown"), None, None
+    raise InvalidInputError(f"Medusa heads '{spec}' are neither a local directory nor a Hugging Face repo id",
+                            hint="Give a directory with config.json + medusa_lm_head.safetensors, or a repo id.")
+
+
+def _safetensors_names(path: Path) -> list[str]:
+    """Tensor names from a safetensors header (8-byte little-endian length, then JSON): no torch needed."""
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e.__class__.__name__})") from e
+    return [k for k in header if k != "__metadata__"]
+
+
+def _count_heads(path: Path) -> tuple[int | None, int | None]:
+    """Heads and layers from the tensor names (published configs state wrong head counts)."""
+    st = path / "medusa_lm_head.safetensors"
+    if st.is_file():
+        names = _safetensors_names(st)
+        heads = {int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit()}
+        # FasterDecoding: "{h}.{l}.linear.weight" for the ResBlocks, "{h}.{L}.weight" for the head's lm_head
+        layers = {int(n.split(".")[1]) for n in names if n.endswith(".linear.weight")}
+        return (max(heads) + 1 if heads else None), (max(layers) + 1 if layers else None)
+    cfg = path / "config.json"
+    if cfg.is_file():
+        c = _read_json(cfg)
+        return c.get("medusa_num_heads"), c.get("medusa_num_layers")
+    return None, None
+
+
+def resolve(profile: Any, model: str, *, medusa: str | None = None, output: str | Path | None = None,
+            tree: str | None = None, revision: str | None = None, medusa_revision: str | None = None,
+            env: dict[str, str] | None = None) -> BuildSpec:
+    """One BuildSpec from the profile, the flags and the environment, with each value's source."""
+    from medusa_trt.medusa.trees import load_tree, validate_tree
+
+    env = dict(os.environ if env is None else env)
+    sources: dict[str, str] = {}
+    src = detect_model(model, revision)
+    heads_src, file_heads, file_layers = (detect_heads(medusa, medusa_revision) if medusa else (None, None, None))
+    if heads_src is None and src.format not in ("modelopt-fp8", "modelopt") and src.local is not None:
+        raise InvalidInputError("no Medusa heads given", hint="Pass --medusa DIR|REPO (FasterDecoding heads), "
+                                "or a ModelOpt combined checkpoint as --model.")
+
+    if output is not None:
+        out, sources["output"] = Path(output), "flag --output"
+    elif env.get(OUTPUT_ENV):
+        out, sources["output"] = Path(env[OUTPUT_ENV]), f"env {OUTPUT_ENV}"
+    else:
+        slug = (src.local.name if src.local else model.split("/")[-1]).lower()
+        out, sources["output"] = Path("engines") / f"{slug}-{profile.name}", "default engines/<model>-<profile>"
+
+    heads, sources["num_medusa_heads"] = profile.medusa.num_heads, "profile medusa.num_heads"
+    if file_heads is not None:
+        heads, sources["num_medusa_heads"] = file_heads, "heads tensors"
+    layers, sources["num_medusa_layers"] = profile.medusa.num_layers, "profile medusa.num_layers"
+    if file_layers is not None:
+        layers, sources["num_medusa_layers"] = file_layers, "heads tensors"
+
+    if tree is not None:
+        tree_spec, sources["tree"] = tree, "flag --tree"
+    elif env.get(TREE_ENV):
+        tree_spec, sources["tree"] = env[TREE_ENV], f"env {TREE_ENV}"
+    else:
+        tree_spec, sources["tree"] = profile.medusa.tree, "profile medusa.tree"
+    paths = load_tree(tree_spec)
+    max_draft_len, sources["max_draft_len"] = profile.medusa.max_draft_len, "profile medusa.max_draft_len"
+    validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len)
+
+    workers_env = env.get(WORKERS_ENV)
+    if workers_env:
+        if not workers_env.isdigit() or int(workers_env) < 1:
+            raise InvalidInputError(f"{WORKERS_ENV}={workers_env!r} is not a positive integer")
+        workers, sources["convert_workers"] = int(workers_env), f"env {WORKERS_ENV}"
+    else:
+        workers = min(profile.parallelism.tp * profile.parallelism.pp, os.cpu_count() or 1)
+        sources["convert_workers"] = "default min(world size, CPUs)"
+
+    for key in ("tp", "pp"):
+        sources[key] = f"profile parallelism.{key}"
+    for key in ("dtype", "quantization", "kv_cache_dtype"):
+        sources[key] = f"profile precision.{key}"
+    sources["limits"] = "profile limits"
+    sources["runtime_env"] = "profile runtime_env"
+    return BuildSpec(
+        profile=profile, engine=profile.engine, model=src, medusa=heads_src, output=out,
+        tp=profile.parallelism.tp, pp=profile.parallelism.pp, dtype=profile.precision.dtype,
+        quantization=profile.precision.quantization, kv_cache_dtype=profile.precision.kv_dtype,
+        num_medusa_heads=int(heads), num_medusa_layers=int(layers), max_draft_len=int(max_draft_len), tree=paths,
+        limits=profile.limits.model_dump(), runtime_env=profile.env, convert_workers=workers, sources=sources,
+    )

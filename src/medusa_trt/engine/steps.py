@@ -1,0 +1,203 @@
+"""Build steps and their idempotent runner.
+
+A step is a name, an argv (what it runs, or the equivalent command for an in-process step), an
+environment, inputs and outputs. Before running, the runner hashes the inputs; after a success it
+writes a stamp ``<out>/.steps/<name>.json`` with that hash and a fingerprint of the outputs. A rerun
+skips a step whose stamp matches and whose outputs are unchanged, so an interrupted 405B build
+resumes at the step that was running; ``force`` redoes everything.
+
+Paths are fingerprinted by (relative name, size, mtime) rather than content: hashing a 800 GB
+checkpoint would take longer than converting it, and converters write a content manifest anyway.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from medusa_trt.errors import ToolFailedError
+
+STAMP_DIR = ".steps"
+TAIL_LINES = 25
+
+
+@dataclass
+class Step:
+    name: str
+    description: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)   # JSON values; keys ending in _dir/_path are fingerprinted
+    outputs: list[str] = field(default_factory=list)        # paths relative to the output directory
+    needs: dict[str, Any] = field(default_factory=dict)     # disk_gib, memory_gib, gpus, host (as `plan` estimates)
+    kind: str = "process"                                   # process | python | serve (not run by build)
+    func: Callable[[], None] | None = None                  # for kind == python
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "kind": self.kind, "argv": self.argv,
+                "env": self.env, "inputs": self.inputs, "outputs": self.outputs, "needs": self.needs,
+                "notes": self.notes}
+
+
+def fingerprint(path: Path) -> str:
+    """A cheap identity for a file or a directory tree (names, sizes, mtimes)."""
+    h = xxhash.xxh3_128()
+    if path.is_file():
+        st = path.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    elif path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(path).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    else:
+        return "missing"
+    return h.hexdigest()
+
+
+def input_hash(step: Step, root: Path) -> str:
+    """Hash of everything that determines a step's result: argv, env, inputs (paths by fingerprint)."""
+    doc: dict[str, Any] = {"argv": step.argv, "env": step.env, "inputs": {}}
+    for key, value in sorted(step.inputs.items()):
+        if isinstance(value, str) and key.endswith(("_dir", "_path")) and value:
+            p = Path(value) if Path(value).is_absolute() else root / value
+            doc["inputs"][key] = [value, fingerprint(p) if p.exists() else "missing"]
+        else:
+            doc["inputs"][key] = value
+    return xxhash.xxh3_128_hexdigest(json.dumps(doc, sort_keys=True, default=str).encode())
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str            # ran | skipped
+    seconds: float
+    argv: list[str]
+    input_hash: str
+    log: str | None = None
+
+
+class StepRunner:
+    """Runs steps in order under ``root``; ``progress(label)`` yields a callback for live status lines."""
+
+    def __init__(self, root: Path, *, force: bool = False,
+                 progress: Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]] | None = None,
+                 ) -> None:
+        self.root = root
+        self.force = force
+        self.progress = progress
+        self.results: list[StepResult] = []
+
+    def _stamp_path(self, step: Step) -> Path:
+        return self.root / STAMP_DIR / f"{step.name}.json"
+
+    def _outputs_fp(self, step: Step) -> dict[str, str]:
+        return {o: fingerprint(self.root / o) for o in step.outputs}
+
+    def is_done(self, step: Step, digest: str) -> bool:
+        stamp = self._stamp_path(step)
+        if self.force or not stamp.is_file():
+            return False
+        try:
+            rec = json.loads(stamp.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        outs = self._outputs_fp(step)
+        return bool(rec.get("input_hash") == digest and rec.get("outputs") == outs
+                    and all(v != "missing" for v in outs.values()))
+
+    def run(self, step: Step) -> StepResult:
+        digest = input_hash(step, self.root)
+        if self.is_done(step, digest):
+            rec = json.loads(self._stamp_path(step).read_text())
+            res = StepResult(step.name, "skipped", float(rec.get("seconds", 0.0)), step.argv, digest, rec.get("log"))
+            self.results.append(res)
+            return res
+        self._stamp_path(step).unlink(missing_ok=True)
+        for out in step.outputs:  # a step redoes its outputs from scratch: converters refuse non-empty dirs
+            _remove(self.root / out)
+        t0 = time.perf_counter()
+        log: str | None = None
+        if step.kind == "python":
+            assert step.func is not None
+            step.func()
+        elif step.kind == "process":
+            log = self._run_process(step)
+        seconds = time.perf_counter() - t0
+        self._write_stamp(step, digest, seconds, log)
+        res = StepResult(step.name, "ran", seconds, step.argv, digest, log)
+        self.results.append(res)
+        return res
+
+    def _write_stamp(self, step: Step, digest: str, seconds: float, log: str | None) -> None:
+        stamp = self._stamp_path(step)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"name": step.name, "input_hash": digest, "outputs": self._outputs_fp(step), "seconds": seconds,
+               "argv": step.argv, "log": log, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = stamp.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(stamp)
+
+    def _run_process(self, step: Step) -> str:
+        """Run the tool with its output streamed to <out>/logs/<step>.log; raise with its tail on failure."""
+        log_path = self.root / "logs" / f"{step.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        env = {**os.environ, **step.env}
+        with log_path.open("w") as log, self._status(step) as update:
+            log.write(f"$ {' '.join(step.argv)}\n")
+            try:
+                proc = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                        cwd=self.root, text=True, errors="replace", bufsize=1)
+            except OSError as e:
+                raise ToolFailedError(f"{step.name}: could not start {step.argv[0]} ({e.strerror})",
+                                      hint="Check that TensorRT-LLM is installed on this host.") from e
+            assert proc.stdout is not None
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    tail.append(line.rstrip("\n"))
+                    if line.strip():
+                        update(line.strip()[:120])
+                rc = proc.wait()
+            except BaseException:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=30)
+                if proc.poll() is None:
+                    proc.kill()
+                raise
+        rel = str(log_path.relative_to(self.root))
+        if rc != 0:
+            raise ToolFailedError(
+                f"{step.name} failed (exit {rc}); last lines:\n" + "\n".join(f"  | {t}" for t in tail),
+                hint=f"The full log is {log_path}.")
+        return rel
+
+    @contextlib.contextmanager
+    def _status(self, step: Step) -> Iterator[Callable[[str], None]]:
+        if self.progress is None:
+            yield lambda _line: None
+            return
+        with self.progress(f"{step.name}: {step.description}") as update:
+            yield update
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

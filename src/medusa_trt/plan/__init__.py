@@ -1,0 +1,129 @@
+"""`medusa-trt plan`: the preflight every build runs first (memory, TP, tree, disk, predicted speed).
+
+``make_plan`` never raises for a plan that does not fit: it returns ``fits=False`` and the failing
+checks; :meth:`PlanReport.raise_if_not_fits` turns that into an IncompatibleError (exit 4).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medusa_trt.config.model import ModelSpec, resolve_model
+from medusa_trt.config.profile import HardwareProfile, load_profile
+from medusa_trt.errors import IncompatibleError, InvalidInputError
+from medusa_trt.medusa.trees import tree_stats
+from medusa_trt.perf import model as pm
+from medusa_trt.plan import checks as ck
+from medusa_trt.plan.memory import GIB, disk_need, memory_per_gpu
+
+__all__ = ["PlanReport", "make_plan"]
+
+
+@dataclass
+class PlanReport:
+    profile: HardwareProfile
+    model: ModelSpec
+    num_medusa_heads: int
+    fits: bool
+    memory_gib: dict[str, float]
+    disk_gib: dict[str, float]
+    checks: list[ck.Check]
+    prediction: pm.Prediction
+    tokens_per_step_source: str
+    tree: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[ck.Check]:
+        return [c for c in self.checks if c.verdict == "fail"]
+
+    def to_dict(self) -> dict[str, Any]:
+        pred = self.prediction.to_dict()
+        pred["tokens_per_step_source"] = self.tokens_per_step_source
+        src = self.profile.source
+        return {
+            "profile": {"name": self.profile.name, "id": self.profile.id, "path": str(src) if src else None,
+                        "engine": self.profile.engine},
+            "model": {"name": self.model.name, "num_params": self.model.num_params},
+            "num_medusa_heads": self.num_medusa_heads,
+            "tree": self.tree,
+            "fits": self.fits,
+            "memory_gib": {k: round(v, 3) for k, v in self.memory_gib.items()},
+            "disk_gib": {k: round(v, 3) for k, v in self.disk_gib.items()},
+            "checks": [{"name": c.name, "verdict": c.verdict, "reason": c.reason} for c in self.checks],
+            "prediction": pred,
+        }
+
+    def raise_if_not_fits(self) -> None:
+        if self.fits:
+            return
+        reasons = "; ".join(f"{c.name}: {c.reason}" for c in self.failures)
+        raise IncompatibleError(f"{self.model.name} does not fit profile {self.profile.name}: {reasons}",
+                                hint="Use a profile with more or larger GPUs, FP8 (quantization: fp8), a higher "
+                                "tp, or smaller limits (max_seq_len, max_batch_size).")
+
+
+def _dir_bytes(path: Path) -> float:
+    return float(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
+
+
+def _free_disk(work_dir: Path) -> tuple[float, Path]:
+    probe = work_dir.resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free / GIB, probe
+
+
+def make_plan(profile: HardwareProfile | str | Path, model: ModelSpec | str, *,
+              num_medusa_heads: int | None = None, tokens_per_step: float | None = None,
+              context_len: int = pm.DEFAULT_CONTEXT_LEN, work_dir: Path | None = None,
+              target_here: bool | None = None) -> PlanReport:
+    """Every preflight check and the predicted speed for ``model`` on ``profile``.
+
+    ``tokens_per_step`` defaults to :func:`medusa_trt.perf.default_tokens_per_step` of the tree depth.
+    ``work_dir`` is where the checkpoints and engine go (disk check; default: the current directory).
+    ``target_here`` says whether this machine is the profile's build host (default: it has the
+    profile's hardware); a disk shortfall fails only there and warns elsewhere.
+    """
+    prof = profile if isinstance(profile, HardwareProfile) else load_profile(profile)
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model)
+    hf_bytes = _dir_bytes(Path(model)) if isinstance(model, str) and Path(model).is_dir() else None
+    heads = prof.medusa.num_heads if num_medusa_heads is None else num_medusa_heads
+    if heads < 1:
+        raise InvalidInputError(f"--num-medusa-heads must be >= 1, got {heads}")
+    tree = prof.tree
+    stats = tree_stats(tree)
+    if tokens_per_step is None:
+        tps = pm.default_tokens_per_step(min(stats.depth, heads))
+        source = (f"default: sum of {pm.ACCEPTANCE_PER_DEPTH}^d over depths 0..{min(stats.depth, heads)} "
+                  "(docs/perf-model.md); measure with medusa-trt bench")
+    else:
+        if not 1.0 <= tokens_per_step <= stats.depth + 1:
+            raise InvalidInputError(f"--tokens-per-step {tokens_per_step} is outside 1..{stats.depth + 1}",
+                                    hint=f"A depth-{stats.depth} tree emits at most {stats.depth + 1} tokens a step.")
+        tps, source = float(tokens_per_step), "given"
+
+    mem = memory_per_gpu(prof, spec, heads)
+    disk = disk_need(prof, spec, heads, hf_bytes)
+    free, where = _free_disk(work_dir or Path.cwd())
+    if target_here is None:
+        from medusa_trt.hw import can_run
+
+        target_here = can_run(prof)[0]
+    pred = pm.predict(prof, spec, tps, num_medusa_heads=heads, context_len=context_len)
+    checks = [
+        ck.check_memory(mem, prof.hardware.device),
+        ck.check_parallelism(prof),
+        *ck.check_tp(spec, prof.parallelism.tp),
+        ck.check_limits(prof, spec),
+        ck.check_tree(tree, heads, prof.medusa.max_draft_len),
+        ck.check_waste(prof, spec, tree, heads, context_len),
+        ck.check_disk(disk, free, str(where), target_here),
+        ck.check_prediction(pred),
+    ]
+    tree_doc = {"spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",
+                "nodes": stats.nodes, "depth": stats.depth, "max_draft_len": prof.medusa.max_draft_len}
+    return PlanReport(prof, spec, heads, not any(c.verdict == "fail" for c in checks), mem, disk, checks, pred,
+                      source, tree_doc)

@@ -1,0 +1,193 @@
+"""The reference runtime's public API (docs/internals.md): load_engine, ReferenceEngine, generate.
+
+Import-light: torch and the model code load inside ``load_engine``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medusa_trt.errors import InvalidInputError, TreeError
+from medusa_trt.medusa.trees import Tree, load_tree, validate_tree
+
+if TYPE_CHECKING:
+    from medusa_trt.medusa.buffers import TreeBuffers
+    from medusa_trt.runtime.config import CheckpointInfo
+    from medusa_trt.runtime.tp import Runner
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.0          # 0 -> greedy
+    top_p: float = 1.0
+    top_k: int = 0                    # 0 -> off
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()   # in addition to the tokenizer's eos ids
+    posterior_threshold: float = 0.09      # typical acceptance (temperature > 0, lossy)
+    posterior_alpha: float = 0.3
+
+
+@dataclass
+class Chunk:
+    token_ids: list[int]              # tokens emitted by one decoding step (>= 1 with Medusa)
+    finish_reason: str | None = None  # None, or "stop" / "length" on the last chunk
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    completion_tokens: int
+    num_steps: int                    # decoding steps (verification forwards), prefill excluded
+    tokens_per_step: float            # completion_tokens / num_steps
+    accepted_per_depth: list[int] = field(default_factory=list)  # accepted drafts at depth 1..D
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    medusa: bool = False
+
+
+class Generation:
+    """An iterator of Chunk; ``stats`` is set once exhausted; ``close()`` aborts early."""
+
+    def __init__(self, decoder: Any, on_close: Any) -> None:
+        self._decoder = decoder
+        self._it: Iterator[Chunk] = decoder.run()
+        self._on_close = on_close
+        self.stats: GenerationStats | None = None
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self
+
+    def __next__(self) -> Chunk:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._on_close is None:
+            return
+        self._it.close()  # type: ignore[attr-defined]
+        self.stats = self._decoder.stats
+        self._on_close()
+        self._on_close = None
+
+
+class ReferenceEngine:
+    """A loaded checkpoint: tokenizer, tree buffers and the rank processes. One generation at a time."""
+
+    def __init__(self, info: CheckpointInfo, runner: Runner, tree: Tree, buffers: TreeBuffers | None,
+                 tokenizer: Any) -> None:
+        self.info, self._runner, self._buffers = info, runner, buffers
+        self.tokenizer = tokenizer
+        self.model_name = info.model_name
+        self.max_seq_len = info.max_seq_len
+        self.has_medusa = buffers is not None
+        self.num_medusa_heads = info.num_medusa_heads
+        self.tree = tree
+        self.tp = info.tp
+        self._busy = False
+        self._stop_ids = _eos_ids(info.ckpt_dir, tokenizer)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, medusa: bool = True) -> Generation:
+        from medusa_trt.runtime.decode import Decoder
+
+        if self._busy:
+            raise InvalidInputError("the engine is busy with another generation",
+                                    hint="Exhaust or close() the previous Generation first.")
+        if not prompt_ids:
+            raise InvalidInputError("empty prompt", hint="Give at least one token.")
+        if len(prompt_ids) >= self.max_seq_len:
+            raise InvalidInputError(f"prompt of {len(prompt_ids)} tokens does not fit max_seq_len {self.max_seq_len}",
+                                    hint="Shorten the prompt.")
+        bad = [t for t in prompt_ids if not 0 <= t < self.info.vocab_size]
+        if bad:
+            raise InvalidInputError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.vocab_size - 1})")
+        if params.max_tokens < 1 or params.temperature < 0 or not 0 < params.top_p <= 1 or params.top_k < 0:
+            raise InvalidInputError("invalid sampling parameters: need max_tokens >= 1, temperature >= 0, "
+                                    "0 < top_p <= 1, top_k >= 0")
+        buffers = self._buffers if medusa else None
+        decoder = Decoder(self._runner, list(prompt_ids), params, self._stop_ids | set(params.stop_token_ids),
+                          self.max_seq_len, buffers)
+        self._busy = True
+        return Generation(decoder, self._release)
+
+    def _release(self) -> None:
+        self._busy = False
+
+    def close(self) -> None:
+        """Stop the tp worker processes (idempotent)."""
+        self._runner.close()
+
+    def __enter__(self) -> ReferenceEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _eos_ids(ckpt_dir: Path, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = ckpt_dir / "generation_config.json"
+    if gen.is_file():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [int(eos)])
+    return ids
+
+
+def _load_tokenizer(*dirs: Path) -> Any:
+    for d in dirs:
+        if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(d))
+    return None
+
+
+def resolve_tree(info: CheckpointInfo, tree: str | list[list[int]] | None) -> Tree | None:
+    """The tree to use (validated against heads and max_draft_len), or None without Medusa heads."""
+    from medusa_trt.runtime.config import default_tree
+
+    if info.num_medusa_heads == 0:
+        if tree is not None:
+            raise TreeError(f"{info.ckpt_dir} has no Medusa heads, so a tree cannot be used",
+                            hint="Convert with --medusa HEADS, or drop --tree.")
+        return None
+    chosen = default_tree(info) if tree is None else load_tree(tree)
+    return validate_tree(chosen, num_heads=info.num_medusa_heads, max_draft_len=info.max_draft_len or None)
+
+
+def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[int]] | None = None) -> ReferenceEngine:
+    """Load a converted checkpoint dir (or an engine dir with medusa-trt.json) for generation.
+
+    The tree is validated against the heads before any weight is read; tp > 1 spawns tp-1 ranks.
+    """
+    from medusa_trt.errors import MissingDependencyError
+    from medusa_trt.runtime.config import read_checkpoint
+
+    info = read_checkpoint(path)
+    chosen = resolve_tree(info, tree)
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InvalidInputError(f"unknown device '{device}'", hint="Use cpu or cuda.")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MissingDependencyError("--device cuda but no CUDA GPU is visible to torch",
+                                     hint="Use --device cpu, or install a CUDA build of torch.")
+    from medusa_trt.medusa.buffers import build_buffers
+    from medusa_trt.runtime.tp import Runner
+
+    tokenizer = _load_tokenizer(info.ckpt_dir, Path(path))
+    runner = Runner(info, device)
+    buffers = None
+    if chosen is not None:
+        buffers = build_buffers(chosen, num_heads=info.num_medusa_heads,
+                                max_draft_len=info.max_draft_len or None, device=runner.device)
+    return ReferenceEngine(info, runner, chosen or [], buffers, tokenizer)

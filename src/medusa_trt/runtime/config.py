@@ -1,0 +1,140 @@
+"""Reading a TRT-LLM checkpoint directory (or an engine dir pointing at one) without loading weights.
+
+Everything here is cheap (JSON and safetensors headers), so bad input is refused before any compute.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medusa_trt.errors import CheckpointError
+from medusa_trt.medusa.trees import Tree, load_tree, named_trees, tree_problems
+
+MANIFEST = "medusa-trt.json"
+# TRT-LLM's llama3 defaults, used when the checkpoint kept only {"type": "llama3"} (trtllm-medusa.md §2.3).
+LLAMA3_DEFAULTS = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192}
+
+
+@dataclass
+class CheckpointInfo:
+    ckpt_dir: Path
+    config: dict[str, Any]
+    tp: int
+    dtype: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    intermediate_size: int
+    max_seq_len: int
+    num_medusa_heads: int
+    num_medusa_layers: int
+    max_draft_len: int
+    quant_algo: str | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
+
+    @property
+    def rope_scaling(self) -> dict[str, Any] | None:
+        scaling = self.config.get("rotary_scaling")
+        if not scaling:
+            return None
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind in (None, "default", "none"):
+            return None
+        if kind != "llama3":
+            raise CheckpointError(f"{self.ckpt_dir}: rotary_scaling type '{kind}' is not supported",
+                                  hint="The reference runtime implements Llama 3.x (llama3) RoPE scaling.")
+        return {**LLAMA3_DEFAULTS, **{k: v for k, v in scaling.items() if k in LLAMA3_DEFAULTS}}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read JSON ({e.__class__.__name__})",
+                              hint="Re-run `medusa-trt convert` to rewrite the checkpoint.") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Resolve an engine dir or checkpoint dir and parse its config.json (no weights are read)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a directory",
+                              hint="Pass a checkpoint from `medusa-trt convert` or an engine dir from `build`.")
+    manifest: dict[str, Any] = {}
+    ckpt = root
+    if (root / MANIFEST).is_file():
+        manifest = _read_json(root / MANIFEST)
+        ckpt = (root / str(manifest.get("checkpoint_dir", "."))).resolve()
+    if not (ckpt / "config.json").is_file():
+        raise CheckpointError(f"{ckpt}: no config.json (not a TRT-LLM checkpoint)",
+                              hint="Create one with `medusa-trt convert MODEL --output DIR`.")
+    cfg = _read_json(ckpt / "config.json")
+    try:
+        mapping = cfg.get("mapping") or {}
+        tp = int(mapping.get("tp_size", 1))
+        if int(mapping.get("pp_size", 1)) != 1:
+            raise CheckpointError(f"{ckpt}: pipeline parallelism (pp_size > 1) is not supported",
+                                  hint="Convert with --tp only.")
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        quant = (cfg.get("quantization") or {}).get("quant_algo")
+        info = CheckpointInfo(
+            ckpt_dir=ckpt, config=cfg, tp=tp, dtype=str(cfg.get("dtype", "float32")),
+            vocab_size=int(cfg["vocab_size"]), hidden_size=hidden, num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=heads, num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_size=int(cfg.get("head_size") or hidden // heads),
+            intermediate_size=int(cfg["intermediate_size"]),
+            max_seq_len=int(manifest.get("max_seq_len") or cfg.get("max_position_embeddings", 2048)),
+            num_medusa_heads=int(cfg.get("num_medusa_heads") or 0),
+            num_medusa_layers=int(cfg.get("num_medusa_layers") or 0),
+            max_draft_len=int(cfg.get("max_draft_len") or 0), quant_algo=quant, manifest=manifest,
+            model_name=str(manifest.get("model_name") or cfg.get("model_name") or root.resolve().name),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt}/config.json: missing or bad field ({e})",
+                              hint="Re-run `medusa-trt convert`.") from e
+    if info.quant_algo not in (None, "FP8"):
+        raise CheckpointError(f"{ckpt}: quant_algo '{info.quant_algo}' is not supported by the reference runtime",
+                              hint="Use an unquantized or FP8 checkpoint.")
+    if info.num_heads % tp or info.intermediate_size % tp or hidden % tp:
+        raise CheckpointError(f"{ckpt}: tp_size {tp} does not divide heads/intermediate/hidden")
+    missing = [f"rank{r}.safetensors" for r in range(tp) if not (ckpt / f"rank{r}.safetensors").is_file()]
+    if missing:
+        raise CheckpointError(f"{ckpt}: missing {', '.join(missing)} for tp_size {tp}",
+                              hint="The conversion was interrupted or files were removed; convert again.")
+    return info
+
+
+def simple_tree(num_heads: int, max_nodes: int) -> Tree:
+    """A small tree for checkpoints with too few heads for the shipped trees: top-4 at depth 1, then
+    the top-2 children of the top-1 chain at every deeper level."""
+    tree: Tree = [[r] for r in range(4)]
+    for d in range(2, num_heads + 1):
+        tree += [[0] * (d - 1) + [r] for r in range(2)]
+    return tree[: max(1, max_nodes)]
+
+
+def default_tree(info: CheckpointInfo) -> Tree:
+    """The manifest's tree; else the largest shipped tree that fits the heads; else ``simple_tree``."""
+    if info.manifest.get("tree"):
+        return load_tree(info.manifest["tree"])
+    limit = info.max_draft_len or None
+    fitting = []
+    for name in named_trees():
+        tree = load_tree(name)
+        if not tree_problems(tree, num_heads=info.num_medusa_heads, max_draft_len=limit):
+            fitting.append((len(tree), name, tree))
+    if fitting:
+        return max(fitting)[2]
+    return simple_tree(info.num_medusa_heads, info.max_draft_len or 63)

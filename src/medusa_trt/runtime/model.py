@@ -1,0 +1,201 @@
+"""One rank of a Llama 3.x decoder executing a TRT-LLM shard, with a static KV cache and Medusa heads.
+
+Each rank holds H/t query heads, ceil(KV/t) KV heads (replicated when KV < t), an I/t MLP slice and
+V/t lm_head rows. Two all-reduces per layer (after attention ``dense`` and after MLP ``proj``); the
+vocab-parallel logits are gathered on rank 0. The KV cache is one preallocated tensor
+``[layers, 2, KVl, capacity, hd]`` so tree compaction is a single gather-copy for all layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch  # noqa: TID253 (runtime modules are imported only by commands that compute)
+import torch.nn.functional as F  # noqa: TID253
+
+from medusa_trt.errors import CheckpointError, InvalidInputError
+from medusa_trt.runtime.config import CheckpointInfo
+from medusa_trt.runtime.weights import ShardWeights, load_shard
+
+
+class Comm(Protocol):
+    rank: int
+    size: int
+
+    def all_reduce(self, t: torch.Tensor) -> None: ...
+    def all_gather_last(self, t: torch.Tensor) -> torch.Tensor: ...
+    def gather_last(self, t: torch.Tensor, rows: list[int]) -> torch.Tensor | None: ...
+
+
+class LocalComm:
+    """tp = 1: every collective is the identity."""
+
+    rank, size = 0, 1
+
+    def all_reduce(self, t: torch.Tensor) -> None:
+        return None
+
+    def all_gather_last(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def gather_last(self, t: torch.Tensor, rows: list[int]) -> torch.Tensor | None:
+        return t
+
+
+def llama3_inv_freq(head_size: int, base: float, scaling: dict[str, float] | None) -> torch.Tensor:
+    """Inverse RoPE frequencies [hd/2] with Llama 3 wavelength-dependent scaling (as HF computes them)."""
+    inv = 1.0 / (base ** (torch.arange(0, head_size, 2, dtype=torch.int64).float() / head_size))
+    if not scaling:
+        return inv
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_ctx = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old_ctx / low, inv / factor, inv)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """GPT-NeoX RoPE. x: [heads, T, hd]; cos/sin: [T, hd]."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rot * sin
+
+
+class LlamaShard:
+    def __init__(self, info: CheckpointInfo, rank: int, device: str, comm: Comm) -> None:
+        self.info, self.rank, self.device, self.comm = info, rank, device, comm
+        self.w: ShardWeights = load_shard(info, rank, device)
+        t = info.tp
+        self.hd = info.head_size
+        self.n_q = info.num_heads // t
+        self.n_kv = (info.num_kv_heads + t - 1) // t
+        self.eps = float(info.config.get("norm_epsilon", 1e-5))
+        self.dtype = self.w.ln_f.dtype
+        self._check_shapes()
+        self.inv_freq = llama3_inv_freq(self.hd, float(info.config.get("rotary_base", 10000.0)),
+                                        info.rope_scaling).to(device)  # [hd/2] float32
+        self.cache: torch.Tensor | None = None  # [layers, 2, KVl, capacity, hd]
+        self.length = 0
+        self.last_hidden: torch.Tensor | None = None  # [T, D] after ln_f, for the heads
+
+    def _check_shapes(self) -> None:
+        lw = self.w.layers[0]
+        want = (self.n_q + 2 * self.n_kv) * self.hd
+        if lw.qkv.shape != (want, self.info.hidden_size):
+            raise CheckpointError(
+                f"rank{self.rank}: attention.qkv is {tuple(lw.qkv.shape)}, expected {(want, self.info.hidden_size)}",
+                hint="The shard does not match config.json (heads, KV heads, tp_size); convert again.")
+        if lw.fc_gate.shape[0] != 2 * self.info.intermediate_size // self.info.tp:
+            raise CheckpointError(f"rank{self.rank}: mlp.fc/gate rows do not match intermediate_size / tp_size")
+
+    # --- cache -----------------------------------------------------------------------------------
+    def alloc(self, capacity: int) -> None:
+        """Make room for ``capacity`` positions; reuses the buffer when it is large enough."""
+        if self.cache is None or self.cache.shape[3] < capacity:
+            shape = (self.info.num_layers, 2, self.n_kv, capacity, self.hd)
+            self.cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.length = 0
+
+    def commit(self, start: int, keep: torch.Tensor) -> None:
+        """Keep cache slots ``keep`` (absolute, ascending) at ``start..``; drop the rest of the tree."""
+        assert self.cache is not None
+        m = keep.shape[0]
+        self.cache[:, :, :, start:start + m] = self.cache.index_select(3, keep)
+        self.length = start + m
+
+    # --- forward ---------------------------------------------------------------------------------
+    def _attn_mask(self, t: int, n: int, tree_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, bool]:
+        if tree_mask is not None:  # the prefix is visible to every node; the tree block is M
+            prefix = torch.ones(t, n, dtype=torch.bool, device=self.device)
+            return torch.cat([prefix, tree_mask], dim=1), False  # [T, n+T]
+        if t == 1:
+            return None, False
+        if n == 0:
+            return None, True
+        causal = torch.ones(t, n + t, dtype=torch.bool, device=self.device).tril(n)
+        return causal, False
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor,
+                tree_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Run T tokens at cache slots [length, length+T) with RoPE positions ``pos``.
+
+        ids, pos: [T] long. Returns the gathered logits [T, V] (float32) on rank 0, None elsewhere,
+        and keeps ``last_hidden`` for the heads.
+        """
+        assert self.cache is not None, "alloc() first"
+        t, n = ids.shape[0], self.length
+        if n + t > self.cache.shape[3]:
+            raise InvalidInputError(f"KV cache full ({n}+{t} > {self.cache.shape[3]})")
+        w = self.w
+        x = self._embed(ids)  # [T, D]
+        freqs = pos.to(torch.float32)[:, None] * self.inv_freq[None]  # [T, hd/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)  # [T, hd]
+        mask, causal = self._attn_mask(t, n, tree_mask)
+        qn, kn = self.n_q * self.hd, self.n_kv * self.hd
+        for i, lw in enumerate(w.layers):
+            h = rms_norm(x, lw.ln1, self.eps)
+            qkv = F.linear(h, lw.qkv)  # [T, (Hl + 2 KVl) hd]
+            q = qkv[:, :qn].view(t, self.n_q, self.hd).transpose(0, 1)  # [Hl, T, hd]
+            k = qkv[:, qn:qn + kn].view(t, self.n_kv, self.hd).transpose(0, 1)  # [KVl, T, hd]
+            v = qkv[:, qn + kn:].view(t, self.n_kv, self.hd).transpose(0, 1)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            cache = self.cache[i]  # [2, KVl, cap, hd]
+            cache[0, :, n:n + t] = k
+            cache[1, :, n:n + t] = v
+            o = F.scaled_dot_product_attention(
+                q[None], cache[0, :, : n + t][None], cache[1, :, : n + t][None], attn_mask=mask,
+                is_causal=causal, enable_gqa=self.n_q != self.n_kv)  # [1, Hl, T, hd]
+            a = F.linear(o[0].transpose(0, 1).reshape(t, qn), lw.dense)  # [T, D] partial sum
+            self.comm.all_reduce(a)
+            x = x + a
+            h = rms_norm(x, lw.ln2, self.eps)
+            fc, gate = F.linear(h, lw.fc_gate).chunk(2, dim=-1)  # [T, Il] each
+            m = F.linear(F.silu(fc) * gate, lw.proj)  # [T, D] partial sum
+            self.comm.all_reduce(m)
+            x = x + m
+        self.length = n + t
+        x = rms_norm(x, w.ln_f, self.eps)
+        self.last_hidden = x
+        return self.gather_vocab(F.linear(x, w.lm_head).float(), w.vocab_rows)  # [T, V] on rank 0
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        w = self.w
+        if not w.parallel_embedding:
+            return w.embed[ids]
+        local = ids - w.embed_offset  # rows held elsewhere contribute zeros, then all-reduce
+        inside = (local >= 0) & (local < w.embed.shape[0])
+        x = w.embed[local.clamp(0, w.embed.shape[0] - 1)] * inside[:, None].to(w.embed.dtype)
+        self.comm.all_reduce(x)
+        return x
+
+    @torch.inference_mode()
+    def heads(self, row: int) -> torch.Tensor | None:
+        """All Medusa heads on ``last_hidden[row]``: x + silu(linear(x)) per layer, then lm_head.
+
+        Returns [K, V] float32 logits on rank 0 (None elsewhere).
+        """
+        w = self.w
+        assert self.last_hidden is not None and w.heads_lm is not None
+        k = w.heads_lm.shape[0]
+        x = self.last_hidden[row].expand(k, -1)  # [K, D]
+        for weight, bias in zip(w.heads_w, w.heads_b, strict=True):
+            y = torch.baddbmm(bias[:, :, None], weight, x[:, :, None])[:, :, 0]  # [K, D/t]
+            x = x + F.silu(self.comm.all_gather_last(y))  # column-parallel, gather_output=True
+        logits = torch.bmm(w.heads_lm, x[:, :, None])[:, :, 0].float()  # [K, Vl]
+        return self.gather_vocab(logits, w.head_rows)
+
+    def gather_vocab(self, local: torch.Tensor, rows: list[int]) -> torch.Tensor | None:
+        full = self.comm.gather_last(local, rows)
+        return None if full is None else full[..., : self.info.vocab_size]

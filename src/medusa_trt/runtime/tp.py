@@ -1,0 +1,220 @@
+"""Tensor parallelism: one process per rank over torch.distributed (gloo on CPU, nccl on CUDA).
+
+Rank 0 lives in the caller's process and drives; ranks 1..t-1 are spawned workers that follow it.
+Before every model operation rank 0 broadcasts a small header (op + ints) and the op's inputs, then all
+ranks run the op together (its all-reduces and gathers included). Decoding logic runs on rank 0 only,
+so closing a generation early just stops sending ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+from datetime import timedelta
+from typing import Any
+
+import torch  # noqa: TID253 (runtime modules are imported only by commands that compute)
+import torch.distributed as dist  # noqa: TID253
+
+from medusa_trt.errors import CheckpointError, MissingDependencyError
+from medusa_trt.runtime.config import CheckpointInfo, read_checkpoint
+from medusa_trt.runtime.model import LlamaShard, LocalComm
+
+STOP, ALLOC, FORWARD, HEADS, COMMIT = range(5)
+TIMEOUT = timedelta(seconds=900)
+
+
+class DistComm:
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size = rank, size
+
+    def all_reduce(self, t: torch.Tensor) -> None:
+        dist.all_reduce(t)
+
+    def all_gather_last(self, t: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(t) for _ in range(self.size)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts, dim=-1)
+
+    def gather_last(self, t: torch.Tensor, rows: list[int]) -> torch.Tensor | None:
+        width = max(rows)
+        if t.shape[-1] < width:  # uneven torch.chunk shards: pad so every rank sends one shape
+            t = torch.nn.functional.pad(t, (0, width - t.shape[-1]))
+        t = t.contiguous()
+        parts = [torch.empty_like(t) for _ in range(self.size)] if self.rank == 0 else None
+        dist.gather(t, parts, dst=0)
+        if parts is None:
+            return None
+        return torch.cat([p[..., :r] for p, r in zip(parts, rows, strict=True)], dim=-1)
+
+
+def _device_for(device: str, rank: int) -> str:
+    return f"cuda:{rank}" if device.startswith("cuda") else "cpu"
+
+
+class Runner:
+    """Rank 0's handle on the model: the same calls at tp 1 (in-process) and tp > 1 (broadcast first)."""
+
+    def __init__(self, info: CheckpointInfo, device: str) -> None:
+        self.info, self.tp = info, info.tp
+        self.device = _device_for(device, 0)
+        self._procs: list[Any] = []
+        self._threads: int | None = None
+        if self.tp == 1:
+            self.model = LlamaShard(info, 0, self.device, LocalComm())
+            return
+        self._start(device)
+
+    # --- process management ----------------------------------------------------------------------
+    def _start(self, device: str) -> None:
+        if dist.is_initialized():
+            raise MissingDependencyError("another tensor-parallel engine is already running in this process",
+                                         hint="Close it first (engine.close()).")
+        if device.startswith("cuda") and torch.cuda.device_count() < self.tp:
+            raise MissingDependencyError(f"tp_size {self.tp} needs {self.tp} GPUs, {torch.cuda.device_count()} visible",
+                                         hint="Run on CPU (--device cpu) or convert with a smaller --tp.")
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ctx = torch.multiprocessing.get_context("spawn")
+        status: Any = ctx.Queue()
+        threads = max(1, (os.cpu_count() or 1) // self.tp)
+        for r in range(1, self.tp):
+            p = ctx.Process(target=_worker_main, daemon=True,
+                            args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status))
+            p.start()
+            self._procs.append(p)
+        if backend == "gloo":  # share the cores between ranks instead of oversubscribing them
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                                world_size=self.tp, timeout=TIMEOUT)
+        try:
+            self.model = LlamaShard(self.info, 0, self.device, DistComm(0, self.tp))
+            self._await_workers(status)
+        except BaseException:
+            self._kill()
+            raise
+        self._hdr = torch.zeros(6, dtype=torch.long, device=self.device)
+
+    def _await_workers(self, status: Any) -> None:
+        pending = self.tp - 1
+        while pending:
+            try:
+                msg = status.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in self._procs if not p.is_alive()]
+                if dead:
+                    raise CheckpointError(f"a tensor-parallel rank exited while loading (code {dead[0].exitcode})",
+                                          hint="Run with --debug; check the rank files.") from None
+                continue
+            if msg[0] != "ok":
+                raise CheckpointError(f"rank {msg[1]}: {msg[2]}", hint="Check the checkpoint's rank files.")
+            pending -= 1
+
+    def _kill(self) -> None:
+        for p in self._procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(timeout=5)
+        self._procs = []
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            self._threads = None
+
+    def close(self) -> None:
+        if self.tp == 1 or not self._procs:
+            return
+        with contextlib.suppress(Exception):
+            self._send(STOP)
+            for p in self._procs:
+                p.join(timeout=10)
+        self._kill()
+
+    # --- operations --------------------------------------------------------------------------------
+    def _send(self, op: int, *args: int) -> None:
+        if self.tp == 1:
+            return
+        vals = [op, *args] + [0] * (5 - len(args))
+        self._hdr.copy_(torch.tensor(vals, dtype=torch.long))
+        dist.broadcast(self._hdr, src=0)
+
+    def alloc(self, capacity: int) -> None:
+        self._send(ALLOC, capacity)
+        self.model.alloc(capacity)
+
+    @property
+    def length(self) -> int:
+        return self.model.length
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [T, V] float32 for ids/pos [T] (tree_mask [T, T] bool for a verification forward)."""
+        if self.tp > 1:
+            self._send(FORWARD, ids.shape[0], int(tree_mask is not None))
+            dist.broadcast(torch.stack([ids, pos]).contiguous(), src=0)
+            if tree_mask is not None:
+                dist.broadcast(tree_mask.to(torch.uint8).contiguous(), src=0)
+        out = self.model.forward(ids, pos, tree_mask)
+        assert out is not None
+        return out
+
+    def heads(self, row: int) -> torch.Tensor:
+        """Medusa head logits [K, V] at ``row`` of the last forward's tokens."""
+        self._send(HEADS, row)
+        out = self.model.heads(row)
+        assert out is not None
+        return out
+
+    def commit(self, start: int, keep: torch.Tensor) -> None:
+        if self.tp > 1:
+            self._send(COMMIT, start, keep.shape[0])
+            dist.broadcast(keep.contiguous(), src=0)
+        self.model.commit(start, keep)
+
+
+def _worker_main(ckpt: str, rank: int, tp: int, port: int, device: str, backend: str, threads: int,
+                 status: Any) -> None:
+    """Rank r > 0: load the shard, then execute rank 0's ops until STOP."""
+    torch.set_num_threads(threads)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=tp,
+                            timeout=TIMEOUT)
+    dev = _device_for(device, rank)
+    if dev.startswith("cuda"):
+        torch.cuda.set_device(dev)
+    try:
+        model = LlamaShard(read_checkpoint(ckpt), rank, dev, DistComm(rank, tp))
+    except Exception as e:
+        status.put(("error", rank, str(e)))
+        return
+    status.put(("ok", rank, ""))
+    hdr = torch.zeros(6, dtype=torch.long, device=dev)
+    with torch.inference_mode():
+        while True:
+            dist.broadcast(hdr, src=0)
+            op, a, b = (int(v) for v in hdr[:3].tolist())
+            if op == STOP:
+                break
+            if op == ALLOC:
+                model.alloc(a)
+            elif op == FORWARD:
+                idpos = torch.empty(2, a, dtype=torch.long, device=dev)
+                dist.broadcast(idpos, src=0)
+                mask = None
+                if b:
+                    mask_u8 = torch.empty(a, a, dtype=torch.uint8, device=dev)
+                    dist.broadcast(mask_u8, src=0)
+                    mask = mask_u8.bool()
+                model.forward(idpos[0], idpos[1], mask)
+            elif op == HEADS:
+                model.heads(a)
+            elif op == COMMIT:
+                keep = torch.empty(b, dtype=torch.long, device=dev)
+                dist.broadcast(keep, src=0)
+                model.commit(a, keep)
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()

@@ -1,0 +1,124 @@
+"""Loading one rank's TRT-LLM shard into compute-ready tensors (trtllm-medusa.md §2.4-2.6).
+
+Per-layer tensors are fused for speed where TRT-LLM fuses at build time (``fc`` and ``gate`` into one
+matmul); Medusa heads are stacked over heads so all K run as one batched matmul. FP8 weights are
+dequantized once (``weight * weights_scaling_factor``); activation scales are not simulated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch  # noqa: TID253 (runtime modules are imported only by commands that compute)
+
+from medusa_trt.errors import CheckpointError
+from medusa_trt.runtime.config import CheckpointInfo
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LayerWeights:
+    ln1: torch.Tensor       # [D]
+    qkv: torch.Tensor       # [(Hl + 2*KVl) * hd, D]
+    dense: torch.Tensor     # [D, Hl * hd]
+    ln2: torch.Tensor       # [D]
+    fc_gate: torch.Tensor   # [2 * Il, D]: fc (activated, from gate_proj) then gate (from up_proj)
+    proj: torch.Tensor      # [D, Il]
+
+
+@dataclass
+class ShardWeights:
+    embed: torch.Tensor     # [V or V/t, D]
+    embed_offset: int       # first vocab row held here (parallel embedding), else 0
+    parallel_embedding: bool
+    layers: list[LayerWeights]
+    ln_f: torch.Tensor      # [D]
+    lm_head: torch.Tensor   # [Vl, D] this rank's vocab rows
+    vocab_rows: list[int]   # lm_head rows on every rank (for the gather)
+    heads_w: list[torch.Tensor]   # per Medusa layer l: [K, D/t, D]
+    heads_b: list[torch.Tensor]   # per Medusa layer l: [K, D/t]
+    heads_lm: torch.Tensor | None  # [K, Vl_head, D]
+    head_rows: list[int]
+
+
+def shard_rows(info: CheckpointInfo, name: str) -> list[int]:
+    """Dim-0 size of ``name`` in every rank file (headers only), or [] when absent."""
+    from safetensors import safe_open
+
+    rows = []
+    for r in range(info.tp):
+        with safe_open(str(info.ckpt_dir / f"rank{r}.safetensors"), framework="pt") as f:
+            if name not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                return []
+            rows.append(int(f.get_slice(name).get_shape()[0]))
+    return rows
+
+
+def _dequant(state: dict[str, torch.Tensor], name: str, dtype: torch.dtype) -> torch.Tensor:
+    w = state[name]
+    scale_name = name.removesuffix("weight") + "weights_scaling_factor"
+    if scale_name in state:  # FP8: stored e4m3 (or int8 bits); the scale divides, so multiply back
+        if w.dtype == torch.int8:
+            w = w.view(torch.float8_e4m3fn)
+        return (w.to(torch.float32) * state[scale_name].to(torch.float32).reshape(-1)[0]).to(dtype)
+    return w.to(dtype)
+
+
+def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
+    from safetensors.torch import load_file
+
+    path: Path = info.ckpt_dir / f"rank{rank}.safetensors"
+    dtype = DTYPES.get(info.dtype)
+    if dtype is None:
+        raise CheckpointError(f"{info.ckpt_dir}: dtype '{info.dtype}' is not supported",
+                              hint="Convert with --dtype float32, float16 or bfloat16.")
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as e:  # truncated or corrupt file
+        raise CheckpointError(f"{path}: cannot read ({e.__class__.__name__}: {e})",
+                              hint="The file is damaged; convert again.") from e
+
+    def get(name: str) -> torch.Tensor:
+        if name not in state:
+            raise CheckpointError(f"{path}: missing tensor '{name}'", hint="Convert the checkpoint again.")
+        return _dequant(state, name, dtype).to(device).contiguous()
+
+    layers = []
+    for i in range(info.num_layers):
+        p = f"transformer.layers.{i}."
+        layers.append(LayerWeights(
+            ln1=get(p + "input_layernorm.weight"), qkv=get(p + "attention.qkv.weight"),
+            dense=get(p + "attention.dense.weight"), ln2=get(p + "post_layernorm.weight"),
+            fc_gate=torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0).contiguous(),
+            proj=get(p + "mlp.proj.weight"),
+        ))
+    parallel = bool(info.config.get("use_parallel_embedding")) and info.tp > 1
+    embed = get("transformer.vocab_embedding.weight")
+    embed_rows = shard_rows(info, "transformer.vocab_embedding.weight") if parallel else [embed.shape[0]]
+    if "lm_head.weight" in state:
+        lm_head, vocab_rows = get("lm_head.weight"), shard_rows(info, "lm_head.weight")
+    elif not parallel:  # tied embeddings without an explicit lm_head: slice the full embedding
+        chunks = torch.chunk(embed, info.tp, dim=0)
+        lm_head, vocab_rows = chunks[rank].contiguous(), [c.shape[0] for c in chunks]
+    else:
+        raise CheckpointError(f"{path}: missing tensor 'lm_head.weight'", hint="Convert the checkpoint again.")
+
+    heads_w: list[torch.Tensor] = []
+    heads_b: list[torch.Tensor] = []
+    heads_lm = None
+    head_rows: list[int] = []
+    k_heads, n_layers = info.num_medusa_heads, info.num_medusa_layers
+    if k_heads:
+        for layer in range(n_layers):
+            names = [f"medusa_heads.{k}.medusa_layers.{layer}.linear." for k in range(k_heads)]
+            heads_w.append(torch.stack([get(n + "weight") for n in names]))  # [K, D/t, D]
+            heads_b.append(torch.stack([get(n + "bias") for n in names]))    # [K, D/t]
+        heads_lm = torch.stack([get(f"medusa_heads.{k}.lm_head.weight") for k in range(k_heads)])
+        head_rows = shard_rows(info, "medusa_heads.0.lm_head.weight")
+    return ShardWeights(
+        embed=embed, embed_offset=sum(embed_rows[:rank]) if parallel else 0, parallel_embedding=parallel,
+        layers=layers, ln_f=get("transformer.ln_f.weight"), lm_head=lm_head, vocab_rows=vocab_rows,
+        heads_w=heads_w, heads_b=heads_b, heads_lm=heads_lm, head_rows=head_rows,
+    )

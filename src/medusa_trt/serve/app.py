@@ -1,0 +1,121 @@
+"""The FastAPI app: OpenAI routes over one reference engine, errors in OpenAI's shape.
+
+`create_app(engine, model_name)` is what tests and `run_server` use. The generation flow itself
+(queueing, streaming, usage) lives in `medusa_trt.serve.generate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medusa_trt import __version__
+from medusa_trt.serve.generate import Generator
+from medusa_trt.serve.metrics import Metrics
+from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, validation_error
+from medusa_trt.serve.worker import EngineWorker
+
+_ENDPOINTS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version"}
+
+
+def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
+    """An app serving ``engine`` under ``model_name`` (default: the engine's). Starts the engine thread.
+
+    The caller owns the engine (closes it); ``app.state.worker.close()`` stops the thread, which
+    the app's shutdown does too.
+    """
+    name = model_name or str(getattr(engine, "model_name", "") or "model")
+    metrics = Metrics(name)
+    worker = EngineWorker(engine, metrics)
+    gen = Generator(engine, worker, metrics, name)
+    created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.close()
+
+    app = FastAPI(title="medusa-trt reference server", version=__version__, docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
+    app.state.engine, app.state.worker, app.state.metrics, app.state.model_name = engine, worker, metrics, name
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        path = request.url.path
+        metrics.request(path if path in _ENDPOINTS else "other", response.status_code)
+        return response
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        err = validation_error(list(e.errors()))
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        err = APIError(e.status_code, str(e.detail), type=kind)
+        return JSONResponse(err.body(), status_code=e.status_code)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(engine, name, created)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != name:
+            raise _unknown_model(model_id, name)
+        return _model_card(engine, name, created)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        _check_model(body.model, name)
+        return await gen.completion(body, request)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+        _check_model(body.model, name)
+        return await gen.chat(body, request)
+
+    return app
+
+
+def _model_card(engine: Any, name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "medusa-trt",
+            "max_model_len": int(engine.max_seq_len),
+            "medusa": {"num_heads": int(getattr(engine, "num_medusa_heads", 0) or 0),
+                       "tree_size": len(getattr(engine, "tree", None) or []),
+                       "tp": int(getattr(engine, "tp", 1) or 1)} if getattr(engine, "has_medusa", False) else None}
+
+
+def _unknown_model(got: str, name: str) -> APIError:
+    return APIError(404, f"The model `{got}` does not exist; this server serves `{name}`.",
+                    param="model", code="model_not_found")
+
+
+def _check_model(got: str | None, name: str) -> None:
+    if got not in (None, "", name):
+        raise _unknown_model(got, name)

@@ -1,0 +1,280 @@
+"""From an OpenAI request to a queued engine job and back: validation, SSE streaming, usage.
+
+Usage counts what the client got: completion tokens up to the end (or the stop string), and
+`decoding_steps` beside them (verification forwards, prefill excluded) so a client can compute
+tokens per step. Each SSE chunk carries the text of one decoding step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from medusa_trt.errors import InvalidInputError, MedusaTrtError
+from medusa_trt.serve.metrics import Metrics
+from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, _Common
+from medusa_trt.serve.text import TextStream
+from medusa_trt.serve.worker import EngineWorker, Finished, Job
+
+_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited or ran."""
+
+
+@dataclass
+class Outcome:
+    """What one request produced so far."""
+
+    prompt_tokens: int
+    medusa: bool
+    completion_tokens: int = 0
+    chunks: int = 0
+    finish_reason: str | None = None
+    stats: Any = None
+    deltas: list[str] = field(default_factory=list)
+
+    def steps(self) -> int:
+        # The engine's count when it ran to the end. Cut short, one step per chunk received: the
+        # first chunk is the prefill's token, which is no decoding step.
+        if self.stats is not None:
+            return int(self.stats.num_steps)
+        return max(self.chunks - 1, 0)
+
+    def usage(self) -> dict[str, int]:
+        # The engine counts a stop token it did not emit (as OpenAI counts EOS); cut short, we count
+        # the tokens the client received.
+        done = self.stats.completion_tokens if self.stats is not None else self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": int(done),
+                "total_tokens": self.prompt_tokens + int(done), "decoding_steps": self.steps()}
+
+
+class Generator:
+    """Turns requests into jobs on the worker and jobs into OpenAI responses."""
+
+    def __init__(self, engine: Any, worker: EngineWorker, metrics: Metrics, model_name: str) -> None:
+        self.engine, self.worker, self.metrics, self.model_name = engine, worker, metrics, model_name
+        self.tokenizer = engine.tokenizer
+
+    # --- entry points ----------------------------------------------------------------------------
+    async def completion(self, body: CompletionRequest, request: Request) -> Response:
+        ids = self._completion_ids(body)
+        return await self._serve(body, request, ids, body.max_tokens, chat=False)
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        ids = self._chat_ids(body)
+        return await self._serve(body, request, ids, body.max_completion_tokens or body.max_tokens, chat=True)
+
+    # --- prompts ---------------------------------------------------------------------------------
+    def _completion_ids(self, body: CompletionRequest) -> list[int]:
+        _raise(body.unsupported())
+        prompt: Any = body.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            return list(self.tokenizer.encode(prompt))
+        vocab = len(self.tokenizer)
+        if any(not 0 <= int(t) < vocab for t in prompt):
+            raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+        return [int(t) for t in prompt]
+
+    def _chat_ids(self, body: ChatCompletionRequest) -> list[int]:
+        _raise(body.unsupported())
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions",
+                           param="messages")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # a template that rejects the roles or their order
+            raise APIError(400, f"chat template failed: {e}", param="messages") from e
+        # the template writes the BOS itself
+        return list(self.tokenizer.encode(str(text), add_special_tokens=False))
+
+    def _params(self, body: _Common, n_prompt: int, max_tokens: int | None) -> Any:
+        from medusa_trt.runtime import SamplingParams
+
+        limit = int(self.engine.max_seq_len)
+        if n_prompt == 0:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        if n_prompt >= limit:
+            raise APIError(400, f"the prompt is {n_prompt} tokens; this model's maximum context length is "
+                           f"{limit} tokens (prompt + completion)", param="messages" if isinstance(
+                               body, ChatCompletionRequest) else "prompt", code="context_length_exceeded")
+        if max_tokens is None:
+            max_tokens = limit - n_prompt
+        elif n_prompt + max_tokens > limit:
+            raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt is "
+                           f"{n_prompt} and max_tokens asks for {max_tokens} more", param="max_tokens",
+                           code="context_length_exceeded")
+        extra: dict[str, Any] = {}
+        if body.posterior_threshold is not None:
+            extra["posterior_threshold"] = body.posterior_threshold
+        if body.posterior_alpha is not None:
+            extra["posterior_alpha"] = body.posterior_alpha
+        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                              top_k=max(body.top_k, 0), seed=body.seed,
+                              stop_token_ids=tuple(body.stop_token_ids), **extra)
+
+    # --- the flow ------------------------------------------------------------------------------
+    async def _serve(self, body: _Common, request: Request, ids: list[int], max_tokens: int | None,
+                     *, chat: bool) -> Response:
+        params = self._params(body, len(ids), max_tokens)
+        job = Job(ids, params, body.medusa, asyncio.get_running_loop())
+        self.worker.submit(job)
+        out = Outcome(prompt_tokens=len(ids), medusa=body.medusa)
+        text = TextStream(self.tokenizer, body.stop_list())
+        try:
+            first = await _next(job, request)
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; frees the queue slot
+        if isinstance(first, Finished):
+            _raise(_error_of(first))
+        if body.stream:
+            sse = _SSE(self, body, chat, job, request, out, text, first)
+            return StreamingResponse(sse.frames(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            deltas = [d async for d in self.steps(job, request, out, text, first)]
+        except ClientGone:
+            return Response(status_code=499)
+        finally:
+            job.cancel()
+        self.record(out)
+        return JSONResponse(self._full(chat, out, "".join(deltas)))
+
+    async def steps(self, job: Job, request: Request, out: Outcome, text: TextStream,
+                    event: Any) -> AsyncIterator[str]:
+        """Yields the text of each decoding step, then any held-back tail; fills ``out`` as it goes.
+
+        Raises APIError if the engine failed, ClientGone if the client left.
+        """
+        while not isinstance(event, Finished):
+            out.chunks += 1
+            out.completion_tokens += len(event.token_ids)
+            delta = text.push(event.token_ids)
+            if text.stopped:  # a stop string: cut here, the engine stops after the step in flight
+                out.finish_reason = "stop"
+                job.cancel()
+                yield delta
+                return
+            out.finish_reason = event.finish_reason
+            yield delta
+            event = await _next(job, request)
+        _raise(_error_of(event))
+        out.stats = event.stats
+        if out.finish_reason is None:
+            out.finish_reason = "abort" if event.cancelled else "length"
+        if tail := text.finish():
+            yield tail
+
+    def record(self, out: Outcome) -> None:
+        per_depth = list(getattr(out.stats, "accepted_per_depth", None) or [])
+        usage = out.usage()
+        self.metrics.generation(medusa=out.medusa, prompt_tokens=out.prompt_tokens,
+                                completion_tokens=usage["completion_tokens"], steps=usage["decoding_steps"],
+                                accepted_per_depth=per_depth)
+
+    # --- response bodies -------------------------------------------------------------------------
+    def _full(self, chat: bool, out: Outcome, content: str) -> dict[str, Any]:
+        head = {"id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": self.model_name}
+        if chat:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
+                                      "logprobs": None, "finish_reason": out.finish_reason}
+        else:
+            choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": out.finish_reason}
+        return {**head, "choices": [choice], "usage": out.usage()}
+
+
+class _SSE:
+    """One streaming response: a chunk per decoding step, then usage (if asked) and [DONE]."""
+
+    def __init__(self, g: Generator, body: _Common, chat: bool, job: Job, request: Request, out: Outcome,
+                 text: TextStream, first: Any) -> None:
+        self.g, self.body, self.chat, self.job, self.request = g, body, chat, job, request
+        self.out, self.text, self.first = out, text, first
+        self.id, self.created = _new_id(chat), int(time.time())
+        self.usage = body.include_usage()
+
+    def _frame(self, delta: str | None, finish: str | None, role: bool = False) -> str:
+        if self.chat:
+            d: dict[str, Any] = {"role": "assistant", "content": ""} if role else \
+                ({"content": delta} if delta else {})
+            choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+        doc: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                               "created": self.created, "model": self.g.model_name, "choices": [choice]}
+        if self.usage:
+            doc["usage"] = None
+        return _data(doc)
+
+    async def frames(self) -> AsyncIterator[str]:
+        out = self.out
+        try:
+            if self.chat:
+                yield self._frame(None, None, role=True)
+            try:
+                async for delta in self.g.steps(self.job, self.request, out, self.text, self.first):
+                    if delta:
+                        yield self._frame(delta, None)
+            except APIError as e:  # headers are sent: the error travels as an event
+                yield _data(e.body())
+                yield "data: [DONE]\n\n"
+                return
+            yield self._frame(None, out.finish_reason)
+            self.g.record(out)
+            if self.usage:
+                yield _data({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                             "created": self.created, "model": self.g.model_name, "choices": [],
+                             "usage": out.usage()})
+            yield "data: [DONE]\n\n"
+        except ClientGone:
+            return
+        finally:
+            self.job.cancel()  # a client gone mid-stream frees the engine after the step in flight
+
+
+async def _next(job: Job, request: Request) -> Any:
+    """The job's next event; raises ClientGone (and cancels the job) if the client left meanwhile."""
+    while True:
+        try:
+            return await asyncio.wait_for(job.events.get(), timeout=_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancel()
+                raise ClientGone() from None
+
+
+def _error_of(end: Finished) -> APIError | None:
+    e = end.error
+    if e is None:
+        return None
+    if isinstance(e, InvalidInputError | ValueError):
+        return APIError(400, str(e))
+    if isinstance(e, MedusaTrtError):
+        return APIError(500, str(e), type="server_error")
+    return APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+
+
+def _raise(err: APIError | None) -> None:
+    if err is not None:
+        raise err
+
+
+def _data(doc: dict[str, Any]) -> str:
+    return f"data: {json.dumps(doc, ensure_ascii=False)}\n\n"
+
+
+def _new_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"

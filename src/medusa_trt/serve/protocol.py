@@ -1,0 +1,145 @@
+"""OpenAI request models, their validation, and the OpenAI error shape.
+
+Unknown fields are accepted and ignored (clients send `user`, `logit_bias: {}`...), but a field we
+cannot honour with a non-default value (n > 1, logprobs, echo, penalties, tools) is a 400, not a
+silent difference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class APIError(Exception):
+    """An error answered as OpenAI JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None  # optional: the one served model is used
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)  # OpenAI's default; 0 is greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1)  # extension (vLLM): 0 or -1 = off
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] = Field(default_factory=list)  # extension (vLLM)
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    medusa: bool = True  # extension: false decodes one token per step (the baseline)
+    posterior_threshold: float | None = Field(None, gt=0.0, le=1.0)  # extension: typical acceptance
+    posterior_alpha: float | None = Field(None, gt=0.0, le=1.0)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if any(not s for s in items):
+            raise ValueError("stop strings must be non-empty")
+        return v
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def unsupported(self) -> APIError | None:
+        """The first field set to something the reference runtime cannot do."""
+        checks: list[tuple[bool, str, str]] = [
+            (self.n != 1, "n", "only n=1 is supported"),
+            (self.presence_penalty != 0.0, "presence_penalty", "presence_penalty is not supported"),
+            (self.frequency_penalty != 0.0, "frequency_penalty", "frequency_penalty is not supported"),
+            (bool(self.logit_bias), "logit_bias", "logit_bias is not supported"),
+            (self.ignore_eos, "ignore_eos", "ignore_eos is not supported by the reference runtime"),
+            (self.min_tokens > 0, "min_tokens", "min_tokens is not supported by the reference runtime"),
+        ]
+        for bad, param, msg in checks:
+            if bad:
+                return APIError(400, msg, param=param)
+        return None
+
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def unsupported(self) -> APIError | None:
+        if (err := super().unsupported()) is not None:
+            return err
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str | list) \
+                and len(self.prompt) != 1:
+            return APIError(400, "only one prompt per request is supported", param="prompt")
+        for bad, param in ((self.echo, "echo"), (self.logprobs is not None, "logprobs"),
+                           (self.best_of not in (None, 1), "best_of"), (bool(self.suffix), "suffix")):
+            if bad:
+                return APIError(400, f"{param} is not supported", param=param)
+        return None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text":
+                raise APIError(400, f"content part type {part.get('type')!r} is not supported (text only)",
+                               param="messages")
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+
+
+class ChatCompletionRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+
+    def unsupported(self) -> APIError | None:
+        if (err := super().unsupported()) is not None:
+            return err
+        for bad, param in ((self.logprobs, "logprobs"), (self.top_logprobs is not None, "top_logprobs"),
+                           (bool(self.tools), "tools")):
+            if bad:
+                return APIError(400, f"{param} is not supported", param=param)
+        return None
+
+
+def validation_error(errors: list[Any]) -> APIError:
+    """Pydantic's first complaint as one OpenAI error (param = the dotted field path)."""
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid request"))
+    return APIError(400, f"{param}: {msg}" if param else msg, param=param)

@@ -1,0 +1,153 @@
+"""`run_server`: load a reference engine, serve it with uvicorn, stop cleanly on SIGINT/SIGTERM.
+
+Exit contract (the same as the TensorRT-LLM path of `medusa-trt run`, which forwards the signal to
+trtllm-serve and exits 128+signal): 128+signum after a signal (130 for Ctrl-C, 143 for SIGTERM),
+0 if the server stopped on its own. On a signal the running and queued generations are cancelled
+(streams end with finish_reason "abort"), connections get a short grace period, and the engine is
+closed, which stops its tensor-parallel worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+GRACE_S = 2  # how long open connections may finish after a signal before they are cut
+
+
+def run_server(engine_dir: Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+               model_name: str | None = None, tree: str | list[list[int]] | None = None) -> int:
+    """Serve ``engine_dir`` (an engine or converted checkpoint directory) until SIGINT/SIGTERM.
+
+    Prints ``serving MODEL at http://HOST:PORT`` on stderr once the port accepts connections
+    (port 0 picks a free port; the line shows which). Returns the exit code (see module doc).
+    """
+    from medusa_trt.runtime import load_engine
+
+    got: list[int] = []
+    with _signals_as_interrupt(got):  # a signal during the (long) engine load still exits cleanly
+        try:
+            _log(f"loading {engine_dir} on {device} ...")
+            engine = load_engine(Path(engine_dir), device=device, tree=tree)
+        except KeyboardInterrupt:
+            return 128 + (got[0] if got else signal.SIGINT)
+    try:
+        return _serve(engine, host, port, model_name)
+    finally:
+        engine.close()
+
+
+def _serve(engine: Any, host: str, port: int, model_name: str | None) -> int:
+    from medusa_trt.serve.app import create_app
+
+    app = create_app(engine, model_name)
+    sock = _bind(host, port)  # bind first: a busy port fails here with a clear message, not in uvicorn
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S,
+                            lifespan="on")
+    server = _Server(config, on_signal=app.state.worker.close)
+    name = app.state.model_name
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{_url_host(bound_host)}:{bound_port}"
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            _log(f"serving {name} at {url} (OpenAI API under {url}/v1; Ctrl-C to stop)")
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        app.state.worker.close()
+        sock.close()
+    if server.signals:
+        _log(f"stopped ({signal.Signals(server.signals[0]).name})")
+        return 128 + server.signals[0]
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server that records the signal instead of re-raising it at exit, and cancels generations."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.signals: list[int] = []
+        self._on_signal = on_signal
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:  # a second signal: stop waiting for connections
+            self.force_exit = True
+            return
+        self.signals.append(sig)
+        self.should_exit = True
+        # end running streams now (their generations would run on to max_tokens); off the signal
+        # handler because closing joins the engine thread
+        threading.Thread(target=self._on_signal, daemon=True).start()
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt(got: list[int]) -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt) inside the block; ``got`` records which."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        got.append(sig)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    from medusa_trt.errors import InvalidInputError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise InvalidInputError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                                hint="pick another --port (0 picks a free one) or stop what uses it") from e
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _log(msg: str) -> None:
+    print(f"medusa-trt: {msg}", file=sys.stderr, flush=True)

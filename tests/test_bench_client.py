@@ -1,0 +1,166 @@
+"""The real client against real loopback servers: token accounting, failures, JSON schema, plot, CLI."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medusa_trt.bench import BenchConfig, BenchReport, run_benchmark
+from medusa_trt.bench.loopback import LoopbackOptions, loopback_server
+from medusa_trt.bench.plot import DPI, FIGSIZE_IN, write_plot
+from medusa_trt.bench.server import free_port, probe
+from medusa_trt.cli import run as cli_run
+from medusa_trt.errors import ServerError
+
+
+@pytest.fixture(scope="module")
+def medusa_like() -> Any:
+    """3 tokens per chunk with Medusa, 1 without; every 4th completion request fails with 500."""
+    with loopback_server(LoopbackOptions(tokens_per_chunk=3, fail_every=4)) as (url, srv):
+        yield url, srv
+
+
+@pytest.fixture(scope="module")
+def compared(medusa_like: Any) -> BenchReport:
+    url, _ = medusa_like
+    return run_benchmark(BenchConfig(url=url, num_prompts=6, concurrency=(1, 2), max_tokens=10,
+                                     compare_no_medusa=True, warmup=0, seed=5))
+
+
+def test_tokens_come_from_usage_not_chunks(medusa_like: Any) -> None:
+    url, srv = medusa_like
+    before = srv.completion_requests
+    rep = run_benchmark(BenchConfig(url=url, num_prompts=8, concurrency=(2,), max_tokens=10, warmup=0))
+    run = rep.run(2)
+    assert run is not None and srv.completion_requests - before == 8
+    ok = [r for r in run["requests"] if r["ok"]]
+    # 10 tokens in chunks of 3 -> 4 chunks, 4 steps; counting chunks would say 4
+    assert all(r["output_tokens"] == 10 and r["num_chunks"] == 4 and r["decoding_steps"] == 4 for r in ok)
+    assert run["tokens_per_step"] == pytest.approx(2.5)
+    assert run["total_output_tokens"] == 10 * len(ok)
+    # every 4th request of the server fails: exactly 2 of these 8 consecutive requests
+    assert run["failed"] == 2 and run["errors"] == {"http_5xx": 2} and run["completed"] == 6
+    assert "injected failure" in run["first_error"]
+
+
+def test_compare_mode_interleaves_and_checks_outputs(compared: BenchReport) -> None:
+    for c in (1, 2):
+        on, off, cmp_ = compared.run(c, True), compared.run(c, False), compared.comparisons[(1, 2).index(c)]
+        assert on is not None and off is not None and cmp_["concurrency"] == c
+        assert on["num_requests"] == off["num_requests"] == 6
+        assert {r["index"] for r in on["requests"]} == set(range(6)) == {r["index"] for r in off["requests"]}
+        if off["tokens_per_step"] is not None:
+            assert off["tokens_per_step"] == pytest.approx(1.0)
+        assert on["tokens_per_step"] == pytest.approx(2.5)
+        assert cmp_["identical_outputs"] is True and cmp_["mismatches"] == [] and cmp_["pairs"] >= 1
+        expect = cmp_["mean_output_tokens_per_s_per_user_medusa"] / cmp_["mean_output_tokens_per_s_per_user_no_medusa"]
+        assert cmp_["speedup"] == pytest.approx(expect)
+
+
+def test_json_schema_keys_and_types(compared: BenchReport, tmp_path: Path) -> None:
+    doc = json.loads(compared.write(tmp_path / "r.json").read_text())
+    assert doc["schema_version"] == 1 and doc["tool"]["name"] == "medusa-trt" and isinstance(doc["tool"]["version"], str)
+    assert doc["server"]["model"] == "loopback" and doc["server"]["version"] == {"version": "loopback-1"}
+    assert isinstance(doc["command"], list) and doc["was_cancelled"] is False and doc["start_time"]
+    assert doc["config"]["input_len_unit"] == "characters" and doc["config"]["seed"] == 5
+    num = (int, float)
+    for run in doc["runs"]:
+        for m in ("ttft", "tpot", "itl", "e2el"):
+            for stat in ("mean", "median", "std", "p50", "p90", "p99"):
+                assert isinstance(run[f"{stat}_{m}_ms"], num), (stat, m)
+        for k in ("request_throughput", "output_throughput", "total_token_throughput", "duration", "tokens_per_step"):
+            assert isinstance(run[k], num) and run[k] > 0, k
+        for k in ("completed", "failed", "total_input_tokens", "total_output_tokens", "concurrency"):
+            assert isinstance(run[k], int), k
+        assert set(run["output_tokens_per_s_per_user"]) == {"mean", "median", "std", "p50", "p90", "p99"}
+        assert isinstance(run["errors"], dict) and isinstance(run["requests"], list)
+        assert isinstance(run["medusa"], bool)
+    assert [c["concurrency"] for c in doc["comparisons"]] == [1, 2]
+    assert not list(tmp_path.glob(".r.json*"))  # the temp file was renamed away
+
+
+def test_plot_is_a_real_png(compared: BenchReport, tmp_path: Path) -> None:
+    out = write_plot(compared, tmp_path / "p.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    w, h = struct.unpack(">II", data[16:24])
+    assert (w, h) == (int(FIGSIZE_IN[0] * DPI), int(FIGSIZE_IN[1] * DPI))
+    assert len(data) > 5000  # two axes with lines and labels, not an empty canvas
+
+
+def test_down_server_fails_fast() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    with pytest.raises(ServerError, match="cannot reach"):
+        probe(url)
+    with pytest.raises(ServerError):
+        run_benchmark(BenchConfig(url=url, num_prompts=4))
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_timeouts_are_counted() -> None:
+    with loopback_server(LoopbackOptions(chunk_delay_s=0.3)) as (url, _):
+        rep = run_benchmark(BenchConfig(url=url, num_prompts=2, concurrency=(2,), max_tokens=5, warmup=0,
+                                        request_timeout_s=0.2))
+    run = rep.run(2)
+    assert run is not None and run["errors"] == {"timeout": 2} and run["completed"] == 0
+
+
+def test_cli_end_to_end(medusa_like: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = medusa_like
+    rc = cli_run(["bench", "--url", url, "--num-prompts", "4", "--concurrency", "1,2", "--max-tokens", "6",
+                  "--warmup", "0", "--json-out", str(tmp_path / "o.json"), "--plot", str(tmp_path / "o.png"), "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    doc = json.loads(out.out)
+    assert [r["concurrency"] for r in doc["runs"]] == [1, 2]
+    assert json.loads((tmp_path / "o.json").read_text())["runs"][0]["num_requests"] == 4
+    assert (tmp_path / "o.png").stat().st_size > 0 and "http_5xx" in out.err
+
+
+def test_cli_down_server_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_run(["bench", "--url", f"http://127.0.0.1:{free_port()}", "--num-prompts", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: cannot reach" in err and "Traceback" not in err
+
+
+def test_malformed_streams_are_counted() -> None:
+    with loopback_server(LoopbackOptions(bad_stream_every=2)) as (url, _):
+        rep = run_benchmark(BenchConfig(url=url, num_prompts=4, max_tokens=3, warmup=0))
+    run = rep.run(1)
+    assert run is not None and run["errors"] == {"malformed_stream": 2} and run["completed"] == 2
+    assert "invalid JSON" in run["first_error"]
+
+
+def test_compare_detects_diverging_outputs() -> None:
+    with loopback_server(LoopbackOptions(tokens_per_chunk=2, diverge_with_medusa=True)) as (url, _):
+        rep = run_benchmark(BenchConfig(url=url, num_prompts=3, max_tokens=4, warmup=0, compare_no_medusa=True))
+    cmp_ = rep.comparisons[0]
+    assert cmp_["identical_outputs"] is False and sorted(m["index"] for m in cmp_["mismatches"]) == [0, 1, 2]
+    assert cmp_["mismatches"][0]["medusa"] != cmp_["mismatches"][0]["no_medusa"]
+
+
+def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    with loopback_server(LoopbackOptions(chunk_delay_s=0.05)) as (url, srv):
+        proc = subprocess.Popen([sys.executable, "-m", "medusa_trt", "bench", "--url", url, "--num-prompts", "50",
+                                 "--max-tokens", "4", "--warmup", "0", "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while srv.completion_requests < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err.decode()
+    doc = json.loads(out)
+    assert doc["was_cancelled"] is True and "interrupted" in err.decode()
+    run = doc["runs"][0]
+    assert 3 <= run["completed"] < 50 and run["failed"] == 0

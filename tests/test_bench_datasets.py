@@ -1,0 +1,66 @@
+"""Dataset loading (builtin, JSONL, ShareGPT), seeded drawing and --input-len (characters)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from medusa_trt.bench.datasets import draw_prompts, fit_length, load_prompts
+from medusa_trt.errors import InvalidInputError
+
+
+def test_builtin_prompt_set_is_varied() -> None:
+    prompts = load_prompts("builtin")
+    assert 60 <= len(prompts) <= 100
+    cats = Counter(p.category for p in prompts)
+    assert {"chat", "code", "summarization", "reasoning"} <= set(cats)
+    assert max(cats.values()) <= len(prompts) // 3  # no single kind dominates acceptance
+    assert len({p.text for p in prompts}) == len(prompts) and all(p.text.strip() for p in prompts)
+
+
+def test_jsonl_formats(tmp_path: Path) -> None:
+    f = tmp_path / "p.jsonl"
+    lines = [json.dumps({"prompt": "alpha"}), "", json.dumps("beta"),
+             json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "gamma"}]})]
+    f.write_text("\n".join(lines) + "\n")
+    assert [p.text for p in load_prompts(f)] == ["alpha", "beta", "gamma"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n{oops\n')
+    with pytest.raises(InvalidInputError, match=":2: invalid JSON"):
+        load_prompts(bad)
+
+
+def test_sharegpt_takes_first_human_turn(tmp_path: Path) -> None:
+    doc = [{"id": "a", "conversations": [{"from": "human", "value": "first q"}, {"from": "gpt", "value": "ans"},
+                                         {"from": "human", "value": "second q"}]},
+           {"id": "b", "conversations": [{"from": "gpt", "value": "only a bot turn"}]},
+           {"id": "c", "conversations": [{"from": "human", "value": "another"}]}]
+    f = tmp_path / "sg.json"
+    f.write_text(json.dumps(doc))
+    assert [(p.id, p.text) for p in load_prompts(f)] == [("a", "first q"), ("c", "another")]
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="dataset not found"):
+        load_prompts(tmp_path / "nope.jsonl")
+
+
+def test_seeded_draw_is_deterministic_and_wraps() -> None:
+    pool = load_prompts("builtin")
+    a = draw_prompts(pool, 20, seed=1)
+    assert a == draw_prompts(pool, 20, seed=1)
+    assert [p.text for p in a] != [p.text for p in draw_prompts(pool, 20, seed=2)]
+    big = draw_prompts(pool, len(pool) + 5, seed=3)
+    assert len(big) == len(pool) + 5 and len({p.text for p in big[: len(pool)]}) == len(pool)
+
+
+def test_input_len_cuts_and_pads_characters() -> None:
+    assert fit_length("abcdef", 3) == "abc"
+    assert fit_length("ab", 7) == "ab ab a"
+    pool = load_prompts("builtin")
+    assert all(len(p.text) == 50 for p in draw_prompts(pool, 10, seed=0, input_len=50))
+    with pytest.raises(InvalidInputError):
+        fit_length("x", 0)

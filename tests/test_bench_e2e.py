@@ -1,0 +1,117 @@
+"""The bench client against OUR real server (tiny Llama + random Medusa heads, CPU reference runtime).
+
+Every reported figure is checked against the server's own Prometheus counters (tokens, steps).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medusa_trt.bench import BenchConfig, run_benchmark
+from medusa_trt.bench.server import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_llama: Path, tiny_heads: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reference engine built by `medusa-trt build`'s library path (cpu profile): manifest + checkpoint."""
+    from medusa_trt.engine.build import execute, prepare
+
+    out = tmp_path_factory.mktemp("bench-e2e") / "engine"
+    execute(prepare("cpu", str(tiny_llama), medusa=str(tiny_heads), output=out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_engine: Path) -> Iterator[str]:
+    """Our real app (serve.create_app over the reference engine) under uvicorn, in a thread here."""
+    import uvicorn
+
+    from medusa_trt.runtime import load_engine
+    from medusa_trt.serve import create_app
+
+    engine = load_engine(tiny_engine)
+    app = create_app(engine)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        engine.close()
+
+
+def _counters(url: str) -> dict[str, float]:
+    """medusa_trt_tokens_total / decoding_steps_total by label, from /metrics."""
+    out: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        m = re.match(r"medusa_trt_(tokens_total|decoding_steps_total)(\{[^}]*\})?\s+(\S+)", line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def _delta(after: dict[str, float], before: dict[str, float], name: str, **labels: str) -> float:
+    def pick(d: dict[str, float]) -> float:
+        return sum(v for k, v in d.items() if k.startswith(name) and all(f'{a}="{b}"' in k for a, b in labels.items()))
+    return pick(after) - pick(before)
+
+
+def test_figures_match_what_the_server_did(server_url: str) -> None:
+    before = _counters(server_url)
+    rep = run_benchmark(BenchConfig(url=server_url, num_prompts=3, concurrency=(2,), max_tokens=10, warmup=0,
+                                    compare_no_medusa=True, seed=0, input_len=80))
+    after = _counters(server_url)
+    assert not rep.was_cancelled and rep.server["model"]
+    for medusa in (True, False):
+        flag = "true" if medusa else "false"
+        runs = [r for r in rep.runs if r["medusa"] is medusa]
+        assert all(r["failed"] == 0 and r["completed"] == 3 for r in runs), [r["errors"] for r in runs]
+        out = sum(r["total_output_tokens"] for r in runs)
+        steps = sum(r["total_decoding_steps"] for r in runs)
+        assert out == _delta(after, before, "tokens_total", kind="completion", medusa=flag)
+        assert sum(r["total_input_tokens"] for r in runs) == _delta(after, before, "tokens_total", kind="prompt",
+                                                                   medusa=flag)
+        assert steps == _delta(after, before, "decoding_steps_total", medusa=flag)
+        for r in runs:
+            assert r["tokens_per_step"] == pytest.approx(r["total_output_tokens"] / r["total_decoding_steps"])
+            for q in r["requests"]:
+                assert 1 <= q["decoding_steps"] < q["output_tokens"] <= 10
+                assert q["num_chunks"] <= q["output_tokens"]
+                if not medusa:
+                    # plain decoding: one token per step, plus the prefill's token (steps exclude prefill)
+                    assert q["decoding_steps"] == q["output_tokens"] - 1
+    # greedy Medusa output is token-for-token the plain output
+    assert [c["identical_outputs"] for c in rep.comparisons] == [True]
+
+
+def test_engine_mode_starts_and_stops_our_server(tiny_engine: Path) -> None:
+    rep = run_benchmark(BenchConfig(engine=tiny_engine, num_prompts=2, max_tokens=6, warmup=0, seed=1,
+                                    simulate="hgx-h200-fp8-tp8", sim_model="llama-3.1-70b"))
+    run = rep.run(1)
+    assert run is not None and run["completed"] == 2 and run["tokens_per_step"] is not None
+    assert rep.engine is not None and rep.engine["dir"] == str(tiny_engine.resolve())
+    assert rep.engine["manifest"]["checkpoint_dir"] and rep.engine["profile"]["name"] == "cpu"
+    # the simulation ran at the acceptance just measured
+    sim = rep.simulation
+    assert sim is not None and "error" not in sim, sim
+    assert sim["tokens_per_step"] == pytest.approx(run["tokens_per_step"])
+    assert sim["tokens_per_s_per_user"] > 0 and sim["speedup"] > 0
+    # the server is gone afterwards: its URL no longer answers
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{rep.server['url']}/health", timeout=1)

@@ -1,0 +1,174 @@
+"""Real builds: the reference profiles end to end, resume/force/changed input, and the TensorRT-LLM
+path against stand-in tools (exit 3 without TensorRT-LLM, the tool's log, failures)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _build_standins import fake_trtllm_dist, install, records
+from medusa_trt.cli import run as cli
+
+
+def build(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
+    capsys.readouterr()
+    rc = cli(["build", *args, "--json"])
+    cap = capsys.readouterr()
+    return rc, (json.loads(cap.out) if rc == 0 else None), cap.err
+
+
+def statuses(doc: dict[str, Any] | None) -> dict[str, str]:
+    assert doc is not None
+    return {c["step"]: c["status"] for c in doc["manifest"]["commands"]}
+
+
+@pytest.mark.parametrize("profile,tp", [("cpu", 1), ("cpu-tp2", 2)])
+def test_reference_build_loads_and_matches(profile: str, tp: int, tiny_llama: Path, tiny_heads: Path,
+                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eng"
+    rc, doc, err = build(capsys, "--profile", profile, "--model", str(tiny_llama), "--medusa", str(tiny_heads),
+                         "-o", str(out))
+    assert rc == 0, err
+    assert statuses(doc) == {"convert": "ran", "runtime-files": "ran", "validate": "ran"}
+    m = json.loads((out / "medusa-trt.json").read_text())
+    assert m["engine"] == "reference" and m["engine_dir"] is None and m["checkpoint_dir"] == "checkpoint"
+    assert m["tp"] == tp and m["num_medusa_heads"] == 3 and m["max_draft_len"] == 15 and len(m["tree"]) == 15
+    assert m["profile"]["name"] == profile and len(m["profile"]["id"]) == 12
+    assert m["inputs"]["model"]["local"] == str(tiny_llama.resolve()) and m["inputs"]["model"]["fingerprint"]
+    assert m["tools"]["medusa-trt"] and m["tools"]["torch"]
+    assert sorted(p.name for p in (out / "checkpoint").glob("rank*.safetensors")) == [
+        f"rank{r}.safetensors" for r in range(tp)]
+    for name in ("tokenizer.json", "medusa_tree.yaml", "medusa.yaml"):
+        assert (out / name).is_file()
+    assert not list(out.glob(".*.tmp*")), "no temporary files left behind"
+
+    if tp > 1:
+        return  # the validate step loaded it at tp 2 and ran a forward; spawning ranks again costs ~8 s
+    from medusa_trt.runtime import SamplingParams, load_engine
+
+    engine = load_engine(out)  # the engine directory itself, through its manifest
+    try:
+        assert engine.tp == tp and engine.tree == m["tree"]
+        ids = engine.tokenizer.encode("def main():")
+        greedy = [t for c in engine.generate(ids, SamplingParams(max_tokens=8), medusa=False) for t in c.token_ids]
+        medusa = [t for c in engine.generate(ids, SamplingParams(max_tokens=8), medusa=True) for t in c.token_ids]
+        assert greedy == medusa and len(greedy) == 8
+    finally:
+        engine.close()
+
+
+def test_resume_force_and_changed_input(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    heads = tmp_path / "heads"
+    shutil.copytree(tiny_heads, heads)
+    out = tmp_path / "eng"
+    args = ("--profile", "cpu", "--model", str(tiny_llama), "--medusa", str(heads), "-o", str(out))
+    rc, doc, err = build(capsys, *args)
+    assert rc == 0, err
+    ckpt_mtime = (out / "checkpoint" / "rank0.safetensors").stat().st_mtime_ns
+
+    rc, doc, err = build(capsys, *args)  # a rerun skips every finished step
+    assert rc == 0 and set(statuses(doc).values()) == {"skipped"}, err
+    assert (out / "checkpoint" / "rank0.safetensors").stat().st_mtime_ns == ckpt_mtime
+
+    (out / "medusa.yaml").unlink()  # a missing output redoes only its step
+    rc, doc, err = build(capsys, *args)
+    assert statuses(doc) == {"convert": "skipped", "runtime-files": "ran", "validate": "skipped"}
+    assert (out / "medusa.yaml").is_file()
+
+    rc, doc, err = build(capsys, *args, "--force")
+    assert rc == 0 and set(statuses(doc).values()) == {"ran"}, err
+
+    cfg = json.loads((heads / "config.json").read_text())  # a changed input reruns its step and what follows
+    cfg["note"] = "edited"
+    (heads / "config.json").write_text(json.dumps(cfg))
+    rc, doc, err = build(capsys, *args)
+    assert rc == 0 and statuses(doc) == {"convert": "ran", "runtime-files": "ran", "validate": "ran"}, err
+
+
+@pytest.fixture(scope="module")
+def tiny8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medusa_trt.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny8"), seed=1, num_attention_heads=8, num_key_value_heads=2)
+
+
+def test_no_tensorrt_llm_exits_3_before_any_work(tiny8: Path, tiny_heads: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    out = tmp_path / "eng"
+    rc, _doc, err = build(capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa",
+                          str(tiny_heads), "-o", str(out))
+    assert rc == 3
+    assert "TensorRT-LLM is not installed" in err and "hint:" in err and "Traceback" not in err
+    assert not out.exists()
+
+    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.errors import MissingDependencyError
+
+    plan = prepare("hgx-h200-bf16-tp8", str(tiny8), medusa=str(tiny_heads), output=out)
+    with pytest.raises(MissingDependencyError) as e:
+        execute(plan)
+    assert e.value.hint is not None and "pip install 'medusa-trt[trtllm]'" in e.value.hint
+    assert not out.exists()
+
+
+def test_unsupported_tensorrt_llm_version_exits_3(tiny8: Path, tiny_heads: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    site = fake_trtllm_dist(tmp_path / "site", "1.3.0")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PATH", f"{install(tmp_path / 'bin')}:/usr/bin:/bin")
+    rc, _doc, err = build(capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa",
+                          str(tiny_heads), "-o", str(tmp_path / "eng"))
+    assert rc == 3 and "1.3.0 is not supported" in err
+
+
+@pytest.fixture
+def trtllm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Stand-in trtllm-build/serve on PATH and a tensorrt_llm 1.2.0 in the package metadata."""
+    monkeypatch.syspath_prepend(str(fake_trtllm_dist(tmp_path / "site")))
+    monkeypatch.setenv("PATH", f"{install(tmp_path / 'bin')}:/usr/bin:/bin")
+    record = tmp_path / "record.jsonl"
+    monkeypatch.setenv("STANDIN_RECORD", str(record))
+    return record
+
+
+def test_trtllm_build_runs_the_planned_command(tiny8: Path, tiny_heads: Path, tmp_path: Path, trtllm_env: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eng"
+    args = ("--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out))
+    capsys.readouterr()
+    assert cli(["build", *args, "--dry-run", "--json"]) == 0
+    planned = next(s for s in json.loads(capsys.readouterr().out)["steps"] if s["name"] == "build")["argv"]
+    rc, doc, err = build(capsys, *args)
+    assert rc == 0, err
+    ran = records(trtllm_env, "trtllm-build")
+    assert len(ran) == 1 and ["trtllm-build", *ran[0]["argv"]] == planned
+    m = json.loads((out / "medusa-trt.json").read_text())
+    assert m["engine"] == "trtllm" and m["engine_dir"] == "engine" and m["tools"]["tensorrt_llm"] == "1.2.0"
+    assert sorted(p.name for p in (out / "engine").glob("rank*.engine")) == [f"rank{r}.engine" for r in range(8)]
+    log = (out / "logs" / "build.log").read_text()
+    assert "building rank layer 2" in log and log.startswith("$ trtllm-build")
+    assert next(c for c in m["commands"] if c["step"] == "build")["log"] == "logs/build.log"
+
+    rc, doc, err = build(capsys, *args)  # resumed: the engine is not rebuilt
+    assert statuses(doc)["build"] == "skipped" and len(records(trtllm_env, "trtllm-build")) == 1
+
+
+def test_trtllm_build_failure_shows_the_log_tail(tiny8: Path, tiny_heads: Path, tmp_path: Path, trtllm_env: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("STANDIN_FAIL", "7")
+    out = tmp_path / "eng"
+    rc, _doc, err = build(capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa",
+                          str(tiny_heads), "-o", str(out))
+    assert rc == 1
+    assert "build failed (exit 7)" in err and "out of memory while building" in err and "build.log" in err
+    assert not (out / "medusa-trt.json").exists() and not (out / ".steps" / "build.json").exists()
+    assert (out / ".steps" / "convert.json").exists(), "finished steps stay done for the retry"

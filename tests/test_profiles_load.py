@@ -1,0 +1,172 @@
+"""Hardware profiles: every shipped one loads; bad YAML is reported as path:line: key: message."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from medusa_trt.config.profile import list_profiles, load_profile, profile_paths
+from medusa_trt.errors import ProfileError
+from medusa_trt.medusa.trees import load_tree
+
+SHIPPED = ["cpu", "cpu-tp2", "hgx-h100-bf16-tp8", "hgx-h100-fp8-tp8", "hgx-h200-bf16-tp8", "hgx-h200-fp8-tp8"]
+CPU_YAML = (Path(__file__).resolve().parents[1] / "profiles" / "cpu.yaml").read_text()
+
+
+def _line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing ``needle``."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def _write(tmp_path: Path, text: str, name: str = "bad.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _error(path: Path) -> ProfileError:
+    with pytest.raises(ProfileError) as ei:
+        load_profile(path)
+    return ei.value
+
+
+def test_every_shipped_profile_loads() -> None:
+    profiles = {p.name: p for p in list_profiles()}
+    assert set(SHIPPED) <= set(profiles)
+    for name in SHIPPED:
+        p = profiles[name]
+        assert p.source is not None and p.source.stem == name
+        assert re.fullmatch(r"[0-9a-f]{12}", p.id)
+        assert p.parallelism.tp * p.parallelism.pp <= p.hardware.count
+        assert len(p.tree) <= p.medusa.max_draft_len
+    assert len({profiles[n].id for n in SHIPPED}) == len(SHIPPED)  # distinct contents, distinct ids
+
+
+def test_flagship_profile_is_nvidias_recipe() -> None:
+    p = load_profile("hgx-h200-fp8-tp8")
+    assert (p.engine, p.hardware.gpu, p.hardware.count, p.parallelism.tp) == ("trtllm", "H200", 8, 8)
+    assert (p.precision.quantization, p.precision.kv_dtype, p.limits.max_batch_size) == ("fp8", "fp8", 1)
+    assert p.tree == load_tree("nvidia_low_latency_15") and p.medusa.max_draft_len == 15
+    args = p.trtllm_build_args()
+    for flag, value in [("low_latency_gemm_plugin", "fp8"), ("use_fp8_context_fmha", "enable"),
+                        ("reduce_fusion", "enable"), ("use_fused_mlp", "enable")]:
+        assert args[args.index(f"--{flag}") + 1] == value
+    assert p.env == {"TRTLLM_ENABLE_PDL": "1", "UB_ONESHOT": "1", "UB_TP_SIZE": "8",
+                     "TRTLLM_PDL_OVERLAP_RATIO": "0.15", "TRTLLM_PREFETCH_RATIO": "-1"}
+
+
+def test_cpu_profiles_run_the_reference_engine() -> None:
+    for name, tp in (("cpu", 1), ("cpu-tp2", 2)):
+        p = load_profile(name)
+        assert (p.engine, p.hardware.device, p.parallelism.tp, p.precision.dtype) == ("reference", "cpu", tp, "float32")
+        assert p.medusa.num_heads == 3 and max(len(x) for x in p.tree) <= 3
+
+
+def test_id_is_a_content_hash(tmp_path: Path) -> None:
+    base = load_profile(_write(tmp_path, CPU_YAML, "a.yaml"))
+    same = load_profile(_write(tmp_path, CPU_YAML.replace("description: ", "description: renamed "), "b.yaml"))
+    other = load_profile(_write(tmp_path, CPU_YAML.replace("max_batch_size: 4", "max_batch_size: 2"), "c.yaml"))
+    assert base.id == same.id == load_profile("cpu").id
+    assert other.id != base.id
+
+
+def test_syntax_error_names_path_and_line(tmp_path: Path) -> None:
+    text = CPU_YAML.replace("limits:\n", "limits: [\n")
+    path = _write(tmp_path, text)
+    msg = _error(path).message
+    m = re.fullmatch(rf"{re.escape(str(path))}:(\d+): YAML syntax error: .+", msg)
+    assert m, msg
+    assert abs(int(m.group(1)) - _line_of(text, "limits: [")) <= 2  # the parser notices a line or two later
+
+
+def test_unknown_key_names_line_and_key(tmp_path: Path) -> None:
+    text = CPU_YAML.replace("  memory_gib: 8 ", "  memroy_gib: 8 ")
+    path = _write(tmp_path, text)
+    err = _error(path)
+    line = _line_of(text, "memroy_gib")
+    assert err.message.startswith(f"{path}:{line}: hardware.memroy_gib: unknown key"), err.message
+    assert err.hint is not None and "memory_gib" in err.hint
+
+
+def test_wrong_type_names_line_and_key(tmp_path: Path) -> None:
+    text = CPU_YAML.replace("  max_seq_len: 512", "  max_seq_len: lots")
+    path = _write(tmp_path, text)
+    msg = _error(path).message
+    assert msg.startswith(f"{path}:{_line_of(text, 'max_seq_len: lots')}: limits.max_seq_len: "), msg
+    assert "'lots'" in msg
+
+
+def test_missing_key_points_at_its_section(tmp_path: Path) -> None:
+    text = CPU_YAML.replace("  max_num_tokens: 1024\n", "")
+    path = _write(tmp_path, text)
+    msg = _error(path).message
+    assert msg == f"{path}:{_line_of(text, 'max_batch_size')}: limits.max_num_tokens: missing required key"
+
+
+def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert _error(missing).message == f"{missing}: no such profile file"
+    with pytest.raises(ProfileError) as ei:
+        load_profile("hgx-h200-fp8-tp9")
+    assert ei.value.message == "unknown profile 'hgx-h200-fp8-tp9'"
+    assert ei.value.hint is not None and "hgx-h200-fp8-tp8" in ei.value.hint
+
+
+def test_trtllm_build_keys_are_checked_against_the_flag_list(tmp_path: Path) -> None:
+    text = CPU_YAML + "trtllm_build:\n  use_fused_mlp: enable\n  use_fusd_mlp: enable\n"
+    path = _write(tmp_path, text)
+    err = _error(path)
+    assert err.message.startswith(f"{path}:{_line_of(text, 'use_fusd_mlp')}: trtllm_build.use_fusd_mlp: "
+                                  "'use_fusd_mlp' is not a trtllm-build flag"), err.message
+    assert err.hint is not None and "use_fused_mlp" in err.hint
+    managed = _write(tmp_path, CPU_YAML + "trtllm_build:\n  max_batch_size: 8\n", "m.yaml")
+    err = _error(managed)
+    assert "is set by medusa-trt" in err.message and err.hint is not None and "limits.max_batch_size" in err.hint
+
+
+def test_tree_is_validated_against_heads(tmp_path: Path) -> None:
+    text = CPU_YAML.replace("  num_heads: 3", "  num_heads: 2")
+    path = _write(tmp_path, text)
+    msg = _error(path).message
+    assert msg.startswith(f"{path}:{_line_of(text, '  tree: ')}: medusa.tree: depth 3 needs 3 Medusa heads"), msg
+    unknown = _write(tmp_path, CPU_YAML.replace("tree: nvidia_low_latency_15", "tree: no_such_tree"), "t.yaml")
+    assert "unknown tree 'no_such_tree'" in _error(unknown).message
+    inline = load_profile(_write(tmp_path, CPU_YAML.replace("tree: nvidia_low_latency_15", "tree: [[0], [0, 0], [1]]"),
+                                 "i.yaml"))
+    assert inline.tree == [[0], [0, 0], [1]]
+
+
+def test_engine_and_precision_rules(tmp_path: Path) -> None:
+    fp8 = _write(tmp_path, CPU_YAML.replace("quantization: none", "quantization: fp8"))
+    assert "the reference engine runs unquantized checkpoints" in _error(fp8).message
+    trt = _write(tmp_path, CPU_YAML.replace("engine: reference", "engine: trtllm"), "t.yaml")
+    assert "engine trtllm needs device cuda" in _error(trt).message
+    enum = _write(tmp_path, CPU_YAML.replace("dtype: float32", "dtype: float8"), "e.yaml")
+    assert ": precision.dtype: " in _error(enum).message
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    path = _write(tmp_path, "- just\n- a list\n")
+    assert _error(path).message == f"{path}:1: a profile is a YAML mapping of sections"
+
+
+def test_profiles_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mine.yaml").write_text(CPU_YAML.replace("name: cpu", "name: mine"))
+    (tmp_path / "other.yaml").write_text(CPU_YAML)  # name 'cpu' in a file called other.yaml
+    monkeypatch.setenv("MEDUSA_TRT_PROFILES_DIR", str(tmp_path))
+    assert profile_paths()["mine"] == tmp_path / "mine.yaml"
+    assert load_profile("mine").name == "mine"
+    assert "hgx-h200-fp8-tp8" in profile_paths()  # shipped ones still found
+    with pytest.raises(ProfileError, match=r"differs from the file name 'other\.yaml'"):
+        load_profile("other")
+
+
+def test_tree_follows_a_copied_medusa_section() -> None:
+    from medusa_trt.config.profile import MedusaSection
+
+    p = load_profile("cpu")
+    assert len(p.tree) == 15
+    q = p.model_copy(update={"medusa": MedusaSection(num_heads=3, max_draft_len=3, tree=[[0], [0, 0], [1]])})
+    assert q.tree == [[0], [0, 0], [1]] and q.id != p.id and len(p.tree) == 15

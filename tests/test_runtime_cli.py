@@ -1,0 +1,85 @@
+"""`medusa-trt run DIR --prompt`, default trees, and refusal of trees/heads that cannot work together
+(before any weight is read: the rank file in the refusal cases is garbage)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medusa_trt.cli import run as cli
+from medusa_trt.errors import TreeError
+from medusa_trt.medusa.trees import tree_problems
+from medusa_trt.runtime import load_engine
+from medusa_trt.runtime._testing import make_checkpoint
+from medusa_trt.runtime.config import default_tree, read_checkpoint, simple_tree
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Path:
+    return make_checkpoint(tiny_llama, tmp_path_factory.mktemp("cli") / "ckpt", heads=tiny_heads)
+
+
+@pytest.fixture
+def broken(ckpt: Path, tmp_path: Path) -> Path:
+    """The same config.json but an unreadable rank file: only a refusal before compute can pass."""
+    out = tmp_path / "broken"
+    out.mkdir()
+    shutil.copy(ckpt / "config.json", out / "config.json")
+    (out / "rank0.safetensors").write_bytes(b"not a safetensors file")
+    return out
+
+
+def test_run_json_greedy_medusa_equals_no_medusa(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["run", str(ckpt), "--prompt", "def main", "--max-tokens", "12", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert cli(["run", str(ckpt), "--prompt", "def main", "--max-tokens", "12", "--json", "--no-medusa"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert doc["token_ids"] == plain["token_ids"] and 0 < len(doc["token_ids"]) <= 12
+    assert doc["stats"]["medusa"] is True and plain["stats"]["medusa"] is False
+    assert doc["tokens_per_step"] == pytest.approx(doc["completion_tokens"] / doc["num_steps"])
+    assert isinstance(doc["text"], str) and doc["stats"]["tree_nodes"] == 15
+
+
+def test_run_text_and_chat(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["run", str(ckpt), "--prompt", "hello", "--max-tokens", "4", "--chat",
+                "--tree", "[[0], [1], [0, 0]]"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.endswith("\n") and "tokens/step" in captured.err
+
+
+@pytest.mark.parametrize(("tree", "words"), [
+    ("[[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]]", "needs 4 Medusa heads"),
+    ("[[0], [10]]", "ranks must be in 0..9"),
+    ("mc_sim_7b_63", "needs 4 Medusa heads"),
+])
+def test_bad_tree_refused_before_compute(broken: Path, tree: str, words: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(TreeError, match=words):
+        load_engine(broken, tree=tree)
+    assert cli(["run", str(broken), "--prompt", "x", "--tree", tree]) == 2
+    err = capsys.readouterr().err
+    assert "invalid Medusa tree" in err and "Traceback" not in err
+
+
+def test_nodes_beyond_max_draft_len_refused(broken: Path) -> None:
+    cfg = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps(dict(cfg, max_draft_len=8)))
+    with pytest.raises(TreeError, match="15 nodes exceed max_draft_len 8"):
+        load_engine(broken, tree="nvidia_low_latency_15")
+    tree = default_tree(read_checkpoint(broken))  # the default shrinks to fit instead
+    assert len(tree) <= 8 and not tree_problems(tree, num_heads=3, max_draft_len=8)
+
+
+def test_simple_tree_for_few_heads() -> None:
+    for heads in (1, 2, 3, 5):
+        tree = simple_tree(heads, 63)
+        assert not tree_problems(tree, num_heads=heads, max_draft_len=63)
+        assert max(len(p) for p in tree) == heads
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["run", str(tmp_path), "--prompt", "x"]) == 2
+    assert "no config.json" in capsys.readouterr().err

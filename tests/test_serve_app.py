@@ -1,0 +1,290 @@
+"""The reference server in-process (uvicorn on a thread, real HTTP on 127.0.0.1) over a real tiny engine."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+PROMPT = "def main():"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Iterator[Any]:
+    from medusa_trt.checkpoint.convert import convert_checkpoint
+    from medusa_trt.runtime import load_engine
+
+    out = tmp_path_factory.mktemp("serve-app") / "ckpt"
+    convert_checkpoint(tiny_llama, out, medusa=tiny_heads, tp=1, progress=False)
+    eng = load_engine(out)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine: Any) -> Iterator[tuple[str, Any]]:
+    import uvicorn
+
+    from medusa_trt.serve import create_app
+    from medusa_trt.serve.server import _bind
+
+    app = create_app(engine, "tiny")
+    sock = _bind("127.0.0.1", 0)
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def url(server: tuple[str, Any]) -> str:
+    return server[0]
+
+
+def direct(engine: Any, ids: list[int], max_tokens: int, medusa: bool = True) -> tuple[str, Any]:
+    """The one-shot greedy output of the runtime itself (what the server must reproduce)."""
+    from medusa_trt.runtime import SamplingParams
+
+    gen = engine.generate(ids, SamplingParams(max_tokens=max_tokens), medusa=medusa)
+    toks = [t for c in gen for t in c.token_ids]
+    return engine.tokenizer.decode(toks, skip_special_tokens=True), gen.stats
+
+
+def sse(client: httpx.Client, url: str, body: dict[str, Any]) -> list[Any]:
+    """POST a streaming request; the decoded data events, '[DONE]' kept as a string."""
+    events: list[Any] = []
+    with client.stream("POST", url, json=body) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def test_health_models_version(url: str, engine: Any) -> None:
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    models = httpx.get(f"{url}/v1/models").json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
+    assert models["data"][0]["max_model_len"] == engine.max_seq_len
+    assert models["data"][0]["medusa"]["num_heads"] == engine.num_medusa_heads
+    assert httpx.get(f"{url}/v1/models/tiny").json()["id"] == "tiny"
+    assert httpx.get(f"{url}/v1/models/other").status_code == 404
+    assert httpx.get(f"{url}/version").json()["version"]
+
+
+def test_completion_matches_runtime_greedy(url: str, engine: Any) -> None:
+    ids = engine.tokenizer.encode(PROMPT)
+    want, stats = direct(engine, ids, 12)
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": 12,
+                                                  "temperature": 0}, timeout=60)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["object"] == "text_completion" and doc["model"] == "tiny"
+    assert doc["choices"][0]["text"] == want
+    assert doc["choices"][0]["finish_reason"] == "length"
+    assert doc["usage"] == {"prompt_tokens": len(ids), "completion_tokens": stats.completion_tokens,
+                            "total_tokens": len(ids) + stats.completion_tokens,
+                            "decoding_steps": stats.num_steps}
+    # token ids as the prompt give the same answer
+    r2 = httpx.post(f"{url}/v1/completions", json={"prompt": ids, "max_tokens": 12, "temperature": 0}, timeout=60)
+    assert r2.json()["choices"][0]["text"] == want
+
+
+def test_medusa_off_same_text_more_steps(url: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 16, "temperature": 0}
+    on = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    off = httpx.post(f"{url}/v1/completions", json={**body, "medusa": False}, timeout=60).json()
+    assert on["choices"][0]["text"] == off["choices"][0]["text"]
+    # plain decoding: the prefill gives the first token, then one token per step
+    assert off["usage"]["decoding_steps"] == off["usage"]["completion_tokens"] - 1
+    assert on["usage"]["decoding_steps"] <= off["usage"]["decoding_steps"]
+
+
+def test_streaming_completion_with_usage(url: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 16, "temperature": 0}
+    full = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    with httpx.Client(timeout=60) as c:
+        events = sse(c, f"{url}/v1/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    usage_chunk = events[-2]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"] == full["usage"]
+    chunks = events[:-2]
+    assert all(ch["object"] == "text_completion" and ch["usage"] is None for ch in chunks)
+    assert "".join(ch["choices"][0]["text"] for ch in chunks) == full["choices"][0]["text"]
+    assert [ch["choices"][0]["finish_reason"] for ch in chunks][-1] == "length"
+    assert all(ch["choices"][0]["finish_reason"] is None for ch in chunks[:-1])
+    # one chunk per decoding step at most (the prefill's token included, empty steps skipped)
+    assert len(chunks) - 1 <= full["usage"]["decoding_steps"] + 1
+    # without include_usage: no usage chunk, no usage key
+    with httpx.Client(timeout=60) as c:
+        plain = sse(c, f"{url}/v1/completions", {**body, "stream": True})
+    assert plain[-1] == "[DONE]" and all("usage" not in e for e in plain[:-1])
+
+
+def test_chat_stream_and_not(url: str, engine: Any) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    want, _ = direct(engine, ids, 10)
+    body = {"model": "tiny", "messages": messages, "max_completion_tokens": 10, "temperature": 0}
+    doc = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    assert doc["object"] == "chat.completion"
+    assert doc["choices"][0]["message"] == {"role": "assistant", "content": want}
+    assert doc["usage"]["prompt_tokens"] == len(ids)
+    with httpx.Client(timeout=60) as c:
+        events = sse(c, f"{url}/v1/chat/completions",
+                     {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[-1] == "[DONE]" and events[-2]["usage"] == doc["usage"]
+    chunks = events[1:-2]
+    assert all(ch["object"] == "chat.completion.chunk" for ch in chunks)
+    assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks) == want
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_stop_string_cuts_text(url: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 24, "temperature": 0}
+    full = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+    stop = full[6:8]  # a stop string taken from the middle of the greedy text
+    assert stop
+    cut = full[: full.index(stop)]
+    doc = httpx.post(f"{url}/v1/completions", json={**body, "stop": [stop, "never-seen"]}, timeout=60).json()
+    assert doc["choices"][0] == {"index": 0, "text": cut, "logprobs": None, "finish_reason": "stop"}
+    assert doc["usage"]["completion_tokens"] < 24
+    with httpx.Client(timeout=60) as c:
+        events = sse(c, f"{url}/v1/completions", {**body, "stop": stop, "stream": True})
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == cut
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"model": "gpt-4", "prompt": "x"}, 404, "model"),
+    ({"prompt": "x", "n": 2}, 400, "n"),
+    ({"prompt": "x", "temperature": -1}, 400, "temperature"),
+    ({"prompt": "x", "top_p": 0}, 400, "top_p"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"prompt": "x", "max_tokens": 10_000}, 400, "max_tokens"),
+    ({"prompt": "x " * 400}, 400, "prompt"),
+    ({"prompt": ""}, 400, "prompt"),
+    ({"prompt": [999_999]}, 400, "prompt"),
+    ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    ({"prompt": "x", "stop": [""]}, 400, "stop"),
+    ({"max_tokens": 3}, 400, "prompt"),
+])
+def test_bad_completion_requests(url: str, body: dict[str, Any], status: int, param: str) -> None:
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["param"] == param
+
+
+def test_bad_requests_other(url: str) -> None:
+    r = httpx.post(f"{url}/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "tools": [{}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+    r = httpx.post(f"{url}/v1/chat/completions",
+                   json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})
+    assert r.status_code == 400
+    r = httpx.get(f"{url}/v1/nowhere")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 10_000, "stream": True})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    # and it keeps serving
+    ok = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_health_while_generating_queue_and_disconnect(server: tuple[str, Any], engine: Any) -> None:
+    url, app = server
+    before = _metric(httpx.get(f"{url}/metrics").text, "medusa_trt_generations_total", outcome="cancelled")
+    long_body = {"prompt": PROMPT, "max_tokens": 200, "temperature": 0, "stream": True}
+    first: list[str] = []
+    got_chunk = threading.Event()
+
+    def stream_then_drop() -> None:
+        with httpx.Client(timeout=60) as c, c.stream("POST", f"{url}/v1/completions", json=long_body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    first.append(line)
+                    got_chunk.set()
+                    time.sleep(0.5)  # the generation runs while /health answers
+                    return  # leaving the block closes the connection mid-stream
+
+    t = threading.Thread(target=stream_then_drop)
+    t.start()
+    assert got_chunk.wait(30)
+    t0 = time.monotonic()
+    assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+    assert time.monotonic() - t0 < 2.0
+    assert app.state.metrics.running == 1
+    t.join(30)
+    # the dropped stream's generation is cancelled (not run to 200 tokens) and the next request runs
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = _metric(httpx.get(f"{url}/metrics").text, "medusa_trt_generations_total", outcome="cancelled")
+        if now > before:
+            break
+        time.sleep(0.1)
+    assert now == before + 1, httpx.get(f"{url}/metrics").text
+    ok = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 3, "temperature": 0}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_concurrent_requests_queue(url: str, engine: Any) -> None:
+    bodies = [{"prompt": p, "max_tokens": 8, "temperature": 0} for p in ("def main():", "The quick", "class Model:")]
+    with httpx.Client(timeout=60) as c:
+        want = [c.post(f"{url}/v1/completions", json=b).json()["choices"][0]["text"] for b in bodies]
+    results: list[str] = [""] * 3
+
+    def call(i: int) -> None:
+        results[i] = httpx.post(f"{url}/v1/completions", json=bodies[i], timeout=60).json()["choices"][0]["text"]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert results == want
+
+
+def test_metrics_exposition(url: str) -> None:
+    httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "temperature": 0}, timeout=30)
+    httpx.post(f"{url}/v1/completions", json={"prompt": "x", "n": 3})
+    r = httpx.get(f"{url}/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert _metric(text, "medusa_trt_requests_total", endpoint="/v1/completions", status="200") >= 1
+    assert _metric(text, "medusa_trt_requests_total", endpoint="/v1/completions", status="400") >= 1
+    assert _metric(text, "medusa_trt_tokens_total", kind="completion") >= 4
+    assert _metric(text, "medusa_trt_decoding_steps_total", medusa="true") >= 1
+    assert _metric(text, "medusa_trt_tokens_per_step_count", medusa="true") >= 1
+    assert "# TYPE medusa_trt_tokens_per_step histogram" in text
+    inf = _metric(text, "medusa_trt_tokens_per_step_bucket", medusa="true", le="+Inf")
+    assert inf == _metric(text, "medusa_trt_tokens_per_step_count", medusa="true")

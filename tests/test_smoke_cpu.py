@@ -1,0 +1,145 @@
+"""CPU smoke test: build a tiny model with heads (cpu, cpu-tp2), serve it with `medusa-trt run` as a real
+subprocess on a loopback port, and use it as an OpenAI client would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+PROMPT = "def main():"
+MAX_TOKENS = 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module", params=["cpu", "cpu-tp2"])
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path,
+          tiny_heads: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The engine dir built by `medusa-trt build --profile P`, and the one-shot greedy outputs."""
+    from medusa_trt.cli import run as cli
+    from medusa_trt.cli.run import generate_once
+
+    out = tmp_path_factory.mktemp(f"smoke-{request.param}") / "engine"
+    rc = cli(["build", "--profile", request.param, "--model", str(tiny_llama), "--medusa", str(tiny_heads),
+              "--output", str(out)])
+    assert rc == 0
+    common: dict[str, Any] = {"max_tokens": MAX_TOKENS, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
+                              "medusa": True, "tree": None, "device": "cpu", "echo": False}
+    once = generate_once(str(out), PROMPT, chat=False, **common)
+    once_chat = generate_once(str(out), "hello", chat=True, **common)
+    return out, once, once_chat
+
+
+@pytest.fixture()
+def served(built: tuple[Path, dict[str, Any], dict[str, Any]], tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    engine_dir = built[0]
+    port = _free_port()
+    log = tmp_path / "server.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with log.open("wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--port", str(port)],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"server exited {proc.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield url, proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _events(client: httpx.Client, url: str, body: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    with client.stream("POST", url, json=body) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                out.append(line[6:] if line == "data: [DONE]" else json.loads(line[6:]))
+    return out
+
+
+def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
+                          served: tuple[str, subprocess.Popen[bytes], Path]) -> None:
+    _, once, once_chat = built
+    url, proc, log = served
+    assert f"at {url}" in log.read_text()  # the URL is printed once ready
+    c = httpx.Client(base_url=url, timeout=60)
+    model = c.get("/v1/models").json()["data"][0]["id"]
+    greedy = {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0}
+
+    # completions, not streaming and streaming: the one-shot greedy text, and its step count
+    doc = c.post("/v1/completions", json={**greedy, "prompt": PROMPT}).json()
+    assert doc["choices"][0]["text"] == once["text"]
+    assert doc["usage"]["completion_tokens"] == once["completion_tokens"]
+    assert doc["usage"]["decoding_steps"] == once["num_steps"]
+    ev = _events(c, "/v1/completions", {**greedy, "prompt": PROMPT, "stream": True,
+                                        "stream_options": {"include_usage": True}})
+    assert ev[-1] == "[DONE]" and ev[-2]["usage"] == doc["usage"]
+    assert "".join(e["choices"][0]["text"] for e in ev[:-2]) == once["text"]
+
+    # chat (the tokenizer's template), both ways
+    msgs = [{"role": "user", "content": "hello"}]
+    chat = c.post("/v1/chat/completions", json={**greedy, "messages": msgs}).json()
+    assert chat["choices"][0]["message"]["content"] == once_chat["text"]
+    assert chat["usage"]["prompt_tokens"] == once_chat["prompt_tokens"]
+    ev = _events(c, "/v1/chat/completions", {**greedy, "messages": msgs, "stream": True})
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in ev[:-1]) == once_chat["text"]
+
+    # Medusa off: the same greedy text, one token per step
+    off = c.post("/v1/completions", json={**greedy, "prompt": PROMPT, "medusa": False}).json()
+    assert off["choices"][0]["text"] == once["text"]
+    assert off["usage"]["decoding_steps"] == off["usage"]["completion_tokens"] - 1
+
+    # bad requests: OpenAI error JSON with 4xx, and the server keeps serving
+    for body, status in (({**greedy, "model": "nope", "prompt": "x"}, 404), ({**greedy, "prompt": "x", "n": 2}, 400),
+                         ({**greedy, "prompt": "x " * 600}, 400), ({**greedy, "prompt": "x", "top_p": 3}, 400)):
+        r = c.post("/v1/completions", json=body)
+        assert r.status_code == status and r.json()["error"]["message"]
+
+    # a client that disconnects mid-stream frees the engine for the next request
+    with httpx.Client(base_url=url, timeout=60) as c2, \
+            c2.stream("POST", "/v1/completions", json={**greedy, "prompt": PROMPT, "max_tokens": 200,
+                                                       "stream": True}) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))
+    t0 = time.monotonic()
+    again = c.post("/v1/completions", json={**greedy, "prompt": PROMPT}).json()
+    assert again["choices"][0]["text"] == once["text"]
+    assert time.monotonic() - t0 < 20
+    metrics = c.get("/metrics").text
+    assert 'medusa_trt_generations_total{model="' in metrics and 'outcome="cancelled"' in metrics
+
+    # SIGTERM: prompt, clean exit (128 + SIGTERM, no traceback)
+    c.close()
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(15)
+    elapsed = time.monotonic() - t0
+    text = log.read_text()
+    assert rc == 128 + signal.SIGTERM, text
+    assert elapsed < 10, f"took {elapsed:.1f}s to stop"
+    assert "Traceback" not in text
