@@ -178,3 +178,29 @@ def test_medusa_yaml_round_trips(tiny_llama: Path, tiny_heads: Path, tmp_path: P
     doc = yaml.safe_load(text)
     assert doc["a"] == 1 and doc["speculative_config"]["medusa_choices"] == load_tree("mc_sim_7b_63")
     assert "- [0, 0]" in text  # one path per line, as NVIDIA's examples write it
+
+
+def test_output_from_environment_records_its_source(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MEDUSA_TRT_OUTPUT", str(tmp_path / "from-env"))
+    doc = dry_run(capsys, "--profile", "cpu", "--model", str(tiny_llama), "--medusa", str(tiny_heads))
+    assert doc["spec"]["output"] == str(tmp_path / "from-env")
+    assert doc["spec"]["sources"]["output"] == "env MEDUSA_TRT_OUTPUT"
+    assert doc["spec"]["sources"]["tp"] == "profile parallelism.tp"
+
+
+def test_build_argv_guards_workers_and_managed_flags(tmp_path: Path) -> None:
+    from medusa_trt.engine import trtllm
+    from medusa_trt.errors import ProfileError
+
+    kw = {"checkpoint_dir": tmp_path / "c", "output_dir": tmp_path / "e", "world_size": 8,
+          "limits": {"max_batch_size": 1}}
+    argv = trtllm.build_argv(**kw, profile_flags=["--gemm_plugin", "auto"])
+    assert argv.count("--workers") == 1 and argv[argv.index("--workers") + 1] == "8"
+    with pytest.raises(ProfileError, match="set by medusa-trt"):
+        trtllm.build_argv(**kw, profile_flags=["--workers", "4"])
+    with pytest.raises(ProfileError, match="set by medusa-trt"):
+        trtllm.build_argv(**kw, profile_flags=["--max_batch_size", "4"])
+    with pytest.raises(ProfileError, match="not one TensorRT-LLM"):
+        trtllm.build_argv(**kw, profile_flags=["--tp_size", "8"])

@@ -60,8 +60,8 @@ def trees(draw: st.DrawFn, max_depth: int = 3) -> list[list[int]]:
 prompts = st.lists(st.integers(3, 319), min_size=1, max_size=12)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tree=trees(), prompt=prompts, max_tokens=st.integers(1, 40), heads=st.sampled_from(["random", "trained"]))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=trees(), prompt=prompts, max_tokens=st.integers(1, 32), heads=st.sampled_from(["random", "trained"]))
 def test_greedy_medusa_equals_plain_greedy(engines: dict[str, ReferenceEngine], tree: list[list[int]],
                                            prompt: Tokens, max_tokens: int, heads: str) -> None:
     engine = engines[heads]
@@ -151,4 +151,5 @@ def test_close_early_frees_the_engine(engines: dict[str, ReferenceEngine]) -> No
 
 
 def test_default_tree_is_largest_shipped_that_fits(engines: dict[str, ReferenceEngine]) -> None:
-    assert engines["random"].tree == load_tree("nvidia_low_latency_15")  # 3 heads: the 63-node trees need 4
+    # 3 heads: mc_sim_7b_63 needs 4; mc_sim_7b_61 (depth 3) is the largest shipped tree that fits
+    assert engines["random"].tree == load_tree("mc_sim_7b_61")

@@ -36,10 +36,13 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     for label, (xs, tps, ttft) in _series(report).items():
         ax_tps.plot(xs, [float("nan") if v is None else v for v in tps], marker="o", label=label)
         ax_ttft.plot(xs, [float("nan") if v is None else v for v in ttft], marker="o", label=label)
+    levels = sorted({r["concurrency"] for r in report.runs})
     for ax, ylabel in ((ax_tps, "output tokens/s per user (mean)"), (ax_ttft, "TTFT mean (ms)")):
         ax.set_xlabel("concurrent users")
         ax.set_ylabel(ylabel)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])  # plain numbers at the measured levels, not 2^k
+        ax.minorticks_off()
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle(f"medusa-trt bench: {report.server.get('model') or ''}")

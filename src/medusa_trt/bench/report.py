@@ -123,7 +123,8 @@ def summary_lines(report: BenchReport) -> list[str]:
         if sim.get("error"):
             lines.append(f"simulation: {sim['error']}")
         else:
-            lines.append(f"simulation ({sim['profile']}, {sim['model']}, at {_f(sim['tokens_per_step'], 2)} "
-                         f"tokens/step measured): {_f(sim.get('tokens_per_s_per_user'))} tokens/s/user predicted"
-                         + (f", step {_f(sim.get('step_time_ms'), 2)} ms" if sim.get("step_time_ms") else ""))
+            lines.append(f"simulation ({sim['profile']}, {sim['model']}, at the {_f(sim['tokens_per_step'], 2)} "
+                         f"tokens/step measured): {_f(sim['tokens_per_s_per_user'])} tokens/s/user predicted with "
+                         f"Medusa (step {_f(sim['step_time_ms'], 2)} ms) vs "
+                         f"{_f(sim['baseline_tokens_per_s_per_user'])} without ({_f(sim['speedup'], 2)}x)")
     return lines

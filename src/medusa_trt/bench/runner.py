@@ -46,7 +46,9 @@ class BenchConfig:
 
     def validate(self) -> None:
         if (self.url is None) == (self.engine is None):
-            raise InvalidInputError("give exactly one of --url or --engine")
+            raise InvalidInputError("give exactly one of --url or --engine",
+                                    hint="--url http://HOST:PORT measures any OpenAI-compatible server; "
+                                         "--engine DIR starts ours for the run.")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise InvalidInputError(f"--concurrency must be positive integers, got {self.concurrency}")
         if self.max_tokens < 1:

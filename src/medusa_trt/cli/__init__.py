@@ -11,6 +11,7 @@ import traceback
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medusa_trt import __version__
 from medusa_trt.cli._common import err_console
@@ -60,9 +61,10 @@ def run(argv: list[str] | None = None) -> int:
     except MedusaTrtError as e:
         if _state["debug"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {e.message}", soft_wrap=True)
+        # Messages hold paths and flags like `medusa-trt[trtllm]`: print them as text, not markup.
+        err_console.print(f"[bold red]error:[/] {escape(e.message)}", soft_wrap=True)
         if e.hint:
-            err_console.print(f"[yellow]hint:[/] {e.hint}", soft_wrap=True)
+            err_console.print(f"[yellow]hint:[/] {escape(e.hint)}", soft_wrap=True)
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted")

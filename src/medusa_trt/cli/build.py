@@ -15,8 +15,8 @@ def build(
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: a local HF directory or a hub repo id.")],
     medusa: Annotated[str | None, typer.Option("--medusa", help="Medusa heads: a local directory or a hub repo id "
                                                "(not needed for a ModelOpt combined checkpoint).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", envvar="MEDUSA_TRT_OUTPUT",
-                                                help="Engine directory [default: engines/<model>-<profile>].")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Engine directory (default: $MEDUSA_TRT_OUTPUT, "
+                                                "else engines/<model>-<profile>).")] = None,
     tree: Annotated[str | None, typer.Option("--tree", help="Override the profile's Medusa tree "
                                              "(a shipped name, a file, or a list literal).")] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision of --model.")] = None,

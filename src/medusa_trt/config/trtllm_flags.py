@@ -47,6 +47,7 @@ TRTLLM_BUILD_MANAGED: dict[str, str] = {
     "max_seq_len": "limits.max_seq_len",
     "max_decoder_seq_len": "limits.max_seq_len",
     "max_num_tokens": "limits.max_num_tokens",
+    "workers": "parallelism (medusa-trt passes --workers = tp x pp)",
     "speculative_decoding_mode": "medusa (always `medusa` when heads are given)",
     "max_draft_len": "medusa.max_draft_len",
 }

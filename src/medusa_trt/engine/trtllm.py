@@ -51,13 +51,6 @@ def build_argv(*, checkpoint_dir: Path, output_dir: Path, world_size: int, limit
             argv += [f"--{key}", str(limits[key])]
     owned = {a for a in argv if a.startswith("--")}
     rest = list(profile_flags)
-    if "--workers" in rest:  # NVIDIA's recipe spells --workers $tp_size; accept it when it agrees
-        i = rest.index("--workers")
-        value = rest[i + 1] if i + 1 < len(rest) else ""
-        if value != str(world_size):
-            raise ProfileError(f"trtllm_build: workers {value} differs from the world size {world_size}",
-                               hint="Drop trtllm_build.workers: medusa-trt passes --workers = tp x pp.")
-        del rest[i:i + 2]
     for arg in rest:
         if arg in owned:  # the profile validator rejects these too; a second guard for user YAML
             raise ProfileError(f"trtllm_build: {arg} is set by medusa-trt", hint="Remove it from trtllm_build.")

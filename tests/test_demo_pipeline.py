@@ -1,0 +1,60 @@
+"""The demo pipeline end to end at a reduced size: real pre-training, heads, accuracy, build, server, bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medusa_trt.demo.pipeline import DemoConfig, default_cache_dir
+from medusa_trt.demo.pretrain import ModelRecipe
+
+SMALL = DemoConfig(
+    recipe=ModelRecipe(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, steps=6,
+                       batch_size=4, seq_len=64, warmup=2),
+    corpus_chars=40_000, num_heads=3, head_steps=10, head_batch=4, distill_prompts=6, distill_tokens=24,
+    accuracy_prompts=2, accuracy_steps=12, tree_nodes=4, bench_prompts=2, max_tokens=12, threads=1,
+)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
+    from medusa_trt.demo.pipeline import run_demo
+
+    cache = tmp_path_factory.mktemp("demo-cache")
+    logs: list[str] = []
+    first = run_demo(SMALL, cache_dir=cache, log=logs.append)
+    second = run_demo(SMALL, cache_dir=cache, log=logs.append)
+    return first, second, cache
+
+
+def test_document_has_the_promised_keys(demo_run: tuple[dict, dict, Path]) -> None:
+    doc, _, cache = demo_run
+    for key in ("tokens_per_step", "speedup", "identical_outputs", "tokens_per_s_per_user", "tree",
+                "head_accuracy", "expected_tokens_per_step", "stages_s", "wall_s"):
+        assert key in doc
+    assert doc["identical_outputs"] is True  # greedy Medusa output equals plain greedy output
+    assert doc["requests"]["failed"] == 0 and doc["requests"]["medusa"] == 2
+    assert doc["tokens_per_step"] >= 1.0 and doc["speedup"] > 0
+    assert len(doc["head_accuracy"]) == 3 and len(doc["tree"]) == 4
+    on_disk = json.loads((cache / "results" / "demo.json").read_text())
+    assert on_disk["tree"] == doc["tree"]
+    assert (cache / "results" / "demo.png").stat().st_size > 1000
+
+
+def test_second_run_reuses_the_cache(demo_run: tuple[dict, dict, Path]) -> None:
+    first, second, _ = demo_run
+    assert not any(first["reused"][k] for k in ("pretrain", "heads", "accuracy_tree", "build"))
+    assert all(second["reused"][k] for k in ("pretrain", "heads", "accuracy_tree", "build"))
+    assert second["tree"] == first["tree"]  # deterministic
+    assert second["identical_outputs"] is True
+
+
+def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MEDUSA_TRT_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("MEDUSA_TRT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert default_cache_dir() == tmp_path / "x" / "medusa-trt"
