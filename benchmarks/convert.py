@@ -69,23 +69,36 @@ def make_source(out: Path, layers: int, vocab: int) -> int:
 
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from medusa_trt.checkpoint import convert_checkpoint
 src, out, tp, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 r = convert_checkpoint(src, out, tp=tp, workers=workers, progress=False)
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-print(json.dumps({"bytes": r.bytes_written, "seconds": r.seconds, "peak_rss_mb": peak_mb}))
+print(json.dumps({"bytes": r.bytes_written, "seconds": r.seconds}))
 """
 
 
 def convert_in_child(src: Path, out: Path, tp: int, workers: int) -> dict[str, float]:
-    """Convert in a fresh process so its ru_maxrss is the conversion's own peak RSS."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(tp), str(workers)],
-                          capture_output=True, text=True, check=False)
+    """Convert in a fresh process, sampling its RSS every 20 ms for the peak.
+
+    (The child's own ru_maxrss would include this parent's RSS at fork time, which exec keeps.)
+    """
+    import psutil
+
+    proc = psutil.Popen([sys.executable, "-c", CHILD, str(src), str(out), str(tp), str(workers)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"convert failed:\n{proc.stderr[-2000:]}")
-    doc: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"convert failed:\n{stderr[-2000:]}")
+    doc: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
+    doc["peak_rss_mb"] = peak / 2**20
     return doc
 
 

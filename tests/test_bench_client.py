@@ -64,6 +64,7 @@ def test_compare_mode_interleaves_and_checks_outputs(compared: BenchReport) -> N
 
 def test_json_schema_keys_and_types(compared: BenchReport, tmp_path: Path) -> None:
     doc = json.loads(compared.write(tmp_path / "r.json").read_text())
+    assert json.loads(json.dumps(compared.to_json())) == doc  # to_json() is plain JSON already
     assert doc["schema_version"] == 1 and doc["tool"]["name"] == "medusa-trt" and isinstance(doc["tool"]["version"], str)
     assert doc["server"]["model"] == "loopback" and doc["server"]["version"] == {"version": "loopback-1"}
     assert isinstance(doc["command"], list) and doc["was_cancelled"] is False and doc["start_time"]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medusa_trt.medusa.trees import TOPK, load_tree
+from medusa_trt.medusa.trees import TOPK
 from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
 from medusa_trt.runtime._testing import make_checkpoint
 from medusa_trt.tiny import make_medusa_heads
@@ -35,8 +35,9 @@ def engines(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_hea
             ) -> Iterator[dict[str, ReferenceEngine]]:
     base = tmp_path_factory.mktemp("lossless")
     trained = trained_like_heads(tiny_llama, base / "trained-heads")
-    out = {"random": load_engine(make_checkpoint(tiny_llama, base / "ck-random", heads=tiny_heads)),
-           "trained": load_engine(make_checkpoint(tiny_llama, base / "ck-trained", heads=trained))}
+    tree = "nvidia_low_latency_15"  # the hypothesis test swaps in random trees
+    out = {"random": load_engine(make_checkpoint(tiny_llama, base / "ck-random", heads=tiny_heads), tree=tree),
+           "trained": load_engine(make_checkpoint(tiny_llama, base / "ck-trained", heads=trained), tree=tree)}
     yield out
     for e in out.values():
         e.close()
@@ -83,10 +84,10 @@ def test_greedy_medusa_equals_plain_greedy(engines: dict[str, ReferenceEngine], 
 def test_trained_like_heads_accept_runs_and_stay_exact(engines: dict[str, ReferenceEngine]) -> None:
     engine = engines["trained"]
     total_steps = total_tokens = 0
-    for seed in range(6):
+    for seed in range(3):
         prompt = [(seed * 37 + i * 11) % 300 + 3 for i in range(6)]
-        plain, _, _ = generate(engine, prompt, False, max_tokens=48)
-        fast, chunks, stats = generate(engine, prompt, True, max_tokens=48)
+        plain, _, _ = generate(engine, prompt, False, max_tokens=40)
+        fast, _, stats = generate(engine, prompt, True, max_tokens=40)
         assert fast == plain
         total_steps += stats.num_steps  # type: ignore[attr-defined]
         total_tokens += stats.completion_tokens  # type: ignore[attr-defined]
@@ -148,8 +149,3 @@ def test_close_early_frees_the_engine(engines: dict[str, ReferenceEngine]) -> No
     assert gen.stats is not None and gen.stats.completion_tokens == len(first.token_ids)
     again, _, _ = generate(engine, [5, 6, 7], True, max_tokens=30)
     assert again[: len(first.token_ids)] == first.token_ids
-
-
-def test_default_tree_is_largest_shipped_that_fits(engines: dict[str, ReferenceEngine]) -> None:
-    # 3 heads: mc_sim_7b_63 needs 4; mc_sim_7b_61 (depth 3) is the largest shipped tree that fits
-    assert engines["random"].tree == load_tree("mc_sim_7b_61")

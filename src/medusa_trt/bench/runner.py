@@ -160,7 +160,9 @@ def _measure(cfg: BenchConfig, url: str, prompts: list[Prompt], engine: dict[str
     if not model:
         raise InvalidInputError(f"{url}/v1/models lists no model", hint="Pass --served-model NAME.")
     info.model = model
-    conf = {k: v for k, v in asdict(cfg).items() if k != "command"}
+    # JSON-safe as it stands (the Python API hands to_json() to json.dumps without a default)
+    conf = {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(cfg).items() if k != "command"}
     report = BenchReport(tool={"name": "medusa-trt", "version": __version__}, server=info.to_json(),
                          config={**conf, "input_len_unit": "characters"}, start_time=_now(), engine=engine,
                          command=cfg.command if cfg.command is not None else list(sys.argv))

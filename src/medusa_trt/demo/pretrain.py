@@ -20,17 +20,17 @@ from medusa_trt.tiny import llama_config_dict, make_tokenizer, save_hf_model
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    vocab_size: int = 2048
-    hidden_size: int = 384
-    intermediate_size: int = 1024
+    vocab_size: int = 1024
+    hidden_size: int = 256
+    intermediate_size: int = 768
     num_hidden_layers: int = 4
-    num_attention_heads: int = 6
+    num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
-    steps: int = 160
-    batch_size: int = 8
+    steps: int = 250
+    batch_size: int = 16
     seq_len: int = 128
-    lr: float = 2e-3
+    lr: float = 4e-3
     warmup: int = 20
     seed: int = 0
 

@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import torch  # noqa: TID253 (runtime modules are imported only by commands that compute)
+# torch at module level is fine here: runtime modules load only inside commands that compute.
+import torch
 
 from medusa_trt.medusa.acceptance import greedy_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers

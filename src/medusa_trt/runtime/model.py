@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-import torch  # noqa: TID253 (runtime modules are imported only by commands that compute)
-import torch.nn.functional as F  # noqa: TID253
+# torch at module level is fine here: runtime modules load only inside commands that compute.
+import torch
+import torch.nn.functional as F
 
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.config import CheckpointInfo

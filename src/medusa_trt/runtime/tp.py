@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import socket
 from datetime import timedelta
 from typing import Any
 
-import torch  # noqa: TID253 (runtime modules are imported only by commands that compute)
-import torch.distributed as dist  # noqa: TID253
+# torch at module level is fine here: runtime modules load only inside commands that compute.
+import torch
+import torch.distributed as dist
 
 from medusa_trt.errors import CheckpointError, MissingDependencyError
 from medusa_trt.runtime.config import CheckpointInfo, read_checkpoint
@@ -76,9 +76,9 @@ class Runner:
             raise MissingDependencyError(f"tp_size {self.tp} needs {self.tp} GPUs, {torch.cuda.device_count()} visible",
                                          hint="Run on CPU (--device cpu) or convert with a smaller --tp.")
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        # Rank 0's store binds port 0 itself, so no other process can take the port in between.
+        store = dist.TCPStore("127.0.0.1", 0, self.tp, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
+        port = store.port
         ctx = torch.multiprocessing.get_context("spawn")
         status: Any = ctx.Queue()
         threads = max(1, (os.cpu_count() or 1) // self.tp)
@@ -90,8 +90,7 @@ class Runner:
         if backend == "gloo":  # share the cores between ranks instead of oversubscribing them
             self._threads = torch.get_num_threads()
             torch.set_num_threads(threads)
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                                world_size=self.tp, timeout=TIMEOUT)
+        dist.init_process_group(backend, store=store, rank=0, world_size=self.tp, timeout=TIMEOUT)
         try:
             self.model = LlamaShard(self.info, 0, self.device, DistComm(0, self.tp))
             self._await_workers(status)
@@ -181,8 +180,8 @@ def _worker_main(ckpt: str, rank: int, tp: int, port: int, device: str, backend:
                  status: Any) -> None:
     """Rank r > 0: load the shard, then execute rank 0's ops until STOP."""
     torch.set_num_threads(threads)
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=tp,
-                            timeout=TIMEOUT)
+    store = dist.TCPStore("127.0.0.1", port, tp, is_master=False, timeout=TIMEOUT)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=tp, timeout=TIMEOUT)
     dev = _device_for(device, rank)
     if dev.startswith("cuda"):
         torch.cuda.set_device(dev)

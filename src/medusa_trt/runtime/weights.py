@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch  # noqa: TID253 (runtime modules are imported only by commands that compute)
+# torch at module level is fine here: runtime modules load only inside commands that compute.
+import torch
 
 from medusa_trt.errors import CheckpointError
 from medusa_trt.runtime.config import CheckpointInfo
