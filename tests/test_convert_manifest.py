@@ -16,7 +16,7 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 def test_manifest_hashes_every_file(tmp_path: Path, tiny_llama: Path, tiny_heads: Path) -> None:
-    out = tmp_path / "ckpt"
+    out = tmp_path / "runs" / "a" / "ckpt"  # missing parents are created once validation passes
     res = convert_checkpoint(tiny_llama, out, medusa=tiny_heads, tp=2, workers=2, progress=False)
     man = read_manifest(out)
     assert man["hash_algorithm"] == "xxh3_128" == res.hash_algorithm

@@ -58,3 +58,19 @@ def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.delenv("MEDUSA_TRT_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x" / "medusa-trt"
+
+
+def test_auto_tree_is_hardware_aware_and_deterministic(tiny_llama: Path) -> None:
+    from dataclasses import replace
+
+    from medusa_trt.demo.pipeline import choose_demo_tree
+    from medusa_trt.medusa.tree_builder import tree_growth
+    from medusa_trt.medusa.trees import tree_problems
+
+    acc = [[0.8, 0.1, 0.05], [0.7, 0.1, 0.05], [0.6, 0.1, 0.05]]
+    cfg = replace(SMALL, tree_nodes=0, max_tree_nodes=12)
+    tree = choose_demo_tree(acc, tiny_llama, cfg)
+    assert 1 <= len(tree) <= 12 and tree_problems(tree, num_heads=3) == []
+    assert tree == tree_growth(acc, len(tree))  # an optimal tree of the chosen size
+    assert choose_demo_tree(acc, tiny_llama, cfg) == tree
+    assert choose_demo_tree(acc, tiny_llama, replace(cfg, tree_nodes=5)) == tree_growth(acc, 5)

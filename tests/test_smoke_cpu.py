@@ -3,12 +3,14 @@ subprocess on a loopback port, and use it as an OpenAI client would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,12 +135,29 @@ def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
     metrics = c.get("/metrics").text
     assert 'medusa_trt_generations_total{model="' in metrics and 'outcome="cancelled"' in metrics
 
-    # SIGTERM: prompt, clean exit (128 + SIGTERM, no traceback)
+    # SIGTERM while a long stream runs: the stream ends, the process exits promptly and cleanly
+    # (128 + SIGTERM, the `medusa-trt run` contract, and no traceback)
     c.close()
+    streamed: list[str] = []
+    started = threading.Event()
+
+    def long_stream() -> None:
+        body = {**greedy, "prompt": PROMPT, "max_tokens": 200, "stream": True}
+        with contextlib.suppress(httpx.HTTPError), httpx.Client(base_url=url, timeout=30) as c3, \
+                c3.stream("POST", "/v1/completions", json=body) as r:
+            for line in r.iter_lines():
+                streamed.append(line)
+                started.set()
+
+    th = threading.Thread(target=long_stream)
+    th.start()
+    assert started.wait(30)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(15)
     elapsed = time.monotonic() - t0
+    th.join(10)
+    assert not th.is_alive()
     text = log.read_text()
     assert rc == 128 + signal.SIGTERM, text
     assert elapsed < 10, f"took {elapsed:.1f}s to stop"

@@ -21,11 +21,23 @@ def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Path:
+def heads_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    """Heads whose lm_heads are the base lm_head (as the paper initialises them): non-trivial accuracy."""
+    from safetensors.torch import load_file
+
+    from medusa_trt.tiny import make_medusa_heads
+
+    lm = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
+    return make_medusa_heads(tmp_path_factory.mktemp("heads"), hidden_size=64, vocab_size=320, num_heads=3,
+                             lm_head=lm, scale=0.01)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, heads_dir: Path) -> Path:
     from medusa_trt.checkpoint.convert import convert_checkpoint
 
     out = tmp_path_factory.mktemp("ckpt") / "c"
-    convert_checkpoint(tiny_llama, out, medusa=tiny_heads, progress=False, max_draft_len=16)
+    convert_checkpoint(tiny_llama, out, medusa=heads_dir, progress=False, max_draft_len=16)
     return out
 
 
@@ -47,12 +59,13 @@ def test_heads_train_bad_model_is_one_line(tmp_path: Path, capsys: pytest.Captur
     assert "not a Hugging Face model directory" in err and "Traceback" not in err
 
 
-def test_accuracy_on_the_runtime_matches_the_hf_model(ckpt: Path, tiny_llama: Path, tiny_heads: Path) -> None:
+def test_accuracy_on_the_runtime_matches_the_hf_model(ckpt: Path, tiny_llama: Path, heads_dir: Path) -> None:
     from medusa_trt.train.accuracy import measure_accuracy
 
     rt = measure_accuracy(ckpt, list(PROMPTS), steps=16, topk=5).table
-    hf = measure_accuracy(tiny_llama, list(PROMPTS), heads_dir=tiny_heads, steps=16, topk=5).table
+    hf = measure_accuracy(tiny_llama, list(PROMPTS), heads_dir=heads_dir, steps=16, topk=5).table
     assert len(rt) == 3 and all(len(r) == 5 for r in rt)
+    assert sum(rt[0]) > 0.1  # not a vacuous all-zero comparison
     for a, b in zip(rt, hf, strict=True):
         assert a == pytest.approx(b, abs=0.07)  # same model, same heads: two implementations agree
 

@@ -29,6 +29,7 @@ from medusa_trt.checkpoint.writer import (
     TOKENIZER_FILES,
     check_output,
     copy_hashed,
+    existing_ancestor,
     publish,
     temp_sibling,
     write_hashed,
@@ -157,7 +158,7 @@ def convert_checkpoint(
     plans = [rank_tensors(lay, r) for r in range(tp)]
     config = trtllm_config(lay, plans[0], max_draft_len=mdl)
     total = sum(t.nbytes for plan in plans for t in plan)
-    free = shutil.disk_usage(output_dir.parent).free
+    free = shutil.disk_usage(existing_ancestor(output_dir)).free
     if free < total * 1.02:
         raise CheckpointError(f"{output_dir.parent}: {free / 2**30:.1f} GiB free, the checkpoint needs "
                               f"{total / 2**30:.1f} GiB", hint="Free disk space or choose another --output.")
@@ -165,6 +166,7 @@ def convert_checkpoint(
     sources = {"model": dict(src.to_json(), format="modelopt" if base.quant else "hf")}
     if heads_src is not None:
         sources["medusa"] = dict(heads_src.to_json(), format="fasterdecoding")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)  # validation passed: parents may be created
     tmp = temp_sibling(output_dir, "tmp")
     tmp.mkdir()
     try:

@@ -48,6 +48,7 @@ class TensorInfo:
     file: Path
     dtype: str  # safetensors code
     shape: tuple[int, ...]
+    offset: int = -1  # absolute file offset of the data (safetensors files only)
 
     @property
     def nbytes(self) -> int:
@@ -81,8 +82,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             continue
         if entry.get("dtype") not in DTYPE_SIZES:
             raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {entry.get('dtype')}")
-        info = TensorInfo(path, entry["dtype"], tuple(int(s) for s in entry["shape"]))
         begin, stop = entry["data_offsets"]
+        info = TensorInfo(path, entry["dtype"], tuple(int(s) for s in entry["shape"]), 8 + n + int(begin))
         if stop - begin != info.nbytes:
             raise CheckpointError(f"{path}: tensor {name} has inconsistent offsets", hint=hint)
         end = max(end, stop)

@@ -93,9 +93,16 @@ def check_output(output: Path, force: bool) -> None:
     if output.is_dir() and any(output.iterdir()) and not force:
         raise InvalidInputError(f"{output}: output directory is not empty",
                                 hint="Choose another --output, or pass --force to replace it.")
-    if not output.parent.is_dir():
-        raise InvalidInputError(f"{output.parent}: parent directory does not exist",
-                                hint="Create it first, or choose another --output.")
+    anc = existing_ancestor(output)
+    if not anc.is_dir():
+        raise InvalidInputError(f"{anc}: exists and is not a directory", hint="Choose another --output.")
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The nearest existing directory at or above ``path`` (for free-space checks before creating it)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def temp_sibling(output: Path, tag: str) -> Path:

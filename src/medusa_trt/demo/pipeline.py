@@ -36,14 +36,16 @@ class DemoConfig:
     recipe: ModelRecipe = field(default_factory=ModelRecipe)
     corpus_chars: int = 1_500_000
     num_heads: int = 4
-    head_steps: int = 300
+    head_steps: int = 200
     head_lr: float = 3e-3
     head_batch: int = 16
     distill_prompts: int = 160
     distill_tokens: int = 96
     accuracy_prompts: int = 16
     accuracy_steps: int = 64
-    tree_nodes: int = 16
+    tree_nodes: int = 0  # 0: hardware-aware, the size the cpu profile's step-time model favours
+    max_tree_nodes: int = 16
+    tree_context_len: int = 128
     bench_prompts: int = 8
     max_tokens: int = 128
     threads: int = 2
@@ -170,8 +172,8 @@ class Stages:
         acc_path, tree_path = self.cache / "accuracy.csv", self.cache / "tree.yaml"
         c = self.cfg
         key = _digest({"heads": json.loads((heads_dir / STAMP).read_text())["key"],
-                       **c.key("accuracy_prompts", "accuracy_steps", "tree_nodes")})
-        reused = not self.fresh and _cached(acc_path, key) and tree_path.is_file()
+                       **c.key("accuracy_prompts", "accuracy_steps")})
+        reused = not self.fresh and _cached(acc_path, key)
         if reused:
             acc = tb.parse_accuracy_csv(acc_path.read_text(), str(acc_path))
         else:
@@ -179,10 +181,10 @@ class Stages:
             self.log(f"accuracy: {len(prompts)} held-out prompts x {c.accuracy_steps} greedy steps")
             acc = measure_accuracy(model_dir, prompts, heads_dir=heads_dir, steps=c.accuracy_steps).table
             acc_path.write_text(tb.format_accuracy_csv(acc))
-        tree = tb.build_tree(acc, c.tree_nodes)
+        tree = choose_demo_tree(acc, model_dir, c)
         expected = tb.expected_tokens_per_step(acc, tree)
+        tree_path.write_text(tb.tree_yaml(tree, expected))
         if not reused:
-            tree_path.write_text(tb.tree_yaml(tree, expected))
             _stamp(acc_path, key, {})
         self.log("head top-1 accuracy: " + ", ".join(f"h{k} {row[0]:.2f}" for k, row in enumerate(acc))
                  + f"; tree of {len(tree)} nodes, expected {expected:.2f} tokens/step")
@@ -203,6 +205,22 @@ class Stages:
         _publish(tmp, out)
         self.timed("build", False, t0)
         return out
+
+
+def choose_demo_tree(acc: list[list[float]], model_dir: Path, cfg: DemoConfig) -> list[list[int]]:
+    """A fixed-size tree, or (tree_nodes 0) the size maximising expected tokens/step over the `cpu` profile's
+    analytic step time (deterministic, unlike a timing sweep on a busy machine)."""
+    from medusa_trt.medusa import tree_builder as tb
+
+    if cfg.tree_nodes > 0:
+        return tb.build_tree(acc, cfg.tree_nodes)
+    from medusa_trt.config.model import resolve_model
+    from medusa_trt.config.profile import load_profile
+    from medusa_trt.perf import step_time_ms
+
+    prof, spec = load_profile("cpu"), resolve_model(str(model_dir))
+    curve = {n: float(step_time_ms(prof, spec, n + 1, cfg.tree_context_len)) for n in range(cfg.max_tree_nodes + 1)}
+    return tb.choose_tree(acc, curve, max_nodes=cfg.max_tree_nodes).tree
 
 
 def build_engine(model_dir: Path, heads_dir: Path, tree: list[list[int]], out: Path, tree_file: Path) -> None:

@@ -8,6 +8,7 @@ tokens per step. Each SSE chunk carries the text of one decoding step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -139,10 +140,11 @@ class Generator:
             return Response(status_code=499)  # nobody reads it; frees the queue slot
         if isinstance(first, Finished):
             _raise(_error_of(first))
+            if first.cancelled:  # dropped from the queue: the server is shutting down
+                raise APIError(503, "the server is shutting down", type="server_error")
         if body.stream:
             sse = _SSE(self, body, chat, job, request, out, text, first)
-            return StreamingResponse(sse.frames(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _JobStream(sse.frames(), job)
         try:
             deltas = [d async for d in self.steps(job, request, out, text, first)]
         except ClientGone:
@@ -194,6 +196,29 @@ class Generator:
         else:
             choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": out.finish_reason}
         return {**head, "choices": [choice], "usage": out.usage()}
+
+
+class _JobStream(StreamingResponse):
+    """An SSE response that cancels its job however it ends.
+
+    A client that disconnects while a frame is being sent leaves the frame generator suspended at a
+    yield, where no exception reaches it: only this wrapper sees the end and frees the engine.
+    """
+
+    def __init__(self, frames: AsyncIterator[str], job: Job) -> None:
+        super().__init__(frames, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._frames, self._job = frames, job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._job.cancel()
+            aclose = getattr(self._frames, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
 
 
 class _SSE:

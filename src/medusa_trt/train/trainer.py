@@ -122,22 +122,53 @@ def greedy_continue(model: Any, ids: list[int], n: int, eos: set[int]) -> list[i
     return new
 
 
+@torch.inference_mode()
+def greedy_continue_batch(model: Any, batch: list[list[int]], n: int, eos: set[int], pad_id: int) -> list[list[int]]:
+    """Greedy continuations of several prompts at once (left-padded ``generate``), each cut after its EOS.
+
+    Small models spend a decode step mostly in per-call overhead, so a batch costs about one prompt.
+    """
+    dev = next(model.parameters()).device
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [B, W]
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, width - len(x):] = torch.tensor(x)
+        mask[i, width - len(x):] = 1
+    out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=n, min_new_tokens=0,
+                         do_sample=False, num_beams=1, pad_token_id=pad_id,
+                         eos_token_id=sorted(eos) or None)  # [B, W + n']
+    result = []
+    for row in out[:, width:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
+        result.append(row[:cut])
+    return result
+
+
 def distill(model: Any, tokenizer: Any, prompts: list[Prompt], *, gen_tokens: int, seq_len: int,
-            progress: Any = None) -> Distilled:
+            progress: Any = None, batch_size: int = 32) -> Distilled:
     """Run the base model greedily on every prompt: its own continuations are the targets."""
     eos = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
     max_pos = int(getattr(model.config, "max_position_embeddings", seq_len))
-    seqs, starts = [], []
+    jobs = []
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt)[: max(1, seq_len - 4)]
         budget = max(0, min(gen_tokens, seq_len - len(ids), max_pos - len(ids)))
-        if budget < 3:
-            continue
-        cont = greedy_continue(model, ids, budget, eos)
-        seqs.append(ids + cont)
-        starts.append(len(ids))
-        if progress is not None:
+        if budget >= 3:
+            jobs.append((ids, budget))
+        elif progress is not None:
             progress()
+    jobs.sort(key=lambda j: len(j[0]))  # similar lengths together: less padding
+    seqs, starts = [], []
+    for i in range(0, len(jobs), batch_size):
+        chunk = jobs[i: i + batch_size]
+        conts = greedy_continue_batch(model, [ids for ids, _ in chunk], max(b for _, b in chunk), eos, int(pad))
+        for (ids, budget), cont in zip(chunk, conts, strict=True):
+            seqs.append(ids + cont[:budget])
+            starts.append(len(ids))
+            if progress is not None:
+                progress()
     if not seqs:
         raise InvalidInputError("no usable training sequences (prompts too long for --seq-len?)",
                                 hint="Raise --seq-len or use shorter prompts.")
@@ -286,8 +317,11 @@ def train_heads(model_dir: str | Path, output: str | Path, *, data: str | list[P
                            progress=lambda: prog.advance(task))
             ckpt.mkdir(parents=True, exist_ok=True)
             (ckpt / "data.json").write_text(json.dumps({"sequences": dist.sequences, "starts": dist.starts}))
-        labels = [_labels(s, st) for s, st in zip(dist.sequences, dist.starts, strict=True)]
         hiddens = hidden_states(model, dist.sequences)
+        # positions before start-K-1 predict no generated token for any head: drop them (less compute)
+        crops = [max(0, st - cfg.num_heads - 1) for st in dist.starts]
+        hiddens = [h[c:] for h, c in zip(hiddens, crops, strict=True)]
+        labels = [_labels(s, st)[c:] for s, st, c in zip(dist.sequences, dist.starts, crops, strict=True)]
         n_eval = max(1, int(len(hiddens) * cfg.eval_frac)) if len(hiddens) > 1 else 0
         eval_idx = list(range(len(hiddens) - n_eval, len(hiddens))) or [0]
         train_idx = list(range(len(hiddens) - n_eval)) or [0]
