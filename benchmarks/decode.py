@@ -1,6 +1,6 @@
 """Reference-runtime decode benchmark: plain vs Medusa tokens/s, step time vs tree size, tokens/step.
 
-    .venv/bin/python benchmarks/decode.py [--hidden 512 --layers 4 --vocab 8192 --tokens 96]
+    .venv/bin/python benchmarks/decode.py [--hidden 512 --layers 4 --vocab 2048 --tokens 96]
                                           [--tree nvidia_low_latency_15] [--heads trained|random] [--json]
 
 Builds a random Llama 3 model of the given size (medusa_trt.tiny), Medusa heads, converts it with the
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--num-heads", type=int, default=3)
     p.add_argument("--heads", choices=["trained", "random"], default="trained")
     p.add_argument("--tree", default="nvidia_low_latency_15")

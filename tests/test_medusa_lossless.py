@@ -102,14 +102,14 @@ def test_eos_inside_an_accepted_run(engines: dict[str, ReferenceEngine], heads: 
     engine = engines[heads]
     for seed in range(20):
         prompt = [(seed * 53 + i * 7) % 300 + 3 for i in range(5)]
-        plain, _, _ = generate(engine, prompt, False, max_tokens=48)
-        _, chunks, _ = generate(engine, prompt, True, max_tokens=48)
+        plain, _, _ = generate(engine, prompt, False, max_tokens=32)
+        _, chunks, _ = generate(engine, prompt, True, max_tokens=32)
         pos = 0
         for c in chunks:
             for j, tok in enumerate(c.token_ids):
                 if j > 0 and plain.index(tok) == pos + j:
-                    fast, fchunks, stats = generate(engine, prompt, True, max_tokens=48, stop_token_ids=(tok,))
-                    slow, _, _ = generate(engine, prompt, False, max_tokens=48, stop_token_ids=(tok,))
+                    fast, fchunks, stats = generate(engine, prompt, True, max_tokens=32, stop_token_ids=(tok,))
+                    slow, _, _ = generate(engine, prompt, False, max_tokens=32, stop_token_ids=(tok,))
                     assert fast == slow == plain[: pos + j]
                     assert fchunks[-1].finish_reason == "stop"
                     assert stats.completion_tokens == pos + j + 1  # type: ignore[attr-defined]

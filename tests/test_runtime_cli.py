@@ -83,3 +83,18 @@ def test_simple_tree_for_few_heads() -> None:
 def test_missing_checkpoint_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["run", str(tmp_path), "--prompt", "x"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_engine_dir_manifest_names_checkpoint_and_tree(ckpt: Path, tmp_path: Path) -> None:
+    import os
+
+    from medusa_trt.runtime import SamplingParams
+
+    engine_dir = tmp_path / "engine"
+    engine_dir.mkdir()
+    (engine_dir / "medusa-trt.json").write_text(json.dumps(  # checkpoint_dir is relative to the engine dir
+        {"engine": "reference", "checkpoint_dir": os.path.relpath(ckpt, engine_dir), "tree": [[0], [1], [0, 0]]}))
+    with load_engine(engine_dir) as engine:
+        assert engine.tree == [[0], [1], [0, 0]] and engine.tokenizer is not None
+        out = [t for c in engine.generate([5, 6], SamplingParams(max_tokens=5)) for t in c.token_ids]
+        assert 0 < len(out) <= 5

@@ -13,15 +13,20 @@ import httpx
 import pytest
 
 PROMPT = "def main():"
+LONG = 2048  # the test model's context
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Iterator[Any]:
+def engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Iterator[Any]:
     from medusa_trt.checkpoint.convert import convert_checkpoint
     from medusa_trt.runtime import load_engine
+    from medusa_trt.tiny import make_tiny_llama
 
-    out = tmp_path_factory.mktemp("serve-app") / "ckpt"
-    convert_checkpoint(tiny_llama, out, medusa=tiny_heads, tp=1, progress=False)
+    base = tmp_path_factory.mktemp("serve-app")
+    # a long context, so that a generation outlives a client's disconnect even on a fast machine
+    model = make_tiny_llama(base / "llama", seed=0, max_position_embeddings=LONG)
+    out = base / "ckpt"
+    convert_checkpoint(model, out, medusa=tiny_heads, tp=1, progress=False)
     eng = load_engine(out)
     yield eng
     eng.close()
@@ -178,8 +183,8 @@ def test_stop_string_cuts_text(url: str) -> None:
     ({"prompt": "x", "temperature": -1}, 400, "temperature"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p"),
     ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-    ({"prompt": "x", "max_tokens": 10_000}, 400, "max_tokens"),
-    ({"prompt": "x " * 400}, 400, "prompt"),
+    ({"prompt": "x", "max_tokens": LONG}, 400, "max_tokens"),
+    ({"prompt": "x " * LONG}, 400, "prompt"),
     ({"prompt": ""}, 400, "prompt"),
     ({"prompt": [999_999]}, 400, "prompt"),
     ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
@@ -221,10 +226,10 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def test_health_while_generating_queue_and_disconnect(server: tuple[str, Any], engine: Any) -> None:
+def test_health_while_generating_and_disconnect(server: tuple[str, Any], engine: Any) -> None:
     url, app = server
     before = _metric(httpx.get(f"{url}/metrics").text, "medusa_trt_generations_total", outcome="cancelled")
-    long_body = {"prompt": PROMPT, "max_tokens": 200, "temperature": 0, "stream": True}
+    long_body = {"prompt": PROMPT, "max_tokens": LONG - 16, "temperature": 0, "stream": True}
     first: list[str] = []
     got_chunk = threading.Event()
 
@@ -234,7 +239,7 @@ def test_health_while_generating_queue_and_disconnect(server: tuple[str, Any], e
                 if line.startswith("data: "):
                     first.append(line)
                     got_chunk.set()
-                    time.sleep(0.5)  # the generation runs while /health answers
+                    time.sleep(0.3)  # the generation runs while /health answers
                     return  # leaving the block closes the connection mid-stream
 
     t = threading.Thread(target=stream_then_drop)
@@ -245,7 +250,7 @@ def test_health_while_generating_queue_and_disconnect(server: tuple[str, Any], e
     assert time.monotonic() - t0 < 2.0
     assert app.state.metrics.running == 1
     t.join(30)
-    # the dropped stream's generation is cancelled (not run to 200 tokens) and the next request runs
+    # the dropped stream's generation is cancelled (not run to its end) and the next request runs
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         now = _metric(httpx.get(f"{url}/metrics").text, "medusa_trt_generations_total", outcome="cancelled")
@@ -288,3 +293,11 @@ def test_metrics_exposition(url: str) -> None:
     assert "# TYPE medusa_trt_tokens_per_step histogram" in text
     inf = _metric(text, "medusa_trt_tokens_per_step_bucket", medusa="true", le="+Inf")
     assert inf == _metric(text, "medusa_trt_tokens_per_step_count", medusa="true")
+
+
+def test_seeded_sampling_repeats(url: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 10, "temperature": 0.9, "top_p": 0.95, "top_k": 50, "seed": 7}
+    a = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    b = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+    assert a["usage"]["completion_tokens"] >= 1 and a["usage"]["decoding_steps"] >= 0

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 PROMPT = "def main():"
 MAX_TOKENS = 12
+LONG = 2048  # context of the smoke model
 
 
 def _free_port() -> int:
@@ -29,15 +31,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def long_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a longer context, so a stream outlives a disconnect even on a fast machine."""
+    from medusa_trt.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("smoke-llama"), seed=0, max_position_embeddings=LONG)
+
+
 @pytest.fixture(scope="module", params=["cpu", "cpu-tp2"])
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path,
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, long_llama: Path,
           tiny_heads: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The engine dir built by `medusa-trt build --profile P`, and the one-shot greedy outputs."""
     from medusa_trt.cli import run as cli
     from medusa_trt.cli.run import generate_once
 
     out = tmp_path_factory.mktemp(f"smoke-{request.param}") / "engine"
-    rc = cli(["build", "--profile", request.param, "--model", str(tiny_llama), "--medusa", str(tiny_heads),
+    rc = cli(["build", "--profile", request.param, "--model", str(long_llama), "--medusa", str(tiny_heads),
               "--output", str(out)])
     assert rc == 0
     common: dict[str, Any] = {"max_tokens": MAX_TOKENS, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
@@ -91,7 +101,8 @@ def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
     url, proc, log = served
     assert f"at {url}" in log.read_text()  # the URL is printed once ready
     c = httpx.Client(base_url=url, timeout=60)
-    model = c.get("/v1/models").json()["data"][0]["id"]
+    card = c.get("/v1/models").json()["data"][0]
+    model, long_tokens = card["id"], card["max_model_len"] - 16
     greedy = {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0}
 
     # completions, not streaming and streaming: the one-shot greedy text, and its step count
@@ -119,13 +130,13 @@ def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
 
     # bad requests: OpenAI error JSON with 4xx, and the server keeps serving
     for body, status in (({**greedy, "model": "nope", "prompt": "x"}, 404), ({**greedy, "prompt": "x", "n": 2}, 400),
-                         ({**greedy, "prompt": "x " * 600}, 400), ({**greedy, "prompt": "x", "top_p": 3}, 400)):
+                         ({**greedy, "prompt": "x " * card["max_model_len"]}, 400), ({**greedy, "prompt": "x", "top_p": 3}, 400)):
         r = c.post("/v1/completions", json=body)
         assert r.status_code == status and r.json()["error"]["message"]
 
     # a client that disconnects mid-stream frees the engine for the next request
     with httpx.Client(base_url=url, timeout=60) as c2, \
-            c2.stream("POST", "/v1/completions", json={**greedy, "prompt": PROMPT, "max_tokens": 200,
+            c2.stream("POST", "/v1/completions", json={**greedy, "prompt": PROMPT, "max_tokens": long_tokens,
                                                        "stream": True}) as r:
         next(line for line in r.iter_lines() if line.startswith("data: "))
     t0 = time.monotonic()
@@ -142,16 +153,18 @@ def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
     started = threading.Event()
 
     def long_stream() -> None:
-        body = {**greedy, "prompt": PROMPT, "max_tokens": 200, "stream": True}
+        body = {**greedy, "prompt": PROMPT, "max_tokens": long_tokens, "stream": True}
         with contextlib.suppress(httpx.HTTPError), httpx.Client(base_url=url, timeout=30) as c3, \
                 c3.stream("POST", "/v1/completions", json=body) as r:
             for line in r.iter_lines():
-                streamed.append(line)
-                started.set()
+                if line:
+                    streamed.append(line)
+                    started.set()
 
     th = threading.Thread(target=long_stream)
     th.start()
     assert started.wait(30)
+    children = psutil.Process(proc.pid).children(recursive=True)  # the tp ranks (cpu-tp2)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(15)
@@ -162,3 +175,7 @@ def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
     assert rc == 128 + signal.SIGTERM, text
     assert elapsed < 10, f"took {elapsed:.1f}s to stop"
     assert "Traceback" not in text
+    # the running stream was ended properly (finish_reason "abort", then [DONE]), not cut
+    assert streamed[-1] == "data: [DONE]" and '"finish_reason": "abort"' in streamed[-2]
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"tp ranks left running: {alive}"

@@ -10,9 +10,8 @@ import importlib
 import typer
 
 COMMAND_MODULES: tuple[str, ...] = (
-    # one entry per command module, in the order `--help` lists them
-    "profiles", "plan",
-    "heads", "tree", "demo", "bench", "build", "convert", "run",
+    # in the order `--help` lists them: the pipeline first, then the tools around it
+    "demo", "convert", "build", "run", "bench", "plan", "profiles", "heads", "tree",
 )
 
 

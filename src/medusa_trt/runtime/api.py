@@ -65,7 +65,7 @@ class Generation:
     def __next__(self) -> Chunk:
         try:
             return next(self._it)
-        except StopIteration:
+        except BaseException:  # exhausted or failed: free the engine either way
             self.close()
             raise
 

@@ -90,7 +90,7 @@ class Decoder:
         self.r.alloc(s + max(self.budget, 1) + tree_size)
         logits = self.r.forward(torch.tensor(self.prompt, dtype=torch.long, device=dev),
                                 torch.arange(s, device=dev))[-1]  # [V]
-        head_logits = self.r.heads(s - 1) if self.buf is not None else None
+        head_logits = self.r.heads(s - 1, self.buf.depth) if self.buf is not None else None
         pending = self.sampler.pick(logits)
         t1 = time.perf_counter()
         try:
@@ -139,4 +139,4 @@ class Decoder:
         bonus = self.sampler.pick(logits[last])
         drafts = tree_tokens[nodes[1:]].tolist()
         self.r.commit(n, nodes + n)  # keep root + accepted entries at n..n+L
-        return [*drafts, bonus], self.r.heads(last)
+        return [*drafts, bonus], self.r.heads(last, buf.depth)  # only the heads the tree uses

@@ -90,16 +90,17 @@ class Runner:
         if backend == "gloo":  # share the cores between ranks instead of oversubscribing them
             self._threads = torch.get_num_threads()
             torch.set_num_threads(threads)
-        dist.init_process_group(backend, store=store, rank=0, world_size=self.tp, timeout=TIMEOUT)
         try:
+            self._await_workers(status, "hello")  # a worker that dies while starting fails fast here
+            dist.init_process_group(backend, store=store, rank=0, world_size=self.tp, timeout=TIMEOUT)
             self.model = LlamaShard(self.info, 0, self.device, DistComm(0, self.tp))
-            self._await_workers(status)
+            self._await_workers(status, "ok")
         except BaseException:
             self._kill()
             raise
         self._hdr = torch.zeros(6, dtype=torch.long, device=self.device)
 
-    def _await_workers(self, status: Any) -> None:
+    def _await_workers(self, status: Any, want: str) -> None:
         pending = self.tp - 1
         while pending:
             try:
@@ -107,10 +108,11 @@ class Runner:
             except queue.Empty:
                 dead = [p for p in self._procs if not p.is_alive()]
                 if dead:
-                    raise CheckpointError(f"a tensor-parallel rank exited while loading (code {dead[0].exitcode})",
-                                          hint="Run with --debug; check the rank files.") from None
+                    raise CheckpointError(f"a tensor-parallel rank exited while starting (code {dead[0].exitcode})",
+                                          hint="Scripts that load tp > 1 engines need an `if __name__ == "
+                                          "'__main__':` guard (ranks are spawned).") from None
                 continue
-            if msg[0] != "ok":
+            if msg[0] != want:
                 raise CheckpointError(f"rank {msg[1]}: {msg[2]}", hint="Check the checkpoint's rank files.")
             pending -= 1
 
@@ -162,10 +164,10 @@ class Runner:
         assert out is not None
         return out
 
-    def heads(self, row: int) -> torch.Tensor:
-        """Medusa head logits [K, V] at ``row`` of the last forward's tokens."""
-        self._send(HEADS, row)
-        out = self.model.heads(row)
+    def heads(self, row: int, count: int = 0) -> torch.Tensor:
+        """Logits [K, V] of the first ``count`` (0: all) Medusa heads at ``row`` of the last forward."""
+        self._send(HEADS, row, count)
+        out = self.model.heads(row, count)
         assert out is not None
         return out
 
@@ -180,6 +182,7 @@ def _worker_main(ckpt: str, rank: int, tp: int, port: int, device: str, backend:
                  status: Any) -> None:
     """Rank r > 0: load the shard, then execute rank 0's ops until STOP."""
     torch.set_num_threads(threads)
+    status.put(("hello", rank, ""))
     store = dist.TCPStore("127.0.0.1", port, tp, is_master=False, timeout=TIMEOUT)
     dist.init_process_group(backend, store=store, rank=rank, world_size=tp, timeout=TIMEOUT)
     dev = _device_for(device, rank)
@@ -210,7 +213,7 @@ def _worker_main(ckpt: str, rank: int, tp: int, port: int, device: str, backend:
                     mask = mask_u8.bool()
                 model.forward(idpos[0], idpos[1], mask)
             elif op == HEADS:
-                model.heads(a)
+                model.heads(a, b)
             elif op == COMMIT:
                 keep = torch.empty(b, dtype=torch.long, device=dev)
                 dist.broadcast(keep, src=0)

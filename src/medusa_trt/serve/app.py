@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medusa_trt import __version__
+from medusa_trt.errors import CheckpointError
 from medusa_trt.serve.generate import Generator
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, validation_error
@@ -31,6 +32,9 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
     The caller owns the engine (closes it); ``app.state.worker.close()`` stops the thread, which
     the app's shutdown does too.
     """
+    if getattr(engine, "tokenizer", None) is None:
+        raise CheckpointError("the engine has no tokenizer files, so it cannot serve text",
+                              hint="`medusa-trt convert`/`build` copy them from the model directory.")
     name = model_name or str(getattr(engine, "model_name", "") or "model")
     metrics = Metrics(name)
     worker = EngineWorker(engine, metrics)

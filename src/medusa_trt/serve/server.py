@@ -34,24 +34,27 @@ def run_server(engine_dir: Path, host: str = "127.0.0.1", port: int = 8000, devi
     """
     from medusa_trt.runtime import load_engine
 
-    got: list[int] = []
-    with _signals_as_interrupt(got):  # a signal during the (long) engine load still exits cleanly
-        try:
-            _log(f"loading {engine_dir} on {device} ...")
-            engine = load_engine(Path(engine_dir), device=device, tree=tree)
-        except KeyboardInterrupt:
-            return 128 + (got[0] if got else signal.SIGINT)
+    sock = _bind(host, port)  # first: a busy port fails in a second, not after the engine loaded
     try:
-        return _serve(engine, host, port, model_name)
+        got: list[int] = []
+        with _signals_as_interrupt(got):  # a signal during the (long) engine load still exits cleanly
+            try:
+                _log(f"loading {engine_dir} on {device} ...")
+                engine = load_engine(Path(engine_dir), device=device, tree=tree)
+            except KeyboardInterrupt:
+                return 128 + (got[0] if got else signal.SIGINT)
+        try:
+            return _serve(engine, sock, model_name)
+        finally:
+            engine.close()
     finally:
-        engine.close()
+        sock.close()
 
 
-def _serve(engine: Any, host: str, port: int, model_name: str | None) -> int:
+def _serve(engine: Any, sock: socket.socket, model_name: str | None) -> int:
     from medusa_trt.serve.app import create_app
 
     app = create_app(engine, model_name)
-    sock = _bind(host, port)  # bind first: a busy port fails here with a clear message, not in uvicorn
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S,
                             lifespan="on")
     server = _Server(config, on_signal=app.state.worker.close)
@@ -71,7 +74,6 @@ def _serve(engine: Any, host: str, port: int, model_name: str | None) -> int:
         asyncio.run(main())
     finally:
         app.state.worker.close()
-        sock.close()
     if server.signals:
         _log(f"stopped ({signal.Signals(server.signals[0]).name})")
         return 128 + server.signals[0]
@@ -140,8 +142,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise InvalidInputError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                                 hint="pick another --port (0 picks a free one) or stop what uses it") from e
-    sock.listen(128)
-    sock.set_inheritable(True)
+    # no listen() yet: asyncio listens once the app is ready, so clients get "connection refused"
+    # (not a hang) while the engine loads
     return sock
 
 
