@@ -44,7 +44,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_hea
 
 
 def generate(engine: ReferenceEngine, prompt: Tokens, medusa: bool, **kw: object) -> tuple[Tokens, list, object]:
-    gen = engine.generate(prompt, SamplingParams(**kw), medusa=medusa)  # type: ignore[arg-type]
+    gen = engine.generate(prompt, SamplingParams(**kw), medusa=medusa)
     chunks = list(gen)
     return [t for c in chunks for t in c.token_ids], chunks, gen.stats
 

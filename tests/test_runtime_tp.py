@@ -32,7 +32,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator
 
 
 def tokens(engine: ReferenceEngine, prompt: list[int], medusa: bool, **kw: object) -> tuple[list[int], object]:
-    gen = engine.generate(prompt, SamplingParams(**kw), medusa=medusa)  # type: ignore[arg-type]
+    gen = engine.generate(prompt, SamplingParams(**kw), medusa=medusa)
     out = [t for c in gen for t in c.token_ids]
     return out, gen.stats
 
