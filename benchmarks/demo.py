@@ -27,7 +27,7 @@ def main() -> None:
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="medusa-trt-demo-"))
     rows = []
     try:
-        for label in ("cold", "warm") if args.warm else ("cold",):
+        for label in ("first", "second (cached)") if args.warm else ("first",):
             t0 = time.perf_counter()
             doc = run_demo(cache_dir=cache)
             rows.append({"run": label, "wall_s": round(time.perf_counter() - t0, 1),

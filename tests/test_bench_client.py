@@ -39,9 +39,9 @@ def test_tokens_come_from_usage_not_chunks(medusa_like: Any) -> None:
     run = rep.run(2)
     assert run is not None and srv.completion_requests - before == 8
     ok = [r for r in run["requests"] if r["ok"]]
-    # 10 tokens in chunks of 3 -> 4 chunks, 4 steps; counting chunks would say 4
-    assert all(r["output_tokens"] == 10 and r["num_chunks"] == 4 and r["decoding_steps"] == 4 for r in ok)
-    assert run["tokens_per_step"] == pytest.approx(2.5)
+    # 10 tokens: a prefill chunk of 1, then steps of 3 -> 4 chunks, 3 steps; counting chunks would say 4
+    assert all(r["output_tokens"] == 10 and r["num_chunks"] == 4 and r["decoding_steps"] == 3 for r in ok)
+    assert run["tokens_per_step"] == pytest.approx(3.0)
     assert run["total_output_tokens"] == 10 * len(ok)
     # every 4th request of the server fails: exactly 2 of these 8 consecutive requests
     assert run["failed"] == 2 and run["errors"] == {"http_5xx": 2} and run["completed"] == 6
@@ -56,7 +56,7 @@ def test_compare_mode_interleaves_and_checks_outputs(compared: BenchReport) -> N
         assert {r["index"] for r in on["requests"]} == set(range(6)) == {r["index"] for r in off["requests"]}
         if off["tokens_per_step"] is not None:
             assert off["tokens_per_step"] == pytest.approx(1.0)
-        assert on["tokens_per_step"] == pytest.approx(2.5)
+        assert on["tokens_per_step"] == pytest.approx(3.0)
         assert cmp_["identical_outputs"] is True and cmp_["mismatches"] == [] and cmp_["pairs"] >= 1
         expect = cmp_["mean_output_tokens_per_s_per_user_medusa"] / cmp_["mean_output_tokens_per_s_per_user_no_medusa"]
         assert cmp_["speedup"] == pytest.approx(expect)

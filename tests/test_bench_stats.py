@@ -57,7 +57,8 @@ def test_metric_definitions_on_synthetic_records() -> None:
     assert m["p90_itl_ms"] == pytest.approx(600 + 0.8 * 1400)
     u = m["output_tokens_per_s_per_user"]
     assert u["mean"] == pytest.approx(6.0) and u["p50"] == pytest.approx(6.0)
-    assert m["tokens_per_step"] == pytest.approx(16 / 5) and m["total_decoding_steps"] == 5
+    # each request's first token comes from prefill: (10 + 4) tokens over 4 + 1 decoding steps
+    assert m["tokens_per_step"] == pytest.approx(14 / 5) and m["total_decoding_steps"] == 5
 
 
 def test_unknown_steps_and_single_token_requests() -> None:

@@ -102,7 +102,7 @@ def test_prometheus_exposition() -> None:
     m.request("/v1/completions", 200)
     m.request("/v1/completions", 200)
     m.request("/v1/completions", 400)
-    m.generation(medusa=True, prompt_tokens=5, completion_tokens=30, steps=12, accepted_per_depth=[10, 6, 2])
+    m.generation(medusa=True, prompt_tokens=5, completion_tokens=31, steps=12, accepted_per_depth=[10, 6, 2])
     m.generation(medusa=False, prompt_tokens=5, completion_tokens=8, steps=7)
     m.outcome("finished")
     lines = m.render().splitlines()
@@ -110,7 +110,7 @@ def test_prometheus_exposition() -> None:
     assert 'medusa_trt_requests_total{model="m\\"1",endpoint="/v1/completions",status="400"} 1' in lines
     assert 'medusa_trt_decoding_steps_total{model="m\\"1",medusa="true"} 12' in lines
     assert 'medusa_trt_accepted_draft_tokens_total{model="m\\"1",depth="2"} 6' in lines
-    # 30/12 = 2.5 tokens per step: in the le=2.5 bucket, not in le=2.0; cumulative to +Inf
+    # (31 - 1)/12 = 2.5 tokens per step: in the le=2.5 bucket, not in le=2.0; cumulative to +Inf
     assert 'medusa_trt_tokens_per_step_bucket{model="m\\"1",medusa="true",le="2"} 0' in lines
     assert 'medusa_trt_tokens_per_step_bucket{model="m\\"1",medusa="true",le="2.5"} 1' in lines
     assert 'medusa_trt_tokens_per_step_bucket{model="m\\"1",medusa="true",le="+Inf"} 1' in lines

@@ -53,20 +53,21 @@ class LoopbackServer:
         per = o.tokens_per_chunk if req.get("medusa", True) is not False else 1
         chat = "messages" in req
         writer.write(_head("200 OK", "text/event-stream", None))
-        done = steps = 0
+        done = chunks = 0
         while done < n_tokens:
-            k = min(per, n_tokens - done)
+            # like our server: prefill makes the first token alone, then each step emits `per`
+            k = 1 if chunks == 0 else min(per, n_tokens - done)
             mark = "m" if o.diverge_with_medusa and req.get("medusa") is True else "t"
             text = "".join(f" {mark}{done + i}" for i in range(k))
             choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
             choice["finish_reason"] = "length" if done + k >= n_tokens else None
             writer.write(_chunked(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"))
-            done, steps = done + k, steps + 1
+            done, chunks = done + k, chunks + 1
             if o.chunk_delay_s:
                 await asyncio.sleep(o.chunk_delay_s)
             await writer.drain()
         usage = {"prompt_tokens": 7, "completion_tokens": n_tokens, "total_tokens": n_tokens + 7,
-                 "decoding_steps": steps}
+                 "decoding_steps": chunks - 1}
         writer.write(_chunked(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n"))
         writer.write(_chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()

@@ -8,7 +8,7 @@ Definitions (../shared/reference/performance-anchors.md §6):
 - E2EL: end of stream - request start.
 - output_tokens_per_s_per_user: per request 1/TPOT, i.e. excluding TTFT, as trtllm-bench's
   "Per User Output Speed" and NVIDIA's tokens/s/user figures.
-- tokens_per_step (acceptance length): output tokens / decoding steps, over the requests whose
+- tokens_per_step (acceptance length): (output tokens - 1) / decoding steps (prefill makes the first token), over the requests whose
   server reported `usage.decoding_steps`; None when none did.
 """
 
@@ -112,7 +112,8 @@ def compute_metrics(records: list[RequestRecord], duration_s: float) -> dict[str
         "request_throughput": len(ok) / duration_s if duration_s > 0 else None,
         "output_throughput": total_out / duration_s if duration_s > 0 else None,
         "total_token_throughput": (total_in + total_out) / duration_s if duration_s > 0 else None,
-        "tokens_per_step": (sum(r.output_tokens or 0 for r in with_steps) / steps) if steps else None,
+        # the first token of each request comes from prefill, not from a decoding step
+        "tokens_per_step": (sum((r.output_tokens or 1) - 1 for r in with_steps) / steps) if steps else None,
     }
     _flat("ttft", [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None], out)
     _flat("tpot", [t * 1e3 for r in ok if (t := r.tpot_s) is not None], out)

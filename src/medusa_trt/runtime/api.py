@@ -43,7 +43,7 @@ class GenerationStats:
     prompt_tokens: int
     completion_tokens: int
     num_steps: int                    # decoding steps (verification forwards), prefill excluded
-    tokens_per_step: float            # completion_tokens / num_steps
+    tokens_per_step: float            # (completion_tokens - 1) / num_steps: prefill makes the first token
     accepted_per_depth: list[int] = field(default_factory=list)  # accepted drafts at depth 1..D
     prefill_s: float = 0.0
     decode_s: float = 0.0

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from medusa_trt.runtime.tp import Runner
 
 
+
+def tokens_per_step(completion_tokens: int, steps: int) -> float:
+    """Acceptance length: tokens from decoding steps per step. Prefill makes the first token,
+    so plain decoding is exactly 1.0 and a Medusa step counts its accepted drafts + 1."""
+    return (completion_tokens - 1) / steps if steps else 1.0
+
 class Sampler:
     """Greedy at temperature 0; else temperature, top-k, top-p and a seeded generator."""
 
@@ -112,7 +118,7 @@ class Decoder:
             t2 = time.perf_counter()
             self.stats = GenerationStats(
                 prompt_tokens=s, completion_tokens=self.completion, num_steps=self.steps,
-                tokens_per_step=self.completion / max(self.steps, 1), accepted_per_depth=list(self.accepted),
+                tokens_per_step=tokens_per_step(self.completion, self.steps), accepted_per_depth=list(self.accepted),
                 prefill_s=t1 - t0, decode_s=t2 - t1, medusa=self.buf is not None)
 
     def _medusa_step(self, root: int, head_logits: torch.Tensor, buf: TreeBuffers) -> tuple[list[int], torch.Tensor]:

@@ -64,7 +64,7 @@ class Metrics:
             for depth, n in enumerate(accepted_per_depth, start=1):
                 self._accepted[(("depth", str(depth)),)] += n
             if steps > 0:
-                tps = completion_tokens / steps
+                tps = (completion_tokens - 1) / steps  # prefill made the first token
                 buckets = self._tps_buckets.setdefault((m,), [0] * len(TOKENS_PER_STEP_BUCKETS))
                 for i, le in enumerate(TOKENS_PER_STEP_BUCKETS):
                     if tps <= le:
@@ -101,7 +101,7 @@ class Metrics:
 
     def _histogram(self, out: list[str]) -> None:
         full = f"{PREFIX}_tokens_per_step"
-        out += [f"# HELP {full} Completion tokens per decoding step, one observation per generation.",
+        out += [f"# HELP {full} Tokens per decoding step (the prefill token excluded), one observation per generation.",
                 f"# TYPE {full} histogram"]
         model = (("model", self._model),)
         for labels, buckets in sorted(self._tps_buckets.items()):
