@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the files")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args()
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="convert-bench-", dir=args.dir))
     rows = []
     try:
