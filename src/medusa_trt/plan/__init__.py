@@ -60,9 +60,23 @@ class PlanReport:
         if self.fits:
             return
         reasons = "; ".join(f"{c.name}: {c.reason}" for c in self.failures)
+        hints = dict.fromkeys(_hint(c.name) for c in self.failures)  # ordered, without repeats
         raise IncompatibleError(f"{self.model.name} does not fit profile {self.profile.name}: {reasons}",
-                                hint="Use a profile with more or larger GPUs, FP8 (quantization: fp8), a higher "
-                                "tp, or smaller limits (max_seq_len, max_batch_size).")
+                                hint=" ".join(hints))
+
+
+def _hint(check: str) -> str:
+    """What to change for a failed check, by the check's family."""
+    if check == "memory":
+        return ("Use more or larger GPUs, FP8 (quantization: fp8), a higher tp, or smaller limits "
+                "(max_seq_len, max_batch_size).")
+    if check.startswith("tp_") or check == "parallelism":
+        return "Copy the profile and set parallelism.tp to a value that divides the model's heads and sizes."
+    if check.startswith("medusa"):
+        return "Fit the tree to the heads and max_draft_len (medusa.tree, medusa.max_draft_len in the profile)."
+    if check == "disk":
+        return "Free disk space or write the output to a larger disk (--output / --work-dir)."
+    return "Adjust the profile (copy it and edit the YAML) or pick another one (medusa-trt profiles list)."
 
 
 def _dir_bytes(path: Path) -> float:
