@@ -54,12 +54,23 @@ def test_compare_mode_interleaves_and_checks_outputs(compared: BenchReport) -> N
         assert on is not None and off is not None and cmp_["concurrency"] == c
         assert on["num_requests"] == off["num_requests"] == 6
         assert {r["index"] for r in on["requests"]} == set(range(6)) == {r["index"] for r in off["requests"]}
-        if off["tokens_per_step"] is not None:
-            assert off["tokens_per_step"] == pytest.approx(1.0)
+        assert off["tokens_per_step"] == pytest.approx(1.0)  # plain decoding: exactly one token per step
         assert on["tokens_per_step"] == pytest.approx(3.0)
         assert cmp_["identical_outputs"] is True and cmp_["mismatches"] == [] and cmp_["pairs"] >= 1
         expect = cmp_["mean_output_tokens_per_s_per_user_medusa"] / cmp_["mean_output_tokens_per_s_per_user_no_medusa"]
         assert cmp_["speedup"] == pytest.approx(expect)
+
+
+def test_compare_sends_each_prompt_with_medusa_on_and_off_interleaved() -> None:
+    with loopback_server(LoopbackOptions(tokens_per_chunk=2)) as (url, srv):
+        run_benchmark(BenchConfig(url=url, num_prompts=4, max_tokens=4, warmup=1, compare_no_medusa=True,
+                                  endpoint="completions", seed=3))
+    flags = [b.get("medusa") for b in srv.bodies]
+    # warm-up on and off, then per prompt both modes back to back, the order alternating per prompt
+    assert flags == [True, False, *[True, False, False, True, True, False, False, True]]
+    measured = [b["prompt"] for b in srv.bodies[2:]]
+    assert all(measured[i] == measured[i + 1] for i in range(0, 8, 2))  # a pair is the same prompt
+    assert len(set(measured)) > 1
 
 
 def test_json_schema_keys_and_types(compared: BenchReport, tmp_path: Path) -> None:
@@ -83,6 +94,9 @@ def test_json_schema_keys_and_types(compared: BenchReport, tmp_path: Path) -> No
         assert isinstance(run["medusa"], bool)
     assert [c["concurrency"] for c in doc["comparisons"]] == [1, 2]
     assert not list(tmp_path.glob(".r.json*"))  # the temp file was renamed away
+    ref = tmp_path / "ref.txt"
+    ref.write_text("")
+    assert (tmp_path / "r.json").stat().st_mode == ref.stat().st_mode  # the usual mode, not mkstemp's 0600
 
 
 def test_plot_is_a_real_png(compared: BenchReport, tmp_path: Path) -> None:
@@ -92,6 +106,9 @@ def test_plot_is_a_real_png(compared: BenchReport, tmp_path: Path) -> None:
     w, h = struct.unpack(">II", data[16:24])
     assert (w, h) == (int(FIGSIZE_IN[0] * DPI), int(FIGSIZE_IN[1] * DPI))
     assert len(data) > 5000  # two axes with lines and labels, not an empty canvas
+    ref = tmp_path / "ref.txt"
+    ref.write_text("")
+    assert out.stat().st_mode == ref.stat().st_mode and not list(tmp_path.glob(".p*"))
 
 
 def test_down_server_fails_fast() -> None:

@@ -89,6 +89,7 @@ def test_dry_run_plan_matches_trtllm_interface(name: str, tiny8: Path, tiny_head
         assert qf["--qformat"] == "fp8" and qf["--kv_cache_dtype"] == "fp8"
         assert qf["--medusa_model_dir"] == str(tiny_heads.resolve())
         assert qf["--num_medusa_heads"] == "3" and qf["--tp_size"] == str(profile.parallelism.tp)
+        assert qf["--num_medusa_layers"] == str(doc["spec"]["num_medusa_layers"])
         assert "--quant_medusa_head" not in q["argv"]
         assert qf["--output_dir"] == f["--checkpoint_dir"]
         assert q["needs"]["gpus"] >= 1 and "GPU host" in q["needs"]["host"]
@@ -131,6 +132,20 @@ def test_modelopt_fp8_checkpoint_converts_directly(tiny8: Path, tmp_path: Path,
     assert "--medusa" not in convert["argv"]
     assert doc["spec"]["model"]["format"] == "modelopt-fp8"
     assert any("converted directly" in n for n in doc["notes"])
+
+
+def test_modelopt_combined_checkpoint_heads_are_counted(tiny8: Path, tiny_heads: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The heads inside a ModelOpt combined checkpoint set num_medusa_heads (3 here; the profile says 4)."""
+    from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
+
+    src = make_modelopt_fp8(tiny8, tmp_path / "fp8", heads_dir=tiny_heads)
+    doc = dry_run(capsys, "--profile", "hgx-h200-fp8-tp8", "--model", str(src), "-o", str(tmp_path / "o"))
+    assert load_profile("hgx-h200-fp8-tp8").medusa.num_heads == 4
+    assert doc["spec"]["num_medusa_heads"] == 3 and doc["spec"]["sources"]["num_medusa_heads"] == "heads tensors"
+    convert = next(s for s in doc["steps"] if s["name"] == "convert")["argv"]
+    assert convert[convert.index("--num-medusa-heads") + 1] == "3"
+    assert doc["medusa_yaml"]["speculative_config"]["num_medusa_heads"] == 3
 
 
 def test_hub_source_fp8_plan_fetches_then_quantizes(tiny_heads: Path, tmp_path: Path,

@@ -172,3 +172,19 @@ def test_trtllm_build_failure_shows_the_log_tail(tiny8: Path, tiny_heads: Path, 
     assert "build failed (exit 7)" in err and "out of memory while building" in err and "build.log" in err
     assert not (out / "medusa-trt.json").exists() and not (out / ".steps" / "build.json").exists()
     assert (out / ".steps" / "convert.json").exists(), "finished steps stay done for the retry"
+
+
+def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(tiny_llama: Path, tiny_heads: Path,
+                                                                   tmp_path: Path) -> None:
+    """quantize.py's checkpoint has no tokenizer: runtime-files finds it in sources/model (the fetched hub model)."""
+    from medusa_trt.engine.build import _runtime_files, prepare
+
+    out = tmp_path / "eng"
+    plan = prepare("hgx-h200-fp8-tp8", "meta-llama/Llama-3.1-70B-Instruct", medusa=str(tiny_heads), output=out,
+                   checks=False)
+    assert plan.spec.model.local is None and plan.spec.quantize_needed
+    (out / "checkpoint").mkdir(parents=True)
+    shutil.copytree(tiny_llama, out / "sources" / "model")
+    _runtime_files(plan.spec, out.resolve())
+    assert (out / "tokenizer.json").read_bytes() == (tiny_llama / "tokenizer.json").read_bytes()
+    assert (out / "medusa.yaml").is_file() and (out / "medusa_tree.yaml").is_file()

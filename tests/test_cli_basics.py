@@ -86,9 +86,27 @@ def test_subprocess_exit_code_and_lazy_imports(tmp_path: Path) -> None:
         "from medusa_trt.cli import run\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    codes = [run(['--help']), run(['plan', '-p', 'hgx-h200-fp8-tp8', '-m', 'llama-3.1-70b', '--json'])]\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'tensorrt_llm') if m in sys.modules)\n"
-        "print(codes, heavy)\n"
+        "    codes += [run([*c.split(), '--help']) for c in ('demo', 'convert', 'build', 'run', 'bench', 'plan',\n"
+        "              'profiles list', 'profiles show', 'heads train', 'tree accuracy', 'tree build', 'tree sweep')]\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'tensorrt_llm', 'fastapi', 'uvicorn', 'safetensors',\n"
+        "                           'matplotlib', 'huggingface_hub', 'numpy') if m in sys.modules)\n"
+        "print(sorted(set(codes)), heavy)\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[0, 0] []", proc.stdout
+    assert proc.stdout.strip() == "[0] []", proc.stdout
+
+
+def test_unexpected_error_is_one_line_exit_1(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import medusa_trt.plan
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ValueError("boom [x]")
+
+    monkeypatch.setattr(medusa_trt.plan, "make_plan", boom)
+    assert run(["plan", "-p", "cpu", "-m", "llama-3.1-8b"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines() == ["error: ValueError: boom [x]", "hint: Rerun with --debug for the traceback."]
+    assert run(["--debug", "plan", "-p", "cpu", "-m", "llama-3.1-8b"]) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -146,3 +146,27 @@ def test_interrupted_write_leaves_nothing(tmp_path: Path, tiny_llama: Path, monk
     code = run(["convert", "--model", str(tiny_llama), "--output", str(out), "--tp", "2", "--workers", "2"])
     assert code == 130 and calls["n"] >= 7
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("case", "needle"), [("head-scale", "missing tensor(s): medusa_heads.1.0.linear.weight_scale"),
+                                              ("fp8-embedding", "model.embed_tokens.weight has dtype F8_E4M3")])
+def test_fp8_without_scales_refused_before_writing(tmp_path: Path, tiny_llama: Path, tiny_heads: Path,
+                                                   capsys: pytest.CaptureFixture[str], case: str,
+                                                   needle: str) -> None:
+    """An FP8 tensor that cannot be dequantized (a head weight without its scale, an FP8 embedding) is a
+    validation error, not a KeyError halfway through the rank files or an FP8 config dtype."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
+
+    src = make_modelopt_fp8(tiny_llama, tmp_path / "fp8", heads_dir=tiny_heads)
+    state = load_file(str(src / "model.safetensors"))
+    if case == "head-scale":
+        del state["medusa_heads.1.0.linear.weight_scale"]
+    else:
+        state["model.embed_tokens.weight"] = state["model.embed_tokens.weight"].float().to(torch.float8_e4m3fn)
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    code, lines = _convert(capsys, "--model", str(src), "--output", str(out))
+    _assert_clean_failure(code, lines, out, needle)

@@ -139,7 +139,7 @@ def _check_reassembly(ranks: list[dict[str, torch.Tensor]], src: dict[str, torch
                 else:
                     a, b = _deq(got, scale), _deq(want, src_scales[n])
                     assert torch.allclose(a, b, rtol=0.07, atol=float(scale) * 2**-6), n
-            kv = max(float(src[f"{hp}self_attn.k_scale"]), float(src[f"{hp}self_attn.v_scale"]))
+            kv = max(float(src[f"{hp}self_attn.k_proj.k_scale"]), float(src[f"{hp}self_attn.v_proj.v_scale"]))
             assert all(float(r[f"{p}attention.kv_cache_scaling_factor"]) == kv for r in ranks)
         else:
             for n, got in parts.items():
@@ -214,6 +214,18 @@ def test_config_rope_and_head_warnings(variants: dict[str, dict[str, Any]], tmp_
     assert res.config["rotary_scaling"] == dict(rope, type="llama3", rope_type="llama3")
     assert res.config["norm_epsilon"] == src["rms_norm_eps"]
     assert "head_size" not in res.config and "tie_word_embeddings" not in res.config
+    spec_keys = {  # trtllm-medusa.md §2.2: the exact key set of examples/medusa/convert_checkpoint.py
+        "architecture", "dtype", "logits_dtype", "num_hidden_layers", "num_attention_heads", "hidden_size",
+        "intermediate_size", "num_key_value_heads", "vocab_size", "position_embedding_type",
+        "max_position_embeddings", "hidden_act", "rotary_base", "rotary_scaling", "norm_epsilon", "quantization",
+        "mapping", "use_parallel_embedding", "embedding_sharding_dim", "max_draft_len", "num_medusa_heads",
+        "num_medusa_layers", "model_type"}
+    assert set(res.config) == spec_keys
+    fixed = {"architecture": "MedusaForCausalLM", "logits_dtype": "float32", "position_embedding_type": "rope_gpt_neox",
+             "hidden_act": "silu", "use_parallel_embedding": False, "embedding_sharding_dim": 0, "model_type": "llama",
+             "num_hidden_layers": LAYERS, "num_attention_heads": H, "num_key_value_heads": KV, "hidden_size": D,
+             "intermediate_size": INTER, "vocab_size": V, "max_position_embeddings": src["max_position_embeddings"]}
+    assert {k: res.config[k] for k in fixed} == fixed
     if variant == "gqa":  # heads config.json says 2, tensors hold 3: the tensors win, with a warning
         assert res.config["num_medusa_heads"] == 3
         assert any("says 2 heads" in w and "hold 3" in w for w in res.warnings)
@@ -231,3 +243,44 @@ def test_num_medusa_heads_selects_first(variants: dict[str, dict[str, Any]], tmp
     assert {n.split(".")[1] for n in rank if n.startswith("medusa_heads.")} == {"0", "1"}
     src = _source(v["model"], v["medusa"])
     assert torch.equal(rank["medusa_heads.1.lm_head.weight"], src["medusa_heads.1.1.weight"][161:322])
+
+
+@pytest.mark.parametrize(("k", "v"), [("k_proj.k_scale", "v_proj.v_scale"), ("k_scale", "v_scale"),
+                                      ("k_proj.output_scale", "v_proj.output_scale")])
+def test_kv_cache_scale_spellings(k: str, v: str) -> None:
+    """ModelOpt's HF export (and TRT-LLM's own loader) use k_proj.k_scale; older exports the others."""
+    from medusa_trt.checkpoint.layout import kv_scale_names
+    from medusa_trt.checkpoint.readers import Store
+    from medusa_trt.checkpoint.safetensors_io import TensorInfo
+
+    p = "model.layers.0.self_attn."
+    store = Store({f"{p}{n}": TensorInfo(Path("x"), "F32", ()) for n in (k, v)}, "src")
+    assert kv_scale_names(store, p) == [f"{p}{k}", f"{p}{v}"]
+    assert kv_scale_names(Store({}, "src"), p) is None
+
+
+@pytest.mark.parametrize("heads", ["fp8-layers-bf16-lm-heads", "fasterdecoding-bf16"])
+def test_fp8_exclude_modules_match_exactly_the_unquantized_linears(variants: dict[str, dict[str, Any]],
+                                                                  tmp_path: Path, heads: str) -> None:
+    """TRT-LLM's quantize() skips a module iff fnmatchcase(name, pattern) for some exclude pattern
+    (trtllm-medusa.md §2.6): every linear written in the config dtype must match one, no FP8 linear may."""
+    from fnmatch import fnmatchcase
+
+    v = variants["gqa"]
+    if heads == "fasterdecoding-bf16":  # FP8 base + separate heads, as quantize.py --medusa_model_dir does
+        model, medusa = make_modelopt_fp8(v["model"], tmp_path / "fp8"), v["medusa"]
+    else:
+        model = make_modelopt_fp8(v["model"], tmp_path / "fp8", heads_dir=v["medusa"], quantize_heads_lm_head=False)
+        medusa = None
+    res = convert_checkpoint(model, tmp_path / "out", medusa=medusa, tp=2, progress=False)
+    exclude = res.config["quantization"]["exclude_modules"]
+    rank = load_file(str(tmp_path / "out" / "rank1.safetensors"))
+    linears = {n.removesuffix(".weight"): w.dtype for n, w in rank.items()
+               if n.endswith(".weight") and "layernorm" not in n and n not in (
+                   "transformer.vocab_embedding.weight", "transformer.ln_f.weight")}
+    assert any(d == torch.float8_e4m3fn for d in linears.values())
+    assert any(m.startswith("medusa_heads.") and d != torch.float8_e4m3fn for m, d in linears.items())
+    for module, dt in linears.items():
+        assert any(fnmatchcase(module, p) for p in exclude) == (dt != torch.float8_e4m3fn), (module, exclude)
+    if heads == "fasterdecoding-bf16":
+        assert "*medusa_heads*" in exclude

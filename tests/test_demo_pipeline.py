@@ -52,6 +52,35 @@ def test_second_run_reuses_the_cache(demo_run: tuple[dict, dict, Path]) -> None:
     assert second["identical_outputs"] is True
 
 
+def test_a_changed_config_reruns_only_the_stages_it_affects(demo_run: tuple[dict, dict, Path],
+                                                           tmp_path: Path) -> None:
+    import shutil
+    from dataclasses import replace
+
+    from medusa_trt.demo.pipeline import Stages
+
+    first, _, cache = demo_run
+    work = tmp_path / "cache"
+    shutil.copytree(cache, work)
+
+    def stages(cfg: DemoConfig) -> tuple[Stages, list[list[int]]]:
+        st = Stages(work, cfg, lambda _msg: None, fresh=False)
+        model = st.model()
+        heads = st.heads(model)
+        tree, _, _ = st.tree(model, heads)
+        st.engine(model, heads, tree)
+        return st, tree
+
+    st, tree = stages(replace(SMALL, accuracy_steps=SMALL.accuracy_steps + 4))  # calibration only
+    assert st.reused["pretrain"] and st.reused["heads"] and not st.reused["accuracy_tree"]
+    assert st.reused["build"] == (tree == first["tree"])  # the engine follows the tree, nothing else
+    st, _ = stages(replace(SMALL, accuracy_steps=SMALL.accuracy_steps + 4, max_tokens=7))  # bench-only change
+    assert all(st.reused.values())
+    st, _ = stages(replace(SMALL, head_steps=SMALL.head_steps + 2))  # heads and everything after them
+    assert st.reused["pretrain"] and not st.reused["heads"] and not st.reused["accuracy_tree"]
+    assert not st.reused["build"]
+
+
 def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MEDUSA_TRT_CACHE", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"

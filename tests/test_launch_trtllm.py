@@ -134,6 +134,57 @@ def test_supervisor_waits_for_health_and_forwards_signals(trt_engine: Path, stan
             proc.wait()
 
 
+SERVER_WITH_WORKER = """
+import os, signal, subprocess, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+worker = subprocess.Popen([sys.executable, "-c",
+                           "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+open(sys.argv[2], "w").write(str(worker.pid))
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a):
+        pass
+signal.signal(signal.SIGTERM, lambda *a: os._exit(143))  # exits, leaving its worker behind
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_supervisor_leaves_no_worker_of_the_server_behind(tmp_path: Path) -> None:
+    """A server that exits on SIGTERM without stopping what it spawned (MPI ranks): run cleans up."""
+    import psutil
+
+    port, pidfile = free_port(), tmp_path / "worker.pid"
+    code = ("import sys; from medusa_trt.engine.supervise import Supervisor; "
+            "sys.exit(Supervisor([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], env={}, "
+            "host='127.0.0.1', port=int(sys.argv[2]), startup_timeout_s=30).run())")
+    proc = subprocess.Popen([sys.executable, "-c", code, SERVER_WITH_WORKER, str(port), str(pidfile)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if pidfile.read_text() and httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except (OSError, httpx.TransportError):
+                time.sleep(0.1)
+        worker = psutil.Process(int(pidfile.read_text()))
+        time.sleep(0.5)  # the supervisor saw /health too
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 5
+        while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, "the server's worker was left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if worker is not None and worker.is_running():
+            worker.kill()
+
+
 def test_supervisor_reports_a_child_that_dies_during_startup(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import sys; print('loading engine'); print('CUDA error: no device'); sys.exit(3)"]
     sup = Supervisor(argv, env={}, host="127.0.0.1", port=free_port(), startup_timeout_s=30,
@@ -172,3 +223,22 @@ def test_reference_print_cmd_and_missing_manifest(tiny_llama: Path, tiny_heads: 
                                               "--host 127.0.0.1 --port 9000"
     with pytest.raises(CheckpointError, match="not a finished medusa-trt build"):
         launch.serve(tiny_llama, "127.0.0.1", 9000)
+
+
+def test_reference_server_gets_the_profile_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What --print-cmd shows is what runs: the profile's runtime_env is set before the server starts."""
+    (tmp_path / "medusa-trt.json").write_text(json.dumps(
+        {"engine": "reference", "checkpoint_dir": "checkpoint", "tree": [[0]], "num_medusa_heads": 1,
+         "max_draft_len": 1, "profile": {"name": "cpu"}, "runtime_env": {"OMP_NUM_THREADS": "2"}}))
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # restored after the test
+    seen: dict[str, str | None] = {}
+
+    def fake_run_server(*_a: object, **_k: object) -> int:
+        seen["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
+        return 0
+
+    from medusa_trt.serve import server
+
+    monkeypatch.setattr(server, "run_server", fake_run_server)
+    assert launch.serve(tmp_path, "127.0.0.1", 9000) == 0
+    assert seen == {"OMP_NUM_THREADS": "2"}

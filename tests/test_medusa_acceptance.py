@@ -55,3 +55,19 @@ def test_typical_tie_break_prefers_likelier_path() -> None:
     valid = torch.ones(2, 2, dtype=torch.bool)
     assert typical_accept(cand, logits, valid, temperature=1.0, posterior_threshold=0.09,
                           posterior_alpha=0.3) == (1, 1)
+
+
+def test_typical_threshold_is_min_of_epsilon_and_alpha_entropy_term_with_strict_greater() -> None:
+    """Uniform over 4 tokens: p = 0.25 exactly and exp(-H) ~= 0.25, so each bound can be made to decide."""
+    cand, valid = t([[0, 1]]), torch.ones(1, 2, dtype=torch.bool)
+    logits = torch.zeros(1, 2, 4)
+
+    def acc(eps: float, alpha: float) -> int:
+        return typical_accept(cand, logits, valid, temperature=1.0, posterior_threshold=eps, posterior_alpha=alpha)[1]
+
+    assert acc(0.09, 0.3) == 1  # the defaults: min(0.09, 0.075) < 0.25
+    assert acc(0.5, 0.9) == 1  # the entropy bound decides: min(0.5, 0.225) < 0.25 (epsilon alone rejects)
+    assert acc(0.5, 1.2) == 0  # the entropy bound decides: min(0.5, 0.3) > 0.25
+    assert acc(0.2, 1.2) == 1  # epsilon decides: min(0.2, 0.3) < 0.25 (the entropy bound alone rejects)
+    assert acc(0.25, 100.0) == 0  # p == threshold is rejected: the test is strict (p > threshold)
+    assert acc(0.24, 100.0) == 1

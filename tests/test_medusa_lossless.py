@@ -141,6 +141,21 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(engines: dict[str, ReferenceEn
     assert len(draws) > 1
 
 
+def test_typical_acceptance_roots_are_greedy(engines: dict[str, ReferenceEngine]) -> None:
+    """Paper §2.3.1: the first token of every step is the base argmax; typical acceptance only adds drafts.
+
+    With a threshold no probability can pass (p > 1), every step emits just its root, so the output
+    must be the plain greedy output whatever the temperature and seed.
+    """
+    engine = engines["random"]
+    prompt = [10, 20, 30]
+    greedy, _, _ = generate(engine, prompt, False, max_tokens=16)
+    for seed in range(3):
+        out, _, stats = generate(engine, prompt, True, max_tokens=16, temperature=2.0, seed=seed,
+                                 posterior_threshold=1.0, posterior_alpha=1e9)
+        assert out == greedy and sum(stats.accepted_per_depth) == 0  # type: ignore[attr-defined]
+
+
 def test_close_early_frees_the_engine(engines: dict[str, ReferenceEngine]) -> None:
     engine = engines["random"]
     gen = engine.generate([5, 6, 7], SamplingParams(max_tokens=30))

@@ -96,6 +96,12 @@ def test_tree_check_and_heads_override() -> None:
     r = make_plan("hgx-h200-fp8-tp8", M70, num_medusa_heads=2)
     tree = _check(r, "medusa_tree")
     assert tree.verdict == "fail" and "depth 3 needs 3 Medusa heads" in tree.reason and not r.fits
+    more = make_plan("hgx-h200-fp8-tp8", M70, num_medusa_heads=5).memory_gib
+    base = make_plan("hgx-h200-fp8-tp8", M70).memory_gib  # the profile's 4 heads
+    assert more["medusa_heads"] == pytest.approx(base["medusa_heads"] * 5 / 4)
+    # logits buffers: the base lm_head + one per head, float32, 16 tokens, V/tp columns
+    logits = 16 * 128256 / 8 * 4 / 2**30
+    assert more["activations"] - base["activations"] == pytest.approx(logits)
     ok = ck.check_tree([[0], [0, 0], [1]], num_heads=2, max_draft_len=3)
     assert ok.verdict == "pass"
     assert ck.check_tree([[0], [0, 0], [1]], num_heads=2, max_draft_len=2).verdict == "fail"

@@ -50,11 +50,36 @@ def test_flagship_profile_is_nvidias_recipe() -> None:
     assert (p.precision.quantization, p.precision.kv_dtype, p.limits.max_batch_size) == ("fp8", "fp8", 1)
     assert p.tree == load_tree("nvidia_low_latency_15") and p.medusa.max_draft_len == 15
     args = p.trtllm_build_args()
-    for flag, value in [("low_latency_gemm_plugin", "fp8"), ("use_fp8_context_fmha", "enable"),
-                        ("reduce_fusion", "enable"), ("use_fused_mlp", "enable")]:
-        assert args[args.index(f"--{flag}") + 1] == value
+    # trtllm-medusa.md §1.4, the low-latency 70B TP8 recipe (limits, workers and the Medusa mode come from
+    # other sections: medusa-trt sets those flags itself)
+    assert dict(zip(args[::2], args[1::2], strict=True)) == {
+        "--gpt_attention_plugin": "bfloat16", "--use_fused_mlp": "enable", "--paged_kv_cache": "enable",
+        "--use_paged_context_fmha": "disable", "--multiple_profiles": "enable", "--reduce_fusion": "enable",
+        "--use_fp8_context_fmha": "enable", "--low_latency_gemm_plugin": "fp8"}
+    assert (p.limits.max_seq_len, p.limits.max_batch_size) == (131072, 1)
     assert p.env == {"TRTLLM_ENABLE_PDL": "1", "UB_ONESHOT": "1", "UB_TP_SIZE": "8",
                      "TRTLLM_PDL_OVERLAP_RATIO": "0.15", "TRTLLM_PREFETCH_RATIO": "-1"}
+
+
+@pytest.mark.parametrize("name", ["hgx-h200-fp8-tp8", "hgx-h200-bf16-tp8", "hgx-h100-fp8-tp8", "hgx-h100-bf16-tp8"])
+def test_gpu_profiles_carry_the_reference_hardware_numbers(name: str) -> None:
+    # performance-anchors.md §3.1: H200 141 GB / 4.8 TB/s, H100 80 GB / 3.35 TB/s; both 1,979 FP8 and 989 BF16
+    # dense TFLOPS and 900 GB/s NVLink 4; memory as nvidia-smi reports it (143771 / 81559 MiB)
+    p = load_profile(name)
+    gpu = name.split("-")[1].upper()
+    mem, bw = {"H200": (143771 / 1024, 4.8), "H100": (81559 / 1024, 3.35)}[gpu]
+    hw = p.hardware
+    assert (hw.gpu, hw.count, p.parallelism.tp, p.parallelism.pp) == (gpu, 8, 8, 1)
+    assert hw.memory_gib == pytest.approx(mem, abs=0.05) and hw.hbm_bandwidth_tbps == bw
+    assert (hw.dense_tflops.fp8, hw.dense_tflops.bf16, hw.interconnect_bandwidth_gbps) == (1979, 989, 900)
+    assert (p.limits.max_batch_size, p.medusa.max_draft_len, p.tree) == (1, 15, load_tree("nvidia_low_latency_15"))
+    fp8 = "fp8" in name
+    assert (p.precision.quantization, p.precision.kv_dtype) == (("fp8", "fp8") if fp8 else ("none", "bfloat16"))
+    args = p.trtllm_build_args()
+    assert ("--low_latency_gemm_plugin" in args) == fp8 and ("--use_fp8_context_fmha" in args) == fp8
+    if fp8:  # the recipe's flags and run env, the same on both GPUs (trtllm-medusa.md §1.4, anchors §1.5)
+        assert args == load_profile("hgx-h200-fp8-tp8").trtllm_build_args()
+        assert p.env == load_profile("hgx-h200-fp8-tp8").env
 
 
 def test_cpu_profiles_run_the_reference_engine() -> None:
@@ -96,6 +121,21 @@ def test_wrong_type_names_line_and_key(tmp_path: Path) -> None:
     msg = _error(path).message
     assert msg.startswith(f"{path}:{_line_of(text, 'max_seq_len: lots')}: limits.max_seq_len: "), msg
     assert "'lots'" in msg
+
+
+def test_union_fields_report_the_real_problem(tmp_path: Path) -> None:
+    # medusa.tree is `str | list[list[int]]`: the bad element is named, not "should be a valid string"
+    text = CPU_YAML.replace("tree: nvidia_low_latency_15", 'tree: [[0], [0, "x"]]')
+    path = _write(tmp_path, text)
+    msg = _error(path).message
+    assert msg.startswith(f"{path}:{_line_of(text, 'tree: [[0]')}: medusa.tree[1][1]: "), msg
+    assert "valid integer" in msg and "'x'" in msg and "more problem" not in msg
+    # every member of `str | int | float | bool` failed: one error that names them all
+    text = CPU_YAML.replace("OMP_NUM_THREADS: 2", "OMP_NUM_THREADS: [2]")
+    path = _write(tmp_path, text, "env.yaml")
+    msg = _error(path).message
+    assert msg == f"{path}:{_line_of(text, 'OMP_NUM_THREADS')}: runtime_env.OMP_NUM_THREADS: " \
+        "Input should be one of: str, int, float, bool", msg
 
 
 def test_missing_key_points_at_its_section(tmp_path: Path) -> None:
@@ -145,6 +185,15 @@ def test_engine_and_precision_rules(tmp_path: Path) -> None:
     assert "engine trtllm needs device cuda" in _error(trt).message
     enum = _write(tmp_path, CPU_YAML.replace("dtype: float32", "dtype: float8"), "e.yaml")
     assert ": precision.dtype: " in _error(enum).message
+
+
+def test_userbuffer_size_follows_tp(tmp_path: Path) -> None:
+    flagship = load_profile("hgx-h200-fp8-tp8")
+    text = flagship.source.read_text().replace("parallelism: {tp: 8, pp: 1}", "parallelism: {tp: 4, pp: 1}")
+    path = _write(tmp_path, text)
+    msg = _error(path).message
+    assert msg.startswith(f"{path}:{_line_of(text, 'UB_TP_SIZE')}: runtime_env.UB_TP_SIZE: "
+                          "UB_TP_SIZE 8 differs from parallelism.tp 4"), msg
 
 
 def test_not_a_mapping(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def test_medusa_off_same_text_more_steps(url: str) -> None:
     assert on["choices"][0]["text"] == off["choices"][0]["text"]
     # plain decoding: the prefill gives the first token, then one token per step
     assert off["usage"]["decoding_steps"] == off["usage"]["completion_tokens"] - 1
-    assert on["usage"]["decoding_steps"] <= off["usage"]["decoding_steps"]
+    assert on["usage"]["decoding_steps"] < off["usage"]["decoding_steps"]  # the heads accept some drafts
 
 
 def test_streaming_completion_with_usage(url: str) -> None:

@@ -124,3 +124,82 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, tiny_llama: Path) -> Non
         train_heads(tiny_llama, tmp_path / "o", data=str(tmp_path / "missing.jsonl"), config=_cfg())
     with pytest.raises(InvalidInputError):
         train_heads(tiny_llama, tmp_path / "o", data=PROMPTS, config=_cfg(num_heads=0))
+
+
+def test_head_k_learns_the_token_k_plus_2_ahead_with_weight_0_8_pow_k() -> None:
+    import math
+
+    import torch
+
+    from medusa_trt.train.trainer import head_loss, head_topk_hits
+
+    k_heads, s, v = 3, 9, 16
+    labels = torch.tensor([[-100, -100, 3, 4, 5, 6, 7, 8, 9]])  # unshifted; the continuation starts at 2
+    # uniform logits: every head's CE is log V, so the total is log V * sum_k 0.8^k
+    total, per_head = head_loss(torch.zeros(k_heads, 1, s, v), labels)
+    assert [float(x) for x in per_head] == pytest.approx([math.log(v)] * k_heads)
+    assert float(total) == pytest.approx(math.log(v) * (1 + 0.8 + 0.8**2))
+    # head k at position t puts all its mass on labels[t + k + 2]: zero loss, every valid target a top-1 hit
+    logits = torch.full((k_heads, 1, s, v), -30.0)
+    for k in range(k_heads):
+        for t in range(s - k - 2):
+            if labels[0, t + k + 2] >= 0:
+                logits[k, 0, t, labels[0, t + k + 2]] = 30.0
+    total, _ = head_loss(logits, labels)
+    assert float(total) < 1e-6
+    hits = head_topk_hits(logits, labels)
+    assert hits[:, 0].tolist() == hits[:, 2].tolist() == [7.0, 6.0, 5.0]  # targets 2..8, 3..8, 4..8
+    # one position off (token k+1 ahead) is a miss everywhere
+    shifted = torch.roll(logits, shifts=1, dims=2)
+    assert float(head_loss(shifted, labels)[0]) > 10.0
+    assert head_topk_hits(shifted, labels)[:, 0].sum() == 0
+
+
+def test_accuracy_counts_each_ranks_own_hits_against_the_token_k_plus_1_steps_later() -> None:
+    import torch
+
+    from medusa_trt.train.accuracy import accumulate
+
+    base = [10, 11, 12, 13, 14]  # greedy tokens b[0..5)
+    # topk[s, k, r]: head k's rank-r token at step s (heads predict b[s+k+1])
+    topk = torch.tensor([
+        [[11, 99], [99, 12]],   # s=0: head 0 rank 0 hit (b1); head 1 rank 1 hit (b2)
+        [[99, 12], [13, 99]],   # s=1: head 0 rank 1 hit (b2); head 1 rank 0 hit (b3)
+        [[13, 99], [14, 99]],   # s=2: head 0 rank 0 hit (b3); head 1 rank 0 hit (b4)
+        [[99, 99], [99, 99]],   # s=3: head 0 misses b4; head 1 has no b5: not counted
+        [[99, 99], [99, 99]],   # s=4: nothing later to compare with
+    ])
+    hits, counts = torch.zeros(2, 2), torch.zeros(2)
+    accumulate(base, topk, hits, counts)
+    assert counts.tolist() == [4.0, 3.0]
+    assert hits.tolist() == [[2.0, 1.0], [2.0, 1.0]]  # own-rank hits, not cumulative top-r
+
+
+def test_resume_ignores_data_distilled_for_another_run(tmp_path: Path, tiny_llama: Path) -> None:
+    from medusa_trt.train.trainer import train_heads
+
+    data = PROMPTS[:4]
+    train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=10, checkpoint_every=5))
+    # another run (other --gen-tokens) re-distilled into the same dir and stopped before its first checkpoint
+    dd = tmp_path / "a" / ".train" / "data.json"
+    doc = json.loads(dd.read_text())
+    dd.write_text(json.dumps({**doc, "config": {**doc["config"], "gen_tokens": 7}}))
+    again = train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=10, checkpoint_every=5))
+    assert again.resumed_from == 0  # not the old state on the other run's data
+    assert json.loads(dd.read_text())["config"]["gen_tokens"] == 40
+
+
+def test_chat_prompts_fall_back_to_raw_text_without_a_chat_template() -> None:
+    from medusa_trt.train.data import encode_prompt
+
+    class BaseTokenizer:  # a base model's tokenizer: no chat template, apply_chat_template would raise
+        chat_template = None
+
+        def encode(self, text: str) -> list[int]:
+            return list(text.encode())
+
+        def apply_chat_template(self, *a: object, **k: object) -> list[int]:
+            raise ValueError("no chat template")
+
+    assert encode_prompt(BaseTokenizer(), [{"role": "user", "content": "hi"}]) == list(b"hi\n")
+    assert encode_prompt(BaseTokenizer(), "def f():\n") == list(b"def f():\n")

@@ -46,6 +46,7 @@ class LoopbackServer:
         self.opts = opts or LoopbackOptions()
         self.requests = 0
         self.completion_requests = 0
+        self.bodies: list[dict[str, object]] = []  # every completion request's JSON body, in arrival order
 
     async def _stream(self, writer: asyncio.StreamWriter, req: dict[str, object]) -> None:
         o = self.opts
@@ -82,6 +83,11 @@ class LoopbackServer:
             writer.write(_json_response("200 OK", {"version": "loopback-1"}))
         elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             self.completion_requests += 1
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+            self.bodies.append(doc if isinstance(doc, dict) else {})
             if self.opts.fail_every and self.completion_requests % self.opts.fail_every == 0:
                 err = {"error": {"message": "injected failure", "type": "server_error", "param": None, "code": 500}}
                 writer.write(_json_response("500 Internal Server Error", err))
@@ -89,7 +95,7 @@ class LoopbackServer:
                 writer.write(_head("200 OK", "text/event-stream", None))
                 writer.write(_chunked(b"data: {not json\n\n") + b"0\r\n\r\n")
             else:
-                await self._stream(writer, json.loads(body))
+                await self._stream(writer, self.bodies[-1])
         else:
             writer.write(_json_response("404 Not Found", {"error": {"message": f"no route {path}"}}))
         await writer.drain()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from medusa_trt.bench.report import BenchReport
@@ -48,12 +47,11 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     fig.suptitle(f"medusa-trt bench: {report.server.get('model') or ''}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")  # not mkstemp: its 0600 mode would stay
     try:
         fig.savefig(tmp, format="png", dpi=DPI)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path

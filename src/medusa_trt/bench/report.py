@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +46,15 @@ class BenchReport:
         """Write the JSON atomically (temp name in the same folder, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        # a plain open (not mkstemp, whose 0600 mode the rename would keep): the usual permissions
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            with os.fdopen(fd, "w") as fh:
+            with tmp.open("w") as fh:
                 json.dump(self.to_json(), fh, indent=2, default=str)
                 fh.write("\n")
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return path
 

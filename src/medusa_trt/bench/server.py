@@ -46,8 +46,9 @@ def probe(url: str, timeout_s: float = 5.0) -> ServerInfo:
             if "server" in models.headers:
                 info.headers["server"] = models.headers["server"]
             if models.status_code == 200:
-                data = models.json().get("data") or []
-                if data and isinstance(data[0], dict):
+                doc = models.json()
+                data = doc.get("data") if isinstance(doc, dict) else None
+                if isinstance(data, list) and data and isinstance(data[0], dict):
                     info.model = data[0].get("id")
             ver = c.get("/version")
             if ver.status_code == 200:

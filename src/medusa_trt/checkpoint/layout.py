@@ -159,8 +159,10 @@ def _fp8_scales(out: str, store: Store, srcs: list[str]) -> list[OutTensor]:
 
 
 def kv_scale_names(store: Store, prefix: str) -> list[str] | None:
-    """ModelOpt KV-cache scales of one layer, in either export spelling."""
-    for k, v in ((f"{prefix}k_scale", f"{prefix}v_scale"),
+    """ModelOpt KV-cache scales of one layer, in any export spelling: ``k_proj.k_scale`` is ModelOpt's HF
+    export and what TRT-LLM's own loader reads for ``kv_cache_scaling_factor``; the others are older."""
+    for k, v in ((f"{prefix}k_proj.k_scale", f"{prefix}v_proj.v_scale"),
+                 (f"{prefix}k_scale", f"{prefix}v_scale"),
                  (f"{prefix}k_proj.output_scale", f"{prefix}v_proj.output_scale")):
         if k in store.infos and v in store.infos:
             return [k, v]

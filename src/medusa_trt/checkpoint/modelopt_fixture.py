@@ -2,8 +2,8 @@
 
 It mirrors what NVIDIA Model Optimizer's Hugging Face export writes for ``nvidia/Llama-3.1-*-Medusa-FP8``:
 per-tensor FP8 (e4m3) linear weights with float32 ``weight_scale`` / ``input_scale`` scalars, KV-cache
-``k_scale`` / ``v_scale``, bf16 embedding, norms and lm_head, ``medusa_heads.{k}.{l}.linear.*`` and
-``medusa_heads.{k}.{L}.weight`` tensors, ``config.json`` with a ``medusa`` section, and
+``self_attn.k_proj.k_scale`` / ``self_attn.v_proj.v_scale``, bf16 embedding, norms and lm_head,
+``medusa_heads.{k}.{l}.linear.*`` and ``medusa_heads.{k}.{L}.weight`` tensors, ``config.json`` with a ``medusa`` section, and
 ``hf_quant_config.json`` with producer ``modelopt``. For tests and demos; nothing is downloaded.
 """
 
@@ -65,8 +65,8 @@ def make_modelopt_fp8(model_dir: str | Path, out_dir: str | Path, *, heads_dir: 
     if kv_cache:
         for layer in range(int(cfg["num_hidden_layers"])):
             p = f"model.layers.{layer}.self_attn."
-            tensors[f"{p}k_scale"] = torch.tensor(0.02 + 0.001 * layer, dtype=torch.float32)
-            tensors[f"{p}v_scale"] = torch.tensor(0.03 + 0.001 * layer, dtype=torch.float32)
+            tensors[f"{p}k_proj.k_scale"] = torch.tensor(0.02 + 0.001 * layer, dtype=torch.float32)
+            tensors[f"{p}v_proj.v_scale"] = torch.tensor(0.03 + 0.001 * layer, dtype=torch.float32)
     if heads_dir is not None:
         hdir = Path(heads_dir)
         hfile = hdir / "medusa_lm_head.safetensors"

@@ -73,12 +73,20 @@ def expected_base(base: BaseModel) -> dict[str, tuple[int, ...]]:
 def expected_heads(h: Heads, spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     d, v = spec.hidden_size, spec.vocab_size
     exp: dict[str, tuple[int, ...]] = {}
+
+    def weight(name: str, shape: tuple[int, ...]) -> None:
+        exp[name] = shape
+        info = h.store.infos.get(name)
+        if info is not None and info.dtype == FP8:  # an FP8 weight is unusable without its scales
+            exp[name.removesuffix("weight") + "weight_scale"] = SCALAR
+            exp[name.removesuffix("weight") + "input_scale"] = SCALAR
+
     for k in range(h.num_heads):
         for layer in range(h.num_layers):
-            exp[h.linear(k, layer, "weight")] = (d, d)
+            weight(h.linear(k, layer, "weight"), (d, d))
             if h.has_bias:
                 exp[h.linear(k, layer, "bias")] = (d,)
-        exp[h.lm_head(k)] = (v, d)
+        weight(h.lm_head(k), (v, d))
         for n in h.names(k):
             if n.endswith(("weight_scale", "input_scale")):
                 exp[n] = SCALAR
@@ -87,7 +95,10 @@ def expected_heads(h: Heads, spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 def check_tensors(label: str, infos: dict[str, Any], exp: dict[str, tuple[int, ...]], *, fp8_ok: bool,
                   others: Collection[str] = ()) -> None:
-    """Missing, misshapen, wrongly typed or unexpected tensors: one error naming the first few."""
+    """Missing, misshapen, wrongly typed or unexpected tensors: one error naming the first few.
+
+    With ``fp8_ok``, FP8 is accepted only for linear weights that come with their scales (``exp`` lists
+    ``*.weight_scale`` for them); an FP8 embedding, norm or bias would be cast without a scale."""
     problems: list[str] = []
     missing = [n for n in exp if n not in infos]
     if missing:
@@ -101,7 +112,8 @@ def check_tensors(label: str, infos: dict[str, Any], exp: dict[str, tuple[int, .
                 problems.append(f"{name} has shape {list(info.shape)}, expected a scalar scale")
         elif info.shape != want:
             problems.append(f"{name} has shape {list(info.shape)}, expected {list(want)}")
-        if info.dtype not in FLOAT_CODES and not (fp8_ok and info.dtype == FP8):
+        scaled = name.endswith(".weight") and name.removesuffix("weight") + "weight_scale" in exp
+        if info.dtype not in FLOAT_CODES and not (fp8_ok and info.dtype == FP8 and scaled):
             problems.append(f"{name} has dtype {info.dtype}")
     extra = sorted(n for n in infos if n not in exp and n not in others and not n.endswith(IGNORED_SUFFIXES))
     if extra:

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from medusa_trt import __version__
 from medusa_trt.cli._common import err_console
-from medusa_trt.errors import EXIT_INTERRUPTED, EXIT_USAGE, MedusaTrtError
+from medusa_trt.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MedusaTrtError
 
 app = typer.Typer(
     name="medusa-trt",
@@ -76,6 +76,13 @@ def run(argv: list[str] | None = None) -> int:
         else:
             err_console.print(f"error: {e}")
         return int(getattr(e, "exit_code", EXIT_USAGE))
+    except Exception as e:  # a bug or an unforeseen OS error: still one line, the traceback with --debug
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {escape(f'{e.__class__.__name__}: {e}')}", soft_wrap=True)
+        if not _state["debug"]:
+            err_console.print("[yellow]hint:[/] Rerun with --debug for the traceback.", soft_wrap=True)
+        return EXIT_FAILURE
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def bench_cmd(
         report = run_benchmark(cfg, on_level=on_level, on_request=on_request)
     err_console.print(render_table(report))
     for line in summary_lines(report):
-        err_console.print(line, soft_wrap=True)
+        err_console.print(line, soft_wrap=True, markup=False)  # server error text may hold [brackets]
     if json_out_file is not None:
         err_console.print(f"wrote {report.write(json_out_file)}")
     if plot is not None and report.runs:

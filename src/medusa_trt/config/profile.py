@@ -178,6 +178,10 @@ def _cross_issues(p: HardwareProfile) -> list[Issue]:
         if not _ENV_NAME.match(key):
             issues.append(Issue(("runtime_env", key), f"'{key}' is not a valid environment variable name",
                                 on_key=True))
+    ub_tp = p.runtime_env.get("UB_TP_SIZE")
+    if ub_tp is not None and str(ub_tp) != str(p.parallelism.tp):
+        issues.append(Issue(("runtime_env", "UB_TP_SIZE"), f"UB_TP_SIZE {ub_tp} differs from parallelism.tp "
+                            f"{p.parallelism.tp}", hint="The userbuffer all-reduce spans the TP group: set them equal."))
     if p.engine == "trtllm" and p.hardware.device != "cuda":
         issues.append(Issue(("hardware", "device"), "engine trtllm needs device cuda",
                             hint="Use engine: reference for CPU profiles."))
@@ -212,9 +216,36 @@ def _tree_issues(p: HardwareProfile) -> list[Issue]:
     return []
 
 
+def _union_errors(errors: list[Any]) -> list[Any]:
+    """One error per union-typed field: pydantic reports a failure for every member of ``str | int | ...``.
+
+    When a member failed deeper inside the value (``tree[1][1]`` of ``list[list[int]]``), that one is the
+    real problem; when every member failed on the value itself, one error names all the types accepted.
+    """
+    out: list[Any] = []
+    groups: dict[yaml_marks.Loc, list[Any]] = {}
+    for e in errors:
+        raw = tuple(e["loc"])
+        tag = next((i for i, p in enumerate(raw) if isinstance(p, str)
+                    and yaml_marks.clean_loc((p,)) == ()), None)
+        if tag is None:
+            out.append(e)
+        else:
+            groups.setdefault(yaml_marks.clean_loc(raw[:tag]), []).append(e)
+    for field, errs in groups.items():
+        deeper = [e for e in errs if len(yaml_marks.clean_loc(tuple(e["loc"]))) > len(field)]
+        if deeper:
+            out.append(deeper[0])
+            continue
+        kinds = [next(str(p) for p in e["loc"] if isinstance(p, str) and yaml_marks.clean_loc((p,)) == ())
+                 for e in errs]
+        out.append(dict(errs[0], loc=field, msg=f"Input should be one of: {', '.join(dict.fromkeys(kinds))}"))
+    return out
+
+
 def _pydantic_issues(err: ValidationError) -> list[Issue]:
     issues = []
-    for e in err.errors():
+    for e in _union_errors(list(err.errors())):
         loc = yaml_marks.clean_loc(tuple(e["loc"]))
         kind = e["type"]
         if kind == "extra_forbidden":

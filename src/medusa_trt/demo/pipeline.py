@@ -80,6 +80,12 @@ def _stamp(path: Path, key: str, info: dict[str, Any]) -> None:
     stamp.write_text(json.dumps({"key": key, **info}, indent=2, default=str))
 
 
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _fresh_dir(path: Path) -> Path:
     """An empty temp sibling to build into; renamed over ``path`` when the stage completes."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -174,16 +180,18 @@ class Stages:
         key = _digest({"heads": json.loads((heads_dir / STAMP).read_text())["key"],
                        **c.key("accuracy_prompts", "accuracy_steps")})
         reused = not self.fresh and _cached(acc_path, key)
-        if reused:
-            acc = tb.parse_accuracy_csv(acc_path.read_text(), str(acc_path))
-        else:
+        if not reused:
             prompts: list[Any] = list(code_prompts(self.corpus.heldout_files[1::2], c.accuracy_prompts))
             self.log(f"accuracy: {len(prompts)} held-out prompts x {c.accuracy_steps} greedy steps")
-            acc = measure_accuracy(model_dir, prompts, heads_dir=heads_dir, steps=c.accuracy_steps).table
-            acc_path.write_text(tb.format_accuracy_csv(acc))
+            table = measure_accuracy(model_dir, prompts, heads_dir=heads_dir, steps=c.accuracy_steps).table
+            # drop the old stamp first: a crash mid-write must not leave a new CSV under the old key
+            acc_path.with_name(acc_path.name + STAMP).unlink(missing_ok=True)
+            _write_text_atomic(acc_path, tb.format_accuracy_csv(table))
+        # the tree always comes from the CSV's values, so a cached run picks exactly the same tree
+        acc = tb.parse_accuracy_csv(acc_path.read_text(), str(acc_path))
         tree = choose_demo_tree(acc, model_dir, c)
         expected = tb.expected_tokens_per_step(acc, tree)
-        tree_path.write_text(tb.tree_yaml(tree, expected))
+        _write_text_atomic(tree_path, tb.tree_yaml(tree, expected))
         if not reused:
             _stamp(acc_path, key, {})
         self.log("head top-1 accuracy: " + ", ".join(f"h{k} {row[0]:.2f}" for k, row in enumerate(acc))
@@ -291,9 +299,7 @@ def run_demo(cfg: DemoConfig | None = None, *, cache_dir: Path | None = None, ou
     report.write(out / "bench.json")
     doc["plot"] = str(write_plot(doc, out / "demo.png"))
     doc["bench_json"] = str(out / "bench.json")
-    tmp = out / f".demo.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(out / "demo.json")
+    _write_text_atomic(out / "demo.json", json.dumps(doc, indent=2, default=str) + "\n")
     render(doc, log)
     return doc
 

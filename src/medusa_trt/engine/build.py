@@ -109,7 +109,9 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
     inputs: dict[str, Any] = {}
     for role, src in (("model", spec.model), ("medusa", spec.medusa)):
         if src is not None:
-            inputs[role] = {**src.to_json(), "fingerprint": fingerprint(src.local) if src.local else None,
+            fetched = out / "sources" / role  # a hub source downloaded for quantize.py
+            local = src.local or (fetched if fetched.is_dir() else None)
+            inputs[role] = {**src.to_json(), "fingerprint": fingerprint(local) if local else None,
                             "fingerprint_kind": "xxh3-128 over (name, size, mtime) of every file"}
     convert_manifest = out / CHECKPOINT / "medusa-trt-convert.json"
     if convert_manifest.is_file():
@@ -162,13 +164,14 @@ def _fetch(repo: str, revision: str | None, local: Path) -> None:
 def _runtime_files(spec: BuildSpec, out: Path) -> None:
     from medusa_trt.medusa.trees import dump_tree
 
-    sources = [out / CHECKPOINT] + ([spec.model.local] if spec.model.local else [])
+    # a hub model fetched for quantize.py (FP8 profiles) lives in sources/model: its tokenizer is there
+    sources = [out / CHECKPOINT, spec.model.local or out / "sources" / "model"]
     for name in TOKENIZER_FILES:
         src = next((d / name for d in sources if (d / name).is_file()), None)
         if src is not None:
             shutil.copy2(src, out / name)
     if not (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").is_file():
-        raise CheckpointError(f"no tokenizer files in {out / CHECKPOINT} or the model directory",
+        raise CheckpointError(f"no tokenizer files in {out / CHECKPOINT} or {sources[1]}",
                               hint="The model source must include tokenizer.json (or tokenizer.model).")
     _atomic_text(out / TREE_FILE, dump_tree(spec.tree))
     _atomic_text(out / CONFIG_YAML, trtllm.dump_medusa_yaml(recipe.medusa_yaml(spec)))

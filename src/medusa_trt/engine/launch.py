@@ -66,11 +66,13 @@ def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, pri
     else:
         manifest = read_manifest(engine_dir)
     if manifest["engine"] == "reference":
+        env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
         if print_cmd:
             argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
-            env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
             print(command_text(argv, env))
             return 0
+        # the profile's runtime environment, as trtllm-serve gets it (set before torch loads: OMP_NUM_THREADS)
+        os.environ.update(env)
         from medusa_trt.serve.server import run_server
 
         return int(run_server(engine_dir, host, port, device, manifest.get("model_name") or engine_dir.name))

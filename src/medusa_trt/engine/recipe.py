@@ -78,6 +78,7 @@ def estimates(spec: BuildSpec) -> dict[str, float]:
     linear = 1 if spec.quantization == "fp8" else wide
     return {
         "source": (m.num_params * 2 + heads * 2) / GIB,
+        "heads": heads * 2 / GIB,
         "checkpoint": (blocks * linear + (embed + lm_head + heads) * wide + replicated) / GIB,
         "base_dense": (m.num_params + heads) * wide / GIB,
     }
@@ -93,8 +94,10 @@ def _needs(spec: BuildSpec, est: dict[str, float], step: str, checks: dict[str, 
     ckpt = round(float(disk.get("trtllm_checkpoint", est["checkpoint"])), 1)
     if "hf_checkpoint" in disk:
         est = {**est, "source": float(disk["hf_checkpoint"])}
-    if step == "fetch":
+    if step == "fetch-model":
         return {"disk_gib": round(est["source"], 1), "gpus": 0, "host": "any (network)"}
+    if step == "fetch-medusa":  # the heads alone, not the base model
+        return {"disk_gib": round(est["heads"], 1), "gpus": 0, "host": "any (network)"}
     if step == "convert":
         return {"disk_gib": ckpt, "host_memory_gib": 2.0, "gpus": 0, "host": "any (streams one tensor at a time)"}
     if step == "quantize":
@@ -193,13 +196,14 @@ def _quantize_steps(spec: BuildSpec, out: Path, est: dict[str, float], checks: d
         steps.append(Step(f"fetch-{role}", f"download {src.spec} (quantize.py needs local files)",
                           ["hf", "download", src.spec, "--revision", src.revision or "main", "--local-dir", str(local)],
                           inputs={"repo": src.spec, "revision": src.revision}, outputs=[f"sources/{role}"],
-                          needs=_needs(spec, est, "fetch", checks), kind="python"))
+                          needs=_needs(spec, est, f"fetch-{role}", checks), kind="python"))
         if role == "model":
             model_dir = str(local)
         else:
             medusa_dir = str(local)
     argv = trtllm.quantize_argv(model_dir=model_dir, medusa_dir=medusa_dir, output_dir=out / CHECKPOINT,
                                 dtype=spec.dtype, tp=spec.tp, pp=spec.pp, num_medusa_heads=spec.num_medusa_heads,
+                                num_medusa_layers=spec.num_medusa_layers,
                                 max_draft_len=spec.max_draft_len, kv_cache_dtype=spec.kv_cache_dtype)
     where, source = trtllm.examples_dir()
     steps.append(Step("quantize", "FP8 TRT-LLM checkpoint (ModelOpt PTQ, 512 calibration samples), heads unquantized",

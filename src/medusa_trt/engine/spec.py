@@ -143,15 +143,26 @@ def _safetensors_names(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
+def _heads_from_names(names: list[str]) -> tuple[int | None, int | None]:
+    heads = {int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit()}
+    # FasterDecoding: "{h}.{l}.linear.weight" for the ResBlocks, "{h}.{L}.weight" for the head's lm_head
+    layers = {int(n.split(".")[1]) for n in names if n.endswith(".linear.weight")}
+    return (max(heads) + 1 if heads else None), (max(layers) + 1 if layers else None)
+
+
+def _count_embedded_heads(path: Path) -> tuple[int | None, int | None]:
+    """Heads inside a ModelOpt combined checkpoint (``medusa_heads.{h}.{l}.linear.*``), from its tensor names."""
+    prefix = "medusa_heads."
+    names = [n[len(prefix):] for st in sorted(path.glob("*.safetensors"))
+             for n in _safetensors_names(st) if n.startswith(prefix)]
+    return _heads_from_names(names)
+
+
 def _count_heads(path: Path) -> tuple[int | None, int | None]:
     """Heads and layers from the tensor names (published configs state wrong head counts)."""
     st = path / "medusa_lm_head.safetensors"
     if st.is_file():
-        names = _safetensors_names(st)
-        heads = {int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit()}
-        # FasterDecoding: "{h}.{l}.linear.weight" for the ResBlocks, "{h}.{L}.weight" for the head's lm_head
-        layers = {int(n.split(".")[1]) for n in names if n.endswith(".linear.weight")}
-        return (max(heads) + 1 if heads else None), (max(layers) + 1 if layers else None)
+        return _heads_from_names(_safetensors_names(st))
     cfg = path / "config.json"
     if cfg.is_file():
         c = _read_json(cfg)
@@ -169,6 +180,8 @@ def resolve(profile: Any, model: str, *, medusa: str | None = None, output: str 
     sources: dict[str, str] = {}
     src = detect_model(model, revision)
     heads_src, file_heads, file_layers = (detect_heads(medusa, medusa_revision) if medusa else (None, None, None))
+    if heads_src is None and src.local is not None and src.format in ("modelopt-fp8", "modelopt"):
+        file_heads, file_layers = _count_embedded_heads(src.local)  # a combined checkpoint carries its heads
     if heads_src is None and src.format not in ("modelopt-fp8", "modelopt") and src.local is not None:
         raise InvalidInputError("no Medusa heads given", hint="Pass --medusa DIR|REPO (FasterDecoding heads), "
                                 "or a ModelOpt combined checkpoint as --model.")

@@ -1,6 +1,8 @@
 """Supervise a server child process: start it, wait for /health, forward signals, exit 128+signal.
 
-Used for ``trtllm-serve``; works for any command serving ``GET /health`` on host:port.
+Used for ``trtllm-serve``; works for any command serving ``GET /health`` on host:port. The child
+runs in its own session (SIGINT/SIGTERM/SIGHUP reach it once, through us); whatever is left in its
+process group when it has exited (MPI ranks) is killed.
 """
 
 from __future__ import annotations
@@ -77,17 +79,27 @@ class Supervisor:
             self.proc.kill()
             self.proc.wait()
 
+    def _reap_group(self) -> None:
+        """Kill whatever the server left in its process group (e.g. MPI workers of trtllm-serve)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
     def run(self) -> int:
         """Start, wait for health, serve until the child exits; return the exit code to use."""
         env = {**os.environ, **self.env}
         try:
+            # its own process group: a terminal's Ctrl-C reaches it once (forwarded by us), and what it
+            # spawned can be cleaned up with it
             self.proc = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+                                         stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
+                                         start_new_session=True)
         except OSError as e:
             raise ToolFailedError(f"could not start {self.argv[0]}: {e.strerror}") from e
         pump = threading.Thread(target=self._pump, daemon=True)
         pump.start()
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP too: the child has its own session, so a closed terminal reaches it only through us
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             self._wait_ready()
             while self.proc.poll() is None and self.signum is None:
@@ -96,13 +108,15 @@ class Supervisor:
                 self._stop()
                 return 128 + self.signum
             pump.join(timeout=2)
-            return int(self.proc.returncode)
+            rc = int(self.proc.returncode)
+            return 128 - rc if rc < 0 else rc  # killed by a signal (the OOM killer): 128+signal, as a shell says
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
             if self.proc.poll() is None:  # an exception on our side: never leave the server behind
                 self.proc.terminate()
                 self._stop()
+            self._reap_group()
 
     def _wait_ready(self) -> None:
         assert self.proc is not None

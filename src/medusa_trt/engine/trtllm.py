@@ -67,12 +67,13 @@ def examples_dir() -> tuple[Path, str]:
 
 
 def quantize_argv(*, model_dir: str, medusa_dir: str, output_dir: Path, dtype: str, tp: int, pp: int,
-                  num_medusa_heads: int, max_draft_len: int, calib_size: int = 512,
+                  num_medusa_heads: int, num_medusa_layers: int, max_draft_len: int, calib_size: int = 512,
                   kv_cache_dtype: str = "fp8") -> list[str]:
     """FP8 post-training quantization of the base model with the heads left unquantized.
 
     trtllm-medusa.md 1.3: ModelOpt quantizes the base and merges the heads afterwards, excluding
-    ``*medusa_heads*`` from quantization (no --quant_medusa_head).
+    ``*medusa_heads*`` from quantization (no --quant_medusa_head). The layer count is passed too:
+    quantize.py falls back to 1 when the heads' config.json lacks ``medusa_num_layers``.
     """
     script = examples_dir()[0] / "quantization" / "quantize.py"
     argv = ["python3", str(script), "--model_dir", model_dir, "--dtype", dtype, "--qformat", "fp8"]
@@ -80,7 +81,7 @@ def quantize_argv(*, model_dir: str, medusa_dir: str, output_dir: Path, dtype: s
         argv += ["--kv_cache_dtype", "fp8"]
     argv += ["--output_dir", str(output_dir), "--calib_size", str(calib_size), "--tp_size", str(tp),
              "--pp_size", str(pp), "--medusa_model_dir", medusa_dir, "--num_medusa_heads", str(num_medusa_heads),
-             "--max_draft_len", str(max_draft_len)]
+             "--num_medusa_layers", str(num_medusa_layers), "--max_draft_len", str(max_draft_len)]
     return argv
 
 

@@ -51,7 +51,7 @@ def load_tree(spec: str | Path | Tree) -> Tree:
         return [list(p) for p in spec]
     name = str(spec)
     if name in named_trees():
-        text = resources.files("medusa_trt.data").joinpath("trees", f"{name}.yaml").read_text()
+        text = resources.files("medusa_trt.data").joinpath("trees").joinpath(f"{name}.yaml").read_text()
         return _parse(text, name)
     path = Path(name)
     if path.is_file():

@@ -16,9 +16,11 @@ RESERVE_GIB = {"cuda": 2.0, "cpu": 0.5}
 LOGITS_BYTES = 4  # TRT-LLM keeps generation logits in float32 (logits_dtype default)
 
 
-def activation_bytes(profile: HardwareProfile, model: ModelSpec) -> float:
+def activation_bytes(profile: HardwareProfile, model: ModelSpec, num_medusa_heads: int | None = None) -> float:
     """One layer's activations for max_num_tokens (buffers are reused across layers) plus the logits
-    of max_batch_size x (max_draft_len + 1) tokens for the base lm_head and every Medusa head."""
+    of max_batch_size x (max_draft_len + 1) tokens for the base lm_head and every Medusa head
+    (``num_medusa_heads``, default the profile's)."""
+    heads = profile.medusa.num_heads if num_medusa_heads is None else num_medusa_heads
     tp, lim = profile.parallelism.tp, profile.limits
     hd, d = model.head_dim, model.hidden_size
     q = model.num_attention_heads * hd / tp
@@ -27,7 +29,7 @@ def activation_bytes(profile: HardwareProfile, model: ModelSpec) -> float:
     acts = lim.max_num_tokens * per_token * pm.act_bytes(profile)
     v_rank = pm.padded_vocab(model.vocab_size, tp) / tp
     logits = lim.max_batch_size * (profile.medusa.max_draft_len + 1) * v_rank * LOGITS_BYTES
-    return acts + logits * (1 + profile.medusa.num_heads)
+    return acts + logits * (1 + heads)
 
 
 def memory_per_gpu(profile: HardwareProfile, model: ModelSpec, num_medusa_heads: int) -> dict[str, float]:
@@ -44,7 +46,7 @@ def memory_per_gpu(profile: HardwareProfile, model: ModelSpec, num_medusa_heads:
         "medusa_heads": pm.medusa_head_params_per_rank(model, tp, num_medusa_heads, profile.medusa.num_layers)
         * pm.head_bytes(profile),
         "kv_cache": kv_tokens * pm.kv_bytes_per_token(profile, model),
-        "activations": activation_bytes(profile, model),
+        "activations": activation_bytes(profile, model, num_medusa_heads),
     }
     out = {k: v / GIB for k, v in parts.items()}
     out["runtime_reserve"] = RESERVE_GIB[profile.hardware.device]

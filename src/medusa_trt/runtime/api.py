@@ -186,8 +186,12 @@ def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[
 
     tokenizer = _load_tokenizer(info.ckpt_dir, Path(path))
     runner = Runner(info, device)
-    buffers = None
-    if chosen is not None:
-        buffers = build_buffers(chosen, num_heads=info.num_medusa_heads,
-                                max_draft_len=info.max_draft_len or None, device=runner.device)
-    return ReferenceEngine(info, runner, chosen or [], buffers, tokenizer)
+    try:  # the tp ranks are running now: nothing below may fail without stopping them
+        buffers = None
+        if chosen is not None:
+            buffers = build_buffers(chosen, num_heads=info.num_medusa_heads,
+                                    max_draft_len=info.max_draft_len or None, device=runner.device)
+        return ReferenceEngine(info, runner, chosen or [], buffers, tokenizer)
+    except BaseException:
+        runner.close()
+        raise

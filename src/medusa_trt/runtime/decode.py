@@ -4,6 +4,11 @@ Both keep one *pending* token: sampled from the last logits, already emitted, no
 A plain step feeds it; a Medusa step feeds the tree rooted at it, accepts L drafts, and emits them plus
 the bonus token picked from the last accepted node's logits (L+1 tokens per verification forward).
 Stop tokens end the generation and are not emitted (they are counted in completion_tokens).
+
+With Medusa at temperature > 0 (typical acceptance, medusa-algorithm.md §2.7), the root of every tree (the
+first token and each step's bonus token) is the base model's argmax, as in the paper (§2.3.1: "greedy
+decoding for the first token") and the authors' default ``fast`` path; temperature only sets how far
+typical acceptance reaches. Plain decoding samples every token.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ class Decoder:
         self.accepted = [0] * depth
         self.stats: GenerationStats | None = None
 
+    def _pick_root(self, logits: torch.Tensor) -> int:
+        """The pending token: a tree root is always greedy under Medusa; plain decoding samples."""
+        return int(logits.argmax()) if self.buf is not None else self.sampler.pick(logits)
+
     def _take(self, tokens: list[int]) -> tuple[list[int], str | None]:
         """Cut ``tokens`` at the first stop token and at the max_tokens budget."""
         out: list[int] = []
@@ -97,7 +106,7 @@ class Decoder:
         logits = self.r.forward(torch.tensor(self.prompt, dtype=torch.long, device=dev),
                                 torch.arange(s, device=dev))[-1]  # [V]
         head_logits = self.r.heads(s - 1, self.buf.depth) if self.buf is not None else None
-        pending = self.sampler.pick(logits)
+        pending = self._pick_root(logits)
         t1 = time.perf_counter()
         try:
             out, finish = self._take([pending])
@@ -142,7 +151,7 @@ class Decoder:
             self.accepted[d] += 1
         nodes = buf.retrieve_indices[best, : acc + 1]  # [L+1] root and accepted nodes
         last = int(nodes[-1])
-        bonus = self.sampler.pick(logits[last])
+        bonus = self._pick_root(logits[last])
         drafts = tree_tokens[nodes[1:]].tolist()
         self.r.commit(n, nodes + n)  # keep root + accepted entries at n..n+L
         return [*drafts, bonus], self.r.heads(last, buf.depth)  # only the heads the tree uses

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -82,15 +83,15 @@ class Runner:
         ctx = torch.multiprocessing.get_context("spawn")
         status: Any = ctx.Queue()
         threads = max(1, (os.cpu_count() or 1) // self.tp)
-        for r in range(1, self.tp):
-            p = ctx.Process(target=_worker_main, daemon=True,
-                            args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status))
-            p.start()
-            self._procs.append(p)
-        if backend == "gloo":  # share the cores between ranks instead of oversubscribing them
-            self._threads = torch.get_num_threads()
-            torch.set_num_threads(threads)
-        try:
+        try:  # any failure from the first spawn on (Ctrl-C included) stops the ranks already started
+            for r in range(1, self.tp):
+                p = ctx.Process(target=_worker_main, daemon=True,
+                                args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status))
+                p.start()
+                self._procs.append(p)
+            if backend == "gloo":  # share the cores between ranks instead of oversubscribing them
+                self._threads = torch.get_num_threads()
+                torch.set_num_threads(threads)
             self._await_workers(status, "hello")  # a worker that dies while starting fails fast here
             dist.init_process_group(backend, store=store, rank=0, world_size=self.tp, timeout=TIMEOUT)
             self.model = LlamaShard(self.info, 0, self.device, DistComm(0, self.tp))
@@ -102,10 +103,14 @@ class Runner:
 
     def _await_workers(self, status: Any, want: str) -> None:
         pending = self.tp - 1
+        deadline = time.monotonic() + TIMEOUT.total_seconds()
         while pending:
             try:
                 msg = status.get(timeout=1.0)
             except queue.Empty:
+                if time.monotonic() > deadline:  # alive but stuck: give up like a collective would
+                    raise CheckpointError(f"tensor-parallel ranks did not start within {TIMEOUT}",
+                                          hint="Check the machine's load and the rank files.") from None
                 dead = [p for p in self._procs if not p.is_alive()]
                 if dead:
                     raise CheckpointError(f"a tensor-parallel rank exited while starting (code {dead[0].exitcode})",
@@ -121,6 +126,9 @@ class Runner:
             if p.is_alive():
                 p.terminate()
             p.join(timeout=5)
+            if p.is_alive():  # SIGTERM ignored (e.g. stuck in a collective): do not leave it behind
+                p.kill()
+                p.join(timeout=5)
         self._procs = []
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -182,8 +190,8 @@ def _worker_main(ckpt: str, rank: int, tp: int, port: int, device: str, backend:
                  status: Any) -> None:
     """Rank r > 0: load the shard, then execute rank 0's ops until STOP."""
     torch.set_num_threads(threads)
-    status.put(("hello", rank, ""))
     store = dist.TCPStore("127.0.0.1", port, tp, is_master=False, timeout=TIMEOUT)
+    status.put(("hello", rank, ""))  # after the store connects: fewer ways to die unseen before init
     dist.init_process_group(backend, store=store, rank=rank, world_size=tp, timeout=TIMEOUT)
     dev = _device_for(device, rank)
     if dev.startswith("cuda"):

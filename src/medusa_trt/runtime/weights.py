@@ -50,10 +50,15 @@ def shard_rows(info: CheckpointInfo, name: str) -> list[int]:
 
     rows = []
     for r in range(info.tp):
-        with safe_open(str(info.ckpt_dir / f"rank{r}.safetensors"), framework="pt") as f:
-            if name not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                return []
-            rows.append(int(f.get_slice(name).get_shape()[0]))
+        path = info.ckpt_dir / f"rank{r}.safetensors"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if name not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    return []
+                rows.append(int(f.get_slice(name).get_shape()[0]))
+        except Exception as e:  # another rank's file is damaged: the same one-line error as our own
+            raise CheckpointError(f"{path}: cannot read ({e.__class__.__name__}: {e})",
+                                  hint="The file is damaged; convert again.") from e
     return rows
 
 

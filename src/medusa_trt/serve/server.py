@@ -57,21 +57,14 @@ def _serve(engine: Any, sock: socket.socket, model_name: str | None) -> int:
     app = create_app(engine, model_name)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S,
                             lifespan="on")
-    server = _Server(config, on_signal=app.state.worker.close)
     name = app.state.model_name
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{_url_host(bound_host)}:{bound_port}"
-
-    async def main() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.02)
-        if server.started:
-            _log(f"serving {name} at {url} (OpenAI API under {url}/v1; Ctrl-C to stop)")
-        await task
+    server = _Server(config, on_signal=app.state.worker.close,
+                     on_started=lambda: _log(f"serving {name} at {url} (OpenAI API under {url}/v1; Ctrl-C to stop)"))
 
     try:
-        asyncio.run(main())
+        asyncio.run(server.serve(sockets=[sock]))
     finally:
         app.state.worker.close()
     if server.signals:
@@ -83,10 +76,16 @@ def _serve(engine: Any, sock: socket.socket, model_name: str | None) -> int:
 class _Server(uvicorn.Server):
     """uvicorn.Server that records the signal instead of re-raising it at exit, and cancels generations."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], on_started: Callable[[], None]) -> None:
         super().__init__(config)
         self.signals: list[int] = []
         self._on_signal = on_signal
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # no await since the socket began listening: this line precedes any response
+            self._on_started()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -100,6 +100,9 @@ def load_prompts(spec: str | Path) -> list[Prompt]:
 
 def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
     """Token ids: chat messages through the chat template, raw strings as the tokenizer encodes them."""
+    if isinstance(prompt, list) and not getattr(tokenizer, "chat_template", None):
+        # a base model has no chat template (and is served through /v1/completions): raw text
+        prompt = "\n".join(m["content"] for m in prompt) + "\n"
     if isinstance(prompt, list):
         ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 may return a BatchEncoding

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -302,21 +303,28 @@ def train_heads(model_dir: str | Path, output: str | Path, *, data: str | list[P
     model, tok = load_backbone(model_dir, cfg.device)
     key = _config_key(cfg, model_dir, data_name)
     ckpt = _ckpt_dir(out)
-    state = None
+    state, dd = None, None
     if cfg.resume and (ckpt / "state.pt").is_file() and (ckpt / "data.json").is_file():
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        if state.get("config") != key:
-            state = None  # a different run: start over rather than mix
-    with TrainProgress(enabled=cfg.progress) as prog:
-        if state is not None:
+        try:
+            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
             dd = json.loads((ckpt / "data.json").read_text())
+        except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
+            state, dd = None, None  # unreadable (another torch version?): start over
+        # a different run (or data distilled for another one): start over rather than mix
+        if (not isinstance(state, dict) or state.get("config") != key or not isinstance(dd, dict)
+                or dd.get("config") != key):
+            state, dd = None, None
+    with TrainProgress(enabled=cfg.progress) as prog:
+        if state is not None and dd is not None:
             dist = Distilled(dd["sequences"], dd["starts"])
         else:
             task = prog.add("self-distillation (greedy generations)", len(prompts))
             dist = distill(model, tok, prompts, gen_tokens=cfg.gen_tokens, seq_len=cfg.seq_len,
                            progress=lambda: prog.advance(task))
             ckpt.mkdir(parents=True, exist_ok=True)
-            (ckpt / "data.json").write_text(json.dumps({"sequences": dist.sequences, "starts": dist.starts}))
+            tmp = ckpt / f".data.json.tmp{os.getpid()}"
+            tmp.write_text(json.dumps({"config": key, "sequences": dist.sequences, "starts": dist.starts}))
+            tmp.replace(ckpt / "data.json")
         hiddens = hidden_states(model, dist.sequences)
         # positions before start-K-1 predict no generated token for any head: drop them (less compute)
         crops = [max(0, st - cfg.num_heads - 1) for st in dist.starts]

@@ -1,0 +1,57 @@
+"""Medusa heads on the reference runtime equal an independent computation from transformers' hidden states.
+
+Its own module: a tp > 1 engine cannot start while another module's tp engine fixture is open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medusa_trt.runtime import load_engine
+from medusa_trt.runtime._testing import make_checkpoint
+from medusa_trt.tiny import make_tiny_llama
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("tp", [1, 4])
+def test_medusa_heads_match_an_independent_reference(tmp_path: Path, tp: int) -> None:
+    """Head logits = lm_head_k(ResBlock^L(h)) on the final hidden state *after* the last RMSNorm
+    (trtllm-medusa.md §2.5), gathered over ranks: 2 layers with bias, a vocab (322) that tp 4 pads,
+    KV heads replicated at tp 4. The reference is transformers' hidden state and the source head tensors."""
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from medusa_trt.tiny import make_medusa_heads
+
+    v, d, k_heads, n_layers = 322, 64, 3, 2
+    model_dir = make_tiny_llama(tmp_path / "model", seed=5, vocab_size=v, num_attention_heads=8)
+    heads_dir = make_medusa_heads(tmp_path / "heads", hidden_size=d, vocab_size=v, num_heads=k_heads,
+                                  num_layers=n_layers, scale=0.3, seed=9)
+    ckpt = make_checkpoint(model_dir, tmp_path / "ckpt", heads=heads_dir, tp=tp)
+    ids = torch.randint(0, v, (12,), generator=torch.Generator().manual_seed(1))
+    hf = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = hf(ids[None], output_hidden_states=True)
+    hidden, want_logits = out.hidden_states[-1][0], out.logits[0]  # [S, D] after model.norm, [S, V]
+    src = load_file(str(heads_dir / "medusa_lm_head.safetensors"))
+    with load_engine(ckpt, tree=[[0], [0, 0], [0, 0, 0]]) as engine:
+        assert engine.tp == tp
+        runner = engine._runner
+        runner.alloc(16)
+        logits = runner.forward(ids, torch.arange(12))
+        assert logits.shape == (12, v) and rel_err(logits, want_logits) < 1e-4
+        for row in (0, 5, 11):
+            got = runner.heads(row)  # [K, V]
+            assert got.shape == (k_heads, v)
+            for k in range(k_heads):
+                x = hidden[row]
+                for ly in range(n_layers):
+                    x = x + torch.nn.functional.silu(src[f"{k}.{ly}.linear.weight"] @ x + src[f"{k}.{ly}.linear.bias"])
+                want = src[f"{k}.{n_layers}.weight"] @ x
+                assert rel_err(got[k], want) < 1e-4, (row, k)
