@@ -147,6 +147,13 @@ def test_cli_down_server_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) 
     assert rc == 1 and "error: cannot reach" in err and "Traceback" not in err
 
 
+def test_cli_every_request_failing_reports_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with loopback_server(LoopbackOptions(fail_every=1)) as (url, _):
+        rc = cli_run(["bench", "--url", url, "--num-prompts", "3", "--max-tokens", "4", "--warmup", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "every request failed" in err and "0 / 3" in err and "Traceback" not in err
+
+
 def test_malformed_streams_are_counted() -> None:
     with loopback_server(LoopbackOptions(bad_stream_every=2)) as (url, _):
         rep = run_benchmark(BenchConfig(url=url, num_prompts=4, max_tokens=3, warmup=0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from medusa_trt.bench.server import free_port
 from medusa_trt.cli import run as cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_run_serves_the_built_engine(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,

@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import pytest
 import yaml
 
 from _build_standins import env_with, fake_trtllm_dist, install, records
+from medusa_trt.bench.server import free_port
+from medusa_trt.cli import run as cli_run
 from medusa_trt.engine import launch
 from medusa_trt.engine.supervise import Supervisor
 from medusa_trt.errors import CheckpointError, ToolFailedError
@@ -64,12 +65,6 @@ def trt_engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path, stand
     shutil.rmtree(base, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_print_cmd_is_the_supervised_command(trt_engine: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert launch.serve(trt_engine, "127.0.0.1", 8123, print_cmd=True) == 0
     line = capsys.readouterr().out.strip()
@@ -84,6 +79,18 @@ def test_print_cmd_is_the_supervised_command(trt_engine: Path, capsys: pytest.Ca
     assert opts["--tp_size"] == "8" and opts["--host"] == "127.0.0.1" and opts["--port"] == "8123"
     assert opts["--tokenizer"] == str(trt_engine) and opts["--config"] == str(trt_engine / "medusa.yaml")
     assert opts["--kv_cache_free_gpu_memory_fraction"] == "0.9"
+
+
+def test_print_cmd_json_is_the_same_command(trt_engine: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert launch.serve(trt_engine, "127.0.0.1", 8123, print_cmd=True) == 0
+    text = capsys.readouterr().out.strip()
+    assert cli_run(["run", str(trt_engine), "--port", "8123", "--print-cmd", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["engine"] == "trtllm" and doc["nodes"] == 1 and doc["lines"] == [text]
+    assert shlex.split(text) == [f"{k}={v}" for k, v in doc["env"].items()] + doc["argv"]
+    # serving itself prints no document: --json without --print-cmd is a usage error
+    assert cli_run(["run", str(trt_engine), "--json"]) == 2
+    assert "--json needs --prompt" in capsys.readouterr().err
 
 
 def test_config_yaml_is_the_llm_api_speculative_config(trt_engine: Path) -> None:

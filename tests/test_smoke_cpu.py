@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,11 @@ import httpx
 import psutil
 import pytest
 
+from medusa_trt.bench.server import free_port
+
 PROMPT = "def main():"
 MAX_TOKENS = 12
 LONG = 2048  # context of the smoke model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +55,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture()
 def served(built: tuple[Path, dict[str, Any], dict[str, Any]], tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     engine_dir = built[0]
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("wb") as f:

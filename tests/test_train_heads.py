@@ -37,6 +37,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> tuple
     return init, root / "heads", res
 
 
+def test_builtin_prompts_mix_chat_and_code_in_every_prefix() -> None:
+    prompts = builtin_prompts()
+    kinds = ["code" if isinstance(p, str) else "chat" for p in prompts]
+    assert kinds[:2] == ["chat", "code"] and {"chat", "code"} <= set(kinds[:4])
+    assert len(prompts) == len({str(p) for p in prompts})  # every prompt once
+
+
 def test_training_reduces_loss(trained: tuple[Path, Path, object]) -> None:
     _, heads, res = trained
     assert res.final_loss < 0.8 * res.initial_loss  # type: ignore[attr-defined]  # training sequences

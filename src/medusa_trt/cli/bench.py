@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
-from medusa_trt.errors import EXIT_INTERRUPTED, InvalidInputError
+from medusa_trt.errors import EXIT_INTERRUPTED, InvalidInputError, ServerError
 
 
 def _parse_concurrency(text: str) -> tuple[int, ...]:
@@ -94,6 +94,10 @@ def bench_cmd(
         emit_json(report.to_json())
     if report.was_cancelled:
         raise typer.Exit(EXIT_INTERRUPTED)
+    if report.runs and all(r["completed"] == 0 for r in report.runs):
+        # the report above says why each request failed; the exit code says the run measured nothing
+        raise ServerError("every request failed: nothing was measured",
+                          hint="See the error counts above; check the server's log and the --url/--served-model.")
 
 
 def register(app: typer.Typer) -> None:

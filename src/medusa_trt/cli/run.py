@@ -32,8 +32,13 @@ def run_cmd(
 ) -> int:
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
     if prompt is None:
-        from medusa_trt.engine.launch import serve
+        from medusa_trt.engine.launch import serve, serve_command
 
+        if json_out:  # serving has no document to print; the command it would run does
+            if not print_cmd:
+                raise InvalidInputError("--json needs --prompt (one generation) or --print-cmd (the serve command)")
+            emit_json(serve_command(path, host, port))
+            return 0
         return int(serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device))
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")

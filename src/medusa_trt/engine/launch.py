@@ -55,45 +55,57 @@ def command_text(argv: list[str], env: dict[str, str]) -> str:
     return (prefix + " " if prefix else "") + shlex.join(argv)
 
 
+def _load(engine_dir: Path) -> dict[str, Any]:
+    if not (engine_dir / MANIFEST).is_file() and (engine_dir / "config.json").is_file() \
+            and any(engine_dir.glob("rank*.safetensors")):
+        # a converted checkpoint (from `convert`) is served by the reference runtime as is
+        return {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
+    return read_manifest(engine_dir)
+
+
+def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
+    """What `run DIR` executes: engine kind, argv, environment, and the shell lines `--print-cmd` shows
+    (for more than one node, the mpirun/srun launch lines instead)."""
+    engine_dir = Path(engine_dir).resolve()
+    manifest = _load(engine_dir)
+    doc: dict[str, Any] = {"engine": manifest["engine"], "model_name": manifest.get("model_name") or engine_dir.name,
+                           "nodes": 1}
+    if manifest["engine"] == "reference":
+        env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
+        argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
+        return {**doc, "argv": argv, "env": env, "lines": [command_text(argv, env)]}
+    argv, env = trtllm_command(engine_dir, manifest, host, port)
+    world, nodes, per_node = node_layout(manifest)
+    doc.update(argv=argv, env=env, lines=[command_text(argv, env)], nodes=nodes)
+    if nodes > 1:
+        multi = trtllm.multinode_lines(serve=argv, env=env, world_size=world, nodes=nodes, gpus_per_node=per_node)
+        doc["multinode"] = multi
+        doc["lines"] = [f"# {world} ranks over {nodes} nodes ({per_node} GPUs each); rank 0 serves http://{host}:{port}",
+                        f"# Open MPI (hostfile lists the {nodes} nodes, slots={per_node}):", multi["mpirun"],
+                        "# Slurm:", multi["srun"]]
+    return doc
+
+
 def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, print_cmd: bool = False,
           device: str = "cpu", **_ignored: Any) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code."""
     engine_dir = Path(engine_dir).resolve()
-    if not (engine_dir / MANIFEST).is_file() and (engine_dir / "config.json").is_file() \
-            and any(engine_dir.glob("rank*.safetensors")):
-        # a converted checkpoint (from `convert`) is served by the reference runtime as is
-        manifest: dict[str, Any] = {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
-    else:
-        manifest = read_manifest(engine_dir)
-    if manifest["engine"] == "reference":
-        env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
-        if print_cmd:
-            argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
-            print(command_text(argv, env))
-            return 0
+    cmd = serve_command(engine_dir, host, port)
+    if print_cmd or cmd["nodes"] > 1:  # several nodes: the launch lines, to run from the login node
+        print("\n".join(cmd["lines"]))
+        return 0
+    if cmd["engine"] == "reference":
         # the profile's runtime environment, as trtllm-serve gets it (set before torch loads: OMP_NUM_THREADS)
-        os.environ.update(env)
+        os.environ.update(cmd["env"])
         from medusa_trt.serve.server import run_server
 
-        return int(run_server(engine_dir, host, port, device, manifest.get("model_name") or engine_dir.name))
-    argv, env = trtllm_command(engine_dir, manifest, host, port)
-    world, nodes, per_node = node_layout(manifest)
-    if nodes > 1:
-        lines = trtllm.multinode_lines(serve=argv, env=env, world_size=world, nodes=nodes, gpus_per_node=per_node)
-        print(f"# {world} ranks over {nodes} nodes ({per_node} GPUs each); rank 0 serves http://{host}:{port}")
-        print(f"# Open MPI (hostfile lists the {nodes} nodes, slots={per_node}):")
-        print(lines["mpirun"])
-        print("# Slurm:")
-        print(lines["srun"])
-        return 0
-    if print_cmd:
-        print(command_text(argv, env))
-        return 0
+        return int(run_server(engine_dir, host, port, device, cmd["model_name"]))
     trtllm.check_trtllm(("trtllm-serve",), require_package=False)
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
 
     def ready(url: str) -> None:
-        print(f"medusa-trt: serving {manifest.get('model_name')} (TensorRT-LLM, Medusa) at {url}/v1",
+        print(f"medusa-trt: serving {cmd['model_name']} (TensorRT-LLM, Medusa) at {url}/v1",
               file=sys.stderr, flush=True)
 
-    return Supervisor(argv, env=env, host=host, port=port, startup_timeout_s=timeout, on_ready=ready).run()
+    return Supervisor(cmd["argv"], env=cmd["env"], host=host, port=port, startup_timeout_s=timeout,
+                      on_ready=ready).run()

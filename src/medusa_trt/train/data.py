@@ -6,6 +6,7 @@ A prompt is either a string (used as raw text, like /v1/completions) or a list o
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ def builtin_prompts() -> list[Prompt]:
     """Varied prompts (chat, code, summarization) so heads are not trained on one kind only."""
     chat: list[Prompt] = [[{"role": "user", "content": p}] for p in _BUILTIN_CHAT]
     code: list[Prompt] = list(_BUILTIN_CODE)
-    return chat + code
+    # interleaved, so that any prefix (`tree accuracy --num-prompts N`) holds both kinds
+    mixed: list[Prompt] = [p for pair in itertools.zip_longest(chat, code) for p in pair if p is not None]
+    return mixed
 
 
 def _from_record(rec: Any, where: str) -> Prompt:
