@@ -25,6 +25,10 @@ opts = dict(zip(args[::2], args[1::2]))
 print("[TRT-LLM] [I] Set gpt_attention_plugin", flush=True)
 for i in range(3):
     print(f"[TRT-LLM] [I] building rank layer {i}", flush=True)
+if os.environ.get("STANDIN_HANG"):  # a long build: record the pid, then wait to be stopped
+    open(os.environ["STANDIN_HANG"], "w").write(str(os.getpid()))
+    import time
+    time.sleep(600)
 fail = os.environ.get("STANDIN_FAIL")
 if fail:
     print("[TRT-LLM] [E] out of memory while building the engine", flush=True)

@@ -4,7 +4,12 @@ path against stand-in tools (exit 3 without TensorRT-LLM, the tool's log, failur
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +193,26 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(tiny_llama: Pa
     _runtime_files(plan.spec, out.resolve())
     assert (out / "tokenizer.json").read_bytes() == (tiny_llama / "tokenizer.json").read_bytes()
     assert (out / "medusa.yaml").is_file() and (out / "medusa_tree.yaml").is_file()
+
+
+def test_sigterm_stops_the_running_tool_and_records_no_step(tiny8: Path, tiny_heads: Path, tmp_path: Path,
+                                                            trtllm_env: Path) -> None:
+    """A build stopped by SIGTERM (a scheduler's kill) stops trtllm-build too, exits 143, and the
+    unfinished step is not marked done, so the next run redoes it."""
+    pid_file, out = tmp_path / "build.pid", tmp_path / "eng"
+    env = {**os.environ, "STANDIN_HANG": str(pid_file), "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "medusa_trt", "build", "--profile", "hgx-h200-bf16-tp8",
+                             "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (pid_file.is_file() and pid_file.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    tool = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # the tool was stopped, not orphaned
+        for _ in range(100):
+            os.kill(tool, 0)
+            time.sleep(0.1)
+    assert (out / ".steps" / "convert.json").exists() and not (out / ".steps" / "build.json").exists()

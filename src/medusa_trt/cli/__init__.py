@@ -6,7 +6,9 @@ Heavy libraries (torch, transformers, tensorrt_llm) are imported inside command 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Annotated
 
@@ -51,13 +53,27 @@ from medusa_trt.cli import commands as _commands  # noqa: E402
 _commands.register(app)
 
 
+class Terminated(BaseException):
+    """SIGTERM raised as an exception, so cleanup runs: child tools are stopped, temp output removed."""
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (errors mapped to one line + hint)."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in args or os.environ.get("MEDUSA_TRT_DEBUG", "") not in ("", "0")
+    # Servers install their own signal handlers over this one; everything else unwinds on SIGTERM.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         rv = app(args=args, prog_name="medusa-trt", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
+    except Terminated:
+        err_console.print("terminated")
+        return 128 + signal.SIGTERM
     except MedusaTrtError as e:
         if _state["debug"]:
             traceback.print_exc()
@@ -83,6 +99,9 @@ def run(argv: list[str] | None = None) -> int:
         if not _state["debug"]:
             err_console.print("[yellow]hint:[/] Rerun with --debug for the traceback.", soft_wrap=True)
         return EXIT_FAILURE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:
