@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -97,6 +98,17 @@ def records(path: Path, tool: str | None = None) -> list[dict[str, Any]]:
         return []
     docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [d for d in docs if tool is None or d.get("tool") == tool]
+
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fake_hub_cache(cache: Path, repo: str, src: Path) -> None:
+    """The layout huggingface_hub keeps under HF_HOME/hub: refs/main -> snapshots/<sha>/files."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(src, root / "snapshots" / SHA)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(SHA)
 
 
 def env_with(bin_dir: Path, **extra: str) -> dict[str, str]:

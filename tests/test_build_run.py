@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from _build_standins import fake_trtllm_dist, install, records
+from _build_standins import SHA, fake_hub_cache, fake_trtllm_dist, install, records
 from medusa_trt.cli import run as cli
 
 
@@ -216,3 +216,26 @@ def test_sigterm_stops_the_running_tool_and_records_no_step(tiny8: Path, tiny_he
             os.kill(tool, 0)
             time.sleep(0.1)
     assert (out / ".steps" / "convert.json").exists() and not (out / ".steps" / "build.json").exists()
+
+
+def test_hub_fetch_links_the_pinned_snapshot_and_records_its_commit(tiny_llama: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """FP8 builds from a hub id download for quantize.py through the converter's hub code (offline
+    cache here): sources/model is the snapshot, and the manifest names its commit, not just 'main'."""
+    import huggingface_hub.constants as hc
+
+    from medusa_trt.checkpoint.sources import snapshot_commit
+    from medusa_trt.engine.build import _fetch
+    from medusa_trt.errors import CheckpointError
+
+    cache = tmp_path / "hf" / "hub"
+    fake_hub_cache(cache, "acme/tiny-llama", tiny_llama)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    local = tmp_path / "eng" / "sources" / "model"
+    local.parent.mkdir(parents=True)
+    _fetch("acme/tiny-llama", None, local, "model")
+    assert (local / "config.json").read_bytes() == (tiny_llama / "config.json").read_bytes()
+    assert snapshot_commit(local) == SHA and not local.with_name("model.partial").exists()
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        _fetch("acme/missing", None, tmp_path / "eng" / "sources" / "medusa", "heads")

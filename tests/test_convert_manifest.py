@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import xxhash
 
+from _build_standins import SHA, fake_hub_cache
 from medusa_trt.checkpoint import MANIFEST, convert_checkpoint, read_manifest
 from medusa_trt.cli import run
-
-SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 def test_manifest_hashes_every_file(tmp_path: Path, tiny_llama: Path, tiny_heads: Path) -> None:
@@ -37,21 +35,13 @@ def test_manifest_hashes_every_file(tmp_path: Path, tiny_llama: Path, tiny_heads
                               "num_medusa_layers": 1, "max_draft_len": 63}
 
 
-def _fake_hub_cache(cache: Path, repo: str, src: Path) -> None:
-    """The layout huggingface_hub keeps under HF_HOME/hub: refs/main -> snapshots/<sha>/files."""
-    root = cache / f"models--{repo.replace('/', '--')}"
-    shutil.copytree(src, root / "snapshots" / SHA)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(SHA)
-
-
 def test_hub_repo_from_offline_cache(tmp_path: Path, tiny_llama: Path, tiny_heads: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import huggingface_hub.constants as hc
 
     cache = tmp_path / "hf" / "hub"
-    _fake_hub_cache(cache, "acme/tiny-llama", tiny_llama)
-    _fake_hub_cache(cache, "acme/tiny-heads", tiny_heads)
+    fake_hub_cache(cache, "acme/tiny-llama", tiny_llama)
+    fake_hub_cache(cache, "acme/tiny-heads", tiny_heads)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     out = tmp_path / "ckpt"

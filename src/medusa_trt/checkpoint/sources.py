@@ -84,5 +84,11 @@ def _fetch(repo_id: str, *, kind: str, revision: str | None) -> ResolvedSource:
         raise CheckpointError(f"{repo_id}: download failed ({e.__class__.__name__}: {e})".splitlines()[0],
                               hint="Check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the "
                                    "cache.") from e
-    commit = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else None
-    return ResolvedSource(repo_id, local, repo_id=repo_id, revision=revision or "main", commit=commit)
+    return ResolvedSource(repo_id, local, repo_id=repo_id, revision=revision or "main",
+                          commit=snapshot_commit(local))
+
+
+def snapshot_commit(path: Path) -> str | None:
+    """The commit of a hub snapshot: the cache keeps each one in ``snapshots/<sha>``."""
+    name = path.resolve().name
+    return name if re.fullmatch(r"[0-9a-f]{40}", name) else None

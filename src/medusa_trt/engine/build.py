@@ -87,9 +87,10 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         "convert": lambda: _convert(spec, out),
         "runtime-files": lambda: _runtime_files(spec, out),
         "validate": lambda: _validate(spec, out),
-        "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model"),
+        "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
         "fetch-medusa": lambda: _fetch(spec.medusa.spec if spec.medusa else "",
-                                       spec.medusa.revision if spec.medusa else None, out / "sources" / "medusa"),
+                                       spec.medusa.revision if spec.medusa else None, out / "sources" / "medusa",
+                                       "heads"),
     }
     t0 = time.perf_counter()
     for step in plan.steps:
@@ -113,6 +114,10 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
             local = src.local or (fetched if fetched.is_dir() else None)
             inputs[role] = {**src.to_json(), "fingerprint": fingerprint(local) if local else None,
                             "fingerprint_kind": "xxh3-128 over (name, size, mtime) of every file"}
+            if src.local is None and local is not None:
+                from medusa_trt.checkpoint.sources import snapshot_commit
+
+                inputs[role]["commit"] = snapshot_commit(local)
     convert_manifest = out / CHECKPOINT / "medusa-trt-convert.json"
     if convert_manifest.is_file():
         with contextlib.suppress(OSError, json.JSONDecodeError):
@@ -152,12 +157,15 @@ def _convert(spec: BuildSpec, out: Path) -> None:
                        workers=spec.convert_workers, progress=True)
 
 
-def _fetch(repo: str, revision: str | None, local: Path) -> None:
-    from huggingface_hub import snapshot_download
+def _fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
+    """Download through the converter's hub code (pinned commit, clear errors for gated or missing
+    repos, HF_HOME/HF_HUB_OFFLINE) and link the snapshot at ``local`` for quantize.py."""
+    from medusa_trt.checkpoint.sources import resolve_source
 
+    snapshot = resolve_source(repo, kind=kind, revision=revision).path
     tmp = local.with_name(local.name + ".partial")
-    snapshot_download(repo, revision=revision, local_dir=str(tmp),
-                      allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.pt", "*.jinja"])
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(snapshot, target_is_directory=True)
     tmp.replace(local)
 
 
