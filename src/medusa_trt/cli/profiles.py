@@ -36,13 +36,15 @@ def list_profiles_cmd(json_out: JsonOpt = False) -> None:
     table = Table(title="hardware profiles", title_justify="left")
     for col in ("name", "engine", "hardware", "tp", "precision", "here"):
         table.add_column(col, no_wrap=True)
-    table.add_column("why", overflow="fold")
     for r in rows:
         hw = f"{r['count']}x {r['gpu']}" if r["device"] == "cuda" else f"{r['count']}x cpu"
         prec = r["dtype"] + (f"+{r['quantization']}" if r["quantization"] != "none" else "")
         here = "[green]yes[/]" if r["runnable"] else "[red]no[/]"
-        table.add_row(r["name"], r["engine"], hw, str(r["tp"]), prec, here, r["reason"])
+        table.add_row(r["name"], r["engine"], hw, str(r["tp"]), prec, here)
     err_console.print(table)
+    # the reasons go below the table: long sentences in a column are unreadable on an 80-column terminal
+    for r in rows:
+        err_console.print(f"  {r['name']}: {r['reason']}", soft_wrap=True, markup=False)
     found = ", ".join(g.name for g in gpus) or "none"
     err_console.print(f"GPUs here: {found}. Profile directories: {', '.join(str(d) for d in profile_dirs())}")
 
