@@ -27,7 +27,7 @@ class ModelRecipe:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
-    steps: int = 250
+    steps: int = 400
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 4e-3
