@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from medusa_trt.bench.server import free_port
+from medusa_trt.bench.server import free_port, wait_healthy
 
 PROMPT = "def main():"
 MAX_TOKENS = 12
@@ -63,16 +63,7 @@ def served(built: tuple[Path, dict[str, Any], dict[str, Any]], tmp_path: Path) -
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"server exited {proc.returncode}:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_healthy(proc, url, log, timeout_s=60)
         yield url, proc, log
     finally:
         if proc.poll() is None:

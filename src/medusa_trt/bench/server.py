@@ -96,7 +96,7 @@ def _tail(path: Path, n: int = 5) -> str:
     return " | ".join(lines[-n:])
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -140,7 +140,7 @@ def engine_server(engine_dir: Path, start_timeout_s: float = 600.0) -> Iterator[
             proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
             try:
-                _wait_healthy(proc, url, log, start_timeout_s)
+                wait_healthy(proc, url, log, start_timeout_s)
                 yield url
             finally:
                 stop_process(proc)

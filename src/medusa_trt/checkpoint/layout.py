@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from medusa_trt.checkpoint.readers import BaseModel, Heads, Store
-from medusa_trt.checkpoint.safetensors_io import DTYPE_SIZES, NAME_TO_CODE, torch_dtype
+from medusa_trt.checkpoint.safetensors_io import DTYPE_SIZES, NAME_TO_CODE, nbytes_of, torch_dtype
 
 ROW_BLOCK_BYTES = 16 << 20  # read big row-split tensors (the embedding) in blocks of about this size
 FP8 = "F8_E4M3"
@@ -30,10 +30,7 @@ class OutTensor:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_SIZES[self.code]
-        for s in self.shape:
-            n *= s
-        return n
+        return nbytes_of(self.code, self.shape)
 
 
 @dataclass(frozen=True)

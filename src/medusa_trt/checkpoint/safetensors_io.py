@@ -43,6 +43,14 @@ def dtype_code(t: Any) -> str:
     raise CheckpointError(f"unsupported tensor dtype {name}")
 
 
+def nbytes_of(code: str, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of safetensors dtype ``code`` and ``shape``."""
+    n = DTYPE_SIZES[code]
+    for dim in shape:
+        n *= dim
+    return n
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     file: Path
@@ -52,10 +60,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_SIZES[self.dtype]
-        for s in self.shape:
-            n *= s
-        return n
+        return nbytes_of(self.dtype, self.shape)
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
@@ -121,9 +126,7 @@ def safetensors_header(entries: list[tuple[str, str, tuple[int, ...]]], metadata
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for name, code, shape in entries:
-        n = DTYPE_SIZES[code]
-        for s in shape:
-            n *= s
+        n = nbytes_of(code, shape)
         header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
