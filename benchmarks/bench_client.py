@@ -55,15 +55,31 @@ async def _throughput(url: str, concurrency: int, requests: int, max_tokens: int
         cpu0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(user() for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"concurrency": concurrency, "tokens": tokens, "failures": failures, "wall_s": wall, "cpu_s": cpu,
-            "tokens_per_s_wall": tokens / wall, "tokens_per_client_cpu_s": tokens / cpu}
+    return {
+        "concurrency": concurrency,
+        "tokens": tokens,
+        "failures": failures,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "tokens_per_s_wall": tokens / wall,
+        "tokens_per_client_cpu_s": tokens / cpu,
+    }
 
 
 async def _latency(url: str, port: int, n: int) -> dict[str, float]:
-    body = json.dumps({"model": "loopback", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
-                       "stream": True, "stream_options": {"include_usage": True}}).encode()
-    req = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    body = json.dumps(
+        {
+            "model": "loopback",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     raw: list[float] = []
     for _ in range(n):  # the floor: write the bytes, read until the terminating chunk, no parsing
@@ -85,8 +101,12 @@ async def _latency(url: str, port: int, n: int) -> dict[str, float]:
         cpu_ms = (time.process_time() - cpu0) * 1e3 / n
     r, o = statistics.median(raw) * 1e3, statistics.median(ours) * 1e3
     # CPU per request is the robust figure on a busy machine; the wall difference includes scheduling.
-    return {"raw_median_ms": r, "bench_client_median_ms": o, "added_ms_per_request": o - r,
-            "client_cpu_ms_per_request": cpu_ms}
+    return {
+        "raw_median_ms": r,
+        "bench_client_median_ms": o,
+        "added_ms_per_request": o - r,
+        "client_cpu_ms_per_request": cpu_ms,
+    }
 
 
 def main() -> None:
@@ -110,9 +130,11 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
         _pin(client_cpu)
-        result = {"cpus": {"client": client_cpu, "server": server_cpu, "available": len(cpus)},
-                  "throughput": [asyncio.run(_throughput(url, c, args.requests, args.max_tokens)) for c in (1, 16)],
-                  "latency": asyncio.run(_latency(url, port, args.latency_requests))}
+        result = {
+            "cpus": {"client": client_cpu, "server": server_cpu, "available": len(cpus)},
+            "throughput": [asyncio.run(_throughput(url, c, args.requests, args.max_tokens)) for c in (1, 16)],
+            "latency": asyncio.run(_latency(url, port, args.latency_requests)),
+        }
     finally:
         proc.terminate()
         proc.join(5)
@@ -120,13 +142,17 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     for t in result["throughput"]:
-        print(f"concurrency {t['concurrency']:>2}: {t['tokens_per_s_wall']:>9,.0f} tokens/s wall, "
-              f"{t['tokens_per_client_cpu_s']:>9,.0f} tokens per client CPU-second "
-              f"({t['tokens']} tokens, {t['failures']} failures)")
+        print(
+            f"concurrency {t['concurrency']:>2}: {t['tokens_per_s_wall']:>9,.0f} tokens/s wall, "
+            f"{t['tokens_per_client_cpu_s']:>9,.0f} tokens per client CPU-second "
+            f"({t['tokens']} tokens, {t['failures']} failures)"
+        )
     lat = result["latency"]
-    print(f"added latency: {lat['added_ms_per_request']:.3f} ms/request (bench client median "
-          f"{lat['bench_client_median_ms']:.3f} ms vs raw socket {lat['raw_median_ms']:.3f} ms); "
-          f"client CPU {lat['client_cpu_ms_per_request']:.3f} ms/request (1-token request)")
+    print(
+        f"added latency: {lat['added_ms_per_request']:.3f} ms/request (bench client median "
+        f"{lat['bench_client_median_ms']:.3f} ms vs raw socket {lat['raw_median_ms']:.3f} ms); "
+        f"client CPU {lat['client_cpu_ms_per_request']:.3f} ms/request (1-token request)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-SHAPES = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
-          "head_dim": 128}
+SHAPES = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+}
 
 
 def make_source(out: Path, layers: int, vocab: int) -> int:
@@ -44,14 +49,24 @@ def make_source(out: Path, layers: int, vocab: int) -> int:
         return (torch.randn(*shape, generator=g, dtype=torch.float32) * 0.02).to(torch.bfloat16)
 
     shards: list[dict[str, torch.Tensor]] = [
-        {"model.embed_tokens.weight": rnd(vocab, d)}, {"lm_head.weight": rnd(vocab, d), "model.norm.weight": rnd(d)}]
+        {"model.embed_tokens.weight": rnd(vocab, d)},
+        {"lm_head.weight": rnd(vocab, d), "model.norm.weight": rnd(d)},
+    ]
     for layer in range(layers):
         p = f"model.layers.{layer}."
-        shards.append({f"{p}self_attn.q_proj.weight": rnd(d, d), f"{p}self_attn.k_proj.weight": rnd(kv, d),
-                       f"{p}self_attn.v_proj.weight": rnd(kv, d), f"{p}self_attn.o_proj.weight": rnd(d, d),
-                       f"{p}mlp.gate_proj.weight": rnd(i, d), f"{p}mlp.up_proj.weight": rnd(i, d),
-                       f"{p}mlp.down_proj.weight": rnd(d, i), f"{p}input_layernorm.weight": rnd(d),
-                       f"{p}post_attention_layernorm.weight": rnd(d)})
+        shards.append(
+            {
+                f"{p}self_attn.q_proj.weight": rnd(d, d),
+                f"{p}self_attn.k_proj.weight": rnd(kv, d),
+                f"{p}self_attn.v_proj.weight": rnd(kv, d),
+                f"{p}self_attn.o_proj.weight": rnd(d, d),
+                f"{p}mlp.gate_proj.weight": rnd(i, d),
+                f"{p}mlp.up_proj.weight": rnd(i, d),
+                f"{p}mlp.down_proj.weight": rnd(d, i),
+                f"{p}input_layernorm.weight": rnd(d),
+                f"{p}post_attention_layernorm.weight": rnd(d),
+            }
+        )
     weight_map: dict[str, str] = {}
     total = 0
     for n, shard in enumerate(shards):
@@ -61,8 +76,12 @@ def make_source(out: Path, layers: int, vocab: int) -> int:
         total += (out / name).stat().st_size
         shard.clear()  # free this shard before generating the next
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    cfg = llama_config_dict(vocab_size=vocab, num_hidden_layers=layers, max_position_embeddings=131072, **{
-        k: v for k, v in SHAPES.items() if k != "head_dim"})
+    cfg = llama_config_dict(
+        vocab_size=vocab,
+        num_hidden_layers=layers,
+        max_position_embeddings=131072,
+        **{k: v for k, v in SHAPES.items() if k != "head_dim"},
+    )
     cfg["torch_dtype"] = "bfloat16"
     (out / "config.json").write_text(json.dumps(cfg))
     return total
@@ -85,8 +104,12 @@ def convert_in_child(src: Path, out: Path, tp: int, workers: int) -> dict[str, f
     """
     import psutil
 
-    proc = psutil.Popen([sys.executable, "-c", CHILD, str(src), str(out), str(tp), str(workers)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = psutil.Popen(
+        [sys.executable, "-c", CHILD, str(src), str(out), str(tp), str(workers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     peak = 0
     while proc.poll() is None:
         try:
@@ -114,13 +137,19 @@ def copy_throughput(src: Path, dst: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, nargs="+", default=[2], help="decoder layers (32 = the full 8B); "
-                    "several values: RSS growth (run smallest first)")
+    ap.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="decoder layers (32 = the full 8B); several values: RSS growth (run smallest first)",
+    )
     ap.add_argument("--tp", type=int, default=8)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=128256)
-    ap.add_argument("--dir", type=Path, default=None, help="work directory (source, copy, output); default a "
-                    "temp dir under /tmp")
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="work directory (source, copy, output); default a temp dir under /tmp"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the files")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args()
@@ -135,19 +164,30 @@ def main() -> None:
             copy = copy_throughput(src, cp)
             shutil.rmtree(cp)
             conv = convert_in_child(src, out, args.tp, args.workers)
-            rows.append({"layers": layers, "tp": args.tp, "workers": args.workers, "source_bytes": src_bytes,
-                         "convert_bytes": conv["bytes"], "convert_s": round(conv["seconds"], 2),
-                         "convert_MBps": round(conv["bytes"] / conv["seconds"] / 1e6, 1),
-                         "copy_MBps": round(copy["bytes"] / copy["seconds"] / 1e6, 1),
-                         "ratio_vs_copy": round(conv["bytes"] / conv["seconds"] / (copy["bytes"] / copy["seconds"]), 2),
-                         "peak_rss_MB": round(conv["peak_rss_mb"])})
+            rows.append(
+                {
+                    "layers": layers,
+                    "tp": args.tp,
+                    "workers": args.workers,
+                    "source_bytes": src_bytes,
+                    "convert_bytes": conv["bytes"],
+                    "convert_s": round(conv["seconds"], 2),
+                    "convert_MBps": round(conv["bytes"] / conv["seconds"] / 1e6, 1),
+                    "copy_MBps": round(copy["bytes"] / copy["seconds"] / 1e6, 1),
+                    "ratio_vs_copy": round(conv["bytes"] / conv["seconds"] / (copy["bytes"] / copy["seconds"]), 2),
+                    "peak_rss_MB": round(conv["peak_rss_mb"]),
+                }
+            )
             shutil.rmtree(out)
             shutil.rmtree(src)
             if not args.json:
                 r = rows[-1]
-                print(f"layers={layers} tp={args.tp}: wrote {r['convert_bytes'] / 1e9:.2f} GB in {r['convert_s']} s "
-                      f"= {r['convert_MBps']} MB/s; copy {r['copy_MBps']} MB/s; ratio {r['ratio_vs_copy']}; "
-                      f"peak RSS {r['peak_rss_MB']} MB", flush=True)
+                print(
+                    f"layers={layers} tp={args.tp}: wrote {r['convert_bytes'] / 1e9:.2f} GB in {r['convert_s']} s "
+                    f"= {r['convert_MBps']} MB/s; copy {r['copy_MBps']} MB/s; ratio {r['ratio_vs_copy']}; "
+                    f"peak RSS {r['peak_rss_MB']} MB",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -31,12 +31,26 @@ def build(work: Path, a: argparse.Namespace) -> Path:
     from medusa_trt.checkpoint.convert import convert_checkpoint
     from medusa_trt.tiny import make_medusa_heads, make_tiny_llama
 
-    model = make_tiny_llama(work / "model", seed=a.seed, hidden_size=a.hidden, num_hidden_layers=a.layers,
-                            num_attention_heads=a.hidden // 64, num_key_value_heads=max(1, a.hidden // 256),
-                            intermediate_size=a.hidden * 11 // 4, vocab_size=a.vocab, max_position_embeddings=2048)
+    model = make_tiny_llama(
+        work / "model",
+        seed=a.seed,
+        hidden_size=a.hidden,
+        num_hidden_layers=a.layers,
+        num_attention_heads=a.hidden // 64,
+        num_key_value_heads=max(1, a.hidden // 256),
+        intermediate_size=a.hidden * 11 // 4,
+        vocab_size=a.vocab,
+        max_position_embeddings=2048,
+    )
     lm_head = load_file(str(model / "model.safetensors"))["lm_head.weight"] if a.heads == "trained" else None
-    heads = make_medusa_heads(work / "heads", hidden_size=a.hidden, vocab_size=a.vocab, num_heads=a.num_heads,
-                              scale=0.0 if lm_head is not None else 0.05, lm_head=lm_head)
+    heads = make_medusa_heads(
+        work / "heads",
+        hidden_size=a.hidden,
+        vocab_size=a.vocab,
+        num_heads=a.num_heads,
+        scale=0.0 if lm_head is not None else 0.05,
+        lm_head=lm_head,
+    )
     ckpt = work / "ckpt"
     convert_checkpoint(model, ckpt, medusa=heads, tp=1, progress=False)
     return ckpt
@@ -80,8 +94,13 @@ def run_generation(engine: Any, medusa: bool, tokens: int, repeats: int) -> dict
         n = sum(len(c.token_ids) for c in gen)
         wall = time.perf_counter() - t0
         st = gen.stats
-        row = {"tokens": n, "steps": st.num_steps, "tokens_per_step": st.tokens_per_step,
-               "tokens_per_s": n / wall, "step_ms": 1e3 * st.decode_s / max(st.num_steps, 1)}
+        row = {
+            "tokens": n,
+            "steps": st.num_steps,
+            "tokens_per_step": st.tokens_per_step,
+            "tokens_per_s": n / wall,
+            "step_ms": 1e3 * st.decode_s / max(st.num_steps, 1),
+        }
         if not best or row["tokens_per_s"] > best["tokens_per_s"]:
             best = row
     return best
@@ -116,20 +135,35 @@ def main(argv: list[str] | None = None) -> int:
         medusa = run_generation(engine, True, a.tokens, a.repeats)
         curve = step_curve(engine, a.context, reps=10)
         engine.close()
-    doc = {"model": {"hidden": a.hidden, "layers": a.layers, "vocab": a.vocab, "medusa_heads": a.num_heads,
-                     "heads": a.heads}, "tree": a.tree, "tree_nodes": len(engine.tree),
-           "threads": torch.get_num_threads(), "plain": plain, "medusa": medusa,
-           "speedup": medusa["tokens_per_s"] / plain["tokens_per_s"],
-           "step_ms_vs_tree_tokens": {str(t): 1e3 * s for t, s in curve.items()}}
+    doc = {
+        "model": {
+            "hidden": a.hidden,
+            "layers": a.layers,
+            "vocab": a.vocab,
+            "medusa_heads": a.num_heads,
+            "heads": a.heads,
+        },
+        "tree": a.tree,
+        "tree_nodes": len(engine.tree),
+        "threads": torch.get_num_threads(),
+        "plain": plain,
+        "medusa": medusa,
+        "speedup": medusa["tokens_per_s"] / plain["tokens_per_s"],
+        "step_ms_vs_tree_tokens": {str(t): 1e3 * s for t, s in curve.items()},
+    }
     if a.json:
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"model hidden={a.hidden} layers={a.layers} vocab={a.vocab}, {a.heads} heads x{a.num_heads}, "
-          f"tree {a.tree} ({doc['tree_nodes']} nodes), {doc['threads']} threads")
+    print(
+        f"model hidden={a.hidden} layers={a.layers} vocab={a.vocab}, {a.heads} heads x{a.num_heads}, "
+        f"tree {a.tree} ({doc['tree_nodes']} nodes), {doc['threads']} threads"
+    )
     print(f"{'mode':<8}{'tokens/s':>10}{'tokens/step':>13}{'step ms':>9}{'steps':>7}")
     for name, row in (("plain", plain), ("medusa", medusa)):
-        print(f"{name:<8}{row['tokens_per_s']:>10.1f}{row['tokens_per_step']:>13.2f}{row['step_ms']:>9.2f}"
-              f"{int(row['steps']):>7}")
+        print(
+            f"{name:<8}{row['tokens_per_s']:>10.1f}{row['tokens_per_step']:>13.2f}{row['step_ms']:>9.2f}"
+            f"{int(row['steps']):>7}"
+        )
     print(f"speedup {doc['speedup']:.2f}x")
     print("verification forward vs tree tokens T (root included), context", a.context)
     base = curve[1]

@@ -30,10 +30,17 @@ def main() -> None:
         for label in ("first", "second (cached)") if args.warm else ("first",):
             t0 = time.perf_counter()
             doc = run_demo(cache_dir=cache)
-            rows.append({"run": label, "wall_s": round(time.perf_counter() - t0, 1),
-                         "tokens_per_step": doc["tokens_per_step"], "speedup": doc["speedup"],
-                         "identical_outputs": doc["identical_outputs"],
-                         "tokens_per_s_per_user": doc["tokens_per_s_per_user"], "stages_s": doc["stages_s"]})
+            rows.append(
+                {
+                    "run": label,
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "tokens_per_step": doc["tokens_per_step"],
+                    "speedup": doc["speedup"],
+                    "identical_outputs": doc["identical_outputs"],
+                    "tokens_per_s_per_user": doc["tokens_per_s_per_user"],
+                    "stages_s": doc["stages_s"],
+                }
+            )
     finally:
         if args.cache_dir is None and not args.keep:
             shutil.rmtree(cache, ignore_errors=True)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BUILD = r'''
+BUILD = r"""
 import json, os, sys
 args = sys.argv[1:]
 rec = {"tool": "trtllm-build", "argv": args, "env": {k: v for k, v in os.environ.items() if k.startswith("TRTLLM_")}}
@@ -41,9 +41,9 @@ json.dump({"version": "standin", "pretrained_config": ckpt, "build_config": {"ma
           open(os.path.join(out, "config.json"), "w"))
 for r in range(int(opts["--workers"])):
     open(os.path.join(out, f"rank{r}.engine"), "wb").write(b"standin")
-'''
+"""
 
-SERVE = r'''
+SERVE = r"""
 import json, os, signal, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 args = sys.argv[1:]
@@ -72,7 +72,7 @@ print("INFO: Application startup complete.", flush=True)
 srv.exit_code = 0
 srv.serve_forever()
 sys.exit(srv.exit_code)
-'''
+"""
 
 
 def install(bin_dir: Path) -> Path:

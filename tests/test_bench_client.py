@@ -28,8 +28,9 @@ def medusa_like() -> Any:
 @pytest.fixture(scope="module")
 def compared(medusa_like: Any) -> BenchReport:
     url, _ = medusa_like
-    return run_benchmark(BenchConfig(url=url, num_prompts=6, concurrency=(1, 2), max_tokens=10,
-                                     compare_no_medusa=True, warmup=0, seed=5))
+    return run_benchmark(
+        BenchConfig(url=url, num_prompts=6, concurrency=(1, 2), max_tokens=10, compare_no_medusa=True, warmup=0, seed=5)
+    )
 
 
 def test_tokens_come_from_usage_not_chunks(medusa_like: Any) -> None:
@@ -63,8 +64,11 @@ def test_compare_mode_interleaves_and_checks_outputs(compared: BenchReport) -> N
 
 def test_compare_sends_each_prompt_with_medusa_on_and_off_interleaved() -> None:
     with loopback_server(LoopbackOptions(tokens_per_chunk=2)) as (url, srv):
-        run_benchmark(BenchConfig(url=url, num_prompts=4, max_tokens=4, warmup=1, compare_no_medusa=True,
-                                  endpoint="completions", seed=3))
+        run_benchmark(
+            BenchConfig(
+                url=url, num_prompts=4, max_tokens=4, warmup=1, compare_no_medusa=True, endpoint="completions", seed=3
+            )
+        )
     flags = [b.get("medusa") for b in srv.bodies]
     # warm-up on and off, then per prompt both modes back to back, the order alternating per prompt
     assert flags == [True, False, *[True, False, False, True, True, False, False, True]]
@@ -76,7 +80,9 @@ def test_compare_sends_each_prompt_with_medusa_on_and_off_interleaved() -> None:
 def test_json_schema_keys_and_types(compared: BenchReport, tmp_path: Path) -> None:
     doc = json.loads(compared.write(tmp_path / "r.json").read_text())
     assert json.loads(json.dumps(compared.to_json())) == doc  # to_json() is plain JSON already
-    assert doc["schema_version"] == 1 and doc["tool"]["name"] == "medusa-trt" and isinstance(doc["tool"]["version"], str)
+    assert (
+        doc["schema_version"] == 1 and doc["tool"]["name"] == "medusa-trt" and isinstance(doc["tool"]["version"], str)
+    )
     assert doc["server"]["model"] == "loopback" and doc["server"]["version"] == {"version": "loopback-1"}
     assert isinstance(doc["command"], list) and doc["was_cancelled"] is False and doc["start_time"]
     assert doc["config"]["input_len_unit"] == "characters" and doc["config"]["seed"] == 5
@@ -123,16 +129,35 @@ def test_down_server_fails_fast() -> None:
 
 def test_timeouts_are_counted() -> None:
     with loopback_server(LoopbackOptions(chunk_delay_s=0.3)) as (url, _):
-        rep = run_benchmark(BenchConfig(url=url, num_prompts=2, concurrency=(2,), max_tokens=5, warmup=0,
-                                        request_timeout_s=0.2))
+        rep = run_benchmark(
+            BenchConfig(url=url, num_prompts=2, concurrency=(2,), max_tokens=5, warmup=0, request_timeout_s=0.2)
+        )
     run = rep.run(2)
     assert run is not None and run["errors"] == {"timeout": 2} and run["completed"] == 0
 
 
 def test_cli_end_to_end(medusa_like: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url, _ = medusa_like
-    rc = cli_run(["bench", "--url", url, "--num-prompts", "4", "--concurrency", "1,2", "--max-tokens", "6",
-                  "--warmup", "0", "--json-out", str(tmp_path / "o.json"), "--plot", str(tmp_path / "o.png"), "--json"])
+    rc = cli_run(
+        [
+            "bench",
+            "--url",
+            url,
+            "--num-prompts",
+            "4",
+            "--concurrency",
+            "1,2",
+            "--max-tokens",
+            "6",
+            "--warmup",
+            "0",
+            "--json-out",
+            str(tmp_path / "o.json"),
+            "--plot",
+            str(tmp_path / "o.png"),
+            "--json",
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     doc = json.loads(out.out)
@@ -176,9 +201,25 @@ def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
     import sys
 
     with loopback_server(LoopbackOptions(chunk_delay_s=0.05)) as (url, srv):
-        proc = subprocess.Popen([sys.executable, "-m", "medusa_trt", "bench", "--url", url, "--num-prompts", "50",
-                                 "--max-tokens", "4", "--warmup", "0", "--json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "medusa_trt",
+                "bench",
+                "--url",
+                url,
+                "--num-prompts",
+                "50",
+                "--max-tokens",
+                "4",
+                "--warmup",
+                "0",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 60
         while srv.completion_requests < 4 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)

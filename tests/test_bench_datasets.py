@@ -23,8 +23,12 @@ def test_builtin_prompt_set_is_varied() -> None:
 
 def test_jsonl_formats(tmp_path: Path) -> None:
     f = tmp_path / "p.jsonl"
-    lines = [json.dumps({"prompt": "alpha"}), "", json.dumps("beta"),
-             json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "gamma"}]})]
+    lines = [
+        json.dumps({"prompt": "alpha"}),
+        "",
+        json.dumps("beta"),
+        json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "gamma"}]}),
+    ]
     f.write_text("\n".join(lines) + "\n")
     assert [p.text for p in load_prompts(f)] == ["alpha", "beta", "gamma"]
     bad = tmp_path / "bad.jsonl"
@@ -34,10 +38,18 @@ def test_jsonl_formats(tmp_path: Path) -> None:
 
 
 def test_sharegpt_takes_first_human_turn(tmp_path: Path) -> None:
-    doc = [{"id": "a", "conversations": [{"from": "human", "value": "first q"}, {"from": "gpt", "value": "ans"},
-                                         {"from": "human", "value": "second q"}]},
-           {"id": "b", "conversations": [{"from": "gpt", "value": "only a bot turn"}]},
-           {"id": "c", "conversations": [{"from": "human", "value": "another"}]}]
+    doc = [
+        {
+            "id": "a",
+            "conversations": [
+                {"from": "human", "value": "first q"},
+                {"from": "gpt", "value": "ans"},
+                {"from": "human", "value": "second q"},
+            ],
+        },
+        {"id": "b", "conversations": [{"from": "gpt", "value": "only a bot turn"}]},
+        {"id": "c", "conversations": [{"from": "human", "value": "another"}]},
+    ]
     f = tmp_path / "sg.json"
     f.write_text(json.dumps(doc))
     assert [(p.id, p.text) for p in load_prompts(f)] == [("a", "first q"), ("c", "another")]

@@ -69,13 +69,24 @@ def _counters(url: str) -> dict[str, float]:
 def _delta(after: dict[str, float], before: dict[str, float], name: str, **labels: str) -> float:
     def pick(d: dict[str, float]) -> float:
         return sum(v for k, v in d.items() if k.startswith(name) and all(f'{a}="{b}"' in k for a, b in labels.items()))
+
     return pick(after) - pick(before)
 
 
 def test_figures_match_what_the_server_did(server_url: str) -> None:
     before = _counters(server_url)
-    rep = run_benchmark(BenchConfig(url=server_url, num_prompts=3, concurrency=(2,), max_tokens=10, warmup=0,
-                                    compare_no_medusa=True, seed=0, input_len=80))
+    rep = run_benchmark(
+        BenchConfig(
+            url=server_url,
+            num_prompts=3,
+            concurrency=(2,),
+            max_tokens=10,
+            warmup=0,
+            compare_no_medusa=True,
+            seed=0,
+            input_len=80,
+        )
+    )
     after = _counters(server_url)
     assert not rep.was_cancelled and rep.server["model"]
     for medusa in (True, False):
@@ -85,13 +96,15 @@ def test_figures_match_what_the_server_did(server_url: str) -> None:
         out = sum(r["total_output_tokens"] for r in runs)
         steps = sum(r["total_decoding_steps"] for r in runs)
         assert out == _delta(after, before, "tokens_total", kind="completion", medusa=flag)
-        assert sum(r["total_input_tokens"] for r in runs) == _delta(after, before, "tokens_total", kind="prompt",
-                                                                   medusa=flag)
+        assert sum(r["total_input_tokens"] for r in runs) == _delta(
+            after, before, "tokens_total", kind="prompt", medusa=flag
+        )
         assert steps == _delta(after, before, "decoding_steps_total", medusa=flag)
         for r in runs:
             done = [q for q in r["requests"] if q["ok"] and q["decoding_steps"]]
             assert r["tokens_per_step"] == pytest.approx(
-                sum(q["output_tokens"] - 1 for q in done) / r["total_decoding_steps"])
+                sum(q["output_tokens"] - 1 for q in done) / r["total_decoding_steps"]
+            )
             for q in r["requests"]:
                 assert 1 <= q["decoding_steps"] < q["output_tokens"] <= 10
                 assert q["num_chunks"] <= q["output_tokens"]
@@ -103,8 +116,17 @@ def test_figures_match_what_the_server_did(server_url: str) -> None:
 
 
 def test_engine_mode_starts_and_stops_our_server(tiny_engine: Path) -> None:
-    rep = run_benchmark(BenchConfig(engine=tiny_engine, num_prompts=2, max_tokens=6, warmup=0, seed=1,
-                                    simulate="hgx-h200-fp8-tp8", sim_model="llama-3.1-70b"))
+    rep = run_benchmark(
+        BenchConfig(
+            engine=tiny_engine,
+            num_prompts=2,
+            max_tokens=6,
+            warmup=0,
+            seed=1,
+            simulate="hgx-h200-fp8-tp8",
+            sim_model="llama-3.1-70b",
+        )
+    )
     run = rep.run(1)
     assert run is not None and run["completed"] == 2 and run["tokens_per_step"] is not None
     assert rep.engine is not None and rep.engine["dir"] == str(tiny_engine.resolve())

@@ -12,8 +12,8 @@ from medusa_trt.bench.stats import percentile, pstd, summarize
 
 def test_percentiles_match_hand_computed_linear_interpolation() -> None:
     xs = [4.0, 1.0, 3.0, 2.0]  # unsorted on purpose; sorted 1,2,3,4
-    assert percentile(xs, 50) == pytest.approx(2.5)   # rank 1.5
-    assert percentile(xs, 90) == pytest.approx(3.7)   # rank 2.7 -> 3 + 0.7
+    assert percentile(xs, 50) == pytest.approx(2.5)  # rank 1.5
+    assert percentile(xs, 90) == pytest.approx(3.7)  # rank 2.7 -> 3 + 0.7
     assert percentile(xs, 99) == pytest.approx(3.97)  # rank 2.97
     assert percentile(xs, 0) == 1.0 and percentile(xs, 100) == 4.0
     ys = [15.0, 20.0, 35.0, 40.0, 50.0]
@@ -31,10 +31,18 @@ def test_summarize_single_and_empty() -> None:
         percentile([], 50)
 
 
-def _rec(i: int, ttft: float, e2el: float, out: int, chunks: list[float], steps: int | None = None,
-         prompt: int = 5) -> RequestRecord:
-    return RequestRecord(index=i, ttft_s=ttft, e2el_s=e2el, output_tokens=out, chunk_times=chunks,
-                         decoding_steps=steps, prompt_tokens=prompt)
+def _rec(
+    i: int, ttft: float, e2el: float, out: int, chunks: list[float], steps: int | None = None, prompt: int = 5
+) -> RequestRecord:
+    return RequestRecord(
+        index=i,
+        ttft_s=ttft,
+        e2el_s=e2el,
+        output_tokens=out,
+        chunk_times=chunks,
+        decoding_steps=steps,
+        prompt_tokens=prompt,
+    )
 
 
 def test_metric_definitions_on_synthetic_records() -> None:

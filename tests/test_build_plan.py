@@ -55,8 +55,9 @@ def flags(argv: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", TRTLLM_PROFILES)
-def test_dry_run_plan_matches_trtllm_interface(name: str, tiny8: Path, tiny_heads: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_plan_matches_trtllm_interface(
+    name: str, tiny8: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     profile = load_profile(name)
     out = tmp_path / "engine-out"
     doc = dry_run(capsys, "--profile", name, "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out))
@@ -102,13 +103,21 @@ def test_dry_run_plan_matches_trtllm_interface(name: str, tiny8: Path, tiny_head
 
     tree = load_tree(profile.medusa.tree)
     spec_cfg = doc["medusa_yaml"]["speculative_config"]
-    assert spec_cfg == {"decoding_type": "Medusa", "max_draft_len": profile.medusa.max_draft_len,
-                        "num_medusa_heads": 3, "medusa_choices": tree}  # 3: counted from the heads' tensors
+    assert spec_cfg == {
+        "decoding_type": "Medusa",
+        "max_draft_len": profile.medusa.max_draft_len,
+        "num_medusa_heads": 3,
+        "medusa_choices": tree,
+    }  # 3: counted from the heads' tensors
     assert doc["spec"]["sources"]["num_medusa_heads"] == "heads tensors"
 
     serve = steps["serve"]
-    assert serve["kind"] == "serve" and serve["argv"][:4] == ["trtllm-serve", str(out.resolve() / "engine"),
-                                                              "--backend", "tensorrt"]
+    assert serve["kind"] == "serve" and serve["argv"][:4] == [
+        "trtllm-serve",
+        str(out.resolve() / "engine"),
+        "--backend",
+        "tensorrt",
+    ]
     sf = flags(serve["argv"][1:])
     assert all(k[2:] in TRTLLM_SERVE_FLAGS for k in sf), sf
     assert sf["--tp_size"] == str(profile.parallelism.tp)
@@ -118,13 +127,19 @@ def test_dry_run_plan_matches_trtllm_interface(name: str, tiny8: Path, tiny_head
     assert steps["manifest"]["outputs"] == ["medusa-trt.json"]
 
 
-def test_modelopt_fp8_checkpoint_converts_directly(tiny8: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_modelopt_fp8_checkpoint_converts_directly(
+    tiny8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "modelopt"
     shutil.copytree(tiny8, src)
-    (src / "hf_quant_config.json").write_text(json.dumps(
-        {"producer": {"name": "modelopt", "version": "0.19"}, "quantization": {"quant_algo": "FP8",
-                                                                             "kv_cache_quant_algo": "FP8"}}))
+    (src / "hf_quant_config.json").write_text(
+        json.dumps(
+            {
+                "producer": {"name": "modelopt", "version": "0.19"},
+                "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"},
+            }
+        )
+    )
     doc = dry_run(capsys, "--profile", "hgx-h200-fp8-tp8", "--model", str(src), "-o", str(tmp_path / "o"))
     names = [s["name"] for s in doc["steps"]]
     assert "quantize" not in names and names.index("convert") < names.index("build")
@@ -134,8 +149,9 @@ def test_modelopt_fp8_checkpoint_converts_directly(tiny8: Path, tmp_path: Path,
     assert any("converted directly" in n for n in doc["notes"])
 
 
-def test_modelopt_combined_checkpoint_heads_are_counted(tiny8: Path, tiny_heads: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_modelopt_combined_checkpoint_heads_are_counted(
+    tiny8: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The heads inside a ModelOpt combined checkpoint set num_medusa_heads (3 here; the profile says 4)."""
     from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
 
@@ -148,10 +164,20 @@ def test_modelopt_combined_checkpoint_heads_are_counted(tiny8: Path, tiny_heads:
     assert doc["medusa_yaml"]["speculative_config"]["num_medusa_heads"] == 3
 
 
-def test_hub_source_fp8_plan_fetches_then_quantizes(tiny_heads: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    doc = dry_run(capsys, "--profile", "hgx-h200-fp8-tp8", "--model", "meta-llama/Llama-3.1-70B-Instruct",
-                  "--medusa", str(tiny_heads), "-o", str(tmp_path / "o"))
+def test_hub_source_fp8_plan_fetches_then_quantizes(
+    tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = dry_run(
+        capsys,
+        "--profile",
+        "hgx-h200-fp8-tp8",
+        "--model",
+        "meta-llama/Llama-3.1-70B-Instruct",
+        "--medusa",
+        str(tiny_heads),
+        "-o",
+        str(tmp_path / "o"),
+    )
     names = [s["name"] for s in doc["steps"]]
     assert names[:3] == ["fetch-model", "quantize", "build"]
     q = next(s for s in doc["steps"] if s["name"] == "quantize")
@@ -161,10 +187,20 @@ def test_hub_source_fp8_plan_fetches_then_quantizes(tiny_heads: Path, tmp_path: 
     assert doc["checks"]["fits"] is True
 
 
-def test_reference_plan_validates_instead_of_building(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    doc = dry_run(capsys, "--profile", "cpu-tp2", "--model", str(tiny_llama), "--medusa", str(tiny_heads),
-                  "-o", str(tmp_path / "o"))
+def test_reference_plan_validates_instead_of_building(
+    tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = dry_run(
+        capsys,
+        "--profile",
+        "cpu-tp2",
+        "--model",
+        str(tiny_llama),
+        "--medusa",
+        str(tiny_heads),
+        "-o",
+        str(tmp_path / "o"),
+    )
     names = [s["name"] for s in doc["steps"]]
     assert names == ["convert", "runtime-files", "validate", "manifest", "serve"]
     assert doc["layout"]["engine_dir"] is None
@@ -172,15 +208,39 @@ def test_reference_plan_validates_instead_of_building(tiny_llama: Path, tiny_hea
     assert serve[:3] == ["medusa-trt", "run", str((tmp_path / "o").resolve())]
 
 
-def test_tree_flag_overrides_profile_and_is_validated(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    doc = dry_run(capsys, "--profile", "cpu", "--model", str(tiny_llama), "--medusa", str(tiny_heads),
-                  "-o", str(tmp_path / "o"), "--tree", "[[0], [1], [0, 0]]")
+def test_tree_flag_overrides_profile_and_is_validated(
+    tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = dry_run(
+        capsys,
+        "--profile",
+        "cpu",
+        "--model",
+        str(tiny_llama),
+        "--medusa",
+        str(tiny_heads),
+        "-o",
+        str(tmp_path / "o"),
+        "--tree",
+        "[[0], [1], [0, 0]]",
+    )
     assert doc["medusa_yaml"]["speculative_config"]["medusa_choices"] == [[0], [1], [0, 0]]
     assert doc["spec"]["sources"]["tree"] == "flag --tree"
     capsys.readouterr()
-    rc = cli(["build", "--profile", "cpu", "--model", str(tiny_llama), "--medusa", str(tiny_heads),
-              "--dry-run", "--tree", "[[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]]"])  # depth 4 > 3 heads
+    rc = cli(
+        [
+            "build",
+            "--profile",
+            "cpu",
+            "--model",
+            str(tiny_llama),
+            "--medusa",
+            str(tiny_heads),
+            "--dry-run",
+            "--tree",
+            "[[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]]",
+        ]
+    )  # depth 4 > 3 heads
     err = capsys.readouterr().err
     assert rc == 2 and "error:" in err and "Traceback" not in err
 
@@ -188,16 +248,21 @@ def test_tree_flag_overrides_profile_and_is_validated(tiny_llama: Path, tiny_hea
 def test_medusa_yaml_round_trips(tiny_llama: Path, tiny_heads: Path, tmp_path: Path) -> None:
     from medusa_trt.engine import trtllm
 
-    text = trtllm.dump_medusa_yaml(trtllm.medusa_yaml_doc(max_draft_len=63, num_medusa_heads=4,
-                                                          tree=load_tree("mc_sim_7b_63"), extra={"a": 1}))
+    text = trtllm.dump_medusa_yaml(
+        trtllm.medusa_yaml_doc(max_draft_len=63, num_medusa_heads=4, tree=load_tree("mc_sim_7b_63"), extra={"a": 1})
+    )
     doc = yaml.safe_load(text)
     assert doc["a"] == 1 and doc["speculative_config"]["medusa_choices"] == load_tree("mc_sim_7b_63")
     assert "- [0, 0]" in text  # one path per line, as NVIDIA's examples write it
 
 
-def test_output_from_environment_records_its_source(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_from_environment_records_its_source(
+    tiny_llama: Path,
+    tiny_heads: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("MEDUSA_TRT_OUTPUT", str(tmp_path / "from-env"))
     doc = dry_run(capsys, "--profile", "cpu", "--model", str(tiny_llama), "--medusa", str(tiny_heads))
     assert doc["spec"]["output"] == str(tmp_path / "from-env")
@@ -209,8 +274,12 @@ def test_build_argv_guards_workers_and_managed_flags(tmp_path: Path) -> None:
     from medusa_trt.engine import trtllm
     from medusa_trt.errors import ProfileError
 
-    kw = {"checkpoint_dir": tmp_path / "c", "output_dir": tmp_path / "e", "world_size": 8,
-          "limits": {"max_batch_size": 1}}
+    kw = {
+        "checkpoint_dir": tmp_path / "c",
+        "output_dir": tmp_path / "e",
+        "world_size": 8,
+        "limits": {"max_batch_size": 1},
+    }
     argv = trtllm.build_argv(**kw, profile_flags=["--gemm_plugin", "auto"])
     assert argv.count("--workers") == 1 and argv[argv.index("--workers") + 1] == "8"
     with pytest.raises(ProfileError, match="set by medusa-trt"):

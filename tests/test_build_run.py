@@ -32,11 +32,13 @@ def statuses(doc: dict[str, Any] | None) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("profile,tp", [("cpu", 1), ("cpu-tp2", 2)])
-def test_reference_build_loads_and_matches(profile: str, tp: int, tiny_llama: Path, tiny_heads: Path,
-                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reference_build_loads_and_matches(
+    profile: str, tp: int, tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "eng"
-    rc, doc, err = build(capsys, "--profile", profile, "--model", str(tiny_llama), "--medusa", str(tiny_heads),
-                         "-o", str(out))
+    rc, doc, err = build(
+        capsys, "--profile", profile, "--model", str(tiny_llama), "--medusa", str(tiny_heads), "-o", str(out)
+    )
     assert rc == 0, err
     assert statuses(doc) == {"convert": "ran", "runtime-files": "ran", "validate": "ran"}
     m = json.loads((out / "medusa-trt.json").read_text())
@@ -46,7 +48,8 @@ def test_reference_build_loads_and_matches(profile: str, tp: int, tiny_llama: Pa
     assert m["inputs"]["model"]["local"] == str(tiny_llama.resolve()) and m["inputs"]["model"]["fingerprint"]
     assert m["tools"]["medusa-trt"] and m["tools"]["torch"]
     assert sorted(p.name for p in (out / "checkpoint").glob("rank*.safetensors")) == [
-        f"rank{r}.safetensors" for r in range(tp)]
+        f"rank{r}.safetensors" for r in range(tp)
+    ]
     for name in ("tokenizer.json", "medusa_tree.yaml", "medusa.yaml"):
         assert (out / name).is_file()
     assert not list(out.glob(".*.tmp*")), "no temporary files left behind"
@@ -66,8 +69,9 @@ def test_reference_build_loads_and_matches(profile: str, tp: int, tiny_llama: Pa
         engine.close()
 
 
-def test_resume_force_and_changed_input(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_force_and_changed_input(
+    tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     heads = tmp_path / "heads"
     shutil.copytree(tiny_heads, heads)
     out = tmp_path / "eng"
@@ -102,13 +106,14 @@ def tiny8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny8"), seed=1, num_attention_heads=8, num_key_value_heads=2)
 
 
-def test_no_tensorrt_llm_exits_3_before_any_work(tiny8: Path, tiny_heads: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_tensorrt_llm_exits_3_before_any_work(
+    tiny8: Path, tiny_heads: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     out = tmp_path / "eng"
-    rc, _doc, err = build(capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa",
-                          str(tiny_heads), "-o", str(out))
+    rc, _doc, err = build(
+        capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out)
+    )
     assert rc == 3
     assert "TensorRT-LLM is not installed" in err and "hint:" in err and "Traceback" not in err
     assert not out.exists()
@@ -123,14 +128,23 @@ def test_no_tensorrt_llm_exits_3_before_any_work(tiny8: Path, tiny_heads: Path, 
     assert not out.exists()
 
 
-def test_unsupported_tensorrt_llm_version_exits_3(tiny8: Path, tiny_heads: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_unsupported_tensorrt_llm_version_exits_3(
+    tiny8: Path, tiny_heads: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     site = fake_trtllm_dist(tmp_path / "site", "1.3.0")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PATH", f"{install(tmp_path / 'bin')}:/usr/bin:/bin")
-    rc, _doc, err = build(capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa",
-                          str(tiny_heads), "-o", str(tmp_path / "eng"))
+    rc, _doc, err = build(
+        capsys,
+        "--profile",
+        "hgx-h200-bf16-tp8",
+        "--model",
+        str(tiny8),
+        "--medusa",
+        str(tiny_heads),
+        "-o",
+        str(tmp_path / "eng"),
+    )
     assert rc == 3 and "1.3.0 is not supported" in err
 
 
@@ -144,8 +158,9 @@ def trtllm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return record
 
 
-def test_trtllm_build_runs_the_planned_command(tiny8: Path, tiny_heads: Path, tmp_path: Path, trtllm_env: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_trtllm_build_runs_the_planned_command(
+    tiny8: Path, tiny_heads: Path, tmp_path: Path, trtllm_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "eng"
     args = ("--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out))
     capsys.readouterr()
@@ -166,27 +181,35 @@ def test_trtllm_build_runs_the_planned_command(tiny8: Path, tiny_heads: Path, tm
     assert statuses(doc)["build"] == "skipped" and len(records(trtllm_env, "trtllm-build")) == 1
 
 
-def test_trtllm_build_failure_shows_the_log_tail(tiny8: Path, tiny_heads: Path, tmp_path: Path, trtllm_env: Path,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_trtllm_build_failure_shows_the_log_tail(
+    tiny8: Path,
+    tiny_heads: Path,
+    tmp_path: Path,
+    trtllm_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("STANDIN_FAIL", "7")
     out = tmp_path / "eng"
-    rc, _doc, err = build(capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa",
-                          str(tiny_heads), "-o", str(out))
+    rc, _doc, err = build(
+        capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out)
+    )
     assert rc == 1
     assert "build failed (exit 7)" in err and "out of memory while building" in err and "build.log" in err
     assert not (out / "medusa-trt.json").exists() and not (out / ".steps" / "build.json").exists()
     assert (out / ".steps" / "convert.json").exists(), "finished steps stay done for the retry"
 
 
-def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(tiny_llama: Path, tiny_heads: Path,
-                                                                   tmp_path: Path) -> None:
+def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
+    tiny_llama: Path, tiny_heads: Path, tmp_path: Path
+) -> None:
     """quantize.py's checkpoint has no tokenizer: runtime-files finds it in sources/model (the fetched hub model)."""
     from medusa_trt.engine.build import _runtime_files, prepare
 
     out = tmp_path / "eng"
-    plan = prepare("hgx-h200-fp8-tp8", "meta-llama/Llama-3.1-70B-Instruct", medusa=str(tiny_heads), output=out,
-                   checks=False)
+    plan = prepare(
+        "hgx-h200-fp8-tp8", "meta-llama/Llama-3.1-70B-Instruct", medusa=str(tiny_heads), output=out, checks=False
+    )
     assert plan.spec.model.local is None and plan.spec.quantize_needed
     (out / "checkpoint").mkdir(parents=True)
     shutil.copytree(tiny_llama, out / "sources" / "model")
@@ -195,15 +218,32 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(tiny_llama: Pa
     assert (out / "medusa.yaml").is_file() and (out / "medusa_tree.yaml").is_file()
 
 
-def test_sigterm_stops_the_running_tool_and_records_no_step(tiny8: Path, tiny_heads: Path, tmp_path: Path,
-                                                            trtllm_env: Path) -> None:
+def test_sigterm_stops_the_running_tool_and_records_no_step(
+    tiny8: Path, tiny_heads: Path, tmp_path: Path, trtllm_env: Path
+) -> None:
     """A build stopped by SIGTERM (a scheduler's kill) stops trtllm-build too, exits 143, and the
     unfinished step is not marked done, so the next run redoes it."""
     pid_file, out = tmp_path / "build.pid", tmp_path / "eng"
     env = {**os.environ, "STANDIN_HANG": str(pid_file), "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "medusa_trt", "build", "--profile", "hgx-h200-bf16-tp8",
-                             "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medusa_trt",
+            "build",
+            "--profile",
+            "hgx-h200-bf16-tp8",
+            "--model",
+            str(tiny8),
+            "--medusa",
+            str(tiny_heads),
+            "-o",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not (pid_file.is_file() and pid_file.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
@@ -218,8 +258,9 @@ def test_sigterm_stops_the_running_tool_and_records_no_step(tiny8: Path, tiny_he
     assert (out / ".steps" / "convert.json").exists() and not (out / ".steps" / "build.json").exists()
 
 
-def test_hub_fetch_links_the_pinned_snapshot_and_records_its_commit(tiny_llama: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_fetch_links_the_pinned_snapshot_and_records_its_commit(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FP8 builds from a hub id download for quantize.py through the converter's hub code (offline
     cache here): sources/model is the snapshot, and the manifest names its commit, not just 'main'."""
     import huggingface_hub.constants as hc

@@ -77,8 +77,12 @@ def test_user_yaml_path_works_like_a_name(capsys: pytest.CaptureFixture[str], tm
 
 
 def test_subprocess_exit_code_and_lazy_imports(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "medusa_trt", "plan", "-p", "hgx-h100-bf16-tp8",
-                           "-m", "llama-3.1-405b"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "medusa_trt", "plan", "-p", "hgx-h100-bf16-tp8", "-m", "llama-3.1-405b"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 4, proc.stderr
     assert "error: llama-3.1-405b does not fit" in proc.stderr and "Traceback" not in proc.stderr
     probe = (
@@ -97,7 +101,9 @@ def test_subprocess_exit_code_and_lazy_imports(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "[0] []", proc.stdout
 
 
-def test_unexpected_error_is_one_line_exit_1(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_error_is_one_line_exit_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import medusa_trt.plan
 
     def boom(*args: object, **kwargs: object) -> None:

@@ -67,8 +67,9 @@ def test_wrong_head_vocab(tmp_path: Path, tiny_llama: Path, capsys: pytest.Captu
 
 
 @pytest.mark.parametrize(("tp", "needle"), [("3", "does not divide"), ("8", "does not divide")])
-def test_tp_that_does_not_divide(tmp_path: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str],
-                                 tp: str, needle: str) -> None:
+def test_tp_that_does_not_divide(
+    tmp_path: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str], tp: str, needle: str
+) -> None:
     out = tmp_path / "out"  # tiny_llama: 4 attention heads, 2 KV heads
     code, lines = _convert(capsys, "--model", str(tiny_llama), "--output", str(out), "--tp", tp)
     _assert_clean_failure(code, lines, out, needle)
@@ -80,27 +81,43 @@ def test_pipeline_parallel_refused(tmp_path: Path, tiny_llama: Path, capsys: pyt
     _assert_clean_failure(code, lines, out, "pipeline parallelism")
 
 
-def test_tree_needs_more_heads(tmp_path: Path, tiny_llama: Path, tiny_heads: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_tree_needs_more_heads(
+    tmp_path: Path, tiny_llama: Path, tiny_heads: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"  # mc_sim_7b_63 is 4 deep; tiny_heads has 3 heads
-    code, lines = _convert(capsys, "--model", str(tiny_llama), "--medusa", str(tiny_heads), "--output", str(out),
-                           "--tree", "mc_sim_7b_63")
+    code, lines = _convert(
+        capsys, "--model", str(tiny_llama), "--medusa", str(tiny_heads), "--output", str(out), "--tree", "mc_sim_7b_63"
+    )
     _assert_clean_failure(code, lines, out, "needs 4 Medusa heads")
-    code, lines = _convert(capsys, "--model", str(tiny_llama), "--medusa", str(tiny_heads), "--output", str(out),
-                           "--tree", "mc_sim_7b_61", "--max-draft-len", "40")
+    code, lines = _convert(
+        capsys,
+        "--model",
+        str(tiny_llama),
+        "--medusa",
+        str(tiny_heads),
+        "--output",
+        str(out),
+        "--tree",
+        "mc_sim_7b_61",
+        "--max-draft-len",
+        "40",
+    )
     _assert_clean_failure(code, lines, out, "exceed max_draft_len 40")
 
 
-def test_more_heads_than_tensors(tmp_path: Path, tiny_llama: Path, tiny_heads: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_more_heads_than_tensors(
+    tmp_path: Path, tiny_llama: Path, tiny_heads: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
-    code, lines = _convert(capsys, "--model", str(tiny_llama), "--medusa", str(tiny_heads), "--output", str(out),
-                           "--num-medusa-heads", "5")
+    code, lines = _convert(
+        capsys, "--model", str(tiny_llama), "--medusa", str(tiny_heads), "--output", str(out), "--num-medusa-heads", "5"
+    )
     _assert_clean_failure(code, lines, out, "hold 3 head(s)")
 
 
-def test_unknown_repo_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_repo_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import huggingface_hub.constants as hc
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -111,8 +128,9 @@ def test_unknown_repo_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert any("HF_HUB_OFFLINE" in ln for ln in lines)  # the hint names the fix
 
 
-def test_non_empty_output_and_force(tmp_path: Path, tiny_llama: Path, tiny_heads: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_empty_output_and_force(
+    tmp_path: Path, tiny_llama: Path, tiny_heads: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
@@ -120,15 +138,27 @@ def test_non_empty_output_and_force(tmp_path: Path, tiny_llama: Path, tiny_heads
     assert code == 2 and sum(ln.startswith("error:") for ln in lines) == 1 and "not empty" in lines[0]
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    code, lines = _convert(capsys, "--model", str(tiny_llama), "--medusa", str(tiny_heads), "--output", str(out),
-                           "--force", "--tp", "2", "--json")
+    code, lines = _convert(
+        capsys,
+        "--model",
+        str(tiny_llama),
+        "--medusa",
+        str(tiny_heads),
+        "--output",
+        str(out),
+        "--force",
+        "--tp",
+        "2",
+        "--json",
+    )
     assert code == 0, lines
     assert not (out / "keep.txt").exists() and (out / "rank1.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_interrupted_write_leaves_nothing(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_write_leaves_nothing(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Ctrl-C in the middle of writing rank files: exit 130, no output, no temp directory."""
     from medusa_trt.checkpoint import writer
 
@@ -148,11 +178,16 @@ def test_interrupted_write_leaves_nothing(tmp_path: Path, tiny_llama: Path, monk
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("case", "needle"), [("head-scale", "missing tensor(s): medusa_heads.1.0.linear.weight_scale"),
-                                              ("fp8-embedding", "model.embed_tokens.weight has dtype F8_E4M3")])
-def test_fp8_without_scales_refused_before_writing(tmp_path: Path, tiny_llama: Path, tiny_heads: Path,
-                                                   capsys: pytest.CaptureFixture[str], case: str,
-                                                   needle: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("head-scale", "missing tensor(s): medusa_heads.1.0.linear.weight_scale"),
+        ("fp8-embedding", "model.embed_tokens.weight has dtype F8_E4M3"),
+    ],
+)
+def test_fp8_without_scales_refused_before_writing(
+    tmp_path: Path, tiny_llama: Path, tiny_heads: Path, capsys: pytest.CaptureFixture[str], case: str, needle: str
+) -> None:
     """An FP8 tensor that cannot be dequantized (a head weight without its scale, an FP8 embedding) is a
     validation error, not a KeyError halfway through the rank files or an FP8 config dtype."""
     import torch

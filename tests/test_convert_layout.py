@@ -28,8 +28,9 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     gqa = make_tiny_llama(root / "gqa", seed=1, shards=2, **TINY)  # hub spelling, sharded
     tied = make_tiny_llama(root / "tied", seed=2, rope_style="rope_parameters", tie_word_embeddings=True, **TINY)
     heads_bias = make_medusa_heads(root / "h-bias", hidden_size=D, vocab_size=V, num_heads=3, config_num_heads=2)
-    heads_pt = make_medusa_heads(root / "h-pt", hidden_size=D, vocab_size=V, num_heads=2, num_layers=2, bias=False,
-                                 fmt="pt", seed=3)
+    heads_pt = make_medusa_heads(
+        root / "h-pt", hidden_size=D, vocab_size=V, num_heads=2, num_layers=2, bias=False, fmt="pt", seed=3
+    )
     fp8 = make_modelopt_fp8(gqa, root / "fp8", heads_dir=heads_pt)
     return {
         "gqa": {"model": gqa, "medusa": heads_bias, "K": 3, "L": 1, "bias": True},
@@ -54,8 +55,10 @@ def _expected(t: int, k: int, layers: int, fp8: bool, dt: torch.dtype) -> dict[s
     kvr, vp = max(1, KV // t), -(-V // t) * t
     w8 = torch.float8_e4m3fn if fp8 else dt
     exp: dict[str, tuple[tuple[int, ...], Any]] = {
-        "transformer.vocab_embedding.weight": ((V, D), dt), "transformer.ln_f.weight": ((D,), dt),
-        "lm_head.weight": ((vp // t, D), dt)}
+        "transformer.vocab_embedding.weight": ((V, D), dt),
+        "transformer.ln_f.weight": ((D,), dt),
+        "lm_head.weight": ((vp // t, D), dt),
+    }
 
     def lin(name: str, shape: tuple[int, ...]) -> None:
         exp[f"{name}.weight"] = (shape, w8)
@@ -86,16 +89,27 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit-exact equality (FP8 compared as bytes)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    return bool(torch.equal(a.view(torch.uint8), b.view(torch.uint8))) if a.dtype.itemsize == 1 \
+    return (
+        bool(torch.equal(a.view(torch.uint8), b.view(torch.uint8)))
+        if a.dtype.itemsize == 1
         else bool(torch.equal(a, b))
+    )
 
 
 def _deq(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return w.to(torch.float32) * s.to(torch.float32)
 
 
-def _check_reassembly(ranks: list[dict[str, torch.Tensor]], src: dict[str, torch.Tensor], t: int, k: int,
-                      layers: int, has_bias: bool, fp8: bool, dt: torch.dtype) -> None:
+def _check_reassembly(
+    ranks: list[dict[str, torch.Tensor]],
+    src: dict[str, torch.Tensor],
+    t: int,
+    k: int,
+    layers: int,
+    has_bias: bool,
+    fp8: bool,
+    dt: torch.dtype,
+) -> None:
     def s(name: str) -> torch.Tensor:  # a source tensor in the written dtype (FP8 weights stay FP8)
         x = src[name]
         return x if x.dtype == torch.float8_e4m3fn else x.to(dt)
@@ -103,8 +117,10 @@ def _check_reassembly(ranks: list[dict[str, torch.Tensor]], src: dict[str, torch
     def cat(name: str, dim: int) -> torch.Tensor:
         return torch.cat([r[name] for r in ranks], dim=dim)
 
-    for name, hf in (("transformer.vocab_embedding.weight", "model.embed_tokens.weight"),
-                     ("transformer.ln_f.weight", "model.norm.weight")):
+    for name, hf in (
+        ("transformer.vocab_embedding.weight", "model.embed_tokens.weight"),
+        ("transformer.ln_f.weight", "model.norm.weight"),
+    ):
         assert all(_same(r[name], s(hf)) for r in ranks), name  # replicated, full
     lm_src = "lm_head.weight" if "lm_head.weight" in src else "model.embed_tokens.weight"  # tied
     lm = cat("lm_head.weight", 0)
@@ -116,8 +132,8 @@ def _check_reassembly(ranks: list[dict[str, torch.Tensor]], src: dict[str, torch
             assert all(_same(r[f"{p}{name}.weight"], s(f"{hp}{hf}.weight")) for r in ranks)
         qkv = [r[f"{p}attention.qkv.weight"] for r in ranks]
         q = torch.cat([x[:q_rows] for x in qkv])
-        kk = [x[q_rows:q_rows + kvr * HD] for x in qkv]
-        vv = [x[q_rows + kvr * HD:] for x in qkv]
+        kk = [x[q_rows : q_rows + kvr * HD] for x in qkv]
+        vv = [x[q_rows + kvr * HD :] for x in qkv]
         if t > KV:  # replicated: rank r holds head r*KV//t; every replica identical
             for j in range(KV):
                 holders = [r for r in range(t) if r * KV // t == j]
@@ -144,12 +160,18 @@ def _check_reassembly(ranks: list[dict[str, torch.Tensor]], src: dict[str, torch
         else:
             for n, got in parts.items():
                 assert _same(got, s(f"{hp}self_attn.{n}.weight")), n
-        for name, hf, dim in (("attention.dense", "self_attn.o_proj", 1), ("mlp.fc", "mlp.gate_proj", 0),
-                              ("mlp.gate", "mlp.up_proj", 0), ("mlp.proj", "mlp.down_proj", 1)):
+        for name, hf, dim in (
+            ("attention.dense", "self_attn.o_proj", 1),
+            ("mlp.fc", "mlp.gate_proj", 0),
+            ("mlp.gate", "mlp.up_proj", 0),
+            ("mlp.proj", "mlp.down_proj", 1),
+        ):
             assert _same(cat(f"{p}{name}.weight", dim), s(f"{hp}{hf}.weight")), name
             if fp8:
-                for ours, theirs in (("weights_scaling_factor", "weight_scale"), ("activation_scaling_factor",
-                                                                                  "input_scale")):
+                for ours, theirs in (
+                    ("weights_scaling_factor", "weight_scale"),
+                    ("activation_scaling_factor", "input_scale"),
+                ):
                     assert all(float(r[f"{p}{name}.{ours}"]) == float(src[f"{hp}{hf}.{theirs}"]) for r in ranks)
     for h in range(k):
         for ly in range(layers):
@@ -162,16 +184,20 @@ def _check_reassembly(ranks: list[dict[str, torch.Tensor]], src: dict[str, torch
         assert not head_lm[V:].to(torch.float32).any()
 
 
-CASES = [(v, t, None) for v in ("gqa", "tied", "fp8") for t in (1, 2, 4, 8)] + [("plain", 2, None),
-                                                                               ("gqa", 2, "bfloat16")]
+CASES = [(v, t, None) for v in ("gqa", "tied", "fp8") for t in (1, 2, 4, 8)] + [
+    ("plain", 2, None),
+    ("gqa", 2, "bfloat16"),
+]
 
 
 @pytest.mark.parametrize(("variant", "tp", "dtype"), CASES, ids=[f"{v}-tp{t}-{d or 'src'}" for v, t, d in CASES])
-def test_layout_and_reassembly(variants: dict[str, dict[str, Any]], tmp_path: Path, variant: str, tp: int,
-                               dtype: str | None) -> None:
+def test_layout_and_reassembly(
+    variants: dict[str, dict[str, Any]], tmp_path: Path, variant: str, tp: int, dtype: str | None
+) -> None:
     v = variants[variant]
-    res = convert_checkpoint(v["model"], tmp_path / "out", medusa=v["medusa"], tp=tp, dtype=dtype,
-                             workers=min(tp, 4), progress=False)
+    res = convert_checkpoint(
+        v["model"], tmp_path / "out", medusa=v["medusa"], tp=tp, dtype=dtype, workers=min(tp, 4), progress=False
+    )
     fp8 = variant == "fp8"
     dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if fp8 else torch.float32)  # source dtype kept
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -215,16 +241,47 @@ def test_config_rope_and_head_warnings(variants: dict[str, dict[str, Any]], tmp_
     assert res.config["norm_epsilon"] == src["rms_norm_eps"]
     assert "head_size" not in res.config and "tie_word_embeddings" not in res.config
     spec_keys = {  # trtllm-medusa.md §2.2: the exact key set of examples/medusa/convert_checkpoint.py
-        "architecture", "dtype", "logits_dtype", "num_hidden_layers", "num_attention_heads", "hidden_size",
-        "intermediate_size", "num_key_value_heads", "vocab_size", "position_embedding_type",
-        "max_position_embeddings", "hidden_act", "rotary_base", "rotary_scaling", "norm_epsilon", "quantization",
-        "mapping", "use_parallel_embedding", "embedding_sharding_dim", "max_draft_len", "num_medusa_heads",
-        "num_medusa_layers", "model_type"}
+        "architecture",
+        "dtype",
+        "logits_dtype",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "hidden_size",
+        "intermediate_size",
+        "num_key_value_heads",
+        "vocab_size",
+        "position_embedding_type",
+        "max_position_embeddings",
+        "hidden_act",
+        "rotary_base",
+        "rotary_scaling",
+        "norm_epsilon",
+        "quantization",
+        "mapping",
+        "use_parallel_embedding",
+        "embedding_sharding_dim",
+        "max_draft_len",
+        "num_medusa_heads",
+        "num_medusa_layers",
+        "model_type",
+    }
     assert set(res.config) == spec_keys
-    fixed = {"architecture": "MedusaForCausalLM", "logits_dtype": "float32", "position_embedding_type": "rope_gpt_neox",
-             "hidden_act": "silu", "use_parallel_embedding": False, "embedding_sharding_dim": 0, "model_type": "llama",
-             "num_hidden_layers": LAYERS, "num_attention_heads": H, "num_key_value_heads": KV, "hidden_size": D,
-             "intermediate_size": INTER, "vocab_size": V, "max_position_embeddings": src["max_position_embeddings"]}
+    fixed = {
+        "architecture": "MedusaForCausalLM",
+        "logits_dtype": "float32",
+        "position_embedding_type": "rope_gpt_neox",
+        "hidden_act": "silu",
+        "use_parallel_embedding": False,
+        "embedding_sharding_dim": 0,
+        "model_type": "llama",
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": H,
+        "num_key_value_heads": KV,
+        "hidden_size": D,
+        "intermediate_size": INTER,
+        "vocab_size": V,
+        "max_position_embeddings": src["max_position_embeddings"],
+    }
     assert {k: res.config[k] for k in fixed} == fixed
     if variant == "gqa":  # heads config.json says 2, tensors hold 3: the tensors win, with a warning
         assert res.config["num_medusa_heads"] == 3
@@ -235,8 +292,9 @@ def test_config_rope_and_head_warnings(variants: dict[str, dict[str, Any]], tmp_
 
 def test_num_medusa_heads_selects_first(variants: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     v = variants["gqa"]
-    res = convert_checkpoint(v["model"], tmp_path / "out", medusa=v["medusa"], tp=2, num_medusa_heads=2,
-                             max_draft_len=15, progress=False)
+    res = convert_checkpoint(
+        v["model"], tmp_path / "out", medusa=v["medusa"], tp=2, num_medusa_heads=2, max_draft_len=15, progress=False
+    )
     assert res.config["num_medusa_heads"] == 2 and res.config["max_draft_len"] == 15
     assert any("first 2 of 3" in w for w in res.warnings)
     rank = load_file(str(tmp_path / "out" / "rank1.safetensors"))
@@ -245,8 +303,10 @@ def test_num_medusa_heads_selects_first(variants: dict[str, dict[str, Any]], tmp
     assert torch.equal(rank["medusa_heads.1.lm_head.weight"], src["medusa_heads.1.1.weight"][161:322])
 
 
-@pytest.mark.parametrize(("k", "v"), [("k_proj.k_scale", "v_proj.v_scale"), ("k_scale", "v_scale"),
-                                      ("k_proj.output_scale", "v_proj.output_scale")])
+@pytest.mark.parametrize(
+    ("k", "v"),
+    [("k_proj.k_scale", "v_proj.v_scale"), ("k_scale", "v_scale"), ("k_proj.output_scale", "v_proj.output_scale")],
+)
 def test_kv_cache_scale_spellings(k: str, v: str) -> None:
     """ModelOpt's HF export (and TRT-LLM's own loader) use k_proj.k_scale; older exports the others."""
     from medusa_trt.checkpoint.layout import kv_scale_names
@@ -260,8 +320,9 @@ def test_kv_cache_scale_spellings(k: str, v: str) -> None:
 
 
 @pytest.mark.parametrize("heads", ["fp8-layers-bf16-lm-heads", "fasterdecoding-bf16"])
-def test_fp8_exclude_modules_match_exactly_the_unquantized_linears(variants: dict[str, dict[str, Any]],
-                                                                  tmp_path: Path, heads: str) -> None:
+def test_fp8_exclude_modules_match_exactly_the_unquantized_linears(
+    variants: dict[str, dict[str, Any]], tmp_path: Path, heads: str
+) -> None:
     """TRT-LLM's quantize() skips a module iff fnmatchcase(name, pattern) for some exclude pattern
     (trtllm-medusa.md §2.6): every linear written in the config dtype must match one, no FP8 linear may."""
     from fnmatch import fnmatchcase
@@ -275,9 +336,13 @@ def test_fp8_exclude_modules_match_exactly_the_unquantized_linears(variants: dic
     res = convert_checkpoint(model, tmp_path / "out", medusa=medusa, tp=2, progress=False)
     exclude = res.config["quantization"]["exclude_modules"]
     rank = load_file(str(tmp_path / "out" / "rank1.safetensors"))
-    linears = {n.removesuffix(".weight"): w.dtype for n, w in rank.items()
-               if n.endswith(".weight") and "layernorm" not in n and n not in (
-                   "transformer.vocab_embedding.weight", "transformer.ln_f.weight")}
+    linears = {
+        n.removesuffix(".weight"): w.dtype
+        for n, w in rank.items()
+        if n.endswith(".weight")
+        and "layernorm" not in n
+        and n not in ("transformer.vocab_embedding.weight", "transformer.ln_f.weight")
+    }
     assert any(d == torch.float8_e4m3fn for d in linears.values())
     assert any(m.startswith("medusa_heads.") and d != torch.float8_e4m3fn for m, d in linears.items())
     for module, dt in linears.items():

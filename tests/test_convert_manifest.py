@@ -20,8 +20,13 @@ def test_manifest_hashes_every_file(tmp_path: Path, tiny_llama: Path, tiny_heads
     assert man["hash_algorithm"] == "xxh3_128" == res.hash_algorithm
     on_disk = {p.name for p in out.iterdir()} - {MANIFEST}
     assert set(man["files"]) == on_disk == set(res.files)
-    assert {"config.json", "rank0.safetensors", "rank1.safetensors", "tokenizer.json",
-            "tokenizer_config.json"} <= on_disk
+    assert {
+        "config.json",
+        "rank0.safetensors",
+        "rank1.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= on_disk
     for name, entry in man["files"].items():
         data = (out / name).read_bytes()
         assert entry["size"] == len(data)
@@ -31,12 +36,23 @@ def test_manifest_hashes_every_file(tmp_path: Path, tiny_llama: Path, tiny_heads
         assert (out / name).read_bytes() == (tiny_llama / name).read_bytes()
     assert man["sources"]["model"]["path"] == str(tiny_llama.resolve())
     assert man["sources"]["medusa"]["format"] == "fasterdecoding"
-    assert man["options"] == {"tp": 2, "pp": 1, "dtype": "float32", "num_medusa_heads": 3,
-                              "num_medusa_layers": 1, "max_draft_len": 63}
+    assert man["options"] == {
+        "tp": 2,
+        "pp": 1,
+        "dtype": "float32",
+        "num_medusa_heads": 3,
+        "num_medusa_layers": 1,
+        "max_draft_len": 63,
+    }
 
 
-def test_hub_repo_from_offline_cache(tmp_path: Path, tiny_llama: Path, tiny_heads: Path,
-                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hub_repo_from_offline_cache(
+    tmp_path: Path,
+    tiny_llama: Path,
+    tiny_heads: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import huggingface_hub.constants as hc
 
     cache = tmp_path / "hf" / "hub"
@@ -45,8 +61,20 @@ def test_hub_repo_from_offline_cache(tmp_path: Path, tiny_llama: Path, tiny_head
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     out = tmp_path / "ckpt"
-    code = run(["convert", "--model", "acme/tiny-llama", "--medusa", "acme/tiny-heads", "--output", str(out),
-                "--tp", "2", "--json"])
+    code = run(
+        [
+            "convert",
+            "--model",
+            "acme/tiny-llama",
+            "--medusa",
+            "acme/tiny-heads",
+            "--output",
+            str(out),
+            "--tp",
+            "2",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     doc = json.loads(captured.out)  # one JSON document on stdout

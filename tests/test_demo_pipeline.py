@@ -11,11 +11,31 @@ from medusa_trt.demo.pipeline import DemoConfig, default_cache_dir
 from medusa_trt.demo.pretrain import ModelRecipe
 
 SMALL = DemoConfig(
-    recipe=ModelRecipe(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, steps=6,
-                       batch_size=4, seq_len=64, warmup=2),
-    corpus_chars=40_000, num_heads=3, head_steps=10, head_batch=4, distill_prompts=6, distill_tokens=24,
-    accuracy_prompts=2, accuracy_steps=12, tree_nodes=4, bench_prompts=2, max_tokens=12, threads=1,
+    recipe=ModelRecipe(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        steps=6,
+        batch_size=4,
+        seq_len=64,
+        warmup=2,
+    ),
+    corpus_chars=40_000,
+    num_heads=3,
+    head_steps=10,
+    head_batch=4,
+    distill_prompts=6,
+    distill_tokens=24,
+    accuracy_prompts=2,
+    accuracy_steps=12,
+    tree_nodes=4,
+    bench_prompts=2,
+    max_tokens=12,
+    threads=1,
 )
 
 
@@ -32,8 +52,17 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path
 
 def test_document_has_the_promised_keys(demo_run: tuple[dict, dict, Path]) -> None:
     doc, _, cache = demo_run
-    for key in ("tokens_per_step", "speedup", "identical_outputs", "tokens_per_s_per_user", "tree",
-                "head_accuracy", "expected_tokens_per_step", "stages_s", "wall_s"):
+    for key in (
+        "tokens_per_step",
+        "speedup",
+        "identical_outputs",
+        "tokens_per_s_per_user",
+        "tree",
+        "head_accuracy",
+        "expected_tokens_per_step",
+        "stages_s",
+        "wall_s",
+    ):
         assert key in doc
     assert doc["identical_outputs"] is True  # greedy Medusa output equals plain greedy output
     assert doc["requests"]["failed"] == 0 and doc["requests"]["medusa"] == 2
@@ -52,8 +81,7 @@ def test_second_run_reuses_the_cache(demo_run: tuple[dict, dict, Path]) -> None:
     assert second["identical_outputs"] is True
 
 
-def test_a_changed_config_reruns_only_the_stages_it_affects(demo_run: tuple[dict, dict, Path],
-                                                           tmp_path: Path) -> None:
+def test_a_changed_config_reruns_only_the_stages_it_affects(demo_run: tuple[dict, dict, Path], tmp_path: Path) -> None:
     import shutil
     from dataclasses import replace
 

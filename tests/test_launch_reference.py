@@ -17,18 +17,24 @@ from medusa_trt.bench.server import free_port
 from medusa_trt.cli import run as cli
 
 
-def test_run_serves_the_built_engine(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_serves_the_built_engine(
+    tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "eng"
-    assert cli(["build", "--profile", "cpu", "--model", str(tiny_llama), "--medusa", str(tiny_heads),
-                "-o", str(out)]) == 0
+    assert (
+        cli(["build", "--profile", "cpu", "--model", str(tiny_llama), "--medusa", str(tiny_heads), "-o", str(out)]) == 0
+    )
     capsys.readouterr()
     assert cli(["run", str(out), "--prompt", "def main():", "--max-tokens", "6", "--json"]) == 0
     one_shot = json.loads(capsys.readouterr().out)
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "medusa_trt", "run", str(out), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medusa_trt", "run", str(out), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -39,8 +45,11 @@ def test_run_serves_the_built_engine(tiny_llama: Path, tiny_heads: Path, tmp_pat
                 time.sleep(0.3)
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()
         assert [m["id"] for m in models["data"]] == [tiny_llama.name]  # model_name from the manifest
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60,
-                       json={"model": tiny_llama.name, "prompt": "def main():", "max_tokens": 6, "temperature": 0})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/completions",
+            timeout=60,
+            json={"model": tiny_llama.name, "prompt": "def main():", "max_tokens": 6, "temperature": 0},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["choices"][0]["text"] == one_shot["text"]

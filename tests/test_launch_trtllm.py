@@ -51,8 +51,19 @@ def trt_engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path, stand
         mp.syspath_prepend(str(fake_trtllm_dist(base / "site")))
         mp.setenv("PATH", f"{standin_bin}:/usr/bin:/bin")
         mp.setenv("STANDIN_RECORD", str(base / "build.jsonl"))
-        rc = cli(["build", "--profile", "hgx-h200-bf16-tp8", "--model", str(model), "--medusa", str(tiny_heads),
-                  "-o", str(out)])
+        rc = cli(
+            [
+                "build",
+                "--profile",
+                "hgx-h200-bf16-tp8",
+                "--model",
+                str(model),
+                "--medusa",
+                str(tiny_heads),
+                "-o",
+                str(out),
+            ]
+        )
         assert rc == 0
     from medusa_trt.config.profile import load_profile
 
@@ -71,8 +82,13 @@ def test_print_cmd_is_the_supervised_command(trt_engine: Path, capsys: pytest.Ca
     words = shlex.split(line)
     cut = words.index("trtllm-serve")
     env = dict(w.split("=", 1) for w in words[:cut])
-    assert env == {"TRTLLM_ENABLE_PDL": "1", "UB_ONESHOT": "1", "UB_TP_SIZE": "8",
-                   "TRTLLM_PDL_OVERLAP_RATIO": "0.15", "TRTLLM_PREFETCH_RATIO": "-1"}
+    assert env == {
+        "TRTLLM_ENABLE_PDL": "1",
+        "UB_ONESHOT": "1",
+        "UB_TP_SIZE": "8",
+        "TRTLLM_PDL_OVERLAP_RATIO": "0.15",
+        "TRTLLM_PREFETCH_RATIO": "-1",
+    }
     argv = words[cut:]
     assert argv[:4] == ["trtllm-serve", str(trt_engine / "engine"), "--backend", "tensorrt"]
     opts = dict(zip(argv[4::2], argv[5::2], strict=False))
@@ -96,21 +112,34 @@ def test_print_cmd_json_is_the_same_command(trt_engine: Path, capsys: pytest.Cap
 def test_config_yaml_is_the_llm_api_speculative_config(trt_engine: Path) -> None:
     doc = yaml.safe_load((trt_engine / "medusa.yaml").read_text())
     m = json.loads((trt_engine / "medusa-trt.json").read_text())
-    assert doc == {"speculative_config": {"decoding_type": "Medusa", "max_draft_len": m["max_draft_len"],
-                                          "num_medusa_heads": m["num_medusa_heads"], "medusa_choices": m["tree"]}}
+    assert doc == {
+        "speculative_config": {
+            "decoding_type": "Medusa",
+            "max_draft_len": m["max_draft_len"],
+            "num_medusa_heads": m["num_medusa_heads"],
+            "medusa_choices": m["tree"],
+        }
+    }
     assert yaml.safe_load((trt_engine / "medusa_tree.yaml").read_text()) == m["tree"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_supervisor_waits_for_health_and_forwards_signals(trt_engine: Path, standin_bin: Path, tmp_path: Path,
-                                                          signum: int) -> None:
+def test_supervisor_waits_for_health_and_forwards_signals(
+    trt_engine: Path, standin_bin: Path, tmp_path: Path, signum: int
+) -> None:
     port = free_port()
     record = tmp_path / "serve.jsonl"
-    code = ("import sys; from medusa_trt.engine.launch import serve; "
-            "sys.exit(serve(sys.argv[1], '127.0.0.1', int(sys.argv[2])))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(trt_engine), str(port)],
-                            env=env_with(standin_bin, STANDIN_RECORD=str(record)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = (
+        "import sys; from medusa_trt.engine.launch import serve; "
+        "sys.exit(serve(sys.argv[1], '127.0.0.1', int(sys.argv[2])))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(trt_engine), str(port)],
+        env=env_with(standin_bin, STANDIN_RECORD=str(record)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         seen: list[str] = []
@@ -162,11 +191,16 @@ def test_supervisor_leaves_no_worker_of_the_server_behind(tmp_path: Path) -> Non
     import psutil
 
     port, pidfile = free_port(), tmp_path / "worker.pid"
-    code = ("import sys; from medusa_trt.engine.supervise import Supervisor; "
-            "sys.exit(Supervisor([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], env={}, "
-            "host='127.0.0.1', port=int(sys.argv[2]), startup_timeout_s=30).run())")
-    proc = subprocess.Popen([sys.executable, "-c", code, SERVER_WITH_WORKER, str(port), str(pidfile)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "import sys; from medusa_trt.engine.supervise import Supervisor; "
+        "sys.exit(Supervisor([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], env={}, "
+        "host='127.0.0.1', port=int(sys.argv[2]), startup_timeout_s=30).run())"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, SERVER_WITH_WORKER, str(port), str(pidfile)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     worker = None
     try:
         deadline = time.monotonic() + 30
@@ -183,7 +217,9 @@ def test_supervisor_leaves_no_worker_of_the_server_behind(tmp_path: Path) -> Non
         deadline = time.monotonic() + 5
         while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, "the server's worker was left running"
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, (
+            "the server's worker was left running"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -194,15 +230,15 @@ def test_supervisor_leaves_no_worker_of_the_server_behind(tmp_path: Path) -> Non
 
 def test_supervisor_reports_a_child_that_dies_during_startup(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import sys; print('loading engine'); print('CUDA error: no device'); sys.exit(3)"]
-    sup = Supervisor(argv, env={}, host="127.0.0.1", port=free_port(), startup_timeout_s=30,
-                     out=open(os.devnull, "w"))  # noqa: SIM115
+    sup = Supervisor(argv, env={}, host="127.0.0.1", port=free_port(), startup_timeout_s=30, out=open(os.devnull, "w"))  # noqa: SIM115
     with pytest.raises(ToolFailedError) as e:
         sup.run()
     assert "exited with 3 before it was ready" in e.value.message and "CUDA error: no device" in e.value.message
 
 
-def test_multinode_profile_prints_launch_lines(trt_engine: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_multinode_profile_prints_launch_lines(
+    trt_engine: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     two_nodes = tmp_path / "two-nodes"
@@ -220,23 +256,46 @@ def test_multinode_profile_prints_launch_lines(trt_engine: Path, tmp_path: Path,
     assert "--config" in srun and str(two_nodes / "medusa.yaml") in srun
 
 
-def test_reference_print_cmd_and_missing_manifest(tiny_llama: Path, tiny_heads: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "medusa-trt.json").write_text(json.dumps(
-        {"engine": "reference", "checkpoint_dir": "checkpoint", "tree": [[0]], "num_medusa_heads": 1,
-         "max_draft_len": 1, "profile": {"name": "cpu"}, "runtime_env": {"OMP_NUM_THREADS": "2"}}))
+def test_reference_print_cmd_and_missing_manifest(
+    tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "medusa-trt.json").write_text(
+        json.dumps(
+            {
+                "engine": "reference",
+                "checkpoint_dir": "checkpoint",
+                "tree": [[0]],
+                "num_medusa_heads": 1,
+                "max_draft_len": 1,
+                "profile": {"name": "cpu"},
+                "runtime_env": {"OMP_NUM_THREADS": "2"},
+            }
+        )
+    )
     assert launch.serve(tmp_path, "127.0.0.1", 9000, print_cmd=True) == 0
-    assert capsys.readouterr().out.strip() == f"OMP_NUM_THREADS=2 medusa-trt run {tmp_path.resolve()} " \
-                                              "--host 127.0.0.1 --port 9000"
+    assert (
+        capsys.readouterr().out.strip() == f"OMP_NUM_THREADS=2 medusa-trt run {tmp_path.resolve()} "
+        "--host 127.0.0.1 --port 9000"
+    )
     with pytest.raises(CheckpointError, match="not a finished medusa-trt build"):
         launch.serve(tiny_llama, "127.0.0.1", 9000)
 
 
 def test_reference_server_gets_the_profile_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What --print-cmd shows is what runs: the profile's runtime_env is set before the server starts."""
-    (tmp_path / "medusa-trt.json").write_text(json.dumps(
-        {"engine": "reference", "checkpoint_dir": "checkpoint", "tree": [[0]], "num_medusa_heads": 1,
-         "max_draft_len": 1, "profile": {"name": "cpu"}, "runtime_env": {"OMP_NUM_THREADS": "2"}}))
+    (tmp_path / "medusa-trt.json").write_text(
+        json.dumps(
+            {
+                "engine": "reference",
+                "checkpoint_dir": "checkpoint",
+                "tree": [[0]],
+                "num_medusa_heads": 1,
+                "max_draft_len": 1,
+                "profile": {"name": "cpu"},
+                "runtime_env": {"OMP_NUM_THREADS": "2"},
+            }
+        )
+    )
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # restored after the test
     seen: dict[str, str | None] = {}
 

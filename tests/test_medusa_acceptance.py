@@ -44,8 +44,10 @@ def test_typical_accepts_likely_and_rejects_unlikely() -> None:
     assert (best, acc) == (0, 2)
     masked = valid.clone()
     masked[0, 2] = False
-    assert typical_accept(cand, logits, masked, temperature=0.7, posterior_threshold=0.09,
-                          posterior_alpha=0.3) == (0, 1)
+    assert typical_accept(cand, logits, masked, temperature=0.7, posterior_threshold=0.09, posterior_alpha=0.3) == (
+        0,
+        1,
+    )
 
 
 def test_typical_tie_break_prefers_likelier_path() -> None:
@@ -53,8 +55,7 @@ def test_typical_tie_break_prefers_likelier_path() -> None:
     logits[:, 0] = torch.tensor([0.0, 2.0, 1.9, -5.0])  # tokens 1 and 2 both pass, 1 is likelier
     cand = t([[0, 2, 0], [0, 1, 0]])[:, :2]
     valid = torch.ones(2, 2, dtype=torch.bool)
-    assert typical_accept(cand, logits, valid, temperature=1.0, posterior_threshold=0.09,
-                          posterior_alpha=0.3) == (1, 1)
+    assert typical_accept(cand, logits, valid, temperature=1.0, posterior_threshold=0.09, posterior_alpha=0.3) == (1, 1)
 
 
 def test_typical_threshold_is_min_of_epsilon_and_alpha_entropy_term_with_strict_greater() -> None:

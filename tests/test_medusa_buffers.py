@@ -17,8 +17,17 @@ def test_worked_example_matches_authors_buffers() -> None:
     assert b.tree_indices.tolist() == [0, 1, 2, 11, 12, 13, 11, 12, 13]
     assert b.position_ids.tolist() == [0, 1, 1, 2, 2, 2, 2, 2, 2]
     assert b.retrieve_indices.tolist() == [[0, 2, 8], [0, 2, 7], [0, 2, 6], [0, 1, 5], [0, 1, 4], [0, 1, 3]]
-    rows = ["100000000", "110000000", "101000000", "110100000", "110010000",
-            "110001000", "101000100", "101000010", "101000001"]
+    rows = [
+        "100000000",
+        "110000000",
+        "101000000",
+        "110100000",
+        "110010000",
+        "110001000",
+        "101000100",
+        "101000010",
+        "101000001",
+    ]
     want = torch.tensor([[c == "1" for c in r] for r in rows])
     assert torch.equal(b.attn_mask, want)
     assert b.path_valid.all() and b.depth == 2 and b.size == 9
@@ -37,12 +46,15 @@ def test_uneven_paths_are_padded_and_masked() -> None:
             assert int(b.position_ids[node]) == j
 
 
-@pytest.mark.parametrize(("tree", "kw", "words"), [
-    ([[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]], {"num_heads": 3}, "needs 4 Medusa heads"),
-    ([[0], [10]], {"num_heads": 3}, "ranks must be in 0..9"),
-    ([[0], [1], [2]], {"num_heads": 3, "max_draft_len": 2}, "exceed max_draft_len 2"),
-    ([[0, 1]], {"num_heads": 3}, "not prefix-closed"),
-])
+@pytest.mark.parametrize(
+    ("tree", "kw", "words"),
+    [
+        ([[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]], {"num_heads": 3}, "needs 4 Medusa heads"),
+        ([[0], [10]], {"num_heads": 3}, "ranks must be in 0..9"),
+        ([[0], [1], [2]], {"num_heads": 3, "max_draft_len": 2}, "exceed max_draft_len 2"),
+        ([[0, 1]], {"num_heads": 3}, "not prefix-closed"),
+    ],
+)
 def test_invalid_trees_are_refused(tree: list[list[int]], kw: dict[str, int], words: str) -> None:
     with pytest.raises(TreeError, match=words):
         build_buffers(tree, **kw)

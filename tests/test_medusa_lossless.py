@@ -31,13 +31,18 @@ def trained_like_heads(model_dir: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path,
-            ) -> Iterator[dict[str, ReferenceEngine]]:
+def engines(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_llama: Path,
+    tiny_heads: Path,
+) -> Iterator[dict[str, ReferenceEngine]]:
     base = tmp_path_factory.mktemp("lossless")
     trained = trained_like_heads(tiny_llama, base / "trained-heads")
     tree = "nvidia_low_latency_15"  # the hypothesis test swaps in random trees
-    out = {"random": load_engine(make_checkpoint(tiny_llama, base / "ck-random", heads=tiny_heads), tree=tree),
-           "trained": load_engine(make_checkpoint(tiny_llama, base / "ck-trained", heads=trained), tree=tree)}
+    out = {
+        "random": load_engine(make_checkpoint(tiny_llama, base / "ck-random", heads=tiny_heads), tree=tree),
+        "trained": load_engine(make_checkpoint(tiny_llama, base / "ck-trained", heads=trained), tree=tree),
+    }
     yield out
     for e in out.values():
         e.close()
@@ -52,8 +57,7 @@ def generate(engine: ReferenceEngine, prompt: Tokens, medusa: bool, **kw: object
 @st.composite
 def trees(draw: st.DrawFn, max_depth: int = 3) -> list[list[int]]:
     """A random prefix-closed tree (ranks < 10, depth <= heads, <= 63 nodes)."""
-    paths = draw(st.lists(st.lists(st.integers(0, TOPK - 1), min_size=1, max_size=max_depth),
-                          min_size=1, max_size=20))
+    paths = draw(st.lists(st.lists(st.integers(0, TOPK - 1), min_size=1, max_size=max_depth), min_size=1, max_size=20))
     closed = {tuple(p[:c]) for p in paths for c in range(1, len(p) + 1)}
     return [list(p) for p in sorted(closed)][:63] if len(closed) <= 63 else [[0]]
 
@@ -63,8 +67,9 @@ prompts = st.lists(st.integers(3, 319), min_size=1, max_size=12)
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tree=trees(), prompt=prompts, max_tokens=st.integers(1, 32), heads=st.sampled_from(["random", "trained"]))
-def test_greedy_medusa_equals_plain_greedy(engines: dict[str, ReferenceEngine], tree: list[list[int]],
-                                           prompt: Tokens, max_tokens: int, heads: str) -> None:
+def test_greedy_medusa_equals_plain_greedy(
+    engines: dict[str, ReferenceEngine], tree: list[list[int]], prompt: Tokens, max_tokens: int, heads: str
+) -> None:
     engine = engines[heads]
     buffers, saved = engine._buffers, engine.tree  # swap the tree in place: one engine for all examples
     from medusa_trt.medusa.buffers import build_buffers
@@ -151,8 +156,16 @@ def test_typical_acceptance_roots_are_greedy(engines: dict[str, ReferenceEngine]
     prompt = [10, 20, 30]
     greedy, _, _ = generate(engine, prompt, False, max_tokens=16)
     for seed in range(3):
-        out, _, stats = generate(engine, prompt, True, max_tokens=16, temperature=2.0, seed=seed,
-                                 posterior_threshold=1.0, posterior_alpha=1e9)
+        out, _, stats = generate(
+            engine,
+            prompt,
+            True,
+            max_tokens=16,
+            temperature=2.0,
+            seed=seed,
+            posterior_threshold=1.0,
+            posterior_alpha=1e9,
+        )
         assert out == greedy and sum(stats.accepted_per_depth) == 0  # type: ignore[attr-defined]
 
 

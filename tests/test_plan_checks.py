@@ -83,13 +83,14 @@ def test_tp_checks() -> None:
     assert set(verdicts.values()) == {"pass"} and len(verdicts) == 4
     replicated = {c.name: c for c in ck.check_tp(M70, 16)}["tp_kv_heads"]
     assert replicated.verdict == "pass" and "replicated 2x" in replicated.reason
-    odd = M70.model_copy(update={"num_attention_heads": 60, "num_key_value_heads": 3, "intermediate_size": 28670,
-                                 "vocab_size": 128257})
+    odd = M70.model_copy(
+        update={"num_attention_heads": 60, "num_key_value_heads": 3, "intermediate_size": 28670, "vocab_size": 128257}
+    )
     got = {c.name: c.verdict for c in ck.check_tp(odd, 8)}
-    assert got == {"tp_attention_heads": "fail", "tp_kv_heads": "fail", "tp_intermediate": "fail",
-                   "tp_vocab": "warn"}
+    assert got == {"tp_attention_heads": "fail", "tp_kv_heads": "fail", "tp_intermediate": "fail", "tp_vocab": "warn"}
     assert {c.name: c.verdict for c in ck.check_tp(M70.model_copy(update={"num_key_value_heads": 12}), 8)}[
-        "tp_kv_heads"] == "fail"
+        "tp_kv_heads"
+    ] == "fail"
 
 
 def test_tree_check_and_heads_override() -> None:
@@ -111,8 +112,7 @@ def test_tree_check_and_heads_override() -> None:
 
 def test_waste_when_max_draft_len_exceeds_the_tree() -> None:
     p = load_profile("hgx-h200-fp8-tp8")
-    padded = p.model_copy(update={"medusa": MedusaSection(num_heads=4, max_draft_len=63,
-                                                          tree="nvidia_low_latency_15")})
+    padded = p.model_copy(update={"medusa": MedusaSection(num_heads=4, max_draft_len=63, tree="nvidia_low_latency_15")})
     waste = ck.check_waste(padded, M70, padded.tree, 4, 1024)
     assert waste.verdict == "warn" and "48 wasted" in waste.reason and "set max_draft_len to 15" in waste.reason
     assert ck.check_waste(p, M70, p.tree, 4, 1024).verdict == "pass"

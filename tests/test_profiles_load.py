@@ -53,12 +53,23 @@ def test_flagship_profile_is_nvidias_recipe() -> None:
     # trtllm-medusa.md §1.4, the low-latency 70B TP8 recipe (limits, workers and the Medusa mode come from
     # other sections: medusa-trt sets those flags itself)
     assert dict(zip(args[::2], args[1::2], strict=True)) == {
-        "--gpt_attention_plugin": "bfloat16", "--use_fused_mlp": "enable", "--paged_kv_cache": "enable",
-        "--use_paged_context_fmha": "disable", "--multiple_profiles": "enable", "--reduce_fusion": "enable",
-        "--use_fp8_context_fmha": "enable", "--low_latency_gemm_plugin": "fp8"}
+        "--gpt_attention_plugin": "bfloat16",
+        "--use_fused_mlp": "enable",
+        "--paged_kv_cache": "enable",
+        "--use_paged_context_fmha": "disable",
+        "--multiple_profiles": "enable",
+        "--reduce_fusion": "enable",
+        "--use_fp8_context_fmha": "enable",
+        "--low_latency_gemm_plugin": "fp8",
+    }
     assert (p.limits.max_seq_len, p.limits.max_batch_size) == (131072, 1)
-    assert p.env == {"TRTLLM_ENABLE_PDL": "1", "UB_ONESHOT": "1", "UB_TP_SIZE": "8",
-                     "TRTLLM_PDL_OVERLAP_RATIO": "0.15", "TRTLLM_PREFETCH_RATIO": "-1"}
+    assert p.env == {
+        "TRTLLM_ENABLE_PDL": "1",
+        "UB_ONESHOT": "1",
+        "UB_TP_SIZE": "8",
+        "TRTLLM_PDL_OVERLAP_RATIO": "0.15",
+        "TRTLLM_PREFETCH_RATIO": "-1",
+    }
 
 
 @pytest.mark.parametrize("name", ["hgx-h200-fp8-tp8", "hgx-h200-bf16-tp8", "hgx-h100-fp8-tp8", "hgx-h100-bf16-tp8"])
@@ -134,8 +145,10 @@ def test_union_fields_report_the_real_problem(tmp_path: Path) -> None:
     text = CPU_YAML.replace("OMP_NUM_THREADS: 2", "OMP_NUM_THREADS: [2]")
     path = _write(tmp_path, text, "env.yaml")
     msg = _error(path).message
-    assert msg == f"{path}:{_line_of(text, 'OMP_NUM_THREADS')}: runtime_env.OMP_NUM_THREADS: " \
-        "Input should be one of: str, int, float, bool", msg
+    assert (
+        msg == f"{path}:{_line_of(text, 'OMP_NUM_THREADS')}: runtime_env.OMP_NUM_THREADS: "
+        "Input should be one of: str, int, float, bool"
+    ), msg
 
 
 def test_missing_key_points_at_its_section(tmp_path: Path) -> None:
@@ -158,8 +171,9 @@ def test_trtllm_build_keys_are_checked_against_the_flag_list(tmp_path: Path) -> 
     text = CPU_YAML + "trtllm_build:\n  use_fused_mlp: enable\n  use_fusd_mlp: enable\n"
     path = _write(tmp_path, text)
     err = _error(path)
-    assert err.message.startswith(f"{path}:{_line_of(text, 'use_fusd_mlp')}: trtllm_build.use_fusd_mlp: "
-                                  "'use_fusd_mlp' is not a trtllm-build flag"), err.message
+    assert err.message.startswith(
+        f"{path}:{_line_of(text, 'use_fusd_mlp')}: trtllm_build.use_fusd_mlp: 'use_fusd_mlp' is not a trtllm-build flag"
+    ), err.message
     assert err.hint is not None and "use_fused_mlp" in err.hint
     managed = _write(tmp_path, CPU_YAML + "trtllm_build:\n  max_batch_size: 8\n", "m.yaml")
     err = _error(managed)
@@ -173,8 +187,9 @@ def test_tree_is_validated_against_heads(tmp_path: Path) -> None:
     assert msg.startswith(f"{path}:{_line_of(text, '  tree: ')}: medusa.tree: depth 3 needs 3 Medusa heads"), msg
     unknown = _write(tmp_path, CPU_YAML.replace("tree: nvidia_low_latency_15", "tree: no_such_tree"), "t.yaml")
     assert "unknown tree 'no_such_tree'" in _error(unknown).message
-    inline = load_profile(_write(tmp_path, CPU_YAML.replace("tree: nvidia_low_latency_15", "tree: [[0], [0, 0], [1]]"),
-                                 "i.yaml"))
+    inline = load_profile(
+        _write(tmp_path, CPU_YAML.replace("tree: nvidia_low_latency_15", "tree: [[0], [0, 0], [1]]"), "i.yaml")
+    )
     assert inline.tree == [[0], [0, 0], [1]]
 
 
@@ -192,8 +207,9 @@ def test_userbuffer_size_follows_tp(tmp_path: Path) -> None:
     text = flagship.source.read_text().replace("parallelism: {tp: 8, pp: 1}", "parallelism: {tp: 4, pp: 1}")
     path = _write(tmp_path, text)
     msg = _error(path).message
-    assert msg.startswith(f"{path}:{_line_of(text, 'UB_TP_SIZE')}: runtime_env.UB_TP_SIZE: "
-                          "UB_TP_SIZE 8 differs from parallelism.tp 4"), msg
+    assert msg.startswith(
+        f"{path}:{_line_of(text, 'UB_TP_SIZE')}: runtime_env.UB_TP_SIZE: UB_TP_SIZE 8 differs from parallelism.tp 4"
+    ), msg
 
 
 def test_not_a_mapping(tmp_path: Path) -> None:

@@ -44,19 +44,24 @@ def test_run_json_greedy_medusa_equals_no_medusa(ckpt: Path, capsys: pytest.Capt
 
 
 def test_run_text_and_chat(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(["run", str(ckpt), "--prompt", "hello", "--max-tokens", "4", "--chat",
-                "--tree", "[[0], [1], [0, 0]]"]) == 0
+    assert (
+        cli(["run", str(ckpt), "--prompt", "hello", "--max-tokens", "4", "--chat", "--tree", "[[0], [1], [0, 0]]"]) == 0
+    )
     captured = capsys.readouterr()
     assert captured.out.endswith("\n") and "tokens/step" in captured.err
 
 
-@pytest.mark.parametrize(("tree", "words"), [
-    ("[[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]]", "needs 4 Medusa heads"),
-    ("[[0], [10]]", "ranks must be in 0..9"),
-    ("mc_sim_7b_63", "needs 4 Medusa heads"),
-])
-def test_bad_tree_refused_before_compute(broken: Path, tree: str, words: str,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("tree", "words"),
+    [
+        ("[[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]]", "needs 4 Medusa heads"),
+        ("[[0], [10]]", "ranks must be in 0..9"),
+        ("mc_sim_7b_63", "needs 4 Medusa heads"),
+    ],
+)
+def test_bad_tree_refused_before_compute(
+    broken: Path, tree: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(TreeError, match=words):
         load_engine(broken, tree=tree)
     assert cli(["run", str(broken), "--prompt", "x", "--tree", tree]) == 2
@@ -92,8 +97,11 @@ def test_engine_dir_manifest_names_checkpoint_and_tree(ckpt: Path, tmp_path: Pat
 
     engine_dir = tmp_path / "engine"
     engine_dir.mkdir()
-    (engine_dir / "medusa-trt.json").write_text(json.dumps(  # checkpoint_dir is relative to the engine dir
-        {"engine": "reference", "checkpoint_dir": os.path.relpath(ckpt, engine_dir), "tree": [[0], [1], [0, 0]]}))
+    (engine_dir / "medusa-trt.json").write_text(
+        json.dumps(  # checkpoint_dir is relative to the engine dir
+            {"engine": "reference", "checkpoint_dir": os.path.relpath(ckpt, engine_dir), "tree": [[0], [1], [0, 0]]}
+        )
+    )
     with load_engine(engine_dir) as engine:
         assert engine.tree == [[0], [1], [0, 0]] and engine.tokenizer is not None
         out = [t for c in engine.generate([5, 6], SamplingParams(max_tokens=5)) for t in c.token_ids]

@@ -26,6 +26,8 @@ def test_cuda_fp32_logits_and_bf16_lossless(tmp_path: Path, tiny_llama: Path, ti
     assert float((got - want).abs().max() / want.abs().max()) < 1e-3  # TF32 may be on for CUDA matmuls
     ckpt = make_checkpoint(tiny_llama, tmp_path / "bf16", heads=tiny_heads, dtype="bfloat16")
     with load_engine(ckpt, device="cuda", tree="nvidia_low_latency_15") as engine:
-        runs = [[t for c in engine.generate([5, 6, 7], SamplingParams(max_tokens=32), medusa=m) for t in c.token_ids]
-                for m in (False, True)]
+        runs = [
+            [t for c in engine.generate([5, 6, 7], SamplingParams(max_tokens=32), medusa=m) for t in c.token_ids]
+            for m in (False, True)
+        ]
     assert runs[0] == runs[1] and len(runs[0]) > 0

@@ -55,6 +55,8 @@ def test_fp8_logits_match_dequantized_reference(tmp_path: Path, tiny_llama: Path
         runner.alloc(64)
         got = runner.forward(ids, torch.arange(40))
         assert float((got - want).abs().max() / want.abs().max()) < 1e-4
-        runs = [[t for c in engine.generate([7, 8, 9], SamplingParams(max_tokens=24), medusa=m) for t in c.token_ids]
-                for m in (False, True)]
+        runs = [
+            [t for c in engine.generate([7, 8, 9], SamplingParams(max_tokens=24), medusa=m) for t in c.token_ids]
+            for m in (False, True)
+        ]
         assert runs[0] == runs[1]

@@ -31,8 +31,9 @@ def test_medusa_heads_match_an_independent_reference(tmp_path: Path, tp: int) ->
 
     v, d, k_heads, n_layers = 322, 64, 3, 2
     model_dir = make_tiny_llama(tmp_path / "model", seed=5, vocab_size=v, num_attention_heads=8)
-    heads_dir = make_medusa_heads(tmp_path / "heads", hidden_size=d, vocab_size=v, num_heads=k_heads,
-                                  num_layers=n_layers, scale=0.3, seed=9)
+    heads_dir = make_medusa_heads(
+        tmp_path / "heads", hidden_size=d, vocab_size=v, num_heads=k_heads, num_layers=n_layers, scale=0.3, seed=9
+    )
     ckpt = make_checkpoint(model_dir, tmp_path / "ckpt", heads=heads_dir, tp=tp)
     ids = torch.randint(0, v, (12,), generator=torch.Generator().manual_seed(1))
     hf = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()

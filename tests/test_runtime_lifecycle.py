@@ -28,8 +28,7 @@ def _rank_children() -> set[int]:
 
 
 @pytest.mark.parametrize("bad_rank", [0, 1])
-def test_failed_start_leaves_no_rank_running(tmp_path: Path, tiny_llama: Path, tiny_heads: Path,
-                                             bad_rank: int) -> None:
+def test_failed_start_leaves_no_rank_running(tmp_path: Path, tiny_llama: Path, tiny_heads: Path, bad_rank: int) -> None:
     """A damaged rank file (the spawned rank's or rank 0's own) fails load_engine with a CheckpointError,
     stops every rank already started and leaves torch.distributed free for the next engine."""
     import psutil

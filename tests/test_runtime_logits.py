@@ -33,10 +33,14 @@ def hf_logits(model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
         return model(ids[None]).logits[0]  # [S, V]
 
 
-@pytest.fixture(scope="module", params=[("tiny", 1), ("tied", 1), ("tiny", 2), ("tied", 4)],
-                ids=["tp1", "tp1-tied", "tp2", "tp4-tied-kv-replicated"])
-def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path,
-         tied_llama: Path) -> Iterator[tuple[Path, ReferenceEngine]]:
+@pytest.fixture(
+    scope="module",
+    params=[("tiny", 1), ("tied", 1), ("tiny", 2), ("tied", 4)],
+    ids=["tp1", "tp1-tied", "tp2", "tp4-tied-kv-replicated"],
+)
+def case(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tied_llama: Path
+) -> Iterator[tuple[Path, ReferenceEngine]]:
     name, tp = request.param
     model = tiny_llama if name == "tiny" else tied_llama
     ckpt = make_checkpoint(model, tmp_path_factory.mktemp(f"ckpt-{name}-{tp}") / "ckpt", tp=tp)
@@ -58,7 +62,7 @@ def test_prefill_and_cached_decode_match_transformers(case: tuple[Path, Referenc
     runner.alloc(SEQ)
     got = [runner.forward(ids[:PREFILL], torch.arange(PREFILL))]
     for i in range(PREFILL, SEQ):  # one token at a time through the KV cache
-        got.append(runner.forward(ids[i:i + 1], torch.tensor([i])))
+        got.append(runner.forward(ids[i : i + 1], torch.tensor([i])))
     logits = torch.cat(got)
     assert logits.shape == want.shape
     assert rel_err(logits[:PREFILL], want[:PREFILL]) < 1e-4
@@ -69,6 +73,9 @@ def test_rope_scaling_matters_past_original_context(tiny_llama: Path) -> None:
     """A guard on the test itself: without llama3 scaling the long-context logits would differ."""
     from medusa_trt.runtime.model import llama3_inv_freq
 
-    scaled = llama3_inv_freq(16, 500000.0, {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                            "original_max_position_embeddings": 64})
+    scaled = llama3_inv_freq(
+        16,
+        500000.0,
+        {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+    )
     assert not torch.allclose(scaled, llama3_inv_freq(16, 500000.0, None))

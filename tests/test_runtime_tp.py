@@ -12,18 +12,22 @@ from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
 from medusa_trt.runtime._testing import make_checkpoint
 from medusa_trt.tiny import make_medusa_heads
 
-TREES = {"chain": [[0], [0, 0], [0, 0, 0]], "low_latency": None,
-         "wide": [[r] for r in range(10)] + [[0, r] for r in range(10)] + [[1, 0], [0, 0, 0]]}
+TREES = {
+    "chain": [[0], [0, 0], [0, 0, 0]],
+    "low_latency": None,
+    "wide": [[r] for r in range(10)] + [[0, r] for r in range(10)] + [[1, 0], [0, 0, 0]],
+}
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[tuple[ReferenceEngine, ReferenceEngine]]:
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path
+) -> Iterator[tuple[ReferenceEngine, ReferenceEngine]]:
     from safetensors.torch import load_file
 
     base = tmp_path_factory.mktemp("tp")
     lm_head = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
-    heads = make_medusa_heads(base / "heads", hidden_size=64, vocab_size=320, num_heads=3, scale=0.0,
-                              lm_head=lm_head)
+    heads = make_medusa_heads(base / "heads", hidden_size=64, vocab_size=320, num_heads=3, scale=0.0, lm_head=lm_head)
     tp1 = load_engine(make_checkpoint(tiny_llama, base / "ck1", heads=heads, tp=1), tree="nvidia_low_latency_15")
     tp2 = load_engine(make_checkpoint(tiny_llama, base / "ck2", heads=heads, tp=2), tree="nvidia_low_latency_15")
     yield tp1, tp2

@@ -76,7 +76,7 @@ def sse(client: httpx.Client, url: str, body: dict[str, Any]) -> list[Any]:
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: "):
-                data = line[len("data: "):]
+                data = line[len("data: ") :]
                 events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
@@ -95,16 +95,22 @@ def test_health_models_version(url: str, engine: Any) -> None:
 def test_completion_matches_runtime_greedy(url: str, engine: Any) -> None:
     ids = engine.tokenizer.encode(PROMPT)
     want, stats = direct(engine, ids, 12)
-    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": 12,
-                                                  "temperature": 0}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "tiny", "prompt": PROMPT, "max_tokens": 12, "temperature": 0},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["object"] == "text_completion" and doc["model"] == "tiny"
     assert doc["choices"][0]["text"] == want
     assert doc["choices"][0]["finish_reason"] == "length"
-    assert doc["usage"] == {"prompt_tokens": len(ids), "completion_tokens": stats.completion_tokens,
-                            "total_tokens": len(ids) + stats.completion_tokens,
-                            "decoding_steps": stats.num_steps}
+    assert doc["usage"] == {
+        "prompt_tokens": len(ids),
+        "completion_tokens": stats.completion_tokens,
+        "total_tokens": len(ids) + stats.completion_tokens,
+        "decoding_steps": stats.num_steps,
+    }
     # token ids as the prompt give the same answer
     r2 = httpx.post(f"{url}/v1/completions", json={"prompt": ids, "max_tokens": 12, "temperature": 0}, timeout=60)
     assert r2.json()["choices"][0]["text"] == want
@@ -152,8 +158,9 @@ def test_chat_stream_and_not(url: str, engine: Any) -> None:
     assert doc["choices"][0]["message"] == {"role": "assistant", "content": want}
     assert doc["usage"]["prompt_tokens"] == len(ids)
     with httpx.Client(timeout=60) as c:
-        events = sse(c, f"{url}/v1/chat/completions",
-                     {**body, "stream": True, "stream_options": {"include_usage": True}})
+        events = sse(
+            c, f"{url}/v1/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}}
+        )
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert events[-1] == "[DONE]" and events[-2]["usage"] == doc["usage"]
     chunks = events[1:-2]
@@ -177,20 +184,23 @@ def test_stop_string_cuts_text(url: str) -> None:
     assert events[-2]["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [
-    ({"model": "gpt-4", "prompt": "x"}, 404, "model"),
-    ({"prompt": "x", "n": 2}, 400, "n"),
-    ({"prompt": "x", "temperature": -1}, 400, "temperature"),
-    ({"prompt": "x", "top_p": 0}, 400, "top_p"),
-    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-    ({"prompt": "x", "max_tokens": LONG}, 400, "max_tokens"),
-    ({"prompt": "x " * LONG}, 400, "prompt"),
-    ({"prompt": ""}, 400, "prompt"),
-    ({"prompt": [999_999]}, 400, "prompt"),
-    ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
-    ({"prompt": "x", "stop": [""]}, 400, "stop"),
-    ({"max_tokens": 3}, 400, "prompt"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "gpt-4", "prompt": "x"}, 404, "model"),
+        ({"prompt": "x", "n": 2}, 400, "n"),
+        ({"prompt": "x", "temperature": -1}, 400, "temperature"),
+        ({"prompt": "x", "top_p": 0}, 400, "top_p"),
+        ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ({"prompt": "x", "max_tokens": LONG}, 400, "max_tokens"),
+        ({"prompt": "x " * LONG}, 400, "prompt"),
+        ({"prompt": ""}, 400, "prompt"),
+        ({"prompt": [999_999]}, 400, "prompt"),
+        ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
+        ({"prompt": "x", "stop": [""]}, 400, "stop"),
+        ({"max_tokens": 3}, 400, "prompt"),
+    ],
+)
 def test_bad_completion_requests(url: str, body: dict[str, Any], status: int, param: str) -> None:
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
     assert r.status_code == status, r.text
@@ -206,8 +216,10 @@ def test_bad_requests_other(url: str) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "tools": [{}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
-    r = httpx.post(f"{url}/v1/chat/completions",
-                   json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+    )
     assert r.status_code == 400
     r = httpx.get(f"{url}/v1/nowhere")
     assert r.status_code == 404 and "error" in r.json()

@@ -92,8 +92,13 @@ def test_request_models() -> None:
     bad = CompletionRequest.model_validate({"prompt": "x", "n": 2}).unsupported()
     assert bad is not None and bad.status == 400 and bad.param == "n"
     c = ChatCompletionRequest.model_validate(
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
-         "stream": True, "stream_options": {"include_usage": True}, "medusa": False})
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "medusa": False,
+        }
+    )
     assert c.messages[0].text() == "ab" and c.include_usage() and c.medusa is False
 
 

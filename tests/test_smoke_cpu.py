@@ -35,32 +35,59 @@ def long_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module", params=["cpu", "cpu-tp2"])
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, long_llama: Path,
-          tiny_heads: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def built(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, long_llama: Path, tiny_heads: Path
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The engine dir built by `medusa-trt build --profile P`, and the one-shot greedy outputs."""
     from medusa_trt.cli import run as cli
     from medusa_trt.cli.run import generate_once
 
     out = tmp_path_factory.mktemp(f"smoke-{request.param}") / "engine"
-    rc = cli(["build", "--profile", request.param, "--model", str(long_llama), "--medusa", str(tiny_heads),
-              "--output", str(out)])
+    rc = cli(
+        [
+            "build",
+            "--profile",
+            request.param,
+            "--model",
+            str(long_llama),
+            "--medusa",
+            str(tiny_heads),
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0
-    common: dict[str, Any] = {"max_tokens": MAX_TOKENS, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
-                              "medusa": True, "tree": None, "device": "cpu", "echo": False}
+    common: dict[str, Any] = {
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "seed": None,
+        "medusa": True,
+        "tree": None,
+        "device": "cpu",
+        "echo": False,
+    }
     once = generate_once(str(out), PROMPT, chat=False, **common)
     once_chat = generate_once(str(out), "hello", chat=True, **common)
     return out, once, once_chat
 
 
 @pytest.fixture()
-def served(built: tuple[Path, dict[str, Any], dict[str, Any]], tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+def served(
+    built: tuple[Path, dict[str, Any], dict[str, Any]], tmp_path: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     engine_dir = built[0]
     port = free_port()
     log = tmp_path / "server.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--port", str(port)],
-                                stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--port", str(port)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(proc, url, log, timeout_s=60)
@@ -81,8 +108,9 @@ def _events(client: httpx.Client, url: str, body: dict[str, Any]) -> list[Any]:
     return out
 
 
-def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
-                          served: tuple[str, subprocess.Popen[bytes], Path]) -> None:
+def test_serve_end_to_end(
+    built: tuple[Path, dict[str, Any], dict[str, Any]], served: tuple[str, subprocess.Popen[bytes], Path]
+) -> None:
     _, once, once_chat = built
     url, proc, log = served
     assert f"at {url}" in log.read_text()  # the URL is printed once ready
@@ -98,8 +126,9 @@ def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
     # Steps depend on near-ties between draft candidates, which float rounding in another process
     # (other thread counts) may break differently; the text may not change, the step count may.
     assert 1 <= doc["usage"]["decoding_steps"] <= doc["usage"]["completion_tokens"] - 1
-    ev = _events(c, "/v1/completions", {**greedy, "prompt": PROMPT, "stream": True,
-                                        "stream_options": {"include_usage": True}})
+    ev = _events(
+        c, "/v1/completions", {**greedy, "prompt": PROMPT, "stream": True, "stream_options": {"include_usage": True}}
+    )
     assert ev[-1] == "[DONE]" and ev[-2]["usage"] == doc["usage"]
     assert "".join(e["choices"][0]["text"] for e in ev[:-2]) == once["text"]
 
@@ -117,15 +146,22 @@ def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
     assert off["usage"]["decoding_steps"] == off["usage"]["completion_tokens"] - 1
 
     # bad requests: OpenAI error JSON with 4xx, and the server keeps serving
-    for body, status in (({**greedy, "model": "nope", "prompt": "x"}, 404), ({**greedy, "prompt": "x", "n": 2}, 400),
-                         ({**greedy, "prompt": "x " * card["max_model_len"]}, 400), ({**greedy, "prompt": "x", "top_p": 3}, 400)):
+    for body, status in (
+        ({**greedy, "model": "nope", "prompt": "x"}, 404),
+        ({**greedy, "prompt": "x", "n": 2}, 400),
+        ({**greedy, "prompt": "x " * card["max_model_len"]}, 400),
+        ({**greedy, "prompt": "x", "top_p": 3}, 400),
+    ):
         r = c.post("/v1/completions", json=body)
         assert r.status_code == status and r.json()["error"]["message"]
 
     # a client that disconnects mid-stream frees the engine for the next request
-    with httpx.Client(base_url=url, timeout=60) as c2, \
-            c2.stream("POST", "/v1/completions", json={**greedy, "prompt": PROMPT, "max_tokens": long_tokens,
-                                                       "stream": True}) as r:
+    with (
+        httpx.Client(base_url=url, timeout=60) as c2,
+        c2.stream(
+            "POST", "/v1/completions", json={**greedy, "prompt": PROMPT, "max_tokens": long_tokens, "stream": True}
+        ) as r,
+    ):
         next(line for line in r.iter_lines() if line.startswith("data: "))
     t0 = time.monotonic()
     again = c.post("/v1/completions", json={**greedy, "prompt": PROMPT}).json()
@@ -142,8 +178,11 @@ def test_serve_end_to_end(built: tuple[Path, dict[str, Any], dict[str, Any]],
 
     def long_stream() -> None:
         body = {**greedy, "prompt": PROMPT, "max_tokens": long_tokens, "stream": True}
-        with contextlib.suppress(httpx.HTTPError), httpx.Client(base_url=url, timeout=30) as c3, \
-                c3.stream("POST", "/v1/completions", json=body) as r:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.Client(base_url=url, timeout=30) as c3,
+            c3.stream("POST", "/v1/completions", json=body) as r,
+        ):
             for line in r.iter_lines():
                 if line:
                     streamed.append(line)

@@ -28,8 +28,9 @@ def heads_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Pat
     from medusa_trt.tiny import make_medusa_heads
 
     lm = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
-    return make_medusa_heads(tmp_path_factory.mktemp("heads"), hidden_size=64, vocab_size=320, num_heads=3,
-                             lm_head=lm, scale=0.01)
+    return make_medusa_heads(
+        tmp_path_factory.mktemp("heads"), hidden_size=64, vocab_size=320, num_heads=3, lm_head=lm, scale=0.01
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,31 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, heads_dir: 
     return out
 
 
-def test_heads_train_cli(tmp_path: Path, tiny_llama: Path, prompts_file: Path,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_heads_train_cli(
+    tmp_path: Path, tiny_llama: Path, prompts_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "heads"
-    code = run(["heads", "train", "--model", str(tiny_llama), "--output", str(out), "--num-heads", "2",
-                "--data", str(prompts_file), "--steps", "4", "--seq-len", "48", "--gen-tokens", "16", "--json"])
+    code = run(
+        [
+            "heads",
+            "train",
+            "--model",
+            str(tiny_llama),
+            "--output",
+            str(out),
+            "--num-heads",
+            "2",
+            "--data",
+            str(prompts_file),
+            "--steps",
+            "4",
+            "--seq-len",
+            "48",
+            "--gen-tokens",
+            "16",
+            "--json",
+        ]
+    )
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["steps"] == 4 and len(doc["top1"]) == 2 and doc["sequences"] == 3
@@ -70,16 +91,32 @@ def test_accuracy_on_the_runtime_matches_the_hf_model(ckpt: Path, tiny_llama: Pa
         assert a == pytest.approx(b, abs=0.07)  # same model, same heads: two implementations agree
 
 
-def test_tree_accuracy_sweep_build_chain(ckpt: Path, tmp_path: Path, prompts_file: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_tree_accuracy_sweep_build_chain(
+    ckpt: Path, tmp_path: Path, prompts_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     acc = tmp_path / "acc.csv"
-    assert run(["tree", "accuracy", str(ckpt), "--data", str(prompts_file), "--steps", "12",
-                "--out", str(acc)]) == 0
+    assert run(["tree", "accuracy", str(ckpt), "--data", str(prompts_file), "--steps", "12", "--out", str(acc)]) == 0
     table = parse_accuracy_csv(acc.read_text())
     assert len(table) == 3 and all(len(r) == 10 for r in table)
     steps = tmp_path / "steps.csv"
-    assert run(["tree", "sweep", str(ckpt), "--sizes", "0,1,4,8", "--repeats", "2", "--context-len", "16",
-                "--out", str(steps)]) == 0
+    assert (
+        run(
+            [
+                "tree",
+                "sweep",
+                str(ckpt),
+                "--sizes",
+                "0,1,4,8",
+                "--repeats",
+                "2",
+                "--context-len",
+                "16",
+                "--out",
+                str(steps),
+            ]
+        )
+        == 0
+    )
     curve = parse_step_times(steps.read_text())
     assert sorted(curve) == [0, 1, 4, 8] and all(v > 0 for v in curve.values())
     capsys.readouterr()

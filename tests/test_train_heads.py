@@ -10,15 +10,30 @@ import pytest
 from medusa_trt.train.data import builtin_prompts
 
 PROMPTS = [p for p in builtin_prompts() if isinstance(p, str)] + [
-    "x = 1\ny = 2\n", "def add(a, b):\n", "import json\n", "while True:\n", "return None\n", "class A:\n",
+    "x = 1\ny = 2\n",
+    "def add(a, b):\n",
+    "import json\n",
+    "while True:\n",
+    "return None\n",
+    "class A:\n",
 ]
 
 
 def _cfg(**kw: object) -> object:
     from medusa_trt.train.trainer import TrainConfig
 
-    base = dict(num_heads=3, steps=40, lr=3e-3, batch_size=8, seq_len=64, gen_tokens=40, log_every=20,
-                checkpoint_every=10, progress=False, resume=True)
+    base = dict(
+        num_heads=3,
+        steps=40,
+        lr=3e-3,
+        batch_size=8,
+        seq_len=64,
+        gen_tokens=40,
+        log_every=20,
+        checkpoint_every=10,
+        progress=False,
+        resume=True,
+    )
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
 
@@ -53,8 +68,9 @@ def test_training_reduces_loss(trained: tuple[Path, Path, object]) -> None:
     assert all(len(h["eval_top1"]) == 3 for h in hist)
 
 
-def test_training_raises_accuracy_on_the_models_own_greedy_path(trained: tuple[Path, Path, object],
-                                                                 tiny_llama: Path) -> None:
+def test_training_raises_accuracy_on_the_models_own_greedy_path(
+    trained: tuple[Path, Path, object], tiny_llama: Path
+) -> None:
     from medusa_trt.train.accuracy import measure_accuracy
 
     init, heads, _ = trained
@@ -169,13 +185,15 @@ def test_accuracy_counts_each_ranks_own_hits_against_the_token_k_plus_1_steps_la
 
     base = [10, 11, 12, 13, 14]  # greedy tokens b[0..5)
     # topk[s, k, r]: head k's rank-r token at step s (heads predict b[s+k+1])
-    topk = torch.tensor([
-        [[11, 99], [99, 12]],   # s=0: head 0 rank 0 hit (b1); head 1 rank 1 hit (b2)
-        [[99, 12], [13, 99]],   # s=1: head 0 rank 1 hit (b2); head 1 rank 0 hit (b3)
-        [[13, 99], [14, 99]],   # s=2: head 0 rank 0 hit (b3); head 1 rank 0 hit (b4)
-        [[99, 99], [99, 99]],   # s=3: head 0 misses b4; head 1 has no b5: not counted
-        [[99, 99], [99, 99]],   # s=4: nothing later to compare with
-    ])
+    topk = torch.tensor(
+        [
+            [[11, 99], [99, 12]],  # s=0: head 0 rank 0 hit (b1); head 1 rank 1 hit (b2)
+            [[99, 12], [13, 99]],  # s=1: head 0 rank 1 hit (b2); head 1 rank 0 hit (b3)
+            [[13, 99], [14, 99]],  # s=2: head 0 rank 0 hit (b3); head 1 rank 0 hit (b4)
+            [[99, 99], [99, 99]],  # s=3: head 0 misses b4; head 1 has no b5: not counted
+            [[99, 99], [99, 99]],  # s=4: nothing later to compare with
+        ]
+    )
     hits, counts = torch.zeros(2, 2), torch.zeros(2)
     accumulate(base, topk, hits, counts)
     assert counts.tolist() == [4.0, 3.0]

@@ -45,12 +45,14 @@ def test_build_with_step_times(acc_csv: Path, tmp_path: Path, capsys: pytest.Cap
     assert [c["nodes"] for c in doc["curve"]] == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize(("args", "code", "msg"), [
-    (["--nodes", "50"], 2, "only 12 nodes fit"),
-    (["--max-topk", "0"], 2, "at least 1"),
-])
-def test_build_errors(acc_csv: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int,
-                      msg: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "msg"),
+    [
+        (["--nodes", "50"], 2, "only 12 nodes fit"),
+        (["--max-topk", "0"], 2, "at least 1"),
+    ],
+)
+def test_build_errors(acc_csv: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int, msg: str) -> None:
     assert run(["tree", "build", "-a", str(acc_csv), *args]) == code
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err

@@ -72,8 +72,13 @@ def _all_nodes(acc: list[list[float]]) -> list[tuple[int, ...]]:
     return [p for d in range(1, k + 1) for p in itertools.product(range(r), repeat=d)]
 
 
-tables = st.integers(1, 3).flatmap(lambda k: st.integers(1, 4).flatmap(lambda r: st.lists(
-    st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=r, max_size=r), min_size=k, max_size=k)))
+tables = st.integers(1, 3).flatmap(
+    lambda k: st.integers(1, 4).flatmap(
+        lambda r: st.lists(
+            st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=r, max_size=r), min_size=k, max_size=k
+        )
+    )
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -153,6 +158,7 @@ def test_bad_step_times() -> None:
 
 
 # --- text formats -------------------------------------------------------------------------------
+
 
 def test_accuracy_csv_round_trip_and_errors() -> None:
     text = format_accuracy_csv(TABLE)

@@ -70,8 +70,13 @@ def _from_nvidia_smi() -> list[Gpu]:
     if exe is None:
         return []
     try:
-        out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=15, check=False)
+        out = subprocess.run(
+            [exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return parse_nvidia_smi(out.stdout) if out.returncode == 0 else []
@@ -97,8 +102,9 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def can_run(profile: HardwareProfile, gpus: tuple[Gpu, ...] | list[Gpu] | None = None,
-            ram_gib: float | None = None) -> tuple[bool, str]:
+def can_run(
+    profile: HardwareProfile, gpus: tuple[Gpu, ...] | list[Gpu] | None = None, ram_gib: float | None = None
+) -> tuple[bool, str]:
     """Whether this machine has what ``profile`` needs, and why not."""
     hw = profile.hardware
     if hw.device == "cpu":

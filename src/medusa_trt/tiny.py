@@ -34,35 +34,67 @@ def make_tokenizer(out_dir: str | Path, texts: Iterable[str] = (DEFAULT_CORPUS,)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
-                                   eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out_dir))
     return fast
 
 
 def llama_config_dict(
-    *, vocab_size: int = 320, hidden_size: int = 64, intermediate_size: int = 128, num_hidden_layers: int = 2,
-    num_attention_heads: int = 4, num_key_value_heads: int = 2, max_position_embeddings: int = 256,
-    rope_theta: float = 500000.0, llama3_rope: bool = True, rms_norm_eps: float = 1e-5,
-    tie_word_embeddings: bool = False, bos_token_id: int = 0, eos_token_id: int = 2,
+    *,
+    vocab_size: int = 320,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    max_position_embeddings: int = 256,
+    rope_theta: float = 500000.0,
+    llama3_rope: bool = True,
+    rms_norm_eps: float = 1e-5,
+    tie_word_embeddings: bool = False,
+    bos_token_id: int = 0,
+    eos_token_id: int = 2,
 ) -> dict[str, Any]:
     """A Llama 3.x config in the Hugging Face hub spelling (``rope_scaling`` + ``rope_theta``)."""
     rope_scaling = None
     if llama3_rope:  # original context a quarter of the table so tests can run past it
-        rope_scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                        "original_max_position_embeddings": max(16, max_position_embeddings // 4)}
+        rope_scaling = {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": max(16, max_position_embeddings // 4),
+        }
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab_size,
-        "hidden_size": hidden_size, "intermediate_size": intermediate_size, "num_hidden_layers": num_hidden_layers,
-        "num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads,
-        "head_dim": hidden_size // num_attention_heads, "hidden_act": "silu",
-        "max_position_embeddings": max_position_embeddings, "rms_norm_eps": rms_norm_eps,
-        "rope_theta": rope_theta, "rope_scaling": rope_scaling, "tie_word_embeddings": tie_word_embeddings,
-        "attention_bias": False, "mlp_bias": False, "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+        "head_dim": hidden_size // num_attention_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": max_position_embeddings,
+        "rms_norm_eps": rms_norm_eps,
+        "rope_theta": rope_theta,
+        "rope_scaling": rope_scaling,
+        "tie_word_embeddings": tie_word_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
         "torch_dtype": "float32",
     }
 
@@ -77,8 +109,14 @@ def to_rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_tiny_llama(
-    out_dir: str | Path, *, seed: int = 0, rope_style: RopeStyle = "rope_scaling", shards: int = 1,
-    tokenizer: bool = True, dtype: str = "float32", **config: Any,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    rope_style: RopeStyle = "rope_scaling",
+    shards: int = 1,
+    tokenizer: bool = True,
+    dtype: str = "float32",
+    **config: Any,
 ) -> Path:
     """Save a randomly initialised tiny LlamaForCausalLM as a Hugging Face directory."""
     import torch
@@ -96,8 +134,9 @@ def make_tiny_llama(
     return out
 
 
-def save_hf_model(model: Any, out: Path, cfg: dict[str, Any], *, rope_style: RopeStyle = "rope_scaling",
-                  shards: int = 1) -> None:
+def save_hf_model(
+    model: Any, out: Path, cfg: dict[str, Any], *, rope_style: RopeStyle = "rope_scaling", shards: int = 1
+) -> None:
     """Write weights (one file, or ``shards`` files with an index) and config.json in the chosen spelling."""
     from safetensors.torch import save_file
 
@@ -124,9 +163,18 @@ def save_hf_model(model: Any, out: Path, cfg: dict[str, Any], *, rope_style: Rop
 
 
 def make_medusa_heads(
-    out_dir: str | Path, *, hidden_size: int, vocab_size: int, num_heads: int = 3, num_layers: int = 1,
-    bias: bool = True, fmt: Literal["safetensors", "pt"] = "safetensors", seed: int = 0, scale: float = 0.05,
-    config_num_heads: int | None = None, lm_head: Any = None,
+    out_dir: str | Path,
+    *,
+    hidden_size: int,
+    vocab_size: int,
+    num_heads: int = 3,
+    num_layers: int = 1,
+    bias: bool = True,
+    fmt: Literal["safetensors", "pt"] = "safetensors",
+    seed: int = 0,
+    scale: float = 0.05,
+    config_num_heads: int | None = None,
+    lm_head: Any = None,
 ) -> Path:
     """Random FasterDecoding-format Medusa-1 heads: ``{k}.{l}.linear.*`` and ``{k}.{L}.weight``.
 
@@ -152,7 +200,12 @@ def make_medusa_heads(
         save_file(state, str(out / "medusa_lm_head.safetensors"))
     else:
         torch.save(state, out / "medusa_lm_head.pt")
-    config = {"medusa_num_heads": config_num_heads or num_heads, "medusa_num_layers": num_layers,
-              "hidden_size": hidden_size, "vocab_size": vocab_size, "base_model_name_or_path": "tiny-llama"}
+    config = {
+        "medusa_num_heads": config_num_heads or num_heads,
+        "medusa_num_layers": num_layers,
+        "hidden_size": hidden_size,
+        "vocab_size": vocab_size,
+        "base_model_name_or_path": "tiny-llama",
+    }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out

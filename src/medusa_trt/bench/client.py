@@ -22,14 +22,22 @@ def _skip_missing_sniffio() -> None:
     httpcore then assumes asyncio, which is what it would conclude anyway."""
     if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
 COMPLETIONS_PATH = "/v1/completions"
 
 
-def build_payload(model: str, prompt: str, *, max_tokens: int, temperature: float, endpoint: str,
-                  medusa: bool | None) -> dict[str, Any]:
+def build_payload(
+    model: str, prompt: str, *, max_tokens: int, temperature: float, endpoint: str, medusa: bool | None
+) -> dict[str, Any]:
     """The request body. `medusa` is sent only when set: other servers may reject unknown fields."""
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature,
-                            "stream": True, "stream_options": {"include_usage": True}}
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if endpoint == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]
     else:
@@ -121,13 +129,23 @@ async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any], rec:
         rec.error_kind, rec.error = e.kind, str(e)
 
 
-async def stream_request(client: httpx.AsyncClient, *, index: int, prompt: str, model: str, max_tokens: int,
-                         temperature: float = 0.0, endpoint: str = "chat", medusa: bool | None = None,
-                         timeout_s: float = 300.0) -> RequestRecord:
+async def stream_request(
+    client: httpx.AsyncClient,
+    *,
+    index: int,
+    prompt: str,
+    model: str,
+    max_tokens: int,
+    temperature: float = 0.0,
+    endpoint: str = "chat",
+    medusa: bool | None = None,
+    timeout_s: float = 300.0,
+) -> RequestRecord:
     """Send one streaming request and time it. Never raises for server or network failures."""
     rec = RequestRecord(index=index, medusa=medusa)
-    body = build_payload(model, prompt, max_tokens=max_tokens, temperature=temperature, endpoint=endpoint,
-                         medusa=medusa)
+    body = build_payload(
+        model, prompt, max_tokens=max_tokens, temperature=temperature, endpoint=endpoint, medusa=medusa
+    )
     path = CHAT_PATH if endpoint == "chat" else COMPLETIONS_PATH
     try:
         if sys.version_info >= (3, 11):  # no extra task per request (wait_for makes one before 3.12)

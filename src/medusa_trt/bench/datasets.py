@@ -41,8 +41,10 @@ def _from_jsonl_obj(obj: Any, where: str) -> Prompt:
             users = [m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
             if users and isinstance(users[0], str):
                 return Prompt(users[0], str(obj.get("category", "")), str(obj.get("id", "")))
-    raise InvalidInputError(f"{where}: no prompt text (expected a string or an object with 'prompt')",
-                            hint='One JSON per line: {"prompt": "..."} (also "text", or "messages").')
+    raise InvalidInputError(
+        f"{where}: no prompt text (expected a string or an object with 'prompt')",
+        hint='One JSON per line: {"prompt": "..."} (also "text", or "messages").',
+    )
 
 
 def _parse_jsonl(lines: list[str], source: str) -> list[Prompt]:
@@ -81,8 +83,9 @@ def load_prompts(dataset: str | Path) -> list[Prompt]:
         return _parse_jsonl(_builtin_lines(), "builtin prompts")
     path = Path(dataset)
     if not path.is_file():
-        raise InvalidInputError(f"dataset not found: {path}",
-                                hint="Use 'builtin', a JSONL file of prompts or a ShareGPT JSON file.")
+        raise InvalidInputError(
+            f"dataset not found: {path}", hint="Use 'builtin', a JSONL file of prompts or a ShareGPT JSON file."
+        )
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):

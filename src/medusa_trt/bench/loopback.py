@@ -20,8 +20,8 @@ from dataclasses import dataclass
 class LoopbackOptions:
     tokens_per_chunk: int = 1
     chunk_delay_s: float = 0.0
-    fail_every: int = 0          # 0: never
-    bad_stream_every: int = 0    # every n-th completion request streams invalid JSON (0: never)
+    fail_every: int = 0  # 0: never
+    bad_stream_every: int = 0  # every n-th completion request streams invalid JSON (0: never)
     diverge_with_medusa: bool = False  # Medusa-on requests get different text (a broken server)
     model: str = "loopback"
 
@@ -67,8 +67,12 @@ class LoopbackServer:
             if o.chunk_delay_s:
                 await asyncio.sleep(o.chunk_delay_s)
             await writer.drain()
-        usage = {"prompt_tokens": 7, "completion_tokens": n_tokens, "total_tokens": n_tokens + 7,
-                 "decoding_steps": chunks - 1}
+        usage = {
+            "prompt_tokens": 7,
+            "completion_tokens": n_tokens,
+            "total_tokens": n_tokens + 7,
+            "decoding_steps": chunks - 1,
+        }
         writer.write(_chunked(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n"))
         writer.write(_chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
@@ -137,6 +141,7 @@ def loopback_server(opts: LoopbackOptions | None = None, port: int = 0) -> Itera
     try:
         yield f"http://127.0.0.1:{bound}", srv
     finally:
+
         async def shutdown() -> None:  # close the socket and end open connections before the loop stops
             holder["s"].close()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -22,16 +22,24 @@ from medusa_trt.bench.stats import PERCENTILES, summarize
 
 # Failure kinds, counted per run: refused/failed connection, timeout, HTTP 4xx/5xx, a stream that is
 # not valid SSE JSON or ends without [DONE], an error object inside the stream, no `usage` chunk.
-ERROR_KINDS: tuple[str, ...] = ("connect", "timeout", "http_4xx", "http_5xx", "malformed_stream",
-                                "stream_error", "missing_usage", "other")
+ERROR_KINDS: tuple[str, ...] = (
+    "connect",
+    "timeout",
+    "http_4xx",
+    "http_5xx",
+    "malformed_stream",
+    "stream_error",
+    "missing_usage",
+    "other",
+)
 
 
 @dataclass
 class RequestRecord:
     """What one streamed request did. Times are seconds relative to the request start."""
 
-    index: int                                # position of the prompt in the drawn prompt list
-    medusa: bool | None = None                # the request's "medusa" field; None = not sent
+    index: int  # position of the prompt in the drawn prompt list
+    medusa: bool | None = None  # the request's "medusa" field; None = not sent
     ttft_s: float | None = None
     e2el_s: float | None = None
     chunk_times: list[float] = field(default_factory=list)  # arrival of each non-empty text chunk
@@ -40,7 +48,7 @@ class RequestRecord:
     decoding_steps: int | None = None
     text: str = ""
     finish_reason: str | None = None
-    error_kind: str | None = None             # one of ERROR_KINDS when the request failed
+    error_kind: str | None = None  # one of ERROR_KINDS when the request failed
     error: str | None = None
 
     @property
@@ -67,12 +75,21 @@ class RequestRecord:
         """The per-request record kept in the result document (text left out: it can be large)."""
         ms = _ms
         return {
-            "index": self.index, "medusa": self.medusa, "ok": self.ok,
-            "ttft_ms": ms(self.ttft_s), "tpot_ms": ms(self.tpot_s), "e2el_ms": ms(self.e2el_s),
-            "itls_ms": [x * 1e3 for x in self.itls_s], "num_chunks": len(self.chunk_times),
-            "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
-            "decoding_steps": self.decoding_steps, "output_tokens_per_s": self.tokens_per_s,
-            "finish_reason": self.finish_reason, "error_kind": self.error_kind, "error": self.error,
+            "index": self.index,
+            "medusa": self.medusa,
+            "ok": self.ok,
+            "ttft_ms": ms(self.ttft_s),
+            "tpot_ms": ms(self.tpot_s),
+            "e2el_ms": ms(self.e2el_s),
+            "itls_ms": [x * 1e3 for x in self.itls_s],
+            "num_chunks": len(self.chunk_times),
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "decoding_steps": self.decoding_steps,
+            "output_tokens_per_s": self.tokens_per_s,
+            "finish_reason": self.finish_reason,
+            "error_kind": self.error_kind,
+            "error": self.error,
         }
 
 

@@ -73,13 +73,21 @@ def _label(r: dict[str, Any]) -> str:
 
 # (row label, getter) pairs of the table: one column per run, metrics down the side (vLLM's block).
 _ROWS: tuple[tuple[str, str, int], ...] = (
-    ("tokens/s/user mean", "tps:mean", 1), ("tokens/s/user p50", "tps:p50", 1), ("tokens/s/user p90", "tps:p90", 1),
+    ("tokens/s/user mean", "tps:mean", 1),
+    ("tokens/s/user p50", "tps:p50", 1),
+    ("tokens/s/user p90", "tps:p90", 1),
     ("tokens/s/user p99", "tps:p99", 1),
-    ("TTFT mean (ms)", "mean_ttft_ms", 1), ("TTFT p50 (ms)", "p50_ttft_ms", 1), ("TTFT p99 (ms)", "p99_ttft_ms", 1),
-    ("TPOT mean (ms)", "mean_tpot_ms", 2), ("TPOT p99 (ms)", "p99_tpot_ms", 2),
-    ("ITL (inter-chunk) mean (ms)", "mean_itl_ms", 2), ("ITL p99 (ms)", "p99_itl_ms", 2),
-    ("E2EL mean (ms)", "mean_e2el_ms", 1), ("E2EL p99 (ms)", "p99_e2el_ms", 1),
-    ("request throughput (req/s)", "request_throughput", 2), ("output throughput (tok/s)", "output_throughput", 1),
+    ("TTFT mean (ms)", "mean_ttft_ms", 1),
+    ("TTFT p50 (ms)", "p50_ttft_ms", 1),
+    ("TTFT p99 (ms)", "p99_ttft_ms", 1),
+    ("TPOT mean (ms)", "mean_tpot_ms", 2),
+    ("TPOT p99 (ms)", "p99_tpot_ms", 2),
+    ("ITL (inter-chunk) mean (ms)", "mean_itl_ms", 2),
+    ("ITL p99 (ms)", "p99_itl_ms", 2),
+    ("E2EL mean (ms)", "mean_e2el_ms", 1),
+    ("E2EL p99 (ms)", "p99_e2el_ms", 1),
+    ("request throughput (req/s)", "request_throughput", 2),
+    ("output throughput (tok/s)", "output_throughput", 1),
     ("tokens/step", "tokens_per_step", 2),
 )
 
@@ -116,15 +124,19 @@ def summary_lines(report: BenchReport) -> list[str]:
                 lines.append(f"  first error: {r['first_error']}")
     for c in report.comparisons:
         same = {True: "identical", False: "DIFFERENT", None: "not checked (temperature > 0)"}[c["identical_outputs"]]
-        lines.append(f"concurrency {c['concurrency']}: Medusa speedup {_f(c['speedup'], 2)}x tokens/s/user; "
-                     f"greedy outputs {same}" + (f" ({len(c['mismatches'])} prompts)" if c["mismatches"] else ""))
+        lines.append(
+            f"concurrency {c['concurrency']}: Medusa speedup {_f(c['speedup'], 2)}x tokens/s/user; "
+            f"greedy outputs {same}" + (f" ({len(c['mismatches'])} prompts)" if c["mismatches"] else "")
+        )
     sim = report.simulation
     if sim:
         if sim.get("error"):
             lines.append(f"simulation: {sim['error']}")
         else:
-            lines.append(f"simulation ({sim['profile']}, {sim['model']}, at the {_f(sim['tokens_per_step'], 2)} "
-                         f"tokens/step measured): {_f(sim['tokens_per_s_per_user'])} tokens/s/user predicted with "
-                         f"Medusa (step {_f(sim['step_time_ms'], 2)} ms) vs "
-                         f"{_f(sim['baseline_tokens_per_s_per_user'])} without ({_f(sim['speedup'], 2)}x)")
+            lines.append(
+                f"simulation ({sim['profile']}, {sim['model']}, at the {_f(sim['tokens_per_step'], 2)} "
+                f"tokens/step measured): {_f(sim['tokens_per_s_per_user'])} tokens/s/user predicted with "
+                f"Medusa (step {_f(sim['step_time_ms'], 2)} ms) vs "
+                f"{_f(sim['baseline_tokens_per_s_per_user'])} without ({_f(sim['speedup'], 2)}x)"
+            )
     return lines

@@ -25,30 +25,32 @@ from medusa_trt.errors import InvalidInputError
 
 @dataclass
 class BenchConfig:
-    url: str | None = None                  # an OpenAI-compatible server, or
-    engine: Path | None = None              # an engine dir: our server is started for the run
-    served_model: str | None = None         # request "model"; default: first id of /v1/models
-    dataset: str = BUILTIN                  # "builtin", a JSONL file or a ShareGPT JSON file
+    url: str | None = None  # an OpenAI-compatible server, or
+    engine: Path | None = None  # an engine dir: our server is started for the run
+    served_model: str | None = None  # request "model"; default: first id of /v1/models
+    dataset: str = BUILTIN  # "builtin", a JSONL file or a ShareGPT JSON file
     num_prompts: int = 32
     concurrency: tuple[int, ...] = (1,)
     max_tokens: int = 128
-    input_len: int | None = None            # characters (see datasets.fit_length)
+    input_len: int | None = None  # characters (see datasets.fit_length)
     compare_no_medusa: bool = False
-    warmup: int = 1                         # untimed requests (per Medusa mode) before measuring
+    warmup: int = 1  # untimed requests (per Medusa mode) before measuring
     seed: int = 0
     temperature: float = 0.0
-    endpoint: str = "chat"                  # "chat" or "completions"
+    endpoint: str = "chat"  # "chat" or "completions"
     request_timeout_s: float = 300.0
     server_start_timeout_s: float = 600.0
-    simulate: str | None = None             # a hardware profile name or YAML path
-    sim_model: str = "llama-3.1-70b"        # model preset for the simulation
+    simulate: str | None = None  # a hardware profile name or YAML path
+    sim_model: str = "llama-3.1-70b"  # model preset for the simulation
     command: list[str] | None = field(default=None)
 
     def validate(self) -> None:
         if (self.url is None) == (self.engine is None):
-            raise InvalidInputError("give exactly one of --url or --engine",
-                                    hint="--url http://HOST:PORT measures any OpenAI-compatible server; "
-                                         "--engine DIR starts ours for the run.")
+            raise InvalidInputError(
+                "give exactly one of --url or --engine",
+                hint="--url http://HOST:PORT measures any OpenAI-compatible server; "
+                "--engine DIR starts ours for the run.",
+            )
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise InvalidInputError(f"--concurrency must be positive integers, got {self.concurrency}")
         if self.max_tokens < 1:
@@ -60,7 +62,7 @@ class BenchConfig:
 
 
 RequestCallback = Callable[[RequestRecord], None]
-LevelCallback = Callable[[int, int], None]       # (concurrency, number of requests)
+LevelCallback = Callable[[int, int], None]  # (concurrency, number of requests)
 
 
 @dataclass
@@ -86,24 +88,31 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _compare(records: list[RequestRecord], prompts: list[Prompt], concurrency: int,
-             temperature: float) -> dict[str, Any]:
+def _compare(
+    records: list[RequestRecord], prompts: list[Prompt], concurrency: int, temperature: float
+) -> dict[str, Any]:
     on = {r.index: r for r in records if r.medusa is True and r.ok}
     off = {r.index: r for r in records if r.medusa is False and r.ok}
     pairs = sorted(set(on) & set(off))
-    mismatches = [{"index": i, "prompt": prompts[i].text[:120], "medusa": on[i].text[:300],
-                   "no_medusa": off[i].text[:300]} for i in pairs if on[i].text != off[i].text]
+    mismatches = [
+        {"index": i, "prompt": prompts[i].text[:120], "medusa": on[i].text[:300], "no_medusa": off[i].text[:300]}
+        for i in pairs
+        if on[i].text != off[i].text
+    ]
     tps_on = [t for r in on.values() if (t := r.tokens_per_s) is not None]
     tps_off = [t for r in off.values() if (t := r.tokens_per_s) is not None]
     mean_on = sum(tps_on) / len(tps_on) if tps_on else None
     mean_off = sum(tps_off) / len(tps_off) if tps_off else None
     greedy = temperature == 0.0
-    return {"concurrency": concurrency, "pairs": len(pairs),
-            "speedup": mean_on / mean_off if mean_on and mean_off else None,
-            "mean_output_tokens_per_s_per_user_medusa": mean_on,
-            "mean_output_tokens_per_s_per_user_no_medusa": mean_off,
-            "identical_outputs": (not mismatches and bool(pairs)) if greedy else None,
-            "mismatches": mismatches if greedy else []}
+    return {
+        "concurrency": concurrency,
+        "pairs": len(pairs),
+        "speedup": mean_on / mean_off if mean_on and mean_off else None,
+        "mean_output_tokens_per_s_per_user_medusa": mean_on,
+        "mean_output_tokens_per_s_per_user_no_medusa": mean_off,
+        "identical_outputs": (not mismatches and bool(pairs)) if greedy else None,
+        "mismatches": mismatches if greedy else [],
+    }
 
 
 def _finalize(report: BenchReport, cfg: BenchConfig, prompts: list[Prompt], col: _Collector) -> None:
@@ -112,23 +121,44 @@ def _finalize(report: BenchReport, cfg: BenchConfig, prompts: list[Prompt], col:
     for m in modes:
         recs = [r for r in col.records if r.medusa == m]
         first = next((r.error for r in recs if r.error), None)
-        report.runs.append({"concurrency": col.concurrency, "medusa": m, "num_requests": len(recs),
-                            **compute_metrics(recs, duration), "first_error": first,
-                            "requests": [r.to_json() for r in recs]})
+        report.runs.append(
+            {
+                "concurrency": col.concurrency,
+                "medusa": m,
+                "num_requests": len(recs),
+                **compute_metrics(recs, duration),
+                "first_error": first,
+                "requests": [r.to_json() for r in recs],
+            }
+        )
     if cfg.compare_no_medusa:
         report.comparisons.append(_compare(col.records, prompts, col.concurrency, cfg.temperature))
     col.records = []
 
 
-async def _level(client: Any, cfg: BenchConfig, model: str, prompts: list[Prompt], col: _Collector,
-                 on_request: RequestCallback | None) -> None:
+async def _level(
+    client: Any,
+    cfg: BenchConfig,
+    model: str,
+    prompts: list[Prompt],
+    col: _Collector,
+    on_request: RequestCallback | None,
+) -> None:
     jobs: Iterator[tuple[int, bool | None]] = iter(_jobs(len(prompts), cfg.compare_no_medusa))
 
     async def user() -> None:
         for idx, medusa in jobs:  # the iterator is shared: each user takes the next job
-            rec = await stream_request(client, index=idx, prompt=prompts[idx].text, model=model,
-                                       max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                                       endpoint=cfg.endpoint, medusa=medusa, timeout_s=cfg.request_timeout_s)
+            rec = await stream_request(
+                client,
+                index=idx,
+                prompt=prompts[idx].text,
+                model=model,
+                max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature,
+                endpoint=cfg.endpoint,
+                medusa=medusa,
+                timeout_s=cfg.request_timeout_s,
+            )
             col.records.append(rec)
             if on_request:
                 on_request(rec)
@@ -136,15 +166,31 @@ async def _level(client: Any, cfg: BenchConfig, model: str, prompts: list[Prompt
     await asyncio.gather(*(user() for _ in range(col.concurrency)))
 
 
-async def _measure_all(cfg: BenchConfig, url: str, model: str, prompts: list[Prompt], report: BenchReport,
-                       col: _Collector, on_level: LevelCallback | None, on_request: RequestCallback | None) -> None:
+async def _measure_all(
+    cfg: BenchConfig,
+    url: str,
+    model: str,
+    prompts: list[Prompt],
+    report: BenchReport,
+    col: _Collector,
+    on_level: LevelCallback | None,
+    on_request: RequestCallback | None,
+) -> None:
     async with make_client(url, max(cfg.concurrency), cfg.request_timeout_s) as client:
         modes: tuple[bool | None, ...] = (True, False) if cfg.compare_no_medusa else (None,)
         for i in range(cfg.warmup):
             for m in modes:
-                await stream_request(client, index=-1, prompt=prompts[i % len(prompts)].text, model=model,
-                                     max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                                     endpoint=cfg.endpoint, medusa=m, timeout_s=cfg.request_timeout_s)
+                await stream_request(
+                    client,
+                    index=-1,
+                    prompt=prompts[i % len(prompts)].text,
+                    model=model,
+                    max_tokens=cfg.max_tokens,
+                    temperature=cfg.temperature,
+                    endpoint=cfg.endpoint,
+                    medusa=m,
+                    timeout_s=cfg.request_timeout_s,
+                )
         for c in cfg.concurrency:
             col.concurrency, col.t0, col.records = c, time.perf_counter(), []
             if on_level:
@@ -153,19 +199,33 @@ async def _measure_all(cfg: BenchConfig, url: str, model: str, prompts: list[Pro
             _finalize(report, cfg, prompts, col)
 
 
-def _measure(cfg: BenchConfig, url: str, prompts: list[Prompt], engine: dict[str, Any] | None,
-             on_level: LevelCallback | None, on_request: RequestCallback | None) -> BenchReport:
+def _measure(
+    cfg: BenchConfig,
+    url: str,
+    prompts: list[Prompt],
+    engine: dict[str, Any] | None,
+    on_level: LevelCallback | None,
+    on_request: RequestCallback | None,
+) -> BenchReport:
     info = probe(url)
     model = cfg.served_model or info.model
     if not model:
         raise InvalidInputError(f"{url}/v1/models lists no model", hint="Pass --served-model NAME.")
     info.model = model
     # JSON-safe as it stands (the Python API hands to_json() to json.dumps without a default)
-    conf = {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-            for k, v in asdict(cfg).items() if k != "command"}
-    report = BenchReport(tool={"name": "medusa-trt", "version": __version__}, server=info.to_json(),
-                         config={**conf, "input_len_unit": "characters"}, start_time=_now(), engine=engine,
-                         command=cfg.command if cfg.command is not None else list(sys.argv))
+    conf = {
+        k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        for k, v in asdict(cfg).items()
+        if k != "command"
+    }
+    report = BenchReport(
+        tool={"name": "medusa-trt", "version": __version__},
+        server=info.to_json(),
+        config={**conf, "input_len_unit": "characters"},
+        start_time=_now(),
+        engine=engine,
+        command=cfg.command if cfg.command is not None else list(sys.argv),
+    )
     col = _Collector()
     try:
         asyncio.run(_measure_all(cfg, url, model, prompts, report, col, on_level, on_request))
@@ -177,8 +237,9 @@ def _measure(cfg: BenchConfig, url: str, prompts: list[Prompt], engine: dict[str
     return report
 
 
-def run_benchmark(cfg: BenchConfig, *, on_level: LevelCallback | None = None,
-                  on_request: RequestCallback | None = None) -> BenchReport:
+def run_benchmark(
+    cfg: BenchConfig, *, on_level: LevelCallback | None = None, on_request: RequestCallback | None = None
+) -> BenchReport:
     """Measure the server (or start one for `cfg.engine`), then predict when `cfg.simulate` is set.
 
     A Ctrl-C during measurement returns the partial report with `was_cancelled=True`.

@@ -26,8 +26,8 @@ MANIFEST = "medusa-trt.json"
 @dataclass
 class ServerInfo:
     url: str
-    model: str | None                      # first id of /v1/models, when the server lists one
-    version: Any = None                    # /version's answer, when it has one
+    model: str | None  # first id of /v1/models, when the server lists one
+    version: Any = None  # /version's answer, when it has one
     headers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -58,11 +58,13 @@ def probe(url: str, timeout_s: float = 5.0) -> ServerInfo:
                     info.version = ver.text[:200]
             return info
     except httpx.ConnectError as e:
-        raise ServerError(f"cannot reach {url}: {e}",
-                          hint="Start a server (`medusa-trt run ENGINE_DIR`) or check --url.") from None
+        raise ServerError(
+            f"cannot reach {url}: {e}", hint="Start a server (`medusa-trt run ENGINE_DIR`) or check --url."
+        ) from None
     except httpx.TimeoutException:
-        raise ServerError(f"{url} did not answer within {timeout_s:g} s",
-                          hint="Check that the server is up and not overloaded.") from None
+        raise ServerError(
+            f"{url} did not answer within {timeout_s:g} s", hint="Check that the server is up and not overloaded."
+        ) from None
     except (httpx.HTTPError, ValueError) as e:
         raise ServerError(f"{url}: unexpected answer to GET /v1/models ({e})") from None
 
@@ -100,16 +102,20 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_s: 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServerError(f"the server exited with code {proc.returncode} before it was ready: {_tail(log)}",
-                              hint="Run `medusa-trt run ENGINE_DIR` by hand to see its full output.")
+            raise ServerError(
+                f"the server exited with code {proc.returncode} before it was ready: {_tail(log)}",
+                hint="Run `medusa-trt run ENGINE_DIR` by hand to see its full output.",
+            )
         try:
             if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise ServerError(f"the server was not healthy after {timeout_s:g} s: {_tail(log)}",
-                      hint="Raise the start timeout or check the engine directory.")
+    raise ServerError(
+        f"the server was not healthy after {timeout_s:g} s: {_tail(log)}",
+        hint="Raise the start timeout or check the engine directory.",
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
@@ -128,8 +134,9 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
 def engine_server(engine_dir: Path, start_timeout_s: float = 600.0) -> Iterator[str]:
     """Start `medusa-trt run ENGINE_DIR` on a free loopback port; yield its URL; stop it."""
     if not engine_dir.is_dir():
-        raise InvalidInputError(f"engine directory not found: {engine_dir}",
-                                hint="Build one with `medusa-trt build`, or pass --url.")
+        raise InvalidInputError(
+            f"engine directory not found: {engine_dir}", hint="Build one with `medusa-trt build`, or pass --url."
+        )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--host", "127.0.0.1", "--port", str(port)]
@@ -137,8 +144,14 @@ def engine_server(engine_dir: Path, start_timeout_s: float = 600.0) -> Iterator[
         log = Path(tmp) / "server.log"
         with log.open("wb") as fh:
             # Own session: a Ctrl-C in the terminal reaches the bench, which then stops the server itself.
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
             try:
                 wait_healthy(proc, url, log, start_timeout_s)
                 yield url

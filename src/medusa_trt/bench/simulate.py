@@ -42,6 +42,13 @@ def simulate(profile_name: str, model_name: str, report: BenchReport) -> dict[st
         return {**base, "error": "the server reported no usage.decoding_steps: no measured tokens/step to simulate"}
     profile = load_profile(profile_name)
     pred = predict(profile, resolve_model(model_name), tokens_per_step=tps)
-    return {**base, "profile_id": profile.id, "tokens_per_s_per_user": pred.medusa.tokens_per_s_per_user,
-            "step_time_ms": pred.medusa.step_ms, "baseline_tokens_per_s_per_user": pred.baseline.tokens_per_s_per_user,
-            "speedup": pred.speedup, "context_len": pred.context_len, "prediction": pred.to_dict()}
+    return {
+        **base,
+        "profile_id": profile.id,
+        "tokens_per_s_per_user": pred.medusa.tokens_per_s_per_user,
+        "step_time_ms": pred.medusa.step_ms,
+        "baseline_tokens_per_s_per_user": pred.baseline.tokens_per_s_per_user,
+        "speedup": pred.speedup,
+        "context_len": pred.context_len,
+        "prediction": pred.to_dict(),
+    }

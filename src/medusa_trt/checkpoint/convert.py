@@ -58,20 +58,32 @@ class ConvertResult:
         return self.bytes_written / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"output_dir": str(self.output_dir), "config": self.config, "files": self.files,
-                "sources": self.sources, "warnings": self.warnings, "bytes_written": self.bytes_written,
-                "seconds": round(self.seconds, 3), "bytes_per_s": round(self.bytes_per_s),
-                "hash_algorithm": self.hash_algorithm}
+        return {
+            "output_dir": str(self.output_dir),
+            "config": self.config,
+            "files": self.files,
+            "sources": self.sources,
+            "warnings": self.warnings,
+            "bytes_written": self.bytes_written,
+            "seconds": round(self.seconds, 3),
+            "bytes_per_s": round(self.bytes_per_s),
+            "hash_algorithm": self.hash_algorithm,
+        }
 
 
 def _select_heads(base: BaseModel, medusa: ResolvedSource | None) -> Heads | None:
-    embedded = modelopt_heads(base) if base.quant is not None or any(
-        n.startswith("medusa_heads.") for n in base.store.infos) else None
+    embedded = (
+        modelopt_heads(base)
+        if base.quant is not None or any(n.startswith("medusa_heads.") for n in base.store.infos)
+        else None
+    )
     if medusa is None:
         return embedded
     if embedded is not None:
-        raise InvalidInputError(f"{base.store.label} already holds Medusa heads (medusa_heads.*)",
-                                hint="Drop --medusa: a ModelOpt combined checkpoint carries its own heads.")
+        raise InvalidInputError(
+            f"{base.store.label} already holds Medusa heads (medusa_heads.*)",
+            hint="Drop --medusa: a ModelOpt combined checkpoint carries its own heads.",
+        )
     return load_fasterdecoding_heads(medusa.path)
 
 
@@ -79,19 +91,27 @@ def _head_count(heads: Heads, num_heads: int | None, num_layers: int | None, war
     """Trust the tensors; the flag may select the first K heads; config.json only earns a warning."""
     found = heads.num_heads
     if heads.config_num_heads is not None and heads.config_num_heads != found:
-        warnings.append(f"heads config.json says {heads.config_num_heads} heads but the tensors hold {found}; "
-                        f"using {found} (published configs are known to be wrong)")
+        warnings.append(
+            f"heads config.json says {heads.config_num_heads} heads but the tensors hold {found}; "
+            f"using {found} (published configs are known to be wrong)"
+        )
     if heads.config_num_layers is not None and heads.config_num_layers != heads.num_layers:
-        warnings.append(f"heads config.json says {heads.config_num_layers} layers per head but the tensors hold "
-                        f"{heads.num_layers}; using {heads.num_layers}")
+        warnings.append(
+            f"heads config.json says {heads.config_num_layers} layers per head but the tensors hold "
+            f"{heads.num_layers}; using {heads.num_layers}"
+        )
     if num_layers is not None and num_layers != heads.num_layers:
-        raise CheckpointError(f"--num-medusa-layers {num_layers}: the heads have {heads.num_layers} layer(s) each",
-                              hint="Drop the flag; the layer count is read from the tensors.")
+        raise CheckpointError(
+            f"--num-medusa-layers {num_layers}: the heads have {heads.num_layers} layer(s) each",
+            hint="Drop the flag; the layer count is read from the tensors.",
+        )
     if num_heads is None:
         return found
     if num_heads < 1 or num_heads > found:
-        raise CheckpointError(f"--num-medusa-heads {num_heads}: the tensors hold {found} head(s)",
-                              hint=f"Pass 1..{found}, or drop the flag to write all {found}.")
+        raise CheckpointError(
+            f"--num-medusa-heads {num_heads}: the tensors hold {found} head(s)",
+            hint=f"Pass 1..{found}, or drop the flag to write all {found}.",
+        )
     if num_heads < found:
         warnings.append(f"--num-medusa-heads {num_heads}: writing the first {num_heads} of {found} heads")
     return num_heads
@@ -102,8 +122,10 @@ def _check_draft(max_draft_len: int | None, tree: str | list[list[int]] | None, 
 
     mdl = DEFAULT_MAX_DRAFT_LEN if max_draft_len is None else max_draft_len
     if mdl < 1:
-        raise InvalidInputError(f"--max-draft-len {mdl}: must be at least 1",
-                                hint="TRT-LLM requires max_draft_len > 0 for Medusa; it bounds the tree's nodes.")
+        raise InvalidInputError(
+            f"--max-draft-len {mdl}: must be at least 1",
+            hint="TRT-LLM requires max_draft_len > 0 for Medusa; it bounds the tree's nodes.",
+        )
     if tree is not None:
         validate_tree(load_tree(tree), num_heads=num_heads, max_draft_len=mdl)
     return mdl
@@ -118,8 +140,15 @@ def _progress(total: int, enabled: bool, label: str) -> Iterator[Callable[[int],
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     lock = threading.Lock()
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
         task = bar.add_task(label, total=total)
 
         def advance(n: int) -> None:
@@ -130,10 +159,22 @@ def _progress(total: int, enabled: bool, label: str) -> Iterator[Callable[[int],
 
 
 def convert_checkpoint(
-    model: str | Path, output_dir: Path, *, medusa: str | Path | None = None, tp: int = 1, pp: int = 1,
-    dtype: str | None = None, num_medusa_heads: int | None = None, num_medusa_layers: int | None = None,
-    max_draft_len: int | None = None, revision: str | None = None, workers: int = 1, progress: bool = True,
-    force: bool = False, tree: str | list[list[int]] | None = None, medusa_revision: str | None = None,
+    model: str | Path,
+    output_dir: Path,
+    *,
+    medusa: str | Path | None = None,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: str | None = None,
+    num_medusa_heads: int | None = None,
+    num_medusa_layers: int | None = None,
+    max_draft_len: int | None = None,
+    revision: str | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    force: bool = False,
+    tree: str | list[list[int]] | None = None,
+    medusa_revision: str | None = None,
 ) -> ConvertResult:
     """Write a TRT-LLM checkpoint for ``tp`` ranks into ``output_dir`` (see module docstring)."""
     t0 = time.perf_counter()
@@ -148,8 +189,10 @@ def convert_checkpoint(
     heads = _select_heads(base, heads_src)
     warnings: list[str] = []
     if heads is None and (num_medusa_heads is not None or num_medusa_layers is not None):
-        raise InvalidInputError("--num-medusa-heads/--num-medusa-layers given but there are no Medusa heads",
-                                hint="Pass --medusa DIR, or use a ModelOpt checkpoint with medusa_heads.* tensors.")
+        raise InvalidInputError(
+            "--num-medusa-heads/--num-medusa-layers given but there are no Medusa heads",
+            hint="Pass --medusa DIR, or use a ModelOpt checkpoint with medusa_heads.* tensors.",
+        )
     k = _head_count(heads, num_medusa_heads, num_medusa_layers, warnings) if heads is not None else 0
     mdl = _check_draft(max_draft_len, tree, k) if heads is not None else 0
     src_code = base.store.info("model.embed_tokens.weight").dtype
@@ -160,8 +203,10 @@ def convert_checkpoint(
     total = sum(t.nbytes for plan in plans for t in plan)
     free = shutil.disk_usage(existing_ancestor(output_dir)).free
     if free < total * 1.02:
-        raise CheckpointError(f"{output_dir.parent}: {free / 2**30:.1f} GiB free, the checkpoint needs "
-                              f"{total / 2**30:.1f} GiB", hint="Free disk space or choose another --output.")
+        raise CheckpointError(
+            f"{output_dir.parent}: {free / 2**30:.1f} GiB free, the checkpoint needs {total / 2**30:.1f} GiB",
+            hint="Free disk space or choose another --output.",
+        )
 
     sources = {"model": dict(src.to_json(), format="modelopt" if base.quant else "hf")}
     if heads_src is not None:
@@ -177,8 +222,15 @@ def convert_checkpoint(
             if (src.path / name).is_file():
                 files[name] = copy_hashed(src.path / name, tmp / name)
         seconds = time.perf_counter() - t0
-        result = ConvertResult(output_dir, config, dict(sorted(files.items())), sources, warnings,
-                               sum(f["size"] for f in files.values()), seconds)
+        result = ConvertResult(
+            output_dir,
+            config,
+            dict(sorted(files.items())),
+            sources,
+            warnings,
+            sum(f["size"] for f in files.values()),
+            seconds,
+        )
         _write_manifest(tmp, result, lay, mdl)
         publish(tmp, output_dir)
     except BaseException:
@@ -190,15 +242,23 @@ def convert_checkpoint(
 
 def _write_manifest(tmp: Path, r: ConvertResult, lay: Layout, mdl: int) -> None:
     doc = {
-        "format": "medusa-trt-convert", "format_version": 1,
+        "format": "medusa-trt-convert",
+        "format_version": 1,
         "tool": {"name": "medusa-trt", "version": __version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hash_algorithm": r.hash_algorithm,
         "sources": r.sources,
-        "options": {"tp": lay.tp, "pp": 1, "dtype": lay.dtype, "num_medusa_heads": lay.num_heads or None,
-                    "num_medusa_layers": lay.heads.num_layers if lay.heads else None,
-                    "max_draft_len": mdl or None},
-        "files": r.files, "bytes_written": r.bytes_written, "seconds": round(r.seconds, 3),
+        "options": {
+            "tp": lay.tp,
+            "pp": 1,
+            "dtype": lay.dtype,
+            "num_medusa_heads": lay.num_heads or None,
+            "num_medusa_layers": lay.heads.num_layers if lay.heads else None,
+            "max_draft_len": mdl or None,
+        },
+        "files": r.files,
+        "bytes_written": r.bytes_written,
+        "seconds": round(r.seconds, 3),
         "warnings": r.warnings,
     }
     (tmp / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n")

@@ -56,6 +56,7 @@ class Layout:
 
 # --- recipes ---------------------------------------------------------------------------------
 
+
 def _cast(t: Any, code: str) -> Any:
     want = torch_dtype(code)
     return t if t.dtype == want else t.to(want)
@@ -120,8 +121,11 @@ def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
     else:
         j = rank * kv // t
         kv_lo, kv_hi = j * hd, (j + 1) * hd
-    parts = [(f"{prefix}q_proj", (rank * q_rows, (rank + 1) * q_rows)), (f"{prefix}k_proj", (kv_lo, kv_hi)),
-             (f"{prefix}v_proj", (kv_lo, kv_hi))]
+    parts = [
+        (f"{prefix}q_proj", (rank * q_rows, (rank + 1) * q_rows)),
+        (f"{prefix}k_proj", (kv_lo, kv_hi)),
+        (f"{prefix}v_proj", (kv_lo, kv_hi)),
+    ]
     fp8 = code == FP8
 
     def make() -> Iterator[Any]:
@@ -139,28 +143,44 @@ def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
 
 # --- the per-rank plan -----------------------------------------------------------------------
 
-def _linear(lay: Layout, out: str, src: str, shape: tuple[int, ...], recipe: Callable[[str], Recipe], store: Store,
-            scale_srcs: list[str] | None = None) -> list[OutTensor]:
+
+def _linear(
+    lay: Layout,
+    out: str,
+    src: str,
+    shape: tuple[int, ...],
+    recipe: Callable[[str], Recipe],
+    store: Store,
+    scale_srcs: list[str] | None = None,
+) -> list[OutTensor]:
     """A linear layer: its weight (recipe called with the output dtype), plus FP8 scales for FP8 sources."""
     fp8 = lay.is_fp8(store, f"{src}.weight")
     code = FP8 if fp8 else lay.code
-    return [OutTensor(f"{out}.weight", code, shape, recipe(code)), *(
-        _fp8_scales(out, store, scale_srcs or [src]) if fp8 else [])]
+    return [
+        OutTensor(f"{out}.weight", code, shape, recipe(code)),
+        *(_fp8_scales(out, store, scale_srcs or [src]) if fp8 else []),
+    ]
 
 
 def _fp8_scales(out: str, store: Store, srcs: list[str]) -> list[OutTensor]:
-    return [OutTensor(f"{out}.weights_scaling_factor", "F32", (1,),
-                      scale_recipe(store, [f"{s}.weight_scale" for s in srcs])),
-            OutTensor(f"{out}.activation_scaling_factor", "F32", (1,),
-                      scale_recipe(store, [f"{s}.input_scale" for s in srcs]))]
+    return [
+        OutTensor(
+            f"{out}.weights_scaling_factor", "F32", (1,), scale_recipe(store, [f"{s}.weight_scale" for s in srcs])
+        ),
+        OutTensor(
+            f"{out}.activation_scaling_factor", "F32", (1,), scale_recipe(store, [f"{s}.input_scale" for s in srcs])
+        ),
+    ]
 
 
 def kv_scale_names(store: Store, prefix: str) -> list[str] | None:
     """ModelOpt KV-cache scales of one layer, in any export spelling: ``k_proj.k_scale`` is ModelOpt's HF
     export and what TRT-LLM's own loader reads for ``kv_cache_scaling_factor``; the others are older."""
-    for k, v in ((f"{prefix}k_proj.k_scale", f"{prefix}v_proj.v_scale"),
-                 (f"{prefix}k_scale", f"{prefix}v_scale"),
-                 (f"{prefix}k_proj.output_scale", f"{prefix}v_proj.output_scale")):
+    for k, v in (
+        (f"{prefix}k_proj.k_scale", f"{prefix}v_proj.v_scale"),
+        (f"{prefix}k_scale", f"{prefix}v_scale"),
+        (f"{prefix}k_proj.output_scale", f"{prefix}v_proj.output_scale"),
+    ):
         if k in store.infos and v in store.infos:
             return [k, v]
     return None
@@ -173,34 +193,83 @@ def rank_tensors(lay: Layout, rank: int) -> list[OutTensor]:
     q_cols = s.num_attention_heads * hd // t
     kvr = max(1, s.num_key_value_heads // t)
     out: list[OutTensor] = []
-    out.append(OutTensor("transformer.vocab_embedding.weight", code, (s.vocab_size, d),
-                         rows_recipe(store, "model.embed_tokens.weight", 0, s.vocab_size, code)))
+    out.append(
+        OutTensor(
+            "transformer.vocab_embedding.weight",
+            code,
+            (s.vocab_size, d),
+            rows_recipe(store, "model.embed_tokens.weight", 0, s.vocab_size, code),
+        )
+    )
     for layer in range(s.num_hidden_layers):
         hf, trt = f"model.layers.{layer}.", f"transformer.layers.{layer}."
         att, mlp = f"{hf}self_attn.", f"{hf}mlp."
-        out.append(OutTensor(f"{trt}input_layernorm.weight", code, (d,),
-                             rows_recipe(store, f"{hf}input_layernorm.weight", 0, d, code)))
+        out.append(
+            OutTensor(
+                f"{trt}input_layernorm.weight",
+                code,
+                (d,),
+                rows_recipe(store, f"{hf}input_layernorm.weight", 0, d, code),
+            )
+        )
         qkv = [f"{att}q_proj", f"{att}k_proj", f"{att}v_proj"]
-        out += _linear(lay, f"{trt}attention.qkv", qkv[0], ((s.num_attention_heads // t + 2 * kvr) * hd, d),
-                       partial(qkv_recipe, lay, att, rank), store, qkv)
-        out += _linear(lay, f"{trt}attention.dense", f"{att}o_proj", (d, q_cols),
-                       partial(cols_recipe, store, f"{att}o_proj.weight", rank * q_cols, (rank + 1) * q_cols), store)
+        out += _linear(
+            lay,
+            f"{trt}attention.qkv",
+            qkv[0],
+            ((s.num_attention_heads // t + 2 * kvr) * hd, d),
+            partial(qkv_recipe, lay, att, rank),
+            store,
+            qkv,
+        )
+        out += _linear(
+            lay,
+            f"{trt}attention.dense",
+            f"{att}o_proj",
+            (d, q_cols),
+            partial(cols_recipe, store, f"{att}o_proj.weight", rank * q_cols, (rank + 1) * q_cols),
+            store,
+        )
         if lay.base.quant and lay.base.quant.kv_cache_quant_algo == "FP8":
             names = kv_scale_names(store, att) or []
             out.append(OutTensor(f"{trt}attention.kv_cache_scaling_factor", "F32", (1,), scale_recipe(store, names)))
-        out.append(OutTensor(f"{trt}post_layernorm.weight", code, (d,),
-                             rows_recipe(store, f"{hf}post_attention_layernorm.weight", 0, d, code)))
+        out.append(
+            OutTensor(
+                f"{trt}post_layernorm.weight",
+                code,
+                (d,),
+                rows_recipe(store, f"{hf}post_attention_layernorm.weight", 0, d, code),
+            )
+        )
         for trt_name, hf_name in (("fc", "gate_proj"), ("gate", "up_proj")):  # fc is the activated branch
             src = f"{mlp}{hf_name}"
-            out += _linear(lay, f"{trt}mlp.{trt_name}", src, (i_rows, d),
-                           partial(rows_recipe, store, f"{src}.weight", rank * i_rows, (rank + 1) * i_rows), store)
-        out += _linear(lay, f"{trt}mlp.proj", f"{mlp}down_proj", (d, i_rows),
-                       partial(cols_recipe, store, f"{mlp}down_proj.weight", rank * i_rows, (rank + 1) * i_rows), store)
+            out += _linear(
+                lay,
+                f"{trt}mlp.{trt_name}",
+                src,
+                (i_rows, d),
+                partial(rows_recipe, store, f"{src}.weight", rank * i_rows, (rank + 1) * i_rows),
+                store,
+            )
+        out += _linear(
+            lay,
+            f"{trt}mlp.proj",
+            f"{mlp}down_proj",
+            (d, i_rows),
+            partial(cols_recipe, store, f"{mlp}down_proj.weight", rank * i_rows, (rank + 1) * i_rows),
+            store,
+        )
     out.append(OutTensor("transformer.ln_f.weight", code, (d,), rows_recipe(store, "model.norm.weight", 0, d, code)))
     vr = lay.vocab_padded // t
     lm_src = "lm_head" if "lm_head.weight" in store.infos else "model.embed_tokens"  # tied: from the embedding
-    out += _linear(lay, "lm_head", lm_src, (vr, d),
-                   partial(rows_recipe, store, f"{lm_src}.weight", rank * vr, (rank + 1) * vr), store)
+    out += _linear(
+        lay,
+        "lm_head",
+        lm_src,
+        (vr, d),
+        partial(rows_recipe, store, f"{lm_src}.weight", rank * vr, (rank + 1) * vr),
+        store,
+    )
     if lay.heads is not None:
         out.extend(_head_tensors(lay, lay.heads, rank))
     return out
@@ -214,15 +283,28 @@ def _head_tensors(lay: Layout, h: Heads, rank: int) -> list[OutTensor]:
     for k in range(lay.num_heads):
         for layer in range(h.num_layers):
             trt, w = f"medusa_heads.{k}.medusa_layers.{layer}.linear", h.linear(k, layer, "weight")
-            items = _linear(lay, trt, w.removesuffix(".weight"), (dr, d),
-                            partial(rows_recipe, st, w, rank * dr, (rank + 1) * dr), st)
+            items = _linear(
+                lay,
+                trt,
+                w.removesuffix(".weight"),
+                (dr, d),
+                partial(rows_recipe, st, w, rank * dr, (rank + 1) * dr),
+                st,
+            )
             out.append(items[0])
             b = h.linear(k, layer, "bias")
-            bias = rows_recipe(st, b, rank * dr, (rank + 1) * dr, code) if b in st.infos \
-                else zeros_recipe((dr,), code)  # TRT-LLM's MedusaLayer always has a bias
+            bias = (
+                rows_recipe(st, b, rank * dr, (rank + 1) * dr, code) if b in st.infos else zeros_recipe((dr,), code)
+            )  # TRT-LLM's MedusaLayer always has a bias
             out.append(OutTensor(f"{trt}.bias", code, (dr,), bias))
             out.extend(items[1:])
         w = h.lm_head(k)
-        out += _linear(lay, f"medusa_heads.{k}.lm_head", w.removesuffix(".weight"), (vr, d),
-                       partial(rows_recipe, st, w, rank * vr, (rank + 1) * vr), st)
+        out += _linear(
+            lay,
+            f"medusa_heads.{k}.lm_head",
+            w.removesuffix(".weight"),
+            (vr, d),
+            partial(rows_recipe, st, w, rank * vr, (rank + 1) * vr),
+            st,
+        )
     return out

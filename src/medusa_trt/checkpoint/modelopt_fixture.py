@@ -38,8 +38,15 @@ def _load(path: Path) -> dict[str, Any]:
     return load_file(str(path))
 
 
-def make_modelopt_fp8(model_dir: str | Path, out_dir: str | Path, *, heads_dir: str | Path | None = None,
-                      kv_cache: bool = True, quantize_heads_lm_head: bool = True, dtype: str = "bfloat16") -> Path:
+def make_modelopt_fp8(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    heads_dir: str | Path | None = None,
+    kv_cache: bool = True,
+    quantize_heads_lm_head: bool = True,
+    dtype: str = "bfloat16",
+) -> Path:
     """Write the FP8 combined checkpoint of ``model_dir`` (+ heads) into ``out_dir``."""
     import torch
     from safetensors.torch import save_file
@@ -59,7 +66,9 @@ def make_modelopt_fp8(model_dir: str | Path, out_dir: str | Path, *, heads_dir: 
             base = name.removesuffix(".weight")
             tensors[name] = q
             tensors[f"{base}.weight_scale"] = s
-            tensors[f"{base}.input_scale"] = torch.tensor(0.01 * (1 + i % 7), dtype=torch.float32)  # calibrated amax/448
+            tensors[f"{base}.input_scale"] = torch.tensor(
+                0.01 * (1 + i % 7), dtype=torch.float32
+            )  # calibrated amax/448
         else:
             tensors[name] = w.to(half)
     if kv_cache:
@@ -87,15 +96,21 @@ def make_modelopt_fp8(model_dir: str | Path, out_dir: str | Path, *, heads_dir: 
                 tensors[f"medusa_heads.{name}"] = w.to(half)
         k_count = len({n.split(".")[0] for n in heads})
         cfg["medusa"] = {"num_medusa_heads": k_count, "num_medusa_layers": n_layers}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
+    )
     cfg["torch_dtype"] = dtype
     cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": "FP8"}
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     exclude = ["lm_head"] + ([] if quantize_heads_lm_head else ["medusa_heads*lm_head"])
-    quant = {"producer": {"name": "modelopt", "version": "0.19.0"},
-             "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8" if kv_cache else None,
-                              "exclude_modules": exclude}}
+    quant = {
+        "producer": {"name": "modelopt", "version": "0.19.0"},
+        "quantization": {
+            "quant_algo": "FP8",
+            "kv_cache_quant_algo": "FP8" if kv_cache else None,
+            "exclude_modules": exclude,
+        },
+    }
     (out / "hf_quant_config.json").write_text(json.dumps(quant, indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
         if (src / name).is_file():

@@ -55,8 +55,10 @@ class TorchStore(Store):
             except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"{path}: cannot load ({e.__class__.__name__})".splitlines()[0],
-                                  hint="Re-download the file; it is truncated or not a PyTorch state dict.") from e
+            raise CheckpointError(
+                f"{path}: cannot load ({e.__class__.__name__})".splitlines()[0],
+                hint="Re-download the file; it is truncated or not a PyTorch state dict.",
+            ) from e
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{path}: not a state dict of tensors")
         self._state = state
@@ -66,9 +68,9 @@ class TorchStore(Store):
     def read(self, name: str, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> Any:
         t = self._state[name]
         if rows is not None:
-            t = t[rows[0]:rows[1]]
+            t = t[rows[0] : rows[1]]
         if cols is not None:
-            t = t[:, cols[0]:cols[1]]
+            t = t[:, cols[0] : cols[1]]
         return t
 
 
@@ -84,8 +86,10 @@ def safetensors_store(model_dir: Path) -> Store:
         for fname in sorted(set(weight_map.values())):
             shard = model_dir / fname
             if not shard.is_file():
-                raise CheckpointError(f"{shard}: missing shard named in the index",
-                                      hint="Download every model-*.safetensors file of the checkpoint.")
+                raise CheckpointError(
+                    f"{shard}: missing shard named in the index",
+                    hint="Download every model-*.safetensors file of the checkpoint.",
+                )
             infos.update(read_header(shard))
         missing = sorted(set(weight_map) - set(infos))
         if missing:
@@ -97,9 +101,11 @@ def safetensors_store(model_dir: Path) -> Store:
     files = sorted(model_dir.glob("*.safetensors"))
     if len(files) == 1:
         return Store(read_header(files[0]), str(model_dir))
-    raise CheckpointError(f"{model_dir}: no model.safetensors (or index with shards)",
-                          hint="medusa-trt reads safetensors checkpoints; convert .bin weights with "
-                               "transformers' save_pretrained(safe_serialization=True).")
+    raise CheckpointError(
+        f"{model_dir}: no model.safetensors (or index with shards)",
+        hint="medusa-trt reads safetensors checkpoints; convert .bin weights with "
+        "transformers' save_pretrained(safe_serialization=True).",
+    )
 
 
 @dataclass
@@ -137,13 +143,17 @@ def _modelopt_quant(model_dir: Path) -> Quant | None:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}") from e
     producer = doc.get("producer") or {}
     if producer.get("name") != "modelopt":
-        raise CheckpointError(f"{path}: producer is '{producer.get('name')}', not modelopt",
-                              hint="Only NVIDIA Model Optimizer (modelopt) quantized checkpoints are supported.")
+        raise CheckpointError(
+            f"{path}: producer is '{producer.get('name')}', not modelopt",
+            hint="Only NVIDIA Model Optimizer (modelopt) quantized checkpoints are supported.",
+        )
     q = doc.get("quantization") or {}
     algo = q.get("quant_algo")
     if algo not in (None, "FP8"):
-        raise CheckpointError(f"{path}: quant_algo {algo} is not supported (FP8 only)",
-                              hint="Use an FP8 ModelOpt checkpoint or the unquantized model.")
+        raise CheckpointError(
+            f"{path}: quant_algo {algo} is not supported (FP8 only)",
+            hint="Use an FP8 ModelOpt checkpoint or the unquantized model.",
+        )
     kv = q.get("kv_cache_quant_algo")
     if kv not in (None, "FP8"):
         raise CheckpointError(f"{path}: kv_cache_quant_algo {kv} is not supported (FP8 or none)")
@@ -175,8 +185,11 @@ class Heads:
         """Every source tensor name of head k that the writer consumes (when present)."""
         parts = ("weight", "bias", "weight_scale", "input_scale")
         out = [self.linear(k, ly, p) for ly in range(self.num_layers) for p in parts]
-        return [n for n in [*out, self.lm_head(k), self.lm_head(k, "weight_scale"), self.lm_head(k, "input_scale")]
-                if n in self.store.infos]
+        return [
+            n
+            for n in [*out, self.lm_head(k), self.lm_head(k, "weight_scale"), self.lm_head(k, "input_scale")]
+            if n in self.store.infos
+        ]
 
 
 def _scan_heads(names: list[str], prefix: str, where: str) -> tuple[int, int, bool]:
@@ -191,15 +204,18 @@ def _scan_heads(names: list[str], prefix: str, where: str) -> tuple[int, int, bo
         elif m := head.match(n):
             lm[int(m[1])] = int(m[2])
     if not lm:
-        raise CheckpointError(f"{where}: no Medusa head tensors ({prefix}{{k}}.{{L}}.weight)",
-                              hint="Expected FasterDecoding-format heads: '{k}.{l}.linear.weight' and "
-                                   "'{k}.{L}.weight'.")
+        raise CheckpointError(
+            f"{where}: no Medusa head tensors ({prefix}{{k}}.{{L}}.weight)",
+            hint="Expected FasterDecoding-format heads: '{k}.{l}.linear.weight' and '{k}.{L}.weight'.",
+        )
     k_count = max(lm) + 1
     num_layers = lm[0]
     for k in range(k_count):
         if lm.get(k) != num_layers or layers.get(k, set()) != set(range(num_layers)):
-            raise CheckpointError(f"{where}: Medusa head {k} is incomplete or has a different layer count",
-                                  hint=f"Every head needs {num_layers} layer(s) 0..{num_layers - 1} and an lm_head.")
+            raise CheckpointError(
+                f"{where}: Medusa head {k} is incomplete or has a different layer count",
+                hint=f"Every head needs {num_layers} layer(s) 0..{num_layers - 1} and an lm_head.",
+            )
     has_bias = f"{prefix}0.0.linear.bias" in names if num_layers else False
     return k_count, num_layers, has_bias
 
@@ -211,15 +227,24 @@ def load_fasterdecoding_heads(heads_dir: Path) -> Heads:
     elif pt.is_file():
         store = TorchStore(pt)
     else:
-        raise CheckpointError(f"{heads_dir}: no medusa_lm_head.safetensors or medusa_lm_head.pt",
-                              hint="Point --medusa at a FasterDecoding heads directory.")
+        raise CheckpointError(
+            f"{heads_dir}: no medusa_lm_head.safetensors or medusa_lm_head.pt",
+            hint="Point --medusa at a FasterDecoding heads directory.",
+        )
     cfg: dict[str, Any] = {}
     if (heads_dir / "config.json").is_file():
         cfg = read_hf_config(heads_dir)
     k, layers, bias = _scan_heads(list(store.infos), "", str(heads_dir))
-    return Heads(store, k, layers, bias, "fasterdecoding",
-                 config_num_heads=cfg.get("medusa_num_heads"), config_num_layers=cfg.get("medusa_num_layers"),
-                 source_path=heads_dir)
+    return Heads(
+        store,
+        k,
+        layers,
+        bias,
+        "fasterdecoding",
+        config_num_heads=cfg.get("medusa_num_heads"),
+        config_num_layers=cfg.get("medusa_num_layers"),
+        source_path=heads_dir,
+    )
 
 
 def modelopt_heads(base: BaseModel) -> Heads | None:
@@ -229,6 +254,13 @@ def modelopt_heads(base: BaseModel) -> Heads | None:
         return None
     k, layers, bias = _scan_heads(names, "medusa_heads.", base.store.label)
     medusa_cfg = base.config.get("medusa") or {}
-    return Heads(base.store, k, layers, bias, "modelopt", prefix="medusa_heads.",
-                 config_num_heads=medusa_cfg.get("num_medusa_heads"),
-                 config_num_layers=medusa_cfg.get("num_medusa_layers"))
+    return Heads(
+        base.store,
+        k,
+        layers,
+        bias,
+        "modelopt",
+        prefix="medusa_heads.",
+        config_num_heads=medusa_cfg.get("num_medusa_heads"),
+        config_num_layers=medusa_cfg.get("num_medusa_layers"),
+    )

@@ -15,9 +15,18 @@ from typing import Any
 
 from medusa_trt.errors import CheckpointError
 
-MODEL_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "config.json", "hf_quant_config.json",
-                  "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "chat_template.json", "chat_template.jinja"]
+MODEL_PATTERNS = [
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "hf_quant_config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.json",
+    "chat_template.jinja",
+]
 HEADS_PATTERNS = ["config.json", "medusa_lm_head.safetensors", "medusa_lm_head.pt"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -34,8 +43,13 @@ class ResolvedSource:
     commit: str | None = None  # resolved sha (hub sources only)
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec, "path": str(self.path), "repo_id": self.repo_id,
-                "revision": self.revision, "commit": self.commit}
+        return {
+            "spec": self.spec,
+            "path": str(self.path),
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+        }
 
 
 def resolve_source(spec: str | Path, *, kind: str, revision: str | None = None) -> ResolvedSource:
@@ -43,13 +57,17 @@ def resolve_source(spec: str | Path, *, kind: str, revision: str | None = None) 
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise CheckpointError(f"{kind} source {spec}: not a directory",
-                                  hint="Pass the directory that holds config.json and the weights.")
+            raise CheckpointError(
+                f"{kind} source {spec}: not a directory",
+                hint="Pass the directory that holds config.json and the weights.",
+            )
         return ResolvedSource(str(spec), path.resolve())
     text = str(spec)
     if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
-        raise CheckpointError(f"{kind} source {spec}: no such directory",
-                              hint="Pass an existing local directory or a Hugging Face repo id (owner/name).")
+        raise CheckpointError(
+            f"{kind} source {spec}: no such directory",
+            hint="Pass an existing local directory or a Hugging Face repo id (owner/name).",
+        )
     return _fetch(text, kind=kind, revision=revision)
 
 
@@ -66,26 +84,31 @@ def _fetch(repo_id: str, *, kind: str, revision: str | None) -> ResolvedSource:
     try:
         local = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError as e:
-        raise CheckpointError(f"{repo_id}: the repository is gated and this account has no access",
-                              hint=f"Accept the license on https://huggingface.co/{repo_id}, then "
-                                   "`hf auth login` (or set HF_TOKEN).") from e
+        raise CheckpointError(
+            f"{repo_id}: the repository is gated and this account has no access",
+            hint=f"Accept the license on https://huggingface.co/{repo_id}, then `hf auth login` (or set HF_TOKEN).",
+        ) from e
     except RevisionNotFoundError as e:
-        raise CheckpointError(f"{repo_id}: revision '{revision}' not found",
-                              hint="Pass an existing branch, tag or commit with --revision.") from e
+        raise CheckpointError(
+            f"{repo_id}: revision '{revision}' not found",
+            hint="Pass an existing branch, tag or commit with --revision.",
+        ) from e
     except RepositoryNotFoundError as e:
-        raise CheckpointError(f"{repo_id}: repository not found (or private)",
-                              hint="Check the repo id; for a private repo run `hf auth login` or set "
-                                   "HF_TOKEN.") from e
+        raise CheckpointError(
+            f"{repo_id}: repository not found (or private)",
+            hint="Check the repo id; for a private repo run `hf auth login` or set HF_TOKEN.",
+        ) from e
     except LocalEntryNotFoundError as e:
-        raise CheckpointError(f"{repo_id}: not in the local Hugging Face cache and downloads are off",
-                              hint="Unset HF_HUB_OFFLINE (or download it first), or pass a local "
-                                   "directory.") from e
+        raise CheckpointError(
+            f"{repo_id}: not in the local Hugging Face cache and downloads are off",
+            hint="Unset HF_HUB_OFFLINE (or download it first), or pass a local directory.",
+        ) from e
     except OSError as e:  # network failures surface as OSError subclasses
-        raise CheckpointError(f"{repo_id}: download failed ({e.__class__.__name__}: {e})".splitlines()[0],
-                              hint="Check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the "
-                                   "cache.") from e
-    return ResolvedSource(repo_id, local, repo_id=repo_id, revision=revision or "main",
-                          commit=snapshot_commit(local))
+        raise CheckpointError(
+            f"{repo_id}: download failed ({e.__class__.__name__}: {e})".splitlines()[0],
+            hint="Check the network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache.",
+        ) from e
+    return ResolvedSource(repo_id, local, repo_id=repo_id, revision=revision or "main", commit=snapshot_commit(local))
 
 
 def snapshot_commit(path: Path) -> str | None:

@@ -22,9 +22,14 @@ def rotary_scaling(scaling: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def exclude_modules(lay: Layout, rank0: list[OutTensor]) -> list[str]:
     """Linear modules written unquantized, as fnmatch patterns TRT-LLM's quantize() skips."""
-    linears = {t.name.removesuffix(".weight"): t.code for t in rank0
-               if t.name.endswith(".weight") and t.name != "transformer.vocab_embedding.weight"
-               and not t.name.endswith("layernorm.weight") and t.name != "transformer.ln_f.weight"}
+    linears = {
+        t.name.removesuffix(".weight"): t.code
+        for t in rank0
+        if t.name.endswith(".weight")
+        and t.name != "transformer.vocab_embedding.weight"
+        and not t.name.endswith("layernorm.weight")
+        and t.name != "transformer.ln_f.weight"
+    }
     plain = sorted(m for m, code in linears.items() if code != FP8)
     out = list(BASE_EXCLUDES)
     medusa = [m for m in linears if m.startswith("medusa_heads.")]
@@ -38,8 +43,11 @@ def trtllm_config(lay: Layout, rank0: list[OutTensor], *, max_draft_len: int) ->
     s, t = lay.base.spec, lay.tp
     quant: dict[str, Any] = {"quant_algo": None, "kv_cache_quant_algo": None}
     if lay.base.quant is not None and any(x.code == FP8 for x in rank0):
-        quant = {"quant_algo": "FP8", "kv_cache_quant_algo": lay.base.quant.kv_cache_quant_algo,
-                 "exclude_modules": exclude_modules(lay, rank0)}
+        quant = {
+            "quant_algo": "FP8",
+            "kv_cache_quant_algo": lay.base.quant.kv_cache_quant_algo,
+            "exclude_modules": exclude_modules(lay, rank0),
+        }
     elif lay.base.quant is not None and lay.base.quant.kv_cache_quant_algo:
         quant["kv_cache_quant_algo"] = lay.base.quant.kv_cache_quant_algo
     cfg: dict[str, Any] = {
@@ -66,7 +74,6 @@ def trtllm_config(lay: Layout, rank0: list[OutTensor], *, max_draft_len: int) ->
     if s.head_dim != s.hidden_size // s.num_attention_heads:
         cfg["head_size"] = s.head_dim
     if lay.heads is not None:
-        cfg.update(max_draft_len=max_draft_len, num_medusa_heads=lay.num_heads,
-                   num_medusa_layers=lay.heads.num_layers)
+        cfg.update(max_draft_len=max_draft_len, num_medusa_heads=lay.num_heads, num_medusa_layers=lay.heads.num_layers)
     cfg["model_type"] = "llama"
     return cfg

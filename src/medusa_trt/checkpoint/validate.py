@@ -17,8 +17,10 @@ IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # buffers some exports carry; TRT-
 
 def check_parallel(spec: ModelSpec, tp: int, pp: int) -> None:
     if pp != 1:
-        raise InvalidInputError(f"--pp {pp}: pipeline parallelism is not supported for Medusa checkpoints",
-                                hint="TensorRT-LLM's Medusa support matrix has tensor parallelism only; use --tp.")
+        raise InvalidInputError(
+            f"--pp {pp}: pipeline parallelism is not supported for Medusa checkpoints",
+            hint="TensorRT-LLM's Medusa support matrix has tensor parallelism only; use --tp.",
+        )
     if tp < 1:
         raise InvalidInputError(f"--tp {tp}: must be at least 1")
     h, kv, i, d = spec.num_attention_heads, spec.num_key_value_heads, spec.intermediate_size, spec.hidden_size
@@ -32,10 +34,15 @@ def check_parallel(spec: ModelSpec, tp: int, pp: int) -> None:
     if d % tp:
         problems.append(f"hidden_size {d}")
     if problems:
-        divisors = [t for t in (1, 2, 4, 8, 16) if h % t == 0 and i % t == 0 and d % t == 0
-                    and ((kv >= t and kv % t == 0) or (kv < t and t % kv == 0))]
-        raise InvalidInputError(f"--tp {tp} does not divide " + ", ".join(problems),
-                                hint=f"Valid tp sizes for this model: {', '.join(map(str, divisors))}.")
+        divisors = [
+            t
+            for t in (1, 2, 4, 8, 16)
+            if h % t == 0 and i % t == 0 and d % t == 0 and ((kv >= t and kv % t == 0) or (kv < t and t % kv == 0))
+        ]
+        raise InvalidInputError(
+            f"--tp {tp} does not divide " + ", ".join(problems),
+            hint=f"Valid tp sizes for this model: {', '.join(map(str, divisors))}.",
+        )
 
 
 def expected_base(base: BaseModel) -> dict[str, tuple[int, ...]]:
@@ -46,9 +53,15 @@ def expected_base(base: BaseModel) -> dict[str, tuple[int, ...]]:
     exp: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
     if "lm_head.weight" in st.infos or not s.tie_word_embeddings:
         exp["lm_head.weight"] = (v, d)
-    linears = {"self_attn.q_proj": (q, d), "self_attn.k_proj": (kv, d), "self_attn.v_proj": (kv, d),
-               "self_attn.o_proj": (d, q), "mlp.gate_proj": (s.intermediate_size, d),
-               "mlp.up_proj": (s.intermediate_size, d), "mlp.down_proj": (d, s.intermediate_size)}
+    linears = {
+        "self_attn.q_proj": (q, d),
+        "self_attn.k_proj": (kv, d),
+        "self_attn.v_proj": (kv, d),
+        "self_attn.o_proj": (d, q),
+        "mlp.gate_proj": (s.intermediate_size, d),
+        "mlp.up_proj": (s.intermediate_size, d),
+        "mlp.down_proj": (d, s.intermediate_size),
+    }
     for i in range(s.num_hidden_layers):
         p = f"model.layers.{i}."
         exp[f"{p}input_layernorm.weight"] = (d,)
@@ -61,8 +74,10 @@ def expected_base(base: BaseModel) -> dict[str, tuple[int, ...]]:
         if base.quant and base.quant.kv_cache_quant_algo == "FP8":
             names = kv_scale_names(st, f"{p}self_attn.")
             if names is None:
-                raise CheckpointError(f"{st.label}: kv_cache_quant_algo is FP8 but layer {i} has no k/v scales",
-                                      hint="Re-export the checkpoint with ModelOpt, or drop kv_cache_quant_algo.")
+                raise CheckpointError(
+                    f"{st.label}: kv_cache_quant_algo is FP8 but layer {i} has no k/v scales",
+                    hint="Re-export the checkpoint with ModelOpt, or drop kv_cache_quant_algo.",
+                )
             exp.update(dict.fromkeys(names, SCALAR))
     if base.quant and st.infos.get("lm_head.weight") and st.info("lm_head.weight").dtype == FP8:
         exp["lm_head.weight_scale"] = SCALAR
@@ -93,8 +108,9 @@ def expected_heads(h: Heads, spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return exp
 
 
-def check_tensors(label: str, infos: dict[str, Any], exp: dict[str, tuple[int, ...]], *, fp8_ok: bool,
-                  others: Collection[str] = ()) -> None:
+def check_tensors(
+    label: str, infos: dict[str, Any], exp: dict[str, tuple[int, ...]], *, fp8_ok: bool, others: Collection[str] = ()
+) -> None:
     """Missing, misshapen, wrongly typed or unexpected tensors: one error naming the first few.
 
     With ``fp8_ok``, FP8 is accepted only for linear weights that come with their scales (``exp`` lists
@@ -119,9 +135,11 @@ def check_tensors(label: str, infos: dict[str, Any], exp: dict[str, tuple[int, .
     if extra:
         problems.append(f"{len(extra)} unexpected tensor(s): {', '.join(extra[:3])}")
     if problems:
-        raise CheckpointError(f"{label}: " + "; ".join(problems[:4]),
-                              hint="The tensors do not match a Llama config.json / Medusa heads layout; check "
-                                   "that --medusa heads belong to this --model.")
+        raise CheckpointError(
+            f"{label}: " + "; ".join(problems[:4]),
+            hint="The tensors do not match a Llama config.json / Medusa heads layout; check "
+            "that --medusa heads belong to this --model.",
+        )
 
 
 def check_layout(lay: Layout) -> None:
@@ -135,9 +153,11 @@ def check_layout(lay: Layout) -> None:
         else:
             head_d = h.store.info(h.linear(0, 0, "weight")).shape if h.num_layers else None
             if head_d and head_d[-1] != base.spec.hidden_size:
-                raise CheckpointError(f"{h.store.label}: head hidden size {head_d[-1]} does not match the model's "
-                                      f"{base.spec.hidden_size}",
-                                      hint="These Medusa heads were trained for another base model.")
+                raise CheckpointError(
+                    f"{h.store.label}: head hidden size {head_d[-1]} does not match the model's "
+                    f"{base.spec.hidden_size}",
+                    hint="These Medusa heads were trained for another base model.",
+                )
             check_tensors(h.store.label, h.store.infos, hexp, fp8_ok=False)
         head_names = {n for n in h.store.infos if n.startswith(h.prefix)} if h.prefix else set()
     check_tensors(base.store.label, base.store.infos, exp, fp8_ok=base.quant is not None, others=head_names)

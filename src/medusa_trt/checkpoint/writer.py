@@ -14,8 +14,15 @@ from medusa_trt.checkpoint.layout import OutTensor
 from medusa_trt.checkpoint.safetensors_io import HashingFile, safetensors_header, tensor_bytes
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                   "tokenizer.model", "chat_template.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "chat_template.json",
+    "chat_template.jinja",
+)
 COPY_BLOCK = 8 << 20
 
 
@@ -23,8 +30,9 @@ class Cancelled(Exception):
     """Another rank failed or the user interrupted: stop between blocks."""
 
 
-def write_rank(path: Path, tensors: list[OutTensor], advance: Callable[[int], None],
-               cancel: threading.Event) -> dict[str, Any]:
+def write_rank(
+    path: Path, tensors: list[OutTensor], advance: Callable[[int], None], cancel: threading.Event
+) -> dict[str, Any]:
     """One rank{r}.safetensors: header from the plan, then each tensor's blocks in order."""
     out = HashingFile(path)
     try:
@@ -45,14 +53,17 @@ def write_rank(path: Path, tensors: list[OutTensor], advance: Callable[[int], No
     return {"size": out.size, "hash": digest}
 
 
-def write_ranks(tmp: Path, plans: list[list[OutTensor]], workers: int, advance: Callable[[int], None]
-                ) -> dict[str, dict[str, Any]]:
+def write_ranks(
+    tmp: Path, plans: list[list[OutTensor]], workers: int, advance: Callable[[int], None]
+) -> dict[str, dict[str, Any]]:
     """All rank files, ``workers`` at a time; the first failure cancels the others."""
     cancel = threading.Event()
     files: dict[str, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(plans)))) as pool:
-        futures = {pool.submit(write_rank, tmp / f"rank{r}.safetensors", plan, advance, cancel): r
-                   for r, plan in enumerate(plans)}
+        futures = {
+            pool.submit(write_rank, tmp / f"rank{r}.safetensors", plan, advance, cancel): r
+            for r, plan in enumerate(plans)
+        }
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in done:
@@ -91,8 +102,9 @@ def check_output(output: Path, force: bool) -> None:
     if output.exists() and not output.is_dir():
         raise InvalidInputError(f"{output}: exists and is not a directory", hint="Choose another --output.")
     if output.is_dir() and any(output.iterdir()) and not force:
-        raise InvalidInputError(f"{output}: output directory is not empty",
-                                hint="Choose another --output, or pass --force to replace it.")
+        raise InvalidInputError(
+            f"{output}: output directory is not empty", hint="Choose another --output, or pass --force to replace it."
+        )
     anc = existing_ancestor(output)
     if not anc.is_dir():
         raise InvalidInputError(f"{anc}: exists and is not a directory", hint="Choose another --output.")

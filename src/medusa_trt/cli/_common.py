@@ -13,8 +13,15 @@ from rich.console import Console
 err_console = Console(stderr=True, highlight=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")]
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", envvar="MEDUSA_TRT_PROFILE",
-                                         help="Profile name (see `medusa-trt profiles list`) or a YAML file path.")]
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        "-p",
+        envvar="MEDUSA_TRT_PROFILE",
+        help="Profile name (see `medusa-trt profiles list`) or a YAML file path.",
+    ),
+]
 
 
 def emit_json(doc: Any) -> None:

@@ -16,8 +16,9 @@ def _parse_concurrency(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise InvalidInputError(f"--concurrency must be comma-separated integers, got {text!r}",
-                                hint="For example --concurrency 1,2,4.") from None
+        raise InvalidInputError(
+            f"--concurrency must be comma-separated integers, got {text!r}", hint="For example --concurrency 1,2,4."
+        ) from None
     if not levels or any(c < 1 for c in levels):
         raise InvalidInputError(f"--concurrency levels must be >= 1, got {text!r}")
     return levels
@@ -25,30 +26,49 @@ def _parse_concurrency(text: str) -> tuple[int, ...]:
 
 def bench_cmd(
     url: Annotated[str | None, typer.Option("--url", help="Base URL of an OpenAI-compatible server.")] = None,
-    engine: Annotated[Path | None, typer.Option("--engine", help="Engine dir: start our server on a free "
-                                                "loopback port, measure, stop it.")] = None,
+    engine: Annotated[
+        Path | None,
+        typer.Option("--engine", help="Engine dir: start our server on a free loopback port, measure, stop it."),
+    ] = None,
     model: Annotated[str, typer.Option("--model", help="Model preset for --simulate.")] = "llama-3.1-70b",
-    served_model: Annotated[str | None, typer.Option("--served-model", help="The request's model name "
-                                                     "(default: the first id of /v1/models).")] = None,
-    dataset: Annotated[str, typer.Option("--dataset", help="'builtin', a JSONL of prompts or a ShareGPT JSON.")] = "builtin",
-    num_prompts: Annotated[int, typer.Option("--num-prompts", help="Requests per concurrency level "
-                                             "(per Medusa mode with --compare-no-medusa).")] = 32,
+    served_model: Annotated[
+        str | None,
+        typer.Option("--served-model", help="The request's model name (default: the first id of /v1/models)."),
+    ] = None,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="'builtin', a JSONL of prompts or a ShareGPT JSON.")
+    ] = "builtin",
+    num_prompts: Annotated[
+        int,
+        typer.Option(
+            "--num-prompts", help="Requests per concurrency level (per Medusa mode with --compare-no-medusa)."
+        ),
+    ] = 32,
     concurrency: Annotated[str, typer.Option("--concurrency", help="Concurrent users, comma-separated levels.")] = "1",
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="max_tokens per request.")] = 128,
-    input_len: Annotated[int | None, typer.Option("--input-len", help="Cut or pad every prompt to this many "
-                                                  "CHARACTERS.")] = None,
-    compare: Annotated[bool, typer.Option("--compare-no-medusa", help="Interleave requests with Medusa on "
-                                          "and off; report the speedup and check greedy outputs match.")] = False,
+    input_len: Annotated[
+        int | None, typer.Option("--input-len", help="Cut or pad every prompt to this many CHARACTERS.")
+    ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare-no-medusa",
+            help="Interleave requests with Medusa on and off; report the speedup and check greedy outputs match.",
+        ),
+    ] = False,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed requests before measuring.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for drawing prompts.")] = 0,
     temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
     endpoint: Annotated[str, typer.Option("--endpoint", help="'chat' or 'completions'.")] = "chat",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per request.")] = 300.0,
     json_out_file: Annotated[Path | None, typer.Option("--json-out", help="Write the result JSON here.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: tokens/s/user and TTFT vs "
-                                              "concurrency.")] = None,
-    simulate: Annotated[str | None, typer.Option("--simulate", help="Hardware profile: print the analytic "
-                                                 "prediction at the measured tokens/step.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG: tokens/s/user and TTFT vs concurrency.")
+    ] = None,
+    simulate: Annotated[
+        str | None,
+        typer.Option("--simulate", help="Hardware profile: print the analytic prediction at the measured tokens/step."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Benchmark a server: TTFT, TPOT, ITL, E2EL, tokens/s/user, tokens/step (vLLM key names)."""
@@ -60,13 +80,33 @@ def bench_cmd(
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise InvalidInputError(f"--plot must name a .png file, got {plot}")
-    cfg = BenchConfig(url=url, engine=engine, served_model=served_model, dataset=dataset, num_prompts=num_prompts,
-                      concurrency=_parse_concurrency(concurrency), max_tokens=max_tokens, input_len=input_len,
-                      compare_no_medusa=compare, warmup=warmup, seed=seed, temperature=temperature,
-                      endpoint=endpoint, request_timeout_s=timeout, simulate=simulate, sim_model=model,
-                      command=["medusa-trt", *sys.argv[1:]])
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err_console, transient=True)
+    cfg = BenchConfig(
+        url=url,
+        engine=engine,
+        served_model=served_model,
+        dataset=dataset,
+        num_prompts=num_prompts,
+        concurrency=_parse_concurrency(concurrency),
+        max_tokens=max_tokens,
+        input_len=input_len,
+        compare_no_medusa=compare,
+        warmup=warmup,
+        seed=seed,
+        temperature=temperature,
+        endpoint=endpoint,
+        request_timeout_s=timeout,
+        simulate=simulate,
+        sim_model=model,
+        command=["medusa-trt", *sys.argv[1:]],
+    )
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
     state: dict[str, Any] = {}
 
     def on_level(c: int, n: int) -> None:
@@ -96,8 +136,10 @@ def bench_cmd(
         raise typer.Exit(EXIT_INTERRUPTED)
     if report.runs and all(r["completed"] == 0 for r in report.runs):
         # the report above says why each request failed; the exit code says the run measured nothing
-        raise ServerError("every request failed: nothing was measured",
-                          hint="See the error counts above; check the server's log and the --url/--served-model.")
+        raise ServerError(
+            "every request failed: nothing was measured",
+            hint="See the error counts above; check the server's log and the --url/--served-model.",
+        )
 
 
 def register(app: typer.Typer) -> None:

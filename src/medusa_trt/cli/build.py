@@ -13,12 +13,23 @@ from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
 def build(
     profile: ProfileOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: a local HF directory or a hub repo id.")],
-    medusa: Annotated[str | None, typer.Option("--medusa", help="Medusa heads: a local directory or a hub repo id "
-                                               "(not needed for a ModelOpt combined checkpoint).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Engine directory (default: $MEDUSA_TRT_OUTPUT, "
-                                                "else engines/<model>-<profile>).")] = None,
-    tree: Annotated[str | None, typer.Option("--tree", help="Override the profile's Medusa tree "
-                                             "(a shipped name, a file, or a list literal).")] = None,
+    medusa: Annotated[
+        str | None,
+        typer.Option(
+            "--medusa",
+            help="Medusa heads: a local directory or a hub repo id (not needed for a ModelOpt combined checkpoint).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Engine directory (default: $MEDUSA_TRT_OUTPUT, else engines/<model>-<profile>)."
+        ),
+    ] = None,
+    tree: Annotated[
+        str | None,
+        typer.Option("--tree", help="Override the profile's Medusa tree (a shipped name, a file, or a list literal)."),
+    ] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision of --model.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan of steps; run nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Redo every step, even finished ones.")] = False,
@@ -50,10 +61,12 @@ def _print_header(plan: object) -> None:
 
     assert isinstance(plan, BuildPlan)
     s = plan.spec
-    err_console.print(f"[bold]build[/] {s.model.spec} -> {s.output} with profile {s.profile.name} "
-                      f"({s.profile.id}): {s.engine}, tp {s.tp}, {s.dtype}"
-                      f"{', fp8' if s.quantization == 'fp8' else ''}, {s.num_medusa_heads} heads, "
-                      f"{len(s.tree)}-node tree")
+    err_console.print(
+        f"[bold]build[/] {s.model.spec} -> {s.output} with profile {s.profile.name} "
+        f"({s.profile.id}): {s.engine}, tp {s.tp}, {s.dtype}"
+        f"{', fp8' if s.quantization == 'fp8' else ''}, {s.num_medusa_heads} heads, "
+        f"{len(s.tree)}-node tree"
+    )
 
 
 def _print_plan(plan: object) -> None:
@@ -69,8 +82,11 @@ def _print_plan(plan: object) -> None:
         tag = " (run by `medusa-trt run`)" if step.kind == "serve" else ""
         err_console.print(f"\n[bold]{i}. {step.name}[/]{tag}: {step.description}")
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in step.env.items())
-        cmd = " ".join(step.argv) if step.kind == "python" and not step.argv[0].startswith("medusa-trt") \
+        cmd = (
+            " ".join(step.argv)
+            if step.kind == "python" and not step.argv[0].startswith("medusa-trt")
             else shlex.join(step.argv)
+        )
         err_console.print(f"   $ {env + ' ' if env else ''}{cmd}", soft_wrap=True)
         if step.outputs:
             err_console.print(f"   produces: {', '.join(step.outputs)}")

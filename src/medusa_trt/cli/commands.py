@@ -11,7 +11,15 @@ import typer
 
 COMMAND_MODULES: tuple[str, ...] = (
     # in the order `--help` lists them: the pipeline first, then the tools around it
-    "demo", "convert", "build", "run", "bench", "plan", "profiles", "heads", "tree",
+    "demo",
+    "convert",
+    "build",
+    "run",
+    "bench",
+    "plan",
+    "profiles",
+    "heads",
+    "tree",
 )
 
 

@@ -11,11 +11,18 @@ from medusa_trt.cli._common import JsonOpt, emit_json
 
 
 def demo_cmd(
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", envvar="MEDUSA_TRT_CACHE",
-                                                   help="Where the demo's model, heads and engine are kept "
-                                                   "(default: the user cache dir).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where the results JSON and plot go "
-                                                "(default: <cache>/results).")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            envvar="MEDUSA_TRT_CACHE",
+            help="Where the demo's model, heads and engine are kept (default: the user cache dir).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where the results JSON and plot go (default: <cache>/results)."),
+    ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Rebuild everything instead of reusing the cache.")] = False,
     json_out: JsonOpt = False,
 ) -> None:

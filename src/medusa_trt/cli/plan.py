@@ -16,9 +16,11 @@ def _render(report: Any) -> None:
     from rich.table import Table
 
     d = report.to_dict()
-    err_console.print(f"[bold]plan[/] {d['model']['name']} on {d['profile']['name']} (id {d['profile']['id']}, "
-                      f"{d['profile']['engine']}), {d['num_medusa_heads']} Medusa heads, tree "
-                      f"{d['tree']['spec']} ({d['tree']['nodes']} nodes, depth {d['tree']['depth']})")
+    err_console.print(
+        f"[bold]plan[/] {d['model']['name']} on {d['profile']['name']} (id {d['profile']['id']}, "
+        f"{d['profile']['engine']}), {d['num_medusa_heads']} Medusa heads, tree "
+        f"{d['tree']['spec']} ({d['tree']['nodes']} nodes, depth {d['tree']['depth']})"
+    )
     mem = Table(title="memory per device (GiB)", title_justify="left")
     mem.add_column("component")
     mem.add_column("GiB", justify="right")
@@ -37,8 +39,13 @@ def _render(report: Any) -> None:
         pred.add_column(col, justify="right")
     for k in ("baseline", "medusa"):
         s = p[k]
-        pred.add_row(k, str(s["verify_tokens"]), f"{s['step_ms']:.2f}", f"{s['tokens_per_step']:.2f}",
-                     f"{s['tokens_per_s_per_user']:.1f}")
+        pred.add_row(
+            k,
+            str(s["verify_tokens"]),
+            f"{s['step_ms']:.2f}",
+            f"{s['tokens_per_step']:.2f}",
+            f"{s['tokens_per_s_per_user']:.1f}",
+        )
     err_console.print(pred)
     err_console.print(f"speedup {p['speedup']:.2f}x; tokens/step: {p['tokens_per_step_source']}")
     verdict = "[green]fits[/]" if d["fits"] else "[red]does not fit[/]"
@@ -48,24 +55,40 @@ def _render(report: Any) -> None:
 def plan(
     profile: ProfileOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="Model preset (llama-3.1-70b, ...) or a local HF dir.")],
-    num_medusa_heads: Annotated[int | None, typer.Option("--num-medusa-heads", min=1,
-                                                         help="Heads in the checkpoint (default: the profile's).")]
-    = None,
-    tokens_per_step: Annotated[float | None, typer.Option("--tokens-per-step", min=1.0,
-                                                          help="Expected tokens per Medusa step (measured by bench); "
-                                                          "default: a documented estimate from the tree depth.")]
-    = None,
-    context_len: Annotated[int, typer.Option("--context-len", min=0,
-                                             help="Tokens in the KV cache for the prediction.")] = 1024,
-    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Where checkpoints and engine will be "
-                                                  "written (disk check; default: current directory).")] = None,
+    num_medusa_heads: Annotated[
+        int | None, typer.Option("--num-medusa-heads", min=1, help="Heads in the checkpoint (default: the profile's).")
+    ] = None,
+    tokens_per_step: Annotated[
+        float | None,
+        typer.Option(
+            "--tokens-per-step",
+            min=1.0,
+            help="Expected tokens per Medusa step (measured by bench); "
+            "default: a documented estimate from the tree depth.",
+        ),
+    ] = None,
+    context_len: Annotated[
+        int, typer.Option("--context-len", min=0, help="Tokens in the KV cache for the prediction.")
+    ] = 1024,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--work-dir", help="Where checkpoints and engine will be written (disk check; default: current directory)."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Preflight: memory per GPU, TP divisibility, the Medusa tree, disk, predicted tokens/s/user."""
     from medusa_trt.plan import make_plan
 
-    report = make_plan(profile, model, num_medusa_heads=num_medusa_heads, tokens_per_step=tokens_per_step,
-                       context_len=context_len, work_dir=work_dir)
+    report = make_plan(
+        profile,
+        model,
+        num_medusa_heads=num_medusa_heads,
+        tokens_per_step=tokens_per_step,
+        context_len=context_len,
+        work_dir=work_dir,
+    )
     if json_out:
         emit_json(report.to_dict())
     else:

@@ -11,10 +11,21 @@ from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 
 def _summary(p: Any) -> dict[str, Any]:
     hw = p.hardware
-    return {"name": p.name, "id": p.id, "path": str(p.source) if p.source else None, "engine": p.engine,
-            "device": hw.device, "gpu": hw.gpu, "count": hw.count, "memory_gib": hw.memory_gib,
-            "tp": p.parallelism.tp, "dtype": p.precision.dtype, "quantization": p.precision.quantization,
-            "kv_cache_dtype": p.precision.kv_dtype, "description": p.description}
+    return {
+        "name": p.name,
+        "id": p.id,
+        "path": str(p.source) if p.source else None,
+        "engine": p.engine,
+        "device": hw.device,
+        "gpu": hw.gpu,
+        "count": hw.count,
+        "memory_gib": hw.memory_gib,
+        "tp": p.parallelism.tp,
+        "dtype": p.precision.dtype,
+        "quantization": p.precision.quantization,
+        "kv_cache_dtype": p.precision.kv_dtype,
+        "description": p.description,
+    }
 
 
 def list_profiles_cmd(json_out: JsonOpt = False) -> None:
@@ -30,8 +41,13 @@ def list_profiles_cmd(json_out: JsonOpt = False) -> None:
         ok, why = can_run(p, gpus)
         rows.append(dict(_summary(p), runnable=ok, reason=why))
     if json_out:
-        emit_json({"gpus": [{"index": g.index, "name": g.name, "memory_gib": round(g.memory_gib, 1)} for g in gpus],
-                   "profile_dirs": [str(d) for d in profile_dirs()], "profiles": rows})
+        emit_json(
+            {
+                "gpus": [{"index": g.index, "name": g.name, "memory_gib": round(g.memory_gib, 1)} for g in gpus],
+                "profile_dirs": [str(d) for d in profile_dirs()],
+                "profiles": rows,
+            }
+        )
         return
     table = Table(title="hardware profiles", title_justify="left")
     for col in ("name", "engine", "hardware", "tp", "precision", "here"):
@@ -49,8 +65,9 @@ def list_profiles_cmd(json_out: JsonOpt = False) -> None:
     err_console.print(f"GPUs here: {found}. Profile directories: {', '.join(str(d) for d in profile_dirs())}")
 
 
-def show(name: Annotated[str, typer.Argument(help="Profile name or YAML file path.")],
-         json_out: JsonOpt = False) -> None:
+def show(
+    name: Annotated[str, typer.Argument(help="Profile name or YAML file path.")], json_out: JsonOpt = False
+) -> None:
     """Show one profile, validated and normalised (named tree resolved)."""
     import yaml
 
@@ -61,9 +78,16 @@ def show(name: Annotated[str, typer.Argument(help="Profile name or YAML file pat
     doc = p.model_dump(mode="json")
     stats = tree_stats(p.tree)
     if json_out:
-        emit_json({"name": p.name, "id": p.id, "path": str(p.source) if p.source else None, "profile": doc,
-                   "tree": {"paths": p.tree, "nodes": stats.nodes, "depth": stats.depth},
-                   "trtllm_build_args": p.trtllm_build_args()})
+        emit_json(
+            {
+                "name": p.name,
+                "id": p.id,
+                "path": str(p.source) if p.source else None,
+                "profile": doc,
+                "tree": {"paths": p.tree, "nodes": stats.nodes, "depth": stats.depth},
+                "trtllm_build_args": p.trtllm_build_args(),
+            }
+        )
         return
     err_console.print(f"[bold]{p.name}[/] (id {p.id}) from {p.source}")
     err_console.print(f"tree: {stats.nodes} nodes, depth {stats.depth}, per depth {stats.nodes_per_depth}")
@@ -72,8 +96,9 @@ def show(name: Annotated[str, typer.Argument(help="Profile name or YAML file pat
 
 
 def register(app: typer.Typer) -> None:
-    sub = typer.Typer(help="Hardware profiles: list them (and what this machine can run), show one.",
-                      no_args_is_help=True)
+    sub = typer.Typer(
+        help="Hardware profiles: list them (and what this machine can run), show one.", no_args_is_help=True
+    )
     sub.command("list")(list_profiles_cmd)
     sub.command("show")(show)
     app.add_typer(sub, name="profiles")

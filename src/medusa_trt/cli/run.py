@@ -12,17 +12,27 @@ from medusa_trt.errors import InvalidInputError
 
 def run_cmd(
     path: Annotated[str, typer.Argument(help="A checkpoint from `convert` or an engine dir from `build`.")],
-    prompt: Annotated[str | None, typer.Option("--prompt", help="Generate once for this text and exit "
-                                               "(without it, DIR is served).")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Generate once for this text and exit (without it, DIR is served).")
+    ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most tokens to generate.")] = 128,
-    temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy (exact); > 0 samples, "
-                                               "with typical acceptance for Medusa (lossy).")] = 0.0,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            "--temperature", help="0 is greedy (exact); > 0 samples, with typical acceptance for Medusa (lossy)."
+        ),
+    ] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely (0: off).")] = 0,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     no_medusa: Annotated[bool, typer.Option("--no-medusa", help="Plain decoding, one token per step.")] = False,
-    tree: Annotated[str | None, typer.Option("--tree", help="Medusa tree: shipped name or YAML/JSON file "
-                                             "(default: the engine's, else the largest that fits).")] = None,
+    tree: Annotated[
+        str | None,
+        typer.Option(
+            "--tree",
+            help="Medusa tree: shipped name or YAML/JSON file (default: the engine's, else the largest that fits).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")] = False,
     host: Annotated[str, typer.Option("--host", help="Serve: address to bind.")] = "127.0.0.1",
@@ -42,21 +52,47 @@ def run_cmd(
         return int(serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device))
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")
-    doc = generate_once(path, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                        seed=seed, medusa=not no_medusa, tree=tree, device=device, chat=chat, echo=not json_out)
+    doc = generate_once(
+        path,
+        prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        medusa=not no_medusa,
+        tree=tree,
+        device=device,
+        chat=chat,
+        echo=not json_out,
+    )
     if json_out:
         emit_json(doc)
     else:
         s = doc["stats"]
-        err_console.print(f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
-                          f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
-                          f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]")
+        err_console.print(
+            f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
+            f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
+            f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]"
+        )
     return 0
 
 
-def generate_once(path: str, prompt: str, *, max_tokens: int, temperature: float, top_p: float, top_k: int,
-                  seed: int | None, medusa: bool, tree: str | None, device: str, chat: bool,
-                  echo: bool) -> dict[str, Any]:
+def generate_once(
+    path: str,
+    prompt: str,
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    seed: int | None,
+    medusa: bool,
+    tree: str | None,
+    device: str,
+    chat: bool,
+    echo: bool,
+) -> dict[str, Any]:
     """Load, generate (streaming text to stdout when ``echo``), close; the --json document."""
     import sys
 
@@ -68,11 +104,14 @@ def generate_once(path: str, prompt: str, *, max_tokens: int, temperature: float
     try:
         tok = engine.tokenizer
         if tok is None:
-            raise CheckpointError(f"{path}: no tokenizer files beside the checkpoint",
-                                  hint="`medusa-trt convert` copies them from the model directory.")
+            raise CheckpointError(
+                f"{path}: no tokenizer files beside the checkpoint",
+                hint="`medusa-trt convert` copies them from the model directory.",
+            )
         if chat:
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          tokenize=True, return_dict=False)
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
         else:
             ids = tok(prompt, add_special_tokens=True)["input_ids"]
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
@@ -85,7 +124,7 @@ def generate_once(path: str, prompt: str, *, max_tokens: int, temperature: float
             finish = chunk.finish_reason
             if echo:  # print the text as it grows (decode the whole run: BPE pieces merge)
                 text = tok.decode(out, skip_special_tokens=True)
-                sys.stdout.write(text[len(shown):])
+                sys.stdout.write(text[len(shown) :])
                 sys.stdout.flush()
                 shown = text
         if echo:
@@ -93,13 +132,22 @@ def generate_once(path: str, prompt: str, *, max_tokens: int, temperature: float
         st = gen.stats
         assert st is not None
         return {
-            "text": tok.decode(out, skip_special_tokens=True), "token_ids": out, "finish_reason": finish,
-            "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-            "num_steps": st.num_steps, "tokens_per_step": st.tokens_per_step,
-            "stats": {"medusa": st.medusa, "tree_nodes": len(engine.tree) if st.medusa else 0, "tp": engine.tp,
-                      "accepted_per_depth": st.accepted_per_depth, "prefill_s": st.prefill_s,
-                      "decode_s": st.decode_s,
-                      "tokens_per_s": st.completion_tokens / st.decode_s if st.decode_s > 0 else 0.0},
+            "text": tok.decode(out, skip_special_tokens=True),
+            "token_ids": out,
+            "finish_reason": finish,
+            "prompt_tokens": st.prompt_tokens,
+            "completion_tokens": st.completion_tokens,
+            "num_steps": st.num_steps,
+            "tokens_per_step": st.tokens_per_step,
+            "stats": {
+                "medusa": st.medusa,
+                "tree_nodes": len(engine.tree) if st.medusa else 0,
+                "tp": engine.tp,
+                "accepted_per_depth": st.accepted_per_depth,
+                "prefill_s": st.prefill_s,
+                "decode_s": st.decode_s,
+                "tokens_per_s": st.completion_tokens / st.decode_s if st.decode_s > 0 else 0.0,
+            },
         }
     finally:
         engine.close()

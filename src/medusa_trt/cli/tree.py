@@ -40,14 +40,21 @@ def _profile_step_times(profile: str, model: str, max_nodes: int, context_len: i
 
 def build_cmd(
     accuracy: Annotated[Path, typer.Option("--accuracy", "-a", help="CSV: one row per head, one column per rank.")],
-    nodes: Annotated[int | None, typer.Option("--nodes", "-n", help="Tree size; with --step-times/--profile the "
-                                              "largest size considered (default 63).")] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--nodes", "-n", help="Tree size; with --step-times/--profile the largest size considered (default 63)."
+        ),
+    ] = None,
     max_depth: Annotated[int | None, typer.Option("--max-depth", help="Deepest path (default: all heads).")] = None,
     max_topk: Annotated[int, typer.Option("--max-topk", help="Ranks considered per head (<= 10).")] = 10,
-    step_times: Annotated[Path | None, typer.Option("--step-times", help="Measured step time per tree size "
-                                                    "(CSV nodes,ms or JSON; see `tree sweep`).")] = None,
-    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Use the analytic step-time model "
-                                                "of this hardware profile.")] = None,
+    step_times: Annotated[
+        Path | None,
+        typer.Option("--step-times", help="Measured step time per tree size (CSV nodes,ms or JSON; see `tree sweep`)."),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Use the analytic step-time model of this hardware profile.")
+    ] = None,
     model: Annotated[str, typer.Option("--model", help="Model preset or HF dir for --profile.")] = "llama-3.1-70b",
     context_len: Annotated[int, typer.Option("--context-len", help="Context length for --profile.")] = 1024,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the tree YAML here.")] = None,
@@ -62,15 +69,26 @@ def build_cmd(
     doc: dict[str, Any]
     if step_times is not None or profile is not None:
         limit = nodes if nodes is not None else 63
-        curve = (tb.parse_step_times(_read(step_times, "step times"), str(step_times)) if step_times is not None
-                 else _profile_step_times(str(profile), model, limit, context_len))
+        curve = (
+            tb.parse_step_times(_read(step_times, "step times"), str(step_times))
+            if step_times is not None
+            else _profile_step_times(str(profile), model, limit, context_len)
+        )
         choice = tb.choose_tree(acc, curve, max_nodes=limit, max_depth=max_depth, max_topk=max_topk)
         tree, expected = choice.tree, choice.expected_tokens_per_step
-        doc = {"choices": tree, "expected_tokens_per_step": expected, "nodes": choice.nodes,
-               "max_draft_len": choice.nodes, "step_ms": choice.step_ms,
-               "tokens_per_ms": choice.tokens_per_ms, "curve": choice.curve}
-        err_console.print(f"chose {choice.nodes} nodes: {expected:.3f} tokens/step at {choice.step_ms:.3f} ms/step "
-                          f"({1000 * choice.tokens_per_ms:.1f} tokens/s/user)")
+        doc = {
+            "choices": tree,
+            "expected_tokens_per_step": expected,
+            "nodes": choice.nodes,
+            "max_draft_len": choice.nodes,
+            "step_ms": choice.step_ms,
+            "tokens_per_ms": choice.tokens_per_ms,
+            "curve": choice.curve,
+        }
+        err_console.print(
+            f"chose {choice.nodes} nodes: {expected:.3f} tokens/step at {choice.step_ms:.3f} ms/step "
+            f"({1000 * choice.tokens_per_ms:.1f} tokens/s/user)"
+        )
     else:
         tree = tb.build_tree(acc, nodes if nodes is not None else 63, max_depth=max_depth, max_topk=max_topk)
         expected = tb.expected_tokens_per_step(acc, tree)
@@ -86,9 +104,13 @@ def build_cmd(
 
 
 def accuracy_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="HF model dir (with --heads) or a converted checkpoint / engine dir.")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="HF model dir (with --heads) or a converted checkpoint / engine dir.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the accuracy CSV.")],
-    heads: Annotated[Path | None, typer.Option("--heads", help="FasterDecoding heads dir (for an HF model dir).")] = None,
+    heads: Annotated[
+        Path | None, typer.Option("--heads", help="FasterDecoding heads dir (for an HF model dir).")
+    ] = None,
     data: Annotated[str, typer.Option("--data", help="'builtin' or a text/JSONL prompt file.")] = "builtin",
     num_prompts: Annotated[int, typer.Option("--num-prompts", help="Calibration prompts used.")] = 16,
     steps: Annotated[int, typer.Option("--steps", help="Greedy tokens decoded per prompt.")] = 48,
@@ -104,8 +126,10 @@ def accuracy_cmd(
     prompts = load_prompts(data)[:num_prompts]
     result = measure_accuracy(model_dir, prompts, heads_dir=heads, steps=steps, topk=topk, device=device)
     _write_atomic(out, format_accuracy_csv(result.table))
-    err_console.print(f"wrote {out}: {len(result.table)} heads x {topk} ranks over {result.positions} positions; "
-                      "top-1 " + ", ".join(f"h{k}={row[0]:.3f}" for k, row in enumerate(result.table)))
+    err_console.print(
+        f"wrote {out}: {len(result.table)} heads x {topk} ranks over {result.positions} positions; "
+        "top-1 " + ", ".join(f"h{k}={row[0]:.3f}" for k, row in enumerate(result.table))
+    )
     if json_out:
         emit_json({"accuracy": result.table, "positions": result.positions, "out": str(out)})
 
@@ -113,8 +137,9 @@ def accuracy_cmd(
 def sweep_cmd(
     engine_dir: Annotated[Path, typer.Argument(help="Converted checkpoint or engine dir (reference runtime).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write step times (CSV nodes,step_ms).")] = None,
-    sizes: Annotated[str, typer.Option("--sizes", help="Tree sizes (draft nodes), comma-separated.")]
-    = "0,1,2,4,8,12,16,24,32,48,63",
+    sizes: Annotated[
+        str, typer.Option("--sizes", help="Tree sizes (draft nodes), comma-separated.")
+    ] = "0,1,2,4,8,12,16,24,32,48,63",
     context_len: Annotated[int, typer.Option("--context-len", help="Tokens in the KV cache while timing.")] = 64,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed forwards per size (median taken).")] = 5,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
@@ -139,8 +164,9 @@ def sweep_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    tree_app = typer.Typer(help="Medusa trees: head accuracy, optimal tree, step time vs tree size.",
-                           no_args_is_help=True)
+    tree_app = typer.Typer(
+        help="Medusa trees: head accuracy, optimal tree, step time vs tree size.", no_args_is_help=True
+    )
     tree_app.command("accuracy")(accuracy_cmd)
     tree_app.command("build")(build_cmd)
     tree_app.command("sweep")(sweep_cmd)

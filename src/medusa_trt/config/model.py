@@ -14,8 +14,13 @@ from pydantic import BaseModel, ConfigDict
 
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
-_LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                 "original_max_position_embeddings": 8192}
+_LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 _LLAMA32_ROPE = dict(_LLAMA31_ROPE, factor=32.0)
 
 
@@ -53,8 +58,10 @@ class ModelSpec(BaseModel):
     def from_hf_config(cls, cfg: dict[str, Any], name: str = "local") -> ModelSpec:
         """Parse a Llama config.json (either RoPE spelling)."""
         if cfg.get("model_type") not in (None, "llama"):
-            raise CheckpointError(f"{name}: model_type '{cfg.get('model_type')}' is not a Llama model",
-                                  hint="medusa-trt supports Llama 3.x checkpoints (model_type: llama).")
+            raise CheckpointError(
+                f"{name}: model_type '{cfg.get('model_type')}' is not a Llama model",
+                hint="medusa-trt supports Llama 3.x checkpoints (model_type: llama).",
+            )
         try:
             params = cfg.get("rope_parameters")
             scaling: dict[str, Any] | None
@@ -71,26 +78,54 @@ class ModelSpec(BaseModel):
                     scaling.pop("type", None)
             heads = int(cfg["num_attention_heads"])
             return cls(
-                name=name, vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_size"]),
-                intermediate_size=int(cfg["intermediate_size"]), num_hidden_layers=int(cfg["num_hidden_layers"]),
-                num_attention_heads=heads, num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+                name=name,
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=int(cfg["hidden_size"]),
+                intermediate_size=int(cfg["intermediate_size"]),
+                num_hidden_layers=int(cfg["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
                 head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
-                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)), rope_theta=theta,
-                rope_scaling=scaling, rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+                rope_theta=theta,
+                rope_scaling=scaling,
+                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                 hidden_act=str(cfg.get("hidden_act", "silu")),
             )
         except KeyError as e:
-            raise CheckpointError(f"{name}: config.json lacks '{e.args[0]}'",
-                                  hint="Point at a Hugging Face Llama directory with a complete config.json.") from e
+            raise CheckpointError(
+                f"{name}: config.json lacks '{e.args[0]}'",
+                hint="Point at a Hugging Face Llama directory with a complete config.json.",
+            ) from e
 
 
-def _preset(name: str, v: int, d: int, i: int, layers: int, h: int, kv: int, rope: dict[str, Any],
-            tied: bool = False, head_dim: int = 128) -> ModelSpec:
-    return ModelSpec(name=name, vocab_size=v, hidden_size=d, intermediate_size=i, num_hidden_layers=layers,
-                     num_attention_heads=h, num_key_value_heads=kv, head_dim=head_dim,
-                     max_position_embeddings=131072, rope_theta=500000.0, rope_scaling=dict(rope),
-                     tie_word_embeddings=tied)
+def _preset(
+    name: str,
+    v: int,
+    d: int,
+    i: int,
+    layers: int,
+    h: int,
+    kv: int,
+    rope: dict[str, Any],
+    tied: bool = False,
+    head_dim: int = 128,
+) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        vocab_size=v,
+        hidden_size=d,
+        intermediate_size=i,
+        num_hidden_layers=layers,
+        num_attention_heads=h,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=dict(rope),
+        tie_word_embeddings=tied,
+    )
 
 
 # Architecture numbers from the published Hugging Face configs (meta-llama/*).
@@ -127,5 +162,7 @@ def resolve_model(spec: str) -> ModelSpec:
     path = Path(spec)
     if path.is_dir():
         return ModelSpec.from_hf_config(read_hf_config(path), name=path.name)
-    raise InvalidInputError(f"unknown model '{spec}': not a preset and not a local directory",
-                            hint=f"Presets: {', '.join(PRESETS)}; or a directory holding a config.json.")
+    raise InvalidInputError(
+        f"unknown model '{spec}': not a preset and not a local directory",
+        hint=f"Presets: {', '.join(PRESETS)}; or a directory holding a config.json.",
+    )

@@ -166,37 +166,76 @@ def _cross_issues(p: HardwareProfile) -> list[Issue]:
     issues: list[Issue] = []
     for key in p.trtllm_build:
         if key in TRTLLM_BUILD_MANAGED:
-            issues.append(Issue(("trtllm_build", key), f"'{key}' is set by medusa-trt",
-                                hint=f"Set it through {TRTLLM_BUILD_MANAGED[key]}.", on_key=True))
+            issues.append(
+                Issue(
+                    ("trtllm_build", key),
+                    f"'{key}' is set by medusa-trt",
+                    hint=f"Set it through {TRTLLM_BUILD_MANAGED[key]}.",
+                    on_key=True,
+                )
+            )
         elif key not in TRTLLM_BUILD_FLAGS:
             guess = closest(key, TRTLLM_BUILD_FLAGS)
-            issues.append(Issue(("trtllm_build", key), f"'{key}' is not a trtllm-build flag",
-                                hint=(f"Did you mean '{guess}'? " if guess else "")
-                                + "Keys are trtllm-build flag names without dashes (see trtllm-cli-flags.md).",
-                                on_key=True))
+            issues.append(
+                Issue(
+                    ("trtllm_build", key),
+                    f"'{key}' is not a trtllm-build flag",
+                    hint=(f"Did you mean '{guess}'? " if guess else "")
+                    + "Keys are trtllm-build flag names without dashes (see trtllm-cli-flags.md).",
+                    on_key=True,
+                )
+            )
     for key in p.runtime_env:
         if not _ENV_NAME.match(key):
-            issues.append(Issue(("runtime_env", key), f"'{key}' is not a valid environment variable name",
-                                on_key=True))
+            issues.append(Issue(("runtime_env", key), f"'{key}' is not a valid environment variable name", on_key=True))
     ub_tp = p.runtime_env.get("UB_TP_SIZE")
     if ub_tp is not None and str(ub_tp) != str(p.parallelism.tp):
-        issues.append(Issue(("runtime_env", "UB_TP_SIZE"), f"UB_TP_SIZE {ub_tp} differs from parallelism.tp "
-                            f"{p.parallelism.tp}", hint="The userbuffer all-reduce spans the TP group: set them equal."))
+        issues.append(
+            Issue(
+                ("runtime_env", "UB_TP_SIZE"),
+                f"UB_TP_SIZE {ub_tp} differs from parallelism.tp {p.parallelism.tp}",
+                hint="The userbuffer all-reduce spans the TP group: set them equal.",
+            )
+        )
     if p.engine == "trtllm" and p.hardware.device != "cuda":
-        issues.append(Issue(("hardware", "device"), "engine trtllm needs device cuda",
-                            hint="Use engine: reference for CPU profiles."))
+        issues.append(
+            Issue(
+                ("hardware", "device"),
+                "engine trtllm needs device cuda",
+                hint="Use engine: reference for CPU profiles.",
+            )
+        )
     if p.hardware.device == "cuda" and not p.hardware.gpu:
-        issues.append(Issue(("hardware",), "missing required key 'gpu' for a cuda device",
-                            hint="e.g. gpu: H200 (matched against the names nvidia-smi reports)."))
+        issues.append(
+            Issue(
+                ("hardware",),
+                "missing required key 'gpu' for a cuda device",
+                hint="e.g. gpu: H200 (matched against the names nvidia-smi reports).",
+            )
+        )
     if p.engine == "reference" and p.precision.quantization != "none":
-        issues.append(Issue(("precision", "quantization"), "the reference engine runs unquantized checkpoints",
-                            hint="Use quantization: none, or engine: trtllm for FP8."))
+        issues.append(
+            Issue(
+                ("precision", "quantization"),
+                "the reference engine runs unquantized checkpoints",
+                hint="Use quantization: none, or engine: trtllm for FP8.",
+            )
+        )
     if p.engine == "reference" and p.precision.kv_cache_dtype == "fp8":
-        issues.append(Issue(("precision", "kv_cache_dtype"), "the reference engine has no FP8 KV cache",
-                            hint="Use auto, float32, float16 or bfloat16."))
+        issues.append(
+            Issue(
+                ("precision", "kv_cache_dtype"),
+                "the reference engine has no FP8 KV cache",
+                hint="Use auto, float32, float16 or bfloat16.",
+            )
+        )
     if p.limits.max_input_len > p.limits.max_seq_len:
-        issues.append(Issue(("limits", "max_input_len"),
-                            f"max_input_len {p.limits.max_input_len} exceeds max_seq_len {p.limits.max_seq_len}"))
+        issues.append(
+            Issue(
+                ("limits", "max_input_len"),
+                f"max_input_len {p.limits.max_input_len} exceeds max_seq_len {p.limits.max_seq_len}",
+            )
+        )
     issues += _tree_issues(p)
     return issues
 
@@ -210,8 +249,13 @@ def _tree_issues(p: HardwareProfile) -> list[Issue]:
         return [Issue(("medusa", "tree"), e.message, hint=e.hint)]
     problems = tree_problems(tree, num_heads=p.medusa.num_heads, max_draft_len=p.medusa.max_draft_len)
     if problems:
-        return [Issue(("medusa", "tree"), "; ".join(problems),
-                      hint="Fix the tree, or raise medusa.num_heads / medusa.max_draft_len to match it.")]
+        return [
+            Issue(
+                ("medusa", "tree"),
+                "; ".join(problems),
+                hint="Fix the tree, or raise medusa.num_heads / medusa.max_draft_len to match it.",
+            )
+        ]
     p._tree = (json.dumps(p.medusa.tree), tree)
     return []
 
@@ -226,8 +270,7 @@ def _union_errors(errors: list[Any]) -> list[Any]:
     groups: dict[yaml_marks.Loc, list[Any]] = {}
     for e in errors:
         raw = tuple(e["loc"])
-        tag = next((i for i, p in enumerate(raw) if isinstance(p, str)
-                    and yaml_marks.clean_loc((p,)) == ()), None)
+        tag = next((i for i, p in enumerate(raw) if isinstance(p, str) and yaml_marks.clean_loc((p,)) == ()), None)
         if tag is None:
             out.append(e)
         else:
@@ -237,8 +280,9 @@ def _union_errors(errors: list[Any]) -> list[Any]:
         if deeper:
             out.append(deeper[0])
             continue
-        kinds = [next(str(p) for p in e["loc"] if isinstance(p, str) and yaml_marks.clean_loc((p,)) == ())
-                 for e in errs]
+        kinds = [
+            next(str(p) for p in e["loc"] if isinstance(p, str) and yaml_marks.clean_loc((p,)) == ()) for e in errs
+        ]
         out.append(dict(errs[0], loc=field, msg=f"Input should be one of: {', '.join(dict.fromkeys(kinds))}"))
     return out
 
@@ -280,8 +324,10 @@ def parse_profile(text: str, source: str, path: Path | None = None) -> HardwareP
     """Validate YAML text; every error names ``source:line`` and the key."""
     data, root = yaml_marks.parse_yaml(text, source)
     if not isinstance(data, dict):
-        raise ProfileError(f"{source}:1: a profile is a YAML mapping of sections",
-                           hint="Start from a shipped profile: medusa-trt profiles show cpu")
+        raise ProfileError(
+            f"{source}:1: a profile is a YAML mapping of sections",
+            hint="Start from a shipped profile: medusa-trt profiles show cpu",
+        )
     try:
         profile = HardwareProfile.model_validate(data)
     except ValidationError as e:
@@ -325,15 +371,25 @@ def load_profile_file(path: Path, *, expect_name: str | None = None) -> Hardware
     try:
         text = path.read_text()
     except FileNotFoundError as e:
-        raise ProfileError(f"{path}: no such profile file",
-                           hint="Give a profile name (medusa-trt profiles list) or an existing YAML file.") from e
+        raise ProfileError(
+            f"{path}: no such profile file",
+            hint="Give a profile name (medusa-trt profiles list) or an existing YAML file.",
+        ) from e
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError(f"{path}: cannot read the profile ({e.__class__.__name__})") from e
     profile = parse_profile(text, str(path), path)
     if expect_name is not None and profile.name != expect_name:
-        yaml_marks.raise_issues([Issue(("name",), f"'{profile.name}' differs from the file name '{path.name}'",
-                                       hint=f"Rename the file or set name: {expect_name}")],
-                                yaml_marks.parse_yaml(text, str(path))[1], str(path))
+        yaml_marks.raise_issues(
+            [
+                Issue(
+                    ("name",),
+                    f"'{profile.name}' differs from the file name '{path.name}'",
+                    hint=f"Rename the file or set name: {expect_name}",
+                )
+            ],
+            yaml_marks.parse_yaml(text, str(path))[1],
+            str(path),
+        )
     return profile
 
 
@@ -347,9 +403,11 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if spec in paths:
         return load_profile_file(paths[spec], expect_name=spec)
     guess = closest(spec, set(paths))
-    raise ProfileError(f"unknown profile '{spec}'",
-                       hint=(f"Did you mean '{guess}'? " if guess else "")
-                       + f"Profiles: {', '.join(sorted(paths)) or '(none found)'}; or give a YAML file path.")
+    raise ProfileError(
+        f"unknown profile '{spec}'",
+        hint=(f"Did you mean '{guess}'? " if guess else "")
+        + f"Profiles: {', '.join(sorted(paths)) or '(none found)'}; or give a YAML file path.",
+    )
 
 
 def list_profiles() -> list[HardwareProfile]:

@@ -38,8 +38,9 @@ def parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         what = e.problem or e.context or "invalid YAML"
-        raise ProfileError(f"{source}{line}: YAML syntax error: {what}",
-                           hint="Check the indentation and quoting near that line.") from e
+        raise ProfileError(
+            f"{source}{line}: YAML syntax error: {what}", hint="Check the indentation and quoting near that line."
+        ) from e
     except yaml.YAMLError as e:
         raise ProfileError(f"{source}: YAML syntax error: {e}", hint="Check the file is valid YAML.") from e
     return data, node

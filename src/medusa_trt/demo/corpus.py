@@ -38,8 +38,10 @@ def stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.glob("*.py") if p.is_file() and MIN_FILE <= p.stat().st_size <= MAX_FILE)
     if len(files) < 8:
-        raise MissingDependencyError(f"found only {len(files)} Python standard-library sources under {root}",
-                                     hint="The demo trains on the stdlib's .py files; install the full Python.")
+        raise MissingDependencyError(
+            f"found only {len(files)} Python standard-library sources under {root}",
+            hint="The demo trains on the stdlib's .py files; install the full Python.",
+        )
     return files
 
 
@@ -94,7 +96,7 @@ def code_prompts(files: list[Path], n: int, *, lines_before: int = 4, max_chars:
         for i, line in enumerate(lines):
             s = line.strip()
             if s.startswith("def ") and s.endswith(":") and '"""' not in s:
-                ctx = "\n".join(lines[max(0, i - lines_before): i + 1])
+                ctx = "\n".join(lines[max(0, i - lines_before) : i + 1])
                 found.append(ctx[-max_chars:])
     if not found:
         return []

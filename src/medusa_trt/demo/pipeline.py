@@ -119,20 +119,26 @@ class Stages:
         t0, out = time.perf_counter(), self.cache / "model"
         corpus = load_corpus(self.cfg.corpus_chars)
         self.corpus = corpus
-        key = _digest({"recipe": asdict(self.cfg.recipe), "corpus": corpus.digest,
-                       "python": platform.python_version()})
+        key = _digest({"recipe": asdict(self.cfg.recipe), "corpus": corpus.digest, "python": platform.python_version()})
         if not self.fresh and _cached(out, key):
             self.info["pretrain"] = json.loads((out / STAMP).read_text()).get("pretrain")
             self.log(f"model: reusing {out}")
             self.timed("pretrain", True, t0)
             return out
-        self.log(f"model: pre-training a tiny Llama 3 on {len(corpus.train_files)} stdlib modules "
-                 f"({self.cfg.recipe.steps} steps)")
+        self.log(
+            f"model: pre-training a tiny Llama 3 on {len(corpus.train_files)} stdlib modules "
+            f"({self.cfg.recipe.steps} steps)"
+        )
         tmp = _fresh_dir(out)
         every = max(1, self.cfg.recipe.steps // 8)
-        info = pretrain(tmp, corpus.train_text, self.cfg.recipe,
-                        on_step=lambda s, loss: self.log(f"  step {s}/{self.cfg.recipe.steps} loss {loss:.3f}")
-                        if s % every == 0 else None)
+        info = pretrain(
+            tmp,
+            corpus.train_text,
+            self.cfg.recipe,
+            on_step=lambda s, loss: (
+                self.log(f"  step {s}/{self.cfg.recipe.steps} loss {loss:.3f}") if s % every == 0 else None
+            ),
+        )
         _stamp(tmp, key, {"pretrain": info})
         _publish(tmp, out)
         self.info["pretrain"] = info
@@ -145,9 +151,12 @@ class Stages:
 
         t0, out = time.perf_counter(), self.cache / "heads"
         c = self.cfg
-        key = _digest({"model": json.loads((model_dir / STAMP).read_text())["key"],
-                       **c.key("num_heads", "head_steps", "head_lr", "head_batch", "distill_prompts",
-                               "distill_tokens")})
+        key = _digest(
+            {
+                "model": json.loads((model_dir / STAMP).read_text())["key"],
+                **c.key("num_heads", "head_steps", "head_lr", "head_batch", "distill_prompts", "distill_tokens"),
+            }
+        )
         if not self.fresh and _cached(out, key):
             self.log(f"heads: reusing {out}")
             self.info["heads"] = json.loads((out / STAMP).read_text()).get("heads")
@@ -156,13 +165,26 @@ class Stages:
         prompts: list[Any] = list(code_prompts(self.corpus.train_files, c.distill_prompts))
         self.log(f"heads: self-distillation on {len(prompts)} prompts, {c.head_steps} steps, {c.num_heads} heads")
         tmp = _fresh_dir(out)
-        tcfg = TrainConfig(num_heads=c.num_heads, steps=c.head_steps, lr=c.head_lr, batch_size=c.head_batch,
-                           seq_len=c.distill_tokens + 96, gen_tokens=c.distill_tokens, checkpoint_every=0,
-                           log_every=max(1, c.head_steps // 4), resume=False, progress=False)
+        tcfg = TrainConfig(
+            num_heads=c.num_heads,
+            steps=c.head_steps,
+            lr=c.head_lr,
+            batch_size=c.head_batch,
+            seq_len=c.distill_tokens + 96,
+            gen_tokens=c.distill_tokens,
+            checkpoint_every=0,
+            log_every=max(1, c.head_steps // 4),
+            resume=False,
+            progress=False,
+        )
         res = train_heads(model_dir, tmp, data=prompts, config=tcfg)
         shutil.rmtree(tmp / ".train", ignore_errors=True)  # resumable state is not needed once cached
-        info = {"final_loss": res.final_loss, "initial_loss": res.initial_loss, "train_top1": res.top1,
-                "sequences": res.sequences}
+        info = {
+            "final_loss": res.final_loss,
+            "initial_loss": res.initial_loss,
+            "train_top1": res.top1,
+            "sequences": res.sequences,
+        }
         _stamp(tmp, key, {"heads": info})
         _publish(tmp, out)
         self.info["heads"] = info
@@ -177,8 +199,9 @@ class Stages:
         t0 = time.perf_counter()
         acc_path, tree_path = self.cache / "accuracy.csv", self.cache / "tree.yaml"
         c = self.cfg
-        key = _digest({"heads": json.loads((heads_dir / STAMP).read_text())["key"],
-                       **c.key("accuracy_prompts", "accuracy_steps")})
+        key = _digest(
+            {"heads": json.loads((heads_dir / STAMP).read_text())["key"], **c.key("accuracy_prompts", "accuracy_steps")}
+        )
         reused = not self.fresh and _cached(acc_path, key)
         if not reused:
             prompts: list[Any] = list(code_prompts(self.corpus.heldout_files[1::2], c.accuracy_prompts))
@@ -194,8 +217,11 @@ class Stages:
         _write_text_atomic(tree_path, tb.tree_yaml(tree, expected))
         if not reused:
             _stamp(acc_path, key, {})
-        self.log("head top-1 accuracy: " + ", ".join(f"h{k} {row[0]:.2f}" for k, row in enumerate(acc))
-                 + f"; tree of {len(tree)} nodes, expected {expected:.2f} tokens/step")
+        self.log(
+            "head top-1 accuracy: "
+            + ", ".join(f"h{k} {row[0]:.2f}" for k, row in enumerate(acc))
+            + f"; tree of {len(tree)} nodes, expected {expected:.2f} tokens/step"
+        )
         self.timed("accuracy_tree", reused, t0)
         return tree, acc, expected
 
@@ -249,14 +275,30 @@ def bench(engine_dir: Path, prompts: list[str], cfg: DemoConfig, work: Path) -> 
 
     data = work / "bench_prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    bc = BenchConfig(engine=engine_dir, dataset=str(data), num_prompts=len(prompts), concurrency=(1,),
-                     max_tokens=cfg.max_tokens, compare_no_medusa=True, warmup=1, seed=0, temperature=0.0,
-                     endpoint="completions", command=["medusa-trt", "demo"])
+    bc = BenchConfig(
+        engine=engine_dir,
+        dataset=str(data),
+        num_prompts=len(prompts),
+        concurrency=(1,),
+        max_tokens=cfg.max_tokens,
+        compare_no_medusa=True,
+        warmup=1,
+        seed=0,
+        temperature=0.0,
+        endpoint="completions",
+        command=["medusa-trt", "demo"],
+    )
     return run_benchmark(bc)
 
 
-def run_demo(cfg: DemoConfig | None = None, *, cache_dir: Path | None = None, output_dir: Path | None = None,
-             fresh: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_demo(
+    cfg: DemoConfig | None = None,
+    *,
+    cache_dir: Path | None = None,
+    output_dir: Path | None = None,
+    fresh: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run every stage and return the result document (also written to ``output_dir/demo.json``)."""
     import torch
 
@@ -270,7 +312,9 @@ def run_demo(cfg: DemoConfig | None = None, *, cache_dir: Path | None = None, ou
         cache.mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InvalidInputError(f"cannot use {cache}: {e.strerror}", hint=f"Pass --cache-dir or set {CACHE_ENV}.") from e
+        raise InvalidInputError(
+            f"cannot use {cache}: {e.strerror}", hint=f"Pass --cache-dir or set {CACHE_ENV}."
+        ) from e
     if log is None:
         from medusa_trt.cli._common import err_console
 
@@ -304,8 +348,17 @@ def run_demo(cfg: DemoConfig | None = None, *, cache_dir: Path | None = None, ou
     return doc
 
 
-def result_document(report: Any, cfg: DemoConfig, st: Stages, tree: list[list[int]], acc: list[list[float]],
-                    expected: float, cache: Path, out: Path, wall_s: float) -> dict[str, Any]:
+def result_document(
+    report: Any,
+    cfg: DemoConfig,
+    st: Stages,
+    tree: list[list[int]],
+    acc: list[list[float]],
+    expected: float,
+    cache: Path,
+    out: Path,
+    wall_s: float,
+) -> dict[str, Any]:
     on = report.run(1, True) or {}
     off = report.run(1, False) or {}
     comp = report.comparisons[0] if report.comparisons else {}
@@ -313,15 +366,20 @@ def result_document(report: Any, cfg: DemoConfig, st: Stages, tree: list[list[in
         "tokens_per_step": on.get("tokens_per_step"),
         "speedup": comp.get("speedup"),
         "identical_outputs": bool(comp.get("identical_outputs")),
-        "tokens_per_s_per_user": {"medusa": comp.get("mean_output_tokens_per_s_per_user_medusa"),
-                                  "no_medusa": comp.get("mean_output_tokens_per_s_per_user_no_medusa")},
+        "tokens_per_s_per_user": {
+            "medusa": comp.get("mean_output_tokens_per_s_per_user_medusa"),
+            "no_medusa": comp.get("mean_output_tokens_per_s_per_user_no_medusa"),
+        },
         "tokens_per_step_no_medusa": off.get("tokens_per_step"),
         "expected_tokens_per_step": expected,
         "tree": tree,
         "tree_nodes": len(tree),
         "head_accuracy": acc,
-        "requests": {"medusa": on.get("completed"), "no_medusa": off.get("completed"),
-                     "failed": (on.get("failed") or 0) + (off.get("failed") or 0)},
+        "requests": {
+            "medusa": on.get("completed"),
+            "no_medusa": off.get("completed"),
+            "failed": (on.get("failed") or 0) + (off.get("failed") or 0),
+        },
         "mismatches": comp.get("mismatches", []),
         "targets": {"tokens_per_step": 1.8, "speedup": 1.4},
         "stages_s": st.timings,

@@ -42,8 +42,9 @@ def _lr(step: int, r: ModelRecipe) -> float:
     return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def pretrain(out_dir: Path, text: str, recipe: ModelRecipe, *,
-             on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+def pretrain(
+    out_dir: Path, text: str, recipe: ModelRecipe, *, on_step: Callable[[int, float], None] | None = None
+) -> dict[str, Any]:
     """Tokenizer + model trained on ``text``, saved as a Hugging Face directory in ``out_dir``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,10 +52,16 @@ def pretrain(out_dir: Path, text: str, recipe: ModelRecipe, *,
     tok = make_tokenizer(out_dir, texts=[text], vocab_size=recipe.vocab_size)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)  # [N]
     cfg = llama_config_dict(
-        vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
-        num_key_value_heads=recipe.num_key_value_heads, max_position_embeddings=recipe.max_position_embeddings,
-        bos_token_id=int(tok.bos_token_id), eos_token_id=int(tok.eos_token_id))
+        vocab_size=recipe.vocab_size,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads,
+        num_key_value_heads=recipe.num_key_value_heads,
+        max_position_embeddings=recipe.max_position_embeddings,
+        bos_token_id=int(tok.bos_token_id),
+        eos_token_id=int(tok.eos_token_id),
+    )
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -64,7 +71,7 @@ def pretrain(out_dir: Path, text: str, recipe: ModelRecipe, *,
         for g in opt.param_groups:
             g["lr"] = _lr(step, recipe)
         starts = torch.randint(0, len(ids) - recipe.seq_len - 1, (recipe.batch_size,), generator=gen)
-        batch = torch.stack([ids[s: s + recipe.seq_len] for s in starts.tolist()])  # [B, S]
+        batch = torch.stack([ids[s : s + recipe.seq_len] for s in starts.tolist()])  # [B, S]
         loss = model(batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -76,7 +83,12 @@ def pretrain(out_dir: Path, text: str, recipe: ModelRecipe, *,
     model.eval()
     save_hf_model(model, out_dir, cfg)
     tail = losses[-20:]
-    return {"steps": recipe.steps, "tokens_seen": recipe.steps * recipe.batch_size * recipe.seq_len,
-            "corpus_tokens": len(ids), "final_loss": sum(tail) / len(tail), "first_loss": losses[0],
-            "seconds": time.perf_counter() - t0,
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "steps": recipe.steps,
+        "tokens_seen": recipe.steps * recipe.batch_size * recipe.seq_len,
+        "corpus_tokens": len(ids),
+        "final_loss": sum(tail) / len(tail),
+        "first_loss": losses[0],
+        "seconds": time.perf_counter() - t0,
+        "params": sum(p.numel() for p in model.parameters()),
+    }

@@ -29,13 +29,27 @@ from medusa_trt.engine.spec import BuildSpec, resolve
 from medusa_trt.engine.steps import Step, StepRunner, fingerprint
 from medusa_trt.errors import CheckpointError, MedusaTrtError, MissingDependencyError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "generation_config.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 ProgressFactory = Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]]
 
 
-def prepare(profile: Any, model: str, *, medusa: str | None = None, output: str | Path | None = None,
-            tree: str | None = None, revision: str | None = None, checks: bool = True) -> BuildPlan:
+def prepare(
+    profile: Any,
+    model: str,
+    *,
+    medusa: str | None = None,
+    output: str | Path | None = None,
+    tree: str | None = None,
+    revision: str | None = None,
+    checks: bool = True,
+) -> BuildPlan:
     """Resolve the spec, run the preflight checks (exit 4 when it does not fit), lay out the steps."""
     if isinstance(profile, str | Path):
         from medusa_trt.config.profile import load_profile
@@ -71,7 +85,8 @@ def check_tools(plan: BuildPlan) -> str | None:
             raise MissingDependencyError(
                 f"{script} not found (TensorRT-LLM's examples, needed for FP8 quantization)",
                 hint=f"Set {trtllm.EXAMPLES_ENV} to the examples directory of your TensorRT-LLM checkout "
-                     "(the NVIDIA container has /app/tensorrt_llm/examples).")
+                "(the NVIDIA container has /app/tensorrt_llm/examples).",
+            )
     return version
 
 
@@ -88,9 +103,12 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         "runtime-files": lambda: _runtime_files(spec, out),
         "validate": lambda: _validate(spec, out),
         "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
-        "fetch-medusa": lambda: _fetch(spec.medusa.spec if spec.medusa else "",
-                                       spec.medusa.revision if spec.medusa else None, out / "sources" / "medusa",
-                                       "heads"),
+        "fetch-medusa": lambda: _fetch(
+            spec.medusa.spec if spec.medusa else "",
+            spec.medusa.revision if spec.medusa else None,
+            out / "sources" / "medusa",
+            "heads",
+        ),
     }
     t0 = time.perf_counter()
     for step in plan.steps:
@@ -112,8 +130,11 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
         if src is not None:
             fetched = out / "sources" / role  # a hub source downloaded for quantize.py
             local = src.local or (fetched if fetched.is_dir() else None)
-            inputs[role] = {**src.to_json(), "fingerprint": fingerprint(local) if local else None,
-                            "fingerprint_kind": "xxh3-128 over (name, size, mtime) of every file"}
+            inputs[role] = {
+                **src.to_json(),
+                "fingerprint": fingerprint(local) if local else None,
+                "fingerprint_kind": "xxh3-128 over (name, size, mtime) of every file",
+            }
             if src.local is None and local is not None:
                 from medusa_trt.checkpoint.sources import snapshot_commit
 
@@ -125,18 +146,40 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
     versions = tool_versions()
     versions["tensorrt_llm"] = trtllm_version or versions.get("tensorrt_llm")
     return {
-        "engine": spec.engine, "checkpoint_dir": CHECKPOINT,
-        "engine_dir": ENGINE if spec.engine == "trtllm" else None, "tokenizer_dir": ".",
-        "tree_file": TREE_FILE, "config": CONFIG_YAML, "model_name": spec.model_name,
-        "tree": spec.tree, "num_medusa_heads": spec.num_medusa_heads, "num_medusa_layers": spec.num_medusa_layers,
-        "max_draft_len": spec.max_draft_len, "tp": spec.tp, "pp": spec.pp, "dtype": spec.dtype,
-        "quantization": spec.quantization, "kv_cache_dtype": spec.kv_cache_dtype, "limits": spec.limits,
-        "profile": {"name": spec.profile.name, "id": spec.profile.id,
-                    "profile": spec.profile.model_dump(mode="json")},
-        "runtime_env": spec.runtime_env, "sources": spec.sources, "inputs": inputs, "tools": versions,
+        "engine": spec.engine,
+        "checkpoint_dir": CHECKPOINT,
+        "engine_dir": ENGINE if spec.engine == "trtllm" else None,
+        "tokenizer_dir": ".",
+        "tree_file": TREE_FILE,
+        "config": CONFIG_YAML,
+        "model_name": spec.model_name,
+        "tree": spec.tree,
+        "num_medusa_heads": spec.num_medusa_heads,
+        "num_medusa_layers": spec.num_medusa_layers,
+        "max_draft_len": spec.max_draft_len,
+        "tp": spec.tp,
+        "pp": spec.pp,
+        "dtype": spec.dtype,
+        "quantization": spec.quantization,
+        "kv_cache_dtype": spec.kv_cache_dtype,
+        "limits": spec.limits,
+        "profile": {"name": spec.profile.name, "id": spec.profile.id, "profile": spec.profile.model_dump(mode="json")},
+        "runtime_env": spec.runtime_env,
+        "sources": spec.sources,
+        "inputs": inputs,
+        "tools": versions,
         "notes": plan.notes,
-        "commands": [{"step": r.name, "argv": r.argv, "status": r.status, "seconds": round(r.seconds, 3),
-                      "input_hash": r.input_hash, "log": r.log} for r in runner.results],
+        "commands": [
+            {
+                "step": r.name,
+                "argv": r.argv,
+                "status": r.status,
+                "seconds": round(r.seconds, 3),
+                "input_hash": r.input_hash,
+                "log": r.log,
+            }
+            for r in runner.results
+        ],
         "serve": {"argv": serve.argv, "env": serve.env},
         "timings": {**{r.name: round(r.seconds, 3) for r in runner.results}, "this_run_s": round(seconds, 3)},
     }
@@ -151,10 +194,19 @@ def _convert(spec: BuildSpec, out: Path) -> None:
     heads = None
     if spec.medusa is not None and spec.model.format not in ("modelopt-fp8", "modelopt"):
         heads = str(spec.medusa.local or spec.medusa.spec)
-    convert_checkpoint(str(spec.model.local or spec.model.spec), out / CHECKPOINT, medusa=heads, tp=spec.tp,
-                       pp=spec.pp, dtype=spec.dtype, num_medusa_heads=spec.num_medusa_heads,
-                       max_draft_len=spec.max_draft_len, revision=spec.model.revision if not spec.model.local else None,
-                       workers=spec.convert_workers, progress=True)
+    convert_checkpoint(
+        str(spec.model.local or spec.model.spec),
+        out / CHECKPOINT,
+        medusa=heads,
+        tp=spec.tp,
+        pp=spec.pp,
+        dtype=spec.dtype,
+        num_medusa_heads=spec.num_medusa_heads,
+        max_draft_len=spec.max_draft_len,
+        revision=spec.model.revision if not spec.model.local else None,
+        workers=spec.convert_workers,
+        progress=True,
+    )
 
 
 def _fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
@@ -179,8 +231,10 @@ def _runtime_files(spec: BuildSpec, out: Path) -> None:
         if src is not None:
             shutil.copy2(src, out / name)
     if not (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").is_file():
-        raise CheckpointError(f"no tokenizer files in {out / CHECKPOINT} or {sources[1]}",
-                              hint="The model source must include tokenizer.json (or tokenizer.model).")
+        raise CheckpointError(
+            f"no tokenizer files in {out / CHECKPOINT} or {sources[1]}",
+            hint="The model source must include tokenizer.json (or tokenizer.model).",
+        )
     _atomic_text(out / TREE_FILE, dump_tree(spec.tree))
     _atomic_text(out / CONFIG_YAML, trtllm.dump_medusa_yaml(recipe.medusa_yaml(spec)))
 
@@ -194,8 +248,10 @@ def _validate(spec: BuildSpec, out: Path) -> None:
     except MedusaTrtError:
         raise
     except Exception as e:  # a broken checkpoint surfaces here, before anyone serves it
-        raise CheckpointError(f"the converted checkpoint does not load: {e.__class__.__name__}: {e}",
-                              hint="Rebuild with --force; report a bug if it persists.") from e
+        raise CheckpointError(
+            f"the converted checkpoint does not load: {e.__class__.__name__}: {e}",
+            hint="Rebuild with --force; report a bug if it persists.",
+        ) from e
     try:
         if engine.tp != spec.tp:
             raise CheckpointError(f"validation ran at tp {engine.tp}, the profile needs tp {spec.tp}")
@@ -221,8 +277,14 @@ def rich_status(label: str) -> Iterator[Callable[[str], None]]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, highlight=False)
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
-                  TextColumn("[dim]{task.fields[line]}"), console=console, transient=False) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.fields[line]}"),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task(label, line="")
         yield lambda line: bar.update(task, line=line[:80])
 

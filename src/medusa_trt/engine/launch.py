@@ -29,14 +29,21 @@ def _serve_settings(manifest: dict[str, Any]) -> Any:
     return Serve.model_validate(serve)
 
 
-def trtllm_command(engine_dir: Path, manifest: dict[str, Any], host: str, port: int) -> tuple[list[str], dict[str, str]]:
+def trtllm_command(
+    engine_dir: Path, manifest: dict[str, Any], host: str, port: int
+) -> tuple[list[str], dict[str, str]]:
     """The trtllm-serve argv and the environment additions for a built TensorRT-LLM engine directory."""
     flags, _extra = trtllm.serve_settings(_serve_settings(manifest))
-    argv = trtllm.serve_argv(engine_dir=engine_dir / (manifest.get("engine_dir") or "engine"),
-                             tokenizer_dir=engine_dir / (manifest.get("tokenizer_dir") or "."),
-                             config_yaml=engine_dir / (manifest.get("config") or "medusa.yaml"),
-                             tp=int(manifest.get("tp", 1)), pp=int(manifest.get("pp", 1)),
-                             host=host, port=port, extra_flags=flags)
+    argv = trtllm.serve_argv(
+        engine_dir=engine_dir / (manifest.get("engine_dir") or "engine"),
+        tokenizer_dir=engine_dir / (manifest.get("tokenizer_dir") or "."),
+        config_yaml=engine_dir / (manifest.get("config") or "medusa.yaml"),
+        tp=int(manifest.get("tp", 1)),
+        pp=int(manifest.get("pp", 1)),
+        host=host,
+        port=port,
+        extra_flags=flags,
+    )
     env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
     return argv, env
 
@@ -56,8 +63,11 @@ def command_text(argv: list[str], env: dict[str, str]) -> str:
 
 
 def _load(engine_dir: Path) -> dict[str, Any]:
-    if not (engine_dir / MANIFEST).is_file() and (engine_dir / "config.json").is_file() \
-            and any(engine_dir.glob("rank*.safetensors")):
+    if (
+        not (engine_dir / MANIFEST).is_file()
+        and (engine_dir / "config.json").is_file()
+        and any(engine_dir.glob("rank*.safetensors"))
+    ):
         # a converted checkpoint (from `convert`) is served by the reference runtime as is
         return {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
     return read_manifest(engine_dir)
@@ -68,8 +78,11 @@ def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8
     (for more than one node, the mpirun/srun launch lines instead)."""
     engine_dir = Path(engine_dir).resolve()
     manifest = _load(engine_dir)
-    doc: dict[str, Any] = {"engine": manifest["engine"], "model_name": manifest.get("model_name") or engine_dir.name,
-                           "nodes": 1}
+    doc: dict[str, Any] = {
+        "engine": manifest["engine"],
+        "model_name": manifest.get("model_name") or engine_dir.name,
+        "nodes": 1,
+    }
     if manifest["engine"] == "reference":
         env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
         argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
@@ -80,14 +93,24 @@ def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8
     if nodes > 1:
         multi = trtllm.multinode_lines(serve=argv, env=env, world_size=world, nodes=nodes, gpus_per_node=per_node)
         doc["multinode"] = multi
-        doc["lines"] = [f"# {world} ranks over {nodes} nodes ({per_node} GPUs each); rank 0 serves http://{host}:{port}",
-                        f"# Open MPI (hostfile lists the {nodes} nodes, slots={per_node}):", multi["mpirun"],
-                        "# Slurm:", multi["srun"]]
+        doc["lines"] = [
+            f"# {world} ranks over {nodes} nodes ({per_node} GPUs each); rank 0 serves http://{host}:{port}",
+            f"# Open MPI (hostfile lists the {nodes} nodes, slots={per_node}):",
+            multi["mpirun"],
+            "# Slurm:",
+            multi["srun"],
+        ]
     return doc
 
 
-def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, print_cmd: bool = False,
-          device: str = "cpu", **_ignored: Any) -> int:
+def serve(
+    engine_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    print_cmd: bool = False,
+    device: str = "cpu",
+    **_ignored: Any,
+) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code."""
     engine_dir = Path(engine_dir).resolve()
     cmd = serve_command(engine_dir, host, port)
@@ -104,8 +127,10 @@ def serve(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, pri
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
 
     def ready(url: str) -> None:
-        print(f"medusa-trt: serving {cmd['model_name']} (TensorRT-LLM, Medusa) at {url}/v1",
-              file=sys.stderr, flush=True)
+        print(
+            f"medusa-trt: serving {cmd['model_name']} (TensorRT-LLM, Medusa) at {url}/v1", file=sys.stderr, flush=True
+        )
 
-    return Supervisor(cmd["argv"], env=cmd["env"], host=host, port=port, startup_timeout_s=timeout,
-                      on_ready=ready).run()
+    return Supervisor(
+        cmd["argv"], env=cmd["env"], host=host, port=port, startup_timeout_s=timeout, on_ready=ready
+    ).run()

@@ -27,14 +27,18 @@ def tool_versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             return None
 
-    return {"medusa-trt": version("medusa-trt"), "python": platform.python_version(),
-            "tensorrt_llm": version("tensorrt_llm"), "torch": version("torch"),
-            "transformers": version("transformers"), "safetensors": version("safetensors")}
+    return {
+        "medusa-trt": version("medusa-trt"),
+        "python": platform.python_version(),
+        "tensorrt_llm": version("tensorrt_llm"),
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        "safetensors": version("safetensors"),
+    }
 
 
 def write_manifest(out: Path, doc: dict[str, Any]) -> Path:
-    doc = {"schema_version": SCHEMA_VERSION, **doc,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    doc = {"schema_version": SCHEMA_VERSION, **doc, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = out / MANIFEST
     tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
@@ -46,16 +50,21 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
     """The manifest of a built engine directory; a clear error when the build never finished."""
     path = Path(engine_dir) / MANIFEST
     if not Path(engine_dir).is_dir():
-        raise CheckpointError(f"{engine_dir}: no such engine directory",
-                              hint="Build one first: medusa-trt build --profile cpu --model DIR --medusa DIR")
+        raise CheckpointError(
+            f"{engine_dir}: no such engine directory",
+            hint="Build one first: medusa-trt build --profile cpu --model DIR --medusa DIR",
+        )
     if not path.is_file():
-        raise CheckpointError(f"{engine_dir}: no {MANIFEST} (not a finished medusa-trt build)",
-                              hint="Run `medusa-trt build` again with the same arguments: it resumes.")
+        raise CheckpointError(
+            f"{engine_dir}: no {MANIFEST} (not a finished medusa-trt build)",
+            hint="Run `medusa-trt build` again with the same arguments: it resumes.",
+        )
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable manifest ({e.__class__.__name__})",
-                              hint="Rebuild with `medusa-trt build --force`.") from e
+        raise CheckpointError(
+            f"{path}: unreadable manifest ({e.__class__.__name__})", hint="Rebuild with `medusa-trt build --force`."
+        ) from e
     for key in ("engine", "checkpoint_dir", "tree", "num_medusa_heads", "max_draft_len", "profile"):
         if key not in doc:
             raise CheckpointError(f"{path}: manifest lacks '{key}'", hint="Rebuild with `medusa-trt build --force`.")

@@ -28,26 +28,38 @@ class BuildPlan:
     spec: BuildSpec
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
-    checks: dict[str, Any] | None = None       # the `plan` preflight document, when it ran
+    checks: dict[str, Any] | None = None  # the `plan` preflight document, when it ran
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_json(), "notes": self.notes, "checks": self.checks,
-                "steps": [s.to_json() for s in self.steps],
-                "medusa_yaml": medusa_yaml(self.spec), "layout": layout(self.spec)}
+        return {
+            "spec": self.spec.to_json(),
+            "notes": self.notes,
+            "checks": self.checks,
+            "steps": [s.to_json() for s in self.steps],
+            "medusa_yaml": medusa_yaml(self.spec),
+            "layout": layout(self.spec),
+        }
 
 
 def layout(spec: BuildSpec) -> dict[str, str | None]:
-    return {"checkpoint_dir": CHECKPOINT, "engine_dir": ENGINE if spec.engine == "trtllm" else None,
-            "tree": TREE_FILE, "config": CONFIG_YAML, "manifest": MANIFEST, "tokenizer_dir": "."}
+    return {
+        "checkpoint_dir": CHECKPOINT,
+        "engine_dir": ENGINE if spec.engine == "trtllm" else None,
+        "tree": TREE_FILE,
+        "config": CONFIG_YAML,
+        "manifest": MANIFEST,
+        "tokenizer_dir": ".",
+    }
 
 
 def medusa_yaml(spec: BuildSpec) -> dict[str, Any]:
     _flags, extra = trtllm.serve_settings(spec.profile.serve)
-    return trtllm.medusa_yaml_doc(max_draft_len=spec.max_draft_len, num_medusa_heads=spec.num_medusa_heads,
-                                  tree=spec.tree, extra=extra)
+    return trtllm.medusa_yaml_doc(
+        max_draft_len=spec.max_draft_len, num_medusa_heads=spec.num_medusa_heads, tree=spec.tree, extra=extra
+    )
 
 
 # --- size estimates (the same arithmetic as `plan`'s memory check, per step) ------------------------
@@ -103,11 +115,20 @@ def _needs(spec: BuildSpec, est: dict[str, float], step: str, checks: dict[str, 
     if step == "quantize":
         # ModelOpt loads the whole BF16 model across the visible GPUs for calibration
         gpus = min(spec.profile.hardware.count, max(1, math.ceil(est["base_dense"] / (0.85 * gpu_mem))))
-        return {"disk_gib": ckpt, "gpu_memory_gib_total": round(est["base_dense"] * 1.1, 1), "gpus": gpus,
-                "host_memory_gib": round(est["base_dense"], 1), "host": f"GPU host ({gpu})"}
+        return {
+            "disk_gib": ckpt,
+            "gpu_memory_gib_total": round(est["base_dense"] * 1.1, 1),
+            "gpus": gpus,
+            "host_memory_gib": round(est["base_dense"], 1),
+            "host": f"GPU host ({gpu})",
+        }
     if step == "build":
-        return {"disk_gib": round(float(disk.get("engine", ckpt)), 1), "host_memory_gib": ckpt, "gpus": spec.world_size,
-                "host": f"GPU host ({spec.world_size}x {gpu}, same GPU model as serving)"}
+        return {
+            "disk_gib": round(float(disk.get("engine", ckpt)), 1),
+            "host_memory_gib": ckpt,
+            "gpus": spec.world_size,
+            "host": f"GPU host ({spec.world_size}x {gpu}, same GPU model as serving)",
+        }
     if step == "validate":
         return {"host_memory_gib": round(est["checkpoint"] * 1.2 + 0.1, 2), "gpus": 0, "host": "any"}
     if step == "serve":
@@ -121,13 +142,30 @@ def _needs(spec: BuildSpec, est: dict[str, float], step: str, checks: dict[str, 
 
 
 def _convert_argv(spec: BuildSpec, out: Path, *, with_heads: bool) -> list[str]:
-    argv = ["medusa-trt", "convert", "--model", str(spec.model.local or spec.model.spec),
-            "--output", str(out / CHECKPOINT)]
+    argv = [
+        "medusa-trt",
+        "convert",
+        "--model",
+        str(spec.model.local or spec.model.spec),
+        "--output",
+        str(out / CHECKPOINT),
+    ]
     if with_heads and spec.medusa is not None:
         argv += ["--medusa", str(spec.medusa.local or spec.medusa.spec)]
-    argv += ["--tp", str(spec.tp), "--pp", str(spec.pp), "--dtype", spec.dtype,
-             "--num-medusa-heads", str(spec.num_medusa_heads), "--max-draft-len", str(spec.max_draft_len),
-             "--workers", str(spec.convert_workers)]
+    argv += [
+        "--tp",
+        str(spec.tp),
+        "--pp",
+        str(spec.pp),
+        "--dtype",
+        spec.dtype,
+        "--num-medusa-heads",
+        str(spec.num_medusa_heads),
+        "--max-draft-len",
+        str(spec.max_draft_len),
+        "--workers",
+        str(spec.convert_workers),
+    ]
     if spec.model.local is None and spec.model.revision:
         argv += ["--revision", spec.model.revision]
     return argv
@@ -152,36 +190,84 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
     steps: list[Step] = []
     notes: list[str] = [f"source format: {spec.model.format}", *spec.model.notes]
     if spec.quantize_needed:
-        notes.append("FP8 profile with a BF16/FP16 source: quantize.py (ModelOpt PTQ, --qformat fp8) runs on the GPU "
-                     "host before trtllm-build; the Medusa heads stay unquantized (TRT-LLM merges them as float16)")
+        notes.append(
+            "FP8 profile with a BF16/FP16 source: quantize.py (ModelOpt PTQ, --qformat fp8) runs on the GPU "
+            "host before trtllm-build; the Medusa heads stay unquantized (TRT-LLM merges them as float16)"
+        )
         steps += _quantize_steps(spec, out, est, checks)
     else:
         if spec.model.format == "modelopt-fp8":
             notes.append("ModelOpt FP8 checkpoint: converted directly (weights stay FP8, heads from the checkpoint)")
-        steps.append(Step(
-            "convert", "TRT-LLM checkpoint (config.json + rank{r}.safetensors) from the HF model and heads",
-            _convert_argv(spec, out, with_heads=spec.model.format not in ("modelopt-fp8", "modelopt")),
-            inputs={**_source_inputs(spec), "tp": spec.tp, "pp": spec.pp, "dtype": spec.dtype,
-                    "num_medusa_heads": spec.num_medusa_heads, "max_draft_len": spec.max_draft_len},
-            outputs=[CHECKPOINT], needs=_needs(spec, est, "convert", checks), kind="python"))
+        steps.append(
+            Step(
+                "convert",
+                "TRT-LLM checkpoint (config.json + rank{r}.safetensors) from the HF model and heads",
+                _convert_argv(spec, out, with_heads=spec.model.format not in ("modelopt-fp8", "modelopt")),
+                inputs={
+                    **_source_inputs(spec),
+                    "tp": spec.tp,
+                    "pp": spec.pp,
+                    "dtype": spec.dtype,
+                    "num_medusa_heads": spec.num_medusa_heads,
+                    "max_draft_len": spec.max_draft_len,
+                },
+                outputs=[CHECKPOINT],
+                needs=_needs(spec, est, "convert", checks),
+                kind="python",
+            )
+        )
     if spec.engine == "trtllm":
-        argv = trtllm.build_argv(checkpoint_dir=out / CHECKPOINT, output_dir=out / ENGINE, world_size=spec.world_size,
-                                 limits=spec.limits, profile_flags=spec.profile.trtllm_build_args())
-        steps.append(Step("build", "TensorRT engines (rank{r}.engine) with trtllm-build", argv,
-                          inputs={"checkpoint_dir": CHECKPOINT}, outputs=[ENGINE],
-                          needs=_needs(spec, est, "build", checks), kind="process",
-                          notes=["max_draft_len is inherited from the checkpoint (not passed)"]))
-    steps.append(Step("runtime-files", "tokenizer, medusa_tree.yaml and the trtllm-serve --config YAML",
-                      [INTERNAL, "write", "tokenizer files", TREE_FILE, CONFIG_YAML],
-                      inputs={"checkpoint_dir": CHECKPOINT, "yaml": medusa_yaml(spec)},
-                      outputs=[TREE_FILE, CONFIG_YAML], needs={"gpus": 0, "host": "any"}, kind="python"))
+        argv = trtllm.build_argv(
+            checkpoint_dir=out / CHECKPOINT,
+            output_dir=out / ENGINE,
+            world_size=spec.world_size,
+            limits=spec.limits,
+            profile_flags=spec.profile.trtllm_build_args(),
+        )
+        steps.append(
+            Step(
+                "build",
+                "TensorRT engines (rank{r}.engine) with trtllm-build",
+                argv,
+                inputs={"checkpoint_dir": CHECKPOINT},
+                outputs=[ENGINE],
+                needs=_needs(spec, est, "build", checks),
+                kind="process",
+                notes=["max_draft_len is inherited from the checkpoint (not passed)"],
+            )
+        )
+    steps.append(
+        Step(
+            "runtime-files",
+            "tokenizer, medusa_tree.yaml and the trtllm-serve --config YAML",
+            [INTERNAL, "write", "tokenizer files", TREE_FILE, CONFIG_YAML],
+            inputs={"checkpoint_dir": CHECKPOINT, "yaml": medusa_yaml(spec)},
+            outputs=[TREE_FILE, CONFIG_YAML],
+            needs={"gpus": 0, "host": "any"},
+            kind="python",
+        )
+    )
     if spec.engine == "reference":
-        steps.append(Step("validate", f"load the checkpoint and run one forward at tp {spec.tp}",
-                          ["medusa-trt", "run", str(out / CHECKPOINT), "--prompt", "hello", "--max-tokens", "1"],
-                          env=spec.runtime_env, inputs={"checkpoint_dir": CHECKPOINT, "tp": spec.tp},
-                          needs=_needs(spec, est, "validate", checks), kind="python"))
-    steps.append(Step("manifest", f"write {MANIFEST} (inputs, versions, commands, timings)",
-                      [INTERNAL, "write", MANIFEST], outputs=[MANIFEST], kind="python"))
+        steps.append(
+            Step(
+                "validate",
+                f"load the checkpoint and run one forward at tp {spec.tp}",
+                ["medusa-trt", "run", str(out / CHECKPOINT), "--prompt", "hello", "--max-tokens", "1"],
+                env=spec.runtime_env,
+                inputs={"checkpoint_dir": CHECKPOINT, "tp": spec.tp},
+                needs=_needs(spec, est, "validate", checks),
+                kind="python",
+            )
+        )
+    steps.append(
+        Step(
+            "manifest",
+            f"write {MANIFEST} (inputs, versions, commands, timings)",
+            [INTERNAL, "write", MANIFEST],
+            outputs=[MANIFEST],
+            kind="python",
+        )
+    )
     steps.append(serve_step(spec, out, needs=_needs(spec, est, "serve", checks)))
     return BuildPlan(spec, steps, notes, checks)
 
@@ -193,39 +279,74 @@ def _quantize_steps(spec: BuildSpec, out: Path, est: dict[str, float], checks: d
         if src is None or src.local is not None:
             continue
         local = out / "sources" / role
-        steps.append(Step(f"fetch-{role}", f"download {src.spec} (quantize.py needs local files)",
-                          ["hf", "download", src.spec, "--revision", src.revision or "main", "--local-dir", str(local)],
-                          inputs={"repo": src.spec, "revision": src.revision}, outputs=[f"sources/{role}"],
-                          needs=_needs(spec, est, f"fetch-{role}", checks), kind="python"))
+        steps.append(
+            Step(
+                f"fetch-{role}",
+                f"download {src.spec} (quantize.py needs local files)",
+                ["hf", "download", src.spec, "--revision", src.revision or "main", "--local-dir", str(local)],
+                inputs={"repo": src.spec, "revision": src.revision},
+                outputs=[f"sources/{role}"],
+                needs=_needs(spec, est, f"fetch-{role}", checks),
+                kind="python",
+            )
+        )
         if role == "model":
             model_dir = str(local)
         else:
             medusa_dir = str(local)
-    argv = trtllm.quantize_argv(model_dir=model_dir, medusa_dir=medusa_dir, output_dir=out / CHECKPOINT,
-                                dtype=spec.dtype, tp=spec.tp, pp=spec.pp, num_medusa_heads=spec.num_medusa_heads,
-                                num_medusa_layers=spec.num_medusa_layers,
-                                max_draft_len=spec.max_draft_len, kv_cache_dtype=spec.kv_cache_dtype)
+    argv = trtllm.quantize_argv(
+        model_dir=model_dir,
+        medusa_dir=medusa_dir,
+        output_dir=out / CHECKPOINT,
+        dtype=spec.dtype,
+        tp=spec.tp,
+        pp=spec.pp,
+        num_medusa_heads=spec.num_medusa_heads,
+        num_medusa_layers=spec.num_medusa_layers,
+        max_draft_len=spec.max_draft_len,
+        kv_cache_dtype=spec.kv_cache_dtype,
+    )
     where, source = trtllm.examples_dir()
-    steps.append(Step("quantize", "FP8 TRT-LLM checkpoint (ModelOpt PTQ, 512 calibration samples), heads unquantized",
-                      argv, inputs={**_source_inputs(spec), "model_dir": model_dir, "medusa_dir": medusa_dir},
-                      outputs=[CHECKPOINT], needs=_needs(spec, est, "quantize", checks), kind="process",
-                      notes=[f"TensorRT-LLM examples directory: {where} ({source}; set {trtllm.EXAMPLES_ENV})",
-                             "needs the GPU host and the calibration dataset (cnn_dailymail) reachable"]))
+    steps.append(
+        Step(
+            "quantize",
+            "FP8 TRT-LLM checkpoint (ModelOpt PTQ, 512 calibration samples), heads unquantized",
+            argv,
+            inputs={**_source_inputs(spec), "model_dir": model_dir, "medusa_dir": medusa_dir},
+            outputs=[CHECKPOINT],
+            needs=_needs(spec, est, "quantize", checks),
+            kind="process",
+            notes=[
+                f"TensorRT-LLM examples directory: {where} ({source}; set {trtllm.EXAMPLES_ENV})",
+                "needs the GPU host and the calibration dataset (cnn_dailymail) reachable",
+            ],
+        )
+    )
     return steps
 
 
-def serve_step(spec: BuildSpec, out: Path, *, host: str | None = None, port: int | None = None,
-               needs: dict[str, Any] | None = None) -> Step:
+def serve_step(
+    spec: BuildSpec, out: Path, *, host: str | None = None, port: int | None = None, needs: dict[str, Any] | None = None
+) -> Step:
     """The command `medusa-trt run` supervises (not run by build)."""
     host = host or spec.profile.serve.host
     port = port or spec.profile.serve.port
     if spec.engine == "trtllm":
         flags, _extra = trtllm.serve_settings(spec.profile.serve)
-        argv = trtllm.serve_argv(engine_dir=out / ENGINE, tokenizer_dir=out, config_yaml=out / CONFIG_YAML,
-                                 tp=spec.tp, pp=spec.pp, host=host, port=port, extra_flags=flags)
+        argv = trtllm.serve_argv(
+            engine_dir=out / ENGINE,
+            tokenizer_dir=out,
+            config_yaml=out / CONFIG_YAML,
+            tp=spec.tp,
+            pp=spec.pp,
+            host=host,
+            port=port,
+            extra_flags=flags,
+        )
         desc = "trtllm-serve (TensorRT backend) with the Medusa --config; run by `medusa-trt run`"
     else:
         argv = ["medusa-trt", "run", str(out), "--host", host, "--port", str(port)]
         desc = "the reference OpenAI server; run by `medusa-trt run`"
-    return Step("serve", desc, argv, env=spec.runtime_env, inputs={"engine_dir": str(out)}, needs=needs or {},
-                kind="serve")
+    return Step(
+        "serve", desc, argv, env=spec.runtime_env, inputs={"engine_dir": str(out)}, needs=needs or {}, kind="serve"
+    )

@@ -27,25 +27,30 @@ class Source:
     spec: str
     local: Path | None
     revision: str | None = None
-    format: str = "hf"      # hf | modelopt-fp8 | modelopt | faster-decoding | unknown
+    format: str = "hf"  # hf | modelopt-fp8 | modelopt | faster-decoding | unknown
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec, "local": str(self.local) if self.local else None, "revision": self.revision,
-                "format": self.format, "notes": self.notes}
+        return {
+            "spec": self.spec,
+            "local": str(self.local) if self.local else None,
+            "revision": self.revision,
+            "format": self.format,
+            "notes": self.notes,
+        }
 
 
 @dataclass
 class BuildSpec:
-    profile: Any                     # medusa_trt.config.profile.HardwareProfile
-    engine: str                      # trtllm | reference
+    profile: Any  # medusa_trt.config.profile.HardwareProfile
+    engine: str  # trtllm | reference
     model: Source
     medusa: Source | None
     output: Path
     tp: int
     pp: int
     dtype: str
-    quantization: str                # none | fp8
+    quantization: str  # none | fp8
     kv_cache_dtype: str
     num_medusa_heads: int
     num_medusa_layers: int
@@ -72,13 +77,24 @@ class BuildSpec:
     def to_json(self) -> dict[str, Any]:
         return {
             "profile": {"name": self.profile.name, "id": self.profile.id},
-            "engine": self.engine, "model": self.model.to_json(),
-            "medusa": self.medusa.to_json() if self.medusa else None, "output": str(self.output),
-            "tp": self.tp, "pp": self.pp, "world_size": self.world_size, "dtype": self.dtype,
-            "quantization": self.quantization, "kv_cache_dtype": self.kv_cache_dtype,
-            "num_medusa_heads": self.num_medusa_heads, "num_medusa_layers": self.num_medusa_layers,
-            "max_draft_len": self.max_draft_len, "tree": self.tree, "limits": self.limits,
-            "runtime_env": self.runtime_env, "convert_workers": self.convert_workers, "sources": self.sources,
+            "engine": self.engine,
+            "model": self.model.to_json(),
+            "medusa": self.medusa.to_json() if self.medusa else None,
+            "output": str(self.output),
+            "tp": self.tp,
+            "pp": self.pp,
+            "world_size": self.world_size,
+            "dtype": self.dtype,
+            "quantization": self.quantization,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "num_medusa_heads": self.num_medusa_heads,
+            "num_medusa_layers": self.num_medusa_layers,
+            "max_draft_len": self.max_draft_len,
+            "tree": self.tree,
+            "limits": self.limits,
+            "runtime_env": self.runtime_env,
+            "convert_workers": self.convert_workers,
+            "sources": self.sources,
         }
 
 
@@ -99,8 +115,10 @@ def detect_model(spec: str, revision: str | None = None) -> Source:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: no config.json (not a Hugging Face model directory)",
-                                  hint="Give a directory holding config.json and *.safetensors, or a hub repo id.")
+            raise CheckpointError(
+                f"{path}: no config.json (not a Hugging Face model directory)",
+                hint="Give a directory holding config.json and *.safetensors, or a hub repo id.",
+            )
         src = Source(spec, path.resolve(), revision)
         quant = path / "hf_quant_config.json"
         if quant.is_file():
@@ -112,11 +130,20 @@ def detect_model(spec: str, revision: str | None = None) -> Source:
                 src.notes.append(f"ModelOpt checkpoint (quant_algo {algo or 'none'}): converted directly")
         return src
     if _is_repo_id(spec):
-        return Source(spec, None, revision or "main", "unknown",
-                      ["hub repo: its format is known once fetched; this plan assumes a BF16/FP16 "
-                       "Hugging Face checkpoint (a ModelOpt FP8 repo would convert directly)"])
-    raise InvalidInputError(f"model '{spec}' is neither a local directory nor a Hugging Face repo id",
-                            hint="Give a directory with config.json, or an id such as meta-llama/Llama-3.1-70B-Instruct.")
+        return Source(
+            spec,
+            None,
+            revision or "main",
+            "unknown",
+            [
+                "hub repo: its format is known once fetched; this plan assumes a BF16/FP16 "
+                "Hugging Face checkpoint (a ModelOpt FP8 repo would convert directly)"
+            ],
+        )
+    raise InvalidInputError(
+        f"model '{spec}' is neither a local directory nor a Hugging Face repo id",
+        hint="Give a directory with config.json, or an id such as meta-llama/Llama-3.1-70B-Instruct.",
+    )
 
 
 def detect_heads(spec: str, revision: str | None = None) -> tuple[Source, int | None, int | None]:
@@ -128,8 +155,10 @@ def detect_heads(spec: str, revision: str | None = None) -> tuple[Source, int | 
         return src, heads, layers
     if _is_repo_id(spec):
         return Source(spec, None, revision or "main", "unknown"), None, None
-    raise InvalidInputError(f"Medusa heads '{spec}' are neither a local directory nor a Hugging Face repo id",
-                            hint="Give a directory with config.json + medusa_lm_head.safetensors, or a repo id.")
+    raise InvalidInputError(
+        f"Medusa heads '{spec}' are neither a local directory nor a Hugging Face repo id",
+        hint="Give a directory with config.json + medusa_lm_head.safetensors, or a repo id.",
+    )
 
 
 def _safetensors_names(path: Path) -> list[str]:
@@ -153,8 +182,12 @@ def _heads_from_names(names: list[str]) -> tuple[int | None, int | None]:
 def _count_embedded_heads(path: Path) -> tuple[int | None, int | None]:
     """Heads inside a ModelOpt combined checkpoint (``medusa_heads.{h}.{l}.linear.*``), from its tensor names."""
     prefix = "medusa_heads."
-    names = [n[len(prefix):] for st in sorted(path.glob("*.safetensors"))
-             for n in _safetensors_names(st) if n.startswith(prefix)]
+    names = [
+        n[len(prefix) :]
+        for st in sorted(path.glob("*.safetensors"))
+        for n in _safetensors_names(st)
+        if n.startswith(prefix)
+    ]
     return _heads_from_names(names)
 
 
@@ -170,21 +203,31 @@ def _count_heads(path: Path) -> tuple[int | None, int | None]:
     return None, None
 
 
-def resolve(profile: Any, model: str, *, medusa: str | None = None, output: str | Path | None = None,
-            tree: str | None = None, revision: str | None = None, medusa_revision: str | None = None,
-            env: dict[str, str] | None = None) -> BuildSpec:
+def resolve(
+    profile: Any,
+    model: str,
+    *,
+    medusa: str | None = None,
+    output: str | Path | None = None,
+    tree: str | None = None,
+    revision: str | None = None,
+    medusa_revision: str | None = None,
+    env: dict[str, str] | None = None,
+) -> BuildSpec:
     """One BuildSpec from the profile, the flags and the environment, with each value's source."""
     from medusa_trt.medusa.trees import load_tree, validate_tree
 
     env = dict(os.environ if env is None else env)
     sources: dict[str, str] = {}
     src = detect_model(model, revision)
-    heads_src, file_heads, file_layers = (detect_heads(medusa, medusa_revision) if medusa else (None, None, None))
+    heads_src, file_heads, file_layers = detect_heads(medusa, medusa_revision) if medusa else (None, None, None)
     if heads_src is None and src.local is not None and src.format in ("modelopt-fp8", "modelopt"):
         file_heads, file_layers = _count_embedded_heads(src.local)  # a combined checkpoint carries its heads
     if heads_src is None and src.format not in ("modelopt-fp8", "modelopt") and src.local is not None:
-        raise InvalidInputError("no Medusa heads given", hint="Pass --medusa DIR|REPO (FasterDecoding heads), "
-                                "or a ModelOpt combined checkpoint as --model.")
+        raise InvalidInputError(
+            "no Medusa heads given",
+            hint="Pass --medusa DIR|REPO (FasterDecoding heads), or a ModelOpt combined checkpoint as --model.",
+        )
 
     if output is not None:
         out, sources["output"] = Path(output), "flag --output"
@@ -227,9 +270,22 @@ def resolve(profile: Any, model: str, *, medusa: str | None = None, output: str 
     sources["limits"] = "profile limits"
     sources["runtime_env"] = "profile runtime_env"
     return BuildSpec(
-        profile=profile, engine=profile.engine, model=src, medusa=heads_src, output=out,
-        tp=profile.parallelism.tp, pp=profile.parallelism.pp, dtype=profile.precision.dtype,
-        quantization=profile.precision.quantization, kv_cache_dtype=profile.precision.kv_dtype,
-        num_medusa_heads=int(heads), num_medusa_layers=int(layers), max_draft_len=int(max_draft_len), tree=paths,
-        limits=profile.limits.model_dump(), runtime_env=profile.env, convert_workers=workers, sources=sources,
+        profile=profile,
+        engine=profile.engine,
+        model=src,
+        medusa=heads_src,
+        output=out,
+        tp=profile.parallelism.tp,
+        pp=profile.parallelism.pp,
+        dtype=profile.precision.dtype,
+        quantization=profile.precision.quantization,
+        kv_cache_dtype=profile.precision.kv_dtype,
+        num_medusa_heads=int(heads),
+        num_medusa_layers=int(layers),
+        max_draft_len=int(max_draft_len),
+        tree=paths,
+        limits=profile.limits.model_dump(),
+        runtime_env=profile.env,
+        convert_workers=workers,
+        sources=sources,
     )

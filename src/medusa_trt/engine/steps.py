@@ -38,17 +38,25 @@ class Step:
     description: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    inputs: dict[str, Any] = field(default_factory=dict)   # JSON values; keys ending in _dir/_path are fingerprinted
-    outputs: list[str] = field(default_factory=list)        # paths relative to the output directory
-    needs: dict[str, Any] = field(default_factory=dict)     # disk_gib, memory_gib, gpus, host (as `plan` estimates)
-    kind: str = "process"                                   # process | python | serve (not run by build)
-    func: Callable[[], None] | None = None                  # for kind == python
+    inputs: dict[str, Any] = field(default_factory=dict)  # JSON values; keys ending in _dir/_path are fingerprinted
+    outputs: list[str] = field(default_factory=list)  # paths relative to the output directory
+    needs: dict[str, Any] = field(default_factory=dict)  # disk_gib, memory_gib, gpus, host (as `plan` estimates)
+    kind: str = "process"  # process | python | serve (not run by build)
+    func: Callable[[], None] | None = None  # for kind == python
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "kind": self.kind, "argv": self.argv,
-                "env": self.env, "inputs": self.inputs, "outputs": self.outputs, "needs": self.needs,
-                "notes": self.notes}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "kind": self.kind,
+            "argv": self.argv,
+            "env": self.env,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "needs": self.needs,
+            "notes": self.notes,
+        }
 
 
 def fingerprint(path: Path) -> str:
@@ -82,7 +90,7 @@ def input_hash(step: Step, root: Path) -> str:
 @dataclass
 class StepResult:
     name: str
-    status: str            # ran | skipped
+    status: str  # ran | skipped
     seconds: float
     argv: list[str]
     input_hash: str
@@ -92,9 +100,13 @@ class StepResult:
 class StepRunner:
     """Runs steps in order under ``root``; ``progress(label)`` yields a callback for live status lines."""
 
-    def __init__(self, root: Path, *, force: bool = False,
-                 progress: Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        force: bool = False,
+        progress: Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]] | None = None,
+    ) -> None:
         self.root = root
         self.force = force
         self.progress = progress
@@ -115,8 +127,11 @@ class StepRunner:
         except (OSError, json.JSONDecodeError):
             return False
         outs = self._outputs_fp(step)
-        return bool(rec.get("input_hash") == digest and rec.get("outputs") == outs
-                    and all(v != "missing" for v in outs.values()))
+        return bool(
+            rec.get("input_hash") == digest
+            and rec.get("outputs") == outs
+            and all(v != "missing" for v in outs.values())
+        )
 
     def run(self, step: Step) -> StepResult:
         digest = input_hash(step, self.root)
@@ -144,8 +159,15 @@ class StepRunner:
     def _write_stamp(self, step: Step, digest: str, seconds: float, log: str | None) -> None:
         stamp = self._stamp_path(step)
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"name": step.name, "input_hash": digest, "outputs": self._outputs_fp(step), "seconds": seconds,
-               "argv": step.argv, "log": log, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        doc = {
+            "name": step.name,
+            "input_hash": digest,
+            "outputs": self._outputs_fp(step),
+            "seconds": seconds,
+            "argv": step.argv,
+            "log": log,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         tmp = stamp.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=2))
         tmp.replace(stamp)
@@ -159,11 +181,21 @@ class StepRunner:
         with log_path.open("w") as log, self._status(step) as update:
             log.write(f"$ {' '.join(step.argv)}\n")
             try:
-                proc = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                        cwd=self.root, text=True, errors="replace", bufsize=1)
+                proc = subprocess.Popen(
+                    step.argv,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.root,
+                    text=True,
+                    errors="replace",
+                    bufsize=1,
+                )
             except OSError as e:
-                raise ToolFailedError(f"{step.name}: could not start {step.argv[0]} ({e.strerror})",
-                                      hint="Check that TensorRT-LLM is installed on this host.") from e
+                raise ToolFailedError(
+                    f"{step.name}: could not start {step.argv[0]} ({e.strerror})",
+                    hint="Check that TensorRT-LLM is installed on this host.",
+                ) from e
             assert proc.stdout is not None
             try:
                 for line in proc.stdout:
@@ -184,7 +216,8 @@ class StepRunner:
         if rc != 0:
             raise ToolFailedError(
                 f"{step.name} failed (exit {rc}); last lines:\n" + "\n".join(f"  | {t}" for t in tail),
-                hint=f"The full log is {log_path}.")
+                hint=f"The full log is {log_path}.",
+            )
         return rel
 
     @contextlib.contextmanager

@@ -43,9 +43,17 @@ def _healthy(url: str) -> bool:
 class Supervisor:
     """One child server; ``run()`` blocks until it exits or a forwarded signal stops it."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str], host: str, port: int,
-                 startup_timeout_s: float = 1800.0, out: TextIO | None = None,
-                 on_ready: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        host: str,
+        port: int,
+        startup_timeout_s: float = 1800.0,
+        out: TextIO | None = None,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
         self.argv = argv
         self.env = env
         self.url = health_url(host, port)
@@ -91,9 +99,17 @@ class Supervisor:
         try:
             # its own process group: a terminal's Ctrl-C reaches it once (forwarded by us), and what it
             # spawned can be cleaned up with it
-            self.proc = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                start_new_session=True,
+            )
         except OSError as e:
             raise ToolFailedError(f"could not start {self.argv[0]}: {e.strerror}") from e
         pump = threading.Thread(target=self._pump, daemon=True)
@@ -129,13 +145,16 @@ class Supervisor:
                 raise ToolFailedError(
                     f"{os.path.basename(self.argv[0])} exited with {self.proc.returncode} before it was ready; "
                     "last lines:\n" + "\n".join(f"  | {t}" for t in self.tail),
-                    hint="Check the engine was built on this GPU model and that the port is free.")
+                    hint="Check the engine was built on this GPU model and that the port is free.",
+                )
             if _healthy(self.url):
                 if self.on_ready is not None:
                     self.on_ready(self.url)
                 return
             if time.monotonic() > deadline:
                 self.proc.terminate()
-                raise ServerError(f"{self.url}/health did not answer within {self.startup_timeout_s:.0f} s",
-                                  hint="Large engines take minutes to load; raise MEDUSA_TRT_STARTUP_TIMEOUT.")
+                raise ServerError(
+                    f"{self.url}/health did not answer within {self.startup_timeout_s:.0f} s",
+                    hint="Large engines take minutes to load; raise MEDUSA_TRT_STARTUP_TIMEOUT.",
+                )
             time.sleep(0.25)

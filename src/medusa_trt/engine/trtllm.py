@@ -21,8 +21,10 @@ from medusa_trt.config.trtllm_flags import TRTLLM_BUILD_FLAGS, TRTLLM_SERVE_FLAG
 from medusa_trt.errors import MissingDependencyError, ProfileError
 
 SUPPORTED_TRTLLM = ((1, 0), (1, 3))  # >=1.0,<1.3: later releases dropped the TensorRT engine backend
-INSTALL_HINT = ("Install TensorRT-LLM 1.0-1.2 on a Linux GPU host: pip install 'medusa-trt[trtllm]', "
-                "or run inside NVIDIA's TensorRT-LLM container (nvcr.io/nvidia/tensorrt-llm/release:1.2.0).")
+INSTALL_HINT = (
+    "Install TensorRT-LLM 1.0-1.2 on a Linux GPU host: pip install 'medusa-trt[trtllm]', "
+    "or run inside NVIDIA's TensorRT-LLM container (nvcr.io/nvidia/tensorrt-llm/release:1.2.0)."
+)
 # Where NVIDIA's container keeps the TensorRT-LLM examples (quantize.py lives there).
 DEFAULT_EXAMPLES_DIR = "/app/tensorrt_llm/examples"
 EXAMPLES_ENV = "MEDUSA_TRT_TRTLLM_EXAMPLES"
@@ -35,8 +37,15 @@ def _check_flags(argv: list[str], allowed: frozenset[str], tool: str) -> list[st
     return argv
 
 
-def build_argv(*, checkpoint_dir: Path, output_dir: Path, world_size: int, limits: dict[str, int],
-               profile_flags: list[str], medusa: bool = True) -> list[str]:
+def build_argv(
+    *,
+    checkpoint_dir: Path,
+    output_dir: Path,
+    world_size: int,
+    limits: dict[str, int],
+    profile_flags: list[str],
+    medusa: bool = True,
+) -> list[str]:
     """``trtllm-build`` for a Medusa checkpoint.
 
     max_draft_len is not passed: the builder takes the checkpoint's value when the flag is 0
@@ -66,9 +75,20 @@ def examples_dir() -> tuple[Path, str]:
     return Path(DEFAULT_EXAMPLES_DIR), "default (NVIDIA container layout)"
 
 
-def quantize_argv(*, model_dir: str, medusa_dir: str, output_dir: Path, dtype: str, tp: int, pp: int,
-                  num_medusa_heads: int, num_medusa_layers: int, max_draft_len: int, calib_size: int = 512,
-                  kv_cache_dtype: str = "fp8") -> list[str]:
+def quantize_argv(
+    *,
+    model_dir: str,
+    medusa_dir: str,
+    output_dir: Path,
+    dtype: str,
+    tp: int,
+    pp: int,
+    num_medusa_heads: int,
+    num_medusa_layers: int,
+    max_draft_len: int,
+    calib_size: int = 512,
+    kv_cache_dtype: str = "fp8",
+) -> list[str]:
     """FP8 post-training quantization of the base model with the heads left unquantized.
 
     trtllm-medusa.md 1.3: ModelOpt quantizes the base and merges the heads afterwards, excluding
@@ -79,14 +99,30 @@ def quantize_argv(*, model_dir: str, medusa_dir: str, output_dir: Path, dtype: s
     argv = ["python3", str(script), "--model_dir", model_dir, "--dtype", dtype, "--qformat", "fp8"]
     if kv_cache_dtype == "fp8":
         argv += ["--kv_cache_dtype", "fp8"]
-    argv += ["--output_dir", str(output_dir), "--calib_size", str(calib_size), "--tp_size", str(tp),
-             "--pp_size", str(pp), "--medusa_model_dir", medusa_dir, "--num_medusa_heads", str(num_medusa_heads),
-             "--num_medusa_layers", str(num_medusa_layers), "--max_draft_len", str(max_draft_len)]
+    argv += [
+        "--output_dir",
+        str(output_dir),
+        "--calib_size",
+        str(calib_size),
+        "--tp_size",
+        str(tp),
+        "--pp_size",
+        str(pp),
+        "--medusa_model_dir",
+        medusa_dir,
+        "--num_medusa_heads",
+        str(num_medusa_heads),
+        "--num_medusa_layers",
+        str(num_medusa_layers),
+        "--max_draft_len",
+        str(max_draft_len),
+    ]
     return argv
 
 
-def medusa_yaml_doc(*, max_draft_len: int, num_medusa_heads: int, tree: list[list[int]],
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def medusa_yaml_doc(
+    *, max_draft_len: int, num_medusa_heads: int, tree: list[list[int]], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``trtllm-serve --config`` document: LLM-API field names, verbatim (trtllm-medusa.md 1.7)."""
     doc: dict[str, Any] = dict(extra or {})
     doc["speculative_config"] = {
@@ -113,8 +149,17 @@ def serve_settings(serve: Any) -> tuple[list[str], dict[str, Any]]:
     return flags, dict(getattr(serve, "extra_llm_api_options", {}) or {})
 
 
-def serve_argv(*, engine_dir: Path, tokenizer_dir: Path, config_yaml: Path, tp: int, pp: int = 1,
-               host: str = "127.0.0.1", port: int = 8000, extra_flags: list[str] | None = None) -> list[str]:
+def serve_argv(
+    *,
+    engine_dir: Path,
+    tokenizer_dir: Path,
+    config_yaml: Path,
+    tp: int,
+    pp: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    extra_flags: list[str] | None = None,
+) -> list[str]:
     """``trtllm-serve ENGINE --backend tensorrt ...`` (the Medusa tree comes from --config)."""
     argv = ["trtllm-serve", str(engine_dir), "--backend", "tensorrt", "--tp_size", str(tp)]
     if pp > 1:
@@ -124,8 +169,9 @@ def serve_argv(*, engine_dir: Path, tokenizer_dir: Path, config_yaml: Path, tp: 
     return _check_flags(argv, TRTLLM_SERVE_FLAGS, "trtllm-serve")
 
 
-def multinode_lines(*, serve: list[str], env: dict[str, str], world_size: int, nodes: int,
-                    gpus_per_node: int) -> dict[str, str]:
+def multinode_lines(
+    *, serve: list[str], env: dict[str, str], world_size: int, nodes: int, gpus_per_node: int
+) -> dict[str, str]:
     """Launch lines for a multi-node TRT-LLM server: one MPI rank per GPU, rank 0 serves HTTP.
 
     trtllm-llmapi-launch makes the non-zero ranks MPI workers of the LLM API instance on rank 0.
@@ -133,10 +179,13 @@ def multinode_lines(*, serve: list[str], env: dict[str, str], world_size: int, n
     inner = shlex.join(["trtllm-llmapi-launch", *serve])
     exports = " ".join(f"-x {k}" for k in env)
     env_prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    mpirun = (f"{env_prefix + ' ' if env_prefix else ''}mpirun -np {world_size} --hostfile hostfile "
-              f"--map-by ppr:{gpus_per_node}:node --allow-run-as-root {exports + ' ' if exports else ''}{inner}")
-    srun = (f"{env_prefix + ' ' if env_prefix else ''}srun -N {nodes} --ntasks-per-node={gpus_per_node} "
-            f"--mpi=pmix {inner}")
+    mpirun = (
+        f"{env_prefix + ' ' if env_prefix else ''}mpirun -np {world_size} --hostfile hostfile "
+        f"--map-by ppr:{gpus_per_node}:node --allow-run-as-root {exports + ' ' if exports else ''}{inner}"
+    )
+    srun = (
+        f"{env_prefix + ' ' if env_prefix else ''}srun -N {nodes} --ntasks-per-node={gpus_per_node} --mpi=pmix {inner}"
+    )
     return {"mpirun": mpirun.replace("  ", " "), "srun": srun}
 
 
@@ -166,13 +215,16 @@ def check_trtllm(tools: tuple[str, ...] = ("trtllm-build",), *, require_package:
                 raise MissingDependencyError(f"{tool} was not found on PATH", hint=INSTALL_HINT)
         return None
     if version is None:
-        raise MissingDependencyError("TensorRT-LLM is not installed (the tensorrt_llm package was not found)",
-                                     hint=INSTALL_HINT)
+        raise MissingDependencyError(
+            "TensorRT-LLM is not installed (the tensorrt_llm package was not found)", hint=INSTALL_HINT
+        )
     lo, hi = SUPPORTED_TRTLLM
     if not lo <= _version_tuple(version) < hi:
         raise MissingDependencyError(
             f"tensorrt_llm {version} is not supported (need >=1.0,<1.3: Medusa runs only on the TensorRT "
-            "engine backend, which later releases removed)", hint=INSTALL_HINT)
+            "engine backend, which later releases removed)",
+            hint=INSTALL_HINT,
+        )
     for tool in tools:
         if shutil.which(tool) is None:
             raise MissingDependencyError(f"{tool} was not found on PATH", hint=INSTALL_HINT)

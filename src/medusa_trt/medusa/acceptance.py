@@ -36,8 +36,15 @@ def greedy_accept(candidates: torch.Tensor, predictions: torch.Tensor, valid: to
     return int(acc.argmax()), int(best_len)  # argmax returns the first maximum
 
 
-def typical_accept(candidates: torch.Tensor, path_logits: torch.Tensor, valid: torch.Tensor, *,
-                   temperature: float, posterior_threshold: float, posterior_alpha: float) -> tuple[int, int]:
+def typical_accept(
+    candidates: torch.Tensor,
+    path_logits: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    temperature: float,
+    posterior_threshold: float,
+    posterior_alpha: float,
+) -> tuple[int, int]:
     """Typical acceptance (lossy). path_logits: [P, D+1, V] base logits at each path node."""
     import torch
 

@@ -18,13 +18,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TreeBuffers:
-    tree: Tree                    # sorted paths (node j = tree[j-1])
-    attn_mask: torch.Tensor       # [T, T] bool: node sees root, its ancestors and itself
-    tree_indices: torch.Tensor    # [T] long: slot in the flat candidate vector [1 + TOPK*D]
-    position_ids: torch.Tensor    # [T] long: depth of each node (root 0)
+    tree: Tree  # sorted paths (node j = tree[j-1])
+    attn_mask: torch.Tensor  # [T, T] bool: node sees root, its ancestors and itself
+    tree_indices: torch.Tensor  # [T] long: slot in the flat candidate vector [1 + TOPK*D]
+    position_ids: torch.Tensor  # [T] long: depth of each node (root 0)
     retrieve_indices: torch.Tensor  # [P, D+1] long: root-to-leaf node ids, pads -1
-    path_valid: torch.Tensor      # [P, D+1] bool: False where retrieve_indices is a pad
-    depth: int                    # D
+    path_valid: torch.Tensor  # [P, D+1] bool: False where retrieve_indices is a pad
+    depth: int  # D
 
     @property
     def size(self) -> int:
@@ -32,8 +32,9 @@ class TreeBuffers:
         return int(self.tree_indices.shape[0])
 
 
-def build_buffers(tree: Tree, *, num_heads: int | None = None, max_draft_len: int | None = None,
-                  device: str = "cpu") -> TreeBuffers:
+def build_buffers(
+    tree: Tree, *, num_heads: int | None = None, max_draft_len: int | None = None, device: str = "cpu"
+) -> TreeBuffers:
     """Validate ``tree`` (raising TreeError before any compute) and build its buffers."""
     import torch
 
@@ -66,7 +67,11 @@ def build_buffers(tree: Tree, *, num_heads: int | None = None, max_draft_len: in
     for r, row in enumerate(rows):
         retrieve[r, : len(row)] = torch.tensor(row)
     return TreeBuffers(
-        tree=nodes, attn_mask=mask.to(device), tree_indices=tree_indices.to(device),
-        position_ids=position_ids.to(device), retrieve_indices=retrieve.to(device),
-        path_valid=(retrieve >= 0).to(device), depth=depth,
+        tree=nodes,
+        attn_mask=mask.to(device),
+        tree_indices=tree_indices.to(device),
+        position_ids=position_ids.to(device),
+        retrieve_indices=retrieve.to(device),
+        path_valid=(retrieve >= 0).to(device),
+        depth=depth,
     )

@@ -35,14 +35,21 @@ class ResBlock(nn.Module):
 class MedusaHeads(nn.Module):
     """K heads of L ResBlocks + an lm_head each; separate blocks per layer (no weight sharing)."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, num_heads: int, num_layers: int = 1,
-                 lm_head_weight: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        vocab_size: int,
+        num_heads: int,
+        num_layers: int = 1,
+        lm_head_weight: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.hidden_size, self.vocab_size = hidden_size, vocab_size
         self.num_heads, self.num_layers = num_heads, num_layers
         self.heads = nn.ModuleList(
-            nn.Sequential(*[ResBlock(hidden_size) for _ in range(num_layers)],
-                          nn.Linear(hidden_size, vocab_size, bias=False))
+            nn.Sequential(
+                *[ResBlock(hidden_size) for _ in range(num_layers)], nn.Linear(hidden_size, vocab_size, bias=False)
+            )
             for _ in range(num_heads)
         )
         if lm_head_weight is not None:  # paper: W2 starts as the base lm_head, so head k starts as the base
@@ -59,9 +66,13 @@ class MedusaHeads(nn.Module):
         return {k: v.detach().to("cpu").contiguous() for k, v in self.heads.state_dict().items()}
 
     def config_dict(self, base_model: str) -> dict[str, Any]:
-        return {"medusa_num_heads": self.num_heads, "medusa_num_layers": self.num_layers,
-                "hidden_size": self.hidden_size, "vocab_size": self.vocab_size,
-                "base_model_name_or_path": base_model}
+        return {
+            "medusa_num_heads": self.num_heads,
+            "medusa_num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "base_model_name_or_path": base_model,
+        }
 
     def save_pretrained(self, out_dir: str | Path, base_model: str = "") -> Path:
         """Write ``medusa_lm_head.safetensors`` then ``config.json``, each via a temp name and rename."""
@@ -89,8 +100,10 @@ class MedusaHeads(nn.Module):
             cfg = json.loads((d / "config.json").read_text())
             state = load_file(str(d / HEADS_FILE))
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"{d}: cannot read Medusa heads ({e})",
-                                  hint="Expected config.json + medusa_lm_head.safetensors (FasterDecoding format).") from e
+            raise CheckpointError(
+                f"{d}: cannot read Medusa heads ({e})",
+                hint="Expected config.json + medusa_lm_head.safetensors (FasterDecoding format).",
+            ) from e
         layers = int(cfg.get("medusa_num_layers", 1))
         heads = sorted({int(k.split(".")[0]) for k in state})
         lm = state[f"{heads[0]}.{layers}.weight"]  # [V, D]

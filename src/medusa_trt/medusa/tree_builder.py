@@ -41,21 +41,25 @@ def expected_tokens_per_step(acc: Sequence[Sequence[float]], tree: Tree) -> floa
 def validate_accuracy(acc: Sequence[Sequence[float]]) -> AccuracyTable:
     """Check shape and range; return a plain list-of-lists copy."""
     if not acc or not all(acc):
-        raise InvalidInputError("accuracy table is empty",
-                                hint="One row per head, one column per rank (see `medusa-trt tree accuracy`).")
+        raise InvalidInputError(
+            "accuracy table is empty", hint="One row per head, one column per rank (see `medusa-trt tree accuracy`)."
+        )
     width = len(acc[0])
     if any(len(row) != width for row in acc):
-        raise InvalidInputError("accuracy table rows have different lengths",
-                                hint="Every head needs the same number of rank columns.")
+        raise InvalidInputError(
+            "accuracy table rows have different lengths", hint="Every head needs the same number of rank columns."
+        )
     flat = [float(v) for row in acc for v in row]
     if any(not math.isfinite(v) or v < 0.0 or v > 1.0 for v in flat):
-        raise InvalidInputError("accuracy values must be in [0, 1]",
-                                hint="Each cell is one rank's own hit rate, e.g. 0.56.")
+        raise InvalidInputError(
+            "accuracy values must be in [0, 1]", hint="Each cell is one rank's own hit rate, e.g. 0.56."
+        )
     return [[float(v) for v in row] for row in acc]
 
 
-def tree_growth(acc: Sequence[Sequence[float]], max_nodes: int, *, max_depth: int | None = None,
-                max_topk: int | None = None) -> Tree:
+def tree_growth(
+    acc: Sequence[Sequence[float]], max_nodes: int, *, max_depth: int | None = None, max_topk: int | None = None
+) -> Tree:
     """Grow the tree greedily to ``max_nodes`` nodes, in insertion order (``explore_graph``).
 
     Candidates are the next sibling and the first child of every node already in the tree,
@@ -93,13 +97,16 @@ def tree_growth(acc: Sequence[Sequence[float]], max_nodes: int, *, max_depth: in
     return [list(p) for p in accepted]
 
 
-def build_tree(acc: Sequence[Sequence[float]], nodes: int, *, max_depth: int | None = None,
-               max_topk: int | None = None) -> Tree:
+def build_tree(
+    acc: Sequence[Sequence[float]], nodes: int, *, max_depth: int | None = None, max_topk: int | None = None
+) -> Tree:
     """The optimal ``nodes``-node tree; TreeError when the limits allow fewer nodes."""
     tree = tree_growth(acc, nodes, max_depth=max_depth, max_topk=max_topk)
     if len(tree) < nodes:
-        raise TreeError(f"only {len(tree)} nodes fit the depth/top-k limits, {nodes} were asked for",
-                        hint="Lower --nodes, or raise --max-depth / --max-topk (or add heads/rank columns).")
+        raise TreeError(
+            f"only {len(tree)} nodes fit the depth/top-k limits, {nodes} were asked for",
+            hint="Lower --nodes, or raise --max-depth / --max-topk (or add heads/rank columns).",
+        )
     return tree
 
 
@@ -128,8 +135,14 @@ def interpolate_step_ms(step_times: Mapping[int, float], nodes: int) -> float:
     return float(step_times[lo]) + frac * (float(step_times[hi]) - float(step_times[lo]))
 
 
-def choose_tree(acc: Sequence[Sequence[float]], step_times: Mapping[int, float], *, max_nodes: int | None = None,
-                max_depth: int | None = None, max_topk: int | None = None) -> TreeChoice:
+def choose_tree(
+    acc: Sequence[Sequence[float]],
+    step_times: Mapping[int, float],
+    *,
+    max_nodes: int | None = None,
+    max_depth: int | None = None,
+    max_topk: int | None = None,
+) -> TreeChoice:
     """Pick the node count n (1..max_nodes, inside the step-time curve) maximising E[tokens](n) / step(n).
 
     TensorRT-LLM verifies max_draft_len + 1 tokens every step, so the step time depends on the tree
@@ -137,15 +150,19 @@ def choose_tree(acc: Sequence[Sequence[float]], step_times: Mapping[int, float],
     Ties keep the smaller tree.
     """
     if not step_times or any(k < 0 or not (v > 0) for k, v in step_times.items()):
-        raise InvalidInputError("step times must map node counts (>= 0) to positive milliseconds",
-                                hint='CSV "nodes,step_ms" lines or JSON {"1": 10.2, "8": 11.0}.')
+        raise InvalidInputError(
+            "step times must map node counts (>= 0) to positive milliseconds",
+            hint='CSV "nodes,step_ms" lines or JSON {"1": 10.2, "8": 11.0}.',
+        )
     hi = max(step_times)
     if max_nodes is not None:
         hi = min(hi, max_nodes)
     lo = max(1, min(step_times))
     if hi < lo:
-        raise InvalidInputError(f"the step-time curve covers no tree size in 1..{hi}",
-                                hint="Measure more sizes (`medusa-trt tree sweep`) or raise --nodes.")
+        raise InvalidInputError(
+            f"the step-time curve covers no tree size in 1..{hi}",
+            hint="Measure more sizes (`medusa-trt tree sweep`) or raise --nodes.",
+        )
     growth = tree_growth(acc, hi, max_depth=max_depth, max_topk=max_topk)
     curve: list[dict[str, float]] = []
     best: TreeChoice | None = None
@@ -166,6 +183,7 @@ def choose_tree(acc: Sequence[Sequence[float]], step_times: Mapping[int, float],
 
 # --- text formats ----------------------------------------------------------------------------
 
+
 def parse_accuracy_csv(text: str, source: str = "accuracy table") -> AccuracyTable:
     """One row per head (head 0 first), one column per rank (rank 0 first), no header."""
     rows: AccuracyTable = []
@@ -176,8 +194,10 @@ def parse_accuracy_csv(text: str, source: str = "accuracy table") -> AccuracyTab
         try:
             rows.append([float(c) for c in cells])
         except ValueError as e:
-            raise InvalidInputError(f"{source}:{lineno}: not a number ({e})",
-                                    hint="The CSV has no header: one row per head, one column per rank.") from e
+            raise InvalidInputError(
+                f"{source}:{lineno}: not a number ({e})",
+                hint="The CSV has no header: one row per head, one column per rank.",
+            ) from e
     return validate_accuracy(rows)
 
 
@@ -206,8 +226,9 @@ def parse_step_times(text: str, source: str = "step times") -> dict[int, float]:
             out[int(cells[0])] = float(cells[1])
         return out
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise InvalidInputError(f"{source}: cannot read step times ({e})",
-                                hint='CSV "nodes,step_ms" lines or JSON {"1": 10.2, "8": 11.0}.') from e
+        raise InvalidInputError(
+            f"{source}: cannot read step times ({e})", hint='CSV "nodes,step_ms" lines or JSON {"1": 10.2, "8": 11.0}.'
+        ) from e
 
 
 def format_step_times_csv(step_times: Mapping[int, float]) -> str:

@@ -32,16 +32,19 @@ def _parse(text: str, source: str) -> Tree:
     try:
         data = yaml.safe_load(text)  # YAML is a superset of JSON: one parser for both
     except yaml.YAMLError as e:
-        raise TreeError(f"{source}: not valid YAML/JSON ({e.__class__.__name__})",
-                        hint="A tree file is a list of paths, e.g. [[0], [0, 0], [1]].") from e
+        raise TreeError(
+            f"{source}: not valid YAML/JSON ({e.__class__.__name__})",
+            hint="A tree file is a list of paths, e.g. [[0], [0, 0], [1]].",
+        ) from e
     if isinstance(data, dict):  # accept the `tree build --json` document and trtllm-serve YAML
         data = data.get("choices", data.get("medusa_choices"))
     if not isinstance(data, list) or not all(
-        isinstance(p, list) and p and all(isinstance(i, int) and not isinstance(i, bool) for i in p)
-        for p in data
+        isinstance(p, list) and p and all(isinstance(i, int) and not isinstance(i, bool) for i in p) for p in data
     ):
-        raise TreeError(f"{source}: a tree must be a list of non-empty lists of integers",
-                        hint="Example: [[0], [0, 0], [1], [0, 1]]")
+        raise TreeError(
+            f"{source}: a tree must be a list of non-empty lists of integers",
+            hint="Example: [[0], [0, 0], [1], [0, 1]]",
+        )
     return [list(p) for p in data]
 
 
@@ -58,8 +61,10 @@ def load_tree(spec: str | Path | Tree) -> Tree:
         return _parse(path.read_text(), str(path))
     if name.lstrip().startswith("["):
         return _parse(name, "tree literal")
-    raise TreeError(f"unknown tree '{name}': not a shipped tree and not a file",
-                    hint=f"Shipped trees: {', '.join(named_trees())}; or pass a YAML/JSON file.")
+    raise TreeError(
+        f"unknown tree '{name}': not a shipped tree and not a file",
+        hint=f"Shipped trees: {', '.join(named_trees())}; or pass a YAML/JSON file.",
+    )
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,10 @@ def tree_problems(tree: Tree, *, num_heads: int | None = None, max_draft_len: in
         problems.append(f"ranks must be in 0..{TOPK - 1}, found {bad_rank}")
     missing = sorted({p[:c] for p in seen for c in range(1, len(p)) if p[:c] not in seen})
     if missing:
-        problems.append(f"not prefix-closed: missing {[list(m) for m in missing[:3]]}"
-                        + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+        problems.append(
+            f"not prefix-closed: missing {[list(m) for m in missing[:3]]}"
+            + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        )
     stats = tree_stats(tree)
     if num_heads is not None and stats.depth > num_heads:
         problems.append(f"depth {stats.depth} needs {stats.depth} Medusa heads, the model has {num_heads}")
@@ -107,8 +114,10 @@ def validate_tree(tree: Tree, *, num_heads: int | None = None, max_draft_len: in
     """Raise TreeError naming every problem; return the tree unchanged when valid."""
     problems = tree_problems(tree, num_heads=num_heads, max_draft_len=max_draft_len)
     if problems:
-        raise TreeError("invalid Medusa tree: " + "; ".join(problems),
-                        hint="Use a shipped tree (medusa-trt tree build, or mc_sim_7b_63) or fix the paths.")
+        raise TreeError(
+            "invalid Medusa tree: " + "; ".join(problems),
+            hint="Use a shipped tree (medusa-trt tree build, or mc_sim_7b_63) or fix the paths.",
+        )
     return tree
 
 

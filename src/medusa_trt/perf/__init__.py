@@ -15,6 +15,15 @@ from medusa_trt.perf.model import (
 )
 
 __all__ = [
-    "DEFAULT_CONTEXT_LEN", "REFERENCE", "TRTLLM", "EngineConstants", "Prediction", "StepPrediction",
-    "default_tokens_per_step", "predict", "step_breakdown", "step_time_ms", "verify_tokens_for",
+    "DEFAULT_CONTEXT_LEN",
+    "REFERENCE",
+    "TRTLLM",
+    "EngineConstants",
+    "Prediction",
+    "StepPrediction",
+    "default_tokens_per_step",
+    "predict",
+    "step_breakdown",
+    "step_time_ms",
+    "verify_tokens_for",
 ]

@@ -39,11 +39,27 @@ class EngineConstants:
     medusa_fixed_us: float  # tree acceptance and draft-buffer packing per step
 
 
-TRTLLM = EngineConstants(hbm_efficiency=0.8, gemm_efficiency=0.5, layer_fixed_us=20.0, host_ms=0.1,
-                         ar_bw_efficiency=0.535, verify_token_us=1.0, head_us=10.0, medusa_fixed_us=30.0)
+TRTLLM = EngineConstants(
+    hbm_efficiency=0.8,
+    gemm_efficiency=0.5,
+    layer_fixed_us=20.0,
+    host_ms=0.1,
+    ar_bw_efficiency=0.535,
+    verify_token_us=1.0,
+    head_us=10.0,
+    medusa_fixed_us=30.0,
+)
 # PyTorch eager on CPU: rough assumptions, not calibrated (the CPU path is for correctness; `bench` measures).
-REFERENCE = EngineConstants(hbm_efficiency=0.5, gemm_efficiency=0.3, layer_fixed_us=150.0, host_ms=2.0,
-                            ar_bw_efficiency=0.5, verify_token_us=20.0, head_us=100.0, medusa_fixed_us=500.0)
+REFERENCE = EngineConstants(
+    hbm_efficiency=0.5,
+    gemm_efficiency=0.3,
+    layer_fixed_us=150.0,
+    host_ms=2.0,
+    ar_bw_efficiency=0.5,
+    verify_token_us=20.0,
+    head_us=100.0,
+    medusa_fixed_us=500.0,
+)
 
 
 def constants_for(profile: HardwareProfile) -> EngineConstants:
@@ -101,8 +117,11 @@ def streamed_weight_bytes(profile: HardwareProfile, model: ModelSpec) -> float:
     """Weights one rank reads per step (the embedding is a row gather, not a stream)."""
     tp = profile.parallelism.tp
     norms = (2 * model.num_hidden_layers + 1) * model.hidden_size * act_bytes(profile)
-    return (linear_params_per_rank(model, tp) * weight_bytes(profile)
-            + lm_head_params_per_rank(model, tp) * act_bytes(profile) + norms)
+    return (
+        linear_params_per_rank(model, tp) * weight_bytes(profile)
+        + lm_head_params_per_rank(model, tp) * act_bytes(profile)
+        + norms
+    )
 
 
 def kv_bytes_per_token(profile: HardwareProfile, model: ModelSpec) -> float:
@@ -132,8 +151,13 @@ def _tflops(profile: HardwareProfile) -> float | None:
     return {"bfloat16": t.bf16, "float16": t.fp16, "float32": t.fp32}[profile.precision.dtype]
 
 
-def step_breakdown(profile: HardwareProfile, model: ModelSpec, verify_tokens: int, context_len: int,
-                   num_medusa_heads: int | None = None) -> dict[str, float]:
+def step_breakdown(
+    profile: HardwareProfile,
+    model: ModelSpec,
+    verify_tokens: int,
+    context_len: int,
+    num_medusa_heads: int | None = None,
+) -> dict[str, float]:
     """Milliseconds per term of one step (see the module docstring); ``total`` sums them.
 
     ``num_medusa_heads`` None: the profile's heads when verify_tokens > 1, none otherwise.
@@ -163,8 +187,13 @@ def step_breakdown(profile: HardwareProfile, model: ModelSpec, verify_tokens: in
     return out
 
 
-def step_time_ms(profile: HardwareProfile, model: ModelSpec, verify_tokens: int, context_len: int,
-                 num_medusa_heads: int | None = None) -> float:
+def step_time_ms(
+    profile: HardwareProfile,
+    model: ModelSpec,
+    verify_tokens: int,
+    context_len: int,
+    num_medusa_heads: int | None = None,
+) -> float:
     """Predicted time of one decode step that verifies ``verify_tokens`` tokens (1 = plain decoding)."""
     return step_breakdown(profile, model, verify_tokens, context_len, num_medusa_heads)["total"]
 
@@ -204,9 +233,15 @@ class Prediction:
         return asdict(self)
 
 
-def predict(profile: HardwareProfile, model: ModelSpec, tokens_per_step: float, *,
-            num_medusa_heads: int | None = None, verify_tokens: int | None = None,
-            context_len: int = DEFAULT_CONTEXT_LEN) -> Prediction:
+def predict(
+    profile: HardwareProfile,
+    model: ModelSpec,
+    tokens_per_step: float,
+    *,
+    num_medusa_heads: int | None = None,
+    verify_tokens: int | None = None,
+    context_len: int = DEFAULT_CONTEXT_LEN,
+) -> Prediction:
     """Baseline and Medusa step time and tokens/s/user for one user (batch 1).
 
     ``verify_tokens`` defaults to :func:`verify_tokens_for` with the profile's tree.

@@ -44,8 +44,12 @@ class PlanReport:
         pred["tokens_per_step_source"] = self.tokens_per_step_source
         src = self.profile.source
         return {
-            "profile": {"name": self.profile.name, "id": self.profile.id, "path": str(src) if src else None,
-                        "engine": self.profile.engine},
+            "profile": {
+                "name": self.profile.name,
+                "id": self.profile.id,
+                "path": str(src) if src else None,
+                "engine": self.profile.engine,
+            },
             "model": {"name": self.model.name, "num_params": self.model.num_params},
             "num_medusa_heads": self.num_medusa_heads,
             "tree": self.tree,
@@ -61,15 +65,18 @@ class PlanReport:
             return
         reasons = "; ".join(f"{c.name}: {c.reason}" for c in self.failures)
         hints = dict.fromkeys(_hint(c.name) for c in self.failures)  # ordered, without repeats
-        raise IncompatibleError(f"{self.model.name} does not fit profile {self.profile.name}: {reasons}",
-                                hint=" ".join(hints))
+        raise IncompatibleError(
+            f"{self.model.name} does not fit profile {self.profile.name}: {reasons}", hint=" ".join(hints)
+        )
 
 
 def _hint(check: str) -> str:
     """What to change for a failed check, by the check's family."""
     if check == "memory":
-        return ("Use more or larger GPUs, FP8 (quantization: fp8), a higher tp, or smaller limits "
-                "(max_seq_len, max_batch_size).")
+        return (
+            "Use more or larger GPUs, FP8 (quantization: fp8), a higher tp, or smaller limits "
+            "(max_seq_len, max_batch_size)."
+        )
     if check.startswith("tp_") or check == "parallelism":
         return "Copy the profile and set parallelism.tp to a value that divides the model's heads and sizes."
     if check.startswith("medusa"):
@@ -90,10 +97,16 @@ def _free_disk(work_dir: Path) -> tuple[float, Path]:
     return shutil.disk_usage(probe).free / GIB, probe
 
 
-def make_plan(profile: HardwareProfile | str | Path, model: ModelSpec | str, *,
-              num_medusa_heads: int | None = None, tokens_per_step: float | None = None,
-              context_len: int = pm.DEFAULT_CONTEXT_LEN, work_dir: Path | None = None,
-              target_here: bool | None = None) -> PlanReport:
+def make_plan(
+    profile: HardwareProfile | str | Path,
+    model: ModelSpec | str,
+    *,
+    num_medusa_heads: int | None = None,
+    tokens_per_step: float | None = None,
+    context_len: int = pm.DEFAULT_CONTEXT_LEN,
+    work_dir: Path | None = None,
+    target_here: bool | None = None,
+) -> PlanReport:
     """Every preflight check and the predicted speed for ``model`` on ``profile``.
 
     ``tokens_per_step`` defaults to :func:`medusa_trt.perf.default_tokens_per_step` of the tree depth.
@@ -111,12 +124,16 @@ def make_plan(profile: HardwareProfile | str | Path, model: ModelSpec | str, *,
     stats = tree_stats(tree)
     if tokens_per_step is None:
         tps = pm.default_tokens_per_step(min(stats.depth, heads))
-        source = (f"default: sum of {pm.ACCEPTANCE_PER_DEPTH}^d over depths 0..{min(stats.depth, heads)} "
-                  "(docs/perf-model.md); measure with medusa-trt bench")
+        source = (
+            f"default: sum of {pm.ACCEPTANCE_PER_DEPTH}^d over depths 0..{min(stats.depth, heads)} "
+            "(docs/perf-model.md); measure with medusa-trt bench"
+        )
     else:
         if not 1.0 <= tokens_per_step <= stats.depth + 1:
-            raise InvalidInputError(f"--tokens-per-step {tokens_per_step} is outside 1..{stats.depth + 1}",
-                                    hint=f"A depth-{stats.depth} tree emits at most {stats.depth + 1} tokens a step.")
+            raise InvalidInputError(
+                f"--tokens-per-step {tokens_per_step} is outside 1..{stats.depth + 1}",
+                hint=f"A depth-{stats.depth} tree emits at most {stats.depth + 1} tokens a step.",
+            )
         tps, source = float(tokens_per_step), "given"
 
     mem = memory_per_gpu(prof, spec, heads)
@@ -137,7 +154,12 @@ def make_plan(profile: HardwareProfile | str | Path, model: ModelSpec | str, *,
         ck.check_disk(disk, free, str(where), target_here),
         ck.check_prediction(pred),
     ]
-    tree_doc = {"spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",
-                "nodes": stats.nodes, "depth": stats.depth, "max_draft_len": prof.medusa.max_draft_len}
-    return PlanReport(prof, spec, heads, not any(c.verdict == "fail" for c in checks), mem, disk, checks, pred,
-                      source, tree_doc)
+    tree_doc = {
+        "spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",
+        "nodes": stats.nodes,
+        "depth": stats.depth,
+        "max_draft_len": prof.medusa.max_draft_len,
+    }
+    return PlanReport(
+        prof, spec, heads, not any(c.verdict == "fail" for c in checks), mem, disk, checks, pred, source, tree_doc
+    )

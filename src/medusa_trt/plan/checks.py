@@ -36,8 +36,11 @@ def check_memory(mem: dict[str, float], device: str) -> Check:
 def check_parallelism(p: HardwareProfile) -> Check:
     tp, pp, n = p.parallelism.tp, p.parallelism.pp, p.hardware.count
     if pp > 1:
-        return Check("parallelism", "fail", f"pp {pp}: Medusa runs with tensor parallelism only "
-                     "(TRT-LLM's Medusa support matrix lists TP, not PP)")
+        return Check(
+            "parallelism",
+            "fail",
+            f"pp {pp}: Medusa runs with tensor parallelism only (TRT-LLM's Medusa support matrix lists TP, not PP)",
+        )
     if tp * pp > n:
         return Check("parallelism", "fail", f"tp {tp} x pp {pp} needs {tp * pp} devices, the profile has {n}")
     if tp * pp < n:
@@ -47,26 +50,60 @@ def check_parallelism(p: HardwareProfile) -> Check:
 
 def check_tp(model: ModelSpec, tp: int) -> list[Check]:
     h, kv, i, v = model.num_attention_heads, model.num_key_value_heads, model.intermediate_size, model.vocab_size
-    out = [Check("tp_attention_heads", "pass" if h % tp == 0 else "fail",
-                 f"{h} heads / tp {tp} = {h // tp} per rank" if h % tp == 0
-                 else f"{h} attention heads are not divisible by tp {tp}")]
+    out = [
+        Check(
+            "tp_attention_heads",
+            "pass" if h % tp == 0 else "fail",
+            f"{h} heads / tp {tp} = {h // tp} per rank"
+            if h % tp == 0
+            else f"{h} attention heads are not divisible by tp {tp}",
+        )
+    ]
     if kv >= tp:
-        out.append(Check("tp_kv_heads", "pass" if kv % tp == 0 else "fail",
-                         f"{kv} KV heads / tp {tp} = {kv // tp} per rank" if kv % tp == 0
-                         else f"{kv} KV heads are not divisible by tp {tp}"))
+        out.append(
+            Check(
+                "tp_kv_heads",
+                "pass" if kv % tp == 0 else "fail",
+                f"{kv} KV heads / tp {tp} = {kv // tp} per rank"
+                if kv % tp == 0
+                else f"{kv} KV heads are not divisible by tp {tp}",
+            )
+        )
     elif tp % kv == 0:
-        out.append(Check("tp_kv_heads", "pass", f"{kv} KV heads < tp {tp}: each replicated {tp // kv}x "
-                         "(one per rank, TRT-LLM's rule)"))
+        out.append(
+            Check(
+                "tp_kv_heads",
+                "pass",
+                f"{kv} KV heads < tp {tp}: each replicated {tp // kv}x (one per rank, TRT-LLM's rule)",
+            )
+        )
     else:
-        out.append(Check("tp_kv_heads", "fail", f"{kv} KV heads < tp {tp} and tp is not a multiple of them: "
-                         "TRT-LLM can only replicate KV heads evenly"))
-    out.append(Check("tp_intermediate", "pass" if i % tp == 0 else "fail",
-                     f"intermediate {i} / tp {tp} = {i // tp} per rank" if i % tp == 0
-                     else f"intermediate_size {i} is not divisible by tp {tp}"))
+        out.append(
+            Check(
+                "tp_kv_heads",
+                "fail",
+                f"{kv} KV heads < tp {tp} and tp is not a multiple of them: TRT-LLM can only replicate KV heads evenly",
+            )
+        )
+    out.append(
+        Check(
+            "tp_intermediate",
+            "pass" if i % tp == 0 else "fail",
+            f"intermediate {i} / tp {tp} = {i // tp} per rank"
+            if i % tp == 0
+            else f"intermediate_size {i} is not divisible by tp {tp}",
+        )
+    )
     vp = pm.padded_vocab(v, tp)
-    out.append(Check("tp_vocab", "pass" if vp == v else "warn",
-                     f"vocab {v} / tp {tp} = {v // tp} per rank" if vp == v
-                     else f"vocab {v} padded to {vp} for tp {tp} ({vp - v} zero rows in lm_head and heads)"))
+    out.append(
+        Check(
+            "tp_vocab",
+            "pass" if vp == v else "warn",
+            f"vocab {v} / tp {tp} = {v // tp} per rank"
+            if vp == v
+            else f"vocab {v} padded to {vp} for tp {tp} ({vp - v} zero rows in lm_head and heads)",
+        )
+    )
     return out
 
 
@@ -76,14 +113,19 @@ def check_limits(p: HardwareProfile, model: ModelSpec) -> Check:
     verdict: Verdict = "pass"
     if lim.max_seq_len > model.max_position_embeddings:
         verdict = "warn"
-        notes.append(f"max_seq_len {lim.max_seq_len} exceeds the model's max_position_embeddings "
-                     f"{model.max_position_embeddings} (RoPE positions it was not trained on)")
+        notes.append(
+            f"max_seq_len {lim.max_seq_len} exceeds the model's max_position_embeddings "
+            f"{model.max_position_embeddings} (RoPE positions it was not trained on)"
+        )
     need = lim.max_batch_size * (draft + 1)
     if p.engine == "trtllm" and lim.max_num_tokens < need:
         verdict = "warn"
         notes.append(f"trtllm-build raises max_num_tokens {lim.max_num_tokens} to {need} (batch x (draft+1))")
-    return Check("limits", verdict, "; ".join(notes) or
-                 f"batch {lim.max_batch_size}, seq {lim.max_seq_len}, tokens {lim.max_num_tokens}")
+    return Check(
+        "limits",
+        verdict,
+        "; ".join(notes) or f"batch {lim.max_batch_size}, seq {lim.max_seq_len}, tokens {lim.max_num_tokens}",
+    )
 
 
 def check_tree(tree: Tree, num_heads: int, max_draft_len: int) -> Check:
@@ -91,8 +133,11 @@ def check_tree(tree: Tree, num_heads: int, max_draft_len: int) -> Check:
     if problems:
         return Check("medusa_tree", "fail", "; ".join(problems))
     s = tree_stats(tree)
-    return Check("medusa_tree", "pass", f"{s.nodes} nodes, depth {s.depth} <= {num_heads} heads, "
-                 f"nodes <= max_draft_len {max_draft_len}, prefix-closed")
+    return Check(
+        "medusa_tree",
+        "pass",
+        f"{s.nodes} nodes, depth {s.depth} <= {num_heads} heads, nodes <= max_draft_len {max_draft_len}, prefix-closed",
+    )
 
 
 def check_waste(p: HardwareProfile, model: ModelSpec, tree: Tree, num_heads: int, context_len: int) -> Check:
@@ -101,15 +146,21 @@ def check_waste(p: HardwareProfile, model: ModelSpec, tree: Tree, num_heads: int
         return Check("medusa_waste", "pass", f"{nodes + 1} tokens verified per step, none wasted")
     used = pm.step_time_ms(p, model, nodes + 1, context_len, num_heads)
     padded = pm.step_time_ms(p, model, draft + 1, context_len, num_heads)
-    return Check("medusa_waste", "warn", f"TRT-LLM computes max_draft_len+1 = {draft + 1} tokens per step for a "
-                 f"{nodes}-node tree: {draft - nodes} wasted, +{(padded / used - 1):.0%} step time "
-                 f"({padded:.2f} vs {used:.2f} ms); set max_draft_len to {nodes}")
+    return Check(
+        "medusa_waste",
+        "warn",
+        f"TRT-LLM computes max_draft_len+1 = {draft + 1} tokens per step for a "
+        f"{nodes}-node tree: {draft - nodes} wasted, +{(padded / used - 1):.0%} step time "
+        f"({padded:.2f} vs {used:.2f} ms); set max_draft_len to {nodes}",
+    )
 
 
 def check_disk(need: dict[str, float], free_gib: float, where: str, target_here: bool) -> Check:
     total = need["total"]
-    what = (f"needs {total:.1f} GiB (HF {need['hf_checkpoint']:.1f} + TRT-LLM checkpoint "
-            f"{need['trtllm_checkpoint']:.1f} + engine {need['engine']:.1f}), {free_gib:.1f} GiB free at {where}")
+    what = (
+        f"needs {total:.1f} GiB (HF {need['hf_checkpoint']:.1f} + TRT-LLM checkpoint "
+        f"{need['trtllm_checkpoint']:.1f} + engine {need['engine']:.1f}), {free_gib:.1f} GiB free at {where}"
+    )
     if free_gib >= total:
         return Check("disk", "pass", what)
     if target_here:
@@ -119,9 +170,11 @@ def check_disk(need: dict[str, float], free_gib: float, where: str, target_here:
 
 def check_prediction(pred: pm.Prediction) -> Check:
     b, m = pred.baseline, pred.medusa
-    what = (f"baseline {b.step_ms:.2f} ms/step, {b.tokens_per_s_per_user:.1f} tok/s/user; Medusa "
-            f"{m.step_ms:.2f} ms/step x {m.tokens_per_step:.2f} tok/step = {m.tokens_per_s_per_user:.1f} "
-            f"tok/s/user ({pred.speedup:.2f}x)")
+    what = (
+        f"baseline {b.step_ms:.2f} ms/step, {b.tokens_per_s_per_user:.1f} tok/s/user; Medusa "
+        f"{m.step_ms:.2f} ms/step x {m.tokens_per_step:.2f} tok/step = {m.tokens_per_s_per_user:.1f} "
+        f"tok/s/user ({pred.speedup:.2f}x)"
+    )
     if pred.speedup < 1:
         return Check("prediction", "warn", f"Medusa predicted slower than plain decoding: {what}")
     return Check("prediction", "pass", what)

@@ -41,8 +41,7 @@ def memory_per_gpu(profile: HardwareProfile, model: ModelSpec, num_medusa_heads:
     parts = {
         "linear_weights": pm.linear_params_per_rank(model, tp) * pm.weight_bytes(profile) + norms,
         "embedding": model.vocab_size * model.hidden_size * dtype_b,  # replicated on every rank
-        "lm_head": 0.0 if model.tie_word_embeddings and tp == 1
-        else pm.lm_head_params_per_rank(model, tp) * dtype_b,
+        "lm_head": 0.0 if model.tie_word_embeddings and tp == 1 else pm.lm_head_params_per_rank(model, tp) * dtype_b,
         "medusa_heads": pm.medusa_head_params_per_rank(model, tp, num_medusa_heads, profile.medusa.num_layers)
         * pm.head_bytes(profile),
         "kv_cache": kv_tokens * pm.kv_bytes_per_token(profile, model),
@@ -55,8 +54,9 @@ def memory_per_gpu(profile: HardwareProfile, model: ModelSpec, num_medusa_heads:
     return out
 
 
-def disk_need(profile: HardwareProfile, model: ModelSpec, num_medusa_heads: int,
-              hf_bytes: float | None = None) -> dict[str, float]:
+def disk_need(
+    profile: HardwareProfile, model: ModelSpec, num_medusa_heads: int, hf_bytes: float | None = None
+) -> dict[str, float]:
     """GiB on disk: the Hugging Face checkpoint (+ heads), the TRT-LLM checkpoint (all ranks), the engine."""
     tp = profile.parallelism.tp
     d, v = model.hidden_size, model.vocab_size

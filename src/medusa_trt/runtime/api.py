@@ -23,18 +23,18 @@ if TYPE_CHECKING:
 @dataclass
 class SamplingParams:
     max_tokens: int = 128
-    temperature: float = 0.0          # 0 -> greedy
+    temperature: float = 0.0  # 0 -> greedy
     top_p: float = 1.0
-    top_k: int = 0                    # 0 -> off
+    top_k: int = 0  # 0 -> off
     seed: int | None = None
-    stop_token_ids: tuple[int, ...] = ()   # in addition to the tokenizer's eos ids
-    posterior_threshold: float = 0.09      # typical acceptance (temperature > 0, lossy)
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's eos ids
+    posterior_threshold: float = 0.09  # typical acceptance (temperature > 0, lossy)
     posterior_alpha: float = 0.3
 
 
 @dataclass
 class Chunk:
-    token_ids: list[int]              # tokens emitted by one decoding step (>= 1 with Medusa)
+    token_ids: list[int]  # tokens emitted by one decoding step (>= 1 with Medusa)
     finish_reason: str | None = None  # None, or "stop" / "length" on the last chunk
 
 
@@ -42,8 +42,8 @@ class Chunk:
 class GenerationStats:
     prompt_tokens: int
     completion_tokens: int
-    num_steps: int                    # decoding steps (verification forwards), prefill excluded
-    tokens_per_step: float            # (completion_tokens - 1) / num_steps: prefill makes the first token
+    num_steps: int  # decoding steps (verification forwards), prefill excluded
+    tokens_per_step: float  # (completion_tokens - 1) / num_steps: prefill makes the first token
     accepted_per_depth: list[int] = field(default_factory=list)  # accepted drafts at depth 1..D
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -81,8 +81,9 @@ class Generation:
 class ReferenceEngine:
     """A loaded checkpoint: tokenizer, tree buffers and the rank processes. One generation at a time."""
 
-    def __init__(self, info: CheckpointInfo, runner: Runner, tree: Tree, buffers: TreeBuffers | None,
-                 tokenizer: Any) -> None:
+    def __init__(
+        self, info: CheckpointInfo, runner: Runner, tree: Tree, buffers: TreeBuffers | None, tokenizer: Any
+    ) -> None:
         self.info, self._runner, self._buffers = info, runner, buffers
         self.tokenizer = tokenizer
         self.model_name = info.model_name
@@ -98,22 +99,32 @@ class ReferenceEngine:
         from medusa_trt.runtime.decode import Decoder
 
         if self._busy:
-            raise InvalidInputError("the engine is busy with another generation",
-                                    hint="Exhaust or close() the previous Generation first.")
+            raise InvalidInputError(
+                "the engine is busy with another generation", hint="Exhaust or close() the previous Generation first."
+            )
         if not prompt_ids:
             raise InvalidInputError("empty prompt", hint="Give at least one token.")
         if len(prompt_ids) >= self.max_seq_len:
-            raise InvalidInputError(f"prompt of {len(prompt_ids)} tokens does not fit max_seq_len {self.max_seq_len}",
-                                    hint="Shorten the prompt.")
+            raise InvalidInputError(
+                f"prompt of {len(prompt_ids)} tokens does not fit max_seq_len {self.max_seq_len}",
+                hint="Shorten the prompt.",
+            )
         bad = [t for t in prompt_ids if not 0 <= t < self.info.vocab_size]
         if bad:
             raise InvalidInputError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.vocab_size - 1})")
         if params.max_tokens < 1 or params.temperature < 0 or not 0 < params.top_p <= 1 or params.top_k < 0:
-            raise InvalidInputError("invalid sampling parameters: need max_tokens >= 1, temperature >= 0, "
-                                    "0 < top_p <= 1, top_k >= 0")
+            raise InvalidInputError(
+                "invalid sampling parameters: need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0"
+            )
         buffers = self._buffers if medusa else None
-        decoder = Decoder(self._runner, list(prompt_ids), params, self._stop_ids | set(params.stop_token_ids),
-                          self.max_seq_len, buffers)
+        decoder = Decoder(
+            self._runner,
+            list(prompt_ids),
+            params,
+            self._stop_ids | set(params.stop_token_ids),
+            self.max_seq_len,
+            buffers,
+        )
         self._busy = True
         return Generation(decoder, self._release)
 
@@ -157,8 +168,10 @@ def resolve_tree(info: CheckpointInfo, tree: str | list[list[int]] | None) -> Tr
 
     if info.num_medusa_heads == 0:
         if tree is not None:
-            raise TreeError(f"{info.ckpt_dir} has no Medusa heads, so a tree cannot be used",
-                            hint="Convert with --medusa HEADS, or drop --tree.")
+            raise TreeError(
+                f"{info.ckpt_dir} has no Medusa heads, so a tree cannot be used",
+                hint="Convert with --medusa HEADS, or drop --tree.",
+            )
         return None
     chosen = default_tree(info) if tree is None else load_tree(tree)
     return validate_tree(chosen, num_heads=info.num_medusa_heads, max_draft_len=info.max_draft_len or None)
@@ -179,8 +192,10 @@ def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MissingDependencyError("--device cuda but no CUDA GPU is visible to torch",
-                                     hint="Use --device cpu, or install a CUDA build of torch.")
+        raise MissingDependencyError(
+            "--device cuda but no CUDA GPU is visible to torch",
+            hint="Use --device cpu, or install a CUDA build of torch.",
+        )
     from medusa_trt.medusa.buffers import build_buffers
     from medusa_trt.runtime.tp import Runner
 
@@ -189,8 +204,9 @@ def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[
     try:  # the tp ranks are running now: nothing below may fail without stopping them
         buffers = None
         if chosen is not None:
-            buffers = build_buffers(chosen, num_heads=info.num_medusa_heads,
-                                    max_draft_len=info.max_draft_len or None, device=runner.device)
+            buffers = build_buffers(
+                chosen, num_heads=info.num_medusa_heads, max_draft_len=info.max_draft_len or None, device=runner.device
+            )
         return ReferenceEngine(info, runner, chosen or [], buffers, tokenizer)
     except BaseException:
         runner.close()

@@ -15,8 +15,12 @@ from medusa_trt.medusa.trees import Tree, load_tree, named_trees, tree_problems
 
 MANIFEST = "medusa-trt.json"
 # TRT-LLM's llama3 defaults, used when the checkpoint kept only {"type": "llama3"} (trtllm-medusa.md §2.3).
-LLAMA3_DEFAULTS = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                   "original_max_position_embeddings": 8192}
+LLAMA3_DEFAULTS = {
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 
 @dataclass
@@ -49,8 +53,10 @@ class CheckpointInfo:
         if kind in (None, "default", "none"):
             return None
         if kind != "llama3":
-            raise CheckpointError(f"{self.ckpt_dir}: rotary_scaling type '{kind}' is not supported",
-                                  hint="The reference runtime implements Llama 3.x (llama3) RoPE scaling.")
+            raise CheckpointError(
+                f"{self.ckpt_dir}: rotary_scaling type '{kind}' is not supported",
+                hint="The reference runtime implements Llama 3.x (llama3) RoPE scaling.",
+            )
         return {**LLAMA3_DEFAULTS, **{k: v for k, v in scaling.items() if k in LLAMA3_DEFAULTS}}
 
 
@@ -58,8 +64,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read JSON ({e.__class__.__name__})",
-                              hint="Re-run `medusa-trt convert` to rewrite the checkpoint.") from e
+        raise CheckpointError(
+            f"{path}: cannot read JSON ({e.__class__.__name__})",
+            hint="Re-run `medusa-trt convert` to rewrite the checkpoint.",
+        ) from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
@@ -69,50 +77,68 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     """Resolve an engine dir or checkpoint dir and parse its config.json (no weights are read)."""
     root = Path(path)
     if not root.is_dir():
-        raise CheckpointError(f"{root}: not a directory",
-                              hint="Pass a checkpoint from `medusa-trt convert` or an engine dir from `build`.")
+        raise CheckpointError(
+            f"{root}: not a directory",
+            hint="Pass a checkpoint from `medusa-trt convert` or an engine dir from `build`.",
+        )
     manifest: dict[str, Any] = {}
     ckpt = root
     if (root / MANIFEST).is_file():
         manifest = _read_json(root / MANIFEST)
         ckpt = (root / str(manifest.get("checkpoint_dir", "."))).resolve()
     if not (ckpt / "config.json").is_file():
-        raise CheckpointError(f"{ckpt}: no config.json (not a TRT-LLM checkpoint)",
-                              hint="Create one with `medusa-trt convert MODEL --output DIR`.")
+        raise CheckpointError(
+            f"{ckpt}: no config.json (not a TRT-LLM checkpoint)",
+            hint="Create one with `medusa-trt convert MODEL --output DIR`.",
+        )
     cfg = _read_json(ckpt / "config.json")
     try:
         mapping = cfg.get("mapping") or {}
         tp = int(mapping.get("tp_size", 1))
         if int(mapping.get("pp_size", 1)) != 1:
-            raise CheckpointError(f"{ckpt}: pipeline parallelism (pp_size > 1) is not supported",
-                                  hint="Convert with --tp only.")
+            raise CheckpointError(
+                f"{ckpt}: pipeline parallelism (pp_size > 1) is not supported", hint="Convert with --tp only."
+            )
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         quant = (cfg.get("quantization") or {}).get("quant_algo")
         info = CheckpointInfo(
-            ckpt_dir=ckpt, config=cfg, tp=tp, dtype=str(cfg.get("dtype", "float32")),
-            vocab_size=int(cfg["vocab_size"]), hidden_size=hidden, num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=heads, num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            ckpt_dir=ckpt,
+            config=cfg,
+            tp=tp,
+            dtype=str(cfg.get("dtype", "float32")),
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
             head_size=int(cfg.get("head_size") or hidden // heads),
             intermediate_size=int(cfg["intermediate_size"]),
             max_seq_len=int(manifest.get("max_seq_len") or cfg.get("max_position_embeddings", 2048)),
             num_medusa_heads=int(cfg.get("num_medusa_heads") or 0),
             num_medusa_layers=int(cfg.get("num_medusa_layers") or 0),
-            max_draft_len=int(cfg.get("max_draft_len") or 0), quant_algo=quant, manifest=manifest,
+            max_draft_len=int(cfg.get("max_draft_len") or 0),
+            quant_algo=quant,
+            manifest=manifest,
             model_name=str(manifest.get("model_name") or cfg.get("model_name") or root.resolve().name),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt}/config.json: missing or bad field ({e})",
-                              hint="Re-run `medusa-trt convert`.") from e
+        raise CheckpointError(
+            f"{ckpt}/config.json: missing or bad field ({e})", hint="Re-run `medusa-trt convert`."
+        ) from e
     if info.quant_algo not in (None, "FP8"):
-        raise CheckpointError(f"{ckpt}: quant_algo '{info.quant_algo}' is not supported by the reference runtime",
-                              hint="Use an unquantized or FP8 checkpoint.")
+        raise CheckpointError(
+            f"{ckpt}: quant_algo '{info.quant_algo}' is not supported by the reference runtime",
+            hint="Use an unquantized or FP8 checkpoint.",
+        )
     if info.num_heads % tp or info.intermediate_size % tp or hidden % tp:
         raise CheckpointError(f"{ckpt}: tp_size {tp} does not divide heads/intermediate/hidden")
     missing = [f"rank{r}.safetensors" for r in range(tp) if not (ckpt / f"rank{r}.safetensors").is_file()]
     if missing:
-        raise CheckpointError(f"{ckpt}: missing {', '.join(missing)} for tp_size {tp}",
-                              hint="The conversion was interrupted or files were removed; convert again.")
+        raise CheckpointError(
+            f"{ckpt}: missing {', '.join(missing)} for tp_size {tp}",
+            hint="The conversion was interrupted or files were removed; convert again.",
+        )
     return info
 
 

@@ -29,11 +29,11 @@ if TYPE_CHECKING:
     from medusa_trt.runtime.tp import Runner
 
 
-
 def tokens_per_step(completion_tokens: int, steps: int) -> float:
     """Acceptance length: tokens from decoding steps per step. Prefill makes the first token,
     so plain decoding is exactly 1.0 and a Medusa step counts its accepted drafts + 1."""
     return (completion_tokens - 1) / steps if steps else 1.0
+
 
 class Sampler:
     """Greedy at temperature 0; else temperature, top-k, top-p and a seeded generator."""
@@ -69,8 +69,15 @@ class Sampler:
 class Decoder:
     """One generation. Iterate ``run()`` for chunks; ``stats`` is set when it finishes."""
 
-    def __init__(self, runner: Runner, prompt: list[int], params: SamplingParams, stop_ids: set[int],
-                 max_seq_len: int, buffers: TreeBuffers | None) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        prompt: list[int],
+        params: SamplingParams,
+        stop_ids: set[int],
+        max_seq_len: int,
+        buffers: TreeBuffers | None,
+    ) -> None:
         self.r, self.prompt, self.p, self.stop = runner, prompt, params, stop_ids
         self.buf = buffers
         self.sampler = Sampler(params, runner.device)
@@ -103,8 +110,9 @@ class Decoder:
         s = len(self.prompt)
         tree_size = self.buf.size if self.buf is not None else 1
         self.r.alloc(s + max(self.budget, 1) + tree_size)
-        logits = self.r.forward(torch.tensor(self.prompt, dtype=torch.long, device=dev),
-                                torch.arange(s, device=dev))[-1]  # [V]
+        logits = self.r.forward(torch.tensor(self.prompt, dtype=torch.long, device=dev), torch.arange(s, device=dev))[
+            -1
+        ]  # [V]
         head_logits = self.r.heads(s - 1, self.buf.depth) if self.buf is not None else None
         pending = self._pick_root(logits)
         t1 = time.perf_counter()
@@ -126,9 +134,15 @@ class Decoder:
         finally:
             t2 = time.perf_counter()
             self.stats = GenerationStats(
-                prompt_tokens=s, completion_tokens=self.completion, num_steps=self.steps,
-                tokens_per_step=tokens_per_step(self.completion, self.steps), accepted_per_depth=list(self.accepted),
-                prefill_s=t1 - t0, decode_s=t2 - t1, medusa=self.buf is not None)
+                prompt_tokens=s,
+                completion_tokens=self.completion,
+                num_steps=self.steps,
+                tokens_per_step=tokens_per_step(self.completion, self.steps),
+                accepted_per_depth=list(self.accepted),
+                prefill_s=t1 - t0,
+                decode_s=t2 - t1,
+                medusa=self.buf is not None,
+            )
 
     def _medusa_step(self, root: int, head_logits: torch.Tensor, buf: TreeBuffers) -> tuple[list[int], torch.Tensor]:
         """One verification forward over the tree; returns (accepted drafts + bonus, next head logits)."""
@@ -144,9 +158,14 @@ class Decoder:
         if self.sampler.greedy:
             best, acc = greedy_accept(cand, logits.argmax(-1)[ri], buf.path_valid)
         else:
-            best, acc = typical_accept(cand, logits[ri], buf.path_valid, temperature=self.p.temperature,
-                                       posterior_threshold=self.p.posterior_threshold,
-                                       posterior_alpha=self.p.posterior_alpha)
+            best, acc = typical_accept(
+                cand,
+                logits[ri],
+                buf.path_valid,
+                temperature=self.p.temperature,
+                posterior_threshold=self.p.posterior_threshold,
+                posterior_alpha=self.p.posterior_alpha,
+            )
         for d in range(acc):
             self.accepted[d] += 1
         nodes = buf.retrieve_indices[best, : acc + 1]  # [L+1] root and accepted nodes

@@ -83,8 +83,9 @@ class LlamaShard:
         self.eps = float(info.config.get("norm_epsilon", 1e-5))
         self.dtype = self.w.ln_f.dtype
         self._check_shapes()
-        self.inv_freq = llama3_inv_freq(self.hd, float(info.config.get("rotary_base", 10000.0)),
-                                        info.rope_scaling).to(device)  # [hd/2] float32
+        self.inv_freq = llama3_inv_freq(self.hd, float(info.config.get("rotary_base", 10000.0)), info.rope_scaling).to(
+            device
+        )  # [hd/2] float32
         self.cache: torch.Tensor | None = None  # [layers, 2, KVl, capacity, hd]
         self.length = 0
         self.last_hidden: torch.Tensor | None = None  # [T, D] after ln_f, for the heads
@@ -95,7 +96,8 @@ class LlamaShard:
         if lw.qkv.shape != (want, self.info.hidden_size):
             raise CheckpointError(
                 f"rank{self.rank}: attention.qkv is {tuple(lw.qkv.shape)}, expected {(want, self.info.hidden_size)}",
-                hint="The shard does not match config.json (heads, KV heads, tp_size); convert again.")
+                hint="The shard does not match config.json (heads, KV heads, tp_size); convert again.",
+            )
         if lw.fc_gate.shape[0] != 2 * self.info.intermediate_size // self.info.tp:
             raise CheckpointError(f"rank{self.rank}: mlp.fc/gate rows do not match intermediate_size / tp_size")
 
@@ -111,7 +113,7 @@ class LlamaShard:
         """Keep cache slots ``keep`` (absolute, ascending) at ``start..``; drop the rest of the tree."""
         assert self.cache is not None
         m = keep.shape[0]
-        self.cache[:, :, :, start:start + m] = self.cache.index_select(3, keep)
+        self.cache[:, :, :, start : start + m] = self.cache.index_select(3, keep)
         self.length = start + m
 
     # --- forward ---------------------------------------------------------------------------------
@@ -127,8 +129,9 @@ class LlamaShard:
         return causal, False
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor,
-                tree_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    def forward(
+        self, ids: torch.Tensor, pos: torch.Tensor, tree_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Run T tokens at cache slots [length, length+T) with RoPE positions ``pos``.
 
         ids, pos: [T] long. Returns the gathered logits [T, V] (float32) on rank 0, None elsewhere,
@@ -149,15 +152,20 @@ class LlamaShard:
             h = rms_norm(x, lw.ln1, self.eps)
             qkv = F.linear(h, lw.qkv)  # [T, (Hl + 2 KVl) hd]
             q = qkv[:, :qn].view(t, self.n_q, self.hd).transpose(0, 1)  # [Hl, T, hd]
-            k = qkv[:, qn:qn + kn].view(t, self.n_kv, self.hd).transpose(0, 1)  # [KVl, T, hd]
-            v = qkv[:, qn + kn:].view(t, self.n_kv, self.hd).transpose(0, 1)
+            k = qkv[:, qn : qn + kn].view(t, self.n_kv, self.hd).transpose(0, 1)  # [KVl, T, hd]
+            v = qkv[:, qn + kn :].view(t, self.n_kv, self.hd).transpose(0, 1)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             cache = self.cache[i]  # [2, KVl, cap, hd]
-            cache[0, :, n:n + t] = k
-            cache[1, :, n:n + t] = v
+            cache[0, :, n : n + t] = k
+            cache[1, :, n : n + t] = v
             o = F.scaled_dot_product_attention(
-                q[None], cache[0, :, : n + t][None], cache[1, :, : n + t][None], attn_mask=mask,
-                is_causal=causal, enable_gqa=self.n_q != self.n_kv)  # [1, Hl, T, hd]
+                q[None],
+                cache[0, :, : n + t][None],
+                cache[1, :, : n + t][None],
+                attn_mask=mask,
+                is_causal=causal,
+                enable_gqa=self.n_q != self.n_kv,
+            )  # [1, Hl, T, hd]
             a = F.linear(o[0].transpose(0, 1).reshape(t, qn), lw.dense)  # [T, D] partial sum
             self.comm.all_reduce(a)
             x = x + a
@@ -192,7 +200,7 @@ class LlamaShard:
         w = self.w
         assert self.last_hidden is not None and w.heads_lm is not None
         k = count or w.heads_lm.shape[0]
-        x = self.last_hidden[row:row + 1].expand(k, -1)  # [K, D]
+        x = self.last_hidden[row : row + 1].expand(k, -1)  # [K, D]
         for weight, bias in zip(w.heads_w, w.heads_b, strict=True):
             y = torch.cat([F.linear(x[h], weight[h], bias[h]) for h in range(k)])  # [K * D/t]
             x = x + F.silu(self.comm.all_gather_last(y.view(k, -1)))  # column-parallel, gather_output=True

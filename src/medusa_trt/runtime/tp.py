@@ -71,11 +71,15 @@ class Runner:
     # --- process management ----------------------------------------------------------------------
     def _start(self, device: str) -> None:
         if dist.is_initialized():
-            raise MissingDependencyError("another tensor-parallel engine is already running in this process",
-                                         hint="Close it first (engine.close()).")
+            raise MissingDependencyError(
+                "another tensor-parallel engine is already running in this process",
+                hint="Close it first (engine.close()).",
+            )
         if device.startswith("cuda") and torch.cuda.device_count() < self.tp:
-            raise MissingDependencyError(f"tp_size {self.tp} needs {self.tp} GPUs, {torch.cuda.device_count()} visible",
-                                         hint="Run on CPU (--device cpu) or convert with a smaller --tp.")
+            raise MissingDependencyError(
+                f"tp_size {self.tp} needs {self.tp} GPUs, {torch.cuda.device_count()} visible",
+                hint="Run on CPU (--device cpu) or convert with a smaller --tp.",
+            )
         backend = "nccl" if device.startswith("cuda") else "gloo"
         # Rank 0's store binds port 0 itself, so no other process can take the port in between.
         store = dist.TCPStore("127.0.0.1", 0, self.tp, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
@@ -85,8 +89,11 @@ class Runner:
         threads = max(1, (os.cpu_count() or 1) // self.tp)
         try:  # any failure from the first spawn on (Ctrl-C included) stops the ranks already started
             for r in range(1, self.tp):
-                p = ctx.Process(target=_worker_main, daemon=True,
-                                args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status))
+                p = ctx.Process(
+                    target=_worker_main,
+                    daemon=True,
+                    args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status),
+                )
                 p.start()
                 self._procs.append(p)
             if backend == "gloo":  # share the cores between ranks instead of oversubscribing them
@@ -109,13 +116,17 @@ class Runner:
                 msg = status.get(timeout=1.0)
             except queue.Empty:
                 if time.monotonic() > deadline:  # alive but stuck: give up like a collective would
-                    raise CheckpointError(f"tensor-parallel ranks did not start within {TIMEOUT}",
-                                          hint="Check the machine's load and the rank files.") from None
+                    raise CheckpointError(
+                        f"tensor-parallel ranks did not start within {TIMEOUT}",
+                        hint="Check the machine's load and the rank files.",
+                    ) from None
                 dead = [p for p in self._procs if not p.is_alive()]
                 if dead:
-                    raise CheckpointError(f"a tensor-parallel rank exited while starting (code {dead[0].exitcode})",
-                                          hint="Scripts that load tp > 1 engines need an `if __name__ == "
-                                          "'__main__':` guard (ranks are spawned).") from None
+                    raise CheckpointError(
+                        f"a tensor-parallel rank exited while starting (code {dead[0].exitcode})",
+                        hint="Scripts that load tp > 1 engines need an `if __name__ == "
+                        "'__main__':` guard (ranks are spawned).",
+                    ) from None
                 continue
             if msg[0] != want:
                 raise CheckpointError(f"rank {msg[1]}: {msg[2]}", hint="Check the checkpoint's rank files.")
@@ -186,8 +197,9 @@ class Runner:
         self.model.commit(start, keep)
 
 
-def _worker_main(ckpt: str, rank: int, tp: int, port: int, device: str, backend: str, threads: int,
-                 status: Any) -> None:
+def _worker_main(
+    ckpt: str, rank: int, tp: int, port: int, device: str, backend: str, threads: int, status: Any
+) -> None:
     """Rank r > 0: load the shard, then execute rank 0's ops until STOP."""
     torch.set_num_threads(threads)
     store = dist.TCPStore("127.0.0.1", port, tp, is_master=False, timeout=TIMEOUT)

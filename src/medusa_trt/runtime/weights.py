@@ -21,25 +21,25 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class LayerWeights:
-    ln1: torch.Tensor       # [D]
-    qkv: torch.Tensor       # [(Hl + 2*KVl) * hd, D]
-    dense: torch.Tensor     # [D, Hl * hd]
-    ln2: torch.Tensor       # [D]
-    fc_gate: torch.Tensor   # [2 * Il, D]: fc (activated, from gate_proj) then gate (from up_proj)
-    proj: torch.Tensor      # [D, Il]
+    ln1: torch.Tensor  # [D]
+    qkv: torch.Tensor  # [(Hl + 2*KVl) * hd, D]
+    dense: torch.Tensor  # [D, Hl * hd]
+    ln2: torch.Tensor  # [D]
+    fc_gate: torch.Tensor  # [2 * Il, D]: fc (activated, from gate_proj) then gate (from up_proj)
+    proj: torch.Tensor  # [D, Il]
 
 
 @dataclass
 class ShardWeights:
-    embed: torch.Tensor     # [V or V/t, D]
-    embed_offset: int       # first vocab row held here (parallel embedding), else 0
+    embed: torch.Tensor  # [V or V/t, D]
+    embed_offset: int  # first vocab row held here (parallel embedding), else 0
     parallel_embedding: bool
     layers: list[LayerWeights]
-    ln_f: torch.Tensor      # [D]
-    lm_head: torch.Tensor   # [Vl, D] this rank's vocab rows
-    vocab_rows: list[int]   # lm_head rows on every rank (for the gather)
-    heads_w: list[torch.Tensor]   # per Medusa layer l: [K, D/t, D]
-    heads_b: list[torch.Tensor]   # per Medusa layer l: [K, D/t]
+    ln_f: torch.Tensor  # [D]
+    lm_head: torch.Tensor  # [Vl, D] this rank's vocab rows
+    vocab_rows: list[int]  # lm_head rows on every rank (for the gather)
+    heads_w: list[torch.Tensor]  # per Medusa layer l: [K, D/t, D]
+    heads_b: list[torch.Tensor]  # per Medusa layer l: [K, D/t]
     heads_lm: torch.Tensor | None  # [K, Vl_head, D]
     head_rows: list[int]
 
@@ -57,8 +57,9 @@ def shard_rows(info: CheckpointInfo, name: str) -> list[int]:
                     return []
                 rows.append(int(f.get_slice(name).get_shape()[0]))
         except Exception as e:  # another rank's file is damaged: the same one-line error as our own
-            raise CheckpointError(f"{path}: cannot read ({e.__class__.__name__}: {e})",
-                                  hint="The file is damaged; convert again.") from e
+            raise CheckpointError(
+                f"{path}: cannot read ({e.__class__.__name__}: {e})", hint="The file is damaged; convert again."
+            ) from e
     return rows
 
 
@@ -78,13 +79,16 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
     path: Path = info.ckpt_dir / f"rank{rank}.safetensors"
     dtype = DTYPES.get(info.dtype)
     if dtype is None:
-        raise CheckpointError(f"{info.ckpt_dir}: dtype '{info.dtype}' is not supported",
-                              hint="Convert with --dtype float32, float16 or bfloat16.")
+        raise CheckpointError(
+            f"{info.ckpt_dir}: dtype '{info.dtype}' is not supported",
+            hint="Convert with --dtype float32, float16 or bfloat16.",
+        )
     try:
         state = load_file(str(path), device="cpu")
     except Exception as e:  # truncated or corrupt file
-        raise CheckpointError(f"{path}: cannot read ({e.__class__.__name__}: {e})",
-                              hint="The file is damaged; convert again.") from e
+        raise CheckpointError(
+            f"{path}: cannot read ({e.__class__.__name__}: {e})", hint="The file is damaged; convert again."
+        ) from e
 
     def get(name: str) -> torch.Tensor:
         if name not in state:
@@ -94,12 +98,16 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
     layers = []
     for i in range(info.num_layers):
         p = f"transformer.layers.{i}."
-        layers.append(LayerWeights(
-            ln1=get(p + "input_layernorm.weight"), qkv=get(p + "attention.qkv.weight"),
-            dense=get(p + "attention.dense.weight"), ln2=get(p + "post_layernorm.weight"),
-            fc_gate=torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0).contiguous(),
-            proj=get(p + "mlp.proj.weight"),
-        ))
+        layers.append(
+            LayerWeights(
+                ln1=get(p + "input_layernorm.weight"),
+                qkv=get(p + "attention.qkv.weight"),
+                dense=get(p + "attention.dense.weight"),
+                ln2=get(p + "post_layernorm.weight"),
+                fc_gate=torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0).contiguous(),
+                proj=get(p + "mlp.proj.weight"),
+            )
+        )
     parallel = bool(info.config.get("use_parallel_embedding")) and info.tp > 1
     embed = get("transformer.vocab_embedding.weight")
     embed_rows = shard_rows(info, "transformer.vocab_embedding.weight") if parallel else [embed.shape[0]]
@@ -120,11 +128,19 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
         for layer in range(n_layers):
             names = [f"medusa_heads.{k}.medusa_layers.{layer}.linear." for k in range(k_heads)]
             heads_w.append(torch.stack([get(n + "weight") for n in names]))  # [K, D/t, D]
-            heads_b.append(torch.stack([get(n + "bias") for n in names]))    # [K, D/t]
+            heads_b.append(torch.stack([get(n + "bias") for n in names]))  # [K, D/t]
         heads_lm = torch.stack([get(f"medusa_heads.{k}.lm_head.weight") for k in range(k_heads)])
         head_rows = shard_rows(info, "medusa_heads.0.lm_head.weight")
     return ShardWeights(
-        embed=embed, embed_offset=sum(embed_rows[:rank]) if parallel else 0, parallel_embedding=parallel,
-        layers=layers, ln_f=get("transformer.ln_f.weight"), lm_head=lm_head, vocab_rows=vocab_rows,
-        heads_w=heads_w, heads_b=heads_b, heads_lm=heads_lm, head_rows=head_rows,
+        embed=embed,
+        embed_offset=sum(embed_rows[:rank]) if parallel else 0,
+        parallel_embedding=parallel,
+        layers=layers,
+        ln_f=get("transformer.ln_f.weight"),
+        lm_head=lm_head,
+        vocab_rows=vocab_rows,
+        heads_w=heads_w,
+        heads_b=heads_b,
+        heads_lm=heads_lm,
+        head_rows=head_rows,
     )

@@ -12,8 +12,14 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-def run_server(engine_dir: Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-               model_name: str | None = None, tree: str | list[list[int]] | None = None) -> int:
+def run_server(
+    engine_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    model_name: str | None = None,
+    tree: str | list[list[int]] | None = None,
+) -> int:
     """Serve an engine directory until SIGINT/SIGTERM; returns the exit code (128+signal after one)."""
     from medusa_trt.serve.server import run_server as _run
 

@@ -24,8 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     from medusa_trt.serve.server import run_server
 
     try:
-        return run_server(args.engine_dir, host=args.host, port=args.port, device=args.device,
-                          model_name=args.model_name, tree=args.tree)
+        return run_server(
+            args.engine_dir,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            model_name=args.model_name,
+            tree=args.tree,
+        )
     except MedusaTrtError as e:
         print(f"error: {e.message}", file=sys.stderr)
         if e.hint:

@@ -33,8 +33,10 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
     the app's shutdown does too.
     """
     if getattr(engine, "tokenizer", None) is None:
-        raise CheckpointError("the engine has no tokenizer files, so it cannot serve text",
-                              hint="`medusa-trt convert`/`build` copy them from the model directory.")
+        raise CheckpointError(
+            "the engine has no tokenizer files, so it cannot serve text",
+            hint="`medusa-trt convert`/`build` copy them from the model directory.",
+        )
     name = model_name or str(getattr(engine, "model_name", "") or "model")
     metrics = Metrics(name)
     worker = EngineWorker(engine, metrics)
@@ -46,8 +48,9 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
         yield
         worker.close()
 
-    app = FastAPI(title="medusa-trt reference server", version=__version__, docs_url=None, redoc_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="medusa-trt reference server", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     app.state.engine, app.state.worker, app.state.metrics, app.state.model_name = engine, worker, metrics, name
 
     @app.middleware("http")
@@ -108,16 +111,26 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
 
 
 def _model_card(engine: Any, name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "medusa-trt",
-            "max_model_len": int(engine.max_seq_len),
-            "medusa": {"num_heads": int(getattr(engine, "num_medusa_heads", 0) or 0),
-                       "tree_size": len(getattr(engine, "tree", None) or []),
-                       "tp": int(getattr(engine, "tp", 1) or 1)} if getattr(engine, "has_medusa", False) else None}
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "medusa-trt",
+        "max_model_len": int(engine.max_seq_len),
+        "medusa": {
+            "num_heads": int(getattr(engine, "num_medusa_heads", 0) or 0),
+            "tree_size": len(getattr(engine, "tree", None) or []),
+            "tp": int(getattr(engine, "tp", 1) or 1),
+        }
+        if getattr(engine, "has_medusa", False)
+        else None,
+    }
 
 
 def _unknown_model(got: str, name: str) -> APIError:
-    return APIError(404, f"The model `{got}` does not exist; this server serves `{name}`.",
-                    param="model", code="model_not_found")
+    return APIError(
+        404, f"The model `{got}` does not exist; this server serves `{name}`.", param="model", code="model_not_found"
+    )
 
 
 def _check_model(got: str | None, name: str) -> None:

@@ -55,8 +55,12 @@ class Outcome:
         # The engine counts a stop token it did not emit (as OpenAI counts EOS); cut short, we count
         # the tokens the client received.
         done = self.stats.completion_tokens if self.stats is not None else self.completion_tokens
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": int(done),
-                "total_tokens": self.prompt_tokens + int(done), "decoding_steps": self.steps()}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": int(done),
+            "total_tokens": self.prompt_tokens + int(done),
+            "decoding_steps": self.steps(),
+        }
 
 
 class Generator:
@@ -91,8 +95,7 @@ class Generator:
     def _chat_ids(self, body: ChatCompletionRequest) -> list[int]:
         _raise(body.unsupported())
         if not getattr(self.tokenizer, "chat_template", None):
-            raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions",
-                           param="messages")
+            raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -108,27 +111,42 @@ class Generator:
         if n_prompt == 0:
             raise APIError(400, "the prompt is empty", param="prompt")
         if n_prompt >= limit:
-            raise APIError(400, f"the prompt is {n_prompt} tokens; this model's maximum context length is "
-                           f"{limit} tokens (prompt + completion)", param="messages" if isinstance(
-                               body, ChatCompletionRequest) else "prompt", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt is {n_prompt} tokens; this model's maximum context length is "
+                f"{limit} tokens (prompt + completion)",
+                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )
         if max_tokens is None:
             max_tokens = limit - n_prompt
         elif n_prompt + max_tokens > limit:
-            raise APIError(400, f"this model's maximum context length is {limit} tokens; the prompt is "
-                           f"{n_prompt} and max_tokens asks for {max_tokens} more", param="max_tokens",
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"this model's maximum context length is {limit} tokens; the prompt is "
+                f"{n_prompt} and max_tokens asks for {max_tokens} more",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         extra: dict[str, Any] = {}
         if body.posterior_threshold is not None:
             extra["posterior_threshold"] = body.posterior_threshold
         if body.posterior_alpha is not None:
             extra["posterior_alpha"] = body.posterior_alpha
-        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              top_k=max(body.top_k, 0), seed=body.seed,
-                              stop_token_ids=tuple(body.stop_token_ids), **extra)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=max(body.top_k, 0),
+            seed=body.seed,
+            stop_token_ids=tuple(body.stop_token_ids),
+            **extra,
+        )
 
     # --- the flow ------------------------------------------------------------------------------
-    async def _serve(self, body: _Common, request: Request, ids: list[int], max_tokens: int | None,
-                     *, chat: bool) -> Response:
+    async def _serve(
+        self, body: _Common, request: Request, ids: list[int], max_tokens: int | None, *, chat: bool
+    ) -> Response:
         params = self._params(body, len(ids), max_tokens)
         job = Job(ids, params, body.medusa, asyncio.get_running_loop())
         self.worker.submit(job)
@@ -154,8 +172,7 @@ class Generator:
         self.record(out)
         return JSONResponse(self._full(chat, out, "".join(deltas)))
 
-    async def steps(self, job: Job, request: Request, out: Outcome, text: TextStream,
-                    event: Any) -> AsyncIterator[str]:
+    async def steps(self, job: Job, request: Request, out: Outcome, text: TextStream, event: Any) -> AsyncIterator[str]:
         """Yields the text of each decoding step, then any held-back tail; fills ``out`` as it goes.
 
         Raises APIError if the engine failed, ClientGone if the client left.
@@ -182,17 +199,29 @@ class Generator:
     def record(self, out: Outcome) -> None:
         per_depth = list(getattr(out.stats, "accepted_per_depth", None) or [])
         usage = out.usage()
-        self.metrics.generation(medusa=out.medusa, prompt_tokens=out.prompt_tokens,
-                                completion_tokens=usage["completion_tokens"], steps=usage["decoding_steps"],
-                                accepted_per_depth=per_depth)
+        self.metrics.generation(
+            medusa=out.medusa,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=usage["completion_tokens"],
+            steps=usage["decoding_steps"],
+            accepted_per_depth=per_depth,
+        )
 
     # --- response bodies -------------------------------------------------------------------------
     def _full(self, chat: bool, out: Outcome, content: str) -> dict[str, Any]:
-        head = {"id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": self.model_name}
+        head = {
+            "id": _new_id(chat),
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+        }
         if chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
-                                      "logprobs": None, "finish_reason": out.finish_reason}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": out.finish_reason,
+            }
         else:
             choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": out.finish_reason}
         return {**head, "choices": [choice], "usage": out.usage()}
@@ -206,8 +235,9 @@ class _JobStream(StreamingResponse):
     """
 
     def __init__(self, frames: AsyncIterator[str], job: Job) -> None:
-        super().__init__(frames, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            frames, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self._frames, self._job = frames, job
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -224,8 +254,17 @@ class _JobStream(StreamingResponse):
 class _SSE:
     """One streaming response: a chunk per decoding step, then usage (if asked) and [DONE]."""
 
-    def __init__(self, g: Generator, body: _Common, chat: bool, job: Job, request: Request, out: Outcome,
-                 text: TextStream, first: Any) -> None:
+    def __init__(
+        self,
+        g: Generator,
+        body: _Common,
+        chat: bool,
+        job: Job,
+        request: Request,
+        out: Outcome,
+        text: TextStream,
+        first: Any,
+    ) -> None:
         self.g, self.body, self.chat, self.job, self.request = g, body, chat, job, request
         self.out, self.text, self.first = out, text, first
         self.id, self.created = _new_id(chat), int(time.time())
@@ -233,13 +272,17 @@ class _SSE:
 
     def _frame(self, delta: str | None, finish: str | None, role: bool = False) -> str:
         if self.chat:
-            d: dict[str, Any] = {"role": "assistant", "content": ""} if role else \
-                ({"content": delta} if delta else {})
+            d: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta else {})
             choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-        doc: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                               "created": self.created, "model": self.g.model_name, "choices": [choice]}
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.g.model_name,
+            "choices": [choice],
+        }
         if self.usage:
             doc["usage"] = None
         return _data(doc)
@@ -260,9 +303,16 @@ class _SSE:
             yield self._frame(None, out.finish_reason)
             self.g.record(out)
             if self.usage:
-                yield _data({"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                             "created": self.created, "model": self.g.model_name, "choices": [],
-                             "usage": out.usage()})
+                yield _data(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk" if self.chat else "text_completion",
+                        "created": self.created,
+                        "model": self.g.model_name,
+                        "choices": [],
+                        "usage": out.usage(),
+                    }
+                )
             yield "data: [DONE]\n\n"
         except ClientGone:
             return

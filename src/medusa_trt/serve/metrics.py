@@ -54,8 +54,15 @@ class Metrics:
         with self._lock:
             self._outcomes[(("outcome", kind),)] += 1
 
-    def generation(self, *, medusa: bool, prompt_tokens: int, completion_tokens: int, steps: int,
-                   accepted_per_depth: Sequence[int] = ()) -> None:
+    def generation(
+        self,
+        *,
+        medusa: bool,
+        prompt_tokens: int,
+        completion_tokens: int,
+        steps: int,
+        accepted_per_depth: Sequence[int] = (),
+    ) -> None:
         m = ("medusa", "true" if medusa else "false")
         with self._lock:
             self._tokens[(("kind", "prompt"), m)] += prompt_tokens
@@ -75,21 +82,42 @@ class Metrics:
     def render(self) -> str:
         with self._lock:
             out: list[str] = []
-            self._family(out, "requests_total", "counter", "HTTP requests by endpoint and status code.",
-                         self._requests)
-            self._family(out, "generations_total", "counter",
-                         "Generations the engine ran, by outcome (finished, cancelled, failed).", self._outcomes)
-            self._family(out, "tokens_total", "counter", "Prompt and completion tokens of finished generations.",
-                         self._tokens)
-            self._family(out, "decoding_steps_total", "counter",
-                         "Decoding steps (verification forwards, prefill excluded).", self._steps)
-            self._family(out, "accepted_draft_tokens_total", "counter",
-                         "Accepted Medusa draft tokens by tree depth.", self._accepted)
+            self._family(out, "requests_total", "counter", "HTTP requests by endpoint and status code.", self._requests)
+            self._family(
+                out,
+                "generations_total",
+                "counter",
+                "Generations the engine ran, by outcome (finished, cancelled, failed).",
+                self._outcomes,
+            )
+            self._family(
+                out, "tokens_total", "counter", "Prompt and completion tokens of finished generations.", self._tokens
+            )
+            self._family(
+                out,
+                "decoding_steps_total",
+                "counter",
+                "Decoding steps (verification forwards, prefill excluded).",
+                self._steps,
+            )
+            self._family(
+                out,
+                "accepted_draft_tokens_total",
+                "counter",
+                "Accepted Medusa draft tokens by tree depth.",
+                self._accepted,
+            )
             self._histogram(out)
-            self._family(out, "requests_running", "gauge", "Generations running now (0 or 1).",
-                         {(): float(self.running)})
-            self._family(out, "requests_waiting", "gauge", "Requests queued behind the running generation.",
-                         {(): float(self.waiting)})
+            self._family(
+                out, "requests_running", "gauge", "Generations running now (0 or 1).", {(): float(self.running)}
+            )
+            self._family(
+                out,
+                "requests_waiting",
+                "gauge",
+                "Requests queued behind the running generation.",
+                {(): float(self.waiting)},
+            )
             return "\n".join(out) + "\n"
 
     def _family(self, out: list[str], name: str, kind: str, help_: str, series: dict[Labels, float]) -> None:
@@ -101,8 +129,10 @@ class Metrics:
 
     def _histogram(self, out: list[str]) -> None:
         full = f"{PREFIX}_tokens_per_step"
-        out += [f"# HELP {full} Tokens per decoding step (the prefill token excluded), one observation per generation.",
-                f"# TYPE {full} histogram"]
+        out += [
+            f"# HELP {full} Tokens per decoding step (the prefill token excluded), one observation per generation.",
+            f"# TYPE {full} histogram",
+        ]
         model = (("model", self._model),)
         for labels, buckets in sorted(self._tps_buckets.items()):
             base = model + labels

@@ -15,8 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class APIError(Exception):
     """An error answered as OpenAI JSON: ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -92,11 +99,19 @@ class CompletionRequest(_Common):
     def unsupported(self) -> APIError | None:
         if (err := super().unsupported()) is not None:
             return err
-        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str | list) \
-                and len(self.prompt) != 1:
+        if (
+            isinstance(self.prompt, list)
+            and self.prompt
+            and isinstance(self.prompt[0], str | list)
+            and len(self.prompt) != 1
+        ):
             return APIError(400, "only one prompt per request is supported", param="prompt")
-        for bad, param in ((self.echo, "echo"), (self.logprobs is not None, "logprobs"),
-                           (self.best_of not in (None, 1), "best_of"), (bool(self.suffix), "suffix")):
+        for bad, param in (
+            (self.echo, "echo"),
+            (self.logprobs is not None, "logprobs"),
+            (self.best_of not in (None, 1), "best_of"),
+            (bool(self.suffix), "suffix"),
+        ):
             if bad:
                 return APIError(400, f"{param} is not supported", param=param)
         return None
@@ -113,8 +128,9 @@ class ChatMessage(BaseModel):
         parts = []
         for part in self.content:
             if part.get("type") != "text":
-                raise APIError(400, f"content part type {part.get('type')!r} is not supported (text only)",
-                               param="messages")
+                raise APIError(
+                    400, f"content part type {part.get('type')!r} is not supported (text only)", param="messages"
+                )
             parts.append(str(part.get("text", "")))
         return "".join(parts)
 
@@ -129,8 +145,11 @@ class ChatCompletionRequest(_Common):
     def unsupported(self) -> APIError | None:
         if (err := super().unsupported()) is not None:
             return err
-        for bad, param in ((self.logprobs, "logprobs"), (self.top_logprobs is not None, "top_logprobs"),
-                           (bool(self.tools), "tools")):
+        for bad, param in (
+            (self.logprobs, "logprobs"),
+            (self.top_logprobs is not None, "top_logprobs"),
+            (bool(self.tools), "tools"),
+        ):
             if bad:
                 return APIError(400, f"{param} is not supported", param=param)
         return None

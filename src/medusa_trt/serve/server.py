@@ -25,8 +25,14 @@ import uvicorn
 GRACE_S = 2  # how long open connections may finish after a signal before they are cut
 
 
-def run_server(engine_dir: Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-               model_name: str | None = None, tree: str | list[list[int]] | None = None) -> int:
+def run_server(
+    engine_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    model_name: str | None = None,
+    tree: str | list[list[int]] | None = None,
+) -> int:
     """Serve ``engine_dir`` (an engine or converted checkpoint directory) until SIGINT/SIGTERM.
 
     Prints ``serving MODEL at http://HOST:PORT`` on stderr once the port accepts connections
@@ -55,13 +61,17 @@ def _serve(engine: Any, sock: socket.socket, model_name: str | None) -> int:
     from medusa_trt.serve.app import create_app
 
     app = create_app(engine, model_name)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S,
-                            lifespan="on")
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S, lifespan="on"
+    )
     name = app.state.model_name
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{_url_host(bound_host)}:{bound_port}"
-    server = _Server(config, on_signal=app.state.worker.close,
-                     on_started=lambda: _log(f"serving {name} at {url} (OpenAI API under {url}/v1; Ctrl-C to stop)"))
+    server = _Server(
+        config,
+        on_signal=app.state.worker.close,
+        on_started=lambda: _log(f"serving {name} at {url} (OpenAI API under {url}/v1; Ctrl-C to stop)"),
+    )
 
     try:
         asyncio.run(server.serve(sockets=[sock]))
@@ -139,8 +149,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise InvalidInputError(f"cannot listen on {host}:{port}: {e.strerror or e}",
-                                hint="pick another --port (0 picks a free one) or stop what uses it") from e
+        raise InvalidInputError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}",
+            hint="pick another --port (0 picks a free one) or stop what uses it",
+        ) from e
     # no listen() yet: asyncio listens once the app is ready, so clients get "connection refused"
     # (not a hang) while the engine loads
     return sock

@@ -25,8 +25,8 @@ class TextStream:
         self._ids: list[int] = []
         self._stop = [s for s in stop if s]
         self._hold = max((len(s) for s in self._stop), default=1) - 1  # a stop string may be half-seen
-        self.text = ""          # decoded completion so far (cut at a stop string once one matched)
-        self.emitted = 0        # characters of self.text already handed out
+        self.text = ""  # decoded completion so far (cut at a stop string once one matched)
+        self.emitted = 0  # characters of self.text already handed out
         self.stopped = False
 
     def _decode(self) -> str:

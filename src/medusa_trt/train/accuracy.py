@@ -39,7 +39,7 @@ def accumulate(base: list[int], topk_ids: torch.Tensor, hits: torch.Tensor, coun
         m = n - (k + 1)  # steps s with b[s+k+1] known
         if m <= 0:
             continue
-        target = b[k + 1: k + 1 + m]  # [m]
+        target = b[k + 1 : k + 1 + m]  # [m]
         hits[k] += (topk_ids[:m, k, :] == target[:, None]).sum(0).float()  # [R]
         counts[k] += m
 
@@ -57,7 +57,7 @@ def _hf_decoder(model_dir: Path, heads_dir: Path, topk: int, device: str) -> tup
         cont = greedy_continue(model, ids, steps, eos)
         seq = torch.tensor([ids + cont], device=next(model.parameters()).device)
         h = model.model(seq).last_hidden_state  # [1, S, D]
-        rows = h[:, len(ids) - 1: len(ids) - 1 + len(cont)]  # step s reads the hidden state before b[s]
+        rows = h[:, len(ids) - 1 : len(ids) - 1 + len(cont)]  # step s reads the hidden state before b[s]
         top = heads(rows)[:, 0].topk(topk, dim=-1).indices  # [K, n, R]
         return cont, top.permute(1, 0, 2).cpu()  # [n, K, R]
 
@@ -73,8 +73,10 @@ def _runtime_decoder(path: Path, topk: int, device: str) -> tuple[Decoder, Any, 
     if info.num_medusa_heads == 0:
         raise CheckpointError(f"{path} has no Medusa heads", hint="Convert with --medusa HEADS first.")
     if info.tp != 1:
-        raise IncompatibleError(f"{path} is split for tp={info.tp}; accuracy runs on one rank",
-                                hint="Convert the same model with --tp 1 for calibration.")
+        raise IncompatibleError(
+            f"{path} is split for tp={info.tp}; accuracy runs on one rank",
+            hint="Convert the same model with --tp 1 for calibration.",
+        )
     shard = LlamaShard(info, 0, device, LocalComm())
     tok = _load_tokenizer(info.ckpt_dir, path)
     if tok is None:
@@ -102,9 +104,16 @@ def _runtime_decoder(path: Path, topk: int, device: str) -> tuple[Decoder, Any, 
     return run, tok, info.num_medusa_heads
 
 
-def measure_accuracy(path: str | Path, prompts: list[Prompt], *, heads_dir: str | Path | None = None,
-                     steps: int = 48, topk: int = TOPK, device: str = "cpu",
-                     on_prompt: Callable[[], None] | None = None) -> AccuracyResult:
+def measure_accuracy(
+    path: str | Path,
+    prompts: list[Prompt],
+    *,
+    heads_dir: str | Path | None = None,
+    steps: int = 48,
+    topk: int = TOPK,
+    device: str = "cpu",
+    on_prompt: Callable[[], None] | None = None,
+) -> AccuracyResult:
     """The accuracy table for a converted checkpoint (reference runtime) or an HF dir + heads dir."""
     if not 1 <= topk <= TOPK:
         raise InvalidInputError(f"--topk must be in 1..{TOPK}, got {topk}")

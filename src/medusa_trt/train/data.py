@@ -41,7 +41,7 @@ _BUILTIN_CODE = [
     "def read_config(path):\n    with open(path) as f:\n",
     "for i in range(10):\n",
     "def parse_args():\n    import argparse\n\n    parser = argparse.ArgumentParser(",
-    "if __name__ == \"__main__\":\n",
+    'if __name__ == "__main__":\n',
     "def merge_sort(values):\n    if len(values) <= 1:\n",
 ]
 
@@ -68,8 +68,10 @@ def _from_record(rec: Any, where: str) -> Prompt:
         for key in ("prompt", "text"):
             if isinstance(rec.get(key), str):
                 return str(rec[key])
-    raise InvalidInputError(f"{where}: a prompt must be a string or an object with 'prompt', 'text' or 'messages'",
-                            hint='JSONL lines like {"prompt": "def add(a, b):"} or {"messages": [...]}.')
+    raise InvalidInputError(
+        f"{where}: a prompt must be a string or an object with 'prompt', 'text' or 'messages'",
+        hint='JSONL lines like {"prompt": "def add(a, b):"} or {"messages": [...]}.',
+    )
 
 
 def load_prompts(spec: str | Path) -> list[Prompt]:
@@ -80,8 +82,9 @@ def load_prompts(spec: str | Path) -> list[Prompt]:
     try:
         text = path.read_text()
     except OSError as e:
-        raise InvalidInputError(f"cannot read prompts {path}: {e.strerror}",
-                                hint="Pass --data builtin or a JSONL/text file of prompts.") from e
+        raise InvalidInputError(
+            f"cannot read prompts {path}: {e.strerror}", hint="Pass --data builtin or a JSONL/text file of prompts."
+        ) from e
     prompts: list[Prompt]
     if path.suffix == ".json":
         data = json.loads(text)

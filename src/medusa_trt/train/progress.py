@@ -19,9 +19,15 @@ class TrainProgress:
 
     def __enter__(self) -> TrainProgress:
         if self.enabled:
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
-                               transient=False)
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
+            )
             self._p.start()
         return self
 

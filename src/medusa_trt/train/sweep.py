@@ -22,8 +22,9 @@ def chain_mask(t: int) -> torch.Tensor:
     return torch.ones(t, t, dtype=torch.bool).tril()
 
 
-def sweep_step_times(path: str | Path, sizes: list[int], *, context_len: int = 64, repeats: int = 5,
-                     device: str = "cpu") -> dict[int, float]:
+def sweep_step_times(
+    path: str | Path, sizes: list[int], *, context_len: int = 64, repeats: int = 5, device: str = "cpu"
+) -> dict[int, float]:
     """Median milliseconds of one decoding step per tree size (draft nodes)."""
     from medusa_trt.runtime.config import read_checkpoint
     from medusa_trt.runtime.model import LlamaShard, LocalComm
@@ -34,11 +35,15 @@ def sweep_step_times(path: str | Path, sizes: list[int], *, context_len: int = 6
         raise InvalidInputError("--repeats and --context-len must be at least 1")
     info = read_checkpoint(path)
     if info.tp != 1:
-        raise IncompatibleError(f"{path} is split for tp={info.tp}; the sweep runs one rank",
-                                hint="Convert with --tp 1, or time the tp engine with `medusa-trt bench`.")
+        raise IncompatibleError(
+            f"{path} is split for tp={info.tp}; the sweep runs one rank",
+            hint="Convert with --tp 1, or time the tp engine with `medusa-trt bench`.",
+        )
     if context_len + max(sizes) + 1 > info.max_seq_len:
-        raise InvalidInputError(f"context {context_len} + {max(sizes) + 1} tree tokens exceed max_seq_len "
-                                f"{info.max_seq_len}", hint="Lower --context-len or the largest --sizes.")
+        raise InvalidInputError(
+            f"context {context_len} + {max(sizes) + 1} tree tokens exceed max_seq_len {info.max_seq_len}",
+            hint="Lower --context-len or the largest --sizes.",
+        )
     shard = LlamaShard(info, 0, device, LocalComm())
     shard.alloc(context_len + max(sizes) + 1)
     gen = torch.Generator().manual_seed(0)

@@ -78,8 +78,10 @@ class Distilled:
 
 def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MissingDependencyError("--device cuda but no CUDA device is visible to torch",
-                                     hint="Use --device cpu, or install a CUDA build of torch.")
+        raise MissingDependencyError(
+            "--device cuda but no CUDA device is visible to torch",
+            hint="Use --device cpu, or install a CUDA build of torch.",
+        )
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise InvalidInputError(f"unknown device '{name}'", hint="Use cpu or cuda.")
     return torch.device(name)
@@ -93,8 +95,10 @@ def load_backbone(model_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]
     hf_logging.disable_progress_bar()  # our own progress goes to stderr; no per-load tqdm bars
     d = Path(model_dir)
     if not (d / "config.json").is_file():
-        raise CheckpointError(f"{d}: not a Hugging Face model directory (no config.json)",
-                              hint="Pass the directory holding config.json, *.safetensors and the tokenizer.")
+        raise CheckpointError(
+            f"{d}: not a Hugging Face model directory (no config.json)",
+            hint="Pass the directory holding config.json, *.safetensors and the tokenizer.",
+        )
     tok = AutoTokenizer.from_pretrained(str(d))
     model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).to(_device(device)).eval()
     model.requires_grad_(False)
@@ -134,11 +138,18 @@ def greedy_continue_batch(model: Any, batch: list[list[int]], n: int, eos: set[i
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [B, W]
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, x in enumerate(batch):
-        ids[i, width - len(x):] = torch.tensor(x)
-        mask[i, width - len(x):] = 1
-    out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=n, min_new_tokens=0,
-                         do_sample=False, num_beams=1, pad_token_id=pad_id,
-                         eos_token_id=sorted(eos) or None)  # [B, W + n']
+        ids[i, width - len(x) :] = torch.tensor(x)
+        mask[i, width - len(x) :] = 1
+    out = model.generate(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        max_new_tokens=n,
+        min_new_tokens=0,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(eos) or None,
+    )  # [B, W + n']
     result = []
     for row in out[:, width:].tolist():
         cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
@@ -146,8 +157,16 @@ def greedy_continue_batch(model: Any, batch: list[list[int]], n: int, eos: set[i
     return result
 
 
-def distill(model: Any, tokenizer: Any, prompts: list[Prompt], *, gen_tokens: int, seq_len: int,
-            progress: Any = None, batch_size: int = 32) -> Distilled:
+def distill(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    *,
+    gen_tokens: int,
+    seq_len: int,
+    progress: Any = None,
+    batch_size: int = 32,
+) -> Distilled:
     """Run the base model greedily on every prompt: its own continuations are the targets."""
     eos = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
@@ -163,7 +182,7 @@ def distill(model: Any, tokenizer: Any, prompts: list[Prompt], *, gen_tokens: in
     jobs.sort(key=lambda j: len(j[0]))  # similar lengths together: less padding
     seqs, starts = [], []
     for i in range(0, len(jobs), batch_size):
-        chunk = jobs[i: i + batch_size]
+        chunk = jobs[i : i + batch_size]
         conts = greedy_continue_batch(model, [ids for ids, _ in chunk], max(b for _, b in chunk), eos, int(pad))
         for (ids, budget), cont in zip(chunk, conts, strict=True):
             seqs.append(ids + cont[:budget])
@@ -171,8 +190,10 @@ def distill(model: Any, tokenizer: Any, prompts: list[Prompt], *, gen_tokens: in
             if progress is not None:
                 progress()
     if not seqs:
-        raise InvalidInputError("no usable training sequences (prompts too long for --seq-len?)",
-                                hint="Raise --seq-len or use shorter prompts.")
+        raise InvalidInputError(
+            "no usable training sequences (prompts too long for --seq-len?)",
+            hint="Raise --seq-len or use shorter prompts.",
+        )
     return Distilled(seqs, starts)
 
 
@@ -225,8 +246,9 @@ def head_topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ..
     return out
 
 
-def _batch(hiddens: list[torch.Tensor], labels: list[list[int]], idx: list[int],
-           dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(
+    hiddens: list[torch.Tensor], labels: list[list[int]], idx: list[int], dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad a batch: hidden [B, S, D], labels [B, S] with -100 on padding."""
     s = max(hiddens[i].shape[0] for i in idx)
     d = hiddens[idx[0]].shape[1]
@@ -240,13 +262,19 @@ def _batch(hiddens: list[torch.Tensor], labels: list[list[int]], idx: list[int],
 
 
 @torch.no_grad()
-def evaluate(heads: MedusaHeads, hiddens: list[torch.Tensor], labels: list[list[int]], idx: list[int],
-             dev: torch.device, batch: int = 16) -> tuple[float, list[float], list[float]]:
+def evaluate(
+    heads: MedusaHeads,
+    hiddens: list[torch.Tensor],
+    labels: list[list[int]],
+    idx: list[int],
+    dev: torch.device,
+    batch: int = 16,
+) -> tuple[float, list[float], list[float]]:
     """Weighted loss, per-head top-1 and top-5 accuracy over ``idx``."""
     hits = torch.zeros(heads.num_heads, 3)
     losses = []
     for i in range(0, len(idx), batch):
-        h, y = _batch(hiddens, labels, idx[i: i + batch], dev)
+        h, y = _batch(hiddens, labels, idx[i : i + batch], dev)
         logits = heads(h)  # [K, B, S, V]
         losses.append(float(head_loss(logits, y)[0]))
         hits += head_topk_hits(logits, y).cpu()
@@ -267,13 +295,29 @@ def _ckpt_dir(output: Path) -> Path:
     return output / ".train"
 
 
-def _save_checkpoint(output: Path, step: int, heads: MedusaHeads, opt: torch.optim.Optimizer,
-                     gen: torch.Generator, history: list[dict[str, Any]], cfg_key: dict[str, Any]) -> None:
+def _save_checkpoint(
+    output: Path,
+    step: int,
+    heads: MedusaHeads,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    history: list[dict[str, Any]],
+    cfg_key: dict[str, Any],
+) -> None:
     d = _ckpt_dir(output)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".state.pt.tmp{os.getpid()}"
-    torch.save({"step": step, "heads": heads.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state(),
-                "history": history, "config": cfg_key}, tmp)
+    torch.save(
+        {
+            "step": step,
+            "heads": heads.state_dict(),
+            "opt": opt.state_dict(),
+            "rng": gen.get_state(),
+            "history": history,
+            "config": cfg_key,
+        },
+        tmp,
+    )
     tmp.replace(d / "state.pt")
 
 
@@ -283,9 +327,14 @@ def _config_key(cfg: TrainConfig, model_dir: Path, data: str) -> dict[str, Any]:
     return {"model": str(model_dir.resolve()), "data": data, **{k: getattr(cfg, k) for k in keep}}
 
 
-def train_heads(model_dir: str | Path, output: str | Path, *, data: str | list[Prompt] = "builtin",
-                config: TrainConfig | None = None,
-                on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+def train_heads(
+    model_dir: str | Path,
+    output: str | Path,
+    *,
+    data: str | list[Prompt] = "builtin",
+    config: TrainConfig | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
     """Train Medusa-1 heads for ``model_dir`` and write them (FasterDecoding format) to ``output``.
 
     ``on_step(step, loss)`` is called after every optimizer step (progress hooks, tests).
@@ -311,16 +360,21 @@ def train_heads(model_dir: str | Path, output: str | Path, *, data: str | list[P
         except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
             state, dd = None, None  # unreadable (another torch version?): start over
         # a different run (or data distilled for another one): start over rather than mix
-        if (not isinstance(state, dict) or state.get("config") != key or not isinstance(dd, dict)
-                or dd.get("config") != key):
+        if (
+            not isinstance(state, dict)
+            or state.get("config") != key
+            or not isinstance(dd, dict)
+            or dd.get("config") != key
+        ):
             state, dd = None, None
     with TrainProgress(enabled=cfg.progress) as prog:
         if state is not None and dd is not None:
             dist = Distilled(dd["sequences"], dd["starts"])
         else:
             task = prog.add("self-distillation (greedy generations)", len(prompts))
-            dist = distill(model, tok, prompts, gen_tokens=cfg.gen_tokens, seq_len=cfg.seq_len,
-                           progress=lambda: prog.advance(task))
+            dist = distill(
+                model, tok, prompts, gen_tokens=cfg.gen_tokens, seq_len=cfg.seq_len, progress=lambda: prog.advance(task)
+            )
             ckpt.mkdir(parents=True, exist_ok=True)
             tmp = ckpt / f".data.json.tmp{os.getpid()}"
             tmp.write_text(json.dumps({"config": key, "sequences": dist.sequences, "starts": dist.starts}))
@@ -335,8 +389,9 @@ def train_heads(model_dir: str | Path, output: str | Path, *, data: str | list[P
         train_idx = list(range(len(hiddens) - n_eval)) or [0]
 
         lm_head = model.get_output_embeddings().weight.detach().float()  # [V, D]
-        heads = MedusaHeads(lm_head.shape[1], lm_head.shape[0], cfg.num_heads, cfg.num_layers,
-                            lm_head_weight=lm_head).to(dev)
+        heads = MedusaHeads(
+            lm_head.shape[1], lm_head.shape[0], cfg.num_heads, cfg.num_layers, lm_head_weight=lm_head
+        ).to(dev)
         opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         start, history = 0, []
@@ -367,10 +422,22 @@ def train_heads(model_dir: str | Path, output: str | Path, *, data: str | list[P
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 ev_loss, top1, top5 = evaluate(heads, hiddens, labels, eval_idx, dev)
-                history.append({"step": done, "train_loss": loss.item(), "eval_loss": ev_loss,
-                                "eval_top1": top1, "eval_top5": top5, "lr": lr_at(step, cfg)})
-                prog.log(f"step {done}: loss {loss.item():.3f} eval {ev_loss:.3f} top1 "
-                         + " ".join(f"{a:.2f}" for a in top1) + " top5 " + " ".join(f"{a:.2f}" for a in top5))
+                history.append(
+                    {
+                        "step": done,
+                        "train_loss": loss.item(),
+                        "eval_loss": ev_loss,
+                        "eval_top1": top1,
+                        "eval_top5": top5,
+                        "lr": lr_at(step, cfg),
+                    }
+                )
+                prog.log(
+                    f"step {done}: loss {loss.item():.3f} eval {ev_loss:.3f} top1 "
+                    + " ".join(f"{a:.2f}" for a in top1)
+                    + " top5 "
+                    + " ".join(f"{a:.2f}" for a in top5)
+                )
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 _save_checkpoint(out, done, heads, opt, gen, history, key)
             if on_step is not None:
@@ -380,7 +447,16 @@ def train_heads(model_dir: str | Path, output: str | Path, *, data: str | list[P
     _save_checkpoint(out, cfg.steps, heads, opt, gen, history, key)
     heads.save_pretrained(out, base_model=str(model_dir))
     (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=2))
-    return TrainResult(steps=cfg.steps, final_loss=final_train, initial_loss=init_train, eval_final_loss=final_loss,
-                       eval_initial_loss=init_loss, top1=top1, top5=top5,
-                       initial_top1=init_top1, sequences=len(dist.sequences),
-                       resumed_from=int(state["step"]) if state is not None else 0, history=history)
+    return TrainResult(
+        steps=cfg.steps,
+        final_loss=final_train,
+        initial_loss=init_train,
+        eval_final_loss=final_loss,
+        eval_initial_loss=init_loss,
+        top1=top1,
+        top5=top5,
+        initial_top1=init_top1,
+        sequences=len(dist.sequences),
+        resumed_from=int(state["step"]) if state is not None else 0,
+        history=history,
+    )
