@@ -64,3 +64,7 @@ class ToolFailedError(MedusaTrtError):
 
 class ServerError(MedusaTrtError):
     """A server that cannot be reached or answers with errors (exit 1)."""
+
+
+class EngineFailedError(MedusaTrtError):
+    """A tensor-parallel rank died, or a step outlived its timeout (exit 1): the engine cannot go on."""

@@ -8,6 +8,8 @@ import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 from medusa_trt.errors import InvalidInputError
+from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
 
 
 def run_cmd(
@@ -38,6 +40,31 @@ def run_cmd(
     host: Annotated[str, typer.Option("--host", help="Serve: address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Serve: port.")] = 8000,
     print_cmd: Annotated[bool, typer.Option("--print-cmd", help="Serve: print the command and exit.")] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="MEDUSA_TRT_API_KEY",
+            show_envvar=True,
+            help="Serve: /v1/* requires `Authorization: Bearer KEY` (401 otherwise); /health and /metrics stay open.",
+        ),
+    ] = None,
+    max_request_mb: Annotated[
+        float,
+        typer.Option("--max-request-mb", help="Serve: larger request bodies get 413 before they are parsed."),
+    ] = DEFAULT_MAX_REQUEST_MB,
+    step_timeout: Annotated[
+        float,
+        typer.Option(
+            "--step-timeout",
+            help="Seconds a decoding step may take before the engine counts as hung (tp ranks are killed, "
+            "the server exits 1); 0: off.",
+        ),
+    ] = STEP_TIMEOUT_S,
+    first_step_timeout: Annotated[
+        float,
+        typer.Option("--first-step-timeout", help="The same for a request's first forward (the prefill); 0: off."),
+    ] = FIRST_STEP_TIMEOUT_S,
     json_out: JsonOpt = False,
 ) -> int:
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
@@ -49,7 +76,17 @@ def run_cmd(
                 raise InvalidInputError("--json needs --prompt (one generation) or --print-cmd (the serve command)")
             emit_json(serve_command(path, host, port))
             return 0
-        return int(serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device))
+        if max_request_mb <= 0:
+            raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
+        if step_timeout < 0 or first_step_timeout < 0:
+            raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
+        guard = ServeGuard(
+            api_key=api_key or None,
+            max_request_bytes=int(max_request_mb * 2**20),
+            step_timeout_s=step_timeout,
+            first_step_timeout_s=first_step_timeout,
+        )
+        return int(serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device, guard=guard))
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")
     doc = generate_once(
@@ -65,6 +102,8 @@ def run_cmd(
         device=device,
         chat=chat,
         echo=not json_out,
+        step_timeout=step_timeout,
+        first_step_timeout=first_step_timeout,
     )
     if json_out:
         emit_json(doc)
@@ -92,12 +131,15 @@ def generate_once(
     device: str,
     chat: bool,
     echo: bool,
+    step_timeout: float = STEP_TIMEOUT_S,
+    first_step_timeout: float = FIRST_STEP_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Load, generate (streaming text to stdout when ``echo``), close; the --json document."""
     import sys
 
     from medusa_trt.errors import CheckpointError
     from medusa_trt.runtime import SamplingParams, load_engine
+    from medusa_trt.runtime.watchdog import StepClock, run_guarded
 
     with err_console.status("loading the reference engine", spinner="dots"):
         engine = load_engine(path, device=device, tree=tree)
@@ -115,18 +157,28 @@ def generate_once(
         else:
             ids = tok(prompt, add_special_tokens=True)["input_ids"]
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        gen = engine.generate(list(ids), params, medusa=medusa)
         out: list[int] = []
-        finish = None
-        shown = ""
-        for chunk in gen:
-            out += chunk.token_ids
-            finish = chunk.finish_reason
-            if echo:  # print the text as it grows (decode the whole run: BPE pieces merge)
-                text = tok.decode(out, skip_special_tokens=True)
-                sys.stdout.write(text[len(shown) :])
-                sys.stdout.flush()
-                shown = text
+        finish: list[str | None] = [None]
+
+        def generate(clock: StepClock) -> Any:
+            # on a thread under the watchdog: a dead or hung tp rank ends the run in seconds
+            shown = ""
+            with clock.step(first=True):
+                gen = engine.generate(list(ids), params, medusa=medusa)
+                chunk = next(gen, None)
+            while chunk is not None:
+                out.extend(chunk.token_ids)
+                finish[0] = chunk.finish_reason
+                if echo:  # print the text as it grows (decode the whole run: BPE pieces merge)
+                    text = tok.decode(out, skip_special_tokens=True)
+                    sys.stdout.write(text[len(shown) :])
+                    sys.stdout.flush()
+                    shown = text
+                with clock.step():
+                    chunk = next(gen, None)
+            return gen
+
+        gen = run_guarded(engine, generate, first_timeout_s=first_step_timeout, step_timeout_s=step_timeout)
         if echo:
             sys.stdout.write("\n")
         st = gen.stats
@@ -134,7 +186,7 @@ def generate_once(
         return {
             "text": tok.decode(out, skip_special_tokens=True),
             "token_ids": out,
-            "finish_reason": finish,
+            "finish_reason": finish[0],
             "prompt_tokens": st.prompt_tokens,
             "completion_tokens": st.completion_tokens,
             "num_steps": st.num_steps,

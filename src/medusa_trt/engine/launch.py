@@ -109,9 +109,13 @@ def serve(
     port: int = 8000,
     print_cmd: bool = False,
     device: str = "cpu",
+    guard: Any = None,
     **_ignored: Any,
 ) -> int:
-    """Serve a built engine directory until interrupted; returns the process exit code."""
+    """Serve a built engine directory until interrupted; returns the process exit code.
+
+    ``guard`` (medusa_trt.serve.ServeGuard): API key, body limit and step timeouts of the reference server.
+    """
     engine_dir = Path(engine_dir).resolve()
     cmd = serve_command(engine_dir, host, port)
     if print_cmd or cmd["nodes"] > 1:  # several nodes: the launch lines, to run from the login node
@@ -122,7 +126,16 @@ def serve(
         os.environ.update(cmd["env"])
         from medusa_trt.serve.server import run_server
 
-        return int(run_server(engine_dir, host, port, device, cmd["model_name"]))
+        return int(run_server(engine_dir, host, port, device, cmd["model_name"], guard=guard))
+    if guard is not None and guard.api_key:
+        from medusa_trt.errors import InvalidInputError
+
+        # trtllm-serve (TensorRT-LLM 1.0-1.2) has no API-key option: never serve unprotected by surprise
+        raise InvalidInputError(
+            "--api-key is not supported for TensorRT-LLM engines: trtllm-serve has no API-key option",
+            hint="Bind trtllm-serve to 127.0.0.1 behind a reverse proxy that checks the key, or unset "
+            "--api-key/MEDUSA_TRT_API_KEY.",
+        )
     trtllm.check_trtllm(("trtllm-serve",), require_package=False)
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
 

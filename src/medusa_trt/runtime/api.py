@@ -28,6 +28,8 @@ class SamplingParams:
     top_k: int = 0  # 0 -> off
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's eos ids
+    ignore_eos: bool = False  # the eos ids do not stop (stop_token_ids still do), as vLLM's and TRT-LLM's
+    min_tokens: int = 0  # no stop token ends the generation before this many completion tokens
     posterior_threshold: float = 0.09  # typical acceptance (temperature > 0, lossy)
     posterior_alpha: float = 0.3
 
@@ -112,16 +114,24 @@ class ReferenceEngine:
         bad = [t for t in prompt_ids if not 0 <= t < self.info.vocab_size]
         if bad:
             raise InvalidInputError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.vocab_size - 1})")
-        if params.max_tokens < 1 or params.temperature < 0 or not 0 < params.top_p <= 1 or params.top_k < 0:
+        if (
+            params.max_tokens < 1
+            or params.temperature < 0
+            or not 0 < params.top_p <= 1
+            or params.top_k < 0
+            or not 0 <= params.min_tokens <= params.max_tokens
+        ):
             raise InvalidInputError(
-                "invalid sampling parameters: need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0"
+                "invalid sampling parameters: need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
+                "0 <= min_tokens <= max_tokens"
             )
         buffers = self._buffers if medusa else None
+        eos = set() if params.ignore_eos else self._stop_ids
         decoder = Decoder(
             self._runner,
             list(prompt_ids),
             params,
-            self._stop_ids | set(params.stop_token_ids),
+            eos | set(params.stop_token_ids),
             self.max_seq_len,
             buffers,
         )
@@ -130,6 +140,20 @@ class ReferenceEngine:
 
     def _release(self) -> None:
         self._busy = False
+
+    def rank_failures(self) -> list[str]:
+        """One line per tensor-parallel rank that is no longer running (empty while all are up)."""
+        return [f"tensor-parallel rank {r} {_exit_text(code)}" for r, code in self._runner.dead_ranks()]
+
+    def ping(self) -> None:
+        """A round trip through every rank; blocks while one is stopped or hung (call between generations)."""
+        if self._busy:
+            raise InvalidInputError("the engine is busy with a generation", hint="Ping between generations.")
+        self._runner.ping()
+
+    def abort(self) -> None:
+        """Kill the tp ranks now (a collective stuck on a hung rank then fails at once); close() after."""
+        self._runner.abort()
 
     def close(self) -> None:
         """Stop the tp worker processes (idempotent)."""
@@ -140,6 +164,19 @@ class ReferenceEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _exit_text(code: int | None) -> str:
+    import signal
+
+    if code is None:
+        return "is not running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def _eos_ids(ckpt_dir: Path, tokenizer: Any) -> set[int]:

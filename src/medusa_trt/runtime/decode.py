@@ -99,7 +99,7 @@ class Decoder:
             if self.completion >= self.budget:
                 return out, "length"
             self.completion += 1
-            if tok in self.stop:
+            if tok in self.stop and self.completion > self.p.min_tokens:  # before min_tokens: a plain token
                 return out, "stop"
             out.append(tok)
         return out, ("length" if self.completion >= self.budget else None)

@@ -23,7 +23,7 @@ from medusa_trt.errors import CheckpointError, MissingDependencyError
 from medusa_trt.runtime.config import CheckpointInfo, read_checkpoint
 from medusa_trt.runtime.model import LlamaShard, LocalComm
 
-STOP, ALLOC, FORWARD, HEADS, COMMIT = range(5)
+STOP, ALLOC, FORWARD, HEADS, COMMIT, PING = range(6)
 TIMEOUT = timedelta(seconds=900)
 
 
@@ -63,6 +63,7 @@ class Runner:
         self.device = _device_for(device, 0)
         self._procs: list[Any] = []
         self._threads: int | None = None
+        self._aborted = False
         if self.tp == 1:
             self.model = LlamaShard(info, 0, self.device, LocalComm())
             return
@@ -147,8 +148,25 @@ class Runner:
             torch.set_num_threads(self._threads)
             self._threads = None
 
+    def dead_ranks(self) -> list[tuple[int, int | None]]:
+        """(rank, exit code) of every spawned rank that is no longer running (negative code: signal)."""
+        return [(r, p.exitcode) for r, p in enumerate(self._procs, start=1) if not p.is_alive()]
+
+    def abort(self) -> None:
+        """SIGKILL every rank now, without the STOP handshake: a collective blocked on a dead or hung
+        rank then fails at once instead of after the process group's timeout. The engine is unusable after."""
+        self._aborted = True
+        for p in self._procs:
+            if p.is_alive():
+                p.kill()
+        for p in self._procs:
+            p.join(timeout=5)
+
     def close(self) -> None:
         if self.tp == 1 or not self._procs:
+            return
+        if self._aborted:  # no STOP to send: the ranks are gone, a broadcast could wait for them
+            self._kill()
             return
         with contextlib.suppress(Exception):
             self._send(STOP)
@@ -163,6 +181,13 @@ class Runner:
         vals = [op, *args] + [0] * (5 - len(args))
         self._hdr.copy_(torch.tensor(vals, dtype=torch.long))
         dist.broadcast(self._hdr, src=0)
+
+    def ping(self) -> None:
+        """A round trip through every rank (an all-reduce): blocks while a rank is stopped or hung."""
+        if self.tp == 1:
+            return
+        self._send(PING)
+        dist.all_reduce(torch.ones(1, device=self.device))
 
     def alloc(self, capacity: int) -> None:
         self._send(ALLOC, capacity)
@@ -234,6 +259,8 @@ def _worker_main(
                 model.forward(idpos[0], idpos[1], mask)
             elif op == HEADS:
                 model.heads(a, b)
+            elif op == PING:
+                dist.all_reduce(torch.ones(1, device=dev))
             elif op == COMMIT:
                 keep = torch.empty(b, dtype=torch.long, device=dev)
                 dist.broadcast(keep, src=0)

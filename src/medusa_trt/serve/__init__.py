@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medusa_trt.serve.guard import ServeGuard
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
@@ -19,18 +21,20 @@ def run_server(
     device: str = "cpu",
     model_name: str | None = None,
     tree: str | list[list[int]] | None = None,
+    guard: ServeGuard | None = None,
 ) -> int:
-    """Serve an engine directory until SIGINT/SIGTERM; returns the exit code (128+signal after one)."""
+    """Serve an engine directory until SIGINT/SIGTERM; returns the exit code (128+signal after one,
+    1 after a tp rank died or hung)."""
     from medusa_trt.serve.server import run_server as _run
 
-    return _run(engine_dir, host=host, port=port, device=device, model_name=model_name, tree=tree)
+    return _run(engine_dir, host=host, port=port, device=device, model_name=model_name, tree=tree, guard=guard)
 
 
-def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
+def create_app(engine: Any, model_name: str | None = None, guard: ServeGuard | None = None) -> FastAPI:
     """The FastAPI app over a loaded engine (the caller closes the engine)."""
     from medusa_trt.serve.app import create_app as _create
 
-    return _create(engine, model_name)
+    return _create(engine, model_name, guard)
 
 
-__all__ = ["create_app", "run_server"]
+__all__ = ["ServeGuard", "create_app", "run_server"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,8 +17,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medusa_trt import __version__
-from medusa_trt.errors import CheckpointError
+from medusa_trt.errors import CheckpointError, EngineFailedError
+from medusa_trt.runtime.watchdog import StepClock, Watchdog
 from medusa_trt.serve.generate import Generator
+from medusa_trt.serve.guard import GuardMiddleware, ServeGuard
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, validation_error
 from medusa_trt.serve.worker import EngineWorker
@@ -26,32 +28,56 @@ from medusa_trt.serve.worker import EngineWorker
 _ENDPOINTS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version"}
 
 
-def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
-    """An app serving ``engine`` under ``model_name`` (default: the engine's). Starts the engine thread.
+def create_app(
+    engine: Any,
+    model_name: str | None = None,
+    guard: ServeGuard | None = None,
+    on_fault: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """An app serving ``engine`` under ``model_name`` (default: the engine's). Starts the engine thread
+    and its watchdog.
 
     The caller owns the engine (closes it); ``app.state.worker.close()`` stops the thread, which
-    the app's shutdown does too.
+    the app's shutdown does too. When a tp rank dies or a step outlives its timeout, ``/health``
+    turns 503, the running and queued requests fail with 503, the ranks are killed and
+    ``on_fault(reason)`` is called (the server then exits).
     """
     if getattr(engine, "tokenizer", None) is None:
         raise CheckpointError(
             "the engine has no tokenizer files, so it cannot serve text",
             hint="`medusa-trt convert`/`build` copy them from the model directory.",
         )
+    guard = guard or ServeGuard()
     name = model_name or str(getattr(engine, "model_name", "") or "model")
     metrics = Metrics(name)
-    worker = EngineWorker(engine, metrics)
+    clock = StepClock(guard.first_step_timeout_s, guard.step_timeout_s)
+    worker = EngineWorker(engine, metrics, clock)
     gen = Generator(engine, worker, metrics, name)
     created = int(time.time())
+    fault: list[str] = []
+
+    def tripped(reason: str) -> None:
+        fault.append(reason)
+        worker.fail(EngineFailedError(f"the engine failed: {reason}; the server is shutting down"))
+        if on_fault is not None:
+            on_fault(reason)
+
+    watchdog = Watchdog(engine, clock, tripped).start()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        watchdog.stop()
         worker.close()
+        gen.close()
 
     app = FastAPI(
         title="medusa-trt reference server", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.engine, app.state.worker, app.state.metrics, app.state.model_name = engine, worker, metrics, name
+    app.state.watchdog = watchdog
+    # inside the request counter below (added later, so outside): 401 and 413 are counted too
+    app.add_middleware(GuardMiddleware, api_key=guard.api_key, max_bytes=guard.max_request_bytes)
 
     @app.middleware("http")
     async def _count(request: Request, call_next: Any) -> Response:
@@ -75,8 +101,12 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
         err = APIError(e.status_code, str(e.detail), type=kind)
         return JSONResponse(err.body(), status_code=e.status_code)
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
+    @app.get("/health", response_model=None)
+    async def health() -> dict[str, str] | JSONResponse:
+        # 200 only while every rank is up and no step is overdue: what a load balancer should route on
+        reason = fault[0] if fault else watchdog.check()
+        if reason is not None:
+            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/version")

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from medusa_trt.errors import InvalidInputError, MedusaTrtError
+from medusa_trt.errors import EngineFailedError, InvalidInputError, MedusaTrtError
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, _Common
 from medusa_trt.serve.text import TextStream
@@ -69,15 +71,39 @@ class Generator:
     def __init__(self, engine: Any, worker: EngineWorker, metrics: Metrics, model_name: str) -> None:
         self.engine, self.worker, self.metrics, self.model_name = engine, worker, metrics, model_name
         self.tokenizer = engine.tokenizer
+        # Tokenizing a long prompt takes seconds: off the event loop, so /health and streams go on.
+        # One thread: the tokenizer is shared, and a queue of prompts cannot starve the loop.
+        self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medusa-trt-tokenize")
+        self._max_token_chars = _longest_token(self.tokenizer)
+
+    def close(self) -> None:
+        self._tokenize.shutdown(wait=False, cancel_futures=True)
 
     # --- entry points ----------------------------------------------------------------------------
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
-        ids = self._completion_ids(body)
+        ids = await self._off_loop(self._completion_ids, body)
         return await self._serve(body, request, ids, body.max_tokens, chat=False)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        ids = self._chat_ids(body)
+        ids = await self._off_loop(self._chat_ids, body)
         return await self._serve(body, request, ids, body.max_completion_tokens or body.max_tokens, chat=True)
+
+    async def _off_loop(self, fn: Any, body: Any) -> list[int]:
+        return list(await asyncio.get_running_loop().run_in_executor(self._tokenize, fn, body))
+
+    def _check_chars(self, n_chars: int, param: str) -> None:
+        """Refuse, before tokenizing, a text that cannot fit: no token covers more than the vocabulary's
+        longest token string, so ``n_chars / longest`` tokens is a lower bound."""
+        limit = int(self.engine.max_seq_len)
+        at_least = -(-n_chars // self._max_token_chars)
+        if at_least >= limit:
+            raise APIError(
+                400,
+                f"the prompt has {n_chars} characters, so at least {at_least} tokens; this model's maximum "
+                f"context length is {limit} tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     # --- prompts ---------------------------------------------------------------------------------
     def _completion_ids(self, body: CompletionRequest) -> list[int]:
@@ -86,6 +112,7 @@ class Generator:
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
             prompt = prompt[0]  # a batch of one
         if isinstance(prompt, str):
+            self._check_chars(len(prompt), "prompt")
             return list(self.tokenizer.encode(prompt))
         vocab = len(self.tokenizer)
         if any(not 0 <= int(t) < vocab for t in prompt):
@@ -97,6 +124,7 @@ class Generator:
         if not getattr(self.tokenizer, "chat_template", None):
             raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as e:  # a template that rejects the roles or their order
@@ -128,6 +156,10 @@ class Generator:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        if body.min_tokens > max_tokens:
+            raise APIError(
+                400, f"min_tokens ({body.min_tokens}) is more than max_tokens ({max_tokens})", param="min_tokens"
+            )
         extra: dict[str, Any] = {}
         if body.posterior_threshold is not None:
             extra["posterior_threshold"] = body.posterior_threshold
@@ -140,6 +172,8 @@ class Generator:
             top_k=max(body.top_k, 0),
             seed=body.seed,
             stop_token_ids=tuple(body.stop_token_ids),
+            ignore_eos=body.ignore_eos,
+            min_tokens=body.min_tokens,
             **extra,
         )
 
@@ -335,11 +369,24 @@ def _error_of(end: Finished) -> APIError | None:
     e = end.error
     if e is None:
         return None
+    if isinstance(e, EngineFailedError):
+        return APIError(503, str(e), type="server_error", code="engine_failed")
     if isinstance(e, InvalidInputError | ValueError):
         return APIError(400, str(e))
     if isinstance(e, MedusaTrtError):
         return APIError(500, str(e), type="server_error")
-    return APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+    # an internal failure (a collective's error names files and addresses): the log gets it, not the client
+    print(f"medusa-trt: generation failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    return APIError(500, "generation failed (internal error; see the server log)", type="server_error")
+
+
+def _longest_token(tokenizer: Any) -> int:
+    """Characters in the vocabulary's longest token string (byte-level BPE: one character per byte)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # a tokenizer without a vocabulary listing: no cheap bound
+        return 1 << 30
+    return max((len(t) for t in vocab), default=1) or 1
 
 
 def _raise(err: APIError | None) -> None:

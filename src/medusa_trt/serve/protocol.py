@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class APIError(Exception):
@@ -56,8 +56,8 @@ class _Common(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
+    ignore_eos: bool = False  # extension (vLLM, TensorRT-LLM): EOS does not stop; benchmark tools send it
+    min_tokens: int = Field(0, ge=0)  # extension (vLLM, TensorRT-LLM): no stop token before this many
 
     @field_validator("stop")
     @classmethod
@@ -77,8 +77,6 @@ class _Common(BaseModel):
             (self.presence_penalty != 0.0, "presence_penalty", "presence_penalty is not supported"),
             (self.frequency_penalty != 0.0, "frequency_penalty", "frequency_penalty is not supported"),
             (bool(self.logit_bias), "logit_bias", "logit_bias is not supported"),
-            (self.ignore_eos, "ignore_eos", "ignore_eos is not supported by the reference runtime"),
-            (self.min_tokens > 0, "min_tokens", "min_tokens is not supported by the reference runtime"),
         ]
         for bad, param, msg in checks:
             if bad:
@@ -121,6 +119,13 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
     content: str | list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        # only an assistant turn may come without content (OpenAI: one that called tools)
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role!r} message needs a content")
+        return self
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):

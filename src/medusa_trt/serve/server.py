@@ -5,12 +5,19 @@ trtllm-serve and exits 128+signal): 128+signum after a signal (130 for Ctrl-C, 1
 0 if the server stopped on its own. On a signal the running and queued generations are cancelled
 (streams end with finish_reason "abort"), connections get a short grace period, and the engine is
 closed, which stops its tensor-parallel worker processes.
+
+Faults: when a tp rank dies or a step outlives its timeout, the app's watchdog fails the requests,
+kills the ranks and this module stops the server FAULT_EXIT_S later with exit code 1, so that
+systemd, Kubernetes or Slurm restart it. A signal always ends the process within HARD_EXIT_S:
+ranks still busy after KILL_AFTER_S (hung in a collective) are SIGKILLed, and if the shutdown is
+still stuck at HARD_EXIT_S the process exits at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -22,7 +29,13 @@ from typing import Any
 
 import uvicorn
 
+from medusa_trt.errors import EXIT_FAILURE
+from medusa_trt.serve.guard import ServeGuard, exposure_warning
+
 GRACE_S = 2  # how long open connections may finish after a signal before they are cut
+FAULT_EXIT_S = 1.0  # after a fault, /health answers 503 this long before the port closes
+KILL_AFTER_S = 3.0  # after a signal, ranks still in a step by then are killed
+HARD_EXIT_S = 9.0  # after a signal or fault, the process ends by then whatever else is stuck
 
 
 def run_server(
@@ -32,6 +45,7 @@ def run_server(
     device: str = "cpu",
     model_name: str | None = None,
     tree: str | list[list[int]] | None = None,
+    guard: ServeGuard | None = None,
 ) -> int:
     """Serve ``engine_dir`` (an engine or converted checkpoint directory) until SIGINT/SIGTERM.
 
@@ -40,7 +54,10 @@ def run_server(
     """
     from medusa_trt.runtime import load_engine
 
+    guard = guard or ServeGuard()
     sock = _bind(host, port)  # first: a busy port fails in a second, not after the engine loaded
+    if (warning := exposure_warning(host, guard.api_key)) is not None:
+        _log(warning)
     try:
         got: list[int] = []
         with _signals_as_interrupt(got):  # a signal during the (long) engine load still exits cleanly
@@ -50,43 +67,84 @@ def run_server(
             except KeyboardInterrupt:
                 return 128 + (got[0] if got else signal.SIGINT)
         try:
-            return _serve(engine, sock, model_name)
+            return _serve(engine, sock, model_name, guard)
         finally:
             engine.close()
     finally:
         sock.close()
 
 
-def _serve(engine: Any, sock: socket.socket, model_name: str | None) -> int:
+def _serve(engine: Any, sock: socket.socket, model_name: str | None, guard: ServeGuard) -> int:
     from medusa_trt.serve.app import create_app
 
-    app = create_app(engine, model_name)
+    holder: list[_Server] = []
+    faults: list[str] = []
+
+    def on_fault(reason: str) -> None:  # the watchdog's thread
+        faults.append(reason)
+        _log(f"error: {reason}; exiting with {EXIT_FAILURE}")
+        _hard_exit_after(HARD_EXIT_S, EXIT_FAILURE, engine)
+        _later(FAULT_EXIT_S, lambda: holder[0].stop_for_fault())
+
+    app = create_app(engine, model_name, guard, on_fault)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S, lifespan="on"
     )
     name = app.state.model_name
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{_url_host(bound_host)}:{bound_port}"
+    worker = app.state.worker
+
+    def on_signal(sig: int) -> None:  # off the signal handler: closing joins the engine thread
+        _hard_exit_after(HARD_EXIT_S, 128 + sig, engine)
+        _later(KILL_AFTER_S, lambda: worker.busy() and engine.abort())
+        worker.close()
+
     server = _Server(
         config,
-        on_signal=app.state.worker.close,
+        on_signal=on_signal,
         on_started=lambda: _log(f"serving {name} at {url} (OpenAI API under {url}/v1; Ctrl-C to stop)"),
     )
-
+    holder.append(server)
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:
-        app.state.worker.close()
+        app.state.watchdog.stop()
+        worker.close(timeout=2)
+        if worker.busy():  # still inside a step after the grace: a hung rank; close() would wait on it
+            engine.abort()
     if server.signals:
         _log(f"stopped ({signal.Signals(server.signals[0]).name})")
         return 128 + server.signals[0]
+    if faults:
+        return EXIT_FAILURE
     return 0
+
+
+def _hard_exit_after(seconds: float, code: int, engine: Any) -> None:
+    """The last resort: kill the ranks and end the process if the orderly shutdown is still stuck."""
+
+    def fire() -> None:
+        _log(f"shutdown did not finish within {seconds:g} s; exiting now")
+        with contextlib.suppress(Exception):
+            engine.abort()
+        os._exit(code)
+
+    _later(seconds, fire)
+
+
+def _later(seconds: float, fn: Callable[[], object]) -> None:
+    timer = threading.Timer(seconds, fn)
+    timer.daemon = True  # a process that ended in time does not wait for it
+    timer.start()
 
 
 class _Server(uvicorn.Server):
     """uvicorn.Server that records the signal instead of re-raising it at exit, and cancels generations."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], on_started: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, on_signal: Callable[[int], None], on_started: Callable[[], None]
+    ) -> None:
         super().__init__(config)
         self.signals: list[int] = []
         self._on_signal = on_signal
@@ -117,7 +175,11 @@ class _Server(uvicorn.Server):
         self.should_exit = True
         # end running streams now (their generations would run on to max_tokens); off the signal
         # handler because closing joins the engine thread
-        threading.Thread(target=self._on_signal, daemon=True).start()
+        threading.Thread(target=self._on_signal, args=(sig,), daemon=True).start()
+
+    def stop_for_fault(self) -> None:
+        """Shut down after a fault (no signal recorded: the exit code says failure)."""
+        self.should_exit = True
 
 
 @contextlib.contextmanager

@@ -4,6 +4,9 @@ The engine is not thread-safe and its steps are blocking torch calls, so it live
 the event loop stays free for `/health`, `/metrics` and queued clients. Each job sends its chunks
 back to the loop through an asyncio.Queue. Cancelling a job (client gone, stop string seen, server
 shutting down) makes the thread close the Generation after the step in flight, freeing the slot.
+
+Each engine step runs under a StepClock that the server's watchdog reads; while idle, a tp > 1
+engine is pinged every PING_S so that a stopped rank is found before the next request hangs on it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from medusa_trt.runtime.watchdog import StepClock, rank_failure
 from medusa_trt.serve.metrics import Metrics
+
+PING_S = 5.0  # idle interval between liveness round trips through the tp ranks
 
 
 @dataclass
@@ -47,9 +53,13 @@ class Job:
 class EngineWorker:
     """Runs jobs on the engine one after another, on one thread."""
 
-    def __init__(self, engine: Any, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, engine: Any, metrics: Metrics | None = None, clock: StepClock | None = None, ping_s: float = PING_S
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.clock = clock or StepClock()
+        self.ping_s = ping_s if int(getattr(engine, "tp", 1) or 1) > 1 else None
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._current: Job | None = None
         self._lock = threading.Lock()
@@ -68,10 +78,25 @@ class EngineWorker:
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel the running and queued jobs and stop the thread (the engine stays open)."""
+        self._end(Finished(cancelled=True), timeout)
+
+    def fail(self, error: BaseException) -> None:
+        """The engine is lost: end the running and queued jobs with ``error`` now, without waiting
+        for the engine thread (it may be blocked in a collective until the ranks are killed)."""
+        self._end(Finished(error=error), timeout=0)
+
+    def busy(self) -> bool:
+        return self._thread.is_alive() and self._current is not None
+
+    def _end(self, event: Finished, timeout: float) -> None:
         with self._lock:
             self._closed = True
-            if self._current is not None:
-                self._current.cancel()
+            current = self._current
+            if current is not None:
+                # answered now, not when the engine thread comes back from its step (it may be stuck on
+                # a hung rank); what it sends later follows a Finished and is never read
+                current.cancel()
+                current._send(event)
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -80,13 +105,29 @@ class EngineWorker:
             if job is not None:
                 if self.metrics:
                     self.metrics.waiting -= 1
-                job._send(Finished(cancelled=True))
+                job._send(event)
         self._jobs.put(None)
-        self._thread.join(timeout)
+        if timeout > 0:
+            self._thread.join(timeout)
+
+    def _next_job(self) -> Job | None:
+        """The next job; while none comes, ping the ranks every ping_s (a hung one stalls the ping)."""
+        while True:
+            try:
+                return self._jobs.get(timeout=self.ping_s)
+            except queue.Empty:
+                with self._lock:
+                    if self._closed:
+                        continue
+                try:
+                    with self.clock.step():
+                        self.engine.ping()
+                except Exception:  # a dead rank: the watchdog reports it; keep serving the queue
+                    continue
 
     def _loop(self) -> None:
         while True:
-            job = self._jobs.get()
+            job = self._next_job()
             if job is None:
                 return
             with self._lock:
@@ -108,29 +149,36 @@ class EngineWorker:
 
     def _run(self, job: Job) -> None:
         try:
-            gen = self.engine.generate(job.prompt_ids, job.params, medusa=job.medusa)
+            with self.clock.step(first=True):  # the prefill: its own, longer timeout
+                gen = self.engine.generate(job.prompt_ids, job.params, medusa=job.medusa)
+                chunk = next(gen, None)
         except Exception as e:  # bad input the runtime caught: reported to the client, server goes on
             self._outcome("failed")
             job._send(Finished(error=e))
             return
         cancelled = exhausted = False
         try:
-            for chunk in gen:
+            while chunk is not None:
                 job._send(chunk)
                 if job.cancelled.is_set():
                     cancelled = True
                     break
+                with self.clock.step():
+                    chunk = next(gen, None)
             else:
                 exhausted = True
         except Exception as e:
             self._outcome("failed")
-            job._send(Finished(error=e))
+            job._send(Finished(error=self._explain(e)))
             return
         finally:
             if not exhausted:
                 _close_quietly(gen)  # free the engine's slot now, not at garbage collection
         self._outcome("cancelled" if cancelled else "finished")
         job._send(Finished(stats=None if cancelled else gen.stats, cancelled=cancelled))
+
+    def _explain(self, e: Exception) -> BaseException:
+        return rank_failure(self.engine, e, "the engine failed") if self.ping_s is not None else e
 
     def _outcome(self, kind: str) -> None:
         if self.metrics:
