@@ -70,6 +70,7 @@ def test_compare_sends_each_prompt_with_medusa_on_and_off_interleaved() -> None:
             )
         )
     flags = [b.get("medusa") for b in srv.bodies]
+    assert all(b.get("ignore_eos") is True for b in srv.bodies)  # by default: fixed output lengths
     # warm-up on and off, then per prompt both modes back to back, the order alternating per prompt
     assert flags == [True, False, *[True, False, False, True, True, False, False, True]]
     measured = [b["prompt"] for b in srv.bodies[2:]]
@@ -85,7 +86,7 @@ def test_json_schema_keys_and_types(compared: BenchReport, tmp_path: Path) -> No
     )
     assert doc["server"]["model"] == "loopback" and doc["server"]["version"] == {"version": "loopback-1"}
     assert isinstance(doc["command"], list) and doc["was_cancelled"] is False and doc["start_time"]
-    assert doc["config"]["input_len_unit"] == "characters" and doc["config"]["seed"] == 5
+    assert doc["config"]["input_len_unit"] == "tokens" and doc["config"]["seed"] == 5
     num = (int, float)
     for run in doc["runs"]:
         for m in ("ttft", "tpot", "itl", "e2el"):
@@ -230,3 +231,10 @@ def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
     assert doc["was_cancelled"] is True and "interrupted" in err.decode()
     run = doc["runs"][0]
     assert 3 <= run["completed"] < 50 and run["failed"] == 0
+
+
+def test_no_ignore_eos_leaves_the_field_out() -> None:
+    """--no-ignore-eos: for servers that refuse fields they do not know."""
+    with loopback_server(LoopbackOptions(tokens_per_chunk=2)) as (url, srv):
+        run_benchmark(BenchConfig(url=url, num_prompts=2, max_tokens=4, warmup=0, ignore_eos=False))
+    assert srv.bodies and all("ignore_eos" not in b for b in srv.bodies)

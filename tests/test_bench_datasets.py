@@ -1,4 +1,4 @@
-"""Dataset loading (builtin, JSONL, ShareGPT), seeded drawing and --input-len (characters)."""
+"""Dataset loading (builtin, JSONL, ShareGPT), seeded drawing and --input-len (tokens)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medusa_trt.bench.datasets import draw_prompts, fit_length, load_prompts
+from medusa_trt.bench.datasets import draw_prompts, fit_tokens, load_prompts, load_tokenizer
 from medusa_trt.errors import InvalidInputError
 
 
@@ -69,10 +69,15 @@ def test_seeded_draw_is_deterministic_and_wraps() -> None:
     assert len(big) == len(pool) + 5 and len({p.text for p in big[: len(pool)]}) == len(pool)
 
 
-def test_input_len_cuts_and_pads_characters() -> None:
-    assert fit_length("abcdef", 3) == "abc"
-    assert fit_length("ab", 7) == "ab ab a"
+def test_input_len_counts_tokens_of_the_model(tiny_llama: Path) -> None:
+    """Every drawn prompt re-encodes to exactly --input-len tokens, cut (long) or padded (short)."""
+    tok = load_tokenizer(tiny_llama)
     pool = load_prompts("builtin")
-    assert all(len(p.text) == 50 for p in draw_prompts(pool, 10, seed=0, input_len=50))
+    for n in (5, 50, 300):
+        drawn = draw_prompts(pool, 10, seed=0, input_len=n, tokenizer=tok)
+        assert [len(tok.encode(p.text, add_special_tokens=False)) for p in drawn] == [n] * 10
+    assert fit_tokens("ab", 7, tok) != fit_tokens("ab", 6, tok)
+    with pytest.raises(InvalidInputError, match="needs the model's tokenizer"):
+        draw_prompts(pool, 3, seed=0, input_len=50)
     with pytest.raises(InvalidInputError):
-        fit_length("x", 0)
+        fit_tokens("x", 0, tok)

@@ -73,7 +73,7 @@ def _delta(after: dict[str, float], before: dict[str, float], name: str, **label
     return pick(after) - pick(before)
 
 
-def test_figures_match_what_the_server_did(server_url: str) -> None:
+def test_figures_match_what_the_server_did(server_url: str, tiny_engine: Path) -> None:
     before = _counters(server_url)
     rep = run_benchmark(
         BenchConfig(
@@ -85,6 +85,7 @@ def test_figures_match_what_the_server_did(server_url: str) -> None:
             compare_no_medusa=True,
             seed=0,
             input_len=80,
+            tokenizer=tiny_engine,
         )
     )
     after = _counters(server_url)

@@ -28,9 +28,17 @@ COMPLETIONS_PATH = "/v1/completions"
 
 
 def build_payload(
-    model: str, prompt: str, *, max_tokens: int, temperature: float, endpoint: str, medusa: bool | None
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int,
+    temperature: float,
+    endpoint: str,
+    medusa: bool | None,
+    ignore_eos: bool = False,
 ) -> dict[str, Any]:
-    """The request body. `medusa` is sent only when set: other servers may reject unknown fields."""
+    """The request body. `medusa` and `ignore_eos` are sent only when set: other servers may reject
+    unknown fields (vLLM's and TensorRT-LLM's OpenAI servers accept `ignore_eos`)."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": max_tokens,
@@ -44,6 +52,8 @@ def build_payload(
         body["prompt"] = prompt
     if medusa is not None:
         body["medusa"] = medusa
+    if ignore_eos:
+        body["ignore_eos"] = True
     return body
 
 
@@ -140,11 +150,18 @@ async def stream_request(
     endpoint: str = "chat",
     medusa: bool | None = None,
     timeout_s: float = 300.0,
+    ignore_eos: bool = False,
 ) -> RequestRecord:
     """Send one streaming request and time it. Never raises for server or network failures."""
     rec = RequestRecord(index=index, medusa=medusa)
     body = build_payload(
-        model, prompt, max_tokens=max_tokens, temperature=temperature, endpoint=endpoint, medusa=medusa
+        model,
+        prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        endpoint=endpoint,
+        medusa=medusa,
+        ignore_eos=ignore_eos,
     )
     path = CHAT_PATH if endpoint == "chat" else COMPLETIONS_PATH
     try:

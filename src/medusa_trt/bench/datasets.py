@@ -1,7 +1,8 @@
 """Prompt sets: the built-in set shipped with the package, JSONL of prompts, ShareGPT JSON.
 
-`--input-len N` is in characters (no tokenizer is needed, so it works against any server): longer
-prompts are cut to N characters, shorter ones are padded by repeating their own text.
+`--input-len N` counts tokens, as vLLM's benchmark, aiperf and trtllm-bench do, with the engine
+directory's tokenizer or `--tokenizer`: longer prompts are cut to N tokens, shorter ones are padded by
+repeating their own text. (Without a tokenizer there is no honest way to count them.)
 """
 
 from __future__ import annotations
@@ -101,17 +102,32 @@ def load_prompts(dataset: str | Path) -> list[Prompt]:
     return prompts
 
 
-def fit_length(text: str, n_chars: int) -> str:
-    """Cut or pad (by repeating the text) to exactly `n_chars` characters."""
-    if n_chars <= 0:
-        raise InvalidInputError(f"--input-len must be positive, got {n_chars}")
-    if len(text) >= n_chars:
-        return text[:n_chars]
-    reps = -(-n_chars // (len(text) + 1))
-    return " ".join([text] * reps)[:n_chars]
+def fit_tokens(text: str, n_tokens: int, tokenizer: Any) -> str:
+    """Cut or pad (by repeating the text) to ``n_tokens`` tokens of ``tokenizer`` (special tokens not
+    counted: the server adds its BOS or chat template). Decoding a cut can re-encode a token longer or
+    shorter at the seam; the cut moves until the text re-encodes to ``n_tokens`` when it can."""
+    if n_tokens <= 0:
+        raise InvalidInputError(f"--input-len must be positive, got {n_tokens}")
+
+    def encode(t: str) -> list[int]:
+        return list(tokenizer.encode(t, add_special_tokens=False))
+
+    ids = encode(text) or encode(" ")
+    while len(ids) < n_tokens + 8:  # a margin for the seam
+        ids = ids + encode(" " + text if text else " ")
+    cut, out = n_tokens, ""
+    for _ in range(4):
+        out = str(tokenizer.decode(ids[:cut]))
+        got = len(encode(out))
+        if got == n_tokens:
+            break
+        cut += n_tokens - got
+    return out
 
 
-def draw_prompts(prompts: list[Prompt], n: int, seed: int, input_len: int | None = None) -> list[Prompt]:
+def draw_prompts(
+    prompts: list[Prompt], n: int, seed: int, input_len: int | None = None, tokenizer: Any = None
+) -> list[Prompt]:
     """`n` prompts drawn with `seed`: a seeded shuffle, repeated when n exceeds the set."""
     if n <= 0:
         raise InvalidInputError(f"--num-prompts must be positive, got {n}")
@@ -124,5 +140,24 @@ def draw_prompts(prompts: list[Prompt], n: int, seed: int, input_len: int | None
         rng.shuffle(order)
         out.extend(order[: n - len(out)])
     if input_len is not None:
-        out = [Prompt(fit_length(p.text, input_len), p.category, p.id) for p in out]
+        if tokenizer is None:
+            raise InvalidInputError(
+                "--input-len counts tokens, so it needs the model's tokenizer",
+                hint="Pass --tokenizer DIR (a directory with tokenizer.json), or --engine DIR.",
+            )
+        fitted = {text: fit_tokens(text, input_len, tokenizer) for text in {p.text for p in out}}
+        out = [Prompt(fitted[p.text], p.category, p.id) for p in out]
     return out
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer of a model, checkpoint or engine directory (where `medusa-trt` puts the files)."""
+    for d in (path, path / "checkpoint", path / "tokenizer"):
+        if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(d))
+    raise InvalidInputError(
+        f"{path}: no tokenizer files (tokenizer.json or tokenizer_config.json)",
+        hint="Pass --tokenizer with the model's directory.",
+    )

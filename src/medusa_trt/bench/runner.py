@@ -16,7 +16,7 @@ from typing import Any
 
 from medusa_trt import __version__
 from medusa_trt.bench.client import make_client, stream_request
-from medusa_trt.bench.datasets import BUILTIN, Prompt, draw_prompts, load_prompts
+from medusa_trt.bench.datasets import BUILTIN, Prompt, draw_prompts, load_prompts, load_tokenizer
 from medusa_trt.bench.metrics import RequestRecord, compute_metrics
 from medusa_trt.bench.report import BenchReport
 from medusa_trt.bench.server import engine_server, probe, read_engine_provenance
@@ -32,7 +32,9 @@ class BenchConfig:
     num_prompts: int = 32
     concurrency: tuple[int, ...] = (1,)
     max_tokens: int = 128
-    input_len: int | None = None  # characters (see datasets.fit_length)
+    input_len: int | None = None  # tokens of `tokenizer` (or of the engine dir's), see datasets.fit_tokens
+    tokenizer: Path | None = None
+    ignore_eos: bool = True  # every request yields max_tokens tokens (vLLM/TRT-LLM/aiperf field)
     compare_no_medusa: bool = False
     warmup: int = 1  # untimed requests (per Medusa mode) before measuring
     seed: int = 0
@@ -157,6 +159,7 @@ async def _level(
                 temperature=cfg.temperature,
                 endpoint=cfg.endpoint,
                 medusa=medusa,
+                ignore_eos=cfg.ignore_eos,
                 timeout_s=cfg.request_timeout_s,
             )
             col.records.append(rec)
@@ -189,6 +192,7 @@ async def _measure_all(
                     temperature=cfg.temperature,
                     endpoint=cfg.endpoint,
                     medusa=m,
+                    ignore_eos=cfg.ignore_eos,
                     timeout_s=cfg.request_timeout_s,
                 )
         for c in cfg.concurrency:
@@ -221,7 +225,7 @@ def _measure(
     report = BenchReport(
         tool={"name": "medusa-trt", "version": __version__},
         server=info.to_json(),
-        config={**conf, "input_len_unit": "characters"},
+        config={**conf, "input_len_unit": "tokens"},
         start_time=_now(),
         engine=engine,
         command=cfg.command if cfg.command is not None else list(sys.argv),
@@ -247,7 +251,11 @@ def run_benchmark(
     from medusa_trt.bench.simulate import check_simulation, simulate
 
     cfg.validate()
-    prompts = draw_prompts(load_prompts(cfg.dataset), cfg.num_prompts, cfg.seed, cfg.input_len)
+    tokenizer = None
+    if cfg.input_len is not None:
+        source = cfg.tokenizer or cfg.engine
+        tokenizer = load_tokenizer(Path(source)) if source is not None else None
+    prompts = draw_prompts(load_prompts(cfg.dataset), cfg.num_prompts, cfg.seed, cfg.input_len, tokenizer)
     if cfg.simulate:
         check_simulation(cfg.simulate, cfg.sim_model)  # a bad profile fails before minutes of measuring
     if cfg.engine is not None:

@@ -47,8 +47,23 @@ def bench_cmd(
     concurrency: Annotated[str, typer.Option("--concurrency", help="Concurrent users, comma-separated levels.")] = "1",
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="max_tokens per request.")] = 128,
     input_len: Annotated[
-        int | None, typer.Option("--input-len", help="Cut or pad every prompt to this many CHARACTERS.")
+        int | None,
+        typer.Option(
+            "--input-len", help="Cut or pad every prompt to this many tokens (the --engine's tokenizer or --tokenizer)."
+        ),
     ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option("--tokenizer", help="Model dir whose tokenizer counts --input-len (default: the --engine's)."),
+    ] = None,
+    ignore_eos: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-eos/--no-ignore-eos",
+            help="Send ignore_eos so that every request yields exactly --max-tokens tokens (as peer tools do); "
+            "--no-ignore-eos for servers that refuse the field.",
+        ),
+    ] = True,
     compare: Annotated[
         bool,
         typer.Option(
@@ -61,7 +76,10 @@ def bench_cmd(
     temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
     endpoint: Annotated[str, typer.Option("--endpoint", help="'chat' or 'completions'.")] = "chat",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per request.")] = 300.0,
-    json_out_file: Annotated[Path | None, typer.Option("--json-out", help="Write the result JSON here.")] = None,
+    json_out_file: Annotated[
+        Path | None,
+        typer.Option("--json-out", help="Write the result JSON here (missing parent directories are created)."),
+    ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG: tokens/s/user and TTFT vs concurrency.")
     ] = None,
@@ -89,6 +107,8 @@ def bench_cmd(
         concurrency=_parse_concurrency(concurrency),
         max_tokens=max_tokens,
         input_len=input_len,
+        tokenizer=tokenizer,
+        ignore_eos=ignore_eos,
         compare_no_medusa=compare,
         warmup=warmup,
         seed=seed,
