@@ -1,0 +1,186 @@
+"""The reference server's guards and the benchmark dialect, over real HTTP on 127.0.0.1 (in-process uvicorn):
+API key, body limit (413 before parsing), the cheap context check, tokenization off the event loop,
+ignore_eos / min_tokens, and request validation (top_k, chat content)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+KEY = "sekret-key"
+LIMIT = 64 * 1024
+PROMPT = "def main():"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Path:
+    from medusa_trt.runtime._testing import make_checkpoint
+
+    return make_checkpoint(tiny_llama, tmp_path_factory.mktemp("guard") / "ck", heads=tiny_heads)
+
+
+@pytest.fixture(scope="module")
+def greedy(ckpt: Path) -> list[int]:
+    """The plain greedy continuation of PROMPT under the model's own EOS (what the server must match)."""
+    from medusa_trt.runtime import SamplingParams, load_engine
+
+    with load_engine(ckpt) as eng:
+        ids = eng.tokenizer.encode(PROMPT)
+        return [t for c in eng.generate(ids, SamplingParams(max_tokens=12), medusa=False) for t in c.token_ids]
+
+
+@pytest.fixture(scope="module")
+def served(ckpt: Path, greedy: list[int]) -> Iterator[tuple[str, Any]]:
+    """The server with the first greedy token declared as EOS (generation_config.json), so that EOS
+    handling is exercised on every request."""
+    import uvicorn
+
+    from medusa_trt.runtime import load_engine
+    from medusa_trt.serve import ServeGuard, create_app
+    from medusa_trt.serve.server import _bind
+
+    (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": greedy[0]}))
+    engine = load_engine(ckpt)
+    app = create_app(engine, "tiny", ServeGuard(api_key=KEY, max_request_bytes=LIMIT))
+    sock = _bind("127.0.0.1", 0)
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def url(served: tuple[str, Any]) -> str:
+    return served[0]
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def post(url: str, path: str, body: dict[str, Any], **kw: Any) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, headers=kw.pop("headers", AUTH), timeout=60, **kw)
+
+
+def test_api_key_guards_v1_only(url: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 2, "temperature": 0}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = post(url, "/v1/completions", body, headers=headers)
+        assert r.status_code == 401, headers
+        assert r.json()["error"]["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers=AUTH).json()["data"][0]["id"] == "tiny"
+    assert post(url, "/v1/completions", body).status_code == 200
+    assert httpx.get(f"{url}/health").status_code == 200  # probes and scrapers need no key
+    assert 'status="401"' in httpx.get(f"{url}/metrics").text  # the refusals are counted
+
+
+def test_exposure_warning_only_without_key_off_loopback() -> None:
+    from medusa_trt.serve.guard import exposure_warning
+
+    assert exposure_warning("0.0.0.0", None) and "MEDUSA_TRT_API_KEY" in str(exposure_warning("10.1.2.3", ""))
+    assert exposure_warning("0.0.0.0", "k") is None
+    assert all(exposure_warning(h, None) is None for h in ("127.0.0.1", "::1", "localhost", "127.0.0.5"))
+
+
+def test_body_over_the_limit_is_413_unread(url: str) -> None:
+    big = {"prompt": "x" * (LIMIT + 1), "max_tokens": 1}
+    r = post(url, "/v1/completions", big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"prompt": "'
+        for _ in range(LIMIT // 1024 + 1):
+            yield b"y" * 1024
+        yield b'", "max_tokens": 1}'
+
+    r = httpx.post(f"{url}/v1/completions", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 413
+    # just under the limit it is parsed: the prompt is then too long for the 256-token context
+    r = post(url, "/v1/completions", {"prompt": "z" * (LIMIT - 100), "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_over_long_prompt_refused_before_tokenizing(served: tuple[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, engine = served
+    calls: list[int] = []
+    real = engine.tokenizer.encode
+    monkeypatch.setattr(engine.tokenizer, "encode", lambda t, **kw: calls.append(len(t)) or real(t, **kw))
+    r = post(url, "/v1/completions", {"prompt": "q" * 30000, "max_tokens": 1})
+    assert r.status_code == 400 and "at least" in r.json()["error"]["message"] and calls == []
+    r = post(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "q" * 30000}], "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+def test_tokenizing_runs_off_the_event_loop(served: tuple[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt that takes 3 s to tokenize does not stop /health from answering meanwhile."""
+    url, engine = served
+    real = engine.tokenizer.encode
+
+    def slow(text: str, **kw: Any) -> Any:
+        if "SLOW" in text:
+            time.sleep(3)
+        return real(text, **kw)
+
+    monkeypatch.setattr(engine.tokenizer, "encode", slow)
+    done: list[int] = []
+    t = threading.Thread(
+        target=lambda: done.append(post(url, "/v1/completions", {"prompt": "SLOW", "max_tokens": 1}).status_code)
+    )
+    t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    assert httpx.get(f"{url}/health", timeout=2).status_code == 200
+    assert time.monotonic() - t0 < 1.0 and not done  # answered while the tokenizer was still busy
+    t.join(30)
+    assert done == [200]
+
+
+@pytest.mark.parametrize("medusa", [True, False])
+def test_ignore_eos_and_min_tokens(url: str, greedy: list[int], medusa: bool) -> None:
+    """EOS here is the first greedy token: it stops at once; ignore_eos runs to max_tokens through
+    every EOS; min_tokens emits the EOS tokens before the minimum and stops at the next one."""
+    eos = greedy[0]
+    base = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0, "medusa": medusa}
+    r = post(url, "/v1/completions", base).json()
+    assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] == 1
+    r = post(url, "/v1/completions", {**base, "ignore_eos": True}).json()
+    assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 12
+    for m in (1, 3):
+        r = post(url, "/v1/completions", {**base, "min_tokens": m}).json()
+        later = [k for k in range(m, 12) if greedy[k] == eos]
+        assert r["usage"]["completion_tokens"] == (later[0] + 1 if later else 12), m
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "ignore_eos": True, "medusa": medusa}
+    r = post(url, "/v1/chat/completions", chat).json()
+    assert r["usage"]["completion_tokens"] == 5 and r["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"prompt": PROMPT, "top_k": -2}, "top_k"),
+        ("/v1/completions", {"prompt": PROMPT, "min_tokens": -1}, "min_tokens"),
+        ("/v1/completions", {"prompt": PROMPT, "max_tokens": 2, "min_tokens": 3}, "min_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "messages.0"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, "messages.0"),
+    ],
+)
+def test_invalid_fields_are_400_naming_them(url: str, path: str, body: dict[str, Any], param: str) -> None:
+    r = post(url, path, body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param, err
