@@ -20,9 +20,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from medusa_trt.errors import InvalidInputError, MedusaTrtError
+from medusa_trt.runtime.text import TextStream
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, _Common
-from medusa_trt.serve.text import TextStream
 from medusa_trt.serve.worker import EngineWorker, Finished, Job
 
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
