@@ -50,7 +50,7 @@ def run_cmd(
                 raise InvalidInputError("--json needs --prompt (one generation) or --print-cmd (the serve command)")
             emit_json(serve_command(path, host, port))
             return 0
-        return int(serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device))
+        return serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device)
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")
     from medusa_trt.runtime import SamplingParams, load_engine
