@@ -13,7 +13,28 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "medusa_trt"
 PKG = "medusa_trt"
 # Leaf modules any layer may use: they import nothing from the package themselves.
 SHARED_LEAVES = {"medusa_trt.errors"}
-# part -> parts it must never import (a part is a subpackage or a top-level module of medusa_trt)
+# The picture (docs/internals.md): part -> the parts it may import, besides itself, the shared leaves
+# and the package root (__version__). A part is a subpackage or a top-level module of medusa_trt.
+# A new dependency is a design decision: add it here and to docs/internals.md together.
+LAYERS: dict[str, set[str]] = {
+    "errors": set(),
+    "data": set(),
+    "medusa": set(),
+    "config": {"medusa"},
+    "perf": {"config"},
+    "hw": {"config"},
+    "preflight": {"config", "hw", "perf", "medusa"},
+    "checkpoint": {"config", "medusa"},
+    "runtime": {"medusa"},
+    "serve": {"runtime"},
+    "engine": {"checkpoint", "config", "preflight", "runtime", "serve", "medusa"},
+    "bench": {"config", "perf"},
+    "train": {"medusa", "runtime"},
+    "demo": {"bench", "config", "engine", "medusa", "perf", "train"},
+    "cli": {"bench", "checkpoint", "config", "demo", "engine", "hw", "medusa", "perf", "preflight", "runtime", "train"},
+    "__main__": {"cli"},
+}
+# part -> parts it must never import, whatever the table above says
 NEVER = {
     "runtime": {"cli", "serve", "engine", "bench", "train", "demo"},
     "serve": {"cli", "engine", "bench", "train", "demo"},
@@ -99,6 +120,28 @@ def test_the_checker_sees_lazy_relative_and_type_checking_imports() -> None:
 def test_shared_leaves_import_nothing_from_the_package() -> None:
     for leaf in SHARED_LEAVES:
         assert GRAPH[leaf] == set(), f"{leaf} imports {GRAPH[leaf]}"
+
+
+def test_every_part_is_in_the_picture() -> None:
+    assert {_part(m) for m in MODULES} - {""} == set(LAYERS)
+
+
+@pytest.mark.parametrize("part", sorted(LAYERS))
+def test_each_part_imports_only_the_layers_below_it(part: str) -> None:
+    allowed = LAYERS[part] | {part, ""}
+    bad = _violations(part, lambda t: _part(t) in allowed or t in SHARED_LEAVES)
+    assert bad == [], f"{part} may import {sorted(LAYERS[part])}; extend LAYERS (and docs/internals.md) if intended"
+
+
+def test_the_picture_has_no_cycles() -> None:
+    """Following the allowed imports never leads back: the parts form layers."""
+    seen: set[str] = set()
+    order = []
+    while len(order) < len(LAYERS):
+        ready = sorted(p for p in LAYERS if p not in seen and LAYERS[p] <= seen)
+        assert ready, f"a cycle among {sorted(set(LAYERS) - seen)}"
+        seen.update(ready)
+        order += ready
 
 
 def test_medusa_imports_no_other_part_of_the_package() -> None:
