@@ -10,7 +10,7 @@ N is the number of tokens the engine verifies per step: 1 without Medusa; ``max_
 TensorRT-LLM (it always fills max_draft_len+1 slots; docs/sources.md, TensorRT-LLM commands); ``tree nodes + 1`` for the
 reference runtime. tokens/s/user = tokens_per_step / T_step. Every constant is documented in
 ``docs/perf-model.md`` with its source; the TRT-LLM ones are calibrated to NVIDIA's implied baselines
-(70B TP8 FP8 on H200: 5.28 ms; 405B: 17.85 ms; docs/perf-model.md, Calibration).
+(70B TP8 FP8 on H200: 5.28 ms; 405B: 17.85 ms; docs/perf-model.md, section 2).
 """
 
 from __future__ import annotations
