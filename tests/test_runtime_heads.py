@@ -22,7 +22,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("tp", [1, 4])
 def test_medusa_heads_match_an_independent_reference(tmp_path: Path, tp: int) -> None:
     """Head logits = lm_head_k(ResBlock^L(h)) on the final hidden state *after* the last RMSNorm
-    (trtllm-medusa.md §2.5), gathered over ranks: 2 layers with bias, a vocab (322) that tp 4 pads,
+    (TRT-LLM's MedusaHead), gathered over ranks: 2 layers with bias, a vocab (322) that tp 4 pads,
     KV heads replicated at tp 4. The reference is transformers' hidden state and the source head tensors."""
     from safetensors.torch import load_file
     from transformers import LlamaForCausalLM

@@ -1,4 +1,4 @@
-"""Analytic step-time model for planning (performance-anchors.md §5); see docs/perf-model.md."""
+"""Analytic step-time model for planning; see docs/perf-model.md."""
 
 from medusa_trt.perf.model import (
     DEFAULT_CONTEXT_LEN,
