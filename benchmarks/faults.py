@@ -3,7 +3,7 @@
     python benchmarks/faults.py [--rounds 20] [--step-timeout 5] [--json-out faults.json]
 
 Builds a tiny Llama 3 (2048-token context) with Medusa heads locally, converts it at tp 2 (and tp 1
-for the request scenarios), serves it with ``python -m medusa_trt.serve`` on 127.0.0.1 and injects:
+for the request scenarios), serves it with ``python -m medusa_trt run DIR --port N`` on 127.0.0.1 and injects:
 
 - rank-kill: SIGKILL tp rank 1 of an idle server;
 - rank-hang: SIGSTOP rank 1 of an idle server (found by the idle ping + --step-timeout);
@@ -41,7 +41,9 @@ MB = 2**20
 
 def build(work: Path) -> tuple[Path, Path]:
     from medusa_trt.checkpoint.convert import convert_checkpoint
-    from medusa_trt.tiny import make_medusa_heads, make_tiny_llama
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
+    from tests.helpers.models import make_medusa_heads, make_tiny_llama
 
     model = make_tiny_llama(work / "llama", seed=0, max_position_embeddings=2048)
     heads = make_medusa_heads(work / "heads", hidden_size=64, vocab_size=320, num_heads=3)
@@ -59,7 +61,7 @@ def free_port() -> int:
 class Server:
     def __init__(self, ckpt: Path, *extra: str) -> None:
         self.url = f"http://127.0.0.1:{(port := free_port())}"
-        argv = [sys.executable, "-m", "medusa_trt.serve", str(ckpt), "--port", str(port), *extra]
+        argv = [sys.executable, "-m", "medusa_trt", "run", str(ckpt), "--port", str(port), *extra]
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(argv, stderr=self.log)
         self.ps = psutil.Process(self.proc.pid)

@@ -27,8 +27,8 @@ PROMPT = "def f():"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Path:
-    from medusa_trt.runtime._testing import make_checkpoint
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.checkpoints import make_checkpoint
+    from tests.helpers.models import make_tiny_llama
 
     base = tmp_path_factory.mktemp("faults")
     model = make_tiny_llama(base / "llama", seed=0, max_position_embeddings=2048)  # long runs to interrupt
@@ -55,7 +55,7 @@ class Server:
     def __init__(self, ckpt: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "medusa_trt.serve", str(ckpt), "--port", str(self.port), *extra]
+        argv = [sys.executable, "-m", "medusa_trt", "run", str(ckpt), "--port", str(self.port), *extra]
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 180
         while not self._healthy():

@@ -21,7 +21,7 @@ PROMPT = "def main():"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Path:
-    from medusa_trt.runtime._testing import make_checkpoint
+    from tests.helpers.checkpoints import make_checkpoint
 
     return make_checkpoint(tiny_llama, tmp_path_factory.mktemp("guard") / "ck", heads=tiny_heads)
 

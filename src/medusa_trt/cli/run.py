@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import sys
+from typing import Annotated
 
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
+from medusa_trt.engine.launch import DEFAULT_MAX_REQUEST_MB
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
-from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
 
 
 def run_cmd(
@@ -76,133 +77,61 @@ def run_cmd(
                 raise InvalidInputError("--json needs --prompt (one generation) or --print-cmd (the serve command)")
             emit_json(serve_command(path, host, port))
             return 0
-        if max_request_mb <= 0:
-            raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
-        if step_timeout < 0 or first_step_timeout < 0:
-            raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
-        guard = ServeGuard(
+        return serve(
+            engine_dir=path,
+            host=host,
+            port=port,
+            print_cmd=print_cmd,
+            device=device,
             api_key=api_key or None,
-            max_request_bytes=int(max_request_mb * 2**20),
+            max_request_mb=max_request_mb,
             step_timeout_s=step_timeout,
             first_step_timeout_s=first_step_timeout,
         )
-        return int(serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device, guard=guard))
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")
-    doc = generate_once(
-        path,
-        prompt,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        seed=seed,
-        medusa=not no_medusa,
-        tree=tree,
-        device=device,
-        chat=chat,
-        echo=not json_out,
-        step_timeout=step_timeout,
-        first_step_timeout=first_step_timeout,
-    )
+    if step_timeout < 0 or first_step_timeout < 0:
+        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
+    from medusa_trt.runtime import SamplingParams, load_engine
+    from medusa_trt.runtime.once import generate_text
+    from medusa_trt.runtime.watchdog import run_guarded
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    with err_console.status("loading the reference engine", spinner="dots"):
+        engine = load_engine(path, device=device, tree=tree)
+    with engine:
+        # on a thread under the watchdog: a dead or hung tp rank, or a signal, ends the run in seconds
+        doc = run_guarded(
+            engine,
+            lambda clock: generate_text(
+                engine,
+                prompt,
+                params,
+                medusa=not no_medusa,
+                chat=chat,
+                on_text=None if json_out else _echo,
+                clock=clock,
+            ),
+            first_timeout_s=first_step_timeout,
+            step_timeout_s=step_timeout,
+        )
     if json_out:
         emit_json(doc)
-    else:
-        s = doc["stats"]
-        err_console.print(
-            f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
-            f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
-            f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]"
-        )
+        return 0
+    sys.stdout.write("\n")
+    s = doc["stats"]
+    err_console.print(
+        f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
+        f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
+        f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]"
+    )
     return 0
 
 
-def generate_once(
-    path: str,
-    prompt: str,
-    *,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    seed: int | None,
-    medusa: bool,
-    tree: str | None,
-    device: str,
-    chat: bool,
-    echo: bool,
-    step_timeout: float = STEP_TIMEOUT_S,
-    first_step_timeout: float = FIRST_STEP_TIMEOUT_S,
-) -> dict[str, Any]:
-    """Load, generate (streaming text to stdout when ``echo``), close; the --json document."""
-    import sys
-
-    from medusa_trt.errors import CheckpointError
-    from medusa_trt.runtime import SamplingParams, load_engine
-    from medusa_trt.runtime.watchdog import StepClock, run_guarded
-
-    with err_console.status("loading the reference engine", spinner="dots"):
-        engine = load_engine(path, device=device, tree=tree)
-    try:
-        tok = engine.tokenizer
-        if tok is None:
-            raise CheckpointError(
-                f"{path}: no tokenizer files beside the checkpoint",
-                hint="`medusa-trt convert` copies them from the model directory.",
-            )
-        if chat:
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        else:
-            ids = tok(prompt, add_special_tokens=True)["input_ids"]
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        out: list[int] = []
-        finish: list[str | None] = [None]
-
-        def generate(clock: StepClock) -> Any:
-            # on a thread under the watchdog: a dead or hung tp rank ends the run in seconds
-            shown = ""
-            with clock.step(first=True):
-                gen = engine.generate(list(ids), params, medusa=medusa)
-                chunk = next(gen, None)
-            while chunk is not None:
-                out.extend(chunk.token_ids)
-                finish[0] = chunk.finish_reason
-                if echo:  # print the text as it grows (decode the whole run: BPE pieces merge)
-                    text = tok.decode(out, skip_special_tokens=True)
-                    sys.stdout.write(text[len(shown) :])
-                    sys.stdout.flush()
-                    shown = text
-                with clock.step():
-                    chunk = next(gen, None)
-            return gen
-
-        gen = run_guarded(engine, generate, first_timeout_s=first_step_timeout, step_timeout_s=step_timeout)
-        if echo:
-            sys.stdout.write("\n")
-        st = gen.stats
-        assert st is not None
-        return {
-            "text": tok.decode(out, skip_special_tokens=True),
-            "token_ids": out,
-            "finish_reason": finish[0],
-            "prompt_tokens": st.prompt_tokens,
-            "completion_tokens": st.completion_tokens,
-            "num_steps": st.num_steps,
-            "tokens_per_step": st.tokens_per_step,
-            "stats": {
-                "medusa": st.medusa,
-                "tree_nodes": len(engine.tree) if st.medusa else 0,
-                "tp": engine.tp,
-                "accepted_per_depth": st.accepted_per_depth,
-                "prefill_s": st.prefill_s,
-                "decode_s": st.decode_s,
-                "tokens_per_s": st.completion_tokens / st.decode_s if st.decode_s > 0 else 0.0,
-            },
-        }
-    finally:
-        engine.close()
+def _echo(text: str) -> None:
+    """Show the generated text as it settles."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,9 @@ from typing import Any
 from medusa_trt.engine import trtllm
 from medusa_trt.engine.manifest import MANIFEST, read_manifest
 from medusa_trt.engine.supervise import Supervisor
+from medusa_trt.errors import InvalidInputError
+from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
 
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
 
@@ -109,13 +112,26 @@ def serve(
     port: int = 8000,
     print_cmd: bool = False,
     device: str = "cpu",
-    guard: Any = None,
-    **_ignored: Any,
+    api_key: str | None = None,
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+    step_timeout_s: float = STEP_TIMEOUT_S,
+    first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S,
 ) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code.
 
-    ``guard`` (medusa_trt.serve.ServeGuard): API key, body limit and step timeouts of the reference server.
+    The reference server takes the API key, body limit and step timeouts (``serve.ServeGuard``);
+    trtllm-serve has no API-key option, so a key is refused for a TensorRT-LLM engine.
     """
+    if max_request_mb <= 0:
+        raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
+    if step_timeout_s < 0 or first_step_timeout_s < 0:
+        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
+    guard = ServeGuard(
+        api_key=api_key or None,
+        max_request_bytes=int(max_request_mb * 2**20),
+        step_timeout_s=step_timeout_s,
+        first_step_timeout_s=first_step_timeout_s,
+    )
     engine_dir = Path(engine_dir).resolve()
     cmd = serve_command(engine_dir, host, port)
     if print_cmd or cmd["nodes"] > 1:  # several nodes: the launch lines, to run from the login node
@@ -127,9 +143,7 @@ def serve(
         from medusa_trt.serve.server import run_server
 
         return int(run_server(engine_dir, host, port, device, cmd["model_name"], guard=guard))
-    if guard is not None and guard.api_key:
-        from medusa_trt.errors import InvalidInputError
-
+    if guard.api_key:
         # trtllm-serve (TensorRT-LLM 1.0-1.2) has no API-key option: never serve unprotected by surprise
         raise InvalidInputError(
             "--api-key is not supported for TensorRT-LLM engines: trtllm-serve has no API-key option",
