@@ -97,6 +97,15 @@ def test_print_cmd_is_the_supervised_command(trt_engine: Path, capsys: pytest.Ca
     assert opts["--kv_cache_free_gpu_memory_fraction"] == "0.9"
 
 
+def test_api_key_is_refused_for_trtllm_serve(trt_engine: Path) -> None:
+    """trtllm-serve has no API-key option: a key must not be dropped silently (the server would be open)."""
+    from medusa_trt.errors import InvalidInputError
+
+    for print_cmd in (False, True):
+        with pytest.raises(InvalidInputError, match="trtllm-serve has no API-key option"):
+            launch.serve(trt_engine, "127.0.0.1", 8123, print_cmd=print_cmd, api_key="k")
+
+
 def test_print_cmd_json_is_the_same_command(trt_engine: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert launch.serve(trt_engine, "127.0.0.1", 8123, print_cmd=True) == 0
     text = capsys.readouterr().out.strip()

@@ -137,6 +137,18 @@ def test_rank_stopped_times_out_the_step_then_exits_1(server: Server) -> None:
     assert gone(server.ranks)  # the stopped rank was killed, not left behind
 
 
+@pytest.mark.parametrize("server", [("--step-timeout", "1")], indirect=True)
+def test_rank_stopped_while_idle_is_found_by_the_ping(server: Server) -> None:
+    """No request in flight: the idle ping (every 5 s) through the ranks stalls and times out."""
+    t0 = time.monotonic()
+    os.kill(server.ranks[0].pid, signal.SIGSTOP)
+    while httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+        assert time.monotonic() - t0 < 15, "a stopped rank went unnoticed"
+        time.sleep(0.1)
+    assert server.proc.wait(timeout=15) == 1
+    assert gone(server.ranks)
+
+
 @pytest.mark.parametrize("server", [("--step-timeout", "0")], indirect=True)
 def test_sigterm_ends_a_server_with_a_hung_rank_within_10_s(server: Server) -> None:
     client, _resp, _lines = first_chunk(server.url)

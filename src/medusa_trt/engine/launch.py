@@ -134,6 +134,13 @@ def serve(
     )
     engine_dir = Path(engine_dir).resolve()
     cmd = serve_command(engine_dir, host, port)
+    if guard.api_key and cmd["engine"] != "reference":
+        # trtllm-serve (TensorRT-LLM 1.0-1.2) has no API-key option: never serve unprotected by surprise
+        raise InvalidInputError(
+            "--api-key is not supported for TensorRT-LLM engines: trtllm-serve has no API-key option",
+            hint="Bind trtllm-serve to 127.0.0.1 behind a reverse proxy that checks the key, or unset "
+            "--api-key/MEDUSA_TRT_API_KEY.",
+        )
     if print_cmd or cmd["nodes"] > 1:  # several nodes: the launch lines, to run from the login node
         print("\n".join(cmd["lines"]))
         return 0
@@ -143,13 +150,6 @@ def serve(
         from medusa_trt.serve.server import run_server
 
         return int(run_server(engine_dir, host, port, device, cmd["model_name"], guard=guard))
-    if guard.api_key:
-        # trtllm-serve (TensorRT-LLM 1.0-1.2) has no API-key option: never serve unprotected by surprise
-        raise InvalidInputError(
-            "--api-key is not supported for TensorRT-LLM engines: trtllm-serve has no API-key option",
-            hint="Bind trtllm-serve to 127.0.0.1 behind a reverse proxy that checks the key, or unset "
-            "--api-key/MEDUSA_TRT_API_KEY.",
-        )
     trtllm.check_trtllm(("trtllm-serve",), require_package=False)
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
 
