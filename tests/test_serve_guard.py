@@ -184,3 +184,20 @@ def test_invalid_fields_are_400_naming_them(url: str, path: str, body: dict[str,
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param, err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--max-request-mb", "0"],
+        ["--step-timeout", "-1"],
+        ["--first-step-timeout", "-5"],
+        ["--prompt", "x", "--step-timeout", "-1"],
+    ],
+)
+def test_bad_server_flags_are_usage_errors(ckpt: Path, flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from medusa_trt.cli import run
+
+    assert run(["run", str(ckpt), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err and flags[-2] in err  # the flag is named
