@@ -105,14 +105,16 @@ def test_rank_killed_fails_health_and_requests_then_exits_1(server: Server) -> N
     client, _resp, lines = first_chunk(server.url)
     t0 = time.monotonic()
     os.kill(server.ranks[0].pid, signal.SIGKILL)
+    while (health := httpx.get(f"{server.url}/health", timeout=5)).status_code == 200:
+        assert time.monotonic() - t0 < 5, "still healthy"
+    # the first answer that is not 200 is a 503 naming the rank (the port stays open ~1 s after the fault)
+    assert health.status_code == 503 and "rank 1" in health.json()["reason"]
     events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
     assert "error" in events[-1], events[-1]  # the stream ends with the error event, then [DONE]
     assert_clean_503(events[-1]["error"])
-    health = httpx.get(f"{server.url}/health", timeout=2)  # the port stays open ~1 s after the fault
-    assert health.status_code == 503 and "rank 1" in health.json()["reason"]
     client.close()
     assert server.proc.wait(timeout=15) == 1
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 12  # the hard exit fires 9 s after the fault, whatever is stuck
     assert "rank 1 was killed by SIGKILL" in (server.proc.stderr.read() if server.proc.stderr else "")
     assert gone(server.ranks)
 
