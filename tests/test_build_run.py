@@ -205,6 +205,7 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
 ) -> None:
     """quantize.py's checkpoint has no tokenizer: runtime-files finds it in sources/model (the fetched hub model)."""
     from medusa_trt.engine.build import _runtime_files, prepare
+    from medusa_trt.outputs import OwnedDir
 
     out = tmp_path / "eng"
     plan = prepare(
@@ -213,7 +214,7 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
     assert plan.spec.model.local is None and plan.spec.quantize_needed
     (out / "checkpoint").mkdir(parents=True)
     shutil.copytree(tiny_llama, out / "sources" / "model")
-    _runtime_files(plan.spec, out.resolve())
+    _runtime_files(plan.spec, OwnedDir(out.resolve(), "engine"))
     assert (out / "tokenizer.json").read_bytes() == (tiny_llama / "tokenizer.json").read_bytes()
     assert (out / "medusa.yaml").is_file() and (out / "medusa_tree.yaml").is_file()
 

@@ -18,26 +18,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import __version__
+from medusa_trt import __version__, outputs
 from medusa_trt.checkpoint.layout import Layout, OutTensor, rank_tensors
 from medusa_trt.checkpoint.readers import BaseModel, Heads, load_base, load_fasterdecoding_heads, modelopt_heads
 from medusa_trt.checkpoint.safetensors_io import CODE_TO_NAME, HASH_ALGORITHM
 from medusa_trt.checkpoint.sources import ResolvedSource, resolve_source
 from medusa_trt.checkpoint.trtllm_config import trtllm_config
 from medusa_trt.checkpoint.validate import check_layout, check_parallel
-from medusa_trt.checkpoint.writer import (
-    TOKENIZER_FILES,
-    check_output,
-    copy_hashed,
-    existing_ancestor,
-    publish,
-    temp_sibling,
-    write_hashed,
-    write_ranks,
-)
+from medusa_trt.checkpoint.writer import TOKENIZER_FILES, copy_hashed, existing_ancestor, write_hashed, write_ranks
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
 MANIFEST = "medusa-trt-convert.json"
+KIND = "checkpoint"  # the ownership kind of a convert output (outputs.py)
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_MAX_DRAFT_LEN = 63  # TRT-LLM's --max_medusa_token_len default: fits the 63-node default tree
 
@@ -160,7 +152,7 @@ def _progress(total: int, enabled: bool, label: str) -> Iterator[Callable[[int],
 
 def convert_checkpoint(
     model: str | Path,
-    output_dir: Path,
+    output_dir: str | Path,
     *,
     medusa: str | Path | None = None,
     tp: int = 1,
@@ -178,10 +170,13 @@ def convert_checkpoint(
 ) -> ConvertResult:
     """Write a TRT-LLM checkpoint for ``tp`` ranks into ``output_dir`` (see module docstring)."""
     t0 = time.perf_counter()
-    output_dir = Path(output_dir).expanduser().absolute()
+    output_dir = outputs.output_path(output_dir)
+    outputs.check_overlap(output_dir, {"--model": str(model), "--medusa": str(medusa) if medusa else None})
     if dtype is not None and dtype not in DTYPES:
         raise InvalidInputError(f"--dtype {dtype}: not one of {', '.join(DTYPES)}")
-    check_output(output_dir, force)
+    if workers < 1:
+        raise InvalidInputError(f"--workers {workers}: must be at least 1", hint="Pass 1 or more.")
+    outputs.check_replace(output_dir, KIND, force)  # refuse before reading anything
     src = resolve_source(model, kind="model", revision=revision)
     base = load_base(src.path)
     check_parallel(base.spec, tp, pp)
@@ -211,10 +206,7 @@ def convert_checkpoint(
     sources = {"model": dict(src.to_json(), format="modelopt" if base.quant else "hf")}
     if heads_src is not None:
         sources["medusa"] = dict(heads_src.to_json(), format="fasterdecoding")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)  # validation passed: parents may be created
-    tmp = temp_sibling(output_dir, "tmp")
-    tmp.mkdir()
-    try:
+    with outputs.replacing(output_dir, kind=KIND, inputs={"--model": src.path}, force=force) as tmp:
         with _progress(total, progress, f"convert tp={tp}") as advance:
             files = write_ranks(tmp, plans, workers, advance)
         files["config.json"] = write_hashed(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
@@ -232,10 +224,6 @@ def convert_checkpoint(
             seconds,
         )
         _write_manifest(tmp, result, lay, mdl)
-        publish(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result.seconds = time.perf_counter() - t0
     return result
 
