@@ -62,6 +62,11 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{pid}-{start_time(pid) or 0}-{secrets.token_hex(4)}")
 
 
+def is_temp(name: str) -> bool:
+    """A temporary name of this module's (a live writer's or a stale one)."""
+    return _TMP_RE.match(name) is not None
+
+
 def stale_temps(path: Path) -> list[Path]:
     """Temporary siblings of ``path`` whose writing process is gone."""
     if not path.parent.is_dir():
@@ -152,6 +157,7 @@ def write_json(path: Path, doc: Any) -> Path:
 
 __all__ = [
     "atomic_path",
+    "is_temp",
     "os_failure",
     "remove",
     "stale_temps",

@@ -71,7 +71,7 @@ def check_unchanged(root: Path, files: dict[str, Any]) -> None:
     if found := changes(root, files):
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise CheckpointError(
-            f"{root}/{found[0]}{more}",
+            f"{root} changed since its manifest was written: {found[0]}{more}",
             hint=f"Check every byte with `medusa-trt verify {root}`; rebuild or reconvert if it reports damage.",
         )
 

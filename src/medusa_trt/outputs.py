@@ -142,6 +142,27 @@ def lock_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.lock")
 
 
+def _busy(output: Path, holder: str) -> MedusaTrtError:
+    return MedusaTrtError(
+        f"{output}: another medusa-trt process is writing it ({holder})",
+        hint="Wait for it to finish, or choose another --output.",
+    )
+
+
+def check_free(output: Path) -> None:
+    """Fail at once when another process holds ``output``'s lock (before any input is read)."""
+    try:
+        fd = os.open(lock_path(output), os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody is writing
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(output, os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process") from None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def locked(output: Path) -> Iterator[None]:
     """Hold ``.NAME.lock`` beside ``output`` (flock); a second writer fails at once."""
@@ -155,11 +176,7 @@ def locked(output: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            raise MedusaTrtError(
-                f"{output}: another medusa-trt process is writing it ({holder})",
-                hint="Wait for it to finish, or choose another --output.",
-            ) from None
+            raise _busy(output, os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process") from None
         # the file may have been unlinked by a holder that just released it: ours must be the one on disk
         if not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino:
             raise MedusaTrtError(
@@ -184,7 +201,7 @@ def check_claim(output: Path, kind: str) -> OwnedDir | None:
         raise InvalidInputError(f"{output}: exists and is not a directory", hint=_PICK)
     if not output.is_dir():
         return None
-    entries = [p for p in output.iterdir() if p.name != OWNER]
+    entries = [p for p in output.iterdir() if p.name != OWNER and not fsio.is_temp(p.name)]
     doc = read_owner(output)
     if not entries and doc is None:
         return None
@@ -295,6 +312,7 @@ __all__ = [
     "OwnedDir",
     "check_claim",
     "check_file_output",
+    "check_free",
     "check_overlap",
     "check_replace",
     "locked",

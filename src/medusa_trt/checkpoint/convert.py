@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +24,7 @@ from medusa_trt.checkpoint.trtllm_config import trtllm_config
 from medusa_trt.checkpoint.validate import check_layout, check_parallel
 from medusa_trt.checkpoint.writer import TOKENIZER_FILES, copy_hashed, existing_ancestor, write_hashed, write_ranks
 from medusa_trt.errors import CheckpointError, InvalidInputError
+from medusa_trt.progress import byte_progress
 
 MANIFEST = "medusa-trt-convert.json"
 KIND = "checkpoint"  # the ownership kind of a convert output (outputs.py)
@@ -123,33 +121,6 @@ def _check_draft(max_draft_len: int | None, tree: str | list[list[int]] | None, 
     return mdl
 
 
-@contextmanager
-def _progress(total: int, enabled: bool, label: str) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    lock = threading.Lock()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-
-        def advance(n: int) -> None:
-            with lock:
-                bar.advance(task, n)
-
-        yield advance
-
-
 def convert_checkpoint(
     model: str | Path,
     output_dir: str | Path,
@@ -176,6 +147,7 @@ def convert_checkpoint(
         raise InvalidInputError(f"--dtype {dtype}: not one of {', '.join(DTYPES)}")
     if workers < 1:
         raise InvalidInputError(f"--workers {workers}: must be at least 1", hint="Pass 1 or more.")
+    outputs.check_free(output_dir)
     outputs.check_replace(output_dir, KIND, force)  # refuse before reading anything
     src = resolve_source(model, kind="model", revision=revision)
     base = load_base(src.path)
@@ -207,7 +179,7 @@ def convert_checkpoint(
     if heads_src is not None:
         sources["medusa"] = dict(heads_src.to_json(), format="fasterdecoding")
     with outputs.replacing(output_dir, kind=KIND, inputs={"--model": src.path}, force=force) as tmp:
-        with _progress(total, progress, f"convert tp={tp}") as advance:
+        with byte_progress(total, f"convert tp={tp}", enabled=progress) as advance:
             files = write_ranks(tmp, plans, workers, advance)
         files["config.json"] = write_hashed(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         for name in TOKENIZER_FILES:

@@ -140,6 +140,7 @@ def _inputs(spec: BuildSpec) -> dict[str, str | Path | None]:
 def check_output(spec: BuildSpec) -> None:
     """The output rules (outputs.py), checked before any input is read or any step runs."""
     outputs.check_overlap(spec.output.absolute(), _inputs(spec))
+    outputs.check_free(spec.output.absolute())
     outputs.check_claim(spec.output.absolute(), KIND)
 
 
