@@ -17,7 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,23 @@ def check_overlap(output: Path, inputs: dict[str, str | Path | None], param: str
             raise InvalidInputError(f"{param} {output} contains the input {name} {raw}", hint=_PICK)
 
 
-def check_file_output(raw: str | Path | None, param: str, inputs: dict[str, str | Path | None]) -> Path:
-    """A single-file output (a report, a CSV): not empty, not a directory, not inside an input."""
+def check_file_output(
+    raw: str | Path | None,
+    param: str,
+    inputs: dict[str, str | Path | None],
+    ours: Callable[[Path], bool] | None = None,
+) -> Path:
+    """A single-file output (a report, a CSV): not empty, not a directory, not inside an input, and
+    (given ``ours``) not an existing file that medusa-trt did not write."""
     path = output_path(raw, param)
     if path.is_dir():
         raise InvalidInputError(f"{param} {raw}: is a directory", hint=f"Pass a file path to {param}.")
     check_overlap(path, inputs, param)
+    if ours is not None and path.exists() and not ours(path):
+        raise InvalidInputError(
+            f"{param} {raw}: exists and was not written by medusa-trt; refusing to overwrite it",
+            hint=f"Pass a new file name to {param}.",
+        )
     return path
 
 
