@@ -253,10 +253,8 @@ def _fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
     from medusa_trt.checkpoint.sources import resolve_source
 
     snapshot = resolve_source(repo, kind=kind, revision=revision).path
-    tmp = local.with_name(local.name + ".partial")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(snapshot, target_is_directory=True)
-    tmp.replace(local)
+    with fsio.atomic_path(local) as tmp:
+        tmp.symlink_to(snapshot, target_is_directory=True)
 
 
 def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
