@@ -100,7 +100,7 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def os_failure(e: OSError, path: Path | str) -> MedusaTrtError:
+def os_failure(e: OSError, path: Path | str, verb: str = "write") -> MedusaTrtError:
     """One line for an OS error on ``path``: a full disk, a read-only or forbidden directory (exit 1)."""
     cause = _CAUSES.get(e.errno or 0, e.strerror or e.__class__.__name__)
     hint = (
@@ -108,7 +108,12 @@ def os_failure(e: OSError, path: Path | str) -> MedusaTrtError:
         if e.errno in (errno.ENOSPC, errno.EDQUOT)
         else "Write to a directory you can write to."
     )
-    return MedusaTrtError(f"cannot write {path}: {cause}", hint=hint)
+    return MedusaTrtError(f"cannot {verb} {path}: {cause}", hint=hint)
+
+
+def is_disk_error(e: OSError) -> bool:
+    """A full disk, a read-only file system or a forbidden path (not a bug)."""
+    return e.errno in _CAUSES
 
 
 @contextlib.contextmanager
@@ -157,6 +162,7 @@ def write_json(path: Path, doc: Any) -> Path:
 
 __all__ = [
     "atomic_path",
+    "is_disk_error",
     "is_temp",
     "os_failure",
     "remove",

@@ -181,8 +181,8 @@ def locked(output: Path) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise fsio.os_failure(e, path) from e
+    except OSError as e:  # the user named the output, not our lock file beside it
+        raise fsio.os_failure(e, output) from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

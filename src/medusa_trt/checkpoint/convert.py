@@ -107,7 +107,9 @@ def _head_count(heads: Heads, num_heads: int | None, num_layers: int | None, war
     return num_heads
 
 
-def _check_draft(max_draft_len: int | None, tree: str | list[list[int]] | None, num_heads: int) -> int:
+def _check_draft(
+    max_draft_len: int | None, tree: str | list[list[int]] | None, num_heads: int, max_positions: int
+) -> int:
     from medusa_trt.medusa.trees import load_tree, validate_tree
 
     mdl = DEFAULT_MAX_DRAFT_LEN if max_draft_len is None else max_draft_len
@@ -115,6 +117,11 @@ def _check_draft(max_draft_len: int | None, tree: str | list[list[int]] | None, 
         raise InvalidInputError(
             f"--max-draft-len {mdl}: must be at least 1",
             hint="TRT-LLM requires max_draft_len > 0 for Medusa; it bounds the tree's nodes.",
+        )
+    if mdl >= max_positions:  # every step verifies max_draft_len + 1 tokens: they must fit the context
+        raise InvalidInputError(
+            f"--max-draft-len {mdl}: must be below the model's max_position_embeddings ({max_positions})",
+            hint=f"Pass the tree's node count (default {DEFAULT_MAX_DRAFT_LEN}).",
         )
     if tree is not None:
         validate_tree(load_tree(tree), num_heads=num_heads, max_draft_len=mdl)
@@ -161,7 +168,7 @@ def convert_checkpoint(
             hint="Pass --medusa DIR, or use a ModelOpt checkpoint with medusa_heads.* tensors.",
         )
     k = _head_count(heads, num_medusa_heads, num_medusa_layers, warnings) if heads is not None else 0
-    mdl = _check_draft(max_draft_len, tree, k) if heads is not None else 0
+    mdl = _check_draft(max_draft_len, tree, k, base.spec.max_position_embeddings) if heads is not None else 0
     src_code = base.store.info("model.embed_tokens.weight").dtype
     lay = Layout(base, heads, k, tp, dtype or CODE_TO_NAME.get(src_code, "bfloat16"))
     check_layout(lay)

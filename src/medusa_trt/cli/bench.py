@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -87,6 +88,8 @@ def bench_cmd(
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise InvalidInputError(f"--plot must name a .png file, got {plot}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidInputError(f"--temperature {temperature}: must be a finite number >= 0", hint="0 is greedy.")
     json_path = _check_outputs(json_out_file, plot, engine, dataset)
     cfg = BenchConfig(
         url=url,

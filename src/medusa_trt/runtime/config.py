@@ -64,8 +64,8 @@ class CheckpointInfo:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # unreadable, not JSON, not UTF-8
         raise CheckpointError(
             f"{path}: cannot read JSON ({e.__class__.__name__})",
             hint="Re-run `medusa-trt convert` to rewrite the checkpoint.",
