@@ -34,8 +34,9 @@ def digest(path: Path, advance: Callable[[int], None] | None = None) -> str:
 
 
 def record(root: Path, rels: Iterable[str], known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The file table for ``rels`` under ``root``; a hash from ``known`` (taken while writing) is reused
-    when the size still matches, so a build does not read its checkpoint a second time."""
+    """The file table for ``rels`` under ``root``; a hash from ``known`` (taken while writing, or by the
+    previous run) is reused when the size (and the recorded mtime) still match, so a resumed build does
+    not read a 400 GB engine again."""
     known = known or {}
     table: dict[str, Any] = {}
     for rel in sorted(rels):
@@ -44,7 +45,8 @@ def record(root: Path, rels: Iterable[str], known: dict[str, dict[str, Any]] | N
             continue
         st = path.stat()
         prior = known.get(rel) or {}
-        h = prior["hash"] if prior.get("size") == st.st_size and prior.get("hash") else digest(path)
+        same = prior.get("size") == st.st_size and prior.get("mtime_ns", st.st_mtime_ns) == st.st_mtime_ns
+        h = prior["hash"] if same and prior.get("hash") else digest(path)
         table[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": h}
     return table
 

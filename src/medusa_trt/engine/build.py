@@ -103,6 +103,7 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
     version = check_tools(plan)
     with outputs.writing(spec.output, kind=KIND, inputs=_inputs(spec)) as owned:
         out = owned.root
+        known = {**_previous_hashes(out), **_known_hashes(out)}
         owned.claim([MANIFEST])
         owned.remove(MANIFEST)  # the directory is incomplete until the manifest is rewritten
         runner = StepRunner(out, force=force, progress=progress, owned=owned)
@@ -127,7 +128,7 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
             runner.run(step)
         doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
         doc["hash_algorithm"] = integrity.HASH_ALGORITHM
-        doc["files"] = integrity.record(out, _served_files(owned), _known_hashes(out))
+        doc["files"] = integrity.record(out, _served_files(owned), {**known, **_known_hashes(out)})
         write_manifest(out, doc)
         owned.done([MANIFEST])
     return doc
@@ -148,6 +149,15 @@ def _served_files(owned: outputs.OwnedDir) -> list[str]:
     """What `run` and the server read: everything we wrote but the bookkeeping (stamps, logs, lists)."""
     skip = (MANIFEST, outputs.OWNER)
     return [f for f in owned.files if f not in skip and not f.startswith((".steps/", "logs/", "sources/"))]
+
+
+def _previous_hashes(out: Path) -> dict[str, dict[str, Any]]:
+    """The last manifest's file table (its hashes are reused for files with the same size and mtime)."""
+    try:
+        files = json.loads((out / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(v, dict)}
 
 
 def _known_hashes(out: Path) -> dict[str, dict[str, Any]]:
