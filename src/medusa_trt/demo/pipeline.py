@@ -275,11 +275,10 @@ def run_demo(
     from medusa_trt.demo.report import render
 
     cfg = cfg or DemoConfig()
-    if log is None:
-        from medusa_trt.cli._common import err_console
+    if log is None:  # the messages carry Rich markup: print them on stderr as the CLI does
+        from rich.console import Console
 
-        def log(msg: str) -> None:
-            err_console.print(msg)
+        log = Console(stderr=True, highlight=False).print
 
     cache_raw = cache_dir if cache_dir is not None else default_cache_dir()
     with outputs.writing(cache_raw, kind=CACHE_KIND, inputs={}, param="--cache-dir") as cache_dir_owned:
