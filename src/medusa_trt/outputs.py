@@ -115,6 +115,8 @@ class OwnedDir:
     def claim(self, rels: Iterable[str]) -> None:
         """Record that we are about to create these paths; refuse one that exists and is not ours."""
         for rel in rels:
+            for stale in fsio.stale_temps(self.root / rel):  # a killed run's half-written copy of it
+                fsio.remove(stale)
             if not self.owns(rel) and (foreign := self.foreign(rel)):
                 raise InvalidInputError(
                     f"{self.root / foreign[0]}: not written by medusa-trt; refusing to replace it",
