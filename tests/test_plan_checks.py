@@ -155,5 +155,8 @@ def test_json_document_shape() -> None:
     assert {"linear_weights", "kv_cache", "total", "available"} <= set(d["memory_gib"])
     assert all(set(c) == {"name", "verdict", "reason"} for c in d["checks"])
     for k in ("medusa", "baseline"):
-        assert d["prediction"][k]["step_ms"] > 0 and d["prediction"][k]["tokens_per_s_per_user"] > 0
+        pred = d["prediction"][k]
+        assert pred["step_ms"] > 0 and pred["tokens_per_s_per_user"] == pytest.approx(
+            pred["tokens_per_step"] * 1e3 / pred["step_ms"]
+        )
     assert d["profile"]["name"] == "hgx-h200-fp8-tp8" and len(d["profile"]["id"]) == 12
