@@ -24,7 +24,8 @@ def _check(report, name: str) -> ck.Check:  # type: ignore[no-untyped-def]
 def test_gpu_profiles_plan_70b(name: str) -> None:
     r = make_plan(name, "llama-3.1-70b")
     assert r.fits, r.failures
-    assert {c.verdict for c in r.checks} <= {"pass", "warn"}
+    assert {c.verdict for c in r.checks if c.name != "prediction"} <= {"pass", "warn"}
+    assert _check(r, "prediction").verdict == "estimate"  # it rests on the default tokens/step
     assert r.prediction.medusa.tokens_per_s_per_user > r.prediction.baseline.tokens_per_s_per_user
 
 
@@ -138,13 +139,19 @@ def test_disk_check() -> None:
 
 def test_prediction_check_and_tokens_per_step() -> None:
     p = load_profile("hgx-h200-fp8-tp8")
-    assert ck.check_prediction(predict(p, M70, 2.0)).verdict == "pass"
-    assert ck.check_prediction(predict(p, M70, 1.0)).verdict == "warn"  # verifying costs more than it gains
+    assert ck.check_prediction(predict(p, M70, 2.0), default_tokens_per_step=False).verdict == "pass"
+    assert ck.check_prediction(predict(p, M70, 2.0), default_tokens_per_step=True).verdict == "estimate"
+    slower = ck.check_prediction(predict(p, M70, 1.0), default_tokens_per_step=False)
+    assert slower.verdict == "warn"  # verifying costs more than it gains
     given = make_plan(p, M70, tokens_per_step=3.0)
     assert given.tokens_per_step_source == "given" and given.prediction.medusa.tokens_per_step == 3.0
+    assert _check(given, "prediction").verdict == "pass" and "not measured" not in _check(given, "prediction").reason
     default = make_plan(p, M70)
     assert default.prediction.medusa.tokens_per_step == pytest.approx(2.176)
     assert "default" in default.tokens_per_step_source
+    assert (
+        _check(default, "prediction").verdict == "estimate" and "not measured" in _check(default, "prediction").reason
+    )
     with pytest.raises(InvalidInputError, match=r"outside 1\.\.4"):
         make_plan(p, M70, tokens_per_step=4.5)
 
