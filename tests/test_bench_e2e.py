@@ -17,8 +17,6 @@ import pytest
 from medusa_trt.bench import BenchConfig, run_benchmark
 from medusa_trt.bench.server import free_port
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_llama: Path, tiny_heads: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
