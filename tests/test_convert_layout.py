@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from medusa_trt.checkpoint import convert_checkpoint
-from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
-from medusa_trt.tiny import make_medusa_heads, make_tiny_llama
+from tests.helpers.modelopt import make_modelopt_fp8
+from tests.helpers.models import make_medusa_heads, make_tiny_llama
 
 V, D, H, KV, HD, INTER, LAYERS = 322, 64, 8, 2, 8, 128, 2  # V % 4 and V % 8 != 0: lm_head padding happens
 TINY = {"vocab_size": V, "num_attention_heads": H, "num_key_value_heads": KV}

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from medusa_trt.medusa.trees import TOPK
 from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_medusa_heads
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_medusa_heads
 
 Tokens = list[int]
 

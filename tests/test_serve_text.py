@@ -19,7 +19,7 @@ MULTIBYTE = "héllo wörld 日本 → ok"
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from medusa_trt.tiny import make_tokenizer
+    from tests.helpers.models import make_tokenizer
 
     return make_tokenizer(Path(tmp_path_factory.mktemp("tok")))
 

@@ -29,7 +29,7 @@ LONG = 2048  # context of the smoke model
 @pytest.fixture(scope="module")
 def long_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama with a longer context, so a stream outlives a disconnect even on a fast machine."""
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.models import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("smoke-llama"), seed=0, max_position_embeddings=LONG)
 

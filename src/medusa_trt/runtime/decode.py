@@ -23,7 +23,7 @@ import torch
 from medusa_trt.medusa.acceptance import greedy_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers
 from medusa_trt.medusa.trees import TOPK
-from medusa_trt.runtime.api import Chunk, GenerationStats, SamplingParams
+from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
     from medusa_trt.runtime.tp import Runner
