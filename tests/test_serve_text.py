@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medusa_trt.runtime.text import TextStream
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.protocol import ChatCompletionRequest, CompletionRequest
-from medusa_trt.serve.text import TextStream
 
 MULTIBYTE = "héllo wörld 日本 → ok"
 

@@ -10,6 +10,7 @@ from medusa_trt.perf.model import (
     default_tokens_per_step,
     predict,
     step_breakdown,
+    step_time_curve,
     step_time_ms,
     verify_tokens_for,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "default_tokens_per_step",
     "predict",
     "step_breakdown",
+    "step_time_curve",
     "step_time_ms",
     "verify_tokens_for",
 ]

@@ -198,6 +198,16 @@ def step_time_ms(
     return step_breakdown(profile, model, verify_tokens, context_len, num_medusa_heads)["total"]
 
 
+def step_time_curve(
+    profile: HardwareProfile, model: ModelSpec, max_nodes: int, context_len: int = DEFAULT_CONTEXT_LEN
+) -> dict[int, float]:
+    """Predicted step time (ms) for trees of 0..max_nodes draft nodes (0: plain decoding).
+
+    A step verifies the root plus every draft node: ``nodes + 1`` tokens.
+    """
+    return {n: float(step_time_ms(profile, model, n + 1, context_len)) for n in range(max_nodes + 1)}
+
+
 def verify_tokens_for(profile: HardwareProfile, tree_nodes: int) -> int:
     """Tokens computed per Medusa step: TRT-LLM pads to max_draft_len+1, the reference runtime does not."""
     return profile.medusa.max_draft_len + 1 if profile.engine == "trtllm" else tree_nodes + 1

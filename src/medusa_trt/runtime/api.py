@@ -167,7 +167,8 @@ def _eos_ids(ckpt_dir: Path, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _load_tokenizer(*dirs: Path) -> Any:
+def load_tokenizer(*dirs: Path) -> Any:
+    """The tokenizer saved in the first of ``dirs`` that has one, else None."""
     for d in dirs:
         if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
@@ -213,7 +214,7 @@ def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[
     from medusa_trt.medusa.buffers import build_buffers
     from medusa_trt.runtime.tp import Runner
 
-    tokenizer = _load_tokenizer(info.ckpt_dir, Path(path))
+    tokenizer = load_tokenizer(info.ckpt_dir, Path(path))
     runner = Runner(info, device)
     try:  # the tp ranks are running now: nothing below may fail without stopping them
         buffers = None
