@@ -360,7 +360,6 @@ def result_document(
             "failed": (on.get("failed") or 0) + (off.get("failed") or 0),
         },
         "mismatches": comp.get("mismatches", []),
-        "targets": {"tokens_per_step": 1.8, "speedup": 1.4},
         "stages_s": st.timings,
         "reused": st.reused,
         "wall_s": round(wall_s, 1),

@@ -162,7 +162,7 @@ def preflight_report(
         ck.check_tree(tree, heads, prof.medusa.max_draft_len),
         ck.check_waste(prof, spec, tree, heads, context_len),
         ck.check_disk(disk, free, str(where), target_here),
-        ck.check_prediction(pred),
+        ck.check_prediction(pred, default_tokens_per_step=tokens_per_step is None),
     ]
     tree_doc = {
         "spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",
