@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -77,8 +78,12 @@ def bench_cmd(
     endpoint: Annotated[str, typer.Option("--endpoint", help="'chat' or 'completions'.")] = "chat",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per request.")] = 300.0,
     json_out_file: Annotated[
-        Path | None,
-        typer.Option("--json-out", help="Write the result JSON here (missing parent directories are created)."),
+        str | None,
+        typer.Option(
+            "--json-out",
+            help="Write the result JSON here (missing parent directories are created; an existing file is "
+            "replaced only when it is a bench report).",
+        ),
     ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG: tokens/s/user and TTFT vs concurrency.")
@@ -98,6 +103,9 @@ def bench_cmd(
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise InvalidInputError(f"--plot must name a .png file, got {plot}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidInputError(f"--temperature {temperature}: must be a finite number >= 0", hint="0 is greedy.")
+    json_path = _check_outputs(json_out_file, plot, engine, dataset)
     cfg = BenchConfig(
         url=url,
         engine=engine,
@@ -144,8 +152,8 @@ def bench_cmd(
     err_console.print(render_table(report))
     for line in summary_lines(report):
         err_console.print(line, soft_wrap=True, markup=False)  # server error text may hold [brackets]
-    if json_out_file is not None:
-        err_console.print(f"wrote {report.write(json_out_file)}")
+    if json_path is not None:
+        err_console.print(f"wrote {report.write(json_path)}")
     if plot is not None and report.runs:
         from medusa_trt.bench.plot import write_plot
 
@@ -160,6 +168,17 @@ def bench_cmd(
             "every request failed: nothing was measured",
             hint="See the error counts above; check the server's log and the --url/--served-model.",
         )
+
+
+def _check_outputs(json_out: str | None, plot: Path | None, engine: Path | None, dataset: str) -> Path | None:
+    """Refuse bad output paths before the benchmark runs, not after an hour of measuring."""
+    from medusa_trt.bench.report import is_report
+    from medusa_trt.outputs import check_file_output
+
+    inputs: dict[str, str | Path | None] = {"--engine": engine, "--dataset": dataset}
+    if plot is not None:
+        check_file_output(plot, "--plot", inputs)
+    return None if json_out is None else check_file_output(json_out, "--json-out", inputs, ours=is_report)
 
 
 def register(app: typer.Typer) -> None:

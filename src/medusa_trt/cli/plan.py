@@ -9,7 +9,7 @@ import typer
 
 from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
 
-_COLOR = {"pass": "green", "warn": "yellow", "fail": "red"}
+_COLOR = {"pass": "green", "estimate": "cyan", "warn": "yellow", "fail": "red"}
 
 
 def _render(report: Any) -> None:

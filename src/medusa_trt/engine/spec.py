@@ -239,6 +239,11 @@ def resolve(
 
     heads, sources["num_medusa_heads"] = profile.medusa.num_heads, "profile medusa.num_heads"
     if file_heads is not None:
+        if file_heads < heads:  # fewer heads than the profile's tree and max_draft_len were planned for
+            raise InvalidInputError(
+                f"profile {profile.name}: medusa.num_heads is {heads}, the heads in {medusa} hold {file_heads}",
+                hint=f"Set medusa.num_heads: {file_heads} (and a tree of that depth) in a copy of the profile.",
+            )
         heads, sources["num_medusa_heads"] = file_heads, "heads tensors"
     layers, sources["num_medusa_layers"] = profile.medusa.num_layers, "profile medusa.num_layers"
     if file_layers is not None:

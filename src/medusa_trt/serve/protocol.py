@@ -118,13 +118,12 @@ class CompletionRequest(CommonRequest):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]] | None  # required (null only where OpenAI allows it: an assistant turn)
 
     @model_validator(mode="after")
-    def _has_content(self) -> ChatMessage:
-        # only an assistant turn may come without content (OpenAI: one that called tools)
+    def _content_present(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
-            raise ValueError(f"a {self.role!r} message needs a content")
+            raise ValueError(f"a {self.role} message needs content")
         return self
 
     def text(self) -> str:
