@@ -21,7 +21,6 @@ import pytest
 
 from medusa_trt.bench.server import free_port
 
-pytestmark = pytest.mark.slow
 PROMPT = "def f():"
 
 
