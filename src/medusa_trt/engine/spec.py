@@ -11,9 +11,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medusa_trt.errors import CheckpointError, InvalidInputError
+
+if TYPE_CHECKING:
+    from medusa_trt.config.profile import HardwareProfile
 
 OUTPUT_ENV = "MEDUSA_TRT_OUTPUT"
 TREE_ENV = "MEDUSA_TRT_TREE"
@@ -42,7 +45,7 @@ class Source:
 
 @dataclass
 class BuildSpec:
-    profile: Any  # medusa_trt.config.profile.HardwareProfile
+    profile: HardwareProfile
     engine: str  # trtllm | reference
     model: Source
     medusa: Source | None
@@ -204,7 +207,7 @@ def _count_heads(path: Path) -> tuple[int | None, int | None]:
 
 
 def resolve(
-    profile: Any,
+    profile: HardwareProfile,
     model: str,
     *,
     medusa: str | None = None,
@@ -244,6 +247,7 @@ def resolve(
     if file_layers is not None:
         layers, sources["num_medusa_layers"] = file_layers, "heads tensors"
 
+    tree_spec: str | list[list[int]]
     if tree is not None:
         tree_spec, sources["tree"] = tree, "flag --tree"
     elif env.get(TREE_ENV):
