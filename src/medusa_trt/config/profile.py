@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,8 @@ from medusa_trt.config import yaml_marks
 from medusa_trt.config.trtllm_flags import TRTLLM_BUILD_FLAGS, TRTLLM_BUILD_MANAGED, TRTLLM_BUILD_PLUGINS, closest
 from medusa_trt.config.yaml_marks import Issue
 from medusa_trt.errors import ProfileError, TreeError
+
+logger = logging.getLogger(__name__)
 
 PROFILES_ENV = "MEDUSA_TRT_PROFILES_DIR"
 
@@ -398,9 +401,11 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     spec = str(name_or_path)
     path = Path(spec).expanduser()
     if isinstance(name_or_path, Path) or path.is_file() or _looks_like_path(spec):
+        logger.debug("profile %r: the file %s", spec, path)
         return load_profile_file(path)
     paths = profile_paths()
     if spec in paths:
+        logger.debug("profile %r: %s (searched %s)", spec, paths[spec], ", ".join(map(str, profile_dirs())))
         return load_profile_file(paths[spec], expect_name=spec)
     guess = closest(spec, set(paths))
     raise ProfileError(

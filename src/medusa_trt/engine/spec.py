@@ -7,6 +7,7 @@ where each number came from. Precedence: flag > environment > model/heads files 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 OUTPUT_ENV = "MEDUSA_TRT_OUTPUT"
 TREE_ENV = "MEDUSA_TRT_TREE"
 WORKERS_ENV = "MEDUSA_TRT_CONVERT_WORKERS"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -273,7 +276,7 @@ def resolve(
         sources[key] = f"profile precision.{key}"
     sources["limits"] = "profile limits"
     sources["runtime_env"] = "profile runtime_env"
-    return BuildSpec(
+    spec = BuildSpec(
         profile=profile,
         engine=profile.engine,
         model=src,
@@ -293,3 +296,7 @@ def resolve(
         convert_workers=workers,
         sources=sources,
     )
+    doc = spec.to_json()
+    for key, where in sources.items():
+        logger.debug("build %s = %s (from %s)", key, json.dumps(doc[key], default=str), where)
+    return spec

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from medusa_trt.errors import ToolFailedError
 
 STAMP_DIR = ".steps"
 TAIL_LINES = 25
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -138,8 +140,12 @@ class StepRunner:
         if self.is_done(step, digest):
             rec = json.loads(self._stamp_path(step).read_text())
             res = StepResult(step.name, "skipped", float(rec.get("seconds", 0.0)), step.argv, digest, rec.get("log"))
+            logger.debug("step %s: up to date (input hash %s), skipped", step.name, digest)
             self.results.append(res)
             return res
+        logger.debug(
+            "step %s: running (input hash %s%s): %s", step.name, digest, ", forced" if self.force else "", step.argv
+        )
         self._stamp_path(step).unlink(missing_ok=True)
         for out in step.outputs:  # a step redoes its outputs from scratch: converters refuse non-empty dirs
             _remove(self.root / out)
