@@ -18,6 +18,7 @@ SHARED_LEAVES = {"medusa_trt.errors"}
 # A new dependency is a design decision: add it here and to docs/internals.md together.
 LAYERS: dict[str, set[str]] = {
     "errors": set(),
+    "logs": set(),
     "data": set(),
     "medusa": set(),
     "config": {"medusa"},
@@ -31,7 +32,20 @@ LAYERS: dict[str, set[str]] = {
     "bench": {"config", "perf"},
     "train": {"medusa", "runtime"},
     "demo": {"bench", "config", "engine", "medusa", "perf", "train"},
-    "cli": {"bench", "checkpoint", "config", "demo", "engine", "hw", "medusa", "perf", "preflight", "runtime", "train"},
+    "cli": {
+        "bench",
+        "checkpoint",
+        "config",
+        "demo",
+        "engine",
+        "hw",
+        "logs",
+        "medusa",
+        "perf",
+        "preflight",
+        "runtime",
+        "train",
+    },
     "__main__": {"cli"},
 }
 # part -> parts it must never import, whatever the table above says
