@@ -256,9 +256,10 @@ def resolve(
         convert_workers=workers,
         sources=sources,
     )
-    doc = spec.to_json()
-    for key, where in sources.items():
-        logger.debug("build %s = %s (from %s)", key, json.dumps(doc[key], default=str), where)
+    if logger.isEnabledFor(logging.DEBUG):
+        doc = spec.to_json()
+        for key, where in sources.items():
+            logger.debug("build %s = %s (from %s)", key, json.dumps(doc[key], default=str), where)
     return spec
 
 
