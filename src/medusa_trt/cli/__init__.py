@@ -18,6 +18,7 @@ from rich.markup import escape
 from medusa_trt import __version__, logs
 from medusa_trt.cli._common import err_console
 from medusa_trt.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MedusaTrtError
+from medusa_trt.fsio import is_disk_error, os_failure
 
 app = typer.Typer(
     name="medusa-trt",
@@ -103,16 +104,29 @@ def run(argv: list[str] | None = None) -> int:
         else:
             err_console.print(f"error: {e}")
         return int(getattr(e, "exit_code", EXIT_USAGE))
+    except OSError as e:  # a full disk, a read-only or forbidden directory: one line naming the path
+        if _state["debug"]:
+            traceback.print_exc()
+        failure = os_failure(e, e.filename, "use") if e.filename and is_disk_error(e) else None
+        if failure is None:
+            return _unexpected(e)
+        err_console.print(f"[bold red]error:[/] {escape(failure.message)}", soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(failure.hint or '')}", soft_wrap=True)
+        return EXIT_FAILURE
     except Exception as e:  # a bug or an unforeseen OS error: still one line, the traceback with --debug
         if _state["debug"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {escape(f'{e.__class__.__name__}: {e}')}", soft_wrap=True)
-        if not _state["debug"]:
-            err_console.print("[yellow]hint:[/] Rerun with --debug for the traceback.", soft_wrap=True)
-        return EXIT_FAILURE
+        return _unexpected(e)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _unexpected(e: BaseException) -> int:
+    err_console.print(f"[bold red]error:[/] {escape(f'{e.__class__.__name__}: {e}')}", soft_wrap=True)
+    if not _state["debug"]:
+        err_console.print("[yellow]hint:[/] Rerun with --debug for the traceback.", soft_wrap=True)
+    return EXIT_FAILURE
 
 
 def main() -> None:

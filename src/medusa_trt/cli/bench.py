@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -67,7 +68,14 @@ def bench_cmd(
     temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
     endpoint: Annotated[str, typer.Option("--endpoint", help="'chat' or 'completions'.")] = "chat",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per request.")] = 300.0,
-    json_out_file: Annotated[Path | None, typer.Option("--json-out", help="Write the result JSON here.")] = None,
+    json_out_file: Annotated[
+        str | None,
+        typer.Option(
+            "--json-out",
+            help="Write the result JSON here (missing parent directories are created; an existing file is "
+            "replaced only when it is a bench report).",
+        ),
+    ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG: tokens/s/user and TTFT vs concurrency.")
     ] = None,
@@ -82,6 +90,9 @@ def bench_cmd(
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise InvalidInputError(f"--plot must name a .png file, got {plot}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidInputError(f"--temperature {temperature}: must be a finite number >= 0", hint="0 is greedy.")
+    json_path = _check_outputs(json_out_file, plot, engine, dataset)
     cfg = BenchConfig(
         url=url,
         engine=engine,
@@ -105,7 +116,7 @@ def bench_cmd(
         err_console.print(f"starting the server for {engine} ...")
     with _LevelProgress() as progress:
         report = run_benchmark(cfg, on_level=progress.on_level, on_request=progress.on_request)
-    _render(report, json_out_file, plot)
+    _render(report, json_path, plot)
     if json_out:
         emit_json(report.to_json())
     _raise_if_nothing_measured(report)
@@ -144,15 +155,15 @@ class _LevelProgress:
             self.progress.advance(self.task)
 
 
-def _render(report: BenchReport, json_out_file: Path | None, plot: Path | None) -> None:
-    """The table and summary on stderr; the --json-out file and the --plot PNG when asked for."""
+def _render(report: BenchReport, json_path: Path | None, plot: Path | None) -> None:
+    """The table and summary on stderr; the --json-out file (checked beforehand) and the --plot PNG when asked for."""
     from medusa_trt.bench.report import render_table, summary_lines
 
     err_console.print(render_table(report))
     for line in summary_lines(report):
         err_console.print(line, soft_wrap=True, markup=False)  # server error text may hold [brackets]
-    if json_out_file is not None:
-        err_console.print(f"wrote {report.write(json_out_file)}")
+    if json_path is not None:
+        err_console.print(f"wrote {report.write(json_path)}")
     if plot is not None and report.runs:
         from medusa_trt.bench.plot import write_plot
 
@@ -168,6 +179,17 @@ def _raise_if_nothing_measured(report: BenchReport) -> None:
             "every request failed: nothing was measured",
             hint="See the error counts above; check the server's log and the --url/--served-model.",
         )
+
+
+def _check_outputs(json_out: str | None, plot: Path | None, engine: Path | None, dataset: str) -> Path | None:
+    """Refuse bad output paths before the benchmark runs, not after an hour of measuring."""
+    from medusa_trt.bench.report import is_report
+    from medusa_trt.outputs import check_file_output
+
+    inputs: dict[str, str | Path | None] = {"--engine": engine, "--dataset": dataset}
+    if plot is not None:
+        check_file_output(plot, "--plot", inputs)
+    return None if json_out is None else check_file_output(json_out, "--json-out", inputs, ours=is_report)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -24,9 +23,12 @@ def build(
         ),
     ] = None,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--output", "-o", help="Engine directory (default: $MEDUSA_TRT_OUTPUT, else engines/<model>-<profile>)."
+            "--output",
+            "-o",
+            help="Engine directory (default: $MEDUSA_TRT_OUTPUT, else engines/<model>-<profile>); new, empty, "
+            "or one medusa-trt built (never a foreign one, --force included).",
         ),
     ] = None,
     tree: Annotated[
@@ -35,7 +37,10 @@ def build(
     ] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision of --model.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan of steps; run nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Redo every step, even finished ones.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Redo every step, even finished ones (removes only files medusa-trt wrote)."),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Convert and build an engine for a profile (resumes an interrupted build; --dry-run shows the steps)."""

@@ -228,6 +228,12 @@ def resolve(
     src = detect_model(model, revision)
     heads_src, file_heads, file_layers = _heads_source(src, medusa, medusa_revision)
     out, sources["output"] = _output_dir(output, env, src, model, profile.name)
+    if file_heads is not None and file_heads < profile.medusa.num_heads:
+        # fewer heads than the profile's tree and max_draft_len were planned for
+        raise InvalidInputError(
+            f"profile {profile.name}: medusa.num_heads is {profile.medusa.num_heads}, the heads in {medusa} hold {file_heads}",
+            hint=f"Set medusa.num_heads: {file_heads} (and a tree of that depth) in a copy of the profile.",
+        )
     heads, sources["num_medusa_heads"] = _file_or_profile(file_heads, profile.medusa.num_heads, "num_heads")
     layers, sources["num_medusa_layers"] = _file_or_profile(file_layers, profile.medusa.num_layers, "num_layers")
     tree_spec, sources["tree"] = _tree_spec(tree, env, profile)

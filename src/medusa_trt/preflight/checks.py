@@ -142,9 +142,12 @@ def check_waste(p: HardwareProfile, model: ModelSpec, tree: Tree, num_heads: int
 
 def check_disk(need: dict[str, float], free_gib: float, where: str, target_here: bool) -> Check:
     total = need["total"]
+    have = need.get("already_on_disk", 0.0)
     what = (
         f"needs {total:.1f} GiB (HF {need['hf_checkpoint']:.1f} + TRT-LLM checkpoint "
-        f"{need['trtllm_checkpoint']:.1f} + engine {need['engine']:.1f}), {free_gib:.1f} GiB free at {where}"
+        f"{need['trtllm_checkpoint']:.1f} + engine {need['engine']:.1f}"
+        + (f" - {have:.1f} already on disk" if have else "")
+        + f"), {free_gib:.1f} GiB free at {where}"
     )
     if free_gib >= total:
         return Check("disk", "pass", what)

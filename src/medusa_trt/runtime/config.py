@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import integrity
 from medusa_trt.errors import CheckpointError
 from medusa_trt.medusa.trees import Tree, load_tree, named_trees, tree_problems
 
 MANIFEST = "medusa-trt.json"
+CONVERT_MANIFEST = "medusa-trt-convert.json"
 # TRT-LLM's llama3 defaults, used when the checkpoint kept only {"type": "llama3"} (docs/sources.md, checkpoint format).
 LLAMA3_DEFAULTS = {
     "factor": 8.0,
@@ -62,8 +64,8 @@ class CheckpointInfo:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # unreadable, not JSON, not UTF-8
         raise CheckpointError(
             f"{path}: cannot read JSON ({e.__class__.__name__})",
             hint="Re-run `medusa-trt convert` to rewrite the checkpoint.",
@@ -85,7 +87,10 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     ckpt = root
     if (root / MANIFEST).is_file():
         manifest = _read_json(root / MANIFEST)
+        integrity.check_unchanged(root, manifest.get("files") or {})
         ckpt = (root / str(manifest.get("checkpoint_dir", "."))).resolve()
+    elif (root / CONVERT_MANIFEST).is_file():  # a converted checkpoint: sizes only (no mtimes recorded)
+        integrity.check_unchanged(root, _read_json(root / CONVERT_MANIFEST).get("files") or {})
     if not (ckpt / "config.json").is_file():
         raise CheckpointError(
             f"{ckpt}: no config.json (not a TRT-LLM checkpoint)",
