@@ -18,6 +18,7 @@ SHARED_LEAVES = {"medusa_trt.errors"}
 # A new dependency is a design decision: add it here and to docs/internals.md together.
 LAYERS: dict[str, set[str]] = {
     "errors": set(),
+    "logs": set(),
     "data": set(),
     "medusa": set(),
     "fsio": set(),
@@ -42,6 +43,7 @@ LAYERS: dict[str, set[str]] = {
         "demo",
         "engine",
         "hw",
+        "logs",
         "medusa",
         "perf",
         "preflight",

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from medusa_trt import __version__
+from medusa_trt import __version__, logs
 from medusa_trt.cli._common import err_console
 from medusa_trt.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MedusaTrtError
 from medusa_trt.fsio import is_disk_error, os_failure
@@ -41,11 +41,20 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", envvar="MEDUSA_TRT_DEBUG", help="Show tracebacks.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help=f"Log diagnostics (debug level) on stderr; ${logs.LOG_LEVEL_ENV} sets the level otherwise.",
+        ),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    logs.configure(logs.level_from(verbose))
 
 
 # --- commands (one thin module each) ---------------------------------------------------------

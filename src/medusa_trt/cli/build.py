@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
+
+if TYPE_CHECKING:
+    from medusa_trt.engine.recipe import BuildPlan
 
 
 def build(
@@ -61,10 +64,7 @@ def build(
         emit_json({"dry_run": False, "output": str(out), "manifest": manifest})
 
 
-def _print_header(plan: object) -> None:
-    from medusa_trt.engine.recipe import BuildPlan
-
-    assert isinstance(plan, BuildPlan)
+def _print_header(plan: BuildPlan) -> None:
     s = plan.spec
     err_console.print(
         f"[bold]build[/] {s.model.spec} -> {s.output} with profile {s.profile.name} "
@@ -74,12 +74,9 @@ def _print_header(plan: object) -> None:
     )
 
 
-def _print_plan(plan: object) -> None:
+def _print_plan(plan: BuildPlan) -> None:
     import shlex
 
-    from medusa_trt.engine.recipe import BuildPlan
-
-    assert isinstance(plan, BuildPlan)
     _print_header(plan)
     for note in plan.notes:
         err_console.print(f"  [dim]note:[/] {note}")

@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medusa_trt import fsio, integrity, outputs
 from medusa_trt.engine import recipe, trtllm
@@ -38,11 +38,14 @@ TOKENIZER_FILES = (
     "generation_config.json",
     "chat_template.jinja",
 )
+if TYPE_CHECKING:
+    from medusa_trt.config.profile import HardwareProfile
+
 ProgressFactory = Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]]
 
 
 def prepare(
-    profile: Any,
+    profile: HardwareProfile | str | Path,
     model: str,
     *,
     medusa: str | None = None,
@@ -51,7 +54,10 @@ def prepare(
     revision: str | None = None,
     checks: bool = True,
 ) -> BuildPlan:
-    """Resolve the spec, run the preflight checks (exit 4 when it does not fit), lay out the steps."""
+    """Resolve the spec, run the preflight checks (exit 4 when it does not fit), lay out the steps.
+
+    ``profile`` is a loaded profile, or a shipped name or YAML path to load.
+    """
     if isinstance(profile, str | Path):
         from medusa_trt.config.profile import load_profile
 

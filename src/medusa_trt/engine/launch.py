@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medusa_trt.engine import trtllm
 from medusa_trt.engine.manifest import MANIFEST, read_manifest
@@ -21,10 +21,13 @@ from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
 
+if TYPE_CHECKING:
+    from medusa_trt.config.profile import Serve
+
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
 
 
-def _serve_settings(manifest: dict[str, Any]) -> Any:
+def _serve_settings(manifest: dict[str, Any]) -> Serve:
     """The profile's serve section as an object (the manifest keeps the profile as JSON)."""
     from medusa_trt.config.profile import Serve
 

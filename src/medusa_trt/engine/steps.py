@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -31,6 +32,7 @@ from medusa_trt.outputs import OwnedDir
 
 STAMP_DIR = ".steps"
 TAIL_LINES = 25
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,8 +143,12 @@ class StepRunner:
         if self.is_done(step, digest):
             rec = json.loads(self._stamp_path(step).read_text())
             res = StepResult(step.name, "skipped", float(rec.get("seconds", 0.0)), step.argv, digest, rec.get("log"))
+            logger.debug("step %s: up to date (input hash %s), skipped", step.name, digest)
             self.results.append(res)
             return res
+        logger.debug(
+            "step %s: running (input hash %s%s): %s", step.name, digest, ", forced" if self.force else "", step.argv
+        )
         stamp_rel = self._stamp_path(step).relative_to(self.root).as_posix()
         log_rel = f"logs/{step.name}.log"
         mine = [stamp_rel, *step.outputs, *([log_rel] if step.kind == "process" else [])]

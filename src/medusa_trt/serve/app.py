@@ -53,7 +53,6 @@ def create_app(
     clock = StepClock(guard.first_step_timeout_s, guard.step_timeout_s)
     worker = EngineWorker(engine, metrics, clock)
     gen = Generator(engine, worker, metrics, name)
-    created = int(time.time())
     fault: list[str] = []
 
     def tripped(reason: str) -> None:
@@ -76,8 +75,17 @@ def create_app(
     )
     app.state.engine, app.state.worker, app.state.metrics, app.state.model_name = engine, worker, metrics, name
     app.state.watchdog = watchdog
-    # inside the request counter below (added later, so outside): 401 and 413 are counted too
+    # inside the request counter (added after it, so outside it): 401 and 413 are counted too
     app.add_middleware(GuardMiddleware, api_key=guard.api_key, max_bytes=guard.max_request_bytes)
+    _count_requests(app, metrics)
+    _openai_errors(app)
+    _info_routes(app, engine, name, metrics, lambda: fault[0] if fault else watchdog.check())
+    _generation_routes(app, gen, name)
+    return app
+
+
+def _count_requests(app: FastAPI, metrics: Metrics) -> None:
+    """Every response counted by endpoint and status (unknown paths as "other", so labels stay bounded)."""
 
     @app.middleware("http")
     async def _count(request: Request, call_next: Any) -> Response:
@@ -85,6 +93,10 @@ def create_app(
         path = request.url.path
         metrics.request(path if path in _ENDPOINTS else "other", response.status_code)
         return response
+
+
+def _openai_errors(app: FastAPI) -> None:
+    """Our errors, pydantic's validation errors and Starlette's 404/405 all as OpenAI error bodies."""
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
@@ -101,10 +113,15 @@ def create_app(
         err = APIError(e.status_code, str(e.detail), type=kind)
         return JSONResponse(err.body(), status_code=e.status_code)
 
+
+def _info_routes(app: FastAPI, engine: Any, name: str, metrics: Metrics, unhealthy: Callable[[], str | None]) -> None:
+    """/health, /version, /metrics and the /v1/models listing."""
+    created = int(time.time())
+
     @app.get("/health", response_model=None)
     async def health() -> dict[str, str] | JSONResponse:
         # 200 only while every rank is up and no step is overdue: what a load balancer should route on
-        reason = fault[0] if fault else watchdog.check()
+        reason = unhealthy()
         if reason is not None:
             return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         return {"status": "ok"}
@@ -127,6 +144,10 @@ def create_app(
             raise _unknown_model(model_id, name)
         return _model_card(engine, name, created)
 
+
+def _generation_routes(app: FastAPI, gen: Generator, name: str) -> None:
+    """The two OpenAI generation endpoints; the flow itself is `Generator`'s."""
+
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check_model(body.model, name)
@@ -136,8 +157,6 @@ def create_app(
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         _check_model(body.model, name)
         return await gen.chat(body, request)
-
-    return app
 
 
 def _model_card(engine: Any, name: str, created: int) -> dict[str, Any]:
