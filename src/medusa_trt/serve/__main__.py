@@ -1,4 +1,4 @@
-"""`python -m medusa_trt.serve DIR [--host H] [--port P] [--device D] [--model-name N] [--tree T]`.
+"""`python -m medusa_trt.serve DIR [--host H] [--port P] [--device D] [--model-name N] [--tree T] [--no-adapt]`.
 
 The same server `medusa-trt run DIR` starts for reference engines, without the CLI around it.
 """
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on stderr)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--model-name", default=None, help="name served at /v1/models (default: the engine's)")
-    p.add_argument("--tree", default=None, help="Medusa tree name or file (default: the engine's)")
+    p.add_argument("--tree", default=None, help="Medusa tree name or file, used as is (default: the engine's, adapted)")
+    p.add_argument("--no-adapt", action="store_true", help="always verify the whole tree")
     args = p.parse_args(argv)
     from medusa_trt.serve.server import run_server
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             model_name=args.model_name,
             tree=args.tree,
+            adapt=False if args.no_adapt else None,
         )
     except MedusaTrtError as e:
         print(f"error: {e.message}", file=sys.stderr)
