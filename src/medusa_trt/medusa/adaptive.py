@@ -31,26 +31,32 @@ class NodeAcceptance:
         self.nodes = sort_tree(tree)
         self.depth = max(len(p) for p in self.nodes)
         self.rate = [0.0] * len(self.nodes)
-        self.seen = 0
-        self.horizon = horizon  # the average spans about this many recent steps
+        self.seen = [0] * (self.depth + 1)  # observations per depth
+        self.horizon = horizon  # the average spans about this many recent observations
 
     def observe(self, topk: Sequence[Sequence[int]], emitted: Sequence[int]) -> None:
-        """topk[j]: head j's draft tokens by rank; emitted[j]: the token that followed at depth j+1."""
+        """topk[j]: head j's draft tokens by rank; emitted[j]: the token that followed at depth j+1.
+
+        Only nodes down to ``len(topk)`` are scored: a step that ran fewer heads says nothing deeper.
+        """
         hit = [row.index(tok) if tok in row else -1 for row, tok in zip(topk, emitted, strict=False)]
-        self.seen += 1
-        w = 1.0 / min(self.seen, self.horizon)  # a plain mean at first, then an exponential average
+        for d in range(1, len(hit) + 1):
+            self.seen[d] += 1
         for i, path in enumerate(self.nodes):
-            match = len(path) <= len(hit) and all(hit[j] == r for j, r in enumerate(path))
+            if len(path) > len(hit):
+                continue
+            match = all(hit[j] == r for j, r in enumerate(path))
+            w = 1.0 / min(self.seen[len(path)], self.horizon)  # a plain mean at first, then exponential
             self.rate[i] += w * (float(match) - self.rate[i])
 
-    def order(self) -> list[int]:
-        """Node indices, most often accepted first; a parent precedes its children.
-
-        A node's key is the lowest rate on its path (its own, in exact arithmetic), so rounding can
-        never rank a child above its parent.
-        """
+    def _low(self) -> list[float]:
+        """The lowest rate on each node's path: a child is never worth more than its parent."""
         index = {tuple(p): i for i, p in enumerate(self.nodes)}
-        low = [min(self.rate[index[tuple(p[:c])]] for c in range(1, len(p) + 1)) for p in self.nodes]
+        return [min(self.rate[index[tuple(p[:c])]] for c in range(1, len(p) + 1)) for p in self.nodes]
+
+    def order(self) -> list[int]:
+        """Node indices, most often accepted first; a parent precedes its children."""
+        low = self._low()
         return sorted(range(len(self.nodes)), key=lambda i: (-low[i], len(self.nodes[i]), self.nodes[i]))
 
     def subtree(self, k: int) -> Tree:
@@ -58,9 +64,10 @@ class NodeAcceptance:
 
     def expected_tokens(self) -> list[float]:
         """Expected tokens per step with the first k nodes of ``order()``, for k = 0..N."""
+        low = self._low()
         out = [1.0]
         for i in self.order():
-            out.append(out[-1] + self.rate[i])
+            out.append(out[-1] + low[i])
         return out
 
 

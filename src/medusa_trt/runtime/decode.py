@@ -165,7 +165,7 @@ class Decoder:
         buf = spec.buffers()
         if buf is None:
             if spec.wants_heads(self.usage.get(0, 0)):
-                self._drafts()  # statistics only: nothing is drafted this step
+                self._drafts(1)  # statistics only: nothing is drafted this step
             new, tokens = [self._plain(pending)], 1
         else:
             new, tokens = self._tree(pending, buf), buf.size
@@ -181,10 +181,11 @@ class Decoder:
         self.last_row = 0
         return self._next(logits)
 
-    def _drafts(self) -> torch.Tensor:
-        """Top-k draft tokens per head [D, TOPK] for a step rooted at the pending token (recorded for learning)."""
+    def _drafts(self, heads: int) -> torch.Tensor:
+        """Top-k draft tokens of the first ``heads`` heads [heads, TOPK] for a step rooted at the pending
+        token (recorded for learning)."""
         assert self.spec is not None
-        top = torch.topk(self.r.heads(self.last_row, self.spec.depth), TOPK, dim=-1).indices  # [D, TOPK]
+        top = torch.topk(self.r.heads(self.last_row, heads), TOPK, dim=-1).indices  # [heads, TOPK]
         if self.spec.adapt:
             self.records.append((len(self.emitted) - 1, top.tolist()))
         return top
@@ -193,16 +194,15 @@ class Decoder:
         """Score every node of the configured tree on the steps whose next D tokens are now known."""
         if self.spec is None or not self.spec.adapt:
             return
-        d = self.spec.depth
-        while self.records and self.records[0][0] + d < len(self.emitted):
+        while self.records and self.records[0][0] + len(self.records[0][1]) < len(self.emitted):
             root, top = self.records.pop(0)
-            self.spec.acc.observe(top, self.emitted[root + 1 : root + 1 + d])
+            self.spec.acc.observe(top, self.emitted[root + 1 : root + 1 + len(top)])
 
     def _tree(self, root: int, buf: TreeBuffers) -> list[int]:
         """One verification forward over the tree; returns the accepted drafts + the next token."""
         dev = self.r.device
         n = self.r.length
-        top = self._drafts()[: buf.depth]  # [D', TOPK]
+        top = self._drafts(buf.depth)  # [D', TOPK]: only the heads this (sub)tree drafts from
         flat = torch.cat([torch.tensor([root], device=dev), top.reshape(-1)])  # [1 + TOPK*D']
         tree_tokens = flat[buf.tree_indices]  # [T]
         logits = self.r.forward(tree_tokens, buf.position_ids + n, buf.attn_mask)  # [T, V]

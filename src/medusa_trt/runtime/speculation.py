@@ -11,8 +11,8 @@ from medusa_trt.medusa.adaptive import NodeAcceptance, StepTimes, choose
 from medusa_trt.medusa.buffers import TreeBuffers, build_buffers
 
 EVERY = 8  # steps between two choices
-EXPLORE = 8  # every EXPLORE-th choice takes the runner-up, so its step time stays measured
-PROBE = 4  # with no drafts, run the heads every PROBE-th step only (for the acceptance statistics)
+EXPLORE = 16  # every EXPLORE-th choice takes the runner-up, so its step time stays measured
+PROBE = 8  # with no drafts, run the first head every PROBE-th step (to notice when drafts pay again)
 CACHE = 32  # subtree buffers kept
 
 
