@@ -10,8 +10,8 @@ import pytest
 from medusa_trt.medusa.adaptive import NodeAcceptance, StepTimes, candidates, choose
 from medusa_trt.medusa.trees import load_tree, tree_problems
 from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_medusa_heads
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_medusa_heads
 
 TREE = load_tree("nvidia_low_latency_15")
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_medusa_heads, make_tiny_llama
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_medusa_heads, make_tiny_llama
 
 V = 16
 PROMPT = [1, 2, 3]

@@ -111,7 +111,6 @@ def serve(
     device: str = "cpu",
     tree: str | None = None,
     adapt: bool | None = None,
-    **_ignored: Any,
 ) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code."""
     engine_dir = Path(engine_dir).resolve()

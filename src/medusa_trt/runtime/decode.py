@@ -1,4 +1,4 @@
-"""Decoding loops on rank 0: plain (one token per forward) and Medusa tree decoding (medusa-algorithm.md §2.9).
+"""Decoding loops on rank 0: plain (one token per forward) and Medusa tree decoding (docs/sources.md, Medusa algorithm).
 
 Both keep one *pending* token: picked from the last logits, already emitted, not yet in the KV cache.
 A plain step feeds it; a Medusa step feeds the tree rooted at it, accepts L drafts, and emits them plus
@@ -9,7 +9,7 @@ Randomness: one uniform per emitted position, drawn in order from the request's 
 turned into a token by inverse CDF over the warped distribution (token id order). Exact acceptance
 (the default at temperature > 0) consumes the same draws in the same order as plain sampling, so a
 seed gives the same text with Medusa on or off, whatever the tree. Typical acceptance (lossy) keeps the
-paper's rule: every tree root is the base argmax (§2.3.1), temperature only sets how far it reaches.
+paper's rule: every tree root is the base argmax (Medusa paper arXiv 2401.10774 §2.3.1), temperature only sets how far it reaches.
 
 Rank 0 alone draws: the other tensor-parallel ranks receive the chosen tokens, so they cannot diverge.
 """
@@ -26,7 +26,7 @@ import torch
 from medusa_trt.medusa.acceptance import exact_accept, greedy_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers
 from medusa_trt.medusa.trees import TOPK
-from medusa_trt.runtime.api import Chunk, GenerationStats, SamplingParams
+from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
     from medusa_trt.runtime.speculation import Speculation
