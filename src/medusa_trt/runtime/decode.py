@@ -78,6 +78,13 @@ class Sampler:
         return min(int(tok), cdf.shape[-1] - 1)
 
 
+def regime(p: SamplingParams) -> str:
+    """What draft acceptance depends on besides the model: greedy, or the rule and the target's shape."""
+    if p.temperature <= 0:
+        return "greedy"
+    return f"{p.acceptance} t={p.temperature:.1f} k={p.top_k} p={p.top_p:.2f}"
+
+
 class Decoder:
     """One generation. Iterate ``run()`` for chunks; ``stats`` is set when it finishes."""
 
@@ -103,6 +110,8 @@ class Decoder:
         self.records: list[tuple[int, list[list[int]]]] = []  # (root index in emitted, drafts [D][TOPK])
         self.last_row = 0  # row of the last forward whose hidden state feeds the heads
         self.stats: GenerationStats | None = None
+        if spec is not None:
+            spec.select(regime(params))
 
     def _next(self, logits: torch.Tensor) -> int:
         """The token after a verified position: greedy or sampled; under typical acceptance the argmax."""

@@ -16,16 +16,35 @@ PROBE = 8  # with no drafts, run the first head every PROBE-th step (to notice w
 CACHE = 32  # subtree buffers kept
 
 
+REGIMES = 16  # sampling regimes whose acceptance statistics are kept
+
+
 class Speculation:
+    """Acceptance is learnt per sampling regime (greedy, or acceptance rule + temperature + top-k/p:
+    drafts that greedy accepts, sampling at temperature 1 may not); step times are shared."""
+
     def __init__(self, full: TreeBuffers, *, adapt: bool = True) -> None:
         self.full, self.adapt = full, adapt
         self.device = str(full.attn_mask.device)
-        self.acc = NodeAcceptance(full.tree)
         self.times = StepTimes()
-        self.nodes = len(full.tree)  # draft nodes in use: start with the configured tree
         self.steps = 0
         self._choices = 0
         self._cache: dict[tuple[tuple[int, ...], ...], TreeBuffers] = {_key(full.tree): full}
+        self._regimes: dict[str, tuple[NodeAcceptance, list[int]]] = {}
+        self.select("greedy")
+
+    def select(self, regime: str) -> None:
+        """Use (and learn) the statistics of ``regime`` from now on: the generation about to run."""
+        if regime not in self._regimes:
+            if len(self._regimes) >= REGIMES:
+                self._regimes.pop(next(iter(self._regimes)))
+            self._regimes[regime] = (NodeAcceptance(self.full.tree), [len(self.full.tree)])
+        self.acc, self._nodes = self._regimes[regime]
+
+    @property
+    def nodes(self) -> int:
+        """Draft nodes in use for the selected regime (the configured tree until it has been measured)."""
+        return self._nodes[0]
 
     @property
     def depth(self) -> int:
@@ -58,7 +77,7 @@ class Speculation:
         self.steps += 1
         if self.steps % EVERY == 0:
             self._choices += 1
-            self.nodes = choose(self.acc, self.times, explore=self._choices % EXPLORE == 0)
+            self._nodes[0] = choose(self.acc, self.times, explore=self._choices % EXPLORE == 0)
 
 
 def _key(tree: list[list[int]]) -> tuple[tuple[int, ...], ...]:
