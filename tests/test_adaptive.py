@@ -127,3 +127,19 @@ def test_explicit_tree_or_no_adapt_verifies_the_whole_tree(engines: dict) -> Non
     for i in range(3):
         _, stats = run(engine, [i + 5, 9, 11], max_tokens=40)
         assert set(stats.tree_nodes_used) == {len(TREE)}  # type: ignore[attr-defined]
+
+
+def test_exploration_skips_subtrees_that_accept_nothing() -> None:
+    times = StepTimes()
+    for tokens in (1, 16):
+        times.observe(tokens, 1.0 + 0.05 * (tokens - 1))
+    assert choose(_acc_with(0.0, TREE), times, explore=True) == 0  # nothing to gain: stay on plain steps
+    best = choose(_acc_with(0.9, TREE), times)
+    assert choose(_acc_with(0.9, TREE), times, explore=True) not in (best,)  # the runner-up gets measured
+
+
+def test_a_big_tree_timed_in_a_quiet_moment_never_looks_cheaper_than_a_plain_step() -> None:
+    times = StepTimes()
+    times.observe(1, 5.0)  # plain steps timed under load
+    times.observe(16, 1.0)  # the whole tree timed when the machine was idle
+    assert choose(_acc_with(0.0, TREE), times) == 0

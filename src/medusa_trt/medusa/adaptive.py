@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from medusa_trt.medusa.trees import Tree, sort_tree
 
 SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # draft-node counts tried (the full tree too)
+MIN_GAIN = 0.05  # expected accepted drafts per step below which a subtree is not worth exploring
 PRIOR_SLOPE = 0.03  # step-time growth per extra tree token, relative, used only beyond measured sizes
 
 
@@ -110,13 +111,22 @@ def candidates(n_nodes: int) -> list[int]:
 
 
 def choose(acc: NodeAcceptance, times: StepTimes, *, explore: bool = False) -> int:
-    """Draft nodes k (0..N) with the best expected tokens per second; ``explore`` takes the runner-up."""
+    """Draft nodes k (0..N) with the best expected tokens per second; ``explore`` takes the runner-up
+    (if its drafts are accepted at all)."""
     expected = acc.expected_tokens()
     scored = []
+    floor = 0.0
     for k in candidates(len(acc.nodes)):
         t = times.estimate(k + 1)
         if t is None:  # nothing measured yet: keep the configured tree
             return len(acc.nodes)
-        scored.append((expected[k] / t, k))
+        # verifying more tokens never costs less: a big tree timed in a quiet moment must not look
+        # cheaper than a plain step timed under load
+        floor = max(floor, t)
+        scored.append((expected[k] / floor, -k))  # ties go to the smaller tree
     scored.sort(reverse=True)
-    return scored[1][1] if explore and len(scored) > 1 else scored[0][1]
+    # Exploring only refreshes the runner-up's step time (acceptance needs no exploration): not worth a
+    # window of slower steps when its drafts are hardly ever accepted.
+    if explore and len(scored) > 1 and expected[-scored[1][1]] >= 1 + MIN_GAIN:
+        return -scored[1][1]
+    return -scored[0][1]
