@@ -29,6 +29,7 @@ from medusa_trt.checkpoint.writer import (
     TOKENIZER_FILES,
     check_output,
     copy_hashed,
+    default_workers,
     existing_ancestor,
     publish,
     temp_sibling,
@@ -170,17 +171,22 @@ def convert_checkpoint(
     num_medusa_layers: int | None = None,
     max_draft_len: int | None = None,
     revision: str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = True,
     force: bool = False,
     tree: str | list[list[int]] | None = None,
     medusa_revision: str | None = None,
 ) -> ConvertResult:
-    """Write a TRT-LLM checkpoint for ``tp`` ranks into ``output_dir`` (see module docstring)."""
+    """Write a TRT-LLM checkpoint for ``tp`` ranks into ``output_dir`` (see module docstring).
+
+    ``workers``: rank files written at once; None picks one per usable CPU, at most ``tp``.
+    """
     t0 = time.perf_counter()
     output_dir = Path(output_dir).expanduser().absolute()
     if dtype is not None and dtype not in DTYPES:
         raise InvalidInputError(f"--dtype {dtype}: not one of {', '.join(DTYPES)}")
+    if workers is not None and workers < 1:
+        raise InvalidInputError(f"--workers {workers}: must be at least 1", hint="Drop it to use one per CPU.")
     check_output(output_dir, force)
     src = resolve_source(model, kind="model", revision=revision)
     base = load_base(src.path)
@@ -216,7 +222,7 @@ def convert_checkpoint(
     tmp.mkdir()
     try:
         with _progress(total, progress, f"convert tp={tp}") as advance:
-            files = write_ranks(tmp, plans, workers, advance)
+            files = write_ranks(tmp, plans, workers or default_workers(tp), advance)
         files["config.json"] = write_hashed(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         for name in TOKENIZER_FILES:
             if (src.path / name).is_file():

@@ -46,7 +46,10 @@ def convert_cmd(
         str | None, typer.Option("--revision", help="Hub revision of --model (branch, tag, commit).")
     ] = None,
     medusa_revision: Annotated[str | None, typer.Option("--medusa-revision", help="Hub revision of --medusa.")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Ranks written in parallel.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", help="Rank files written at once (default: one per CPU, at most --tp)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --output.")] = False,
     json_out: JsonOpt = False,
 ) -> None:

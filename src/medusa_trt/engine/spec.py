@@ -215,6 +215,7 @@ def resolve(
     env: dict[str, str] | None = None,
 ) -> BuildSpec:
     """One BuildSpec from the profile, the flags and the environment, with each value's source."""
+    from medusa_trt.checkpoint.writer import default_workers
     from medusa_trt.medusa.trees import load_tree, validate_tree
 
     env = dict(os.environ if env is None else env)
@@ -260,8 +261,8 @@ def resolve(
             raise InvalidInputError(f"{WORKERS_ENV}={workers_env!r} is not a positive integer")
         workers, sources["convert_workers"] = int(workers_env), f"env {WORKERS_ENV}"
     else:
-        workers = min(profile.parallelism.tp * profile.parallelism.pp, os.cpu_count() or 1)
-        sources["convert_workers"] = "default min(world size, CPUs)"
+        workers = default_workers(profile.parallelism.tp * profile.parallelism.pp)
+        sources["convert_workers"] = "default: one per CPU, at most the world size"
 
     for key in ("tp", "pp"):
         sources[key] = f"profile parallelism.{key}"
