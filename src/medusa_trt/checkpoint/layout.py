@@ -181,9 +181,11 @@ def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
             scales = [float(store.read(f"{p}.weight_scale").float().reshape(-1)[0]) for p, _ in parts]
             top = max(scales)
         for i, (p, rows) in enumerate(parts):
-            if fp8 and scales[i] != top:
-                w = store.read(f"{p}.weight", rows=rows)  # [rows, D]
-                yield (w.to(torch.float32) * (scales[i] / top)).to(torch.float8_e4m3fn)
+            if fp8 and scales[i] != top:  # in row blocks: the float32 copy is 4x the FP8 rows
+                step = max(1, ROW_BLOCK_BYTES // (4 * s.hidden_size))
+                for r in range(rows[0], rows[1], step):
+                    w = store.read(f"{p}.weight", rows=(r, min(rows[1], r + step)))  # [step, D] FP8
+                    yield (w.to(torch.float32) * (scales[i] / top)).to(torch.float8_e4m3fn)
             else:
                 yield _rows(store, f"{p}.weight", *rows, code)
 

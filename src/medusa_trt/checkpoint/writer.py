@@ -115,21 +115,26 @@ def write_rank(
     With a ``prefix``, its bytes are written unhashed and the hash continues from its state.
     """
     shared = prefix.count if prefix is not None else 0
+
+    def step(n: int) -> None:  # called per piece and per copied chunk: a cancelled rank stops within 8 MiB
+        if cancel.is_set():
+            raise Cancelled
+        advance(n)
+
     out = HashingFile(path)
     try:
-        out.write(header, hashed=not shared)
+        out.write(header, hashed=prefix is None)
         for i, t in enumerate(tensors):
-            if shared and i == shared:
-                out.resume_hash(prefix.hasher.copy())  # type: ignore[union-attr]
+            if prefix is not None and i == shared:
+                out.resume_hash(prefix.hasher.copy())
             written = 0
             for item in t.make():
-                if cancel.is_set():
-                    raise Cancelled
-                written += write_item(out, item, i >= shared, advance)
+                step(0)
+                written += write_item(out, item, i >= shared, step)
             if written != t.nbytes:  # a recipe that disagrees with the plan would corrupt every later offset
                 raise CheckpointError(f"internal error: {t.name} produced {written} bytes, planned {t.nbytes}")
-        if shared == len(tensors):
-            out.resume_hash(prefix.hasher.copy())  # type: ignore[union-attr]
+        if prefix is not None and shared == len(tensors):
+            out.resume_hash(prefix.hasher.copy())
     finally:
         digest = out.close()
     return {"size": out.size, "hash": digest}
