@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from medusa_trt.bench import BenchConfig, BenchReport, run_benchmark
-from medusa_trt.bench.loopback import LoopbackOptions, loopback_server
 from medusa_trt.bench.plot import DPI, FIGSIZE_IN, write_plot
 from medusa_trt.bench.server import free_port, probe
 from medusa_trt.cli import run as cli_run
 from medusa_trt.errors import ServerError
+from tests.helpers.loopback import LoopbackOptions, loopback_server
 
 
 @pytest.fixture(scope="module")

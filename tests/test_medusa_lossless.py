@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from medusa_trt.medusa.trees import TOPK
 from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_medusa_heads
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_medusa_heads
 
 Tokens = list[int]
 
@@ -147,7 +147,8 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(engines: dict[str, ReferenceEn
 
 
 def test_typical_acceptance_roots_are_greedy(engines: dict[str, ReferenceEngine]) -> None:
-    """Paper §2.3.1: the first token of every step is the base argmax; typical acceptance only adds drafts.
+    """Medusa paper (arXiv 2401.10774) §2.3.1: the first token of every step is the base argmax; typical
+    acceptance only adds drafts.
 
     With a threshold no probability can pass (p > 1), every step emits just its root, so the output
     must be the plain greedy output whatever the temperature and seed.

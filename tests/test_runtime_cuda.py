@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medusa_trt.runtime import SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
+from tests.helpers.checkpoints import make_checkpoint
 
 pytestmark = pytest.mark.gpu
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medusa_trt.runtime import SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
+from tests.helpers.checkpoints import make_checkpoint
 
 
 def dequantized_hf(fp8_dir: Path) -> torch.nn.Module:
@@ -42,7 +42,7 @@ def dequantized_hf(fp8_dir: Path) -> torch.nn.Module:
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_fp8_logits_match_dequantized_reference(tmp_path: Path, tiny_llama: Path, tiny_heads: Path, tp: int) -> None:
-    from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
+    from tests.helpers.modelopt import make_modelopt_fp8
 
     fp8 = make_modelopt_fp8(tiny_llama, tmp_path / "fp8", heads_dir=tiny_heads, dtype="float32")
     ckpt = make_checkpoint(fp8, tmp_path / "ckpt", tp=tp)

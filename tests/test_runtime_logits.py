@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from medusa_trt.runtime import ReferenceEngine, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_tiny_llama
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_tiny_llama
 
 SEQ, PREFILL = 200, 150  # tiny_llama's llama3 original context is 256 // 4 = 64
 

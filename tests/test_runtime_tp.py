@@ -9,8 +9,8 @@ import pytest
 
 from medusa_trt.medusa.buffers import build_buffers
 from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_medusa_heads
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_medusa_heads
 
 TREES = {
     "chain": [[0], [0, 0], [0, 0, 0]],

@@ -20,7 +20,7 @@ LONG = 2048  # the test model's context
 def engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Iterator[Any]:
     from medusa_trt.checkpoint.convert import convert_checkpoint
     from medusa_trt.runtime import load_engine
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.models import make_tiny_llama
 
     base = tmp_path_factory.mktemp("serve-app")
     # a long context, so that a generation outlives a client's disconnect even on a fast machine

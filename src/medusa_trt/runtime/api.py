@@ -7,47 +7,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medusa_trt.errors import InvalidInputError, TreeError
 from medusa_trt.medusa.trees import Tree, load_tree, validate_tree
+from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
     from medusa_trt.medusa.buffers import TreeBuffers
     from medusa_trt.runtime.config import CheckpointInfo
     from medusa_trt.runtime.tp import Runner
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 128
-    temperature: float = 0.0  # 0 -> greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 -> off
-    seed: int | None = None
-    stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's eos ids
-    posterior_threshold: float = 0.09  # typical acceptance (temperature > 0, lossy)
-    posterior_alpha: float = 0.3
-
-
-@dataclass
-class Chunk:
-    token_ids: list[int]  # tokens emitted by one decoding step (>= 1 with Medusa)
-    finish_reason: str | None = None  # None, or "stop" / "length" on the last chunk
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int
-    completion_tokens: int
-    num_steps: int  # decoding steps (verification forwards), prefill excluded
-    tokens_per_step: float  # (completion_tokens - 1) / num_steps: prefill makes the first token
-    accepted_per_depth: list[int] = field(default_factory=list)  # accepted drafts at depth 1..D
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    medusa: bool = False
 
 
 class Generation:
@@ -153,7 +123,8 @@ def _eos_ids(ckpt_dir: Path, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _load_tokenizer(*dirs: Path) -> Any:
+def load_tokenizer(*dirs: Path) -> Any:
+    """The tokenizer saved in the first of ``dirs`` that has one, else None."""
     for d in dirs:
         if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
@@ -199,7 +170,7 @@ def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[
     from medusa_trt.medusa.buffers import build_buffers
     from medusa_trt.runtime.tp import Runner
 
-    tokenizer = _load_tokenizer(info.ckpt_dir, Path(path))
+    tokenizer = load_tokenizer(info.ckpt_dir, Path(path))
     runner = Runner(info, device)
     try:  # the tp ranks are running now: nothing below may fail without stopping them
         buffers = None

@@ -1,4 +1,6 @@
-"""Medusa-1 training on a frozen backbone, by self-distillation (paper §2.2.1, authors' train_legacy.py).
+"""Medusa-1 training on a frozen backbone, by self-distillation (Medusa paper, arXiv 2401.10774 §2.2.1).
+
+The authors' code for it is ``medusa/train/train_legacy.py``.
 
 1. The base model greedily continues every prompt: prompt + continuation is a training sequence,
    so the heads learn the model they will serve (its greedy path is what the runtime verifies).
@@ -26,7 +28,7 @@ from medusa_trt.errors import CheckpointError, InvalidInputError, MissingDepende
 from medusa_trt.medusa.heads import MedusaHeads
 from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
 
-DECAY = 0.8  # paper §7.2: lambda_k = 0.8^k
+DECAY = 0.8  # Medusa paper Appendix B.2: lambda_k = 0.8^k
 CACHE_LIMIT_BYTES = 2 << 30  # cache hidden states when they fit in 2 GiB; recompute per batch otherwise
 
 
