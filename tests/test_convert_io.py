@@ -15,7 +15,7 @@ import xxhash
 from medusa_trt.checkpoint import convert_checkpoint, layout, writer
 from medusa_trt.checkpoint.safetensors_io import HashingFile, Span
 from medusa_trt.cli import run
-from medusa_trt.tiny import make_medusa_heads, make_tiny_llama
+from tests.helpers.models import make_medusa_heads, make_tiny_llama
 
 
 @pytest.fixture(scope="module")

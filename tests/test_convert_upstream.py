@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from medusa_trt.checkpoint import convert_checkpoint
-from medusa_trt.tiny import make_medusa_heads, make_tiny_llama
+from tests.helpers.models import make_medusa_heads, make_tiny_llama
 
 V, D, TP = 250, 64, 4  # 250 = 4 * 62 + 2: torch.chunk gives 63, 63, 63, 61 rows; the model wants 4 x 63
 
