@@ -6,6 +6,8 @@ converter's default flags (--workers only if given), and reports, side by side i
   - convert throughput: bytes written / seconds (the call to convert_checkpoint, imports excluded);
   - copy throughput: `cp -r` of the source directory on the same disk, bytes / seconds;
   - the ratio of the two per written byte, and each one's user and system CPU seconds;
+  - the same for `cp -r` repeated until it has written as many bytes as the conversion (a 10 GB
+    write meets page-cache and writeback pressure that a 3 GB one does not);
   - peak RSS of the converting process (sampled every 20 ms).
 Several --layers values show how RSS grows with model size; --repeat runs each pair again (the
 spread says how noisy the machine is). Everything is deleted afterwards unless --keep.
@@ -138,25 +140,35 @@ def convert_in_child(src: Path, out: Path, tp: int, workers: int | None) -> dict
     return doc
 
 
-def copy_throughput(src: Path, dst: Path) -> dict[str, float]:
-    """`cp -r SRC DST`, timed (what a user would compare the converter with)."""
-    total = sum(f.stat().st_size for f in src.iterdir())
+def copy_throughput(src: Path, dst: Path, copies: int = 1) -> dict[str, float]:
+    """`cp -r SRC DST` (``copies`` times, into DST-0, DST-1, ...), timed, then removed.
+
+    One copy is what a user would compare the converter with; several copies write as many bytes
+    as the conversion does, so both meet the same page-cache and writeback pressure.
+    """
+    total = sum(f.stat().st_size for f in src.iterdir()) * copies
+    dsts = [dst] if copies == 1 else [dst.with_name(f"{dst.name}-{i}") for i in range(copies)]
     cpu0 = child_cpu()
     t0 = time.perf_counter()
-    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    for d in dsts:
+        subprocess.run(["cp", "-r", str(src), str(d)], check=True)
     seconds = time.perf_counter() - t0
     cpu1 = child_cpu()
+    for d in dsts:
+        shutil.rmtree(d)
     return {"bytes": total, "seconds": seconds, "user_s": cpu1[0] - cpu0[0], "sys_s": cpu1[1] - cpu0[1]}
 
 
 def measure(src: Path, work: Path, layers: int, src_bytes: int, args: argparse.Namespace) -> dict[str, object]:
-    """One `cp -r` of the source, then one conversion, on the same disk."""
+    """One `cp -r` of the source, one conversion, then `cp -r` as many times as it takes to write as
+    many bytes as the conversion wrote, all on the same disk."""
     cp, out = work / f"copy-{layers}", work / f"out-{layers}"
     copy = copy_throughput(src, cp)
-    shutil.rmtree(cp)
     conv = convert_in_child(src, out, args.tp, args.workers)
     shutil.rmtree(out)
+    matched = copy_throughput(src, cp, copies=-(-int(conv["bytes"]) // src_bytes))
     conv_rate, copy_rate = conv["bytes"] / conv["seconds"], copy["bytes"] / copy["seconds"]
+    matched_rate = matched["bytes"] / matched["seconds"]
     return {
         "layers": layers,
         "tp": args.tp,
@@ -170,6 +182,10 @@ def measure(src: Path, work: Path, layers: int, src_bytes: int, args: argparse.N
         "copy_MBps": round(copy_rate / 1e6, 1),
         "copy_cpu_s": {"user": round(copy["user_s"], 2), "sys": round(copy["sys_s"], 2)},
         "ratio_vs_copy": round(conv_rate / copy_rate, 2),
+        "copy_same_bytes_GB": round(matched["bytes"] / 1e9, 2),
+        "copy_same_bytes_MBps": round(matched_rate / 1e6, 1),
+        "copy_same_bytes_cpu_s": {"user": round(matched["user_s"], 2), "sys": round(matched["sys_s"], 2)},
+        "ratio_vs_copy_same_bytes": round(conv_rate / matched_rate, 2),
         "peak_rss_MB": round(conv["peak_rss_mb"]),
     }
 
@@ -179,7 +195,9 @@ def summary(r: dict[str, object]) -> str:
     return (
         f"layers={r['layers']} tp={r['tp']} workers={r['workers']}: wrote {gb:.2f} GB in {r['convert_s']} s "
         f"= {r['convert_MBps']} MB/s (cpu {r['convert_cpu_s']}); cp -r {r['copy_MBps']} MB/s "
-        f"(cpu {r['copy_cpu_s']}); ratio {r['ratio_vs_copy']}; peak RSS {r['peak_rss_MB']} MB"
+        f"(cpu {r['copy_cpu_s']}); ratio {r['ratio_vs_copy']}; cp -r repeated to {r['copy_same_bytes_GB']} GB "
+        f"{r['copy_same_bytes_MBps']} MB/s (cpu {r['copy_same_bytes_cpu_s']}); ratio "
+        f"{r['ratio_vs_copy_same_bytes']}; peak RSS {r['peak_rss_MB']} MB"
     )
 
 
