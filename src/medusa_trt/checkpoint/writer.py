@@ -1,7 +1,8 @@
 """Writing a checkpoint directory: rank files streamed in parallel, copied side files, all hashed on the way.
 
-The rank files of one checkpoint begin with the same bytes (the header and the full embedding, which
-every rank holds): those are hashed once, and each file continues from that hash state.
+Files are written with direct I/O where the filesystem allows it (``open_hashing``). The rank files of
+one checkpoint begin with the same bytes (the header and the full embedding, which every rank holds):
+those are hashed once, and each file continues from that hash state.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from medusa_trt.checkpoint.layout import OutTensor
-from medusa_trt.checkpoint.safetensors_io import COPY_CHUNK, HashingFile, Span, safetensors_header, tensor_bytes
+from medusa_trt.checkpoint.safetensors_io import (
+    COPY_CHUNK,
+    DirectHashingFile,
+    HashingFile,
+    Span,
+    open_hashing,
+    safetensors_header,
+    tensor_bytes,
+)
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
 TOKENIZER_FILES = (
@@ -36,17 +45,21 @@ class Cancelled(Exception):
     """Another rank failed or the user interrupted: stop between blocks."""
 
 
-def default_workers(files: int) -> int:
-    """Files written at once when --workers is not given: one per usable CPU, at most one per file.
+MIN_WORKERS = 4  # direct I/O waits on the disk: a few files in flight keep it busy even on 2 CPUs
 
-    Writing is CPU work in the kernel (copying into the page cache) plus hashing, so more workers than
-    CPUs only contend; fewer leave CPUs idle.
+
+def default_workers(files: int) -> int:
+    """Files written at once when --workers is not given: one per usable CPU but at least MIN_WORKERS,
+    and at most one per file.
+
+    Each worker reads and hashes on a CPU and then waits for its direct write to reach the disk, so a
+    machine with few CPUs still gains from a few more workers than CPUs.
     """
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(files, cpus))
+    return max(1, min(files, max(cpus, MIN_WORKERS)))
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ def _hash_span(h: Any, span: Span) -> None:
             pos += n
 
 
-def write_item(out: HashingFile, item: Any, hashed: bool, advance: Callable[[int], None]) -> int:
+def write_item(out: HashingFile | DirectHashingFile, item: Any, hashed: bool, advance: Callable[[int], None]) -> int:
     """One piece of a tensor (a Span of a source file, or a tensor); returns its byte count."""
     if isinstance(item, Span):
         out.copy_span(item, hashed=hashed, advance=advance)
@@ -121,7 +134,7 @@ def write_rank(
             raise Cancelled
         advance(n)
 
-    out = HashingFile(path)
+    out = open_hashing(path)
     try:
         out.write(header, hashed=prefix is None)
         for i, t in enumerate(tensors):
@@ -167,7 +180,7 @@ def write_ranks(
 
 
 def copy_hashed(src: Path, dst: Path) -> dict[str, Any]:
-    out = HashingFile(dst)
+    out = open_hashing(dst)
     try:
         with src.open("rb") as f:
             while block := f.read(COPY_BLOCK):
@@ -179,7 +192,7 @@ def copy_hashed(src: Path, dst: Path) -> dict[str, Any]:
 
 
 def write_hashed(dst: Path, data: bytes) -> dict[str, Any]:
-    out = HashingFile(dst)
+    out = open_hashing(dst)
     try:
         out.write(data)
     finally:

@@ -48,7 +48,9 @@ def convert_cmd(
     medusa_revision: Annotated[str | None, typer.Option("--medusa-revision", help="Hub revision of --medusa.")] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", "-w", help="Rank files written at once (default: one per CPU, at most --tp)."),
+        typer.Option(
+            "--workers", "-w", help="Rank files written at once (default: one per CPU, at least 4, at most --tp)."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --output.")] = False,
     json_out: JsonOpt = False,
