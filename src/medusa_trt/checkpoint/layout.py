@@ -10,6 +10,7 @@ serves validation (shapes, byte totals) and writing. Rows kept in their source d
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -132,9 +133,13 @@ def read_cols(fd: int, info: TensorInfo, rows: tuple[int, int], cols: tuple[int,
     import torch
 
     (r0, r1), (c0, c1), size = rows, cols, DTYPE_SIZES[info.dtype]
-    out = torch.empty((r1 - r0, c1 - c0), dtype=torch_dtype(info.dtype))  # [rows, cols]
-    buf = memoryview(out.view(torch.uint8).numpy()).cast("B")
     width, stride = (c1 - c0) * size, info.shape[1] * size
+    # Block-sized heap allocations of varying sizes, freed from several threads, fragment malloc's
+    # arenas until the resident set grows with the model; an anonymous map is returned on release.
+    mem = mmap.mmap(-1, max(1, (r1 - r0) * width))
+    out = torch.frombuffer(mem, dtype=torch.uint8, count=(r1 - r0) * width)
+    out = out.view(torch_dtype(info.dtype)).reshape(r1 - r0, c1 - c0)  # [rows, cols]
+    buf = memoryview(mem)
     base = info.offset + r0 * stride + c0 * size
     for i in range(r1 - r0):
         if os.preadv(fd, [buf[i * width : (i + 1) * width]], base + i * stride) != width:
