@@ -120,8 +120,8 @@ def test_copy_span_refuses_a_source_that_shrank(tmp_path: Path, monkeypatch: pyt
     out.close()
 
 
-@pytest.mark.parametrize(("cpus", "files", "want"), [(2, 8, 4), (16, 8, 8), (6, 8, 6), (4, 1, 1), (1, 2, 2)])
-def test_default_workers_one_per_cpu_at_least_four_at_most_one_per_file(
+@pytest.mark.parametrize(("cpus", "files", "want"), [(2, 8, 8), (16, 32, 16), (12, 32, 12), (4, 1, 1), (1, 2, 2)])
+def test_default_workers_one_per_cpu_at_least_eight_at_most_one_per_file(
     monkeypatch: pytest.MonkeyPatch, cpus: int, files: int, want: int
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cpus)))
@@ -131,7 +131,7 @@ def test_default_workers_one_per_cpu_at_least_four_at_most_one_per_file(
 def test_cli_without_workers_uses_the_default(
     tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No --workers: the converter writes max(CPUs, 4) rank files at once, at most tp; --workers 0 is a
+    """No --workers: the converter writes max(CPUs, 8) rank files at once, at most tp; --workers 0 is a
     usage error."""
     seen: list[int] = []
     real = writer.write_ranks

@@ -129,7 +129,7 @@ def cols_recipe(store: Store, name: str, lo: int, hi: int, code: str) -> Recipe:
 
 def read_cols(fd: int, info: TensorInfo, rows: tuple[int, int], cols: tuple[int, int]) -> Any:
     """A [rows, cols] window of a 2-D safetensors tensor, one read per row: only the bytes it needs,
-    and no memory map whose touched pages would count toward the resident set."""
+    and no memory map of the source whose touched pages would count toward the resident set."""
     import torch
 
     (r0, r1), (c0, c1), size = rows, cols, DTYPE_SIZES[info.dtype]

@@ -49,7 +49,7 @@ def convert_cmd(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", "-w", help="Rank files written at once (default: one per CPU, at least 4, at most --tp)."
+            "--workers", "-w", help="Rank files written at once (default: one per CPU, at least 8, at most --tp)."
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --output.")] = False,

@@ -262,7 +262,7 @@ def resolve(
         workers, sources["convert_workers"] = int(workers_env), f"env {WORKERS_ENV}"
     else:
         workers = default_workers(profile.parallelism.tp * profile.parallelism.pp)
-        sources["convert_workers"] = "default: one per CPU (at least 4), at most the world size"
+        sources["convert_workers"] = "default: one per CPU (at least 8), at most the world size"
 
     for key in ("tp", "pp"):
         sources[key] = f"profile parallelism.{key}"
