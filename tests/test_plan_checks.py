@@ -24,7 +24,8 @@ def _check(report, name: str) -> ck.Check:  # type: ignore[no-untyped-def]
 def test_gpu_profiles_plan_70b(name: str) -> None:
     r = preflight_report(name, "llama-3.1-70b")
     assert r.fits, r.failures
-    assert {c.verdict for c in r.checks} <= {"pass", "warn"}
+    assert {c.verdict for c in r.checks if c.name != "prediction"} <= {"pass", "warn"}
+    assert _check(r, "prediction").verdict == "estimate"  # it rests on the default tokens/step
     assert r.prediction.medusa.tokens_per_s_per_user > r.prediction.baseline.tokens_per_s_per_user
 
 
@@ -138,13 +139,19 @@ def test_disk_check() -> None:
 
 def test_prediction_check_and_tokens_per_step() -> None:
     p = load_profile("hgx-h200-fp8-tp8")
-    assert ck.check_prediction(predict(p, M70, 2.0)).verdict == "pass"
-    assert ck.check_prediction(predict(p, M70, 1.0)).verdict == "warn"  # verifying costs more than it gains
+    assert ck.check_prediction(predict(p, M70, 2.0), default_tokens_per_step=False).verdict == "pass"
+    assert ck.check_prediction(predict(p, M70, 2.0), default_tokens_per_step=True).verdict == "estimate"
+    slower = ck.check_prediction(predict(p, M70, 1.0), default_tokens_per_step=False)
+    assert slower.verdict == "warn"  # verifying costs more than it gains
     given = preflight_report(p, M70, tokens_per_step=3.0)
     assert given.tokens_per_step_source == "given" and given.prediction.medusa.tokens_per_step == 3.0
+    assert _check(given, "prediction").verdict == "pass" and "not measured" not in _check(given, "prediction").reason
     default = preflight_report(p, M70)
     assert default.prediction.medusa.tokens_per_step == pytest.approx(2.176)
     assert "default" in default.tokens_per_step_source
+    assert (
+        _check(default, "prediction").verdict == "estimate" and "not measured" in _check(default, "prediction").reason
+    )
     with pytest.raises(InvalidInputError, match=r"outside 1\.\.4"):
         preflight_report(p, M70, tokens_per_step=4.5)
 
@@ -155,5 +162,8 @@ def test_json_document_shape() -> None:
     assert {"linear_weights", "kv_cache", "total", "available"} <= set(d["memory_gib"])
     assert all(set(c) == {"name", "verdict", "reason"} for c in d["checks"])
     for k in ("medusa", "baseline"):
-        assert d["prediction"][k]["step_ms"] > 0 and d["prediction"][k]["tokens_per_s_per_user"] > 0
+        pred = d["prediction"][k]
+        assert pred["step_ms"] > 0 and pred["tokens_per_s_per_user"] == pytest.approx(
+            pred["tokens_per_step"] * 1e3 / pred["step_ms"]
+        )
     assert d["profile"]["name"] == "hgx-h200-fp8-tp8" and len(d["profile"]["id"]) == 12

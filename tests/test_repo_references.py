@@ -1,8 +1,9 @@
 """Every reference in the repository can be checked from the repository.
 
 Scans every text file git knows of (tracked, or new and not ignored) for: names of notes that live
-outside the repository, issue numbers, repository paths that do not exist, Markdown links to missing
-files or headings, and ``docs/sources.md, <section>`` citations naming no section of that file.
+outside the repository, issue numbers, repository paths and ``medusa_trt.*`` modules that do not
+exist, Markdown links to missing files or headings, and ``docs/sources.md, <section>`` citations
+naming no section of that file.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ ISSUE = re.compile(r"(?<![/\w])issues?\s*#?\d+", re.IGNORECASE)
 PATH = re.compile(r"(?<![\w/.:-])(\w[\w.-]*/(?:[\w.-]+/)*[\w.-]+\.(?:md|py|ya?ml|toml))\b")
 MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
 SOURCES_CITE = re.compile(r"sources\.md, \"?([^)\".;\n]+)")
+MODULE = re.compile(r"(?<![\w.])medusa_trt(?:\.\w+)+")
 
 
 def _files() -> list[Path]:
@@ -83,6 +85,27 @@ def _missing_path(path: Path, ref: str) -> bool:
     return any(c.parent.is_dir() and ROOT in c.resolve().parents for c in candidates)
 
 
+def _missing_module(dotted: str) -> bool:
+    """True when ``medusa_trt.a.b...`` names no module, package or name defined in one."""
+    here = ROOT / "src"
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if (here / part).is_dir():
+            here = here / part
+        elif (here / f"{part}.py").is_file():
+            here = here / f"{part}.py"
+        else:  # a name inside the module or package reached so far
+            source = here / "__init__.py" if here.is_dir() else here
+            return i < 2 or not re.search(rf"\b{re.escape(part)}\b", source.read_text(encoding="utf-8"))
+        if here.is_file():
+            return False if i == len(parts) - 1 else _missing_name(here, parts[i + 1])
+    return False
+
+
+def _missing_name(module: Path, name: str) -> bool:
+    return re.search(rf"\b{re.escape(name)}\b", module.read_text(encoding="utf-8")) is None
+
+
 def _problems(path: Path, text: str) -> list[str]:
     found: list[str] = []
     for name in OUTSIDE_NOTES:
@@ -93,6 +116,10 @@ def _problems(path: Path, text: str) -> list[str]:
     for m in PATH.finditer(text):
         if _missing_path(path, m.group(1)):
             found.append(f"{_where(path, text, m.start())}: {m.group(1)} does not exist")
+    for m in MODULE.finditer(text):
+        placeholder = any(len(part) == 1 for part in m.group(0).split("."))  # medusa_trt.x.y in prose
+        if not placeholder and _missing_module(m.group(0)):
+            found.append(f"{_where(path, text, m.start())}: {m.group(0)} does not exist")
     if path.suffix == ".md":
         found += _link_problems(path, text)
     for m in SOURCES_CITE.finditer(text):
@@ -129,6 +156,8 @@ def test_every_reference_resolves_inside_the_repository() -> None:
         ("issue", "# Targets (issue" + " #6): fast", "issue number"),
         ("missing path", "see docs/no-such-file.md", "does not exist"),
         ("missing module", "in src/medusa_trt/runtime/no_such.py", "does not exist"),
+        ("missing dotted module", "server (medusa_trt.bench.no_such, raw asyncio)", "does not exist"),
+        ("missing name", "see medusa_trt.perf.model.no_such_function", "does not exist"),
         ("missing link", "[x](no-such.md)", "link to missing"),
         ("missing heading", "[x](sources.md#no-such-heading)", "has no heading"),
         ("missing section", "(docs/sources" + ".md, No such section)", "has no section"),
@@ -145,6 +174,8 @@ def test_the_checks_catch_each_kind(name: str, text: str, expected: str) -> None
     [
         "NVIDIA/TensorRT-LLM docs/source/performance/perf-benchmarking.md",  # upstream directory
         "medusa-trt profiles add ./my-node.yaml",  # a path the user types
+        "medusa_trt.perf.model.step_time_ms, medusa_trt.runtime, medusa_trt.perf.predict",  # modules and names
+        "``from medusa_trt.x.y import _name``",  # a placeholder
         "https://github.com/kvcache-ai/Mooncake/pull/3484 and .../sglang/issues/303",  # URLs
         "[sources](sources.md#all-reduce-latency), docs/perf-model.md, (docs/sources" + ".md, Medusa algorithm)",
     ],

@@ -51,9 +51,8 @@ def test_fp8_logits_match_dequantized_reference(tmp_path: Path, tiny_llama: Path
         want = dequantized_hf(fp8)(ids[None]).logits[0]
     with load_engine(ckpt, tree="nvidia_low_latency_15") as engine:
         assert engine.info.quant_algo == "FP8" and engine.has_medusa
-        runner = engine._runner
-        runner.alloc(64)
-        got = runner.forward(ids, torch.arange(40))
+        engine.reset_cache(64)
+        got = engine.forward(ids, torch.arange(40))
         assert float((got - want).abs().max() / want.abs().max()) < 1e-4
         runs = [
             [t for c in engine.generate([7, 8, 9], SamplingParams(max_tokens=24), medusa=m) for t in c.token_ids]

@@ -43,12 +43,11 @@ def test_medusa_heads_match_an_independent_reference(tmp_path: Path, tp: int) ->
     src = load_file(str(heads_dir / "medusa_lm_head.safetensors"))
     with load_engine(ckpt, tree=[[0], [0, 0], [0, 0, 0]]) as engine:
         assert engine.tp == tp
-        runner = engine._runner
-        runner.alloc(16)
-        logits = runner.forward(ids, torch.arange(12))
+        engine.reset_cache(16)
+        logits = engine.forward(ids, torch.arange(12))
         assert logits.shape == (12, v) and rel_err(logits, want_logits) < 1e-4
         for row in (0, 5, 11):
-            got = runner.heads(row)  # [K, V]
+            got = engine.head_logits(row)  # [K, V]
             assert got.shape == (k_heads, v)
             for k in range(k_heads):
                 x = hidden[row]

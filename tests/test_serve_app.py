@@ -199,6 +199,7 @@ def test_stop_string_cuts_text(url: str) -> None:
         ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
         ({"prompt": "x", "stop": [""]}, 400, "stop"),
         ({"max_tokens": 3}, 400, "prompt"),
+        ({"prompt": "x", "top_k": -2}, 400, "top_k"),  # -1 and 0 mean off, as in vLLM
     ],
 )
 def test_bad_completion_requests(url: str, body: dict[str, Any], status: int, param: str) -> None:
@@ -221,6 +222,16 @@ def test_bad_requests_other(url: str) -> None:
         json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
     )
     assert r.status_code == 400
+    for value in (b"NaN", b"Infinity"):  # Python's JSON extension; httpx's json= refuses to send it
+        r = httpx.post(
+            f"{url}/v1/completions",
+            content=b'{"prompt": "x", "temperature": ' + value + b"}",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "temperature", r.text
+    for msg in ({"role": "user"}, {"role": "user", "content": None}):
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [msg]})
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages.0"), r.text
     r = httpx.get(f"{url}/v1/nowhere")
     assert r.status_code == 404 and "error" in r.json()
     r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 10_000, "stream": True})
@@ -307,9 +318,14 @@ def test_metrics_exposition(url: str) -> None:
     assert inf == _metric(text, "medusa_trt_tokens_per_step_count", medusa="true")
 
 
-def test_seeded_sampling_repeats(url: str) -> None:
+def test_seeded_sampling_repeats(url: str, engine: Any) -> None:
     body = {"prompt": PROMPT, "max_tokens": 10, "temperature": 0.9, "top_p": 0.95, "top_k": 50, "seed": 7}
     a = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
     b = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
     assert a["choices"][0]["text"] == b["choices"][0]["text"]
-    assert a["usage"]["completion_tokens"] >= 1 and a["usage"]["decoding_steps"] >= 0
+    assert a["usage"] == b["usage"]  # the same seed takes the same Medusa steps
+    used, steps = a["usage"]["completion_tokens"], a["usage"]["decoding_steps"]
+    assert used == 10 if a["choices"][0]["finish_reason"] == "length" else 1 <= used <= 10
+    # Prefill emits the first token; each decoding step its bonus token and at most the deepest path's drafts.
+    depth = max(len(path) for path in engine.tree)
+    assert -(-(used - 1) // (depth + 1)) <= steps <= used - 1

@@ -13,7 +13,12 @@ from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 def train_cmd(
     model: Annotated[Path, typer.Option("--model", "-m", help="Hugging Face Llama model dir (frozen backbone).")],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Heads dir: config.json + medusa_lm_head.safetensors.")
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Heads dir: config.json + medusa_lm_head.safetensors (new, empty, or heads medusa-trt trained).",
+        ),
     ],
     num_heads: Annotated[int, typer.Option("--num-heads", help="Medusa heads K (head k predicts token t+k+2).")] = 4,
     num_layers: Annotated[int, typer.Option("--num-layers", help="ResBlocks per head.")] = 1,

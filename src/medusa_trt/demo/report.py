@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from medusa_trt import fsio
 
 
 def _f(x: Any, fmt: str = "{:.2f}") -> str:
@@ -20,9 +21,9 @@ def render(doc: dict[str, Any], log: Callable[[str], None]) -> None:
         "",
         "[bold]medusa-trt demo: the same server, the same prompts, greedy[/]",
         f"  tokens/s/user   Medusa {_f(tps['medusa'], '{:.1f}')}   without {_f(tps['no_medusa'], '{:.1f}')}"
-        f"   speedup [bold]{_f(doc['speedup'])}x[/] (target >= {doc['targets']['speedup']})",
+        f"   speedup [bold]{_f(doc['speedup'])}x[/]",
         f"  tokens/step     {_f(doc['tokens_per_step'])} measured, {_f(doc['expected_tokens_per_step'])} expected "
-        f"from head accuracy (target >= {doc['targets']['tokens_per_step']})",
+        "from head accuracy",
         f"  identical greedy outputs: {ok}   tree: {doc['tree_nodes']} nodes   wall {doc['wall_s']} s",
         f"  results: {doc['output_dir']}/demo.json, demo.png",
     ]
@@ -50,12 +51,6 @@ def write_plot(doc: dict[str, Any], path: Path) -> Path:
     ax2.set_ylabel("top-1 accuracy (held out)")
     ax2.set_title(f"tree: {doc['tree_nodes']} nodes")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")  # not mkstemp: its 0600 mode would stay
-    try:
+    with fsio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -15,6 +15,8 @@ from medusa_trt.medusa.trees import Tree, load_tree, validate_tree
 from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
+    import torch
+
     from medusa_trt.medusa.buffers import TreeBuffers
     from medusa_trt.runtime.config import CheckpointInfo
     from medusa_trt.runtime.tp import Runner
@@ -100,6 +102,48 @@ class ReferenceEngine:
 
     def _release(self) -> None:
         self._busy = False
+
+    def _check_idle(self, what: str) -> None:
+        if self._busy:
+            raise InvalidInputError(
+                f"cannot {what} while a generation runs", hint="Exhaust or close() the Generation first."
+            )
+
+    def set_tree(self, tree: str | list[list[int]]) -> Tree:
+        """Verify later generations with ``tree`` (a name, a YAML path or a list), validated against the
+        checkpoint's heads and max_draft_len; returns the tree used until now."""
+        from medusa_trt.medusa.buffers import build_buffers
+
+        self._check_idle("change the tree")
+        chosen = resolve_tree(self.info, tree)
+        assert chosen is not None  # resolve_tree raises for a checkpoint without heads
+        buffers = build_buffers(
+            chosen,
+            num_heads=self.info.num_medusa_heads,
+            max_draft_len=self.info.max_draft_len or None,
+            device=self._runner.device,
+        )
+        previous, self.tree, self._buffers = self.tree, chosen, buffers
+        return previous
+
+    # Below ``generate``: one forward at a time, for checking the model itself against a reference.
+    def reset_cache(self, capacity: int) -> None:
+        """Empty the KV cache on every rank and size it for ``capacity`` tokens."""
+        self._check_idle("reset the KV cache")
+        self._runner.alloc(capacity)
+
+    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits [T, V] float32 for ``token_ids`` at ``positions`` [T], causal over the KV cache, whose
+        entries for these tokens it writes (after :meth:`reset_cache`)."""
+        self._check_idle("run a forward")
+        return self._runner.forward(token_ids, positions)
+
+    def head_logits(self, row: int) -> torch.Tensor:
+        """Logits [K, V] of every Medusa head at ``row`` of the last :meth:`forward`."""
+        self._check_idle("run the heads")
+        if not self.num_medusa_heads:
+            raise InvalidInputError(f"{self.info.ckpt_dir} has no Medusa heads")
+        return self._runner.heads(row)
 
     def close(self) -> None:
         """Stop the tp worker processes (idempotent)."""

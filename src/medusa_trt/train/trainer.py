@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,8 +23,9 @@ from typing import Any
 
 import torch
 
+from medusa_trt import fsio, outputs
 from medusa_trt.errors import CheckpointError, InvalidInputError, MissingDependencyError
-from medusa_trt.medusa.heads import MedusaHeads
+from medusa_trt.medusa.heads import HEADS_FILE, MedusaHeads
 from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
 
 DECAY = 0.8  # Medusa paper Appendix B.2: lambda_k = 0.8^k
@@ -101,8 +101,16 @@ def load_backbone(model_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]
             f"{d}: not a Hugging Face model directory (no config.json)",
             hint="Pass the directory holding config.json, *.safetensors and the tokenizer.",
         )
-    tok = AutoTokenizer.from_pretrained(str(d))
-    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).to(_device(device)).eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(d))
+        model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # corrupt weights, bad config, no tokenizer
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(
+            f"--model {d}: cannot load ({e.__class__.__name__}: {first})",
+            hint="Pass a complete Hugging Face Llama directory (config.json, *.safetensors, tokenizer).",
+        ) from e
+    model = model.to(_device(device)).eval()
     model.requires_grad_(False)
     return model, tok
 
@@ -306,27 +314,35 @@ def _save_checkpoint(
     history: list[dict[str, Any]],
     cfg_key: dict[str, Any],
 ) -> None:
-    d = _ckpt_dir(output)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".state.pt.tmp{os.getpid()}"
-    torch.save(
-        {
-            "step": step,
-            "heads": heads.state_dict(),
-            "opt": opt.state_dict(),
-            "rng": gen.get_state(),
-            "history": history,
-            "config": cfg_key,
-        },
-        tmp,
-    )
-    tmp.replace(d / "state.pt")
+    state = {
+        "step": step,
+        "heads": heads.state_dict(),
+        "opt": opt.state_dict(),
+        "rng": gen.get_state(),
+        "history": history,
+        "config": cfg_key,
+    }
+    with fsio.atomic_path(_ckpt_dir(output) / "state.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def save_heads(heads: MedusaHeads, out: Path, base_model: str = "") -> Path:
+    """``medusa_lm_head.safetensors``, then ``config.json`` (its presence marks complete heads), each atomic."""
+    from safetensors.torch import save_file
+
+    with fsio.atomic_path(out / HEADS_FILE) as tmp:
+        save_file(heads.fasterdecoding_state_dict(), str(tmp), metadata={"format": "pt"})
+    fsio.write_json(out / "config.json", heads.config_dict(base_model))
+    return out
 
 
 def _config_key(cfg: TrainConfig, model_dir: Path, data: str) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (steps may grow)."""
     keep = ("num_heads", "num_layers", "lr", "batch_size", "seq_len", "gen_tokens", "seed")
     return {"model": str(model_dir.resolve()), "data": data, **{k: getattr(cfg, k) for k in keep}}
+
+
+OUTPUT_FILES = (".train", HEADS_FILE, "config.json", "training.json")  # what `heads train` writes
 
 
 def train_heads(
@@ -339,14 +355,34 @@ def train_heads(
 ) -> TrainResult:
     """Train Medusa-1 heads for ``model_dir`` and write them (FasterDecoding format) to ``output``.
 
+    ``output`` follows the output-directory rules (outputs.py): ours or new, locked while training.
     ``on_step(step, loss)`` is called after every optimizer step (progress hooks, tests).
     """
-    from medusa_trt.train.progress import TrainProgress
-
     cfg = config or TrainConfig()
+    _check_config(cfg)
+    with outputs.writing(output, kind="heads", inputs={"--model": str(model_dir)}) as owned:
+        owned.claim(OUTPUT_FILES)
+        result = _train(Path(model_dir), owned.root, data, cfg, on_step)
+        owned.done(OUTPUT_FILES)
+    return result
+
+
+def _check_config(cfg: TrainConfig) -> None:
     if cfg.num_heads < 1 or cfg.num_layers < 1 or cfg.steps < 0 or cfg.batch_size < 1:
         raise InvalidInputError("--num-heads, --num-layers and --batch-size must be >= 1, --steps >= 0")
-    model_dir, out = Path(model_dir), Path(output)
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise InvalidInputError(f"--lr {cfg.lr}: must be a finite number > 0", hint="e.g. --lr 1e-3")
+
+
+def _train(
+    model_dir: Path,
+    out: Path,
+    data: str | list[Prompt],
+    cfg: TrainConfig,
+    on_step: Callable[[int, float], None] | None,
+) -> TrainResult:
+    from medusa_trt.train.progress import TrainProgress
+
     data_name = data if isinstance(data, str) else "inline"
     prompts = load_prompts(data) if isinstance(data, str) else list(data)
     dev = _device(cfg.device)
@@ -377,10 +413,8 @@ def train_heads(
             dist = distill(
                 model, tok, prompts, gen_tokens=cfg.gen_tokens, seq_len=cfg.seq_len, progress=lambda: prog.advance(task)
             )
-            ckpt.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt / f".data.json.tmp{os.getpid()}"
-            tmp.write_text(json.dumps({"config": key, "sequences": dist.sequences, "starts": dist.starts}))
-            tmp.replace(ckpt / "data.json")
+            doc = {"config": key, "sequences": dist.sequences, "starts": dist.starts}
+            fsio.write_text(ckpt / "data.json", json.dumps(doc))
         hiddens = hidden_states(model, dist.sequences)
         # positions before start-K-1 predict no generated token for any head: drop them (less compute)
         crops = [max(0, st - cfg.num_heads - 1) for st in dist.starts]
@@ -447,8 +481,8 @@ def train_heads(
     final_loss, top1, top5 = evaluate(heads, hiddens, labels, eval_idx, dev)
     final_train = evaluate(heads, hiddens, labels, train_idx, dev)[0]
     _save_checkpoint(out, cfg.steps, heads, opt, gen, history, key)
-    heads.save_pretrained(out, base_model=str(model_dir))
-    (out / "training.json").write_text(json.dumps({"config": asdict(cfg), "history": history}, indent=2))
+    save_heads(heads, out, base_model=str(model_dir))
+    fsio.write_json(out / "training.json", {"config": asdict(cfg), "history": history})
     return TrainResult(
         steps=cfg.steps,
         final_loss=final_train,
