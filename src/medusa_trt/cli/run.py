@@ -41,20 +41,31 @@ def run_cmd(
     temperature: Annotated[
         float,
         typer.Option(
-            "--temperature", help="0 is greedy (exact); > 0 samples, with typical acceptance for Medusa (lossy)."
+            "--temperature", help="0 is greedy; > 0 samples (Medusa stays exact unless --acceptance typical)."
         ),
     ] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely (0: off).")] = 0,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     no_medusa: Annotated[bool, typer.Option("--no-medusa", help="Plain decoding, one token per step.")] = False,
+    acceptance: Annotated[
+        str,
+        typer.Option(
+            "--acceptance",
+            help="Medusa at temperature > 0: exact (lossless, samples as plain decoding) or typical (lossy).",
+        ),
+    ] = "exact",
     tree: Annotated[
         str | None,
         typer.Option(
             "--tree",
-            help="Medusa tree: shipped name or YAML/JSON file (default: the engine's, else the largest that fits).",
+            help="Medusa tree: shipped name or YAML/JSON file, used as is (default: the engine's, else "
+            "nvidia_low_latency_15, adapted).",
         ),
     ] = None,
+    no_adapt: Annotated[
+        bool, typer.Option("--no-adapt", help="Always verify the whole tree (no adaptive subtree choice).")
+    ] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")] = False,
     host: Annotated[str, typer.Option("--host", help="Serve: address to bind.")] = "127.0.0.1",
@@ -103,6 +114,8 @@ def run_cmd(
             port=port,
             print_cmd=print_cmd,
             device=device,
+            tree=tree,
+            adapt=False if no_adapt else None,
             api_key=api_key or None,
             max_request_mb=max_request_mb,
             step_timeout_s=step_timeout,
@@ -110,15 +123,19 @@ def run_cmd(
         )
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")
+    if acceptance not in ("exact", "typical"):
+        raise InvalidInputError(f"--acceptance must be exact or typical, not '{acceptance}'")
     if step_timeout < 0 or first_step_timeout < 0:
         raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
     from medusa_trt.runtime import SamplingParams, load_engine
     from medusa_trt.runtime.once import generate_text
     from medusa_trt.runtime.watchdog import run_guarded
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, acceptance=acceptance
+    )
     with err_console.status("loading the reference engine", spinner="dots"):
-        engine = load_engine(path, device=device, tree=tree)
+        engine = load_engine(path, device=device, tree=tree, adapt=False if no_adapt else None)
     with engine:
         # on a thread under the watchdog: a dead or hung tp rank, or a signal, ends the run in seconds
         doc = run_guarded(

@@ -119,6 +119,8 @@ def serve(
     max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
     step_timeout_s: float = STEP_TIMEOUT_S,
     first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S,
+    tree: str | None = None,
+    adapt: bool | None = None,
 ) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code.
 
@@ -152,7 +154,7 @@ def serve(
         os.environ.update(cmd["env"])
         from medusa_trt.serve.server import run_server
 
-        return int(run_server(engine_dir, host, port, device, cmd["model_name"], guard=guard))
+        return int(run_server(engine_dir, host, port, device, cmd["model_name"], tree=tree, adapt=adapt, guard=guard))
     trtllm.check_trtllm(("trtllm-serve",), require_package=False)
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
 

@@ -18,7 +18,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's eos ids
     ignore_eos: bool = False  # the eos ids do not stop (stop_token_ids still do), as vLLM's and TRT-LLM's
     min_tokens: int = 0  # no stop token ends the generation before this many completion tokens
-    posterior_threshold: float = 0.09  # typical acceptance (temperature > 0, lossy)
+    acceptance: str = "exact"  # Medusa at temperature > 0: "exact" (lossless) or "typical" (lossy)
+    posterior_threshold: float = 0.09  # typical acceptance only
     posterior_alpha: float = 0.3
 
 
@@ -38,3 +39,4 @@ class GenerationStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     medusa: bool = False
+    tree_nodes_used: dict[int, int] = field(default_factory=dict)  # draft nodes of the tree -> steps

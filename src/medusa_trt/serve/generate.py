@@ -174,6 +174,7 @@ class Generator:
             stop_token_ids=tuple(body.stop_token_ids),
             ignore_eos=body.ignore_eos,
             min_tokens=body.min_tokens,
+            acceptance=body.medusa_acceptance,
             **extra,
         )
 
@@ -239,6 +240,8 @@ class Generator:
             completion_tokens=usage["completion_tokens"],
             steps=usage["decoding_steps"],
             accepted_per_depth=per_depth,
+            tree_nodes_used=dict(getattr(out.stats, "tree_nodes_used", None) or {}),
+            tree_nodes=getattr(self.engine, "tree_nodes", None),
         )
 
     # --- response bodies -------------------------------------------------------------------------
