@@ -183,6 +183,17 @@ class Runner:
         assert out is not None
         return out
 
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [T, D] (the checkpoint's dtype) of a fresh sequence ``ids`` [T].
+
+        The cache is reset; every rank holds the full (all-reduced) activations, rank 0 returns them.
+        """
+        self.alloc(ids.shape[0])
+        self.forward(ids, torch.arange(ids.shape[0], dtype=torch.long, device=ids.device))
+        out = self.model.last_hidden
+        assert out is not None
+        return out
+
     def heads(self, row: int, count: int = 0) -> torch.Tensor:
         """Logits [K, V] of the first ``count`` (0: all) Medusa heads at ``row`` of the last forward."""
         self._send(HEADS, row, count)
