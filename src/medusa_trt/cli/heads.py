@@ -62,6 +62,9 @@ def train_cmd(
     hidden_cache: Annotated[
         Path | None, typer.Option("--hidden-cache", help="Where the hidden-state shards go (default OUTPUT/.train).")
     ] = None,
+    shard_mib: Annotated[
+        float, typer.Option("--shard-mib", help="Hidden-state shard size (one shard is held in memory).")
+    ] = 256.0,
     train_devices: Annotated[
         int, typer.Option("--train-devices", help="Data-parallel training processes (DDP; gloo on CPU).")
     ] = 1,
@@ -116,6 +119,7 @@ def train_cmd(
         teacher_api_key=teacher_api_key,
         teacher_concurrency=teacher_concurrency,
         hidden_cache=str(hidden_cache) if hidden_cache else None,
+        shard_mib=shard_mib,
         train_devices=train_devices,
         share_lm_head=share_lm_head,
         tree=tree,

@@ -57,7 +57,7 @@ class TrainConfig:
     teacher_api_key: str | None = None
     teacher_concurrency: int = 8
     hidden_cache: str | None = None  # default: OUTPUT/.train
-    shard_mib: int = 256
+    shard_mib: float = 256.0  # hidden-state shard size: bounds the hidden stage's memory
     train_devices: int = 1
     share_lm_head: bool = False
     tree: str | None = None  # the tree whose expected tokens/step is reported (default: the largest that fits)
@@ -94,8 +94,8 @@ def _check(cfg: TrainConfig) -> None:
             f"--train-devices {cfg.train_devices} with --batch-size {cfg.batch_size}",
             hint="Every training process needs at least one sequence per step: batch size >= devices >= 1.",
         )
-    if cfg.teacher_concurrency < 1 or cfg.shard_mib < 1:
-        raise InvalidInputError("--teacher-concurrency and the shard size must be >= 1")
+    if cfg.teacher_concurrency < 1 or cfg.shard_mib <= 0:
+        raise InvalidInputError("--teacher-concurrency must be >= 1 and --shard-mib > 0")
 
 
 def _stage(root: Path, name: str, key: dict[str, Any], resume: bool) -> Stage:
@@ -175,7 +175,7 @@ def train_heads(
 
         t0 = time.perf_counter()
         itemsize = {"float32": 4}.get(bb.dtype, 2)
-        per_shard = sequences_per_shard(cfg.seq_len, info.hidden_size, itemsize, cfg.shard_mib << 20)
+        per_shard = sequences_per_shard(cfg.seq_len, info.hidden_size, itemsize, int(cfg.shard_mib * 2**20))
         hroot = Path(cfg.hidden_cache) if cfg.hidden_cache else work
         hkey = {"distil": dstage.hash, "model": bb.identity, "per_shard": per_shard}
         hstage = _stage(hroot, "hidden", hkey, cfg.resume)
