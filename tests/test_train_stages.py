@@ -289,3 +289,35 @@ def test_dry_run_exits_4_naming_what_to_change(capsys: pytest.CaptureFixture[str
     assert code == 0 and doc["fits"] is True
     code, doc, err = _dry(["--model", "llama-3.1-405b", "--profile", "hgx-h100-bf16-tp8", "--share-lm-head"], capsys)
     assert code == 4 and doc["stages"]["hidden"]["fits"] is False and "hidden" in err
+
+
+def test_tp_ranks_exit_when_their_driver_is_sigkilled(tmp_path: Path, tiny_llama: Path) -> None:
+    """A killed hidden stage at tp 2 leaves no rank behind holding its shard (the rerun needs the memory)."""
+    import psutil
+
+    from medusa_trt.runtime._testing import make_checkpoint
+
+    ckpt = make_checkpoint(tiny_llama, tmp_path / "ck", tp=2)
+    script = (
+        "import sys, time\n"
+        "from medusa_trt.runtime.config import read_checkpoint\n"
+        "from medusa_trt.runtime.tp import Runner\n"
+        "if __name__ == '__main__':\n"
+        "    r = Runner(read_checkpoint(sys.argv[1]), 'cpu')\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    (tmp_path / "drive.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "drive.py"), str(ckpt)], env=env, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        ranks = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(ranks) == 1
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _, alive = psutil.wait_procs(ranks, timeout=15)
+        assert not alive, "a tp rank outlived its killed driver"
+    finally:
+        proc.kill()
+        proc.wait()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -92,7 +93,7 @@ class Runner:
                 p = ctx.Process(
                     target=_worker_main,
                     daemon=True,
-                    args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status),
+                    args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status, os.getpid()),
                 )
                 p.start()
                 self._procs.append(p)
@@ -208,10 +209,23 @@ class Runner:
         self.model.commit(start, keep)
 
 
+def watch_parent(parent: int, every_s: float = 1.0) -> None:
+    """Exit this spawned rank once its driver is gone (SIGKILL included): a rank blocked in a gloo
+    collective would otherwise wait out TIMEOUT holding its shard, and a rerun would find the memory taken."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
 def _worker_main(
-    ckpt: str, rank: int, tp: int, port: int, device: str, backend: str, threads: int, status: Any
+    ckpt: str, rank: int, tp: int, port: int, device: str, backend: str, threads: int, status: Any, parent: int
 ) -> None:
     """Rank r > 0: load the shard, then execute rank 0's ops until STOP."""
+    watch_parent(parent)
     torch.set_num_threads(threads)
     store = dist.TCPStore("127.0.0.1", port, tp, is_master=False, timeout=TIMEOUT)
     status.put(("hello", rank, ""))  # after the store connects: fewer ways to die unseen before init

@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -358,18 +356,12 @@ def train_data_parallel(
         torch.set_num_threads(saved_threads)
 
 
-def _watch_parent(parent: int) -> None:
-    """A rank whose driver died (SIGKILL included) exits instead of waiting in a collective."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-
 def _worker(spec: LoopSpec, rank: int, port: int, backend: str, threads: int, parent: int) -> None:
     import torch.distributed as dist
 
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    from medusa_trt.runtime.tp import watch_parent
+
+    watch_parent(parent)  # a rank whose driver died exits instead of waiting in a collective
     torch.set_num_threads(threads)
     if backend == "nccl":
         torch.cuda.set_device(rank)
