@@ -169,7 +169,10 @@ def _complete(client: Any, model: str, job: Job, tokenizer: Any) -> list[int]:
             hint="Check that the teacher serves the same model and accepts token-id prompts.",
         ) from e
     if isinstance(choice.get("token_ids"), list):
-        return [int(t) for t in choice["token_ids"]]
+        ids = [int(t) for t in choice["token_ids"]]
+        if any(t < 0 for t in ids):
+            raise ServerError(f"teacher: prompt {job.index} came back with a negative token id")
+        return ids
     ids = [int(t) for t in tokenizer.encode(choice.get("text", ""), add_special_tokens=False)]
     reported = (doc.get("usage") or {}).get("completion_tokens")
     # a stop token the server counted but did not print is the one allowed difference

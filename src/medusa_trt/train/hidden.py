@@ -51,7 +51,11 @@ def run_hidden(
         from medusa_trt.runtime.config import read_checkpoint
         from medusa_trt.runtime.tp import Runner
 
-        runner = Runner(read_checkpoint(ckpt), device)
+        info = read_checkpoint(ckpt)
+        _check_disk(
+            stage.dir, sum(len(sequences[i]) for _, idx in todo for i in idx) * info.hidden_size * _itemsize(info.dtype)
+        )
+        runner = Runner(info, device)
         try:
             for n, idx in todo:
                 tensors = {}
@@ -65,6 +69,24 @@ def run_hidden(
         finally:
             runner.close()
     stage.finish({"sequences": len(sequences), "shards": len(shards), "per_shard": per_shard})
+
+
+def _itemsize(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
+def _check_disk(where: Path, need: int) -> None:
+    """Refuse before computing when the shards cannot fit (a 405B run would fail hours later)."""
+    import shutil
+
+    from medusa_trt.errors import InvalidInputError
+
+    free = shutil.disk_usage(where).free
+    if free < need * 1.02:
+        raise InvalidInputError(
+            f"{where}: {free / 2**30:.1f} GiB free, the hidden states need {need / 2**30:.1f} GiB",
+            hint="Free disk space or point --hidden-cache at a larger disk.",
+        )
 
 
 class HiddenCache:

@@ -29,6 +29,7 @@ from medusa_trt.train.hidden import HiddenCache
 
 DECAY = 0.8  # paper §7.2: lambda_k = 0.8^k
 TIMEOUT = timedelta(seconds=900)
+MAX_EVAL = 256  # held-out sequences; also how many training sequences the train-loss figures use
 
 
 @dataclass
@@ -97,7 +98,8 @@ class Data:
             for seq, st, c in zip(spec.sequences, spec.starts, self.crops, strict=True)
         ]
         n = len(spec.sequences)
-        n_eval = max(1, int(n * spec.eval_frac)) if n > 1 else 0
+        # held out: eval_frac of the data, at most MAX_EVAL sequences (evaluated every log_every steps)
+        n_eval = min(MAX_EVAL, max(1, int(n * spec.eval_frac))) if n > 1 else 0
         self.eval_idx = list(range(n - n_eval, n)) or [0]
         self.train_idx = list(range(n - n_eval)) or [0]
 
@@ -225,7 +227,7 @@ def run_rank(
     state_path = spec.stage_dir / "state.pt"
     state = _load_state(state_path, spec.key)
     initial = evaluate(heads, data, data.eval_idx, dev) if rank == 0 else None
-    init_train = evaluate(heads, data, data.train_idx, dev).loss if rank == 0 else 0.0
+    init_train = evaluate(heads, data, data.train_idx[:MAX_EVAL], dev).loss if rank == 0 else 0.0
     start, history = 0, []
     if state is not None:
         heads.load_state_dict(state["heads"])
@@ -296,7 +298,7 @@ def run_rank(
     assert initial is not None
     _save_state(state_path, spec.steps, heads, opt, gen, history, spec.key)
     final = evaluate(heads, data, data.eval_idx, dev)
-    final_train = evaluate(heads, data, data.train_idx, dev).loss
+    final_train = evaluate(heads, data, data.train_idx[:MAX_EVAL], dev).loss
     first = history[0] if history else {}
     init_train = float(first.get("train_loss", init_train))
     initial = Quality(
