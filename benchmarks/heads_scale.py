@@ -131,12 +131,16 @@ def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> 
     return report
 
 
-def share(cache: Path) -> dict[str, Any]:
+def share(cache: Path, pretrain_steps: int | None) -> dict[str, Any]:
+    from dataclasses import replace
+
     from medusa_trt.demo.corpus import code_prompts
     from medusa_trt.demo.pipeline import DemoConfig, Stages
     from medusa_trt.train.trainer import TrainConfig, train_heads
 
     cfg = DemoConfig()
+    if pretrain_steps is not None:  # a shorter pre-training than the demo's (slow machines)
+        cfg = replace(cfg, recipe=replace(cfg.recipe, steps=pretrain_steps))
     stages = Stages(cache, cfg, print, fresh=False)
     model = stages.model()
     prompts: list[Any] = list(code_prompts(stages.corpus.train_files, cfg.distill_prompts))
@@ -157,6 +161,7 @@ def share(cache: Path) -> dict[str, Any]:
             "eval_loss": round(res.eval_final_loss, 4),
             "seconds": round(time.perf_counter() - t0, 1),
         }
+    out["pretrain_steps"] = cfg.recipe.steps
     return out
 
 
@@ -192,12 +197,13 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="share: pre-train the demo model this long")
     a = ap.parse_args()
     a.dir.mkdir(parents=True, exist_ok=True)
     if a.what == "scale":
         doc = scale(a.dir, a.sequences, a.more, a.seq_len, a.gen_tokens, a.steps)
     elif a.what == "share":
-        doc = share(a.dir)
+        doc = share(a.dir, a.pretrain_steps)
     else:
         doc = dryrun()
     print(json.dumps(doc, indent=2))
