@@ -39,7 +39,7 @@ def make_source(out: Path, layers: int, vocab: int) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from medusa_trt.tiny import llama_config_dict
+    from medusa_trt.demo.tiny import llama_config_dict
 
     out.mkdir(parents=True)
     d, i, kv = SHAPES["hidden_size"], SHAPES["intermediate_size"], SHAPES["num_key_value_heads"] * SHAPES["head_dim"]

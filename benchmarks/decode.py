@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/decode.py [--hidden 512 --layers 4 --vocab 2048 --tokens 96]
                                           [--tree nvidia_low_latency_15] [--heads trained|random] [--json]
 
-Builds a random Llama 3 model of the given size (medusa_trt.tiny), Medusa heads, converts it with the
+Builds a random Llama 3 model of the given size (tests/helpers/models.py), Medusa heads, converts it with the
 real converter, and loads it with the reference runtime on CPU (tp 1). ``trained`` heads are the
 paper's initialisation (zero ResBlock, base lm_head): each head guesses the base model's next token,
 which a random model's repetitive greedy output often accepts. ``random`` heads are near-useless.
@@ -29,7 +29,9 @@ def build(work: Path, a: argparse.Namespace) -> Path:
     from safetensors.torch import load_file
 
     from medusa_trt.checkpoint.convert import convert_checkpoint
-    from medusa_trt.tiny import make_medusa_heads, make_tiny_llama
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
+    from tests.helpers.models import make_medusa_heads, make_tiny_llama
 
     model = make_tiny_llama(
         work / "model",

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/demo.py [--cache-dir DIR] [--keep]
 
-Targets (issue 7): whole run <= 300 s on 2 cores, tokens/step >= 1.8, speedup >= 1.4x, identical outputs.
+What the project aims for (the script measures, it does not judge): whole run <= 300 s on 2 cores,
+tokens/step >= 1.8, speedup >= 1.4x, identical outputs.
 """
 
 from __future__ import annotations

@@ -79,9 +79,9 @@ def _nothing() -> None:
 
 def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> dict[str, Any]:
     import torch
+    from tests.helpers.checkpoints import make_checkpoint
+    from tests.helpers.models import make_tiny_llama
 
-    from medusa_trt.runtime._testing import make_checkpoint
-    from medusa_trt.tiny import make_tiny_llama
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
     from medusa_trt.train.distil import local_generator, plan_jobs, run_distil

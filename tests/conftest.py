@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama 3 (GQA 4/2 heads, llama3 RoPE, hub spelling) with a tokenizer."""
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.models import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0)
 
@@ -42,6 +42,6 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_heads(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
     """Random FasterDecoding-format heads (3 heads, 1 layer, with bias) for ``tiny_llama``."""
-    from medusa_trt.tiny import make_medusa_heads
+    from tests.helpers.models import make_medusa_heads
 
     return make_medusa_heads(tmp_path_factory.mktemp("tiny-heads"), hidden_size=64, vocab_size=320, num_heads=3)

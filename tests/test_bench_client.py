@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from medusa_trt.bench import BenchConfig, BenchReport, run_benchmark
-from medusa_trt.bench.loopback import LoopbackOptions, loopback_server
 from medusa_trt.bench.plot import DPI, FIGSIZE_IN, write_plot
 from medusa_trt.bench.server import free_port, probe
 from medusa_trt.cli import run as cli_run
 from medusa_trt.errors import ServerError
+from tests.helpers.loopback import LoopbackOptions, loopback_server
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,8 @@ def test_json_schema_keys_and_types(compared: BenchReport, tmp_path: Path) -> No
                 assert isinstance(run[f"{stat}_{m}_ms"], num), (stat, m)
         for k in ("request_throughput", "output_throughput", "total_token_throughput", "duration", "tokens_per_step"):
             assert isinstance(run[k], num) and run[k] > 0, k
+        assert run["output_throughput"] == pytest.approx(run["total_output_tokens"] / run["duration"])
+        assert run["request_throughput"] == pytest.approx(run["completed"] / run["duration"])
         for k in ("completed", "failed", "total_input_tokens", "total_output_tokens", "concurrency"):
             assert isinstance(run[k], int), k
         assert set(run["output_tokens_per_s_per_user"]) == {"mean", "median", "std", "p50", "p90", "p99"}

@@ -25,7 +25,7 @@ def test_shipped_trtllm_profiles_found() -> None:
 @pytest.fixture(scope="module")
 def tiny8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama that divides over tp 8 (8 query heads, 2 KV heads: replicated 4x)."""
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.models import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny8"), seed=1, num_attention_heads=8, num_key_value_heads=2)
 
@@ -153,7 +153,7 @@ def test_modelopt_combined_checkpoint_heads_are_counted(
     tiny8: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The heads inside a ModelOpt combined checkpoint set num_medusa_heads (3 here; the profile says 4)."""
-    from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
+    from tests.helpers.modelopt import make_modelopt_fp8
 
     src = make_modelopt_fp8(tiny8, tmp_path / "fp8", heads_dir=tiny_heads)
     doc = dry_run(capsys, "--profile", "hgx-h200-fp8-tp8", "--model", str(src), "-o", str(tmp_path / "o"))

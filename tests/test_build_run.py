@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from _build_standins import SHA, fake_hub_cache, fake_trtllm_dist, install, records
 from medusa_trt.cli import run as cli
+from tests.helpers.standins import SHA, fake_hub_cache, fake_trtllm_dist, install, records
 
 
 def build(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
@@ -101,7 +101,7 @@ def test_resume_force_and_changed_input(
 
 @pytest.fixture(scope="module")
 def tiny8(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.models import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny8"), seed=1, num_attention_heads=8, num_key_value_heads=2)
 

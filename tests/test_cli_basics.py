@@ -104,12 +104,12 @@ def test_subprocess_exit_code_and_lazy_imports(tmp_path: Path) -> None:
 def test_unexpected_error_is_one_line_exit_1(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medusa_trt.plan
+    import medusa_trt.preflight
 
     def boom(*args: object, **kwargs: object) -> None:
         raise ValueError("boom [x]")
 
-    monkeypatch.setattr(medusa_trt.plan, "make_plan", boom)
+    monkeypatch.setattr(medusa_trt.preflight, "preflight_report", boom)
     assert run(["plan", "-p", "cpu", "-m", "llama-3.1-8b"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medusa_trt.cli import run
-from medusa_trt.tiny import make_medusa_heads
+from tests.helpers.models import make_medusa_heads
 
 
 def _convert(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
@@ -193,7 +193,7 @@ def test_fp8_without_scales_refused_before_writing(
     import torch
     from safetensors.torch import load_file, save_file
 
-    from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
+    from tests.helpers.modelopt import make_modelopt_fp8
 
     src = make_modelopt_fp8(tiny_llama, tmp_path / "fp8", heads_dir=tiny_heads)
     state = load_file(str(src / "model.safetensors"))

@@ -1,6 +1,6 @@
 """`convert`: every tensor name, shape and dtype of the TRT-LLM rank files, and exact reassembly of the sources.
 
-Expected names and shapes are computed here from the model numbers (trtllm-medusa.md §2.4-2.6), not
+Expected names and shapes are computed here from the model numbers (docs/sources.md, TensorRT-LLM checkpoint format), not
 from the converter's own plan, and the shards are put back together by undoing each split rule.
 """
 
@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from medusa_trt.checkpoint import convert_checkpoint
-from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
-from medusa_trt.tiny import make_medusa_heads, make_tiny_llama
+from tests.helpers.modelopt import make_modelopt_fp8
+from tests.helpers.models import make_medusa_heads, make_tiny_llama
 
 V, D, H, KV, HD, INTER, LAYERS = 322, 64, 8, 2, 8, 128, 2  # V % 4 and V % 8 != 0: lm_head padding happens
 TINY = {"vocab_size": V, "num_attention_heads": H, "num_key_value_heads": KV}
@@ -240,7 +240,7 @@ def test_config_rope_and_head_warnings(variants: dict[str, dict[str, Any]], tmp_
     assert res.config["rotary_scaling"] == dict(rope, type="llama3", rope_type="llama3")
     assert res.config["norm_epsilon"] == src["rms_norm_eps"]
     assert "head_size" not in res.config and "tie_word_embeddings" not in res.config
-    spec_keys = {  # trtllm-medusa.md §2.2: the exact key set of examples/medusa/convert_checkpoint.py
+    spec_keys = {  # the exact key set of TRT-LLM's examples/medusa/convert_checkpoint.py
         "architecture",
         "dtype",
         "logits_dtype",
@@ -324,7 +324,7 @@ def test_fp8_exclude_modules_match_exactly_the_unquantized_linears(
     variants: dict[str, dict[str, Any]], tmp_path: Path, heads: str
 ) -> None:
     """TRT-LLM's quantize() skips a module iff fnmatchcase(name, pattern) for some exclude pattern
-    (trtllm-medusa.md §2.6): every linear written in the config dtype must match one, no FP8 linear may."""
+    (TRT-LLM's quantize_layers): every linear written in the config dtype must match one, no FP8 linear may."""
     from fnmatch import fnmatchcase
 
     v = variants["gqa"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from _build_standins import SHA, fake_hub_cache
 from medusa_trt.checkpoint import MANIFEST, convert_checkpoint, read_manifest
 from medusa_trt.cli import run
+from tests.helpers.standins import SHA, fake_hub_cache
 
 
 def test_manifest_hashes_every_file(tmp_path: Path, tiny_llama: Path, tiny_heads: Path) -> None:

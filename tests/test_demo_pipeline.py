@@ -66,11 +66,30 @@ def test_document_has_the_promised_keys(demo_run: tuple[dict, dict, Path]) -> No
         assert key in doc
     assert doc["identical_outputs"] is True  # greedy Medusa output equals plain greedy output
     assert doc["requests"]["failed"] == 0 and doc["requests"]["medusa"] == 2
-    assert doc["tokens_per_step"] >= 1.0 and doc["speedup"] > 0
+    # Plain decoding emits one token per step; Medusa emits at most the deepest path + 1 (the bonus).
+    assert doc["tokens_per_step_no_medusa"] == 1.0
+    assert 1.0 <= doc["tokens_per_step"] <= max(len(path) for path in doc["tree"]) + 1
+    # The speedup is the ratio of the two measured tokens/s/user figures, both measurements.
+    tps = doc["tokens_per_s_per_user"]
+    assert tps["medusa"] > 0 and tps["no_medusa"] > 0
+    assert doc["speedup"] == pytest.approx(tps["medusa"] / tps["no_medusa"])
+    assert "targets" not in doc  # figures only: users get no internal goals
     assert len(doc["head_accuracy"]) == 3 and len(doc["tree"]) == 4
     on_disk = json.loads((cache / "results" / "demo.json").read_text())
     assert on_disk["tree"] == doc["tree"]
     assert (cache / "results" / "demo.png").stat().st_size > 1000
+
+
+def test_render_prints_the_measured_figures_and_no_targets(demo_run: tuple[dict, dict, Path]) -> None:
+    from medusa_trt.demo.report import render
+
+    doc, _, _ = demo_run
+    lines: list[str] = []
+    render(doc, lines.append)
+    text = "\n".join(lines)
+    assert f"speedup [bold]{doc['speedup']:.2f}x" in text
+    assert f"tokens/step     {doc['tokens_per_step']:.2f} measured" in text
+    assert "target" not in text
 
 
 def test_second_run_reuses_the_cache(demo_run: tuple[dict, dict, Path]) -> None:

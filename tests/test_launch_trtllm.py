@@ -17,12 +17,12 @@ import httpx
 import pytest
 import yaml
 
-from _build_standins import env_with, fake_trtllm_dist, install, records
 from medusa_trt.bench.server import free_port
 from medusa_trt.cli import run as cli_run
 from medusa_trt.engine import launch
 from medusa_trt.engine.supervise import Supervisor
 from medusa_trt.errors import CheckpointError, ToolFailedError
+from tests.helpers.standins import env_with, fake_trtllm_dist, install, records
 
 PROFILE = "hgx-h200-fp8-tp8"
 
@@ -42,7 +42,7 @@ def trt_engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path, stand
     import shutil
 
     from medusa_trt.cli import run as cli
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.models import make_tiny_llama
 
     base = tmp_path_factory.mktemp("src")
     model = make_tiny_llama(base / "llama", seed=1, num_attention_heads=8, num_key_value_heads=2)

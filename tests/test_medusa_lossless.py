@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from medusa_trt.medusa.trees import TOPK
 from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_medusa_heads
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_medusa_heads
 
 Tokens = list[int]
 
@@ -71,15 +71,12 @@ def test_greedy_medusa_equals_plain_greedy(
     engines: dict[str, ReferenceEngine], tree: list[list[int]], prompt: Tokens, max_tokens: int, heads: str
 ) -> None:
     engine = engines[heads]
-    buffers, saved = engine._buffers, engine.tree  # swap the tree in place: one engine for all examples
-    from medusa_trt.medusa.buffers import build_buffers
-
-    engine._buffers = build_buffers(tree, num_heads=3, max_draft_len=63)
+    saved = engine.set_tree(tree)  # one engine for all examples
     try:
         plain, _, _ = generate(engine, prompt, False, max_tokens=max_tokens)
         fast, chunks, stats = generate(engine, prompt, True, max_tokens=max_tokens)
     finally:
-        engine._buffers, engine.tree = buffers, saved
+        engine.set_tree(saved)
     assert fast == plain
     assert len(fast) <= max_tokens and stats.completion_tokens <= max_tokens  # type: ignore[attr-defined]
     assert all(c.finish_reason is None for c in chunks[:-1]) and chunks[-1].finish_reason in ("stop", "length")
@@ -147,7 +144,8 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(engines: dict[str, ReferenceEn
 
 
 def test_typical_acceptance_roots_are_greedy(engines: dict[str, ReferenceEngine]) -> None:
-    """Paper §2.3.1: the first token of every step is the base argmax; typical acceptance only adds drafts.
+    """Medusa paper (arXiv 2401.10774) §2.3.1: the first token of every step is the base argmax; typical
+    acceptance only adds drafts.
 
     With a threshold no probability can pass (p > 1), every step emits just its root, so the output
     must be the plain greedy output whatever the temperature and seed.
@@ -177,3 +175,31 @@ def test_close_early_frees_the_engine(engines: dict[str, ReferenceEngine]) -> No
     assert gen.stats is not None and gen.stats.completion_tokens == len(first.token_ids)
     again, _, _ = generate(engine, [5, 6, 7], True, max_tokens=30)
     assert again[: len(first.token_ids)] == first.token_ids
+
+
+def test_set_tree_validates_swaps_and_waits_for_the_generation(engines: dict[str, ReferenceEngine]) -> None:
+    import torch
+
+    from medusa_trt.errors import InvalidInputError, TreeError
+
+    engine = engines["trained"]
+    before = engine.tree
+    with pytest.raises(TreeError):
+        engine.set_tree([[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]])  # depth 4 > the checkpoint's 3 heads
+    assert engine.tree == before  # a rejected tree changes nothing
+    gen = engine.generate([3, 4, 5], SamplingParams(max_tokens=8))
+    next(gen)
+    for call in (lambda: engine.set_tree([[0]]), lambda: engine.forward(torch.tensor([3]), torch.tensor([0]))):
+        with pytest.raises(InvalidInputError, match="while a generation runs"):
+            call()
+    gen.close()
+    assert engine.set_tree([[0]]) == before and engine.tree == [[0]]
+    try:
+        prompt = [3 + i * 11 for i in range(6)]  # one of the prompts on which these heads accept runs
+        fast, chunks, stats = generate(engine, prompt, True, max_tokens=40)
+        assert fast == generate(engine, prompt, False, max_tokens=40)[0]
+        assert max(len(c.token_ids) for c in chunks) == 2  # a depth-1 tree: one draft and the bonus token
+        assert len(stats.accepted_per_depth) == 1  # type: ignore[attr-defined]
+    finally:
+        engine.set_tree(before)
+    assert engine.tree == before

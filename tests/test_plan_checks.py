@@ -1,4 +1,4 @@
-"""`make_plan`: every shipped profile plans; each check passes and fails where it should."""
+"""`preflight_report`: every shipped profile plans; each check passes and fails where it should."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from medusa_trt.config.model import PRESETS
 from medusa_trt.config.profile import MedusaSection, Parallelism, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError
 from medusa_trt.perf import predict
-from medusa_trt.plan import checks as ck
-from medusa_trt.plan import make_plan
+from medusa_trt.preflight import checks as ck
+from medusa_trt.preflight import preflight_report
 
 M70, M405 = PRESETS["llama-3.1-70b"], PRESETS["llama-3.1-405b"]
 
@@ -22,15 +22,16 @@ def _check(report, name: str) -> ck.Check:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name", ["hgx-h100-fp8-tp8", "hgx-h200-bf16-tp8", "hgx-h200-fp8-tp8", "hgx-h100-bf16-tp8"])
 def test_gpu_profiles_plan_70b(name: str) -> None:
-    r = make_plan(name, "llama-3.1-70b")
+    r = preflight_report(name, "llama-3.1-70b")
     assert r.fits, r.failures
-    assert {c.verdict for c in r.checks} <= {"pass", "warn"}
+    assert {c.verdict for c in r.checks if c.name != "prediction"} <= {"pass", "warn"}
+    assert _check(r, "prediction").verdict == "estimate"  # it rests on the default tokens/step
     assert r.prediction.medusa.tokens_per_s_per_user > r.prediction.baseline.tokens_per_s_per_user
 
 
 @pytest.mark.parametrize("name", ["cpu", "cpu-tp2"])
 def test_cpu_profiles_plan_a_tiny_model(name: str, tiny_llama: Path) -> None:
-    r = make_plan(name, str(tiny_llama))
+    r = preflight_report(name, str(tiny_llama))
     assert r.fits, r.failures
     assert _check(r, "disk").verdict == "pass"
     assert 0 < r.disk_gib["hf_checkpoint"] < 0.1  # measured from the directory, not estimated
@@ -38,11 +39,11 @@ def test_cpu_profiles_plan_a_tiny_model(name: str, tiny_llama: Path) -> None:
 
 
 def test_done_when_405b() -> None:
-    h200 = make_plan("hgx-h200-fp8-tp8", "llama-3.1-405b")
+    h200 = preflight_report("hgx-h200-fp8-tp8", "llama-3.1-405b")
     assert h200.fits and _check(h200, "memory").verdict == "pass"
-    h100 = make_plan("hgx-h100-fp8-tp8", "llama-3.1-405b")
+    h100 = preflight_report("hgx-h100-fp8-tp8", "llama-3.1-405b")
     assert h100.fits and 50 < h100.memory_gib["total"] < h100.memory_gib["available"]  # FP8 405B fits 8x 80 GB
-    bf16 = make_plan("hgx-h100-bf16-tp8", "llama-3.1-405b")
+    bf16 = preflight_report("hgx-h100-bf16-tp8", "llama-3.1-405b")
     assert not bf16.fits
     mem = _check(bf16, "memory")
     assert mem.verdict == "fail" and "short by" in mem.reason
@@ -52,14 +53,14 @@ def test_done_when_405b() -> None:
 
 
 def test_memory_components() -> None:
-    r = make_plan("hgx-h200-fp8-tp8", "llama-3.1-405b")
+    r = preflight_report("hgx-h200-fp8-tp8", "llama-3.1-405b")
     m = r.memory_gib
     parts = ("linear_weights", "embedding", "lm_head", "medusa_heads", "kv_cache", "activations", "runtime_reserve")
     assert m["total"] == pytest.approx(sum(m[k] for k in parts))
     assert m["embedding"] == pytest.approx(128256 * 16384 * 2 / 2**30)  # replicated bf16 on every rank
     assert m["lm_head"] == pytest.approx(m["embedding"] / 8)  # split by vocab
     assert m["kv_cache"] == pytest.approx(2 * 126 * 1 * 128 * 1 * (131072 + 15) / 2**30)  # FP8 KV, 1 head/rank
-    bf16 = make_plan("hgx-h200-bf16-tp8", "llama-3.1-405b").memory_gib
+    bf16 = preflight_report("hgx-h200-bf16-tp8", "llama-3.1-405b").memory_gib
     assert bf16["linear_weights"] == pytest.approx(2 * m["linear_weights"], rel=0.01)
 
 
@@ -94,11 +95,11 @@ def test_tp_checks() -> None:
 
 
 def test_tree_check_and_heads_override() -> None:
-    r = make_plan("hgx-h200-fp8-tp8", M70, num_medusa_heads=2)
+    r = preflight_report("hgx-h200-fp8-tp8", M70, num_medusa_heads=2)
     tree = _check(r, "medusa_tree")
     assert tree.verdict == "fail" and "depth 3 needs 3 Medusa heads" in tree.reason and not r.fits
-    more = make_plan("hgx-h200-fp8-tp8", M70, num_medusa_heads=5).memory_gib
-    base = make_plan("hgx-h200-fp8-tp8", M70).memory_gib  # the profile's 4 heads
+    more = preflight_report("hgx-h200-fp8-tp8", M70, num_medusa_heads=5).memory_gib
+    base = preflight_report("hgx-h200-fp8-tp8", M70).memory_gib  # the profile's 4 heads
     assert more["medusa_heads"] == pytest.approx(base["medusa_heads"] * 5 / 4)
     # logits buffers: the base lm_head + one per head, float32, 16 tokens, V/tp columns
     logits = 16 * 128256 / 8 * 4 / 2**30
@@ -121,8 +122,8 @@ def test_waste_when_max_draft_len_exceeds_the_tree() -> None:
 
 
 def test_limits_check(tiny_llama: Path) -> None:
-    assert _check(make_plan("hgx-h200-fp8-tp8", M70), "limits").verdict == "pass"
-    tiny = _check(make_plan("cpu", str(tiny_llama)), "limits")  # 512 > the tiny model's 256 positions
+    assert _check(preflight_report("hgx-h200-fp8-tp8", M70), "limits").verdict == "pass"
+    tiny = _check(preflight_report("cpu", str(tiny_llama)), "limits")  # 512 > the tiny model's 256 positions
     assert tiny.verdict == "warn" and "max_position_embeddings 256" in tiny.reason
 
 
@@ -132,28 +133,37 @@ def test_disk_check() -> None:
     fail = ck.check_disk(need, 150.0, "/data", target_here=True)
     assert fail.verdict == "fail" and fail.reason.startswith("short by 50.0 GiB")
     assert ck.check_disk(need, 150.0, "/data", target_here=False).verdict == "warn"
-    r = make_plan("cpu", "llama-3.1-405b", target_here=True)
+    r = preflight_report("cpu", "llama-3.1-405b", target_here=True)
     assert r.disk_gib["total"] > 1500 and not r.fits  # 405B does not fit the CPU profile's memory either
 
 
 def test_prediction_check_and_tokens_per_step() -> None:
     p = load_profile("hgx-h200-fp8-tp8")
-    assert ck.check_prediction(predict(p, M70, 2.0)).verdict == "pass"
-    assert ck.check_prediction(predict(p, M70, 1.0)).verdict == "warn"  # verifying costs more than it gains
-    given = make_plan(p, M70, tokens_per_step=3.0)
+    assert ck.check_prediction(predict(p, M70, 2.0), default_tokens_per_step=False).verdict == "pass"
+    assert ck.check_prediction(predict(p, M70, 2.0), default_tokens_per_step=True).verdict == "estimate"
+    slower = ck.check_prediction(predict(p, M70, 1.0), default_tokens_per_step=False)
+    assert slower.verdict == "warn"  # verifying costs more than it gains
+    given = preflight_report(p, M70, tokens_per_step=3.0)
     assert given.tokens_per_step_source == "given" and given.prediction.medusa.tokens_per_step == 3.0
-    default = make_plan(p, M70)
+    assert _check(given, "prediction").verdict == "pass" and "not measured" not in _check(given, "prediction").reason
+    default = preflight_report(p, M70)
     assert default.prediction.medusa.tokens_per_step == pytest.approx(2.176)
     assert "default" in default.tokens_per_step_source
+    assert (
+        _check(default, "prediction").verdict == "estimate" and "not measured" in _check(default, "prediction").reason
+    )
     with pytest.raises(InvalidInputError, match=r"outside 1\.\.4"):
-        make_plan(p, M70, tokens_per_step=4.5)
+        preflight_report(p, M70, tokens_per_step=4.5)
 
 
 def test_json_document_shape() -> None:
-    d = make_plan("hgx-h200-fp8-tp8", "llama-3.1-405b").to_dict()
+    d = preflight_report("hgx-h200-fp8-tp8", "llama-3.1-405b").to_dict()
     assert d["fits"] is True
     assert {"linear_weights", "kv_cache", "total", "available"} <= set(d["memory_gib"])
     assert all(set(c) == {"name", "verdict", "reason"} for c in d["checks"])
     for k in ("medusa", "baseline"):
-        assert d["prediction"][k]["step_ms"] > 0 and d["prediction"][k]["tokens_per_s_per_user"] > 0
+        pred = d["prediction"][k]
+        assert pred["step_ms"] > 0 and pred["tokens_per_s_per_user"] == pytest.approx(
+            pred["tokens_per_step"] * 1e3 / pred["step_ms"]
+        )
     assert d["profile"]["name"] == "hgx-h200-fp8-tp8" and len(d["profile"]["id"]) == 12

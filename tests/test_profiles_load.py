@@ -50,7 +50,7 @@ def test_flagship_profile_is_nvidias_recipe() -> None:
     assert (p.precision.quantization, p.precision.kv_dtype, p.limits.max_batch_size) == ("fp8", "fp8", 1)
     assert p.tree == load_tree("nvidia_low_latency_15") and p.medusa.max_draft_len == 15
     args = p.trtllm_build_args()
-    # trtllm-medusa.md §1.4, the low-latency 70B TP8 recipe (limits, workers and the Medusa mode come from
+    # TRT-LLM's perf-benchmarking.md, the low-latency Medusa 70B TP8 recipe (limits, workers and the Medusa mode come from
     # other sections: medusa-trt sets those flags itself)
     assert dict(zip(args[::2], args[1::2], strict=True)) == {
         "--gpt_attention_plugin": "bfloat16",
@@ -74,7 +74,7 @@ def test_flagship_profile_is_nvidias_recipe() -> None:
 
 @pytest.mark.parametrize("name", ["hgx-h200-fp8-tp8", "hgx-h200-bf16-tp8", "hgx-h100-fp8-tp8", "hgx-h100-bf16-tp8"])
 def test_gpu_profiles_carry_the_reference_hardware_numbers(name: str) -> None:
-    # performance-anchors.md §3.1: H200 141 GB / 4.8 TB/s, H100 80 GB / 3.35 TB/s; both 1,979 FP8 and 989 BF16
+    # datasheets (docs/sources.md, GPUs and interconnect): H200 141 GB / 4.8 TB/s, H100 80 GB / 3.35 TB/s; both 1,979 FP8 and 989 BF16
     # dense TFLOPS and 900 GB/s NVLink 4; memory as nvidia-smi reports it (143771 / 81559 MiB)
     p = load_profile(name)
     gpu = name.split("-")[1].upper()
@@ -88,7 +88,7 @@ def test_gpu_profiles_carry_the_reference_hardware_numbers(name: str) -> None:
     assert (p.precision.quantization, p.precision.kv_dtype) == (("fp8", "fp8") if fp8 else ("none", "bfloat16"))
     args = p.trtllm_build_args()
     assert ("--low_latency_gemm_plugin" in args) == fp8 and ("--use_fp8_context_fmha" in args) == fp8
-    if fp8:  # the recipe's flags and run env, the same on both GPUs (trtllm-medusa.md §1.4, anchors §1.5)
+    if fp8:  # the recipe's flags and run env, the same on both GPUs (TRT-LLM's perf-benchmarking.md)
         assert args == load_profile("hgx-h200-fp8-tp8").trtllm_build_args()
         assert p.env == load_profile("hgx-h200-fp8-tp8").env
 

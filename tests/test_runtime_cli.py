@@ -13,8 +13,8 @@ from medusa_trt.cli import run as cli
 from medusa_trt.errors import TreeError
 from medusa_trt.medusa.trees import tree_problems
 from medusa_trt.runtime import load_engine
-from medusa_trt.runtime._testing import make_checkpoint
 from medusa_trt.runtime.config import default_tree, read_checkpoint, simple_tree
+from tests.helpers.checkpoints import make_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medusa_trt.runtime import SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
+from tests.helpers.checkpoints import make_checkpoint
 
 pytestmark = pytest.mark.gpu
 
@@ -20,9 +20,8 @@ def test_cuda_fp32_logits_and_bf16_lossless(tmp_path: Path, tiny_llama: Path, ti
     with torch.no_grad():
         want = LlamaForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()(ids[None]).logits[0]
     with load_engine(make_checkpoint(tiny_llama, tmp_path / "f32", heads=tiny_heads), device="cuda") as engine:
-        runner = engine._runner
-        runner.alloc(128)
-        got = runner.forward(ids.cuda(), torch.arange(120, device="cuda")).cpu()
+        engine.reset_cache(128)
+        got = engine.forward(ids.cuda(), torch.arange(120, device="cuda")).cpu()
     assert float((got - want).abs().max() / want.abs().max()) < 1e-3  # TF32 may be on for CUDA matmuls
     ckpt = make_checkpoint(tiny_llama, tmp_path / "bf16", heads=tiny_heads, dtype="bfloat16")
     with load_engine(ckpt, device="cuda", tree="nvidia_low_latency_15") as engine:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medusa_trt.runtime import SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
+from tests.helpers.checkpoints import make_checkpoint
 
 
 def dequantized_hf(fp8_dir: Path) -> torch.nn.Module:
@@ -42,7 +42,7 @@ def dequantized_hf(fp8_dir: Path) -> torch.nn.Module:
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_fp8_logits_match_dequantized_reference(tmp_path: Path, tiny_llama: Path, tiny_heads: Path, tp: int) -> None:
-    from medusa_trt.checkpoint.modelopt_fixture import make_modelopt_fp8
+    from tests.helpers.modelopt import make_modelopt_fp8
 
     fp8 = make_modelopt_fp8(tiny_llama, tmp_path / "fp8", heads_dir=tiny_heads, dtype="float32")
     ckpt = make_checkpoint(fp8, tmp_path / "ckpt", tp=tp)
@@ -51,9 +51,8 @@ def test_fp8_logits_match_dequantized_reference(tmp_path: Path, tiny_llama: Path
         want = dequantized_hf(fp8)(ids[None]).logits[0]
     with load_engine(ckpt, tree="nvidia_low_latency_15") as engine:
         assert engine.info.quant_algo == "FP8" and engine.has_medusa
-        runner = engine._runner
-        runner.alloc(64)
-        got = runner.forward(ids, torch.arange(40))
+        engine.reset_cache(64)
+        got = engine.forward(ids, torch.arange(40))
         assert float((got - want).abs().max() / want.abs().max()) < 1e-4
         runs = [
             [t for c in engine.generate([7, 8, 9], SamplingParams(max_tokens=24), medusa=m) for t in c.token_ids]

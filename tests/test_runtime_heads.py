@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from medusa_trt.runtime import load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_tiny_llama
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_tiny_llama
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -22,12 +22,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("tp", [1, 4])
 def test_medusa_heads_match_an_independent_reference(tmp_path: Path, tp: int) -> None:
     """Head logits = lm_head_k(ResBlock^L(h)) on the final hidden state *after* the last RMSNorm
-    (trtllm-medusa.md §2.5), gathered over ranks: 2 layers with bias, a vocab (322) that tp 4 pads,
+    (TRT-LLM's MedusaHead), gathered over ranks: 2 layers with bias, a vocab (322) that tp 4 pads,
     KV heads replicated at tp 4. The reference is transformers' hidden state and the source head tensors."""
     from safetensors.torch import load_file
     from transformers import LlamaForCausalLM
 
-    from medusa_trt.tiny import make_medusa_heads
+    from tests.helpers.models import make_medusa_heads
 
     v, d, k_heads, n_layers = 322, 64, 3, 2
     model_dir = make_tiny_llama(tmp_path / "model", seed=5, vocab_size=v, num_attention_heads=8)
@@ -43,12 +43,11 @@ def test_medusa_heads_match_an_independent_reference(tmp_path: Path, tp: int) ->
     src = load_file(str(heads_dir / "medusa_lm_head.safetensors"))
     with load_engine(ckpt, tree=[[0], [0, 0], [0, 0, 0]]) as engine:
         assert engine.tp == tp
-        runner = engine._runner
-        runner.alloc(16)
-        logits = runner.forward(ids, torch.arange(12))
+        engine.reset_cache(16)
+        logits = engine.forward(ids, torch.arange(12))
         assert logits.shape == (12, v) and rel_err(logits, want_logits) < 1e-4
         for row in (0, 5, 11):
-            got = runner.heads(row)  # [K, V]
+            got = engine.head_logits(row)  # [K, V]
             assert got.shape == (k_heads, v)
             for k in range(k_heads):
                 x = hidden[row]

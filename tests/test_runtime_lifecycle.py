@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medusa_trt.runtime import SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
+from tests.helpers.checkpoints import make_checkpoint
 
 
 def _rank_children() -> set[int]:

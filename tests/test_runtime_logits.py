@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from medusa_trt.runtime import ReferenceEngine, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_tiny_llama
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_tiny_llama
 
 SEQ, PREFILL = 200, 150  # tiny_llama's llama3 original context is 256 // 4 = 64
 
@@ -58,11 +58,10 @@ def test_prefill_and_cached_decode_match_transformers(case: tuple[Path, Referenc
     model_dir, engine = case
     ids = torch.randint(0, 320, (SEQ,), generator=torch.Generator().manual_seed(7))
     want = hf_logits(model_dir, ids)
-    runner = engine._runner
-    runner.alloc(SEQ)
-    got = [runner.forward(ids[:PREFILL], torch.arange(PREFILL))]
+    engine.reset_cache(SEQ)
+    got = [engine.forward(ids[:PREFILL], torch.arange(PREFILL))]
     for i in range(PREFILL, SEQ):  # one token at a time through the KV cache
-        got.append(runner.forward(ids[i : i + 1], torch.tensor([i])))
+        got.append(engine.forward(ids[i : i + 1], torch.tensor([i])))
     logits = torch.cat(got)
     assert logits.shape == want.shape
     assert rel_err(logits[:PREFILL], want[:PREFILL]) < 1e-4

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medusa_trt.medusa.buffers import build_buffers
 from medusa_trt.runtime import ReferenceEngine, SamplingParams, load_engine
-from medusa_trt.runtime._testing import make_checkpoint
-from medusa_trt.tiny import make_medusa_heads
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.models import make_medusa_heads
 
 TREES = {
     "chain": [[0], [0, 0], [0, 0, 0]],
@@ -44,9 +43,7 @@ def tokens(engine: ReferenceEngine, prompt: list[int], medusa: bool, **kw: objec
 @pytest.mark.parametrize("tree", list(TREES))
 def test_tp2_medusa_is_lossless(pair: tuple[ReferenceEngine, ReferenceEngine], tree: str) -> None:
     tp1, tp2 = pair
-    saved = tp2._buffers
-    if TREES[tree] is not None:
-        tp2._buffers = build_buffers(TREES[tree], num_heads=3)
+    saved = tp2.set_tree(TREES[tree] or "nvidia_low_latency_15")
     try:
         accepted = 0
         for prompt, n in (([3, 14, 25, 36, 47, 58], 40), ([200, 7], 9)):
@@ -57,7 +54,7 @@ def test_tp2_medusa_is_lossless(pair: tuple[ReferenceEngine, ReferenceEngine], t
             accepted += sum(stats.accepted_per_depth)  # type: ignore[attr-defined]
         assert accepted > 0  # drafts were accepted, so KV compaction ran across ranks
     finally:
-        tp2._buffers = saved
+        tp2.set_tree(saved)
 
 
 def test_tp2_sampling_matches_tp1(pair: tuple[ReferenceEngine, ReferenceEngine]) -> None:

@@ -20,7 +20,7 @@ LONG = 2048  # the test model's context
 def engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Iterator[Any]:
     from medusa_trt.checkpoint.convert import convert_checkpoint
     from medusa_trt.runtime import load_engine
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.models import make_tiny_llama
 
     base = tmp_path_factory.mktemp("serve-app")
     # a long context, so that a generation outlives a client's disconnect even on a fast machine
@@ -307,9 +307,14 @@ def test_metrics_exposition(url: str) -> None:
     assert inf == _metric(text, "medusa_trt_tokens_per_step_count", medusa="true")
 
 
-def test_seeded_sampling_repeats(url: str) -> None:
+def test_seeded_sampling_repeats(url: str, engine: Any) -> None:
     body = {"prompt": PROMPT, "max_tokens": 10, "temperature": 0.9, "top_p": 0.95, "top_k": 50, "seed": 7}
     a = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
     b = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
     assert a["choices"][0]["text"] == b["choices"][0]["text"]
-    assert a["usage"]["completion_tokens"] >= 1 and a["usage"]["decoding_steps"] >= 0
+    assert a["usage"] == b["usage"]  # the same seed takes the same Medusa steps
+    used, steps = a["usage"]["completion_tokens"], a["usage"]["decoding_steps"]
+    assert used == 10 if a["choices"][0]["finish_reason"] == "length" else 1 <= used <= 10
+    # Prefill emits the first token; each decoding step its bonus token and at most the deepest path's drafts.
+    depth = max(len(path) for path in engine.tree)
+    assert -(-(used - 1) // (depth + 1)) <= steps <= used - 1

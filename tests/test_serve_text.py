@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medusa_trt.runtime.text import TextStream
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.protocol import ChatCompletionRequest, CompletionRequest
-from medusa_trt.serve.text import TextStream
 
 MULTIBYTE = "héllo wörld 日本 → ok"
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from medusa_trt.tiny import make_tokenizer
+    from tests.helpers.models import make_tokenizer
 
     return make_tokenizer(Path(tmp_path_factory.mktemp("tok")))
 

@@ -29,7 +29,7 @@ LONG = 2048  # context of the smoke model
 @pytest.fixture(scope="module")
 def long_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama with a longer context, so a stream outlives a disconnect even on a fast machine."""
-    from medusa_trt.tiny import make_tiny_llama
+    from tests.helpers.models import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("smoke-llama"), seed=0, max_position_embeddings=LONG)
 
@@ -40,7 +40,8 @@ def built(
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The engine dir built by `medusa-trt build --profile P`, and the one-shot greedy outputs."""
     from medusa_trt.cli import run as cli
-    from medusa_trt.cli.run import generate_once
+    from medusa_trt.runtime import SamplingParams
+    from medusa_trt.runtime.once import generate_once
 
     out = tmp_path_factory.mktemp(f"smoke-{request.param}") / "engine"
     rc = cli(
@@ -57,19 +58,9 @@ def built(
         ]
     )
     assert rc == 0
-    common: dict[str, Any] = {
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0.0,
-        "top_p": 1.0,
-        "top_k": 0,
-        "seed": None,
-        "medusa": True,
-        "tree": None,
-        "device": "cpu",
-        "echo": False,
-    }
-    once = generate_once(str(out), PROMPT, chat=False, **common)
-    once_chat = generate_once(str(out), "hello", chat=True, **common)
+    greedy = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, top_p=1.0, top_k=0, seed=None)
+    once = generate_once(out, PROMPT, greedy, medusa=True, tree=None, device="cpu", chat=False)
+    once_chat = generate_once(out, "hello", greedy, medusa=True, tree=None, device="cpu", chat=True)
     return out, once, once_chat
 
 

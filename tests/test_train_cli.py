@@ -25,7 +25,7 @@ def heads_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Pat
     """Heads whose lm_heads are the base lm_head (as the paper initialises them): non-trivial accuracy."""
     from safetensors.torch import load_file
 
-    from medusa_trt.tiny import make_medusa_heads
+    from tests.helpers.models import make_medusa_heads
 
     lm = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
     return make_medusa_heads(

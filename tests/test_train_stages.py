@@ -52,9 +52,9 @@ def test_hidden_states_at_tp2_equal_transformers(tmp_path: Path, tiny_llama: Pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from medusa_trt.runtime._testing import make_checkpoint
     from medusa_trt.train.hidden import HiddenCache, run_hidden
     from medusa_trt.train.stages import Stage
+    from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck", tp=2)
     seqs = [[0, 5, 9, 33, 7, 120, 64], list(range(3, 40)), [1, 2]]
@@ -114,11 +114,11 @@ def test_quality_table_and_expected_tokens(three_runs: dict[str, Any]) -> None:
 
 def test_teacher_url_distils_the_same_tokens_as_local(tmp_path: Path, tiny_llama: Path) -> None:
     from medusa_trt.bench.server import engine_server
-    from medusa_trt.runtime._testing import make_checkpoint
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import encode_prompt
     from medusa_trt.train.distil import local_generator, plan_jobs, run_distil, teacher_generator
     from medusa_trt.train.stages import Stage
+    from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck")
     tok = load_tokenizer(ckpt)
@@ -168,7 +168,7 @@ def _kill_when(argv: list[str], ready: Any, env: dict[str, str]) -> None:
 
 
 def test_sigkill_in_every_stage_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, tiny_llama: Path) -> None:
-    from medusa_trt.runtime._testing import make_checkpoint
+    from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
@@ -212,10 +212,11 @@ def test_sigkill_in_every_stage_then_rerun_equals_an_uninterrupted_run(tmp_path:
 def test_shared_lm_head_heads_convert_run_losslessly_and_accept(tmp_path: Path, tiny_llama: Path) -> None:
     import torch
 
-    from medusa_trt.runtime import SamplingParams, load_engine
-    from medusa_trt.runtime._testing import make_checkpoint
+    from medusa_trt.runtime import load_engine
+    from medusa_trt.runtime.records import SamplingParams
     from medusa_trt.train.backbone import read_lm_head
     from medusa_trt.train.trainer import train_heads
+    from tests.helpers.checkpoints import make_checkpoint
 
     res = train_heads(tiny_llama, tmp_path / "heads", data=PROMPTS, config=_cfg(steps=40, share_lm_head=True))
     assert res.final_loss < res.initial_loss
@@ -299,7 +300,7 @@ def test_tp_ranks_exit_when_their_driver_is_sigkilled(tmp_path: Path, tiny_llama
     """A killed hidden stage at tp 2 leaves no rank behind holding its shard (the rerun needs the memory)."""
     import psutil
 
-    from medusa_trt.runtime._testing import make_checkpoint
+    from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck", tp=2)
     script = (

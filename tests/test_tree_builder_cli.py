@@ -65,3 +65,17 @@ def test_missing_and_malformed_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text("0.5,x\n")
     assert run(["tree", "build", "-a", str(bad)]) == 2
     assert "not a number" in capsys.readouterr().err
+
+
+def test_build_with_a_profile_uses_its_predicted_step_times(acc_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medusa_trt.config.model import resolve_model
+    from medusa_trt.config.profile import load_profile
+    from medusa_trt.perf import step_time_curve
+
+    args = ["tree", "build", "-a", str(acc_csv), "--profile", "hgx-h200-fp8-tp8", "--model", "llama-3.1-70b"]
+    assert run([*args, "--nodes", "12", "--context-len", "2048", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    curve = step_time_curve(load_profile("hgx-h200-fp8-tp8"), resolve_model("llama-3.1-70b"), 12, 2048)
+    assert sorted(curve) == list(range(13)) and curve[0] < curve[12]  # more tokens verified: never free
+    assert doc["step_ms"] == pytest.approx(curve[doc["nodes"]])
+    assert {c["nodes"]: c["step_ms"] for c in doc["curve"]} == pytest.approx({n: curve[n] for n in range(1, 13)})

@@ -1,6 +1,6 @@
 """Per-request records and the run metrics computed from them (vLLM key names).
 
-Definitions (../shared/reference/performance-anchors.md §6):
+Definitions (trtllm-bench, vLLM and NVIDIA AIPerf agree on them; docs/sources.md, Benchmark metric definitions):
 - TTFT: first chunk with non-empty text - request start.
 - TPOT: (e2el - ttft) / (output_tokens - 1), output tokens from the server's `usage`, never chunks
   (with Medusa one chunk carries the tokens of one decoding step).

@@ -1,4 +1,6 @@
-"""The TRT-LLM rank layout (trtllm-medusa.md §2.4-2.6): which tensors each rank holds, and how each is cut.
+"""The TRT-LLM rank layout: which tensors each rank holds, and how each is cut.
+
+Source: docs/sources.md, TensorRT-LLM checkpoint format.
 
 ``rank_tensors`` returns, per rank, the output tensors in file order with their dtype and shape and a
 recipe that yields the bytes in row blocks. Nothing is read until a recipe runs, so the same plan

@@ -1,4 +1,7 @@
-"""The TRT-LLM checkpoint ``config.json`` (trtllm-medusa.md §2.2, §2.3, §2.6)."""
+"""The TRT-LLM checkpoint ``config.json``, as ``examples/medusa/convert_checkpoint.py`` writes it.
+
+Source: docs/sources.md, TensorRT-LLM checkpoint format.
+"""
 
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def _root(
 
 
 # --- commands (one thin module each) ---------------------------------------------------------
-# Each module registers itself on `app` when imported; keep these imports light.
+# `commands.register` imports each module named in COMMAND_MODULES and calls its `register(app)`;
+# importing a module alone registers nothing. Keep those imports light.
 from medusa_trt.cli import commands as _commands  # noqa: E402
 
 _commands.register(app)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medusa_trt.cli._common import JsonOpt, emit_json
+from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 
 
 def demo_cmd(
@@ -29,7 +29,7 @@ def demo_cmd(
     """Make a tiny Llama 3, train its Medusa heads, tune the tree, build, serve, bench with and without Medusa."""
     from medusa_trt.demo.pipeline import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(), cache_dir=cache_dir, output_dir=output, fresh=fresh)
+    result = run_demo(DemoConfig(), cache_dir=cache_dir, output_dir=output, fresh=fresh, log=err_console.print)
     if json_out:
         emit_json(result)
 

@@ -9,7 +9,7 @@ import typer
 
 from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
 
-_COLOR = {"pass": "green", "warn": "yellow", "fail": "red"}
+_COLOR = {"pass": "green", "estimate": "cyan", "warn": "yellow", "fail": "red"}
 
 
 def _render(report: Any) -> None:
@@ -79,9 +79,9 @@ def plan(
     json_out: JsonOpt = False,
 ) -> None:
     """Preflight: memory per GPU, TP divisibility, the Medusa tree, disk, predicted tokens/s/user."""
-    from medusa_trt.plan import make_plan
+    from medusa_trt.preflight import preflight_report
 
-    report = make_plan(
+    report = preflight_report(
         profile,
         model,
         num_medusa_heads=num_medusa_heads,

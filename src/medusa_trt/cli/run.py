@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import sys
+from typing import Annotated
 
 import typer
 
@@ -49,108 +50,36 @@ def run_cmd(
                 raise InvalidInputError("--json needs --prompt (one generation) or --print-cmd (the serve command)")
             emit_json(serve_command(path, host, port))
             return 0
-        return int(serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device))
+        return serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device)
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")
-    doc = generate_once(
-        path,
-        prompt,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        seed=seed,
-        medusa=not no_medusa,
-        tree=tree,
-        device=device,
-        chat=chat,
-        echo=not json_out,
-    )
+    from medusa_trt.runtime import SamplingParams, load_engine
+    from medusa_trt.runtime.once import generate_text
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    with err_console.status("loading the reference engine", spinner="dots"):
+        engine = load_engine(path, device=device, tree=tree)
+    with engine:
+        doc = generate_text(
+            engine, prompt, params, medusa=not no_medusa, chat=chat, on_text=None if json_out else _echo
+        )
     if json_out:
         emit_json(doc)
-    else:
-        s = doc["stats"]
-        err_console.print(
-            f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
-            f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
-            f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]"
-        )
+        return 0
+    sys.stdout.write("\n")
+    s = doc["stats"]
+    err_console.print(
+        f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
+        f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
+        f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]"
+    )
     return 0
 
 
-def generate_once(
-    path: str,
-    prompt: str,
-    *,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    seed: int | None,
-    medusa: bool,
-    tree: str | None,
-    device: str,
-    chat: bool,
-    echo: bool,
-) -> dict[str, Any]:
-    """Load, generate (streaming text to stdout when ``echo``), close; the --json document."""
-    import sys
-
-    from medusa_trt.errors import CheckpointError
-    from medusa_trt.runtime import SamplingParams, load_engine
-
-    with err_console.status("loading the reference engine", spinner="dots"):
-        engine = load_engine(path, device=device, tree=tree)
-    try:
-        tok = engine.tokenizer
-        if tok is None:
-            raise CheckpointError(
-                f"{path}: no tokenizer files beside the checkpoint",
-                hint="`medusa-trt convert` copies them from the model directory.",
-            )
-        if chat:
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        else:
-            ids = tok(prompt, add_special_tokens=True)["input_ids"]
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        gen = engine.generate(list(ids), params, medusa=medusa)
-        out: list[int] = []
-        finish = None
-        shown = ""
-        for chunk in gen:
-            out += chunk.token_ids
-            finish = chunk.finish_reason
-            if echo:  # print the text as it grows (decode the whole run: BPE pieces merge)
-                text = tok.decode(out, skip_special_tokens=True)
-                sys.stdout.write(text[len(shown) :])
-                sys.stdout.flush()
-                shown = text
-        if echo:
-            sys.stdout.write("\n")
-        st = gen.stats
-        assert st is not None
-        return {
-            "text": tok.decode(out, skip_special_tokens=True),
-            "token_ids": out,
-            "finish_reason": finish,
-            "prompt_tokens": st.prompt_tokens,
-            "completion_tokens": st.completion_tokens,
-            "num_steps": st.num_steps,
-            "tokens_per_step": st.tokens_per_step,
-            "stats": {
-                "medusa": st.medusa,
-                "tree_nodes": len(engine.tree) if st.medusa else 0,
-                "tp": engine.tp,
-                "accepted_per_depth": st.accepted_per_depth,
-                "prefill_s": st.prefill_s,
-                "decode_s": st.decode_s,
-                "tokens_per_s": st.completion_tokens / st.decode_s if st.decode_s > 0 else 0.0,
-            },
-        }
-    finally:
-        engine.close()
+def _echo(text: str) -> None:
+    """Show the generated text as it settles."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:

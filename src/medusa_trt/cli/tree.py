@@ -27,15 +27,12 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _profile_step_times(profile: str, model: str, max_nodes: int, context_len: int) -> dict[int, float]:
-    """The analytic step-time curve of a hardware profile (perf model), for 1..max_nodes draft nodes."""
+def _profile_curve(profile: str, model: str, max_nodes: int, context_len: int) -> dict[int, float]:
     from medusa_trt.config.model import resolve_model
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.perf import step_time_ms
+    from medusa_trt.perf import step_time_curve
 
-    prof, spec = load_profile(profile), resolve_model(model)
-    # TRT-LLM verifies the root plus every draft node each step: verify_tokens = nodes + 1.
-    return {n: float(step_time_ms(prof, spec, n + 1, context_len)) for n in range(0, max_nodes + 1)}
+    return step_time_curve(load_profile(profile), resolve_model(model), max_nodes, context_len)
 
 
 def build_cmd(
@@ -72,7 +69,7 @@ def build_cmd(
         curve = (
             tb.parse_step_times(_read(step_times, "step times"), str(step_times))
             if step_times is not None
-            else _profile_step_times(str(profile), model, limit, context_len)
+            else _profile_curve(str(profile), model, limit, context_len)
         )
         choice = tb.choose_tree(acc, curve, max_nodes=limit, max_depth=max_depth, max_topk=max_topk)
         tree, expected = choice.tree, choice.expected_tokens_per_step

@@ -86,7 +86,7 @@ class MedusaSection(_Strict):
 
 
 class Serve(_Strict):
-    """Settings for `trtllm-serve` (flag names per trtllm-cli-flags.md) and the reference server."""
+    """Settings for `trtllm-serve` (flag names from ``tensorrt_llm/commands/serve.py``) and the reference server."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
@@ -181,7 +181,7 @@ def _cross_issues(p: HardwareProfile) -> list[Issue]:
                     ("trtllm_build", key),
                     f"'{key}' is not a trtllm-build flag",
                     hint=(f"Did you mean '{guess}'? " if guess else "")
-                    + "Keys are trtllm-build flag names without dashes (see trtllm-cli-flags.md).",
+                    + "Keys are trtllm-build flag names without dashes (see `trtllm-build --help`).",
                     on_key=True,
                 )
             )

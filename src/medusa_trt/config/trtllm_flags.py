@@ -1,6 +1,6 @@
 """Allow-lists of TensorRT-LLM command-line flags (names without the leading dashes).
 
-Copied from ``shared/reference/trtllm-cli-flags.md`` (``tensorrt_llm/commands/build.py``,
+Copied from TensorRT-LLM's sources (``tensorrt_llm/commands/build.py``,
 ``tensorrt_llm/plugin/plugin.py``, ``tensorrt_llm/commands/serve.py``; the same names in 1.0-1.2).
 A profile's ``trtllm_build`` mapping may only name flags from ``TRTLLM_BUILD_FLAGS`` that medusa-trt
 does not set itself (``TRTLLM_BUILD_MANAGED``).

@@ -315,11 +315,10 @@ def run_demo(
         raise InvalidInputError(
             f"cannot use {cache}: {e.strerror}", hint=f"Pass --cache-dir or set {CACHE_ENV}."
         ) from e
-    if log is None:
-        from medusa_trt.cli._common import err_console
+    if log is None:  # the messages carry Rich markup: print them on stderr as the CLI does
+        from rich.console import Console
 
-        def log(msg: str) -> None:
-            err_console.print(msg)
+        log = Console(stderr=True, highlight=False).print
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -381,7 +380,6 @@ def result_document(
             "failed": (on.get("failed") or 0) + (off.get("failed") or 0),
         },
         "mismatches": comp.get("mismatches", []),
-        "targets": {"tokens_per_step": 1.8, "speedup": 1.4},
         "stages_s": st.timings,
         "reused": st.reused,
         "wall_s": round(wall_s, 1),

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch  # noqa: TID253 - only the demo command imports this module
 
-from medusa_trt.tiny import llama_config_dict, make_tokenizer, save_hf_model
+from medusa_trt.demo.tiny import llama_config_dict, make_tokenizer, save_hf_model
 
 
 @dataclass(frozen=True)

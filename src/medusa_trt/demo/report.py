@@ -20,9 +20,9 @@ def render(doc: dict[str, Any], log: Callable[[str], None]) -> None:
         "",
         "[bold]medusa-trt demo: the same server, the same prompts, greedy[/]",
         f"  tokens/s/user   Medusa {_f(tps['medusa'], '{:.1f}')}   without {_f(tps['no_medusa'], '{:.1f}')}"
-        f"   speedup [bold]{_f(doc['speedup'])}x[/] (target >= {doc['targets']['speedup']})",
+        f"   speedup [bold]{_f(doc['speedup'])}x[/]",
         f"  tokens/step     {_f(doc['tokens_per_step'])} measured, {_f(doc['expected_tokens_per_step'])} expected "
-        f"from head accuracy (target >= {doc['targets']['tokens_per_step']})",
+        "from head accuracy",
         f"  identical greedy outputs: {ok}   tree: {doc['tree_nodes']} nodes   wall {doc['wall_s']} s",
         f"  results: {doc['output_dir']}/demo.json, demo.png",
     ]

@@ -62,13 +62,13 @@ def prepare(
 
 def preflight(spec: BuildSpec) -> dict[str, Any] | None:
     """`medusa-trt plan`'s checks for this profile and model; None when the model's shape is unknown."""
-    model_spec = recipe._model_spec(spec)
+    model_spec = recipe.known_model(spec)
     if model_spec is None:
         return None
-    from medusa_trt.plan import make_plan
+    from medusa_trt.preflight import preflight_report
 
     model_arg = str(spec.model.local) if spec.model.local is not None else model_spec
-    report = make_plan(spec.profile, model_arg, num_medusa_heads=spec.num_medusa_heads, work_dir=spec.output)
+    report = preflight_report(spec.profile, model_arg, num_medusa_heads=spec.num_medusa_heads, work_dir=spec.output)
     report.raise_if_not_fits()
     doc: dict[str, Any] = report.to_dict()
     return doc

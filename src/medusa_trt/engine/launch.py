@@ -109,7 +109,6 @@ def serve(
     port: int = 8000,
     print_cmd: bool = False,
     device: str = "cpu",
-    **_ignored: Any,
 ) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code."""
     engine_dir = Path(engine_dir).resolve()

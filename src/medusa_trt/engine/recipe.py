@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medusa_trt.engine import trtllm
 from medusa_trt.engine.spec import BuildSpec
 from medusa_trt.engine.steps import Step
+
+if TYPE_CHECKING:
+    from medusa_trt.config.model import ModelSpec
 
 GIB = 1024**3
 CHECKPOINT, ENGINE = "checkpoint", "engine"
@@ -65,7 +68,8 @@ def medusa_yaml(spec: BuildSpec) -> dict[str, Any]:
 # --- size estimates (the same arithmetic as `plan`'s memory check, per step) ------------------------
 
 
-def _model_spec(spec: BuildSpec) -> Any:
+def known_model(spec: BuildSpec) -> ModelSpec | None:
+    """The model's shape: read from a local directory, else a preset matching the hub id's name; None if unknown."""
     from medusa_trt.config.model import PRESETS, resolve_model
 
     if spec.model.local is not None:
@@ -77,7 +81,7 @@ def _model_spec(spec: BuildSpec) -> Any:
 
 def estimates(spec: BuildSpec) -> dict[str, float]:
     """GiB of each artefact; empty when the model's shape is unknown (a hub id with no preset)."""
-    m = _model_spec(spec)
+    m = known_model(spec)
     if m is None:
         return {}
     d, v = m.hidden_size, m.vocab_size

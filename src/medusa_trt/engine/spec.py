@@ -71,7 +71,7 @@ class BuildSpec:
 
     @property
     def quantize_needed(self) -> bool:
-        """FP8 profile, BF16/FP16 source: ModelOpt PTQ runs before the build (trtllm-medusa.md 1.3)."""
+        """FP8 profile, BF16/FP16 source: ModelOpt PTQ runs before the build (docs/sources.md, checkpoint format)."""
         return self.engine == "trtllm" and self.quantization == "fp8" and self.model.format != "modelopt-fp8"
 
     def to_json(self) -> dict[str, Any]:

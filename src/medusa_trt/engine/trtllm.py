@@ -49,7 +49,8 @@ def build_argv(
     """``trtllm-build`` for a Medusa checkpoint.
 
     max_draft_len is not passed: the builder takes the checkpoint's value when the flag is 0
-    (trtllm-medusa.md 1.4), so the engine always matches what the converter wrote.
+    (``tensorrt_llm/builder.py``; docs/sources.md, TensorRT-LLM commands), so the engine always matches
+    what the converter wrote.
     """
     argv = ["trtllm-build", "--checkpoint_dir", str(checkpoint_dir), "--output_dir", str(output_dir)]
     if medusa:
@@ -91,7 +92,8 @@ def quantize_argv(
 ) -> list[str]:
     """FP8 post-training quantization of the base model with the heads left unquantized.
 
-    trtllm-medusa.md 1.3: ModelOpt quantizes the base and merges the heads afterwards, excluding
+    ``examples/quantization/quantize.py --medusa_model_dir``: ModelOpt quantizes the base and merges
+    the heads afterwards, excluding
     ``*medusa_heads*`` from quantization (no --quant_medusa_head). The layer count is passed too:
     quantize.py falls back to 1 when the heads' config.json lacks ``medusa_num_layers``.
     """
@@ -123,7 +125,7 @@ def quantize_argv(
 def medusa_yaml_doc(
     *, max_draft_len: int, num_medusa_heads: int, tree: list[list[int]], extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ``trtllm-serve --config`` document: LLM-API field names, verbatim (trtllm-medusa.md 1.7)."""
+    """The ``trtllm-serve --config`` document: LLM-API field names, verbatim (``llmapi/llm_args.py``)."""
     doc: dict[str, Any] = dict(extra or {})
     doc["speculative_config"] = {
         "decoding_type": "Medusa",

@@ -1,4 +1,6 @@
-"""Acceptance rules over the tree's root-to-leaf paths (medusa-algorithm.md §2.7).
+"""Acceptance rules over the tree's root-to-leaf paths (the authors' ``evaluate_posterior``).
+
+Source: docs/sources.md, Medusa algorithm.
 
 Inputs are per path: ``candidates [P, D+1]`` (column 0 is the root token), ``valid [P, D+1]`` (False on
 retrieve-index pads). Both return ``(best_path, accepted)`` where ``accepted`` counts draft tokens

@@ -1,4 +1,4 @@
-"""Tree buffers from ``medusa_choices`` (the authors' ``generate_medusa_buffers``, medusa-algorithm.md §2.3).
+"""Tree buffers from ``medusa_choices`` (the authors' ``generate_medusa_buffers``; docs/sources.md, Medusa algorithm).
 
 Built once per tree and reused every step. Node 0 is the root (the base model's token); nodes 1..N are
 the sorted paths. Unlike the authors' code, retrieve-index pads are kept as -1 *and* a boolean

@@ -1,4 +1,4 @@
-"""Medusa-1 heads as a trainable ``nn.Module`` (paper §2.1.1, the authors' ``ResBlock``).
+"""Medusa-1 heads as a trainable ``nn.Module`` (Medusa paper, arXiv 2401.10774 §2.1.1; the authors' ``ResBlock``).
 
 Head k reads the backbone's last hidden state (after the final norm) and predicts the token k+2
 positions ahead: ``lm_head_k(ResBlock^L(h))``. The state-dict keys are FasterDecoding's verbatim

@@ -1,4 +1,6 @@
-"""Optimal sparse Medusa trees from per-head accuracies (paper §2.3.3, the authors' ``explore_graph``).
+"""Optimal sparse Medusa trees from per-head accuracies (Medusa paper, arXiv 2401.10774 §2.3.3).
+
+The authors' ``explore_graph`` (``medusa/eval/gen_results.py``) does the same greedy growth.
 
 ``acc[k][r]`` is how often head k's rank-r token (alone, not cumulative top-r) is the base model's
 token k+1 steps later. Assuming independence, node ``[r0, r1, ...]`` is accepted with probability

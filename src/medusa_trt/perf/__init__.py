@@ -1,4 +1,4 @@
-"""Analytic step-time model for planning (performance-anchors.md §5); see docs/perf-model.md."""
+"""Analytic step-time model for planning; see docs/perf-model.md."""
 
 from medusa_trt.perf.model import (
     DEFAULT_CONTEXT_LEN,
@@ -10,6 +10,7 @@ from medusa_trt.perf.model import (
     default_tokens_per_step,
     predict,
     step_breakdown,
+    step_time_curve,
     step_time_ms,
     verify_tokens_for,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "default_tokens_per_step",
     "predict",
     "step_breakdown",
+    "step_time_curve",
     "step_time_ms",
     "verify_tokens_for",
 ]

@@ -1,4 +1,4 @@
-"""Analytic decode-step model (performance-anchors.md §5): what one verification step costs per rank.
+"""Analytic decode-step model: what one verification step costs per rank (docs/perf-model.md).
 
     T_step(N) = max(W_rank / (eta * BW_hbm), FLOPs(N) / (e_gemm * TFLOPS))    # weight streaming (roofline)
               + KV_rank(ctx) / (eta * BW_hbm)                                  # attention KV read, once per step
@@ -7,10 +7,10 @@
               + [Medusa] W_heads / (eta * BW_hbm) + K * t_head + t_medusa_fixed
 
 N is the number of tokens the engine verifies per step: 1 without Medusa; ``max_draft_len + 1`` for
-TensorRT-LLM (it always fills max_draft_len+1 slots, trtllm-medusa.md §1.6); ``tree nodes + 1`` for the
+TensorRT-LLM (it always fills max_draft_len+1 slots; docs/sources.md, TensorRT-LLM commands); ``tree nodes + 1`` for the
 reference runtime. tokens/s/user = tokens_per_step / T_step. Every constant is documented in
-``docs/perf-model.md`` with its source; the TRT-LLM ones reproduce §5.2's calibration (70B TP8 FP8 on
-H200: 5.28 ms; 405B: 17.85 ms).
+``docs/perf-model.md`` with its source; the TRT-LLM ones are calibrated to NVIDIA's implied baselines
+(70B TP8 FP8 on H200: 5.28 ms; 405B: 17.85 ms; docs/perf-model.md, section 2).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from medusa_trt.config.model import ModelSpec
 from medusa_trt.config.profile import DTYPE_BYTES, HardwareProfile
 
-DEFAULT_CONTEXT_LEN = 1024  # tokens in the KV cache when predicting: a chat-length prompt (anchors §5.1: ~negligible)
-ACCEPTANCE_PER_DEPTH = 0.6  # alpha for the default tokens/step (anchors §5.3 table; see default_tokens_per_step)
-AR_SMALL_BYTES = 32 * 1024  # all-reduce messages up to this size cost only the latency term (anchors §3.2)
+DEFAULT_CONTEXT_LEN = 1024  # tokens in the KV cache when predicting: a chat-length prompt (KV reads ~negligible)
+ACCEPTANCE_PER_DEPTH = 0.6  # alpha for the default tokens/step (see default_tokens_per_step)
+AR_SMALL_BYTES = 32 * 1024  # all-reduce messages up to this size cost only the latency (sources.md, All-reduce)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def constants_for(profile: HardwareProfile) -> EngineConstants:
 
 
 def padded_vocab(vocab: int, tp: int) -> int:
-    """TRT-LLM's pad_vocab_size: round up to a multiple of tp (trtllm-medusa.md §2)."""
+    """TRT-LLM's pad_vocab_size: round up to a multiple of tp (docs/sources.md, TensorRT-LLM checkpoint format)."""
     return -(-vocab // tp) * tp
 
 
@@ -89,7 +89,7 @@ def act_bytes(profile: HardwareProfile) -> float:
 
 
 def head_bytes(profile: HardwareProfile) -> float:
-    """Medusa heads stay unquantized; the FP8 path writes them as float16 (trtllm-medusa.md §1.3)."""
+    """Medusa heads stay unquantized; the FP8 path writes them as float16 (docs/sources.md, checkpoint format)."""
     return 4.0 if profile.precision.dtype == "float32" else 2.0
 
 
@@ -198,6 +198,16 @@ def step_time_ms(
     return step_breakdown(profile, model, verify_tokens, context_len, num_medusa_heads)["total"]
 
 
+def step_time_curve(
+    profile: HardwareProfile, model: ModelSpec, max_nodes: int, context_len: int = DEFAULT_CONTEXT_LEN
+) -> dict[int, float]:
+    """Predicted step time (ms) for trees of 0..max_nodes draft nodes (0: plain decoding).
+
+    A step verifies the root plus every draft node: ``nodes + 1`` tokens.
+    """
+    return {n: float(step_time_ms(profile, model, n + 1, context_len)) for n in range(max_nodes + 1)}
+
+
 def verify_tokens_for(profile: HardwareProfile, tree_nodes: int) -> int:
     """Tokens computed per Medusa step: TRT-LLM pads to max_draft_len+1, the reference runtime does not."""
     return profile.medusa.max_draft_len + 1 if profile.engine == "trtllm" else tree_nodes + 1
@@ -206,8 +216,8 @@ def verify_tokens_for(profile: HardwareProfile, tree_nodes: int) -> int:
 def default_tokens_per_step(tree_depth: int, alpha: float = ACCEPTANCE_PER_DEPTH) -> float:
     """Expected tokens/step when none is measured: the i.i.d. chain formula sum_{d=0..D} alpha^d.
 
-    alpha = 0.6 gives 2.18 for a depth-3 tree, inside the 1.7-2.5 range the anchors infer for
-    NVIDIA's 70B/405B Medusa results (performance-anchors.md §1.1, §5.3). Measure it with
+    alpha = 0.6 gives 2.18 for a depth-3 tree, inside the 1.7-2.5 range implied by NVIDIA's 70B/405B
+    Medusa results (docs/sources.md, NVIDIA's Medusa results on HGX H200). Measure it with
     ``medusa-trt bench`` and pass --tokens-per-step for a real prediction.
     """
     return sum(alpha**d for d in range(max(0, tree_depth) + 1))

@@ -7,47 +7,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medusa_trt.errors import InvalidInputError, TreeError
 from medusa_trt.medusa.trees import Tree, load_tree, validate_tree
+from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
+    import torch
+
     from medusa_trt.medusa.buffers import TreeBuffers
     from medusa_trt.runtime.config import CheckpointInfo
     from medusa_trt.runtime.tp import Runner
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 128
-    temperature: float = 0.0  # 0 -> greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 -> off
-    seed: int | None = None
-    stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's eos ids
-    posterior_threshold: float = 0.09  # typical acceptance (temperature > 0, lossy)
-    posterior_alpha: float = 0.3
-
-
-@dataclass
-class Chunk:
-    token_ids: list[int]  # tokens emitted by one decoding step (>= 1 with Medusa)
-    finish_reason: str | None = None  # None, or "stop" / "length" on the last chunk
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int
-    completion_tokens: int
-    num_steps: int  # decoding steps (verification forwards), prefill excluded
-    tokens_per_step: float  # (completion_tokens - 1) / num_steps: prefill makes the first token
-    accepted_per_depth: list[int] = field(default_factory=list)  # accepted drafts at depth 1..D
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    medusa: bool = False
 
 
 class Generation:
@@ -131,6 +103,48 @@ class ReferenceEngine:
     def _release(self) -> None:
         self._busy = False
 
+    def _check_idle(self, what: str) -> None:
+        if self._busy:
+            raise InvalidInputError(
+                f"cannot {what} while a generation runs", hint="Exhaust or close() the Generation first."
+            )
+
+    def set_tree(self, tree: str | list[list[int]]) -> Tree:
+        """Verify later generations with ``tree`` (a name, a YAML path or a list), validated against the
+        checkpoint's heads and max_draft_len; returns the tree used until now."""
+        from medusa_trt.medusa.buffers import build_buffers
+
+        self._check_idle("change the tree")
+        chosen = resolve_tree(self.info, tree)
+        assert chosen is not None  # resolve_tree raises for a checkpoint without heads
+        buffers = build_buffers(
+            chosen,
+            num_heads=self.info.num_medusa_heads,
+            max_draft_len=self.info.max_draft_len or None,
+            device=self._runner.device,
+        )
+        previous, self.tree, self._buffers = self.tree, chosen, buffers
+        return previous
+
+    # Below ``generate``: one forward at a time, for checking the model itself against a reference.
+    def reset_cache(self, capacity: int) -> None:
+        """Empty the KV cache on every rank and size it for ``capacity`` tokens."""
+        self._check_idle("reset the KV cache")
+        self._runner.alloc(capacity)
+
+    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits [T, V] float32 for ``token_ids`` at ``positions`` [T], causal over the KV cache, whose
+        entries for these tokens it writes (after :meth:`reset_cache`)."""
+        self._check_idle("run a forward")
+        return self._runner.forward(token_ids, positions)
+
+    def head_logits(self, row: int) -> torch.Tensor:
+        """Logits [K, V] of every Medusa head at ``row`` of the last :meth:`forward`."""
+        self._check_idle("run the heads")
+        if not self.num_medusa_heads:
+            raise InvalidInputError(f"{self.info.ckpt_dir} has no Medusa heads")
+        return self._runner.heads(row)
+
     def close(self) -> None:
         """Stop the tp worker processes (idempotent)."""
         self._runner.close()
@@ -153,7 +167,8 @@ def _eos_ids(ckpt_dir: Path, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _load_tokenizer(*dirs: Path) -> Any:
+def load_tokenizer(*dirs: Path) -> Any:
+    """The tokenizer saved in the first of ``dirs`` that has one, else None."""
     for d in dirs:
         if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
@@ -199,7 +214,7 @@ def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[
     from medusa_trt.medusa.buffers import build_buffers
     from medusa_trt.runtime.tp import Runner
 
-    tokenizer = _load_tokenizer(info.ckpt_dir, Path(path))
+    tokenizer = load_tokenizer(info.ckpt_dir, Path(path))
     runner = Runner(info, device)
     try:  # the tp ranks are running now: nothing below may fail without stopping them
         buffers = None

@@ -14,7 +14,7 @@ from medusa_trt.errors import CheckpointError
 from medusa_trt.medusa.trees import Tree, load_tree, named_trees, tree_problems
 
 MANIFEST = "medusa-trt.json"
-# TRT-LLM's llama3 defaults, used when the checkpoint kept only {"type": "llama3"} (trtllm-medusa.md §2.3).
+# TRT-LLM's llama3 defaults, used when the checkpoint kept only {"type": "llama3"} (docs/sources.md, checkpoint format).
 LLAMA3_DEFAULTS = {
     "factor": 8.0,
     "low_freq_factor": 1.0,

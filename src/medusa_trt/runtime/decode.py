@@ -1,11 +1,11 @@
-"""Decoding loops on rank 0: plain (one token per forward) and Medusa tree decoding (medusa-algorithm.md §2.9).
+"""Decoding loops on rank 0: plain (one token per forward) and Medusa tree decoding (docs/sources.md, Medusa algorithm).
 
 Both keep one *pending* token: sampled from the last logits, already emitted, not yet in the KV cache.
 A plain step feeds it; a Medusa step feeds the tree rooted at it, accepts L drafts, and emits them plus
 the bonus token picked from the last accepted node's logits (L+1 tokens per verification forward).
 Stop tokens end the generation and are not emitted (they are counted in completion_tokens).
 
-With Medusa at temperature > 0 (typical acceptance, medusa-algorithm.md §2.7), the root of every tree (the
+With Medusa at temperature > 0 (typical acceptance, Medusa paper arXiv 2401.10774 §2.3.1), the root of every tree (the
 first token and each step's bonus token) is the base model's argmax, as in the paper (§2.3.1: "greedy
 decoding for the first token") and the authors' default ``fast`` path; temperature only sets how far
 typical acceptance reaches. Plain decoding samples every token.
@@ -23,7 +23,7 @@ import torch
 from medusa_trt.medusa.acceptance import greedy_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers
 from medusa_trt.medusa.trees import TOPK
-from medusa_trt.runtime.api import Chunk, GenerationStats, SamplingParams
+from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
     from medusa_trt.runtime.tp import Runner

@@ -1,4 +1,4 @@
-"""Loading one rank's TRT-LLM shard into compute-ready tensors (trtllm-medusa.md §2.4-2.6).
+"""Loading one rank's TRT-LLM shard into compute-ready tensors (docs/sources.md, TensorRT-LLM checkpoint format).
 
 Per-layer tensors are fused for speed where TRT-LLM fuses at build time (``fc`` and ``gate`` into one
 matmul); Medusa heads are stacked over heads so all K run as one batched matmul. FP8 weights are

@@ -20,9 +20,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from medusa_trt.errors import InvalidInputError, MedusaTrtError
+from medusa_trt.runtime.text import TextStream
 from medusa_trt.serve.metrics import Metrics
-from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, _Common
-from medusa_trt.serve.text import TextStream
+from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CommonRequest, CompletionRequest
 from medusa_trt.serve.worker import EngineWorker, Finished, Job
 
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
@@ -105,7 +105,7 @@ class Generator:
         # the template writes the BOS itself
         return list(self.tokenizer.encode(str(text), add_special_tokens=False))
 
-    def _params(self, body: _Common, n_prompt: int, max_tokens: int | None) -> Any:
+    def _params(self, body: CommonRequest, n_prompt: int, max_tokens: int | None) -> Any:
         from medusa_trt.runtime import SamplingParams
 
         limit = int(self.engine.max_seq_len)
@@ -146,7 +146,7 @@ class Generator:
 
     # --- the flow ------------------------------------------------------------------------------
     async def _serve(
-        self, body: _Common, request: Request, ids: list[int], max_tokens: int | None, *, chat: bool
+        self, body: CommonRequest, request: Request, ids: list[int], max_tokens: int | None, *, chat: bool
     ) -> Response:
         params = self._params(body, len(ids), max_tokens)
         job = Job(ids, params, body.medusa, asyncio.get_running_loop())
@@ -262,7 +262,7 @@ class _SSE:
     def __init__(
         self,
         g: Generator,
-        body: _Common,
+        body: CommonRequest,
         chat: bool,
         job: Job,
         request: Request,

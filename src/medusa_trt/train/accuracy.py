@@ -65,7 +65,7 @@ def _hf_decoder(model_dir: Path, heads_dir: Path, topk: int, device: str) -> tup
 
 
 def _runtime_decoder(path: Path, topk: int, device: str) -> tuple[Decoder, Any, int]:
-    from medusa_trt.runtime.api import _load_tokenizer
+    from medusa_trt.runtime.api import load_tokenizer
     from medusa_trt.runtime.config import read_checkpoint
     from medusa_trt.runtime.model import LlamaShard, LocalComm
 
@@ -78,7 +78,7 @@ def _runtime_decoder(path: Path, topk: int, device: str) -> tuple[Decoder, Any, 
             hint="Convert the same model with --tp 1 for calibration.",
         )
     shard = LlamaShard(info, 0, device, LocalComm())
-    tok = _load_tokenizer(info.ckpt_dir, path)
+    tok = load_tokenizer(info.ckpt_dir, path)
     if tok is None:
         raise CheckpointError(f"{path}: no tokenizer files", hint="Convert copies the tokenizer; convert again.")
 

@@ -104,7 +104,8 @@ def local_generator(ckpt: Path, device: str) -> Generate:
     def gen(jobs: list[Job]) -> Iterator[list[int]]:
         if not jobs:
             return
-        from medusa_trt.runtime.api import SamplingParams, load_engine
+        from medusa_trt.runtime.api import load_engine
+        from medusa_trt.runtime.records import SamplingParams
 
         with load_engine(ckpt, device=device) as engine:
             for job in jobs:

@@ -27,7 +27,7 @@ from medusa_trt.medusa.heads import MedusaHeads
 from medusa_trt.medusa.trees import TOPK
 from medusa_trt.train.hidden import HiddenCache
 
-DECAY = 0.8  # paper §7.2: lambda_k = 0.8^k
+DECAY = 0.8  # Medusa paper Appendix B.2: lambda_k = 0.8^k
 TIMEOUT = timedelta(seconds=900)
 MAX_EVAL = 256  # held-out sequences; also how many training sequences the train-loss figures use
 

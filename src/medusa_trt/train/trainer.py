@@ -1,4 +1,6 @@
-"""Medusa-1 training on a frozen backbone, by self-distillation (paper §2.2.1, authors' train_legacy.py).
+"""Medusa-1 training on a frozen backbone, by self-distillation (Medusa paper, arXiv 2401.10774 §2.2.1).
+
+The authors' code for it is ``medusa/train/train_legacy.py``.
 
 Three stages, each in a directory keyed by a hash of its inputs (``stages.py``), each resumable:
 

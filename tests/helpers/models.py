@@ -1,8 +1,8 @@
-"""Tiny Llama 3-architecture models, tokenizers and Medusa heads, made locally.
+"""Tiny Llama 3-architecture models and Medusa heads for the tests, as real Hugging Face directories.
 
-Used by the demo (the embedded default) and by the tests as real Hugging Face directories: a
-``config.json`` in either RoPE spelling, ``model.safetensors`` (or shards with an index), and a
-byte-level BPE tokenizer with a chat template. Nothing is downloaded.
+A randomly initialised ``LlamaForCausalLM`` with ``config.json`` in either RoPE spelling,
+``model.safetensors`` (or shards with an index), and the demo's byte-level BPE tokenizer with a chat
+template (``medusa_trt.demo.tiny``); FasterDecoding-format heads. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-    "{{ m['content'] }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+from medusa_trt.demo import tiny as demo_tiny
+from medusa_trt.demo.tiny import llama_config_dict
+
 DEFAULT_CORPUS = (
     "def main():\n    return 0\n\nclass Model:\n    def __init__(self, name):\n        self.name = name\n"
     "The quick brown fox jumps over the lazy dog. Speculative decoding drafts tokens and verifies them.\n"
@@ -27,76 +24,8 @@ RopeStyle = Literal["rope_scaling", "rope_parameters", "none"]
 
 
 def make_tokenizer(out_dir: str | Path, texts: Iterable[str] = (DEFAULT_CORPUS,), vocab_size: int = 320) -> Any:
-    """Train a byte-level BPE on ``texts`` and save it (tokenizer.json + tokenizer_config.json)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out_dir))
-    return fast
-
-
-def llama_config_dict(
-    *,
-    vocab_size: int = 320,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    max_position_embeddings: int = 256,
-    rope_theta: float = 500000.0,
-    llama3_rope: bool = True,
-    rms_norm_eps: float = 1e-5,
-    tie_word_embeddings: bool = False,
-    bos_token_id: int = 0,
-    eos_token_id: int = 2,
-) -> dict[str, Any]:
-    """A Llama 3.x config in the Hugging Face hub spelling (``rope_scaling`` + ``rope_theta``)."""
-    rope_scaling = None
-    if llama3_rope:  # original context a quarter of the table so tests can run past it
-        rope_scaling = {
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": max(16, max_position_embeddings // 4),
-        }
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "intermediate_size": intermediate_size,
-        "num_hidden_layers": num_hidden_layers,
-        "num_attention_heads": num_attention_heads,
-        "num_key_value_heads": num_key_value_heads,
-        "head_dim": hidden_size // num_attention_heads,
-        "hidden_act": "silu",
-        "max_position_embeddings": max_position_embeddings,
-        "rms_norm_eps": rms_norm_eps,
-        "rope_theta": rope_theta,
-        "rope_scaling": rope_scaling,
-        "tie_word_embeddings": tie_word_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "bos_token_id": bos_token_id,
-        "eos_token_id": eos_token_id,
-        "torch_dtype": "float32",
-    }
+    """The demo's byte-level BPE, trained on a small fixed corpus by default."""
+    return demo_tiny.make_tokenizer(out_dir, texts, vocab_size)
 
 
 def to_rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -140,9 +69,7 @@ def save_hf_model(
     """Write weights (one file, or ``shards`` files with an index) and config.json in the chosen spelling."""
     from safetensors.torch import save_file
 
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if cfg.get("tie_word_embeddings"):
-        state.pop("lm_head.weight", None)  # tied checkpoints on the hub carry the embedding only
+    state = demo_tiny.hf_state(model, cfg)
     names = sorted(state)
     if shards == 1:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -156,7 +83,7 @@ def save_hf_model(
         total = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    written = dict(cfg, torch_dtype=str(next(iter(state.values())).dtype).removeprefix("torch."))
+    written = demo_tiny.written_config(cfg, state)
     if rope_style == "rope_parameters":
         written = to_rope_parameters(written)
     (out / "config.json").write_text(json.dumps(written, indent=2))

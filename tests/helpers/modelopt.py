@@ -4,7 +4,7 @@ It mirrors what NVIDIA Model Optimizer's Hugging Face export writes for ``nvidia
 per-tensor FP8 (e4m3) linear weights with float32 ``weight_scale`` / ``input_scale`` scalars, KV-cache
 ``self_attn.k_proj.k_scale`` / ``self_attn.v_proj.v_scale``, bf16 embedding, norms and lm_head,
 ``medusa_heads.{k}.{l}.linear.*`` and ``medusa_heads.{k}.{L}.weight`` tensors, ``config.json`` with a ``medusa`` section, and
-``hf_quant_config.json`` with producer ``modelopt``. For tests and demos; nothing is downloaded.
+``hf_quant_config.json`` with producer ``modelopt``. Nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`medusa-trt plan`: the preflight every build runs first (memory, TP, tree, disk, predicted speed).
 
-``make_plan`` never raises for a plan that does not fit: it returns ``fits=False`` and the failing
-checks; :meth:`PlanReport.raise_if_not_fits` turns that into an IncompatibleError (exit 4).
+``preflight_report`` never raises for a model that does not fit: it returns ``fits=False`` and the failing
+checks; :meth:`PreflightReport.raise_if_not_fits` turns that into an IncompatibleError (exit 4).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from medusa_trt.config.profile import HardwareProfile, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError
 from medusa_trt.medusa.trees import tree_stats
 from medusa_trt.perf import model as pm
-from medusa_trt.plan import checks as ck
-from medusa_trt.plan.memory import GIB, disk_need, memory_per_gpu
+from medusa_trt.preflight import checks as ck
+from medusa_trt.preflight.memory import GIB, disk_need, memory_per_gpu
 
-__all__ = ["PlanReport", "make_plan"]
+__all__ = ["PreflightReport", "preflight_report"]
 
 
 @dataclass
-class PlanReport:
+class PreflightReport:
     profile: HardwareProfile
     model: ModelSpec
     num_medusa_heads: int
@@ -97,7 +97,7 @@ def _free_disk(work_dir: Path) -> tuple[float, Path]:
     return shutil.disk_usage(probe).free / GIB, probe
 
 
-def make_plan(
+def preflight_report(
     profile: HardwareProfile | str | Path,
     model: ModelSpec | str,
     *,
@@ -106,7 +106,7 @@ def make_plan(
     context_len: int = pm.DEFAULT_CONTEXT_LEN,
     work_dir: Path | None = None,
     target_here: bool | None = None,
-) -> PlanReport:
+) -> PreflightReport:
     """Every preflight check and the predicted speed for ``model`` on ``profile``.
 
     ``tokens_per_step`` defaults to :func:`medusa_trt.perf.default_tokens_per_step` of the tree depth.
@@ -152,7 +152,7 @@ def make_plan(
         ck.check_tree(tree, heads, prof.medusa.max_draft_len),
         ck.check_waste(prof, spec, tree, heads, context_len),
         ck.check_disk(disk, free, str(where), target_here),
-        ck.check_prediction(pred),
+        ck.check_prediction(pred, default_tokens_per_step=tokens_per_step is None),
     ]
     tree_doc = {
         "spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",
@@ -160,6 +160,6 @@ def make_plan(
         "depth": stats.depth,
         "max_draft_len": prof.medusa.max_draft_len,
     }
-    return PlanReport(
+    return PreflightReport(
         prof, spec, heads, not any(c.verdict == "fail" for c in checks), mem, disk, checks, pred, source, tree_doc
     )

@@ -1,8 +1,13 @@
-"""Token ids to text for the server: incremental detokenization and stop strings.
+"""Token ids to text as they stream: incremental detokenization and stop strings.
 
+The one text-streaming helper: the server's responses and `medusa-trt run --prompt` both use it.
 Byte-level BPE splits multi-byte characters across tokens, so a token's own decode can be a
-replacement character. We decode the whole completion so far and emit the new suffix, holding
-back text that ends in an incomplete character (U+FFFD) or could still become a stop string.
+replacement character. Text is handed out only once it can no longer change: a trailing incomplete
+character (U+FFFD) or a possible start of a stop string is held back until later tokens settle it.
+
+Each push decodes only the tokens since the last character boundary, with the tokens before that
+boundary as context (a SentencePiece decoder drops the leading space of the first token it sees);
+re-decoding the whole completion on every step would cost time quadratic in its length.
 """
 
 from __future__ import annotations
@@ -23,20 +28,32 @@ class TextStream:
     def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
         self._tok = tokenizer
         self._ids: list[int] = []
+        self._context = 0  # ids[_context:_settled]: the last settled piece, decoded again as context
+        self._settled = 0  # ids[:_settled] decode to _settled_text and end on a character boundary
+        self._settled_text = ""
         self._stop = [s for s in stop if s]
         self._hold = max((len(s) for s in self._stop), default=1) - 1  # a stop string may be half-seen
         self.text = ""  # decoded completion so far (cut at a stop string once one matched)
         self.emitted = 0  # characters of self.text already handed out
         self.stopped = False
 
-    def _decode(self) -> str:
-        return str(self._tok.decode(self._ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def _full_text(self) -> str:
+        """The text of every id so far, decoding only those since the last character boundary."""
+        context = self._decode(self._ids[self._context : self._settled])
+        tail = self._decode(self._ids[self._context :])[len(context) :]
+        text = self._settled_text + tail
+        if tail and not tail.endswith(_REPLACEMENT):  # a boundary: the next decode starts here
+            self._context, self._settled, self._settled_text = self._settled, len(self._ids), text
+        return text
 
     def push(self, token_ids: Sequence[int]) -> str:
         if self.stopped:
             return ""
         self._ids.extend(int(t) for t in token_ids)
-        text = self._decode()
+        text = self._full_text()
         if self._stop:
             # search from just before the emitted text: a stop string may straddle two pushes
             start = max(0, self.emitted - self._hold)

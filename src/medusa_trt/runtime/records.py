@@ -1,0 +1,38 @@
+"""The runtime's records: what a caller asks for (SamplingParams) and gets back (Chunk, GenerationStats).
+
+Plain data, shared by the public API (``runtime.api``) and the decoding loops (``runtime.decode``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0 -> greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 -> off
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's eos ids
+    posterior_threshold: float = 0.09  # typical acceptance (temperature > 0, lossy)
+    posterior_alpha: float = 0.3
+
+
+@dataclass
+class Chunk:
+    token_ids: list[int]  # tokens emitted by one decoding step (>= 1 with Medusa)
+    finish_reason: str | None = None  # None, or "stop" / "length" on the last chunk
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    completion_tokens: int
+    num_steps: int  # decoding steps (verification forwards), prefill excluded
+    tokens_per_step: float  # (completion_tokens - 1) / num_steps: prefill makes the first token
+    accepted_per_depth: list[int] = field(default_factory=list)  # accepted drafts at depth 1..D
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    medusa: bool = False

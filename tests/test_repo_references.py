@@ -1,0 +1,184 @@
+"""Every reference in the repository can be checked from the repository.
+
+Scans every text file git knows of (tracked, or new and not ignored) for: names of notes that live
+outside the repository, issue numbers, repository paths and ``medusa_trt.*`` modules that do not
+exist, Markdown links to missing files or headings, and ``docs/sources.md, <section>`` citations
+naming no section of that file.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini", ".json", ".jsonl", ".sh", ""}
+# Notes kept beside the project during its development; nothing here may point at them. Spelled in
+# pieces so that this file does not match itself.
+OUTSIDE_NOTES = [
+    "performance-" + "anchors",
+    "trtllm-" + "medusa.md",
+    "medusa-" + "algorithm.md",
+    "ecosystem-" + "and-style",
+    "trtllm-cli-" + "flags.md",
+    "shared/" + "reference",
+    "DESIGN" + ".md",
+    "anchors " + "§",
+]
+ISSUE = re.compile(r"(?<![/\w])issues?\s*#?\d+", re.IGNORECASE)
+# A path with at least one directory, not part of a URL or a longer path.
+# A relative path a user types (``./my-node.yaml``) is not a reference.
+PATH = re.compile(r"(?<![\w/.:-])(\w[\w.-]*/(?:[\w.-]+/)*[\w.-]+\.(?:md|py|ya?ml|toml))\b")
+MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
+SOURCES_CITE = re.compile(r"sources\.md, \"?([^)\".;\n]+)")
+MODULE = re.compile(r"(?<![\w.])medusa_trt(?:\.\w+)+")
+
+
+def _files() -> list[Path]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout to list the repository's files")
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    paths = [ROOT / p for p in out.split("\0") if p]
+    return [p for p in paths if p.is_file() and p.suffix in TEXT_SUFFIXES and p != Path(__file__).resolve()]
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _where(path: Path, text: str, pos: int) -> str:
+    return f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, pos) + 1}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@cache
+def _headings(md: Path) -> tuple[str, ...]:
+    return tuple(m.group(1).strip() for m in re.finditer(r"^#+\s+(.+)$", md.read_text(encoding="utf-8"), re.M))
+
+
+def _missing_path(path: Path, ref: str) -> bool:
+    """True when ``ref`` names a file in one of our directories and no such file exists.
+
+    A path whose directory is not ours (``examples/medusa/convert_checkpoint.py``) is an upstream path.
+    """
+    candidates = [ROOT / ref, path.parent / ref, ROOT / "src" / ref]
+    if any(c.exists() for c in candidates):
+        return False
+    return any(c.parent.is_dir() and ROOT in c.resolve().parents for c in candidates)
+
+
+def _missing_module(dotted: str) -> bool:
+    """True when ``medusa_trt.a.b...`` names no module, package or name defined in one."""
+    here = ROOT / "src"
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if (here / part).is_dir():
+            here = here / part
+        elif (here / f"{part}.py").is_file():
+            here = here / f"{part}.py"
+        else:  # a name inside the module or package reached so far
+            source = here / "__init__.py" if here.is_dir() else here
+            return i < 2 or not re.search(rf"\b{re.escape(part)}\b", source.read_text(encoding="utf-8"))
+        if here.is_file():
+            return False if i == len(parts) - 1 else _missing_name(here, parts[i + 1])
+    return False
+
+
+def _missing_name(module: Path, name: str) -> bool:
+    return re.search(rf"\b{re.escape(name)}\b", module.read_text(encoding="utf-8")) is None
+
+
+def _problems(path: Path, text: str) -> list[str]:
+    found: list[str] = []
+    for name in OUTSIDE_NOTES:
+        for m in re.finditer(re.escape(name), text):
+            found.append(f"{_where(path, text, m.start())}: refers to notes outside the repository ({name!r})")
+    for m in ISSUE.finditer(text):
+        found.append(f"{_where(path, text, m.start())}: refers to an issue number ({m.group(0)!r})")
+    for m in PATH.finditer(text):
+        if _missing_path(path, m.group(1)):
+            found.append(f"{_where(path, text, m.start())}: {m.group(1)} does not exist")
+    for m in MODULE.finditer(text):
+        placeholder = any(len(part) == 1 for part in m.group(0).split("."))  # medusa_trt.x.y in prose
+        if not placeholder and _missing_module(m.group(0)):
+            found.append(f"{_where(path, text, m.start())}: {m.group(0)} does not exist")
+    if path.suffix == ".md":
+        found += _link_problems(path, text)
+    for m in SOURCES_CITE.finditer(text):
+        section = m.group(1).strip().lower()
+        if not any(section in h.lower() for h in _headings(ROOT / "docs" / "sources.md")):
+            found.append(f"{_where(path, text, m.start())}: docs/sources.md has no section {m.group(1).strip()!r}")
+    return found
+
+
+def _link_problems(path: Path, text: str) -> list[str]:
+    found = []
+    for m in MD_LINK.finditer(text):
+        target = m.group(1)
+        if re.match(r"[a-z]+:", target):
+            continue  # a URL
+        file_part, _, anchor = target.partition("#")
+        dest = (path.parent / file_part) if file_part else path
+        if not dest.exists():
+            found.append(f"{_where(path, text, m.start())}: link to missing {file_part}")
+        elif anchor and dest.suffix == ".md" and anchor not in {_slug(h) for h in _headings(dest)}:
+            found.append(f"{_where(path, text, m.start())}: {dest.name} has no heading #{anchor}")
+    return found
+
+
+def test_every_reference_resolves_inside_the_repository() -> None:
+    problems = [p for f in _files() if (t := _text(f)) is not None for p in _problems(f, t)]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("note", "# see performance-" + "anchors.md §3.1", "outside the repository"),
+        ("issue", "# Targets (issue" + " #6): fast", "issue number"),
+        ("missing path", "see docs/no-such-file.md", "does not exist"),
+        ("missing module", "in src/medusa_trt/runtime/no_such.py", "does not exist"),
+        ("missing dotted module", "server (medusa_trt.bench.no_such, raw asyncio)", "does not exist"),
+        ("missing name", "see medusa_trt.perf.model.no_such_function", "does not exist"),
+        ("missing link", "[x](no-such.md)", "link to missing"),
+        ("missing heading", "[x](sources.md#no-such-heading)", "has no heading"),
+        ("missing section", "(docs/sources" + ".md, No such section)", "has no section"),
+    ],
+)
+def test_the_checks_catch_each_kind(name: str, text: str, expected: str) -> None:
+    doc = ROOT / "docs" / "probe.md"  # never written: only its name and directory are used
+    problems = _problems(doc, text)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "NVIDIA/TensorRT-LLM docs/source/performance/perf-benchmarking.md",  # upstream directory
+        "medusa-trt profiles add ./my-node.yaml",  # a path the user types
+        "medusa_trt.perf.model.step_time_ms, medusa_trt.runtime, medusa_trt.perf.predict",  # modules and names
+        "``from medusa_trt.x.y import _name``",  # a placeholder
+        "https://github.com/kvcache-ai/Mooncake/pull/3484 and .../sglang/issues/303",  # URLs
+        "[sources](sources.md#all-reduce-latency), docs/perf-model.md, (docs/sources" + ".md, Medusa algorithm)",
+    ],
+)
+def test_the_checks_accept_upstream_paths_urls_and_real_references(text: str) -> None:
+    assert _problems(ROOT / "docs" / "probe.md", text) == []
