@@ -45,3 +45,11 @@ def tiny_heads(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Pa
     from tests.helpers.models import make_medusa_heads
 
     return make_medusa_heads(tmp_path_factory.mktemp("tiny-heads"), hidden_size=64, vocab_size=320, num_heads=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_heads4(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    """Four heads for ``tiny_llama``: as many as the shipped HGX profiles declare (medusa.num_heads: 4)."""
+    from tests.helpers.models import make_medusa_heads
+
+    return make_medusa_heads(tmp_path_factory.mktemp("tiny-heads4"), hidden_size=64, vocab_size=320, num_heads=4)

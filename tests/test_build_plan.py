@@ -56,11 +56,11 @@ def flags(argv: list[str]) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", TRTLLM_PROFILES)
 def test_dry_run_plan_matches_trtllm_interface(
-    name: str, tiny8: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    name: str, tiny8: Path, tiny_heads4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     profile = load_profile(name)
     out = tmp_path / "engine-out"
-    doc = dry_run(capsys, "--profile", name, "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out))
+    doc = dry_run(capsys, "--profile", name, "--model", str(tiny8), "--medusa", str(tiny_heads4), "-o", str(out))
     assert not out.exists(), "a dry run writes nothing"
     steps = {s["name"]: s for s in doc["steps"]}
     order = [s["name"] for s in doc["steps"]]
@@ -88,8 +88,8 @@ def test_dry_run_plan_matches_trtllm_interface(
         qf = flags(q["argv"])
         assert q["argv"][1].endswith("quantization/quantize.py")
         assert qf["--qformat"] == "fp8" and qf["--kv_cache_dtype"] == "fp8"
-        assert qf["--medusa_model_dir"] == str(tiny_heads.resolve())
-        assert qf["--num_medusa_heads"] == "3" and qf["--tp_size"] == str(profile.parallelism.tp)
+        assert qf["--medusa_model_dir"] == str(tiny_heads4.resolve())
+        assert qf["--num_medusa_heads"] == "4" and qf["--tp_size"] == str(profile.parallelism.tp)
         assert qf["--num_medusa_layers"] == str(doc["spec"]["num_medusa_layers"])
         assert "--quant_medusa_head" not in q["argv"]
         assert qf["--output_dir"] == f["--checkpoint_dir"]
@@ -106,7 +106,7 @@ def test_dry_run_plan_matches_trtllm_interface(
     assert spec_cfg == {
         "decoding_type": "Medusa",
         "max_draft_len": profile.medusa.max_draft_len,
-        "num_medusa_heads": 3,
+        "num_medusa_heads": 4,
         "medusa_choices": tree,
     }  # 3: counted from the heads' tensors
     assert doc["spec"]["sources"]["num_medusa_heads"] == "heads tensors"
@@ -150,22 +150,25 @@ def test_modelopt_fp8_checkpoint_converts_directly(
 
 
 def test_modelopt_combined_checkpoint_heads_are_counted(
-    tiny8: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The heads inside a ModelOpt combined checkpoint set num_medusa_heads (3 here; the profile says 4)."""
+    """The heads inside a ModelOpt combined checkpoint set num_medusa_heads (5 here; the profile says 4).
+    Fewer heads than the profile declares is refused (tests/test_input_errors.py)."""
     from tests.helpers.modelopt import make_modelopt_fp8
+    from tests.helpers.models import make_medusa_heads
 
-    src = make_modelopt_fp8(tiny8, tmp_path / "fp8", heads_dir=tiny_heads)
+    heads5 = make_medusa_heads(tmp_path / "heads5", hidden_size=64, vocab_size=320, num_heads=5)
+    src = make_modelopt_fp8(tiny8, tmp_path / "fp8", heads_dir=heads5)
     doc = dry_run(capsys, "--profile", "hgx-h200-fp8-tp8", "--model", str(src), "-o", str(tmp_path / "o"))
     assert load_profile("hgx-h200-fp8-tp8").medusa.num_heads == 4
-    assert doc["spec"]["num_medusa_heads"] == 3 and doc["spec"]["sources"]["num_medusa_heads"] == "heads tensors"
+    assert doc["spec"]["num_medusa_heads"] == 5 and doc["spec"]["sources"]["num_medusa_heads"] == "heads tensors"
     convert = next(s for s in doc["steps"] if s["name"] == "convert")["argv"]
-    assert convert[convert.index("--num-medusa-heads") + 1] == "3"
-    assert doc["medusa_yaml"]["speculative_config"]["num_medusa_heads"] == 3
+    assert convert[convert.index("--num-medusa-heads") + 1] == "5"
+    assert doc["medusa_yaml"]["speculative_config"]["num_medusa_heads"] == 5
 
 
 def test_hub_source_fp8_plan_fetches_then_quantizes(
-    tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_heads4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     doc = dry_run(
         capsys,
@@ -174,7 +177,7 @@ def test_hub_source_fp8_plan_fetches_then_quantizes(
         "--model",
         "meta-llama/Llama-3.1-70B-Instruct",
         "--medusa",
-        str(tiny_heads),
+        str(tiny_heads4),
         "-o",
         str(tmp_path / "o"),
     )

@@ -107,12 +107,12 @@ def tiny8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_no_tensorrt_llm_exits_3_before_any_work(
-    tiny8: Path, tiny_heads: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny8: Path, tiny_heads4: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     out = tmp_path / "eng"
     rc, _doc, err = build(
-        capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out)
+        capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads4), "-o", str(out)
     )
     assert rc == 3
     assert "TensorRT-LLM is not installed" in err and "hint:" in err and "Traceback" not in err
@@ -121,7 +121,7 @@ def test_no_tensorrt_llm_exits_3_before_any_work(
     from medusa_trt.engine.build import execute, prepare
     from medusa_trt.errors import MissingDependencyError
 
-    plan = prepare("hgx-h200-bf16-tp8", str(tiny8), medusa=str(tiny_heads), output=out)
+    plan = prepare("hgx-h200-bf16-tp8", str(tiny8), medusa=str(tiny_heads4), output=out)
     with pytest.raises(MissingDependencyError) as e:
         execute(plan)
     assert e.value.hint is not None and "pip install 'medusa-trt[trtllm]'" in e.value.hint
@@ -129,7 +129,7 @@ def test_no_tensorrt_llm_exits_3_before_any_work(
 
 
 def test_unsupported_tensorrt_llm_version_exits_3(
-    tiny8: Path, tiny_heads: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny8: Path, tiny_heads4: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site = fake_trtllm_dist(tmp_path / "site", "1.3.0")
     monkeypatch.syspath_prepend(str(site))
@@ -141,7 +141,7 @@ def test_unsupported_tensorrt_llm_version_exits_3(
         "--model",
         str(tiny8),
         "--medusa",
-        str(tiny_heads),
+        str(tiny_heads4),
         "-o",
         str(tmp_path / "eng"),
     )
@@ -159,10 +159,10 @@ def trtllm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_trtllm_build_runs_the_planned_command(
-    tiny8: Path, tiny_heads: Path, tmp_path: Path, trtllm_env: Path, capsys: pytest.CaptureFixture[str]
+    tiny8: Path, tiny_heads4: Path, tmp_path: Path, trtllm_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eng"
-    args = ("--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out))
+    args = ("--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads4), "-o", str(out))
     capsys.readouterr()
     assert cli(["build", *args, "--dry-run", "--json"]) == 0
     planned = next(s for s in json.loads(capsys.readouterr().out)["steps"] if s["name"] == "build")["argv"]
@@ -183,7 +183,7 @@ def test_trtllm_build_runs_the_planned_command(
 
 def test_trtllm_build_failure_shows_the_log_tail(
     tiny8: Path,
-    tiny_heads: Path,
+    tiny_heads4: Path,
     tmp_path: Path,
     trtllm_env: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -192,7 +192,7 @@ def test_trtllm_build_failure_shows_the_log_tail(
     monkeypatch.setenv("STANDIN_FAIL", "7")
     out = tmp_path / "eng"
     rc, _doc, err = build(
-        capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads), "-o", str(out)
+        capsys, "--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads4), "-o", str(out)
     )
     assert rc == 1
     assert "build failed (exit 7)" in err and "out of memory while building" in err and "build.log" in err
@@ -201,25 +201,26 @@ def test_trtllm_build_failure_shows_the_log_tail(
 
 
 def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
-    tiny_llama: Path, tiny_heads: Path, tmp_path: Path
+    tiny_llama: Path, tiny_heads4: Path, tmp_path: Path
 ) -> None:
     """quantize.py's checkpoint has no tokenizer: runtime-files finds it in sources/model (the fetched hub model)."""
     from medusa_trt.engine.build import _runtime_files, prepare
+    from medusa_trt.outputs import OwnedDir
 
     out = tmp_path / "eng"
     plan = prepare(
-        "hgx-h200-fp8-tp8", "meta-llama/Llama-3.1-70B-Instruct", medusa=str(tiny_heads), output=out, checks=False
+        "hgx-h200-fp8-tp8", "meta-llama/Llama-3.1-70B-Instruct", medusa=str(tiny_heads4), output=out, checks=False
     )
     assert plan.spec.model.local is None and plan.spec.quantize_needed
     (out / "checkpoint").mkdir(parents=True)
     shutil.copytree(tiny_llama, out / "sources" / "model")
-    _runtime_files(plan.spec, out.resolve())
+    _runtime_files(plan.spec, OwnedDir(out.resolve(), "engine"))
     assert (out / "tokenizer.json").read_bytes() == (tiny_llama / "tokenizer.json").read_bytes()
     assert (out / "medusa.yaml").is_file() and (out / "medusa_tree.yaml").is_file()
 
 
 def test_sigterm_stops_the_running_tool_and_records_no_step(
-    tiny8: Path, tiny_heads: Path, tmp_path: Path, trtllm_env: Path
+    tiny8: Path, tiny_heads4: Path, tmp_path: Path, trtllm_env: Path
 ) -> None:
     """A build stopped by SIGTERM (a scheduler's kill) stops trtllm-build too, exits 143, and the
     unfinished step is not marked done, so the next run redoes it."""
@@ -236,7 +237,7 @@ def test_sigterm_stops_the_running_tool_and_records_no_step(
             "--model",
             str(tiny8),
             "--medusa",
-            str(tiny_heads),
+            str(tiny_heads4),
             "-o",
             str(out),
         ],

@@ -128,31 +128,28 @@ def test_unknown_repo_offline(
     assert any("HF_HUB_OFFLINE" in ln for ln in lines)  # the hint names the fix
 
 
-def test_non_empty_output_and_force(
+def test_foreign_output_is_refused_even_with_force(
     tmp_path: Path, tiny_llama: Path, tiny_heads: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A non-empty directory medusa-trt did not write is never replaced; our own is, with --force only."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    code, lines = _convert(capsys, "--model", str(tiny_llama), "--output", str(out))
-    assert code == 2 and sum(ln.startswith("error:") for ln in lines) == 1 and "not empty" in lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    code, lines = _convert(
-        capsys,
-        "--model",
-        str(tiny_llama),
-        "--medusa",
-        str(tiny_heads),
-        "--output",
-        str(out),
-        "--force",
-        "--tp",
-        "2",
-        "--json",
-    )
+    for extra in ([], ["--force"]):
+        code, lines = _convert(capsys, "--model", str(tiny_llama), "--output", str(out), *extra)
+        assert code == 2 and sum(ln.startswith("error:") for ln in lines) == 1, lines
+        assert "not written by medusa-trt" in lines[0]
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+        assert (out / "keep.txt").read_text() == "precious"
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    mine = tmp_path / "mine"
+    args = ("--model", str(tiny_llama), "--medusa", str(tiny_heads), "--output", str(mine), "--tp", "2")
+    assert _convert(capsys, *args)[0] == 0
+    code, lines = _convert(capsys, *args)
+    assert code == 2 and "already holds a medusa-trt checkpoint" in lines[0]
+    code, lines = _convert(capsys, *args, "--force", "--json")
     assert code == 0, lines
-    assert not (out / "keep.txt").exists() and (out / "rank1.safetensors").is_file()
+    assert (mine / "rank1.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -10,6 +10,7 @@ import xxhash
 
 from medusa_trt.checkpoint import MANIFEST, convert_checkpoint, read_manifest
 from medusa_trt.cli import run
+from medusa_trt.outputs import OWNER
 from tests.helpers.standins import SHA, fake_hub_cache
 
 
@@ -18,7 +19,7 @@ def test_manifest_hashes_every_file(tmp_path: Path, tiny_llama: Path, tiny_heads
     res = convert_checkpoint(tiny_llama, out, medusa=tiny_heads, tp=2, workers=2, progress=False)
     man = read_manifest(out)
     assert man["hash_algorithm"] == "xxh3_128" == res.hash_algorithm
-    on_disk = {p.name for p in out.iterdir()} - {MANIFEST}
+    on_disk = {p.name for p in out.iterdir()} - {MANIFEST, OWNER}  # the manifest and the ownership list
     assert set(man["files"]) == on_disk == set(res.files)
     assert {
         "config.json",

@@ -33,7 +33,7 @@ def standin_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trt_engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path, standin_bin: Path) -> Iterator[Path]:
+def trt_engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads4: Path, standin_bin: Path) -> Iterator[Path]:
     """A TensorRT-LLM engine directory built by `build` with the stand-in trtllm-build.
 
     Built with the BF16 profile (the FP8 plan needs quantize.py on a GPU host), then its manifest
@@ -59,7 +59,7 @@ def trt_engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path, stand
                 "--model",
                 str(model),
                 "--medusa",
-                str(tiny_heads),
+                str(tiny_heads4),
                 "-o",
                 str(out),
             ]

@@ -38,7 +38,8 @@ def test_failed_start_leaves_no_rank_running(tmp_path: Path, tiny_llama: Path, t
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck", heads=tiny_heads, tp=2)
     good = (ckpt / f"rank{bad_rank}.safetensors").read_bytes()
-    (ckpt / f"rank{bad_rank}.safetensors").write_bytes(b"not a safetensors file")
+    # same size (the start-up check compares sizes), bytes that are no safetensors file
+    (ckpt / f"rank{bad_rank}.safetensors").write_bytes(b"\xff" * len(good))
     before = _rank_children()
     with pytest.raises(CheckpointError, match="cannot read"):
         load_engine(ckpt)

@@ -35,6 +35,16 @@ def _swap_ids(tokenizer_json: Path, pairs: list[tuple[int, str]]) -> None:
     tokenizer_json.write_text(json.dumps(doc))
 
 
+def _rerecord(ckpt: Path, name: str) -> None:
+    """Record an edited file's size and hash in the convert manifest, as if it had been written so."""
+    from medusa_trt.checkpoint import MANIFEST
+    from medusa_trt.integrity import digest
+
+    doc = json.loads((ckpt / MANIFEST).read_text())
+    doc["files"][name] = {"size": (ckpt / name).stat().st_size, "hash": digest(ckpt / name)}
+    (ckpt / MANIFEST).write_text(json.dumps(doc))
+
+
 @pytest.fixture(scope="module")
 def split_e(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> tuple[Path, list[int]]:
     """A checkpoint whose greedy output for PROMPT holds "é" as two tokens (its lead and continuation
@@ -50,6 +60,7 @@ def split_e(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> tuple
     i = next(i for i in range(len(out) - 1) if out[i] != out[i + 1] and not {out[i], out[i + 1]} & taken)
     assert min(out[i], out[i + 1]) >= SPECIALS
     _swap_ids(ckpt / "tokenizer.json", [(out[i], LEAD), (out[i + 1], CONT)])
+    _rerecord(ckpt, "tokenizer.json")  # a deliberate edit: the start-up check refuses unrecorded ones
     with load_engine(ckpt) as engine:
         assert prompt_ids(engine, PROMPT, chat=False) == prompt  # same input, so the same output ids
         tok = engine.tokenizer

@@ -199,6 +199,7 @@ def test_stop_string_cuts_text(url: str) -> None:
         ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
         ({"prompt": "x", "stop": [""]}, 400, "stop"),
         ({"max_tokens": 3}, 400, "prompt"),
+        ({"prompt": "x", "top_k": -2}, 400, "top_k"),  # -1 and 0 mean off, as in vLLM
     ],
 )
 def test_bad_completion_requests(url: str, body: dict[str, Any], status: int, param: str) -> None:
@@ -221,6 +222,16 @@ def test_bad_requests_other(url: str) -> None:
         json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
     )
     assert r.status_code == 400
+    for value in (b"NaN", b"Infinity"):  # Python's JSON extension; httpx's json= refuses to send it
+        r = httpx.post(
+            f"{url}/v1/completions",
+            content=b'{"prompt": "x", "temperature": ' + value + b"}",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "temperature", r.text
+    for msg in ({"role": "user"}, {"role": "user", "content": None}):
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [msg]})
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages.0"), r.text
     r = httpx.get(f"{url}/v1/nowhere")
     assert r.status_code == 404 and "error" in r.json()
     r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 10_000, "stream": True})

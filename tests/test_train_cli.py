@@ -75,7 +75,8 @@ def test_heads_train_cli(
 
 
 def test_heads_train_bad_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["heads", "train", "--model", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    (tmp_path / "m").mkdir()
+    assert run(["heads", "train", "--model", str(tmp_path / "m"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "neither a Hugging Face model nor a TRT-LLM checkpoint" in err and "Traceback" not in err
 

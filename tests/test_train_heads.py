@@ -141,8 +141,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, tiny_llama: Path) -> Non
     from medusa_trt.errors import CheckpointError, InvalidInputError
     from medusa_trt.train.trainer import train_heads
 
+    (tmp_path / "m").mkdir()
     with pytest.raises(CheckpointError, match="neither a Hugging Face model nor a TRT-LLM checkpoint"):
-        train_heads(tmp_path, tmp_path / "o", data=PROMPTS, config=_cfg())
+        train_heads((tmp_path / "m").resolve(), tmp_path / "o", data=PROMPTS, config=_cfg())
     with pytest.raises(InvalidInputError):
         train_heads(tiny_llama, tmp_path / "o", data=str(tmp_path / "missing.jsonl"), config=_cfg())
     with pytest.raises(InvalidInputError):

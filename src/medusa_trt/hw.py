@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from medusa_trt.config.profile import HardwareProfile
 
 _GIB = 1024**3
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,13 @@ class Gpu:
 def _from_nvml() -> list[Gpu] | None:
     try:
         import pynvml
-    except Exception:
+    except Exception as e:
+        logger.debug("NVML unavailable (%s): asking nvidia-smi", e)
         return None
     try:
         pynvml.nvmlInit()
-    except Exception:
+    except Exception as e:
+        logger.debug("NVML did not start (%s): asking nvidia-smi", e)
         return None
     try:
         gpus = []
@@ -40,7 +44,8 @@ def _from_nvml() -> list[Gpu] | None:
             name = name.decode() if isinstance(name, bytes) else str(name)
             gpus.append(Gpu(i, name, pynvml.nvmlDeviceGetMemoryInfo(h).total / _GIB))
         return gpus
-    except Exception:
+    except Exception as e:
+        logger.debug("NVML query failed (%s): asking nvidia-smi", e)
         return None
     finally:
         with contextlib.suppress(Exception):
@@ -77,16 +82,22 @@ def _from_nvidia_smi() -> list[Gpu]:
             timeout=15,
             check=False,
         )
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as e:
+        logger.debug("nvidia-smi failed: %s", e)
         return []
-    return parse_nvidia_smi(out.stdout) if out.returncode == 0 else []
+    if out.returncode != 0:
+        logger.debug("nvidia-smi exited %d: %s", out.returncode, out.stderr.strip()[:200])
+        return []
+    return parse_nvidia_smi(out.stdout)
 
 
 @lru_cache(maxsize=1)
 def detect_gpus() -> tuple[Gpu, ...]:
     """The NVIDIA GPUs visible here (empty on a CPU machine or when the driver does not answer)."""
     gpus = _from_nvml()
-    return tuple(gpus if gpus is not None else _from_nvidia_smi())
+    found = tuple(gpus if gpus is not None else _from_nvidia_smi())
+    logger.debug("GPUs: %s", ", ".join(f"{g.index}: {g.name} {g.memory_gib:.0f} GiB" for g in found) or "none")
+    return found
 
 
 def host_memory_gib() -> float:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from medusa_trt import fsio
 from medusa_trt.bench.report import BenchReport
 
 FIGSIZE_IN = (10.0, 4.0)
@@ -46,12 +46,6 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
         ax.legend()
     fig.suptitle(f"medusa-trt bench: {report.server.get('model') or ''}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")  # not mkstemp: its 0600 mode would stay
-    try:
+    with fsio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

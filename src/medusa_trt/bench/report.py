@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from medusa_trt import fsio
 
 SCHEMA_VERSION = 1
 
@@ -44,19 +45,16 @@ class BenchReport:
 
     def write(self, path: str | Path) -> Path:
         """Write the JSON atomically (temp name in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a plain open (not mkstemp, whose 0600 mode the rename would keep): the usual permissions
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with tmp.open("w") as fh:
-                json.dump(self.to_json(), fh, indent=2, default=str)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return fsio.write_json(Path(path), self.to_json())
+
+
+def is_report(path: Path) -> bool:
+    """A JSON file `bench` wrote (so `--json-out` may overwrite it)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "schema_version" in doc and "runs" in doc and "server" in doc
 
 
 def _f(x: Any, nd: int = 1) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import httpx
 from medusa_trt.errors import InvalidInputError, ServerError
 
 MANIFEST = "medusa-trt.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,8 +111,8 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_s: 
         try:
             if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
+        except httpx.HTTPError as e:
+            logger.debug("%s/health: %s", url, e.__class__.__name__)
         time.sleep(0.2)
     raise ServerError(
         f"the server was not healthy after {timeout_s:g} s: {_tail(log)}",

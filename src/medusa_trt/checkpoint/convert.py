@@ -9,35 +9,25 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import __version__
+from medusa_trt import __version__, outputs
 from medusa_trt.checkpoint.layout import Layout, OutTensor, rank_tensors
 from medusa_trt.checkpoint.readers import BaseModel, Heads, load_base, load_fasterdecoding_heads, modelopt_heads
 from medusa_trt.checkpoint.safetensors_io import CODE_TO_NAME, HASH_ALGORITHM
 from medusa_trt.checkpoint.sources import ResolvedSource, resolve_source
 from medusa_trt.checkpoint.trtllm_config import trtllm_config
 from medusa_trt.checkpoint.validate import check_layout, check_parallel
-from medusa_trt.checkpoint.writer import (
-    TOKENIZER_FILES,
-    check_output,
-    copy_hashed,
-    existing_ancestor,
-    publish,
-    temp_sibling,
-    write_hashed,
-    write_ranks,
-)
+from medusa_trt.checkpoint.writer import TOKENIZER_FILES, copy_hashed, existing_ancestor, write_hashed, write_ranks
 from medusa_trt.errors import CheckpointError, InvalidInputError
+from medusa_trt.progress import byte_progress
 
 MANIFEST = "medusa-trt-convert.json"
+KIND = "checkpoint"  # the ownership kind of a convert output (outputs.py)
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_MAX_DRAFT_LEN = 63  # TRT-LLM's --max_medusa_token_len default: fits the 63-node default tree
 
@@ -117,7 +107,9 @@ def _head_count(heads: Heads, num_heads: int | None, num_layers: int | None, war
     return num_heads
 
 
-def _check_draft(max_draft_len: int | None, tree: str | list[list[int]] | None, num_heads: int) -> int:
+def _check_draft(
+    max_draft_len: int | None, tree: str | list[list[int]] | None, num_heads: int, max_positions: int
+) -> int:
     from medusa_trt.medusa.trees import load_tree, validate_tree
 
     mdl = DEFAULT_MAX_DRAFT_LEN if max_draft_len is None else max_draft_len
@@ -126,41 +118,19 @@ def _check_draft(max_draft_len: int | None, tree: str | list[list[int]] | None, 
             f"--max-draft-len {mdl}: must be at least 1",
             hint="TRT-LLM requires max_draft_len > 0 for Medusa; it bounds the tree's nodes.",
         )
+    if mdl >= max_positions:  # every step verifies max_draft_len + 1 tokens: they must fit the context
+        raise InvalidInputError(
+            f"--max-draft-len {mdl}: must be below the model's max_position_embeddings ({max_positions})",
+            hint=f"Pass the tree's node count (default {DEFAULT_MAX_DRAFT_LEN}).",
+        )
     if tree is not None:
         validate_tree(load_tree(tree), num_heads=num_heads, max_draft_len=mdl)
     return mdl
 
 
-@contextmanager
-def _progress(total: int, enabled: bool, label: str) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    lock = threading.Lock()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-
-        def advance(n: int) -> None:
-            with lock:
-                bar.advance(task, n)
-
-        yield advance
-
-
 def convert_checkpoint(
     model: str | Path,
-    output_dir: Path,
+    output_dir: str | Path,
     *,
     medusa: str | Path | None = None,
     tp: int = 1,
@@ -178,10 +148,14 @@ def convert_checkpoint(
 ) -> ConvertResult:
     """Write a TRT-LLM checkpoint for ``tp`` ranks into ``output_dir`` (see module docstring)."""
     t0 = time.perf_counter()
-    output_dir = Path(output_dir).expanduser().absolute()
+    output_dir = outputs.output_path(output_dir)
+    outputs.check_overlap(output_dir, {"--model": str(model), "--medusa": str(medusa) if medusa else None})
     if dtype is not None and dtype not in DTYPES:
         raise InvalidInputError(f"--dtype {dtype}: not one of {', '.join(DTYPES)}")
-    check_output(output_dir, force)
+    if workers < 1:
+        raise InvalidInputError(f"--workers {workers}: must be at least 1", hint="Pass 1 or more.")
+    outputs.check_free(output_dir)
+    outputs.check_replace(output_dir, KIND, force)  # refuse before reading anything
     src = resolve_source(model, kind="model", revision=revision)
     base = load_base(src.path)
     check_parallel(base.spec, tp, pp)
@@ -194,7 +168,7 @@ def convert_checkpoint(
             hint="Pass --medusa DIR, or use a ModelOpt checkpoint with medusa_heads.* tensors.",
         )
     k = _head_count(heads, num_medusa_heads, num_medusa_layers, warnings) if heads is not None else 0
-    mdl = _check_draft(max_draft_len, tree, k) if heads is not None else 0
+    mdl = _check_draft(max_draft_len, tree, k, base.spec.max_position_embeddings) if heads is not None else 0
     src_code = base.store.info("model.embed_tokens.weight").dtype
     lay = Layout(base, heads, k, tp, dtype or CODE_TO_NAME.get(src_code, "bfloat16"))
     check_layout(lay)
@@ -211,11 +185,8 @@ def convert_checkpoint(
     sources = {"model": dict(src.to_json(), format="modelopt" if base.quant else "hf")}
     if heads_src is not None:
         sources["medusa"] = dict(heads_src.to_json(), format="fasterdecoding")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)  # validation passed: parents may be created
-    tmp = temp_sibling(output_dir, "tmp")
-    tmp.mkdir()
-    try:
-        with _progress(total, progress, f"convert tp={tp}") as advance:
+    with outputs.replacing(output_dir, kind=KIND, inputs={"--model": src.path}, force=force) as tmp:
+        with byte_progress(total, f"convert tp={tp}", enabled=progress) as advance:
             files = write_ranks(tmp, plans, workers, advance)
         files["config.json"] = write_hashed(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         for name in TOKENIZER_FILES:
@@ -232,10 +203,6 @@ def convert_checkpoint(
             seconds,
         )
         _write_manifest(tmp, result, lay, mdl)
-        publish(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -8,12 +8,15 @@ by huggingface_hub itself.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medusa_trt.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 MODEL_PATTERNS = [
     "*.safetensors",
@@ -81,6 +84,7 @@ def _fetch(repo_id: str, *, kind: str, revision: str | None) -> ResolvedSource:
     )
 
     patterns = MODEL_PATTERNS if kind == "model" else HEADS_PATTERNS
+    logger.debug("fetching %s %s@%s (files %s)", kind, repo_id, revision or "main", patterns)
     try:
         local = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError as e:

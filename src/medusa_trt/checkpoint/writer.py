@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 from medusa_trt.checkpoint.layout import OutTensor
 from medusa_trt.checkpoint.safetensors_io import HashingFile, safetensors_header, tensor_bytes
-from medusa_trt.errors import CheckpointError, InvalidInputError
+from medusa_trt.errors import CheckpointError
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -98,38 +97,8 @@ def write_hashed(dst: Path, data: bytes) -> dict[str, Any]:
     return {"size": out.size, "hash": digest}
 
 
-def check_output(output: Path, force: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise InvalidInputError(f"{output}: exists and is not a directory", hint="Choose another --output.")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise InvalidInputError(
-            f"{output}: output directory is not empty", hint="Choose another --output, or pass --force to replace it."
-        )
-    anc = existing_ancestor(output)
-    if not anc.is_dir():
-        raise InvalidInputError(f"{anc}: exists and is not a directory", hint="Choose another --output.")
-
-
 def existing_ancestor(path: Path) -> Path:
     """The nearest existing directory at or above ``path`` (for free-space checks before creating it)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
-
-
-def temp_sibling(output: Path, tag: str) -> Path:
-    return output.parent / f".{output.name}.{tag}-{uuid.uuid4().hex[:8]}"
-
-
-def publish(tmp: Path, output: Path) -> None:
-    """Move the finished temp directory into place; a replaced directory goes only after that."""
-    old = None
-    if output.exists():
-        if output.is_dir() and not any(output.iterdir()):
-            output.rmdir()
-        else:
-            old = temp_sibling(output, "old")
-            output.rename(old)
-    tmp.rename(output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

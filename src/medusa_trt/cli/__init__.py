@@ -15,9 +15,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from medusa_trt import __version__
+from medusa_trt import __version__, logs
 from medusa_trt.cli._common import err_console
 from medusa_trt.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MedusaTrtError
+from medusa_trt.fsio import is_disk_error, os_failure
 
 app = typer.Typer(
     name="medusa-trt",
@@ -40,11 +41,20 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", envvar="MEDUSA_TRT_DEBUG", help="Show tracebacks.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help=f"Log diagnostics (debug level) on stderr; ${logs.LOG_LEVEL_ENV} sets the level otherwise.",
+        ),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    logs.configure(logs.level_from(verbose))
 
 
 # --- commands (one thin module each) ---------------------------------------------------------
@@ -94,16 +104,29 @@ def run(argv: list[str] | None = None) -> int:
         else:
             err_console.print(f"error: {e}")
         return int(getattr(e, "exit_code", EXIT_USAGE))
+    except OSError as e:  # a full disk, a read-only or forbidden directory: one line naming the path
+        if _state["debug"]:
+            traceback.print_exc()
+        failure = os_failure(e, e.filename, "use") if e.filename and is_disk_error(e) else None
+        if failure is None:
+            return _unexpected(e)
+        err_console.print(f"[bold red]error:[/] {escape(failure.message)}", soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(failure.hint or '')}", soft_wrap=True)
+        return EXIT_FAILURE
     except Exception as e:  # a bug or an unforeseen OS error: still one line, the traceback with --debug
         if _state["debug"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {escape(f'{e.__class__.__name__}: {e}')}", soft_wrap=True)
-        if not _state["debug"]:
-            err_console.print("[yellow]hint:[/] Rerun with --debug for the traceback.", soft_wrap=True)
-        return EXIT_FAILURE
+        return _unexpected(e)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _unexpected(e: BaseException) -> int:
+    err_console.print(f"[bold red]error:[/] {escape(f'{e.__class__.__name__}: {e}')}", soft_wrap=True)
+    if not _state["debug"]:
+        err_console.print("[yellow]hint:[/] Rerun with --debug for the traceback.", soft_wrap=True)
+    return EXIT_FAILURE
 
 
 def main() -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 from medusa_trt.errors import EXIT_INTERRUPTED, InvalidInputError, ServerError
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from medusa_trt.bench.metrics import RequestRecord
+    from medusa_trt.bench.report import BenchReport
 
 
 def _parse_concurrency(text: str) -> tuple[int, ...]:
@@ -61,7 +68,14 @@ def bench_cmd(
     temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
     endpoint: Annotated[str, typer.Option("--endpoint", help="'chat' or 'completions'.")] = "chat",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per request.")] = 300.0,
-    json_out_file: Annotated[Path | None, typer.Option("--json-out", help="Write the result JSON here.")] = None,
+    json_out_file: Annotated[
+        str | None,
+        typer.Option(
+            "--json-out",
+            help="Write the result JSON here (missing parent directories are created; an existing file is "
+            "replaced only when it is a bench report).",
+        ),
+    ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG: tokens/s/user and TTFT vs concurrency.")
     ] = None,
@@ -72,14 +86,13 @@ def bench_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Benchmark a server: TTFT, TPOT, ITL, E2EL, tokens/s/user, tokens/step (vLLM key names)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from medusa_trt.bench import BenchConfig, run_benchmark
-    from medusa_trt.bench.metrics import RequestRecord
-    from medusa_trt.bench.report import render_table, summary_lines
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise InvalidInputError(f"--plot must name a .png file, got {plot}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidInputError(f"--temperature {temperature}: must be a finite number >= 0", hint="0 is greedy.")
+    json_path = _check_outputs(json_out_file, plot, engine, dataset)
     cfg = BenchConfig(
         url=url,
         engine=engine,
@@ -99,47 +112,84 @@ def bench_cmd(
         sim_model=model,
         command=["medusa-trt", *sys.argv[1:]],
     )
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-    state: dict[str, Any] = {}
-
-    def on_level(c: int, n: int) -> None:
-        if "task" in state:
-            progress.remove_task(state["task"])
-        state["task"] = progress.add_task(f"concurrency {c}", total=n)
-
-    def on_request(_rec: RequestRecord) -> None:
-        progress.advance(state["task"])
-
     if engine is not None:
         err_console.print(f"starting the server for {engine} ...")
-    with progress:
-        report = run_benchmark(cfg, on_level=on_level, on_request=on_request)
+    with _LevelProgress() as progress:
+        report = run_benchmark(cfg, on_level=progress.on_level, on_request=progress.on_request)
+    _render(report, json_path, plot)
+    if json_out:
+        emit_json(report.to_json())
+    _raise_if_nothing_measured(report)
+
+
+class _LevelProgress:
+    """One progress bar per concurrency level (requests done of the level's total), on stderr."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> _LevelProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_level(self, concurrency: int, requests: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"concurrency {concurrency}", total=requests)
+
+    def on_request(self, _rec: RequestRecord) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+
+def _render(report: BenchReport, json_path: Path | None, plot: Path | None) -> None:
+    """The table and summary on stderr; the --json-out file (checked beforehand) and the --plot PNG when asked for."""
+    from medusa_trt.bench.report import render_table, summary_lines
+
     err_console.print(render_table(report))
     for line in summary_lines(report):
         err_console.print(line, soft_wrap=True, markup=False)  # server error text may hold [brackets]
-    if json_out_file is not None:
-        err_console.print(f"wrote {report.write(json_out_file)}")
+    if json_path is not None:
+        err_console.print(f"wrote {report.write(json_path)}")
     if plot is not None and report.runs:
         from medusa_trt.bench.plot import write_plot
 
         err_console.print(f"wrote {write_plot(report, plot)}")
-    if json_out:
-        emit_json(report.to_json())
+
+
+def _raise_if_nothing_measured(report: BenchReport) -> None:
+    """Exit 130 when interrupted; fail when every request failed (the report above says why)."""
     if report.was_cancelled:
         raise typer.Exit(EXIT_INTERRUPTED)
     if report.runs and all(r["completed"] == 0 for r in report.runs):
-        # the report above says why each request failed; the exit code says the run measured nothing
         raise ServerError(
             "every request failed: nothing was measured",
             hint="See the error counts above; check the server's log and the --url/--served-model.",
         )
+
+
+def _check_outputs(json_out: str | None, plot: Path | None, engine: Path | None, dataset: str) -> Path | None:
+    """Refuse bad output paths before the benchmark runs, not after an hour of measuring."""
+    from medusa_trt.bench.report import is_report
+    from medusa_trt.outputs import check_file_output
+
+    inputs: dict[str, str | Path | None] = {"--engine": engine, "--dataset": dataset}
+    if plot is not None:
+        check_file_output(plot, "--plot", inputs)
+    return None if json_out is None else check_file_output(json_out, "--json-out", inputs, ours=is_report)
 
 
 def register(app: typer.Typer) -> None:

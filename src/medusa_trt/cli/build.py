@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
+
+if TYPE_CHECKING:
+    from medusa_trt.engine.recipe import BuildPlan
 
 
 def build(
@@ -21,9 +23,12 @@ def build(
         ),
     ] = None,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--output", "-o", help="Engine directory (default: $MEDUSA_TRT_OUTPUT, else engines/<model>-<profile>)."
+            "--output",
+            "-o",
+            help="Engine directory (default: $MEDUSA_TRT_OUTPUT, else engines/<model>-<profile>); new, empty, "
+            "or one medusa-trt built (never a foreign one, --force included).",
         ),
     ] = None,
     tree: Annotated[
@@ -32,7 +37,10 @@ def build(
     ] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision of --model.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan of steps; run nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Redo every step, even finished ones.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Redo every step, even finished ones (removes only files medusa-trt wrote)."),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Convert and build an engine for a profile (resumes an interrupted build; --dry-run shows the steps)."""
@@ -56,10 +64,7 @@ def build(
         emit_json({"dry_run": False, "output": str(out), "manifest": manifest})
 
 
-def _print_header(plan: object) -> None:
-    from medusa_trt.engine.recipe import BuildPlan
-
-    assert isinstance(plan, BuildPlan)
+def _print_header(plan: BuildPlan) -> None:
     s = plan.spec
     err_console.print(
         f"[bold]build[/] {s.model.spec} -> {s.output} with profile {s.profile.name} "
@@ -69,12 +74,9 @@ def _print_header(plan: object) -> None:
     )
 
 
-def _print_plan(plan: object) -> None:
+def _print_plan(plan: BuildPlan) -> None:
     import shlex
 
-    from medusa_trt.engine.recipe import BuildPlan
-
-    assert isinstance(plan, BuildPlan)
     _print_header(plan)
     for note in plan.notes:
         err_console.print(f"  [dim]note:[/] {note}")

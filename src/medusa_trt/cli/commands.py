@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "profiles",
     "heads",
     "tree",
+    "verify",
 )
 
 

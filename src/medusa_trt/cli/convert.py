@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,7 +16,14 @@ def convert_cmd(
             "--model", "-m", help="HF Llama 3.x directory or repo id (a ModelOpt combined checkpoint included)."
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint directory to create.")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Checkpoint directory to create (new, empty, or a medusa-trt checkpoint with --force).",
+        ),
+    ],
     medusa: Annotated[
         str | None, typer.Option("--medusa", help="FasterDecoding Medusa heads: directory or repo id.")
     ] = None,
@@ -47,7 +53,9 @@ def convert_cmd(
     ] = None,
     medusa_revision: Annotated[str | None, typer.Option("--medusa-revision", help="Hub revision of --medusa.")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", help="Ranks written in parallel.")] = 1,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --output.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an --output that medusa-trt wrote (never a foreign one).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Convert to a TRT-LLM checkpoint: config.json + rank{r}.safetensors + tokenizer + manifest."""

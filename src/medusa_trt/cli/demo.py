@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +11,7 @@ from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 
 def demo_cmd(
     cache_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--cache-dir",
             envvar="MEDUSA_TRT_CACHE",
@@ -20,8 +19,12 @@ def demo_cmd(
         ),
     ] = None,
     output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Where the results JSON and plot go (default: <cache>/results)."),
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where the results JSON and plot go (default: <cache>/results); new, empty, or a demo's results.",
+        ),
     ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Rebuild everything instead of reusing the cache.")] = False,
     json_out: JsonOpt = False,

@@ -21,7 +21,12 @@ def train_cmd(
         ),
     ],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Heads dir: config.json + medusa_lm_head.safetensors.")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Heads dir: config.json + medusa_lm_head.safetensors (new, empty, or heads medusa-trt trained).",
+        ),
     ] = None,
     num_heads: Annotated[int, typer.Option("--num-heads", help="Medusa heads K (head k predicts token t+k+2).")] = 4,
     num_layers: Annotated[int, typer.Option("--num-layers", help="ResBlocks per head.")] = 1,

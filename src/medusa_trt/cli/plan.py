@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
 
+if TYPE_CHECKING:
+    from medusa_trt.preflight import PreflightReport
+
 _COLOR = {"pass": "green", "estimate": "cyan", "warn": "yellow", "fail": "red"}
 
 
-def _render(report: Any) -> None:
+def _render(report: PreflightReport) -> None:
     from rich.table import Table
 
     d = report.to_dict()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 
+if TYPE_CHECKING:
+    from medusa_trt.config.profile import HardwareProfile
 
-def _summary(p: Any) -> dict[str, Any]:
+
+def _summary(p: HardwareProfile) -> dict[str, Any]:
     hw = p.hardware
     return {
         "name": p.name,

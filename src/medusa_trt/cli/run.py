@@ -11,6 +11,25 @@ from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 from medusa_trt.errors import InvalidInputError
 
 
+def _check_sampling(prompt: str | None, temperature: float, top_p: float, top_k: int) -> None:
+    """Exit 2 naming the flag, before any model is loaded."""
+    import math
+
+    if prompt is not None:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
+            raise InvalidInputError(
+                f"--prompt is not valid UTF-8 (byte {e.start})", hint="Pass the prompt as UTF-8 text."
+            ) from None
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidInputError(f"--temperature {temperature}: must be a finite number >= 0", hint="0 is greedy.")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise InvalidInputError(f"--top-p {top_p}: must be in (0, 1]")
+    if top_k < 0:
+        raise InvalidInputError(f"--top-k {top_k}: must be >= 0 (0: off)")
+
+
 def run_cmd(
     path: Annotated[str, typer.Argument(help="A checkpoint from `convert` or an engine dir from `build`.")],
     prompt: Annotated[
@@ -37,11 +56,12 @@ def run_cmd(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")] = False,
     host: Annotated[str, typer.Option("--host", help="Serve: address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Serve: port.")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Serve: port (0: any free port).")] = 8000,
     print_cmd: Annotated[bool, typer.Option("--print-cmd", help="Serve: print the command and exit.")] = False,
     json_out: JsonOpt = False,
 ) -> int:
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
+    _check_sampling(prompt, temperature, top_p, top_k)
     if prompt is None:
         from medusa_trt.engine.launch import serve, serve_command
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,12 +18,11 @@ def _read(path: Path, what: str) -> str:
         raise InvalidInputError(f"cannot read {what} {path}: {e.strerror}", hint="Check the path.") from e
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temp name and rename, so a crash never leaves a half file that looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _out(raw: str | None, inputs: dict[str, str | Path | None]) -> Path | None:
+    """--out checked before any work: not empty, not a directory, not inside an input."""
+    from medusa_trt.outputs import check_file_output
+
+    return None if raw is None else check_file_output(raw, "--out", inputs)
 
 
 def _profile_curve(profile: str, model: str, max_nodes: int, context_len: int) -> dict[int, float]:
@@ -54,12 +52,14 @@ def build_cmd(
     ] = None,
     model: Annotated[str, typer.Option("--model", help="Model preset or HF dir for --profile.")] = "llama-3.1-70b",
     context_len: Annotated[int, typer.Option("--context-len", help="Context length for --profile.")] = 1024,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the tree YAML here.")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Also write the tree YAML here.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build the optimal sparse Medusa tree from per-head accuracies (hardware-aware with step times)."""
+    from medusa_trt import fsio
     from medusa_trt.medusa import tree_builder as tb
 
+    out_path = _out(out, {"--accuracy": accuracy, "--step-times": step_times})
     if step_times is not None and profile is not None:
         raise InvalidInputError("--step-times and --profile are alternatives", hint="Pass one of them.")
     acc = tb.parse_accuracy_csv(_read(accuracy, "accuracy table"), str(accuracy))
@@ -91,8 +91,8 @@ def build_cmd(
         expected = tb.expected_tokens_per_step(acc, tree)
         doc = {"choices": tree, "expected_tokens_per_step": expected, "nodes": len(tree)}
     text = tb.tree_yaml(tree, expected)
-    if out is not None:
-        _write_atomic(out, text)
+    if out_path is not None:
+        fsio.write_text(out_path, text)
         err_console.print(f"wrote {out}")
     if json_out:
         emit_json(doc)
@@ -104,7 +104,7 @@ def accuracy_cmd(
     model_dir: Annotated[
         Path, typer.Argument(help="HF model dir (with --heads) or a converted checkpoint / engine dir.")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the accuracy CSV.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Where to write the accuracy CSV.")],
     heads: Annotated[
         Path | None, typer.Option("--heads", help="FasterDecoding heads dir (for an HF model dir).")
     ] = None,
@@ -116,13 +116,16 @@ def accuracy_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Measure each head's per-rank accuracy against the base model's own greedy tokens."""
+    from medusa_trt import fsio
     from medusa_trt.medusa.tree_builder import format_accuracy_csv
     from medusa_trt.train.accuracy import measure_accuracy
     from medusa_trt.train.data import load_prompts
 
+    out_path = _out(out, {"MODEL_DIR": model_dir, "--heads": heads, "--data": data})
+    assert out_path is not None
     prompts = load_prompts(data)[:num_prompts]
     result = measure_accuracy(model_dir, prompts, heads_dir=heads, steps=steps, topk=topk, device=device)
-    _write_atomic(out, format_accuracy_csv(result.table))
+    fsio.write_text(out_path, format_accuracy_csv(result.table))
     err_console.print(
         f"wrote {out}: {len(result.table)} heads x {topk} ranks over {result.positions} positions; "
         "top-1 " + ", ".join(f"h{k}={row[0]:.3f}" for k, row in enumerate(result.table))
@@ -133,7 +136,7 @@ def accuracy_cmd(
 
 def sweep_cmd(
     engine_dir: Annotated[Path, typer.Argument(help="Converted checkpoint or engine dir (reference runtime).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write step times (CSV nodes,step_ms).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Write step times (CSV nodes,step_ms).")] = None,
     sizes: Annotated[
         str, typer.Option("--sizes", help="Tree sizes (draft nodes), comma-separated.")
     ] = "0,1,2,4,8,12,16,24,32,48,63",
@@ -143,9 +146,11 @@ def sweep_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Measure the reference runtime's verification step time against tree size (for `tree build --step-times`)."""
+    from medusa_trt import fsio
     from medusa_trt.medusa.tree_builder import format_step_times_csv
     from medusa_trt.train.sweep import sweep_step_times
 
+    out_path = _out(out, {"ENGINE_DIR": engine_dir})
     try:
         counts = sorted({int(s) for s in sizes.split(",") if s.strip()})
     except ValueError as e:
@@ -153,8 +158,8 @@ def sweep_cmd(
     times = sweep_step_times(engine_dir, counts, context_len=context_len, repeats=repeats, device=device)
     for n, ms in sorted(times.items()):
         err_console.print(f"{n:3d} nodes: {ms:8.3f} ms/step")
-    if out is not None:
-        _write_atomic(out, format_step_times_csv(times))
+    if out_path is not None:
+        fsio.write_text(out_path, format_step_times_csv(times))
         err_console.print(f"wrote {out}")
     if json_out:
         emit_json({"step_ms": {str(k): v for k, v in sorted(times.items())}})

@@ -76,17 +76,14 @@ class ModelSpec(BaseModel):
                 scaling = None if rope_type == "default" else dict(scaling, rope_type=rope_type)
                 if scaling is not None:
                     scaling.pop("type", None)
-            heads = int(cfg["num_attention_heads"])
+            ints = {k: _positive(cfg, k, name) for k in _REQUIRED_INTS}
+            heads = ints["num_attention_heads"]
             return cls(
                 name=name,
-                vocab_size=int(cfg["vocab_size"]),
-                hidden_size=int(cfg["hidden_size"]),
-                intermediate_size=int(cfg["intermediate_size"]),
-                num_hidden_layers=int(cfg["num_hidden_layers"]),
-                num_attention_heads=heads,
-                num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-                head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
-                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+                **ints,
+                num_key_value_heads=_positive(cfg, "num_key_value_heads", name, heads),
+                head_dim=_positive(cfg, "head_dim", name, ints["hidden_size"] // heads),
+                max_position_embeddings=_positive(cfg, "max_position_embeddings", name, 2048),
                 rope_theta=theta,
                 rope_scaling=scaling,
                 rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
@@ -96,6 +93,11 @@ class ModelSpec(BaseModel):
         except KeyError as e:
             raise CheckpointError(
                 f"{name}: config.json lacks '{e.args[0]}'",
+                hint="Point at a Hugging Face Llama directory with a complete config.json.",
+            ) from e
+        except (TypeError, ValueError) as e:  # a rope field that is not a number, a malformed rope_scaling
+            raise CheckpointError(
+                f"{name}: config.json has a malformed field ({e})",
                 hint="Point at a Hugging Face Llama directory with a complete config.json.",
             ) from e
 
@@ -142,14 +144,32 @@ PRESETS: dict[str, ModelSpec] = {
 }
 
 
+_REQUIRED_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _positive(cfg: dict[str, Any], key: str, name: str, default: int | None = None) -> int:
+    """A config.json integer that must be >= 1 (a missing one raises KeyError unless it has a default)."""
+    raw = cfg[key] if default is None else (cfg.get(key) or default)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw != int(raw) or int(raw) < 1:
+        raise CheckpointError(
+            f"{name}: config.json '{key}' is {json.dumps(raw)}, not a positive integer",
+            hint="Fix config.json, or point at the model's original directory.",
+        )
+    return int(raw)
+
+
 def read_hf_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{model_dir}: no config.json", hint="Point at a Hugging Face model directory.")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}", hint="Fix or re-download the file.") from e
+    except UnicodeDecodeError as e:
+        raise CheckpointError(
+            f"{path}: not UTF-8 text (byte {e.start})", hint="Fix or re-download the file; JSON must be UTF-8."
+        ) from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

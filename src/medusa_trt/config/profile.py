@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,8 @@ from medusa_trt.config import yaml_marks
 from medusa_trt.config.trtllm_flags import TRTLLM_BUILD_FLAGS, TRTLLM_BUILD_MANAGED, TRTLLM_BUILD_PLUGINS, closest
 from medusa_trt.config.yaml_marks import Issue
 from medusa_trt.errors import ProfileError, TreeError
+
+logger = logging.getLogger(__name__)
 
 PROFILES_ENV = "MEDUSA_TRT_PROFILES_DIR"
 
@@ -163,6 +166,11 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _cross_issues(p: HardwareProfile) -> list[Issue]:
+    return _build_flag_issues(p) + _runtime_env_issues(p) + _engine_issues(p) + _limit_issues(p) + _tree_issues(p)
+
+
+def _build_flag_issues(p: HardwareProfile) -> list[Issue]:
+    """trtllm_build keys: trtllm-build flags that medusa-trt does not set itself."""
     issues: list[Issue] = []
     for key in p.trtllm_build:
         if key in TRTLLM_BUILD_MANAGED:
@@ -185,6 +193,11 @@ def _cross_issues(p: HardwareProfile) -> list[Issue]:
                     on_key=True,
                 )
             )
+    return issues
+
+
+def _runtime_env_issues(p: HardwareProfile) -> list[Issue]:
+    issues: list[Issue] = []
     for key in p.runtime_env:
         if not _ENV_NAME.match(key):
             issues.append(Issue(("runtime_env", key), f"'{key}' is not a valid environment variable name", on_key=True))
@@ -197,6 +210,12 @@ def _cross_issues(p: HardwareProfile) -> list[Issue]:
                 hint="The userbuffer all-reduce spans the TP group: set them equal.",
             )
         )
+    return issues
+
+
+def _engine_issues(p: HardwareProfile) -> list[Issue]:
+    """What the engine needs of the device and precision (TensorRT-LLM on CUDA; the reference unquantized)."""
+    issues: list[Issue] = []
     if p.engine == "trtllm" and p.hardware.device != "cuda":
         issues.append(
             Issue(
@@ -229,15 +248,18 @@ def _cross_issues(p: HardwareProfile) -> list[Issue]:
                 hint="Use auto, float32, float16 or bfloat16.",
             )
         )
+    return issues
+
+
+def _limit_issues(p: HardwareProfile) -> list[Issue]:
     if p.limits.max_input_len > p.limits.max_seq_len:
-        issues.append(
+        return [
             Issue(
                 ("limits", "max_input_len"),
                 f"max_input_len {p.limits.max_input_len} exceeds max_seq_len {p.limits.max_seq_len}",
             )
-        )
-    issues += _tree_issues(p)
-    return issues
+        ]
+    return []
 
 
 def _tree_issues(p: HardwareProfile) -> list[Issue]:
@@ -398,9 +420,11 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     spec = str(name_or_path)
     path = Path(spec).expanduser()
     if isinstance(name_or_path, Path) or path.is_file() or _looks_like_path(spec):
+        logger.debug("profile %r: the file %s", spec, path)
         return load_profile_file(path)
     paths = profile_paths()
     if spec in paths:
+        logger.debug("profile %r: %s (searched %s)", spec, paths[spec], ", ".join(map(str, profile_dirs())))
         return load_profile_file(paths[spec], expect_name=spec)
     guess = closest(spec, set(paths))
     raise ProfileError(

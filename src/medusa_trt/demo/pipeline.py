@@ -12,11 +12,9 @@ run reuses them and a changed recipe redoes only what changed):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -24,11 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio, outputs
 from medusa_trt.demo.pretrain import ModelRecipe
-from medusa_trt.errors import InvalidInputError
 
 CACHE_ENV = "MEDUSA_TRT_CACHE"
-STAMP = ".demo-stage.json"
+CACHE_KIND = "demo-cache"  # ownership kinds (outputs.py) of the cache and of the results directory
+RESULTS_KIND = "demo-results"
 
 
 @dataclass(frozen=True)
@@ -63,50 +62,30 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "medusa-trt"
 
 
-def _digest(doc: Any) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _cached(path: Path, key: str) -> bool:
-    stamp = path / STAMP if path.is_dir() else path.with_name(path.name + STAMP)
-    try:
-        return bool(json.loads(stamp.read_text()).get("key") == key)
-    except (OSError, ValueError):
-        return False
-
-
-def _stamp(path: Path, key: str, info: dict[str, Any]) -> None:
-    stamp = path / STAMP if path.is_dir() else path.with_name(path.name + STAMP)
-    stamp.write_text(json.dumps({"key": key, **info}, indent=2, default=str))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _fresh_dir(path: Path) -> Path:
-    """An empty temp sibling to build into; renamed over ``path`` when the stage completes."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.replace(path)
+INFO = ".demo-info.json"  # what a stage measured, kept inside its output so a reused stage still reports it
 
 
 class Stages:
-    """Runs the cached stages and records what each did and how long it took."""
+    """Runs the cached stages as build steps (engine/steps.py): each is skipped when its inputs (the
+    recipe, and earlier stages' outputs by fingerprint) and its outputs are unchanged since it ran."""
 
     def __init__(self, cache: Path, cfg: DemoConfig, log: Callable[[str], None], fresh: bool) -> None:
+        from medusa_trt.engine.steps import StepRunner
+        from medusa_trt.outputs import OwnedDir
+
         self.cache, self.cfg, self.log, self.fresh = cache, cfg, log, fresh
+        self.owned = OwnedDir(cache, CACHE_KIND)
+        self.runner = StepRunner(cache, force=fresh, owned=self.owned)
         self.timings: dict[str, float] = {}
         self.reused: dict[str, bool] = {}
         self.info: dict[str, Any] = {}
+
+    def _step(self, name: str, out: str, inputs: dict[str, Any], func: Callable[[], None]) -> bool:
+        """Run (or skip) one stage; True when its cached output was reused."""
+        from medusa_trt.engine.steps import Step
+
+        step = Step(name, f"demo {name}", argv=[], inputs=inputs, outputs=[out], kind="python", func=func)
+        return self.runner.run(step).status == "skipped"
 
     def timed(self, name: str, reused: bool, t0: float) -> None:
         self.timings[name] = round(time.perf_counter() - t0, 2)
@@ -119,76 +98,70 @@ class Stages:
         t0, out = time.perf_counter(), self.cache / "model"
         corpus = load_corpus(self.cfg.corpus_chars)
         self.corpus = corpus
-        key = _digest({"recipe": asdict(self.cfg.recipe), "corpus": corpus.digest, "python": platform.python_version()})
-        if not self.fresh and _cached(out, key):
-            self.info["pretrain"] = json.loads((out / STAMP).read_text()).get("pretrain")
-            self.log(f"model: reusing {out}")
-            self.timed("pretrain", True, t0)
-            return out
-        self.log(
-            f"model: pre-training a tiny Llama 3 on {len(corpus.train_files)} stdlib modules "
-            f"({self.cfg.recipe.steps} steps)"
-        )
-        tmp = _fresh_dir(out)
         every = max(1, self.cfg.recipe.steps // 8)
-        info = pretrain(
-            tmp,
-            corpus.train_text,
-            self.cfg.recipe,
-            on_step=lambda s, loss: (
-                self.log(f"  step {s}/{self.cfg.recipe.steps} loss {loss:.3f}") if s % every == 0 else None
-            ),
-        )
-        _stamp(tmp, key, {"pretrain": info})
-        _publish(tmp, out)
-        self.info["pretrain"] = info
-        self.timed("pretrain", False, t0)
+
+        def run() -> None:
+            self.log(
+                f"model: pre-training a tiny Llama 3 on {len(corpus.train_files)} stdlib modules "
+                f"({self.cfg.recipe.steps} steps)"
+            )
+            info = pretrain(
+                out,
+                corpus.train_text,
+                self.cfg.recipe,
+                on_step=lambda s, loss: (
+                    self.log(f"  step {s}/{self.cfg.recipe.steps} loss {loss:.3f}") if s % every == 0 else None
+                ),
+            )
+            fsio.write_json(out / INFO, info)
+
+        inputs = {"recipe": asdict(self.cfg.recipe), "corpus": corpus.digest, "python": platform.python_version()}
+        reused = self._step("pretrain", "model", inputs, run)
+        if reused:
+            self.log(f"model: reusing {out}")
+        self.info["pretrain"] = json.loads((out / INFO).read_text())
+        self.timed("pretrain", reused, t0)
         return out
 
     def heads(self, model_dir: Path) -> Path:
         from medusa_trt.demo.corpus import code_prompts
+        from medusa_trt.outputs import OwnedDir
         from medusa_trt.train.trainer import TrainConfig, train_heads
 
         t0, out = time.perf_counter(), self.cache / "heads"
         c = self.cfg
-        key = _digest(
-            {
-                "model": json.loads((model_dir / STAMP).read_text())["key"],
-                **c.key("num_heads", "head_steps", "head_lr", "head_batch", "distill_prompts", "distill_tokens"),
+
+        def run() -> None:
+            prompts: list[Any] = list(code_prompts(self.corpus.train_files, c.distill_prompts))
+            self.log(f"heads: self-distillation on {len(prompts)} prompts, {c.head_steps} steps, {c.num_heads} heads")
+            tcfg = TrainConfig(
+                num_heads=c.num_heads,
+                steps=c.head_steps,
+                lr=c.head_lr,
+                batch_size=c.head_batch,
+                seq_len=c.distill_tokens + 96,
+                gen_tokens=c.distill_tokens,
+                checkpoint_every=0,
+                log_every=max(1, c.head_steps // 4),
+                resume=False,
+                progress=False,
+            )
+            res = train_heads(model_dir, out, data=prompts, config=tcfg)
+            OwnedDir(out, "heads").remove(".train")  # resumable state is not needed once cached
+            info = {
+                "final_loss": res.final_loss,
+                "initial_loss": res.initial_loss,
+                "train_top1": res.top1,
+                "sequences": res.sequences,
             }
-        )
-        if not self.fresh and _cached(out, key):
+            fsio.write_json(out / INFO, info)
+
+        keys = ("num_heads", "head_steps", "head_lr", "head_batch", "distill_prompts", "distill_tokens")
+        reused = self._step("heads", "heads", {"model_dir": "model", **c.key(*keys)}, run)
+        if reused:
             self.log(f"heads: reusing {out}")
-            self.info["heads"] = json.loads((out / STAMP).read_text()).get("heads")
-            self.timed("heads", True, t0)
-            return out
-        prompts: list[Any] = list(code_prompts(self.corpus.train_files, c.distill_prompts))
-        self.log(f"heads: self-distillation on {len(prompts)} prompts, {c.head_steps} steps, {c.num_heads} heads")
-        tmp = _fresh_dir(out)
-        tcfg = TrainConfig(
-            num_heads=c.num_heads,
-            steps=c.head_steps,
-            lr=c.head_lr,
-            batch_size=c.head_batch,
-            seq_len=c.distill_tokens + 96,
-            gen_tokens=c.distill_tokens,
-            checkpoint_every=0,
-            log_every=max(1, c.head_steps // 4),
-            resume=False,
-            progress=False,
-        )
-        res = train_heads(model_dir, tmp, data=prompts, config=tcfg)
-        shutil.rmtree(tmp / ".train", ignore_errors=True)  # resumable state is not needed once cached
-        info = {
-            "final_loss": res.final_loss,
-            "initial_loss": res.initial_loss,
-            "train_top1": res.top1,
-            "sequences": res.sequences,
-        }
-        _stamp(tmp, key, {"heads": info})
-        _publish(tmp, out)
-        self.info["heads"] = info
-        self.timed("heads", False, t0)
+        self.info["heads"] = json.loads((out / INFO).read_text())
+        self.timed("heads", reused, t0)
         return out
 
     def tree(self, model_dir: Path, heads_dir: Path) -> tuple[list[list[int]], list[list[float]], float]:
@@ -199,24 +172,22 @@ class Stages:
         t0 = time.perf_counter()
         acc_path, tree_path = self.cache / "accuracy.csv", self.cache / "tree.yaml"
         c = self.cfg
-        key = _digest(
-            {"heads": json.loads((heads_dir / STAMP).read_text())["key"], **c.key("accuracy_prompts", "accuracy_steps")}
-        )
-        reused = not self.fresh and _cached(acc_path, key)
-        if not reused:
+
+        def run() -> None:
             prompts: list[Any] = list(code_prompts(self.corpus.heldout_files[1::2], c.accuracy_prompts))
             self.log(f"accuracy: {len(prompts)} held-out prompts x {c.accuracy_steps} greedy steps")
             table = measure_accuracy(model_dir, prompts, heads_dir=heads_dir, steps=c.accuracy_steps).table
-            # drop the old stamp first: a crash mid-write must not leave a new CSV under the old key
-            acc_path.with_name(acc_path.name + STAMP).unlink(missing_ok=True)
-            _write_text_atomic(acc_path, tb.format_accuracy_csv(table))
+            fsio.write_text(acc_path, tb.format_accuracy_csv(table))
+
+        inputs = {"heads_dir": "heads", **c.key("accuracy_prompts", "accuracy_steps")}
+        reused = self._step("accuracy", acc_path.name, inputs, run)
         # the tree always comes from the CSV's values, so a cached run picks exactly the same tree
         acc = tb.parse_accuracy_csv(acc_path.read_text(), str(acc_path))
         tree = choose_demo_tree(acc, model_dir, c)
         expected = tb.expected_tokens_per_step(acc, tree)
-        _write_text_atomic(tree_path, tb.tree_yaml(tree, expected))
-        if not reused:
-            _stamp(acc_path, key, {})
+        self.owned.claim([tree_path.name])
+        fsio.write_text(tree_path, tb.tree_yaml(tree, expected))
+        self.owned.done([tree_path.name])
         self.log(
             "head top-1 accuracy: "
             + ", ".join(f"h{k} {row[0]:.2f}" for k, row in enumerate(acc))
@@ -227,17 +198,15 @@ class Stages:
 
     def engine(self, model_dir: Path, heads_dir: Path, tree: list[list[int]]) -> Path:
         t0, out = time.perf_counter(), self.cache / "engine"
-        key = _digest({"heads": json.loads((heads_dir / STAMP).read_text())["key"], "tree": tree})
-        if not self.fresh and _cached(out, key):
+
+        def run() -> None:
+            self.log("engine: building the cpu profile engine with the tuned tree")
+            build_engine(model_dir, heads_dir, tree, out, self.cache / "tree.yaml")
+
+        reused = self._step("build", "engine", {"heads_dir": "heads", "tree": tree}, run)
+        if reused:
             self.log(f"engine: reusing {out}")
-            self.timed("build", True, t0)
-            return out
-        self.log("engine: building the cpu profile engine with the tuned tree")
-        tmp = _fresh_dir(out)
-        build_engine(model_dir, heads_dir, tree, tmp, self.cache / "tree.yaml")
-        _stamp(tmp, key, {})
-        _publish(tmp, out)
-        self.timed("build", False, t0)
+        self.timed("build", reused, t0)
         return out
 
 
@@ -274,7 +243,7 @@ def bench(engine_dir: Path, prompts: list[str], cfg: DemoConfig, work: Path) -> 
     from medusa_trt.bench.runner import BenchConfig, run_benchmark
 
     data = work / "bench_prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    fsio.write_text(data, "".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     bc = BenchConfig(
         engine=engine_dir,
         dataset=str(data),
@@ -294,31 +263,43 @@ def bench(engine_dir: Path, prompts: list[str], cfg: DemoConfig, work: Path) -> 
 def run_demo(
     cfg: DemoConfig | None = None,
     *,
-    cache_dir: Path | None = None,
-    output_dir: Path | None = None,
+    cache_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
     fresh: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every stage and return the result document (also written to ``output_dir/demo.json``)."""
-    import torch
+    """Run every stage and return the result document (also written to ``output_dir/demo.json``).
 
-    from medusa_trt.demo.corpus import code_prompts
-    from medusa_trt.demo.report import render, write_plot
+    The cache and the results directory follow the output rules (outputs.py): locked while in use,
+    refused when they hold files medusa-trt did not write."""
+    from medusa_trt.demo.report import render
 
     cfg = cfg or DemoConfig()
-    cache = (cache_dir or default_cache_dir()).expanduser().absolute()
-    out = (output_dir or cache / "results").expanduser().absolute()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InvalidInputError(
-            f"cannot use {cache}: {e.strerror}", hint=f"Pass --cache-dir or set {CACHE_ENV}."
-        ) from e
     if log is None:  # the messages carry Rich markup: print them on stderr as the CLI does
         from rich.console import Console
 
         log = Console(stderr=True, highlight=False).print
+
+    cache_raw = cache_dir if cache_dir is not None else default_cache_dir()
+    with outputs.writing(cache_raw, kind=CACHE_KIND, inputs={}, param="--cache-dir") as cache_dir_owned:
+        cache = cache_dir_owned.root
+        out_raw = output_dir if output_dir is not None else cache / "results"
+        with outputs.writing(out_raw, kind=RESULTS_KIND, inputs={}) as results:
+            results.claim(RESULT_FILES)
+            doc = _run(cfg, cache, results.root, fresh, log)
+            results.done(RESULT_FILES)
+    render(doc, log)
+    return doc
+
+
+RESULT_FILES = ("bench_prompts.jsonl", "bench.json", "demo.png", "demo.json")
+
+
+def _run(cfg: DemoConfig, cache: Path, out: Path, fresh: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    import torch
+
+    from medusa_trt.demo.corpus import code_prompts
+    from medusa_trt.demo.report import write_plot
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -342,8 +323,7 @@ def run_demo(
     report.write(out / "bench.json")
     doc["plot"] = str(write_plot(doc, out / "demo.png"))
     doc["bench_json"] = str(out / "bench.json")
-    _write_text_atomic(out / "demo.json", json.dumps(doc, indent=2, default=str) + "\n")
-    render(doc, log)
+    fsio.write_json(out / "demo.json", doc)
     return doc
 
 

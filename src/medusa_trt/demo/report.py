@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from medusa_trt import fsio
 
 
 def _f(x: Any, fmt: str = "{:.2f}") -> str:
@@ -50,12 +51,6 @@ def write_plot(doc: dict[str, Any], path: Path) -> Path:
     ax2.set_ylabel("top-1 accuracy (held out)")
     ax2.set_title(f"tree: {doc['tree_nodes']} nodes")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")  # not mkstemp: its 0600 mode would stay
-    try:
+    with fsio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -20,8 +20,9 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from medusa_trt import fsio, integrity, outputs
 from medusa_trt.engine import recipe, trtllm
 from medusa_trt.engine.manifest import MANIFEST, tool_versions, write_manifest
 from medusa_trt.engine.recipe import CHECKPOINT, CONFIG_YAML, ENGINE, TREE_FILE, BuildPlan
@@ -37,11 +38,14 @@ TOKENIZER_FILES = (
     "generation_config.json",
     "chat_template.jinja",
 )
+if TYPE_CHECKING:
+    from medusa_trt.config.profile import HardwareProfile
+
 ProgressFactory = Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]]
 
 
 def prepare(
-    profile: Any,
+    profile: HardwareProfile | str | Path,
     model: str,
     *,
     medusa: str | None = None,
@@ -50,12 +54,18 @@ def prepare(
     revision: str | None = None,
     checks: bool = True,
 ) -> BuildPlan:
-    """Resolve the spec, run the preflight checks (exit 4 when it does not fit), lay out the steps."""
+    """Resolve the spec, run the preflight checks (exit 4 when it does not fit), lay out the steps.
+
+    ``profile`` is a loaded profile, or a shipped name or YAML path to load.
+    """
     if isinstance(profile, str | Path):
         from medusa_trt.config.profile import load_profile
 
         profile = load_profile(profile)
+    if output is not None:
+        output = outputs.output_path(output)  # "" is a usage error, never the current directory
     spec = resolve(profile, model, medusa=medusa, output=output, tree=tree, revision=revision)
+    check_output(spec)
     doc = preflight(spec) if checks else None
     return recipe.make_build_plan(spec, checks=doc)
 
@@ -90,36 +100,80 @@ def check_tools(plan: BuildPlan) -> str | None:
     return version
 
 
+KIND = "engine"  # the ownership kind of a build output (outputs.py)
+
+
 def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Run every step (skipping finished ones), write the manifest, return it."""
     spec = plan.spec
     version = check_tools(plan)
-    out = spec.output.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the manifest is rewritten
-    runner = StepRunner(out, force=force, progress=progress)
-    funcs: dict[str, Callable[[], None]] = {
-        "convert": lambda: _convert(spec, out),
-        "runtime-files": lambda: _runtime_files(spec, out),
-        "validate": lambda: _validate(spec, out),
-        "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
-        "fetch-medusa": lambda: _fetch(
-            spec.medusa.spec if spec.medusa else "",
-            spec.medusa.revision if spec.medusa else None,
-            out / "sources" / "medusa",
-            "heads",
-        ),
-    }
-    t0 = time.perf_counter()
-    for step in plan.steps:
-        if step.kind == "serve" or step.name == "manifest":
-            continue
-        if step.kind == "python":
-            step.func = funcs[step.name]
-        runner.run(step)
-    doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
-    write_manifest(out, doc)
+    with outputs.writing(spec.output, kind=KIND, inputs=_inputs(spec)) as owned:
+        out = owned.root
+        known = {**_previous_hashes(out), **_known_hashes(out)}
+        owned.claim([MANIFEST])
+        owned.remove(MANIFEST)  # the directory is incomplete until the manifest is rewritten
+        runner = StepRunner(out, force=force, progress=progress, owned=owned)
+        funcs: dict[str, Callable[[], None]] = {
+            "convert": lambda: _convert(spec, out),
+            "runtime-files": lambda: _runtime_files(spec, owned),
+            "validate": lambda: _validate(spec, out),
+            "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
+            "fetch-medusa": lambda: _fetch(
+                spec.medusa.spec if spec.medusa else "",
+                spec.medusa.revision if spec.medusa else None,
+                out / "sources" / "medusa",
+                "heads",
+            ),
+        }
+        t0 = time.perf_counter()
+        for step in plan.steps:
+            if step.kind == "serve" or step.name == "manifest":
+                continue
+            if step.kind == "python":
+                step.func = funcs[step.name]
+            runner.run(step)
+        doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
+        doc["hash_algorithm"] = integrity.HASH_ALGORITHM
+        doc["files"] = integrity.record(out, _served_files(owned), {**known, **_known_hashes(out)})
+        write_manifest(out, doc)
+        owned.done([MANIFEST])
     return doc
+
+
+def _inputs(spec: BuildSpec) -> dict[str, str | Path | None]:
+    return {"--model": spec.model.local, "--medusa": spec.medusa.local if spec.medusa else None}
+
+
+def check_output(spec: BuildSpec) -> None:
+    """The output rules (outputs.py), checked before any input is read or any step runs."""
+    outputs.check_overlap(spec.output.absolute(), _inputs(spec))
+    outputs.check_free(spec.output.absolute())
+    outputs.check_claim(spec.output.absolute(), KIND)
+
+
+def _served_files(owned: outputs.OwnedDir) -> list[str]:
+    """What `run` and the server read: everything we wrote but the bookkeeping (stamps, logs, lists)."""
+    skip = (MANIFEST, outputs.OWNER)
+    return [f for f in owned.files if f not in skip and not f.startswith((".steps/", "logs/", "sources/"))]
+
+
+def _previous_hashes(out: Path) -> dict[str, dict[str, Any]]:
+    """The last manifest's file table (its hashes are reused for files with the same size and mtime)."""
+    try:
+        files = json.loads((out / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(v, dict)}
+
+
+def _known_hashes(out: Path) -> dict[str, dict[str, Any]]:
+    """The converter's hashes of the checkpoint files (taken as the bytes went out), keyed by path here."""
+    path = out / CHECKPOINT / "medusa-trt-convert.json"
+    try:
+        files = json.loads(path.read_text()).get("files", {})
+    except (OSError, ValueError):
+        return {}
+    return {f"{CHECKPOINT}/{k}": v for k, v in files.items() if isinstance(v, dict)}
 
 
 def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None, seconds: float) -> dict[str, Any]:
@@ -215,28 +269,30 @@ def _fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
     from medusa_trt.checkpoint.sources import resolve_source
 
     snapshot = resolve_source(repo, kind=kind, revision=revision).path
-    tmp = local.with_name(local.name + ".partial")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(snapshot, target_is_directory=True)
-    tmp.replace(local)
+    with fsio.atomic_path(local) as tmp:
+        tmp.symlink_to(snapshot, target_is_directory=True)
 
 
-def _runtime_files(spec: BuildSpec, out: Path) -> None:
+def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
     from medusa_trt.medusa.trees import dump_tree
 
+    out = owned.root
     # a hub model fetched for quantize.py (FP8 profiles) lives in sources/model: its tokenizer is there
     sources = [out / CHECKPOINT, spec.model.local or out / "sources" / "model"]
-    for name in TOKENIZER_FILES:
-        src = next((d / name for d in sources if (d / name).is_file()), None)
-        if src is not None:
-            shutil.copy2(src, out / name)
+    found = {name: next((d / name for d in sources if (d / name).is_file()), None) for name in TOKENIZER_FILES}
+    copies = {name: src for name, src in found.items() if src is not None}
+    owned.claim(copies)
+    for name, src in copies.items():
+        with fsio.atomic_path(out / name) as tmp:
+            shutil.copy2(src, tmp)
+    owned.done(copies)
     if not (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").is_file():
         raise CheckpointError(
             f"no tokenizer files in {out / CHECKPOINT} or {sources[1]}",
             hint="The model source must include tokenizer.json (or tokenizer.model).",
         )
-    _atomic_text(out / TREE_FILE, dump_tree(spec.tree))
-    _atomic_text(out / CONFIG_YAML, trtllm.dump_medusa_yaml(recipe.medusa_yaml(spec)))
+    fsio.write_text(out / TREE_FILE, dump_tree(spec.tree))
+    fsio.write_text(out / CONFIG_YAML, trtllm.dump_medusa_yaml(recipe.medusa_yaml(spec)))
 
 
 def _validate(spec: BuildSpec, out: Path) -> None:
@@ -262,12 +318,6 @@ def _validate(spec: BuildSpec, out: Path) -> None:
             raise CheckpointError("validation forward produced no token", hint="Rebuild with --force.")
     finally:
         engine.close()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 @contextlib.contextmanager

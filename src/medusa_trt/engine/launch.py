@@ -12,16 +12,19 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medusa_trt.engine import trtllm
 from medusa_trt.engine.manifest import MANIFEST, read_manifest
 from medusa_trt.engine.supervise import Supervisor
 
+if TYPE_CHECKING:
+    from medusa_trt.config.profile import Serve
+
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
 
 
-def _serve_settings(manifest: dict[str, Any]) -> Any:
+def _serve_settings(manifest: dict[str, Any]) -> Serve:
     """The profile's serve section as an object (the manifest keeps the profile as JSON)."""
     from medusa_trt.config.profile import Serve
 

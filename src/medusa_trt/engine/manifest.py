@@ -6,12 +6,12 @@ Written last, atomically (temporary name, then rename): a directory with a manif
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError
 
 MANIFEST = "medusa-trt.json"
@@ -39,11 +39,7 @@ def tool_versions() -> dict[str, str | None]:
 
 def write_manifest(out: Path, doc: dict[str, Any]) -> Path:
     doc = {"schema_version": SCHEMA_VERSION, **doc, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = out / MANIFEST
-    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    return fsio.write_json(out / MANIFEST, doc)
 
 
 def read_manifest(engine_dir: str | Path) -> dict[str, Any]:

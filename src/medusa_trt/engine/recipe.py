@@ -202,67 +202,12 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
     else:
         if spec.model.format == "modelopt-fp8":
             notes.append("ModelOpt FP8 checkpoint: converted directly (weights stay FP8, heads from the checkpoint)")
-        steps.append(
-            Step(
-                "convert",
-                "TRT-LLM checkpoint (config.json + rank{r}.safetensors) from the HF model and heads",
-                _convert_argv(spec, out, with_heads=spec.model.format not in ("modelopt-fp8", "modelopt")),
-                inputs={
-                    **_source_inputs(spec),
-                    "tp": spec.tp,
-                    "pp": spec.pp,
-                    "dtype": spec.dtype,
-                    "num_medusa_heads": spec.num_medusa_heads,
-                    "max_draft_len": spec.max_draft_len,
-                },
-                outputs=[CHECKPOINT],
-                needs=_needs(spec, est, "convert", checks),
-                kind="python",
-            )
-        )
+        steps.append(_convert_step(spec, out, _needs(spec, est, "convert", checks)))
     if spec.engine == "trtllm":
-        argv = trtllm.build_argv(
-            checkpoint_dir=out / CHECKPOINT,
-            output_dir=out / ENGINE,
-            world_size=spec.world_size,
-            limits=spec.limits,
-            profile_flags=spec.profile.trtllm_build_args(),
-        )
-        steps.append(
-            Step(
-                "build",
-                "TensorRT engines (rank{r}.engine) with trtllm-build",
-                argv,
-                inputs={"checkpoint_dir": CHECKPOINT},
-                outputs=[ENGINE],
-                needs=_needs(spec, est, "build", checks),
-                kind="process",
-                notes=["max_draft_len is inherited from the checkpoint (not passed)"],
-            )
-        )
-    steps.append(
-        Step(
-            "runtime-files",
-            "tokenizer, medusa_tree.yaml and the trtllm-serve --config YAML",
-            [INTERNAL, "write", "tokenizer files", TREE_FILE, CONFIG_YAML],
-            inputs={"checkpoint_dir": CHECKPOINT, "yaml": medusa_yaml(spec)},
-            outputs=[TREE_FILE, CONFIG_YAML],
-            needs={"gpus": 0, "host": "any"},
-            kind="python",
-        )
-    )
+        steps.append(_trtllm_build_step(spec, out, _needs(spec, est, "build", checks)))
+    steps.append(_runtime_files_step(spec))
     if spec.engine == "reference":
-        steps.append(
-            Step(
-                "validate",
-                f"load the checkpoint and run one forward at tp {spec.tp}",
-                ["medusa-trt", "run", str(out / CHECKPOINT), "--prompt", "hello", "--max-tokens", "1"],
-                env=spec.runtime_env,
-                inputs={"checkpoint_dir": CHECKPOINT, "tp": spec.tp},
-                needs=_needs(spec, est, "validate", checks),
-                kind="python",
-            )
-        )
+        steps.append(_validate_step(spec, out, _needs(spec, est, "validate", checks)))
     steps.append(
         Step(
             "manifest",
@@ -274,6 +219,70 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
     )
     steps.append(serve_step(spec, out, needs=_needs(spec, est, "serve", checks)))
     return BuildPlan(spec, steps, notes, checks)
+
+
+def _convert_step(spec: BuildSpec, out: Path, needs: dict[str, Any]) -> Step:
+    return Step(
+        "convert",
+        "TRT-LLM checkpoint (config.json + rank{r}.safetensors) from the HF model and heads",
+        _convert_argv(spec, out, with_heads=spec.model.format not in ("modelopt-fp8", "modelopt")),
+        inputs={
+            **_source_inputs(spec),
+            "tp": spec.tp,
+            "pp": spec.pp,
+            "dtype": spec.dtype,
+            "num_medusa_heads": spec.num_medusa_heads,
+            "max_draft_len": spec.max_draft_len,
+        },
+        outputs=[CHECKPOINT],
+        needs=needs,
+        kind="python",
+    )
+
+
+def _trtllm_build_step(spec: BuildSpec, out: Path, needs: dict[str, Any]) -> Step:
+    argv = trtllm.build_argv(
+        checkpoint_dir=out / CHECKPOINT,
+        output_dir=out / ENGINE,
+        world_size=spec.world_size,
+        limits=spec.limits,
+        profile_flags=spec.profile.trtllm_build_args(),
+    )
+    return Step(
+        "build",
+        "TensorRT engines (rank{r}.engine) with trtllm-build",
+        argv,
+        inputs={"checkpoint_dir": CHECKPOINT},
+        outputs=[ENGINE],
+        needs=needs,
+        kind="process",
+        notes=["max_draft_len is inherited from the checkpoint (not passed)"],
+    )
+
+
+def _runtime_files_step(spec: BuildSpec) -> Step:
+    return Step(
+        "runtime-files",
+        "tokenizer, medusa_tree.yaml and the trtllm-serve --config YAML",
+        [INTERNAL, "write", "tokenizer files", TREE_FILE, CONFIG_YAML],
+        inputs={"checkpoint_dir": CHECKPOINT, "yaml": medusa_yaml(spec)},
+        outputs=[TREE_FILE, CONFIG_YAML],
+        needs={"gpus": 0, "host": "any"},
+        kind="python",
+    )
+
+
+def _validate_step(spec: BuildSpec, out: Path, needs: dict[str, Any]) -> Step:
+    """The reference engine's "build": load the checkpoint and run one forward, as `run` would."""
+    return Step(
+        "validate",
+        f"load the checkpoint and run one forward at tp {spec.tp}",
+        ["medusa-trt", "run", str(out / CHECKPOINT), "--prompt", "hello", "--max-tokens", "1"],
+        env=spec.runtime_env,
+        inputs={"checkpoint_dir": CHECKPOINT, "tp": spec.tp},
+        needs=needs,
+        kind="python",
+    )
 
 
 def _quantize_steps(spec: BuildSpec, out: Path, est: dict[str, float], checks: dict[str, Any] | None) -> list[Step]:

@@ -7,17 +7,23 @@ where each number came from. Precedence: flag > environment > model/heads files 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medusa_trt.errors import CheckpointError, InvalidInputError
+
+if TYPE_CHECKING:
+    from medusa_trt.config.profile import HardwareProfile
 
 OUTPUT_ENV = "MEDUSA_TRT_OUTPUT"
 TREE_ENV = "MEDUSA_TRT_TREE"
 WORKERS_ENV = "MEDUSA_TRT_CONVERT_WORKERS"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,7 +48,7 @@ class Source:
 
 @dataclass
 class BuildSpec:
-    profile: Any  # medusa_trt.config.profile.HardwareProfile
+    profile: HardwareProfile
     engine: str  # trtllm | reference
     model: Source
     medusa: Source | None
@@ -204,7 +210,7 @@ def _count_heads(path: Path) -> tuple[int | None, int | None]:
 
 
 def resolve(
-    profile: Any,
+    profile: HardwareProfile,
     model: str,
     *,
     medusa: str | None = None,
@@ -220,56 +226,23 @@ def resolve(
     env = dict(os.environ if env is None else env)
     sources: dict[str, str] = {}
     src = detect_model(model, revision)
-    heads_src, file_heads, file_layers = detect_heads(medusa, medusa_revision) if medusa else (None, None, None)
-    if heads_src is None and src.local is not None and src.format in ("modelopt-fp8", "modelopt"):
-        file_heads, file_layers = _count_embedded_heads(src.local)  # a combined checkpoint carries its heads
-    if heads_src is None and src.format not in ("modelopt-fp8", "modelopt") and src.local is not None:
+    heads_src, file_heads, file_layers = _heads_source(src, medusa, medusa_revision)
+    out, sources["output"] = _output_dir(output, env, src, model, profile.name)
+    if file_heads is not None and file_heads < profile.medusa.num_heads:
+        # fewer heads than the profile's tree and max_draft_len were planned for
         raise InvalidInputError(
-            "no Medusa heads given",
-            hint="Pass --medusa DIR|REPO (FasterDecoding heads), or a ModelOpt combined checkpoint as --model.",
+            f"profile {profile.name}: medusa.num_heads is {profile.medusa.num_heads}, the heads in {medusa} hold {file_heads}",
+            hint=f"Set medusa.num_heads: {file_heads} (and a tree of that depth) in a copy of the profile.",
         )
-
-    if output is not None:
-        out, sources["output"] = Path(output), "flag --output"
-    elif env.get(OUTPUT_ENV):
-        out, sources["output"] = Path(env[OUTPUT_ENV]), f"env {OUTPUT_ENV}"
-    else:
-        slug = (src.local.name if src.local else model.split("/")[-1]).lower()
-        out, sources["output"] = Path("engines") / f"{slug}-{profile.name}", "default engines/<model>-<profile>"
-
-    heads, sources["num_medusa_heads"] = profile.medusa.num_heads, "profile medusa.num_heads"
-    if file_heads is not None:
-        heads, sources["num_medusa_heads"] = file_heads, "heads tensors"
-    layers, sources["num_medusa_layers"] = profile.medusa.num_layers, "profile medusa.num_layers"
-    if file_layers is not None:
-        layers, sources["num_medusa_layers"] = file_layers, "heads tensors"
-
-    if tree is not None:
-        tree_spec, sources["tree"] = tree, "flag --tree"
-    elif env.get(TREE_ENV):
-        tree_spec, sources["tree"] = env[TREE_ENV], f"env {TREE_ENV}"
-    else:
-        tree_spec, sources["tree"] = profile.medusa.tree, "profile medusa.tree"
+    heads, sources["num_medusa_heads"] = _file_or_profile(file_heads, profile.medusa.num_heads, "num_heads")
+    layers, sources["num_medusa_layers"] = _file_or_profile(file_layers, profile.medusa.num_layers, "num_layers")
+    tree_spec, sources["tree"] = _tree_spec(tree, env, profile)
     paths = load_tree(tree_spec)
     max_draft_len, sources["max_draft_len"] = profile.medusa.max_draft_len, "profile medusa.max_draft_len"
     validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len)
-
-    workers_env = env.get(WORKERS_ENV)
-    if workers_env:
-        if not workers_env.isdigit() or int(workers_env) < 1:
-            raise InvalidInputError(f"{WORKERS_ENV}={workers_env!r} is not a positive integer")
-        workers, sources["convert_workers"] = int(workers_env), f"env {WORKERS_ENV}"
-    else:
-        workers = min(profile.parallelism.tp * profile.parallelism.pp, os.cpu_count() or 1)
-        sources["convert_workers"] = "default min(world size, CPUs)"
-
-    for key in ("tp", "pp"):
-        sources[key] = f"profile parallelism.{key}"
-    for key in ("dtype", "quantization", "kv_cache_dtype"):
-        sources[key] = f"profile precision.{key}"
-    sources["limits"] = "profile limits"
-    sources["runtime_env"] = "profile runtime_env"
-    return BuildSpec(
+    workers, sources["convert_workers"] = _convert_workers(env, profile.parallelism.tp * profile.parallelism.pp)
+    sources.update(_PROFILE_SOURCES)
+    spec = BuildSpec(
         profile=profile,
         engine=profile.engine,
         model=src,
@@ -289,3 +262,71 @@ def resolve(
         convert_workers=workers,
         sources=sources,
     )
+    if logger.isEnabledFor(logging.DEBUG):
+        doc = spec.to_json()
+        for key, where in sources.items():
+            logger.debug("build %s = %s (from %s)", key, json.dumps(doc[key], default=str), where)
+    return spec
+
+
+# Values taken from the profile as they stand, and where `build --dry-run` says they came from.
+_PROFILE_SOURCES = {
+    "tp": "profile parallelism.tp",
+    "pp": "profile parallelism.pp",
+    "dtype": "profile precision.dtype",
+    "quantization": "profile precision.quantization",
+    "kv_cache_dtype": "profile precision.kv_cache_dtype",
+    "limits": "profile limits",
+    "runtime_env": "profile runtime_env",
+}
+
+
+def _heads_source(
+    model: Source, medusa: str | None, medusa_revision: str | None
+) -> tuple[Source | None, int | None, int | None]:
+    """The heads' source and, when the files say, (num_heads, num_layers); a ModelOpt checkpoint carries its own."""
+    if medusa:
+        return detect_heads(medusa, medusa_revision)
+    if model.local is not None and model.format in ("modelopt-fp8", "modelopt"):
+        return (None, *_count_embedded_heads(model.local))
+    if model.local is not None:
+        raise InvalidInputError(
+            "no Medusa heads given",
+            hint="Pass --medusa DIR|REPO (FasterDecoding heads), or a ModelOpt combined checkpoint as --model.",
+        )
+    return None, None, None
+
+
+def _output_dir(
+    output: str | Path | None, env: dict[str, str], model: Source, spec: str, profile_name: str
+) -> tuple[Path, str]:
+    if output is not None:
+        return Path(output), "flag --output"
+    if env.get(OUTPUT_ENV):
+        return Path(env[OUTPUT_ENV]), f"env {OUTPUT_ENV}"
+    slug = (model.local.name if model.local else spec.split("/")[-1]).lower()
+    return Path("engines") / f"{slug}-{profile_name}", "default engines/<model>-<profile>"
+
+
+def _file_or_profile(from_files: int | None, from_profile: int, key: str) -> tuple[int, str]:
+    """The heads' own tensors win over the profile's medusa section."""
+    if from_files is not None:
+        return from_files, "heads tensors"
+    return from_profile, f"profile medusa.{key}"
+
+
+def _tree_spec(tree: str | None, env: dict[str, str], profile: HardwareProfile) -> tuple[str | list[list[int]], str]:
+    if tree is not None:
+        return tree, "flag --tree"
+    if env.get(TREE_ENV):
+        return env[TREE_ENV], f"env {TREE_ENV}"
+    return profile.medusa.tree, "profile medusa.tree"
+
+
+def _convert_workers(env: dict[str, str], world_size: int) -> tuple[int, str]:
+    workers_env = env.get(WORKERS_ENV)
+    if workers_env:
+        if not workers_env.isdigit() or int(workers_env) < 1:
+            raise InvalidInputError(f"{WORKERS_ENV}={workers_env!r} is not a positive integer")
+        return int(workers_env), f"env {WORKERS_ENV}"
+    return min(world_size, os.cpu_count() or 1), "default min(world size, CPUs)"

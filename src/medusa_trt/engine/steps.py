@@ -15,8 +15,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,10 +26,13 @@ from typing import Any
 
 import xxhash
 
+from medusa_trt import fsio
 from medusa_trt.errors import ToolFailedError
+from medusa_trt.outputs import OwnedDir
 
 STAMP_DIR = ".steps"
 TAIL_LINES = 25
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,10 +109,12 @@ class StepRunner:
         *,
         force: bool = False,
         progress: Callable[[str], contextlib.AbstractContextManager[Callable[[str], None]]] | None = None,
+        owned: OwnedDir | None = None,
     ) -> None:
         self.root = root
         self.force = force
         self.progress = progress
+        self.owned = owned or OwnedDir(root, "steps")  # what this runner may remove and replace
         self.results: list[StepResult] = []
 
     def _stamp_path(self, step: Step) -> Path:
@@ -138,11 +143,18 @@ class StepRunner:
         if self.is_done(step, digest):
             rec = json.loads(self._stamp_path(step).read_text())
             res = StepResult(step.name, "skipped", float(rec.get("seconds", 0.0)), step.argv, digest, rec.get("log"))
+            logger.debug("step %s: up to date (input hash %s), skipped", step.name, digest)
             self.results.append(res)
             return res
-        self._stamp_path(step).unlink(missing_ok=True)
-        for out in step.outputs:  # a step redoes its outputs from scratch: converters refuse non-empty dirs
-            _remove(self.root / out)
+        logger.debug(
+            "step %s: running (input hash %s%s): %s", step.name, digest, ", forced" if self.force else "", step.argv
+        )
+        stamp_rel = self._stamp_path(step).relative_to(self.root).as_posix()
+        log_rel = f"logs/{step.name}.log"
+        mine = [stamp_rel, *step.outputs, *([log_rel] if step.kind == "process" else [])]
+        self.owned.claim(mine)  # refuses a path that exists and is not ours, before anything goes
+        for rel in mine:  # a step redoes its outputs from scratch: converters refuse non-empty dirs
+            self.owned.remove(rel)
         t0 = time.perf_counter()
         log: str | None = None
         if step.kind == "python":
@@ -152,6 +164,7 @@ class StepRunner:
             log = self._run_process(step)
         seconds = time.perf_counter() - t0
         self._write_stamp(step, digest, seconds, log)
+        self.owned.done(mine)
         res = StepResult(step.name, "ran", seconds, step.argv, digest, log)
         self.results.append(res)
         return res
@@ -168,9 +181,7 @@ class StepRunner:
             "log": log,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        tmp = stamp.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        tmp.replace(stamp)
+        fsio.write_json(stamp, doc)
 
     def _run_process(self, step: Step) -> str:
         """Run the tool with its output streamed to <out>/logs/<step>.log; raise with its tail on failure."""
@@ -227,10 +238,3 @@ class StepRunner:
             return
         with self.progress(f"{step.name}: {step.description}") as update:
             yield update
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from typing import TextIO
 from medusa_trt.errors import ServerError, ToolFailedError
 
 TAIL_LINES = 25
+logger = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0  # trtllm-serve's own handler waits 10 s before killing its child
 
 
@@ -112,6 +114,7 @@ class Supervisor:
             )
         except OSError as e:
             raise ToolFailedError(f"could not start {self.argv[0]}: {e.strerror}") from e
+        logger.debug("started %s (pid %d)", self.argv, self.proc.pid)
         pump = threading.Thread(target=self._pump, daemon=True)
         pump.start()
         # SIGHUP too: the child has its own session, so a closed terminal reaches it only through us

@@ -13,12 +13,15 @@ import re
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from medusa_trt.config.trtllm_flags import TRTLLM_BUILD_FLAGS, TRTLLM_SERVE_FLAGS
 from medusa_trt.errors import MissingDependencyError, ProfileError
+
+if TYPE_CHECKING:
+    from medusa_trt.config.profile import Serve
 
 SUPPORTED_TRTLLM = ((1, 0), (1, 3))  # >=1.0,<1.3: later releases dropped the TensorRT engine backend
 INSTALL_HINT = (
@@ -141,7 +144,7 @@ def dump_medusa_yaml(doc: dict[str, Any]) -> str:
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=10_000)
 
 
-def serve_settings(serve: Any) -> tuple[list[str], dict[str, Any]]:
+def serve_settings(serve: Serve) -> tuple[list[str], dict[str, Any]]:
     """The profile's serve section: trtllm-serve flags, and LLM-API keys for the --config YAML."""
     flags: list[str] = []
     for name in ("kv_cache_free_gpu_memory_fraction", "num_postprocess_workers", "log_level"):

@@ -9,7 +9,6 @@ Only training imports this module; the runtime has its own inference copy.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -97,23 +96,9 @@ class MedusaHeads(nn.Module):
             "base_model_name_or_path": base_model,
         }
 
-    def save_pretrained(self, out_dir: str | Path, base_model: str = "") -> Path:
-        """Write ``medusa_lm_head.safetensors`` then ``config.json``, each via a temp name and rename."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{HEADS_FILE}.tmp{os.getpid()}"
-        save_file(self.fasterdecoding_state_dict(), str(tmp), metadata={"format": "pt"})
-        tmp.replace(out / HEADS_FILE)
-        tmp_cfg = out / f".config.json.tmp{os.getpid()}"
-        tmp_cfg.write_text(json.dumps(self.config_dict(base_model), indent=2) + "\n")
-        tmp_cfg.replace(out / "config.json")  # config last: its presence marks a complete directory
-        return out
-
     @classmethod
     def from_pretrained(cls, heads_dir: str | Path) -> MedusaHeads:
-        """Read FasterDecoding heads written by ``save_pretrained`` (or the authors' safetensors)."""
+        """Read FasterDecoding heads written by ``heads train`` (or the authors' safetensors)."""
         from safetensors.torch import load_file
 
         from medusa_trt.errors import CheckpointError

@@ -90,6 +90,16 @@ def _dir_bytes(path: Path) -> float:
     return float(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
 
 
+def _still_to_write(need: dict[str, float], work_dir: Path | None, local_model: bool) -> dict[str, float]:
+    """Subtract what is already on disk: a local model is read, not written; a resumed build's finished
+    checkpoint and engine stay. Without this, resuming a finished build on a nearly full disk fails."""
+    have = need["hf_checkpoint"] if local_model else 0.0
+    for key, sub in (("trtllm_checkpoint", "checkpoint"), ("engine", "engine")):
+        if work_dir is not None and (work_dir / sub).is_dir():
+            have += min(need[key], _dir_bytes(work_dir / sub) / GIB)
+    return {**need, "already_on_disk": have, "total": max(0.0, need["total"] - have)}
+
+
 def _free_disk(work_dir: Path) -> tuple[float, Path]:
     probe = work_dir.resolve()
     while not probe.exists() and probe != probe.parent:
@@ -137,7 +147,7 @@ def preflight_report(
         tps, source = float(tokens_per_step), "given"
 
     mem = memory_per_gpu(prof, spec, heads)
-    disk = disk_need(prof, spec, heads, hf_bytes)
+    disk = _still_to_write(disk_need(prof, spec, heads, hf_bytes), work_dir, hf_bytes is not None)
     free, where = _free_disk(work_dir or Path.cwd())
     if target_here is None:
         from medusa_trt.hw import can_run

@@ -53,61 +53,43 @@ def check_parallelism(p: HardwareProfile) -> Check:
 
 def check_tp(model: ModelSpec, tp: int) -> list[Check]:
     h, kv, i, v = model.num_attention_heads, model.num_key_value_heads, model.intermediate_size, model.vocab_size
-    out = [
-        Check(
-            "tp_attention_heads",
-            "pass" if h % tp == 0 else "fail",
-            f"{h} heads / tp {tp} = {h // tp} per rank"
-            if h % tp == 0
-            else f"{h} attention heads are not divisible by tp {tp}",
-        )
-    ]
-    if kv >= tp:
-        out.append(
-            Check(
-                "tp_kv_heads",
-                "pass" if kv % tp == 0 else "fail",
-                f"{kv} KV heads / tp {tp} = {kv // tp} per rank"
-                if kv % tp == 0
-                else f"{kv} KV heads are not divisible by tp {tp}",
-            )
-        )
-    elif tp % kv == 0:
-        out.append(
-            Check(
-                "tp_kv_heads",
-                "pass",
-                f"{kv} KV heads < tp {tp}: each replicated {tp // kv}x (one per rank, TRT-LLM's rule)",
-            )
-        )
-    else:
-        out.append(
-            Check(
-                "tp_kv_heads",
-                "fail",
-                f"{kv} KV heads < tp {tp} and tp is not a multiple of them: TRT-LLM can only replicate KV heads evenly",
-            )
-        )
-    out.append(
-        Check(
-            "tp_intermediate",
-            "pass" if i % tp == 0 else "fail",
-            f"intermediate {i} / tp {tp} = {i // tp} per rank"
-            if i % tp == 0
-            else f"intermediate_size {i} is not divisible by tp {tp}",
-        )
-    )
     vp = pm.padded_vocab(v, tp)
-    out.append(
+    return [
+        _divides("tp_attention_heads", h, tp, f"{h} heads", f"{h} attention heads are"),
+        _check_kv_heads(kv, tp),
+        _divides("tp_intermediate", i, tp, f"intermediate {i}", f"intermediate_size {i} is"),
         Check(
             "tp_vocab",
             "pass" if vp == v else "warn",
             f"vocab {v} / tp {tp} = {v // tp} per rank"
             if vp == v
             else f"vocab {v} padded to {vp} for tp {tp} ({vp - v} zero rows in lm_head and heads)",
+        ),
+    ]
+
+
+def _divides(name: str, n: int, tp: int, shown: str, subject: str) -> Check:
+    """Pass when tp splits ``n`` evenly ("<shown> / tp 8 = k per rank"), else fail ("<subject> not divisible")."""
+    if n % tp == 0:
+        return Check(name, "pass", f"{shown} / tp {tp} = {n // tp} per rank")
+    return Check(name, "fail", f"{subject} not divisible by tp {tp}")
+
+
+def _check_kv_heads(kv: int, tp: int) -> Check:
+    """KV heads split over tp ranks, or, when fewer than tp, replicate evenly (one per rank)."""
+    if kv >= tp:
+        return _divides("tp_kv_heads", kv, tp, f"{kv} KV heads", f"{kv} KV heads are")
+    if tp % kv == 0:
+        return Check(
+            "tp_kv_heads",
+            "pass",
+            f"{kv} KV heads < tp {tp}: each replicated {tp // kv}x (one per rank, TRT-LLM's rule)",
         )
+    return Check(
+        "tp_kv_heads",
+        "fail",
+        f"{kv} KV heads < tp {tp} and tp is not a multiple of them: TRT-LLM can only replicate KV heads evenly",
     )
-    return out
 
 
 def check_limits(p: HardwareProfile, model: ModelSpec) -> Check:
@@ -160,9 +142,12 @@ def check_waste(p: HardwareProfile, model: ModelSpec, tree: Tree, num_heads: int
 
 def check_disk(need: dict[str, float], free_gib: float, where: str, target_here: bool) -> Check:
     total = need["total"]
+    have = need.get("already_on_disk", 0.0)
     what = (
         f"needs {total:.1f} GiB (HF {need['hf_checkpoint']:.1f} + TRT-LLM checkpoint "
-        f"{need['trtllm_checkpoint']:.1f} + engine {need['engine']:.1f}), {free_gib:.1f} GiB free at {where}"
+        f"{need['trtllm_checkpoint']:.1f} + engine {need['engine']:.1f}"
+        + (f" - {have:.1f} already on disk" if have else "")
+        + f"), {free_gib:.1f} GiB free at {where}"
     )
     if free_gib >= total:
         return Check("disk", "pass", what)

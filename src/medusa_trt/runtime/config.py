@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import integrity
 from medusa_trt.errors import CheckpointError
 from medusa_trt.medusa.trees import Tree, load_tree, named_trees, tree_problems
 
 MANIFEST = "medusa-trt.json"
+CONVERT_MANIFEST = "medusa-trt-convert.json"
 # TRT-LLM's llama3 defaults, used when the checkpoint kept only {"type": "llama3"} (docs/sources.md, checkpoint format).
 LLAMA3_DEFAULTS = {
     "factor": 8.0,
@@ -62,8 +64,8 @@ class CheckpointInfo:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # unreadable, not JSON, not UTF-8
         raise CheckpointError(
             f"{path}: cannot read JSON ({e.__class__.__name__})",
             hint="Re-run `medusa-trt convert` to rewrite the checkpoint.",
@@ -76,6 +78,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
     """Resolve an engine dir or checkpoint dir and parse its config.json (no weights are read)."""
     root = Path(path)
+    ckpt, manifest = _locate(root)
+    info = _parse_config(ckpt, _read_json(ckpt / "config.json"), manifest, root)
+    _check_runnable(info)
+    return info
+
+
+def _locate(root: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint directory under ``root`` and the engine manifest ({} for a bare checkpoint), after
+    the start-up check that the recorded files are unchanged."""
     if not root.is_dir():
         raise CheckpointError(
             f"{root}: not a directory",
@@ -85,13 +96,20 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     ckpt = root
     if (root / MANIFEST).is_file():
         manifest = _read_json(root / MANIFEST)
+        integrity.check_unchanged(root, manifest.get("files") or {})
         ckpt = (root / str(manifest.get("checkpoint_dir", "."))).resolve()
+    elif (root / CONVERT_MANIFEST).is_file():  # a converted checkpoint: sizes only (no mtimes recorded)
+        integrity.check_unchanged(root, _read_json(root / CONVERT_MANIFEST).get("files") or {})
     if not (ckpt / "config.json").is_file():
         raise CheckpointError(
             f"{ckpt}: no config.json (not a TRT-LLM checkpoint)",
             hint="Create one with `medusa-trt convert MODEL --output DIR`.",
         )
-    cfg = _read_json(ckpt / "config.json")
+    return ckpt, manifest
+
+
+def _parse_config(ckpt: Path, cfg: dict[str, Any], manifest: dict[str, Any], root: Path) -> CheckpointInfo:
+    """TRT-LLM's config.json fields (the manifest's max_seq_len and model name win where present)."""
     try:
         mapping = cfg.get("mapping") or {}
         tp = int(mapping.get("tp_size", 1))
@@ -101,8 +119,7 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
             )
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
-        quant = (cfg.get("quantization") or {}).get("quant_algo")
-        info = CheckpointInfo(
+        return CheckpointInfo(
             ckpt_dir=ckpt,
             config=cfg,
             tp=tp,
@@ -118,7 +135,7 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
             num_medusa_heads=int(cfg.get("num_medusa_heads") or 0),
             num_medusa_layers=int(cfg.get("num_medusa_layers") or 0),
             max_draft_len=int(cfg.get("max_draft_len") or 0),
-            quant_algo=quant,
+            quant_algo=(cfg.get("quantization") or {}).get("quant_algo"),
             manifest=manifest,
             model_name=str(manifest.get("model_name") or cfg.get("model_name") or root.resolve().name),
         )
@@ -126,12 +143,17 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
         raise CheckpointError(
             f"{ckpt}/config.json: missing or bad field ({e})", hint="Re-run `medusa-trt convert`."
         ) from e
+
+
+def _check_runnable(info: CheckpointInfo) -> None:
+    """What the reference runtime can run: unquantized or FP8, an even tp split, every rank file present."""
+    ckpt, tp = info.ckpt_dir, info.tp
     if info.quant_algo not in (None, "FP8"):
         raise CheckpointError(
             f"{ckpt}: quant_algo '{info.quant_algo}' is not supported by the reference runtime",
             hint="Use an unquantized or FP8 checkpoint.",
         )
-    if info.num_heads % tp or info.intermediate_size % tp or hidden % tp:
+    if info.num_heads % tp or info.intermediate_size % tp or info.hidden_size % tp:
         raise CheckpointError(f"{ckpt}: tp_size {tp} does not divide heads/intermediate/hidden")
     missing = [f"rank{r}.safetensors" for r in range(tp) if not (ckpt / f"rank{r}.safetensors").is_file()]
     if missing:
@@ -139,7 +161,6 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
             f"{ckpt}: missing {', '.join(missing)} for tp_size {tp}",
             hint="The conversion was interrupted or files were removed; convert again.",
         )
-    return info
 
 
 def simple_tree(num_heads: int, max_nodes: int) -> Tree:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 # torch at module level is fine here: runtime modules load only inside commands that compute.
@@ -26,6 +28,21 @@ from medusa_trt.runtime.model import LlamaShard, LocalComm
 
 STOP, ALLOC, FORWARD, HEADS, COMMIT = range(5)
 TIMEOUT = timedelta(seconds=900)
+
+
+def _rank_died(rank: int, code: int | None) -> CheckpointError:
+    """What happened to a rank that died before it reported ready, said plainly."""
+    import signal
+
+    how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited (code {code})"
+    hint = (
+        "SIGKILL usually means the machine ran out of memory (see `dmesg`); every rank holds its shard."
+        if code == -signal.SIGKILL
+        else "Rerun with --debug to see the rank's own error; check the rank files with `medusa-trt verify`."
+    )
+    if Path(sys.argv[0]).name not in ("medusa-trt", "__main__.py"):  # a user's script, not the CLI
+        hint += " A script that loads tp > 1 needs an `if __name__ == '__main__':` guard (ranks are spawned)."
+    return CheckpointError(f"tensor-parallel rank {rank} {how} while starting", hint=hint)
 
 
 class DistComm:
@@ -123,11 +140,7 @@ class Runner:
                     ) from None
                 dead = [p for p in self._procs if not p.is_alive()]
                 if dead:
-                    raise CheckpointError(
-                        f"a tensor-parallel rank exited while starting (code {dead[0].exitcode})",
-                        hint="Scripts that load tp > 1 engines need an `if __name__ == "
-                        "'__main__':` guard (ranks are spawned).",
-                    ) from None
+                    raise _rank_died(self._procs.index(dead[0]) + 1, dead[0].exitcode) from None
                 continue
             if msg[0] != want:
                 raise CheckpointError(f"rank {msg[1]}: {msg[2]}", hint="Check the checkpoint's rank files.")

@@ -7,6 +7,7 @@ dequantized once (``weight * weights_scaling_factor``); activation scales are no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,9 +74,10 @@ def _dequant(state: dict[str, torch.Tensor], name: str, dtype: torch.dtype) -> t
     return w.to(dtype)
 
 
-def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
-    from safetensors.torch import load_file
+Getter = Callable[[str], torch.Tensor]  # a tensor by name, dequantized, on the device; raises if missing
 
+
+def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
     path: Path = info.ckpt_dir / f"rank{rank}.safetensors"
     dtype = DTYPES.get(info.dtype)
     if dtype is None:
@@ -83,54 +85,19 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
             f"{info.ckpt_dir}: dtype '{info.dtype}' is not supported",
             hint="Convert with --dtype float32, float16 or bfloat16.",
         )
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as e:  # truncated or corrupt file
-        raise CheckpointError(
-            f"{path}: cannot read ({e.__class__.__name__}: {e})", hint="The file is damaged; convert again."
-        ) from e
+    state = _read_state(path)
 
     def get(name: str) -> torch.Tensor:
         if name not in state:
             raise CheckpointError(f"{path}: missing tensor '{name}'", hint="Convert the checkpoint again.")
         return _dequant(state, name, dtype).to(device).contiguous()
 
-    layers = []
-    for i in range(info.num_layers):
-        p = f"transformer.layers.{i}."
-        layers.append(
-            LayerWeights(
-                ln1=get(p + "input_layernorm.weight"),
-                qkv=get(p + "attention.qkv.weight"),
-                dense=get(p + "attention.dense.weight"),
-                ln2=get(p + "post_layernorm.weight"),
-                fc_gate=torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0).contiguous(),
-                proj=get(p + "mlp.proj.weight"),
-            )
-        )
+    layers = [_layer(get, i) for i in range(info.num_layers)]
     parallel = bool(info.config.get("use_parallel_embedding")) and info.tp > 1
     embed = get("transformer.vocab_embedding.weight")
     embed_rows = shard_rows(info, "transformer.vocab_embedding.weight") if parallel else [embed.shape[0]]
-    if "lm_head.weight" in state:
-        lm_head, vocab_rows = get("lm_head.weight"), shard_rows(info, "lm_head.weight")
-    elif not parallel:  # tied embeddings without an explicit lm_head: slice the full embedding
-        chunks = torch.chunk(embed, info.tp, dim=0)
-        lm_head, vocab_rows = chunks[rank].contiguous(), [c.shape[0] for c in chunks]
-    else:
-        raise CheckpointError(f"{path}: missing tensor 'lm_head.weight'", hint="Convert the checkpoint again.")
-
-    heads_w: list[torch.Tensor] = []
-    heads_b: list[torch.Tensor] = []
-    heads_lm = None
-    head_rows: list[int] = []
-    k_heads, n_layers = info.num_medusa_heads, info.num_medusa_layers
-    if k_heads:
-        for layer in range(n_layers):
-            names = [f"medusa_heads.{k}.medusa_layers.{layer}.linear." for k in range(k_heads)]
-            heads_w.append(torch.stack([get(n + "weight") for n in names]))  # [K, D/t, D]
-            heads_b.append(torch.stack([get(n + "bias") for n in names]))  # [K, D/t]
-        heads_lm = torch.stack([get(f"medusa_heads.{k}.lm_head.weight") for k in range(k_heads)])
-        head_rows = shard_rows(info, "medusa_heads.0.lm_head.weight")
+    lm_head, vocab_rows = _lm_head(info, rank, get, "lm_head.weight" in state, embed, parallel, path)
+    heads_w, heads_b, heads_lm, head_rows = _medusa_heads(info, get)
     return ShardWeights(
         embed=embed,
         embed_offset=sum(embed_rows[:rank]) if parallel else 0,
@@ -144,3 +111,55 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
         heads_lm=heads_lm,
         head_rows=head_rows,
     )
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # truncated or corrupt file
+        raise CheckpointError(
+            f"{path}: cannot read ({e.__class__.__name__}: {e})", hint="The file is damaged; convert again."
+        ) from e
+
+
+def _layer(get: Getter, i: int) -> LayerWeights:
+    p = f"transformer.layers.{i}."
+    return LayerWeights(
+        ln1=get(p + "input_layernorm.weight"),
+        qkv=get(p + "attention.qkv.weight"),
+        dense=get(p + "attention.dense.weight"),
+        ln2=get(p + "post_layernorm.weight"),
+        fc_gate=torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0).contiguous(),
+        proj=get(p + "mlp.proj.weight"),
+    )
+
+
+def _lm_head(
+    info: CheckpointInfo, rank: int, get: Getter, present: bool, embed: torch.Tensor, parallel: bool, path: Path
+) -> tuple[torch.Tensor, list[int]]:
+    """This rank's lm_head rows [Vl, D] and every rank's row count."""
+    if present:
+        return get("lm_head.weight"), shard_rows(info, "lm_head.weight")
+    if not parallel:  # tied embeddings without an explicit lm_head: slice the full embedding
+        chunks = torch.chunk(embed, info.tp, dim=0)
+        return chunks[rank].contiguous(), [c.shape[0] for c in chunks]
+    raise CheckpointError(f"{path}: missing tensor 'lm_head.weight'", hint="Convert the checkpoint again.")
+
+
+def _medusa_heads(
+    info: CheckpointInfo, get: Getter
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None, list[int]]:
+    """Per Medusa layer the K heads' ResBlock weights and biases stacked, their lm_heads, their row counts."""
+    k_heads = info.num_medusa_heads
+    if not k_heads:
+        return [], [], None, []
+    heads_w: list[torch.Tensor] = []
+    heads_b: list[torch.Tensor] = []
+    for layer in range(info.num_medusa_layers):
+        names = [f"medusa_heads.{k}.medusa_layers.{layer}.linear." for k in range(k_heads)]
+        heads_w.append(torch.stack([get(n + "weight") for n in names]))  # [K, D/t, D]
+        heads_b.append(torch.stack([get(n + "bias") for n in names]))  # [K, D/t]
+    heads_lm = torch.stack([get(f"medusa_heads.{k}.lm_head.weight") for k in range(k_heads)])  # [K, Vl_head, D]
+    return heads_w, heads_b, heads_lm, shard_rows(info, "medusa_heads.0.lm_head.weight")

@@ -1,36 +1,25 @@
 """The OpenAI-compatible reference server over `medusa_trt.runtime` (FastAPI + uvicorn).
 
-Import-light: fastapi, uvicorn and torch load only when a function here is called.
+Import-light: ``create_app`` (`serve.app`) and ``run_server`` (`serve.server`) load on first use,
+with fastapi, uvicorn and torch, not when the package is imported.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from medusa_trt.serve.app import create_app
+    from medusa_trt.serve.server import run_server
+
+_LAZY = {"create_app": "medusa_trt.serve.app", "run_server": "medusa_trt.serve.server"}
 
 
-def run_server(
-    engine_dir: Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    device: str = "cpu",
-    model_name: str | None = None,
-    tree: str | list[list[int]] | None = None,
-) -> int:
-    """Serve an engine directory until SIGINT/SIGTERM; returns the exit code (128+signal after one)."""
-    from medusa_trt.serve.server import run_server as _run
-
-    return _run(engine_dir, host=host, port=port, device=device, model_name=model_name, tree=tree)
-
-
-def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
-    """The FastAPI app over a loaded engine (the caller closes the engine)."""
-    from medusa_trt.serve.app import create_app as _create
-
-    return _create(engine, model_name)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["create_app", "run_server"]

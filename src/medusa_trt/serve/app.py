@@ -40,8 +40,6 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
     name = model_name or str(getattr(engine, "model_name", "") or "model")
     metrics = Metrics(name)
     worker = EngineWorker(engine, metrics)
-    gen = Generator(engine, worker, metrics, name)
-    created = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -52,6 +50,15 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
         title="medusa-trt reference server", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.engine, app.state.worker, app.state.metrics, app.state.model_name = engine, worker, metrics, name
+    _count_requests(app, metrics)
+    _openai_errors(app)
+    _info_routes(app, engine, name, metrics)
+    _generation_routes(app, Generator(engine, worker, metrics, name), name)
+    return app
+
+
+def _count_requests(app: FastAPI, metrics: Metrics) -> None:
+    """Every response counted by endpoint and status (unknown paths as "other", so labels stay bounded)."""
 
     @app.middleware("http")
     async def _count(request: Request, call_next: Any) -> Response:
@@ -59,6 +66,10 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
         path = request.url.path
         metrics.request(path if path in _ENDPOINTS else "other", response.status_code)
         return response
+
+
+def _openai_errors(app: FastAPI) -> None:
+    """Our errors, pydantic's validation errors and Starlette's 404/405 all as OpenAI error bodies."""
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
@@ -74,6 +85,11 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         err = APIError(e.status_code, str(e.detail), type=kind)
         return JSONResponse(err.body(), status_code=e.status_code)
+
+
+def _info_routes(app: FastAPI, engine: Any, name: str, metrics: Metrics) -> None:
+    """/health, /version, /metrics and the /v1/models listing."""
+    created = int(time.time())
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -97,6 +113,10 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
             raise _unknown_model(model_id, name)
         return _model_card(engine, name, created)
 
+
+def _generation_routes(app: FastAPI, gen: Generator, name: str) -> None:
+    """The two OpenAI generation endpoints; the flow itself is `Generator`'s."""
+
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check_model(body.model, name)
@@ -106,8 +126,6 @@ def create_app(engine: Any, model_name: str | None = None) -> FastAPI:
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         _check_model(body.model, name)
         return await gen.chat(body, request)
-
-    return app
 
 
 def _model_card(engine: Any, name: str, created: int) -> dict[str, Any]:

@@ -35,8 +35,16 @@ def load_backbone(model_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]
             f"{d}: not a Hugging Face model directory (no config.json)",
             hint="Pass the directory holding config.json, *.safetensors and the tokenizer.",
         )
-    tok = AutoTokenizer.from_pretrained(str(d))
-    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).to(_device(device)).eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(d))
+        model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # corrupt weights, bad config, no tokenizer
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(
+            f"--model {d}: cannot load ({e.__class__.__name__}: {first})",
+            hint="Pass a complete Hugging Face Llama directory (config.json, *.safetensors, tokenizer).",
+        ) from e
+    model = model.to(_device(device)).eval()
     model.requires_grad_(False)
     return model, tok
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,10 @@ def digest(doc: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def write_json_atomic(path: Path, doc: Any) -> None:
-    write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
+    from medusa_trt import fsio
+
+    fsio.write_json(path, doc)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ expected tokens per step.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -27,11 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio, outputs
 from medusa_trt.errors import InvalidInputError
+from medusa_trt.medusa.heads import HEADS_FILE
 from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
-from medusa_trt.train.stages import Stage, digest, write_atomic, write_json_atomic
+from medusa_trt.train.stages import Stage, digest
 
 WORK = ".train"
+OUTPUT_FILES = (WORK, HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # what `heads train` writes
 
 
 @dataclass
@@ -91,6 +95,8 @@ class TrainResult:
 def _check(cfg: TrainConfig) -> None:
     if cfg.num_heads < 1 or cfg.num_layers < 1 or cfg.steps < 0 or cfg.batch_size < 1:
         raise InvalidInputError("--num-heads, --num-layers and --batch-size must be >= 1, --steps >= 0")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise InvalidInputError(f"--lr {cfg.lr}: must be a finite number > 0", hint="e.g. --lr 1e-3")
     if cfg.train_devices < 1 or cfg.batch_size < cfg.train_devices:
         raise InvalidInputError(
             f"--train-devices {cfg.train_devices} with --batch-size {cfg.batch_size}",
@@ -131,8 +137,35 @@ def train_heads(
     """Train Medusa-1 heads for ``model`` and write them (FasterDecoding format) to ``output``.
 
     ``model``: a Hugging Face directory or repo id, or a TRT-LLM checkpoint from ``convert``.
+    ``output`` follows the output-directory rules (outputs.py): ours or new, locked while training.
     ``on_step(step, loss)`` is called after every optimizer step (progress hooks, tests).
     """
+    cfg = config or TrainConfig()
+    _check(cfg)
+    with outputs.writing(output, kind="heads", inputs={"--model": str(model)}) as owned:
+        owned.claim(OUTPUT_FILES)
+        result = _train(str(model), owned.root, data, cfg, on_step)
+        owned.done(OUTPUT_FILES)
+    return result
+
+
+def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
+    """``medusa_lm_head.safetensors``, then ``config.json`` (its presence marks complete heads), each atomic."""
+    from safetensors.torch import save_file
+
+    with fsio.atomic_path(out / HEADS_FILE) as tmp:
+        save_file(heads.fasterdecoding_state_dict(), str(tmp), metadata={"format": "pt"})
+    fsio.write_json(out / "config.json", heads.config_dict(base_model))
+    return out
+
+
+def _train(
+    model: str,
+    out: Path,
+    data: str | list[Prompt],
+    cfg: TrainConfig,
+    on_step: Callable[[int, float], None] | None,
+) -> TrainResult:
     from medusa_trt.runtime.config import read_checkpoint
     from medusa_trt.train.backbone import load_tokenizer, resolve_backbone
     from medusa_trt.train.distil import local_generator, plan_jobs, run_distil, teacher_generator
@@ -140,10 +173,7 @@ def train_heads(
     from medusa_trt.train.loop import LoopSpec, train_data_parallel
     from medusa_trt.train.progress import TrainProgress
 
-    cfg = config or TrainConfig()
-    _check(cfg)
     prompts = load_prompts(data) if isinstance(data, str) else list(data)
-    out = Path(output)
     work = out / WORK
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, dict[str, Any]] = {}
@@ -225,9 +255,9 @@ def train_heads(
 
     tree_name, tree = _pick_tree(cfg.num_heads, cfg.tree)
     expected = expected_tokens_per_step(res.final_eval.table, tree)
-    res.heads.save_pretrained(out, base_model=str(model))
-    write_atomic(out / "accuracy.csv", format_accuracy_csv(res.final_eval.table).encode())
-    write_json_atomic(
+    save_heads(res.heads, out, base_model=str(model))
+    fsio.write_text(out / "accuracy.csv", format_accuracy_csv(res.final_eval.table))
+    fsio.write_json(
         out / "training.json",
         {"config": asdict(cfg), "history": res.history, "tree": tree_name, "expected_tokens_per_step": expected},
     )
