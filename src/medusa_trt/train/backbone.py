@@ -59,7 +59,8 @@ def _source_key(model: str, revision: str | None) -> dict[str, Any]:
         return {"repo_id": model, "revision": revision}
     stats = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(path.glob("*.safetensors"))}
     cfg = path / "config.json"
-    return {"path": str(path.resolve()), "files": stats, "config": cfg.read_text() if cfg.is_file() else None}
+    config = hashlib.sha256(cfg.read_bytes()).hexdigest() if cfg.is_file() else None  # bytes: convert judges them
+    return {"path": str(path.resolve()), "files": stats, "config": config}
 
 
 def resolve_backbone(
