@@ -1,13 +1,18 @@
 """Conversion throughput and peak RSS on a synthetic Llama-3.1-8B-shaped checkpoint.
 
 Makes a random bf16 checkpoint with 8B shapes (full 128256x4096 embedding and lm_head, N decoder
-layers; --layers 32 for the whole model), converts it at --tp 8 in a child process, and reports:
+layers; --layers 32 for the whole model), converts it at --tp 8 in a child process with the
+converter's default flags (--workers only if given), and reports, side by side in one run:
   - convert throughput: bytes written / seconds (the call to convert_checkpoint, imports excluded);
-  - copy throughput: a plain copy of the source files on the same disk (shutil.copyfile);
-  - peak RSS of the converting process (ru_maxrss of the child).
-Several --layers values show how RSS grows with model size. Everything is deleted afterwards unless --keep.
+  - copy throughput: `cp -r` of the source directory on the same disk, bytes / seconds;
+  - the ratio of the two per written byte, and each one's user and system CPU seconds;
+  - the same for `cp -r` repeated until it has written as many bytes as the conversion (a 10 GB
+    write meets page-cache and writeback pressure that a 3 GB one does not);
+  - peak RSS of the converting process (sampled every 20 ms).
+Several --layers values show how RSS grows with model size; --repeat runs each pair again (the
+spread says how noisy the machine is). Everything is deleted afterwards unless --keep.
 
-    .venv/bin/python benchmarks/convert.py --layers 1 2 --tp 8 --workers 8 --dir /tmp/convert-bench
+    .venv/bin/python benchmarks/convert.py --layers 1 2 4 --repeat 2 --dir /tmp/convert-bench
 
 Disk: the output at tp 8 holds the embedding 8 times (8 x 1.05 GB) plus lm_head and layers (~0.44 GB
 each at bf16): about 10 GB for 2 layers, 23 GB for 32.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -91,21 +97,28 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from medusa_trt.checkpoint import convert_checkpoint
-src, out, tp, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+src, out, tp, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) or None
 r = convert_checkpoint(src, out, tp=tp, workers=workers, progress=False)
 print(json.dumps({"bytes": r.bytes_written, "seconds": r.seconds}))
 """
 
 
-def convert_in_child(src: Path, out: Path, tp: int, workers: int) -> dict[str, float]:
+def child_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of all waited-for children so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime, ru.ru_stime
+
+
+def convert_in_child(src: Path, out: Path, tp: int, workers: int | None) -> dict[str, float]:
     """Convert in a fresh process, sampling its RSS every 20 ms for the peak.
 
     (The child's own ru_maxrss would include this parent's RSS at fork time, which exec keeps.)
     """
     import psutil
 
+    cpu0 = child_cpu()
     proc = psutil.Popen(
-        [sys.executable, "-c", CHILD, str(src), str(out), str(tp), str(workers)],
+        [sys.executable, "-c", CHILD, str(src), str(out), str(tp), str(workers or 0)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -122,17 +135,70 @@ def convert_in_child(src: Path, out: Path, tp: int, workers: int) -> dict[str, f
         raise SystemExit(f"convert failed:\n{stderr[-2000:]}")
     doc: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
     doc["peak_rss_mb"] = peak / 2**20
+    cpu1 = child_cpu()
+    doc["user_s"], doc["sys_s"] = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     return doc
 
 
-def copy_throughput(src: Path, dst: Path) -> dict[str, float]:
-    dst.mkdir()
+def copy_throughput(src: Path, dst: Path, copies: int = 1) -> dict[str, float]:
+    """`cp -r SRC DST` (``copies`` times, into DST-0, DST-1, ...), timed, then removed.
+
+    One copy is what a user would compare the converter with; several copies write as many bytes
+    as the conversion does, so both meet the same page-cache and writeback pressure.
+    """
+    total = sum(f.stat().st_size for f in src.iterdir()) * copies
+    dsts = [dst] if copies == 1 else [dst.with_name(f"{dst.name}-{i}") for i in range(copies)]
+    cpu0 = child_cpu()
     t0 = time.perf_counter()
-    total = 0
-    for f in sorted(src.iterdir()):
-        shutil.copyfile(f, dst / f.name)
-        total += f.stat().st_size
-    return {"bytes": total, "seconds": time.perf_counter() - t0}
+    for d in dsts:
+        subprocess.run(["cp", "-r", str(src), str(d)], check=True)
+    seconds = time.perf_counter() - t0
+    cpu1 = child_cpu()
+    for d in dsts:
+        shutil.rmtree(d)
+    return {"bytes": total, "seconds": seconds, "user_s": cpu1[0] - cpu0[0], "sys_s": cpu1[1] - cpu0[1]}
+
+
+def measure(src: Path, work: Path, layers: int, src_bytes: int, args: argparse.Namespace) -> dict[str, object]:
+    """One `cp -r` of the source, one conversion, then `cp -r` as many times as it takes to write as
+    many bytes as the conversion wrote, all on the same disk."""
+    cp, out = work / f"copy-{layers}", work / f"out-{layers}"
+    copy = copy_throughput(src, cp)
+    conv = convert_in_child(src, out, args.tp, args.workers)
+    shutil.rmtree(out)
+    matched = copy_throughput(src, cp, copies=-(-int(conv["bytes"]) // src_bytes))
+    conv_rate, copy_rate = conv["bytes"] / conv["seconds"], copy["bytes"] / copy["seconds"]
+    matched_rate = matched["bytes"] / matched["seconds"]
+    return {
+        "layers": layers,
+        "tp": args.tp,
+        "workers": args.workers or "default",
+        "source_bytes": src_bytes,
+        "convert_bytes": conv["bytes"],
+        "convert_s": round(conv["seconds"], 2),
+        "convert_MBps": round(conv_rate / 1e6, 1),
+        "convert_cpu_s": {"user": round(conv["user_s"], 2), "sys": round(conv["sys_s"], 2)},
+        "copy_s": round(copy["seconds"], 2),
+        "copy_MBps": round(copy_rate / 1e6, 1),
+        "copy_cpu_s": {"user": round(copy["user_s"], 2), "sys": round(copy["sys_s"], 2)},
+        "ratio_vs_copy": round(conv_rate / copy_rate, 2),
+        "copy_same_bytes_GB": round(matched["bytes"] / 1e9, 2),
+        "copy_same_bytes_MBps": round(matched_rate / 1e6, 1),
+        "copy_same_bytes_cpu_s": {"user": round(matched["user_s"], 2), "sys": round(matched["sys_s"], 2)},
+        "ratio_vs_copy_same_bytes": round(conv_rate / matched_rate, 2),
+        "peak_rss_MB": round(conv["peak_rss_mb"]),
+    }
+
+
+def summary(r: dict[str, object]) -> str:
+    gb = int(r["convert_bytes"]) / 1e9  # type: ignore[call-overload]
+    return (
+        f"layers={r['layers']} tp={r['tp']} workers={r['workers']}: wrote {gb:.2f} GB in {r['convert_s']} s "
+        f"= {r['convert_MBps']} MB/s (cpu {r['convert_cpu_s']}); cp -r {r['copy_MBps']} MB/s "
+        f"(cpu {r['copy_cpu_s']}); ratio {r['ratio_vs_copy']}; cp -r repeated to {r['copy_same_bytes_GB']} GB "
+        f"{r['copy_same_bytes_MBps']} MB/s (cpu {r['copy_same_bytes_cpu_s']}); ratio "
+        f"{r['ratio_vs_copy_same_bytes']}; peak RSS {r['peak_rss_MB']} MB"
+    )
 
 
 def main() -> None:
@@ -145,7 +211,8 @@ def main() -> None:
         help="decoder layers (32 = the full 8B); several values: RSS growth (run smallest first)",
     )
     ap.add_argument("--tp", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=None, help="pass --workers (default: the converter's own)")
+    ap.add_argument("--repeat", type=int, default=1, help="copy + convert pairs per --layers value")
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument(
         "--dir", type=Path, default=None, help="work directory (source, copy, output); default a temp dir under /tmp"
@@ -159,40 +226,19 @@ def main() -> None:
     rows = []
     try:
         for layers in sorted(args.layers):
-            src, cp, out = work / f"src-{layers}", work / f"copy-{layers}", work / f"out-{layers}"
+            src = work / f"src-{layers}"
             src_bytes = make_source(src, layers, args.vocab)
-            copy = copy_throughput(src, cp)
-            shutil.rmtree(cp)
-            conv = convert_in_child(src, out, args.tp, args.workers)
-            rows.append(
-                {
-                    "layers": layers,
-                    "tp": args.tp,
-                    "workers": args.workers,
-                    "source_bytes": src_bytes,
-                    "convert_bytes": conv["bytes"],
-                    "convert_s": round(conv["seconds"], 2),
-                    "convert_MBps": round(conv["bytes"] / conv["seconds"] / 1e6, 1),
-                    "copy_MBps": round(copy["bytes"] / copy["seconds"] / 1e6, 1),
-                    "ratio_vs_copy": round(conv["bytes"] / conv["seconds"] / (copy["bytes"] / copy["seconds"]), 2),
-                    "peak_rss_MB": round(conv["peak_rss_mb"]),
-                }
-            )
-            shutil.rmtree(out)
+            for _ in range(args.repeat):
+                rows.append(measure(src, work, layers, src_bytes, args))
+                if not args.json:
+                    print(summary(rows[-1]), flush=True)
             shutil.rmtree(src)
-            if not args.json:
-                r = rows[-1]
-                print(
-                    f"layers={layers} tp={args.tp}: wrote {r['convert_bytes'] / 1e9:.2f} GB in {r['convert_s']} s "
-                    f"= {r['convert_MBps']} MB/s; copy {r['copy_MBps']} MB/s; ratio {r['ratio_vs_copy']}; "
-                    f"peak RSS {r['peak_rss_MB']} MB",
-                    flush=True,
-                )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        print(json.dumps({"host": os.uname().nodename, "cpus": os.cpu_count(), "runs": rows}, indent=2))
+        doc = {"host": os.uname().nodename, "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "runs": rows}
+        print(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

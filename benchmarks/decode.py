@@ -2,6 +2,17 @@
 
     .venv/bin/python benchmarks/decode.py [--hidden 512 --layers 4 --vocab 2048 --tokens 96]
                                           [--tree nvidia_low_latency_15] [--heads trained|random] [--json]
+    .venv/bin/python benchmarks/decode.py --model-dir DEMO/model --heads-dir DEMO/heads|lm_head
+                                          --adaptive [--accuracy DEMO/accuracy.csv] [--sampling 0.7,1.0]
+
+The second form measures a given Hugging Face model (e.g. the demo's, from its cache dir) with given
+Medusa heads, or with heads initialised from its lm_head (``lm_head``: they predict the next token
+one position too early, so they accept almost nothing). ``--adaptive`` compares plain decoding, the
+adaptive tree (after one warm-up pass over the prompts, as a server would be) and fixed trees of
+``--fixed-sizes`` nodes (optimal trees from ``--accuracy``, the `tree accuracy` CSV, else prefixes of
+the tree); ``--sampling`` compares exact and typical acceptance at those temperatures. Prompts are
+code prompts from the demo's held-out stdlib files when the model has a tokenizer. Every row is the
+best of ``--repeats`` passes (the machine may be shared).
 
 Builds a random Llama 3 model of the given size (tests/helpers/models.py), Medusa heads, converts it with the
 real converter, and loads it with the reference runtime on CPU (tp 1). ``trained`` heads are the
@@ -56,6 +67,156 @@ def build(work: Path, a: argparse.Namespace) -> Path:
     ckpt = work / "ckpt"
     convert_checkpoint(model, ckpt, medusa=heads, tp=1, progress=False)
     return ckpt
+
+
+def build_from(work: Path, a: argparse.Namespace) -> Path:
+    """Convert ``--model-dir`` with ``--heads-dir`` (or lm_head-initialised heads) into a checkpoint."""
+    import json as _json
+
+    from safetensors.torch import load_file
+
+    from medusa_trt.checkpoint.convert import convert_checkpoint
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
+    from tests.helpers.models import make_medusa_heads
+
+    model = Path(a.model_dir)
+    heads = Path(a.heads_dir) if a.heads_dir != "lm_head" else None
+    if heads is None:
+        cfg = _json.loads((model / "config.json").read_text())
+        state = load_file(str(model / "model.safetensors"))
+        lm_head = state.get("lm_head.weight", state.get("model.embed_tokens.weight"))
+        heads = make_medusa_heads(
+            work / "heads",
+            hidden_size=cfg["hidden_size"],
+            vocab_size=cfg["vocab_size"],
+            num_heads=a.num_heads,
+            scale=0.0,
+            lm_head=lm_head,
+        )
+    ckpt = work / "ckpt"
+    convert_checkpoint(model, ckpt, medusa=heads, tp=1, progress=False)
+    return ckpt
+
+
+def prompts_for(engine: Any, n: int) -> list[list[int]]:
+    """Token prompts: held-out stdlib code prompts through the tokenizer, else synthetic ids."""
+    if engine.tokenizer is None:
+        return [[(r * 31 + i * 17) % 300 + 3 for i in range(16)] for r in range(n)]
+    from medusa_trt.demo.corpus import code_prompts, load_corpus
+
+    texts = code_prompts(load_corpus().heldout_files[0::2], n)
+    return [list(engine.tokenizer(t)["input_ids"]) for t in texts]
+
+
+def measure(engine: Any, prompts: list[list[int]], medusa: bool, repeats: int, **kw: Any) -> dict[str, Any]:
+    """Tokens/s (all prompts' tokens over their decode time) and tokens/step; the best of ``repeats``."""
+    from medusa_trt.runtime import SamplingParams
+
+    best: dict[str, Any] = {}
+    for _ in range(repeats):
+        tokens = steps = 0
+        decode_s = 0.0
+        used: dict[int, int] = {}
+        for i, prompt in enumerate(prompts):
+            params = SamplingParams(max_tokens=kw.get("max_tokens", 96), seed=i, **_sampling(kw))
+            gen = engine.generate(prompt, params, medusa=medusa)
+            for _chunk in gen:
+                pass
+            st = gen.stats
+            tokens += st.completion_tokens - 1  # the prefill's token is not a decoding step's
+            steps += st.num_steps
+            decode_s += st.decode_s
+            for k, v in st.tree_nodes_used.items():
+                used[k] = used.get(k, 0) + v
+        row = {
+            "tokens_per_s": tokens / decode_s,
+            "tokens_per_step": tokens / max(steps, 1),
+            "steps": steps,
+            "tree_nodes_used": {str(k): v for k, v in sorted(used.items())},
+        }
+        if not best or row["tokens_per_s"] > best["tokens_per_s"]:
+            best = row
+    return best
+
+
+def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if k in ("temperature", "acceptance", "top_p", "top_k")}
+
+
+def fixed_trees(a: argparse.Namespace, tree: list[list[int]]) -> dict[int, list[list[int]]]:
+    """Fixed trees by size: optimal trees from the accuracy CSV, else prefixes of ``tree``'s sorted order."""
+    from medusa_trt.medusa import tree_builder as tb
+    from medusa_trt.medusa.trees import sort_tree
+
+    sizes = [int(x) for x in a.fixed_sizes.split(",") if x.strip()]
+    out: dict[int, list[list[int]]] = {}
+    acc = tb.parse_accuracy_csv(Path(a.accuracy).read_text(), a.accuracy) if a.accuracy else None
+    for n in sizes:
+        if n == 0:
+            continue
+        if acc is not None:
+            out[n] = tb.build_tree(acc[: a.num_heads], n)
+        elif n <= len(tree):
+            out[n] = sort_tree(tree)[:n]
+    return out
+
+
+def adaptive_report(ckpt: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """Plain vs adaptive vs fixed trees, and exact vs typical sampling, on one checkpoint."""
+    from medusa_trt.runtime import load_engine
+
+    adaptive = load_engine(ckpt, tree=a.tree or None, adapt=True)
+    doc: dict[str, Any] = {"tree": a.tree or "default", "tree_nodes": len(adaptive.tree)}
+    try:
+        prompts = prompts_for(adaptive, a.prompts)
+        kw = {"max_tokens": a.tokens}
+        measure(adaptive, prompts[:2], False, 1, max_tokens=8)  # warm-up
+        measure(adaptive, prompts, True, 1, **kw)  # warm-up pass: the engine learns acceptance and step times
+        # plain and adaptive passes alternate, so a load change on a shared machine hits both alike
+        doc["plain"], doc["adaptive"] = {}, {}
+        for _ in range(a.repeats):
+            for name, medusa in (("plain", False), ("adaptive", True)):
+                row = measure(adaptive, prompts, medusa, 1, **kw)
+                if not doc[name] or row["tokens_per_s"] > doc[name]["tokens_per_s"]:
+                    doc[name] = row
+        doc["adaptive_final_tree_nodes"] = adaptive.tree_nodes
+        doc["fixed"] = {}
+        for n, tree in fixed_trees(a, adaptive.tree).items():
+            eng = load_engine(ckpt, tree=tree, adapt=False)
+            try:
+                doc["fixed"][str(n)] = measure(eng, prompts, True, a.repeats, **kw)
+            finally:
+                eng.close()
+        if doc["fixed"]:
+            best = max(doc["fixed"].items(), key=lambda kv: kv[1]["tokens_per_s"])
+            doc["best_fixed"] = {"nodes": int(best[0]), "tokens_per_s": best[1]["tokens_per_s"]}
+            doc["adaptive_vs_best_fixed"] = doc["adaptive"]["tokens_per_s"] / best[1]["tokens_per_s"]
+        doc["adaptive_vs_plain"] = doc["adaptive"]["tokens_per_s"] / doc["plain"]["tokens_per_s"]
+        doc["sampling"] = {}
+        for temp in [float(x) for x in a.sampling.split(",") if x.strip()]:
+            for acceptance in ("exact", "typical"):
+                row = measure(adaptive, prompts, True, a.repeats, temperature=temp, acceptance=acceptance, **kw)
+                doc["sampling"][f"{acceptance}@{temp}"] = row
+            doc["sampling"][f"plain@{temp}"] = measure(adaptive, prompts, False, a.repeats, temperature=temp, **kw)
+    finally:
+        adaptive.close()
+    return doc
+
+
+def print_adaptive(doc: dict[str, Any]) -> None:
+    print(f"tree {doc['tree']} ({doc['tree_nodes']} nodes); best of N passes, tokens/s over decode time")
+    print(f"{'mode':<16}{'tokens/s':>10}{'tokens/step':>13}  subtree use (nodes: steps)")
+    rows = [("plain", doc["plain"]), ("adaptive", doc["adaptive"])]
+    rows += [(f"fixed {n}", r) for n, r in doc["fixed"].items()]
+    rows += list(doc["sampling"].items())
+    for name, r in rows:
+        print(f"{name:<16}{r['tokens_per_s']:>10.1f}{r['tokens_per_step']:>13.2f}  {r['tree_nodes_used']}")
+    print(f"adaptive / plain {doc['adaptive_vs_plain']:.2f}x", end="")
+    if "best_fixed" in doc:
+        print(f"; adaptive / best fixed ({doc['best_fixed']['nodes']} nodes) {doc['adaptive_vs_best_fixed']:.2f}x")
+    else:
+        print()
 
 
 def step_curve(engine: Any, context: int, reps: int) -> dict[int, float]:
@@ -115,13 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--num-heads", type=int, default=3)
     p.add_argument("--heads", choices=["trained", "random"], default="trained")
-    p.add_argument("--tree", default="nvidia_low_latency_15")
+    p.add_argument("--tree", default="nvidia_low_latency_15", help="with --adaptive: '' for the default tree")
     p.add_argument("--tokens", type=int, default=96)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--model-dir", default=None, help="a Hugging Face model dir instead of a random model")
+    p.add_argument("--heads-dir", default="lm_head", help="Medusa heads for --model-dir, or lm_head")
+    p.add_argument("--adaptive", action="store_true", help="plain vs adaptive vs fixed trees (and --sampling)")
+    p.add_argument("--accuracy", default=None, help="`tree accuracy` CSV: fixed trees are the optimal ones")
+    p.add_argument("--fixed-sizes", default="1,2,4,8,16", help="fixed tree sizes (draft nodes) to compare")
+    p.add_argument("--sampling", default="", help="temperatures for exact vs typical acceptance, e.g. 0.7,1.0")
+    p.add_argument("--prompts", type=int, default=6)
     a = p.parse_args(argv)
 
     import torch
@@ -130,6 +298,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.adaptive:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = build_from(Path(tmp), a) if a.model_dir else build(Path(tmp), a)
+            doc_a = adaptive_report(ckpt, a)
+        doc_a["threads"] = torch.get_num_threads()
+        if a.json:
+            print(json.dumps(doc_a, indent=2))
+        else:
+            print_adaptive(doc_a)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         engine = load_engine(build(Path(tmp), a), tree=a.tree)
         run_generation(engine, False, 8, 1)  # warm-up

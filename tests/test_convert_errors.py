@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,15 +161,15 @@ def test_interrupted_write_leaves_nothing(
     from medusa_trt.checkpoint import writer
 
     calls = {"n": 0}
-    real = writer.tensor_bytes
+    real = writer.write_item
 
-    def interrupt_after_some(t: object) -> object:
+    def interrupt_after_some(*args: Any) -> int:
         calls["n"] += 1
         if calls["n"] == 7:
             raise KeyboardInterrupt
-        return real(t)
+        return real(*args)
 
-    monkeypatch.setattr(writer, "tensor_bytes", interrupt_after_some)
+    monkeypatch.setattr(writer, "write_item", interrupt_after_some)
     out = tmp_path / "out"
     code = run(["convert", "--model", str(tiny_llama), "--output", str(out), "--tp", "2", "--workers", "2"])
     assert code == 130 and calls["n"] >= 7

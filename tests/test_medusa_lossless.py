@@ -161,6 +161,7 @@ def test_typical_acceptance_roots_are_greedy(engines: dict[str, ReferenceEngine]
             max_tokens=16,
             temperature=2.0,
             seed=seed,
+            acceptance="typical",
             posterior_threshold=1.0,
             posterior_alpha=1e9,
         )

@@ -55,7 +55,7 @@ def test_flagship_profile_is_nvidias_recipe() -> None:
     assert dict(zip(args[::2], args[1::2], strict=True)) == {
         "--gpt_attention_plugin": "bfloat16",
         "--use_fused_mlp": "enable",
-        "--paged_kv_cache": "enable",
+        "--kv_cache_type": "paged",
         "--use_paged_context_fmha": "disable",
         "--multiple_profiles": "enable",
         "--reduce_fusion": "enable",
@@ -178,6 +178,30 @@ def test_trtllm_build_keys_are_checked_against_the_flag_list(tmp_path: Path) -> 
     managed = _write(tmp_path, CPU_YAML + "trtllm_build:\n  max_batch_size: 8\n", "m.yaml")
     err = _error(managed)
     assert "is set by medusa-trt" in err.message and err.hint is not None and "limits.max_batch_size" in err.hint
+
+
+@pytest.mark.parametrize(("value", "emitted"), [("enable", "paged"), ("true", "paged"), ("disable", "continuous")])
+def test_deprecated_paged_kv_cache_is_emitted_in_the_current_spelling(tmp_path: Path, value: str, emitted: str) -> None:
+    """trtllm-build 1.x warns that --paged_kv_cache is deprecated for --kv_cache_type: a profile may still
+    say it, but the command line never carries it, and every emitted flag is on the allow-list."""
+    from medusa_trt.config.trtllm_flags import TRTLLM_BUILD_FLAGS
+
+    p = load_profile(_write(tmp_path, CPU_YAML + f"trtllm_build:\n  paged_kv_cache: {value}\n"))
+    assert p.trtllm_build_args() == ["--kv_cache_type", emitted]
+    assert "paged_kv_cache" not in TRTLLM_BUILD_FLAGS and "kv_cache_type" in TRTLLM_BUILD_FLAGS
+    for name in SHIPPED:
+        args = load_profile(name).trtllm_build_args()
+        assert "--paged_kv_cache" not in args
+        assert all(a[2:] in TRTLLM_BUILD_FLAGS for a in args if a.startswith("--")), name
+
+
+def test_deprecated_flag_conflicts_and_bad_values_are_refused(tmp_path: Path) -> None:
+    both = CPU_YAML + "trtllm_build:\n  kv_cache_type: paged\n  paged_kv_cache: enable\n"
+    err = _error(_write(tmp_path, both))
+    assert "'paged_kv_cache' and 'kv_cache_type' both set" in err.message and err.hint == "Keep 'kv_cache_type' only."
+    bad = _write(tmp_path, CPU_YAML + "trtllm_build:\n  paged_kv_cache: maybe\n", "v.yaml")
+    err = _error(bad)
+    assert "'paged_kv_cache' takes enable or disable" in err.message and "kv_cache_type" in (err.hint or "")
 
 
 def test_tree_is_validated_against_heads(tmp_path: Path) -> None:

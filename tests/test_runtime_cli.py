@@ -40,7 +40,7 @@ def test_run_json_greedy_medusa_equals_no_medusa(ckpt: Path, capsys: pytest.Capt
     assert doc["token_ids"] == plain["token_ids"] and 0 < len(doc["token_ids"]) <= 12
     assert doc["stats"]["medusa"] is True and plain["stats"]["medusa"] is False
     assert doc["tokens_per_step"] == pytest.approx((doc["completion_tokens"] - 1) / doc["num_steps"])
-    assert isinstance(doc["text"], str) and doc["stats"]["tree_nodes"] == 61
+    assert isinstance(doc["text"], str) and doc["stats"]["tree_nodes"] == 15  # the default: nvidia_low_latency_15
 
 
 def test_run_text_and_chat(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,3 +106,19 @@ def test_engine_dir_manifest_names_checkpoint_and_tree(ckpt: Path, tmp_path: Pat
         assert engine.tree == [[0], [1], [0, 0]] and engine.tokenizer is not None
         out = [t for c in engine.generate([5, 6], SamplingParams(max_tokens=5)) for t in c.token_ids]
         assert 0 < len(out) <= 5
+
+
+def test_run_sampling_flags(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--acceptance and --no-adapt reach the runtime; a seed gives the same tokens with Medusa on or off."""
+    assert cli(["run", str(ckpt), "--prompt", "x", "--temperature", "0.9", "--acceptance", "fast"]) == 2
+    assert "--acceptance must be exact or typical" in capsys.readouterr().err
+    base = ["run", str(ckpt), "--prompt", "def main", "--max-tokens", "10", "--json", "--temperature", "0.9"]
+    assert cli([*base, "--seed", "3", "--no-adapt"]) == 0
+    fixed = json.loads(capsys.readouterr().out)
+    assert fixed["stats"]["adaptive"] is False and fixed["stats"]["acceptance"] == "exact"
+    assert set(fixed["stats"]["tree_nodes_used"]) == {"15"}  # the whole default tree, every step
+    assert cli([*base, "--seed", "3", "--no-medusa"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == fixed["token_ids"]
+    assert cli([*base, "--seed", "3"]) == 0
+    adaptive = json.loads(capsys.readouterr().out)
+    assert adaptive["stats"]["adaptive"] is True and adaptive["token_ids"] == fixed["token_ids"]

@@ -27,7 +27,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Iterat
     model = make_tiny_llama(base / "llama", seed=0, max_position_embeddings=LONG)
     out = base / "ckpt"
     convert_checkpoint(model, out, medusa=tiny_heads, tp=1, progress=False)
-    eng = load_engine(out)
+    eng = load_engine(out, tree="mc_sim_7b_61")  # large and fixed: these random heads still accept a few drafts
     yield eng
     eng.close()
 
@@ -329,3 +329,43 @@ def test_seeded_sampling_repeats(url: str, engine: Any) -> None:
     # Prefill emits the first token; each decoding step its bonus token and at most the deepest path's drafts.
     depth = max(len(path) for path in engine.tree)
     assert -(-(used - 1) // (depth + 1)) <= steps <= used - 1
+
+
+def test_seeded_sampling_is_per_request_and_lossless(url: str) -> None:
+    """Exact acceptance: a seed gives the same text with Medusa on or off, and concurrent requests
+    (queued behind each other in any order) each get the text they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def text(seed: int, medusa: bool = True) -> str:
+        body = {"prompt": PROMPT, "max_tokens": 12, "temperature": 1.0, "seed": seed, "medusa": medusa}
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        return str(r.json()["choices"][0]["text"])
+
+    alone = {s: text(s) for s in range(4)}
+    assert all(text(s, medusa=False) == alone[s] for s in range(2))
+    assert len(set(alone.values())) > 1
+    with ThreadPoolExecutor(4) as pool:
+        together = dict(zip(range(4), pool.map(text, range(4)), strict=True))
+    assert together == alone
+
+
+def test_medusa_acceptance_field(url: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0.8, "medusa_acceptance": "typical"}
+    assert httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code == 200
+    bad = httpx.post(f"{url}/v1/completions", json={**body, "medusa_acceptance": "fast"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "medusa_acceptance"
+
+
+def test_metrics_expose_the_chosen_tree_size(url: str, engine: Any) -> None:
+    def steps() -> tuple[float, float, str]:
+        text = httpx.get(f"{url}/metrics").text
+        return _metric(text, "medusa_trt_tree_steps_total"), _metric(text, "medusa_trt_decoding_steps_total"), text
+
+    tree0, all0, _ = steps()
+    body = {"prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+    usage = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["usage"]
+    tree1, all1, text = steps()
+    assert tree1 - tree0 == all1 - all0 == usage["decoding_steps"] > 0
+    assert "# TYPE medusa_trt_tree_nodes gauge" in text
+    assert _metric(text, "medusa_trt_tree_nodes") == engine.tree_nodes == 61  # explicit tree: not adapted

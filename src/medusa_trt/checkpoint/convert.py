@@ -22,7 +22,14 @@ from medusa_trt.checkpoint.safetensors_io import CODE_TO_NAME, HASH_ALGORITHM
 from medusa_trt.checkpoint.sources import ResolvedSource, resolve_source
 from medusa_trt.checkpoint.trtllm_config import trtllm_config
 from medusa_trt.checkpoint.validate import check_layout, check_parallel
-from medusa_trt.checkpoint.writer import TOKENIZER_FILES, copy_hashed, existing_ancestor, write_hashed, write_ranks
+from medusa_trt.checkpoint.writer import (
+    TOKENIZER_FILES,
+    copy_hashed,
+    default_workers,
+    existing_ancestor,
+    write_hashed,
+    write_ranks,
+)
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.progress import byte_progress
 
@@ -140,20 +147,23 @@ def convert_checkpoint(
     num_medusa_layers: int | None = None,
     max_draft_len: int | None = None,
     revision: str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = True,
     force: bool = False,
     tree: str | list[list[int]] | None = None,
     medusa_revision: str | None = None,
 ) -> ConvertResult:
-    """Write a TRT-LLM checkpoint for ``tp`` ranks into ``output_dir`` (see module docstring)."""
+    """Write a TRT-LLM checkpoint for ``tp`` ranks into ``output_dir`` (see module docstring).
+
+    ``workers``: rank files written at once; None picks one per usable CPU, at most ``tp``.
+    """
     t0 = time.perf_counter()
     output_dir = outputs.output_path(output_dir)
     outputs.check_overlap(output_dir, {"--model": str(model), "--medusa": str(medusa) if medusa else None})
     if dtype is not None and dtype not in DTYPES:
         raise InvalidInputError(f"--dtype {dtype}: not one of {', '.join(DTYPES)}")
-    if workers < 1:
-        raise InvalidInputError(f"--workers {workers}: must be at least 1", hint="Pass 1 or more.")
+    if workers is not None and workers < 1:
+        raise InvalidInputError(f"--workers {workers}: must be at least 1", hint="Drop it to use the default.")
     outputs.check_free(output_dir)
     outputs.check_replace(output_dir, KIND, force)  # refuse before reading anything
     src = resolve_source(model, kind="model", revision=revision)
@@ -187,7 +197,7 @@ def convert_checkpoint(
         sources["medusa"] = dict(heads_src.to_json(), format="fasterdecoding")
     with outputs.replacing(output_dir, kind=KIND, inputs={"--model": src.path}, force=force) as tmp:
         with byte_progress(total, f"convert tp={tp}", enabled=progress) as advance:
-            files = write_ranks(tmp, plans, workers, advance)
+            files = write_ranks(tmp, plans, workers or default_workers(tp), advance)
         files["config.json"] = write_hashed(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         for name in TOKENIZER_FILES:
             if (src.path / name).is_file():

@@ -4,20 +4,25 @@ Source: docs/sources.md, TensorRT-LLM checkpoint format.
 
 ``rank_tensors`` returns, per rank, the output tensors in file order with their dtype and shape and a
 recipe that yields the bytes in row blocks. Nothing is read until a recipe runs, so the same plan
-serves validation (shapes, byte totals) and writing.
+serves validation (shapes, byte totals) and writing. Rows kept in their source dtype are yielded as a
+``Span`` of the source file rather than a tensor: the writer copies those bytes without loading them.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from medusa_trt.checkpoint.readers import BaseModel, Heads, Store
-from medusa_trt.checkpoint.safetensors_io import DTYPE_SIZES, NAME_TO_CODE, nbytes_of, torch_dtype
+from medusa_trt.checkpoint.safetensors_io import DTYPE_SIZES, NAME_TO_CODE, Span, TensorInfo, nbytes_of, torch_dtype
+from medusa_trt.errors import CheckpointError
 
 ROW_BLOCK_BYTES = 16 << 20  # read big row-split tensors (the embedding) in blocks of about this size
+VERBATIM = True  # False: every byte goes through torch (the tests compare both paths byte for byte)
 FP8 = "F8_E4M3"
 
 Recipe = Callable[[], Iterator[Any]]
@@ -28,7 +33,8 @@ class OutTensor:
     name: str
     code: str  # safetensors dtype code
     shape: tuple[int, ...]
-    make: Recipe  # yields tensors whose bytes, concatenated, are this tensor's bytes
+    make: Recipe  # yields tensors or Spans whose bytes, concatenated, are this tensor's bytes
+    replicated: bool = False  # the same bytes on every rank (embedding, norms)
 
     @property
     def nbytes(self) -> int:
@@ -64,6 +70,20 @@ def _cast(t: Any, code: str) -> Any:
     return t if t.dtype == want else t.to(want)
 
 
+def verbatim_rows(store: Store, name: str, lo: int, hi: int, code: str) -> Span | None:
+    """Rows [lo, hi) as a byte range of the source file, when they are written unchanged."""
+    info = store.info(name)
+    if info.offset < 0 or info.dtype != code or not VERBATIM:
+        return None  # a torch.save'd state dict, or a dtype change
+    row_bytes = nbytes_of(info.dtype, info.shape[1:])
+    return Span(info.file, info.offset + lo * row_bytes, (hi - lo) * row_bytes)
+
+
+def _rows(store: Store, name: str, lo: int, hi: int, code: str) -> Any:
+    """Rows [lo, hi) of a source tensor in dtype ``code``: a Span, or a tensor [hi-lo, ...]."""
+    return verbatim_rows(store, name, lo, hi, code) or _cast(store.read(name, rows=(lo, hi)), code)
+
+
 def rows_recipe(store: Store, name: str, lo: int, hi: int, code: str) -> Recipe:
     """Rows [lo, hi) of a 1-D/2-D tensor; rows past the source's end are zeros (vocab padding)."""
     import torch
@@ -72,26 +92,59 @@ def rows_recipe(store: Store, name: str, lo: int, hi: int, code: str) -> Recipe:
     rest = info.shape[1:]
     row_bytes = max(1, DTYPE_SIZES[info.dtype] * (rest[0] if rest else 1))
     step = max(1, ROW_BLOCK_BYTES // row_bytes)
-    valid = info.shape[0]
+    valid = min(info.shape[0], hi)
 
     def make() -> Iterator[Any]:
-        r = lo
+        span = verbatim_rows(store, name, lo, valid, code) if lo < valid else None
+        r = valid if span is not None else lo
+        if span is not None:
+            yield span
         while r < hi:
             e = min(hi, r + step)
             if r < valid:
-                e2 = min(e, valid)
-                yield _cast(store.read(name, rows=(r, e2)), code)  # [e2-r, D]
-                if e2 < e:
-                    yield torch.zeros((e - e2, *rest), dtype=torch_dtype(code))
+                e = min(e, valid)
+                yield _cast(store.read(name, rows=(r, e)), code)  # [e-r, D]
             else:
-                yield torch.zeros((e - r, *rest), dtype=torch_dtype(code))
+                yield torch.zeros((e - r, *rest), dtype=torch_dtype(code))  # vocab padding rows
             r = e
 
     return make
 
 
 def cols_recipe(store: Store, name: str, lo: int, hi: int, code: str) -> Recipe:
-    return lambda: iter([_cast(store.read(name, cols=(lo, hi)), code)])  # [out, hi-lo]
+    """Columns [lo, hi) of a 2-D tensor, in row blocks of about ROW_BLOCK_BYTES."""
+    info = store.info(name)
+    if info.offset < 0:  # a torch.save'd state dict: already in memory
+        return lambda: iter([_cast(store.read(name, cols=(lo, hi)), code)])  # [out, hi-lo]
+
+    def make() -> Iterator[Any]:
+        rows, size = info.shape[0], DTYPE_SIZES[info.dtype]
+        step = max(1, ROW_BLOCK_BYTES // ((hi - lo) * size))
+        with info.file.open("rb", buffering=0) as f:
+            for r in range(0, rows, step):
+                yield _cast(read_cols(f.fileno(), info, (r, min(rows, r + step)), (lo, hi)), code)
+
+    return make
+
+
+def read_cols(fd: int, info: TensorInfo, rows: tuple[int, int], cols: tuple[int, int]) -> Any:
+    """A [rows, cols] window of a 2-D safetensors tensor, one read per row: only the bytes it needs,
+    and no memory map of the source whose touched pages would count toward the resident set."""
+    import torch
+
+    (r0, r1), (c0, c1), size = rows, cols, DTYPE_SIZES[info.dtype]
+    width, stride = (c1 - c0) * size, info.shape[1] * size
+    # Block-sized heap allocations of varying sizes, freed from several threads, fragment malloc's
+    # arenas until the resident set grows with the model; an anonymous map is returned on release.
+    mem = mmap.mmap(-1, max(1, (r1 - r0) * width))
+    out = torch.frombuffer(mem, dtype=torch.uint8, count=(r1 - r0) * width)
+    out = out.view(torch_dtype(info.dtype)).reshape(r1 - r0, c1 - c0)  # [rows, cols]
+    buf = memoryview(mem)
+    base = info.offset + r0 * stride + c0 * size
+    for i in range(r1 - r0):
+        if os.preadv(fd, [buf[i * width : (i + 1) * width]], base + i * stride) != width:
+            raise CheckpointError(f"{info.file}: file shrank while reading")
+    return out
 
 
 def zeros_recipe(shape: tuple[int, ...], code: str) -> Recipe:
@@ -135,10 +188,13 @@ def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
             scales = [float(store.read(f"{p}.weight_scale").float().reshape(-1)[0]) for p, _ in parts]
             top = max(scales)
         for i, (p, rows) in enumerate(parts):
-            w = store.read(f"{p}.weight", rows=rows)  # [rows, D]
-            if fp8 and scales[i] != top:
-                w = (w.to(torch.float32) * (scales[i] / top)).to(torch.float8_e4m3fn)
-            yield _cast(w, code)
+            if fp8 and scales[i] != top:  # in row blocks: the float32 copy is 4x the FP8 rows
+                step = max(1, ROW_BLOCK_BYTES // (4 * s.hidden_size))
+                for r in range(rows[0], rows[1], step):
+                    w = store.read(f"{p}.weight", rows=(r, min(rows[1], r + step)))  # [step, D] FP8
+                    yield (w.to(torch.float32) * (scales[i] / top)).to(torch.float8_e4m3fn)
+            else:
+                yield _rows(store, f"{p}.weight", *rows, code)
 
     return make
 
@@ -201,6 +257,7 @@ def rank_tensors(lay: Layout, rank: int) -> list[OutTensor]:
             code,
             (s.vocab_size, d),
             rows_recipe(store, "model.embed_tokens.weight", 0, s.vocab_size, code),
+            replicated=True,
         )
     )
     for layer in range(s.num_hidden_layers):
@@ -212,6 +269,7 @@ def rank_tensors(lay: Layout, rank: int) -> list[OutTensor]:
                 code,
                 (d,),
                 rows_recipe(store, f"{hf}input_layernorm.weight", 0, d, code),
+                replicated=True,
             )
         )
         qkv = [f"{att}q_proj", f"{att}k_proj", f"{att}v_proj"]
@@ -241,6 +299,7 @@ def rank_tensors(lay: Layout, rank: int) -> list[OutTensor]:
                 code,
                 (d,),
                 rows_recipe(store, f"{hf}post_attention_layernorm.weight", 0, d, code),
+                replicated=True,
             )
         )
         for trt_name, hf_name in (("fc", "gate_proj"), ("gate", "up_proj")):  # fc is the activated branch
@@ -261,7 +320,8 @@ def rank_tensors(lay: Layout, rank: int) -> list[OutTensor]:
             partial(cols_recipe, store, f"{mlp}down_proj.weight", rank * i_rows, (rank + 1) * i_rows),
             store,
         )
-    out.append(OutTensor("transformer.ln_f.weight", code, (d,), rows_recipe(store, "model.norm.weight", 0, d, code)))
+    ln_f = rows_recipe(store, "model.norm.weight", 0, d, code)
+    out.append(OutTensor("transformer.ln_f.weight", code, (d,), ln_f, replicated=True))
     vr = lay.vocab_padded // t
     lm_src = "lm_head" if "lm_head.weight" in store.infos else "model.embed_tokens"  # tied: from the embedding
     out += _linear(

@@ -52,7 +52,12 @@ def convert_cmd(
         str | None, typer.Option("--revision", help="Hub revision of --model (branch, tag, commit).")
     ] = None,
     medusa_revision: Annotated[str | None, typer.Option("--medusa-revision", help="Hub revision of --medusa.")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Ranks written in parallel.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", "-w", help="Rank files written at once (default: one per CPU, at least 8, at most --tp)."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an --output that medusa-trt wrote (never a foreign one).")
     ] = False,

@@ -39,20 +39,31 @@ def run_cmd(
     temperature: Annotated[
         float,
         typer.Option(
-            "--temperature", help="0 is greedy (exact); > 0 samples, with typical acceptance for Medusa (lossy)."
+            "--temperature", help="0 is greedy; > 0 samples (Medusa stays exact unless --acceptance typical)."
         ),
     ] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely (0: off).")] = 0,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     no_medusa: Annotated[bool, typer.Option("--no-medusa", help="Plain decoding, one token per step.")] = False,
+    acceptance: Annotated[
+        str,
+        typer.Option(
+            "--acceptance",
+            help="Medusa at temperature > 0: exact (lossless, samples as plain decoding) or typical (lossy).",
+        ),
+    ] = "exact",
     tree: Annotated[
         str | None,
         typer.Option(
             "--tree",
-            help="Medusa tree: shipped name or YAML/JSON file (default: the engine's, else the largest that fits).",
+            help="Medusa tree: shipped name or YAML/JSON file, used as is (default: the engine's, else "
+            "nvidia_low_latency_15, adapted).",
         ),
     ] = None,
+    no_adapt: Annotated[
+        bool, typer.Option("--no-adapt", help="Always verify the whole tree (no adaptive subtree choice).")
+    ] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")] = False,
     host: Annotated[str, typer.Option("--host", help="Serve: address to bind.")] = "127.0.0.1",
@@ -70,15 +81,27 @@ def run_cmd(
                 raise InvalidInputError("--json needs --prompt (one generation) or --print-cmd (the serve command)")
             emit_json(serve_command(path, host, port))
             return 0
-        return serve(engine_dir=path, host=host, port=port, print_cmd=print_cmd, device=device)
+        return serve(
+            engine_dir=path,
+            host=host,
+            port=port,
+            print_cmd=print_cmd,
+            device=device,
+            tree=tree,
+            adapt=False if no_adapt else None,
+        )
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")
+    if acceptance not in ("exact", "typical"):
+        raise InvalidInputError(f"--acceptance must be exact or typical, not '{acceptance}'")
     from medusa_trt.runtime import SamplingParams, load_engine
     from medusa_trt.runtime.once import generate_text
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, acceptance=acceptance
+    )
     with err_console.status("loading the reference engine", spinner="dots"):
-        engine = load_engine(path, device=device, tree=tree)
+        engine = load_engine(path, device=device, tree=tree, adapt=False if no_adapt else None)
     with engine:
         doc = generate_text(
             engine, prompt, params, medusa=not no_medusa, chat=chat, on_text=None if json_out else _echo

@@ -18,7 +18,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from medusa_trt.config import yaml_marks
-from medusa_trt.config.trtllm_flags import TRTLLM_BUILD_FLAGS, TRTLLM_BUILD_MANAGED, TRTLLM_BUILD_PLUGINS, closest
+from medusa_trt.config.trtllm_flags import (
+    TRTLLM_BUILD_DEPRECATED,
+    TRTLLM_BUILD_FLAGS,
+    TRTLLM_BUILD_MANAGED,
+    TRTLLM_BUILD_PLUGINS,
+    closest,
+)
 from medusa_trt.config.yaml_marks import Issue
 from medusa_trt.errors import ProfileError, TreeError
 
@@ -151,6 +157,9 @@ class HardwareProfile(_Strict):
         """
         argv: list[str] = []
         for key, value in self.trtllm_build.items():
+            if key in TRTLLM_BUILD_DEPRECATED:  # the current spelling of an old flag (validated on load)
+                key, values = TRTLLM_BUILD_DEPRECATED[key]
+                value = values[_switch(value)]
             if isinstance(value, bool) and key not in TRTLLM_BUILD_PLUGINS:
                 argv += [f"--{key}"] if value else []
             elif isinstance(value, bool):
@@ -165,6 +174,20 @@ class HardwareProfile(_Strict):
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _switch(value: object) -> str:
+    """A YAML enable/disable value (true/false included) as the word, else the value as text."""
+    return ("enable" if value else "disable") if isinstance(value, bool) else str(value)
+
+
+def _deprecated_issue(p: HardwareProfile, key: str) -> Issue | None:
+    new, values = TRTLLM_BUILD_DEPRECATED[key]
+    if new in p.trtllm_build:
+        return Issue(("trtllm_build", key), f"'{key}' and '{new}' both set", hint=f"Keep '{new}' only.", on_key=True)
+    if _switch(p.trtllm_build[key]) not in values:
+        return Issue(("trtllm_build", key), f"'{key}' takes {' or '.join(values)}", hint=f"Use '{new}' instead.")
+    return None
+
+
 def _cross_issues(p: HardwareProfile) -> list[Issue]:
     return _build_flag_issues(p) + _runtime_env_issues(p) + _engine_issues(p) + _limit_issues(p) + _tree_issues(p)
 
@@ -173,7 +196,10 @@ def _build_flag_issues(p: HardwareProfile) -> list[Issue]:
     """trtllm_build keys: trtllm-build flags that medusa-trt does not set itself."""
     issues: list[Issue] = []
     for key in p.trtllm_build:
-        if key in TRTLLM_BUILD_MANAGED:
+        if key in TRTLLM_BUILD_DEPRECATED:
+            issue = _deprecated_issue(p, key)
+            issues += [issue] if issue else []
+        elif key in TRTLLM_BUILD_MANAGED:
             issues.append(
                 Issue(
                     ("trtllm_build", key),

@@ -27,7 +27,6 @@ TRTLLM_BUILD_GENERAL = frozenset(
         "max_prompt_embedding_table_size",
         "max_multimodal_len",
         "kv_cache_type",
-        "paged_kv_cache",
         "input_timing_cache",
         "output_timing_cache",
         "profiling_verbosity",
@@ -95,6 +94,13 @@ TRTLLM_BUILD_PLUGINS = frozenset(
 )
 
 TRTLLM_BUILD_FLAGS = TRTLLM_BUILD_GENERAL | TRTLLM_BUILD_PLUGINS
+
+# Older spellings a profile may still use; medusa-trt emits the current flag instead. trtllm-build 1.x
+# documents `--paged_kv_cache` as deprecated ("equivalent to --kv_cache_type paged") and warns on it;
+# `--kv_cache_type {continuous,paged,disabled}` is accepted by every release from 1.0 to 1.2.
+TRTLLM_BUILD_DEPRECATED: dict[str, tuple[str, dict[str, str]]] = {
+    "paged_kv_cache": ("kv_cache_type", {"enable": "paged", "disable": "continuous"}),
+}
 
 # Flags medusa-trt derives from other profile sections or the command line: naming them in
 # `trtllm_build` would give two sources for one value.

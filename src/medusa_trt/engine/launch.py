@@ -112,6 +112,8 @@ def serve(
     port: int = 8000,
     print_cmd: bool = False,
     device: str = "cpu",
+    tree: str | None = None,
+    adapt: bool | None = None,
 ) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code."""
     engine_dir = Path(engine_dir).resolve()
@@ -124,7 +126,7 @@ def serve(
         os.environ.update(cmd["env"])
         from medusa_trt.serve.server import run_server
 
-        return int(run_server(engine_dir, host, port, device, cmd["model_name"]))
+        return int(run_server(engine_dir, host, port, device, cmd["model_name"], tree=tree, adapt=adapt))
     trtllm.check_trtllm(("trtllm-serve",), require_package=False)
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
 

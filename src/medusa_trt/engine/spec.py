@@ -329,4 +329,6 @@ def _convert_workers(env: dict[str, str], world_size: int) -> tuple[int, str]:
         if not workers_env.isdigit() or int(workers_env) < 1:
             raise InvalidInputError(f"{WORKERS_ENV}={workers_env!r} is not a positive integer")
         return int(workers_env), f"env {WORKERS_ENV}"
-    return min(world_size, os.cpu_count() or 1), "default min(world size, CPUs)"
+    from medusa_trt.checkpoint.writer import default_workers
+
+    return default_workers(world_size), "default: one per CPU (at least 8), at most the world size"

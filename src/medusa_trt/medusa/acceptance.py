@@ -9,12 +9,16 @@ retrieve-index pads). Both return ``(best_path, accepted)`` where ``accepted`` c
 - ``greedy_accept`` is exact: a draft token is accepted iff it equals the base model's argmax after
   the path so far, so greedy Medusa output is token-for-token plain greedy output. Pads never match
   (the authors' code compares pads as token 0, which can "accept" a token that was never verified).
+- ``exact_accept`` is the default for temperature > 0: sequential rejection over each node's children
+  against the warped target distribution, so sampling with Medusa is distributed exactly as plain
+  sampling (proof in its docstring).
 - ``typical_accept`` is the paper's typical acceptance for temperature > 0. It is *lossy*: the output
   does not follow the base model's sampling distribution exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -63,3 +67,26 @@ def typical_accept(
     score = torch.log(cand_p[:, :length] + 1e-30).sum(-1)  # [P]
     score = torch.where(acc == length, score, torch.full_like(score, -float("inf")))
     return int(score.argmax()), length
+
+
+def exact_accept(
+    children: Sequence[Sequence[int]], node_tokens: Sequence[int], sample_at: Callable[[int], int]
+) -> tuple[list[int], int]:
+    """Lossless sequential rejection over the tree (root = node 0). Returns (accepted path, next token).
+
+    ``sample_at(node)`` draws the token t that plain sampling would emit after ``node`` (warped target p,
+    one fresh uniform per emitted position). Child x_j (children in tree order) is accepted iff t = x_j:
+    after x1..x_j-1 were rejected that has probability p(x_j) / (1 - p(x1) - ... - p(x_j-1)), the sequential
+    rejection rule; if every child is rejected, t is a draw from the rest of p, renormalised.
+
+    Exact: (1) the drafts are top-k picks that depend on the prefix only, never on the draws;
+    (2) so in every branch the emitted token is t ~ p(. | prefix), plain sampling's own conditional;
+    (3) by induction on positions the sequence has plain sampling's joint law (same draws, same text).
+    """
+    path = [0]
+    while True:
+        tok = sample_at(path[-1])
+        nxt = next((c for c in children[path[-1]] if node_tokens[c] == tok), None)
+        if nxt is None:
+            return path, tok
+        path.append(nxt)

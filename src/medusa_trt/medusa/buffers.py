@@ -25,6 +25,7 @@ class TreeBuffers:
     retrieve_indices: torch.Tensor  # [P, D+1] long: root-to-leaf node ids, pads -1
     path_valid: torch.Tensor  # [P, D+1] bool: False where retrieve_indices is a pad
     depth: int  # D
+    children: tuple[tuple[int, ...], ...] = ()  # node id -> its children's node ids, in tree order
 
     @property
     def size(self) -> int:
@@ -48,7 +49,9 @@ def build_buffers(
     mask[:, 0] = True
     tree_indices = torch.zeros(t, dtype=torch.long)
     position_ids = torch.zeros(t, dtype=torch.long)
+    kids: list[list[int]] = [[] for _ in range(t)]
     for j, p in enumerate(nodes, start=1):
+        kids[index[tuple(p[:-1])] if len(p) > 1 else 0].append(j)  # sorted order: ranks ascending
         for c in range(1, len(p)):  # proper prefixes are ancestors
             mask[j, index[tuple(p[:c])]] = True
         tree_indices[j] = p[-1] + TOPK * (len(p) - 1) + 1
@@ -74,4 +77,5 @@ def build_buffers(
         retrieve_indices=retrieve.to(device),
         path_valid=(retrieve >= 0).to(device),
         depth=depth,
+        children=tuple(tuple(k) for k in kids),
     )

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
     from medusa_trt.medusa.buffers import TreeBuffers
     from medusa_trt.runtime.config import CheckpointInfo
+    from medusa_trt.runtime.speculation import Speculation
     from medusa_trt.runtime.tp import Runner
+
+ACCEPTANCE = ("exact", "typical")
 
 
 class Generation:
@@ -51,12 +54,24 @@ class Generation:
 
 
 class ReferenceEngine:
-    """A loaded checkpoint: tokenizer, tree buffers and the rank processes. One generation at a time."""
+    """A loaded checkpoint: tokenizer, tree buffers and the rank processes. One generation at a time.
+
+    With ``adapt`` each Medusa step uses the nested subtree of ``tree`` with the best measured
+    tokens/s (possibly no drafts); the output is the same either way.
+    """
 
     def __init__(
-        self, info: CheckpointInfo, runner: Runner, tree: Tree, buffers: TreeBuffers | None, tokenizer: Any
+        self,
+        info: CheckpointInfo,
+        runner: Runner,
+        tree: Tree,
+        buffers: TreeBuffers | None,
+        tokenizer: Any,
+        adapt: bool = True,
     ) -> None:
         self.info, self._runner, self._buffers = info, runner, buffers
+        self.adapt = adapt
+        self._spec: Speculation | None = None
         self.tokenizer = tokenizer
         self.model_name = info.model_name
         self.max_seq_len = info.max_seq_len
@@ -88,17 +103,36 @@ class ReferenceEngine:
             raise InvalidInputError(
                 "invalid sampling parameters: need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0"
             )
-        buffers = self._buffers if medusa else None
+        if params.acceptance not in ACCEPTANCE:
+            raise InvalidInputError(
+                f"unknown acceptance '{params.acceptance}'", hint="Use exact (lossless) or typical (lossy)."
+            )
         decoder = Decoder(
             self._runner,
             list(prompt_ids),
             params,
             self._stop_ids | set(params.stop_token_ids),
             self.max_seq_len,
-            buffers,
+            self.speculation() if medusa else None,
         )
         self._busy = True
         return Generation(decoder, self._release)
+
+    def speculation(self) -> Speculation | None:
+        """The Medusa tree state shared by this engine's generations (None without heads)."""
+        from medusa_trt.runtime.speculation import Speculation
+
+        if self._buffers is None:
+            return None
+        if self._spec is None or self._spec.full is not self._buffers:  # new, or the buffers were replaced
+            self._spec = Speculation(self._buffers, adapt=self.adapt)
+        return self._spec
+
+    @property
+    def tree_nodes(self) -> int:
+        """Draft nodes the next Medusa step will use (the configured tree's size until adapted)."""
+        spec = self.speculation()
+        return spec.nodes if spec is not None else 0
 
     def _release(self) -> None:
         self._busy = False
@@ -109,9 +143,9 @@ class ReferenceEngine:
                 f"cannot {what} while a generation runs", hint="Exhaust or close() the Generation first."
             )
 
-    def set_tree(self, tree: str | list[list[int]]) -> Tree:
+    def set_tree(self, tree: str | list[list[int]], *, adapt: bool = False) -> Tree:
         """Verify later generations with ``tree`` (a name, a YAML path or a list), validated against the
-        checkpoint's heads and max_draft_len; returns the tree used until now."""
+        checkpoint's heads and max_draft_len, as is unless ``adapt``; returns the tree used until now."""
         from medusa_trt.medusa.buffers import build_buffers
 
         self._check_idle("change the tree")
@@ -124,6 +158,7 @@ class ReferenceEngine:
             device=self._runner.device,
         )
         previous, self.tree, self._buffers = self.tree, chosen, buffers
+        self.adapt = adapt
         return previous
 
     # Below ``generate``: one forward at a time, for checking the model itself against a reference.
@@ -192,10 +227,17 @@ def resolve_tree(info: CheckpointInfo, tree: str | list[list[int]] | None) -> Tr
     return validate_tree(chosen, num_heads=info.num_medusa_heads, max_draft_len=info.max_draft_len or None)
 
 
-def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[int]] | None = None) -> ReferenceEngine:
+def load_engine(
+    path: str | Path,
+    *,
+    device: str = "cpu",
+    tree: str | list[list[int]] | None = None,
+    adapt: bool | None = None,
+) -> ReferenceEngine:
     """Load a converted checkpoint dir (or an engine dir with medusa-trt.json) for generation.
 
     The tree is validated against the heads before any weight is read; tp > 1 spawns tp-1 ranks.
+    ``adapt`` (default: on unless ``tree`` is given) lets Medusa steps use the best nested subtree.
     """
     from medusa_trt.errors import MissingDependencyError
     from medusa_trt.runtime.config import read_checkpoint
@@ -222,7 +264,9 @@ def load_engine(path: str | Path, *, device: str = "cpu", tree: str | list[list[
             buffers = build_buffers(
                 chosen, num_heads=info.num_medusa_heads, max_draft_len=info.max_draft_len or None, device=runner.device
             )
-        return ReferenceEngine(info, runner, chosen or [], buffers, tokenizer)
+        return ReferenceEngine(
+            info, runner, chosen or [], buffers, tokenizer, adapt=tree is None if adapt is None else adapt
+        )
     except BaseException:
         runner.close()
         raise

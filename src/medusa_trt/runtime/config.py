@@ -12,7 +12,7 @@ from typing import Any
 
 from medusa_trt import integrity
 from medusa_trt.errors import CheckpointError
-from medusa_trt.medusa.trees import Tree, load_tree, named_trees, tree_problems
+from medusa_trt.medusa.trees import Tree, load_tree, tree_problems
 
 MANIFEST = "medusa-trt.json"
 CONVERT_MANIFEST = "medusa-trt-convert.json"
@@ -172,16 +172,20 @@ def simple_tree(num_heads: int, max_nodes: int) -> Tree:
     return tree[: max(1, max_nodes)]
 
 
+DEFAULT_TREE = "nvidia_low_latency_15"  # small: each extra node costs compute in every verification
+
+
 def default_tree(info: CheckpointInfo) -> Tree:
-    """The manifest's tree; else the largest shipped tree that fits the heads; else ``simple_tree``."""
+    """The manifest's tree; else the small shipped low-latency tree if it fits; else ``simple_tree``.
+
+    Not the largest shipped tree: with heads that were never tuned for this model, a 60-node tree
+    costs ~60 tokens of compute per step for little gain (adaptive speculation then shrinks it, but
+    it has to measure first).
+    """
     if info.manifest.get("tree"):
         return load_tree(info.manifest["tree"])
     limit = info.max_draft_len or None
-    fitting = []
-    for name in named_trees():
-        tree = load_tree(name)
-        if not tree_problems(tree, num_heads=info.num_medusa_heads, max_draft_len=limit):
-            fitting.append((len(tree), name, tree))
-    if fitting:
-        return max(fitting)[2]
+    tree = load_tree(DEFAULT_TREE)
+    if not tree_problems(tree, num_heads=info.num_medusa_heads, max_draft_len=limit):
+        return tree
     return simple_tree(info.num_medusa_heads, info.max_draft_len or 63)

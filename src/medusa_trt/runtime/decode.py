@@ -1,14 +1,17 @@
 """Decoding loops on rank 0: plain (one token per forward) and Medusa tree decoding (docs/sources.md, Medusa algorithm).
 
-Both keep one *pending* token: sampled from the last logits, already emitted, not yet in the KV cache.
+Both keep one *pending* token: picked from the last logits, already emitted, not yet in the KV cache.
 A plain step feeds it; a Medusa step feeds the tree rooted at it, accepts L drafts, and emits them plus
 the bonus token picked from the last accepted node's logits (L+1 tokens per verification forward).
 Stop tokens end the generation and are not emitted (they are counted in completion_tokens).
 
-With Medusa at temperature > 0 (typical acceptance, Medusa paper arXiv 2401.10774 §2.3.1), the root of every tree (the
-first token and each step's bonus token) is the base model's argmax, as in the paper (§2.3.1: "greedy
-decoding for the first token") and the authors' default ``fast`` path; temperature only sets how far
-typical acceptance reaches. Plain decoding samples every token.
+Randomness: one uniform per emitted position, drawn in order from the request's own seeded generator,
+turned into a token by inverse CDF over the warped distribution (token id order). Exact acceptance
+(the default at temperature > 0) consumes the same draws in the same order as plain sampling, so a
+seed gives the same text with Medusa on or off, whatever the tree. Typical acceptance (lossy) keeps the
+paper's rule: every tree root is the base argmax (Medusa paper arXiv 2401.10774 §2.3.1), temperature only sets how far it reaches.
+
+Rank 0 alone draws: the other tensor-parallel ranks receive the chosen tokens, so they cannot diverge.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from typing import TYPE_CHECKING
 # torch at module level is fine here: runtime modules load only inside commands that compute.
 import torch
 
-from medusa_trt.medusa.acceptance import greedy_accept, typical_accept
+from medusa_trt.medusa.acceptance import exact_accept, greedy_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers
 from medusa_trt.medusa.trees import TOPK
 from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
+    from medusa_trt.runtime.speculation import Speculation
     from medusa_trt.runtime.tp import Runner
 
 
@@ -36,7 +40,7 @@ def tokens_per_step(completion_tokens: int, steps: int) -> float:
 
 
 class Sampler:
-    """Greedy at temperature 0; else temperature, top-k, top-p and a seeded generator."""
+    """Greedy at temperature 0; else temperature, top-k, top-p and one seeded uniform per token."""
 
     def __init__(self, params: SamplingParams, device: str) -> None:
         self.p = params
@@ -50,20 +54,35 @@ class Sampler:
     def greedy(self) -> bool:
         return self.p.temperature <= 0
 
-    def pick(self, logits: torch.Tensor) -> int:
-        """One token from logits [V]."""
-        if self.greedy:
-            return int(logits.argmax())
-        x = logits.float() / self.p.temperature
+    def warp(self, logits: torch.Tensor) -> torch.Tensor:
+        """The target distribution [V] (float64): temperature, then top-k, then top-p."""
+        x = logits.double() / self.p.temperature
         if self.p.top_k > 0:
             kth = torch.topk(x, min(self.p.top_k, x.shape[-1])).values[-1]
             x = x.masked_fill(x < kth, -float("inf"))
         if self.p.top_p < 1.0:
             sorted_x, order = torch.sort(x, descending=True)
-            cum = torch.softmax(sorted_x, -1).cumsum(-1)
-            drop = cum - torch.softmax(sorted_x, -1) > self.p.top_p  # keep the smallest set reaching top_p
+            sp = torch.softmax(sorted_x, -1)
+            drop = sp.cumsum(-1) - sp > self.p.top_p  # keep the smallest set reaching top_p
             x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), -float("inf"))
-        return int(torch.multinomial(torch.softmax(x, -1), 1, generator=self.gen))
+        return torch.softmax(x, -1)
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """One token from logits [V], consuming exactly one uniform when sampling."""
+        if self.greedy:
+            return int(logits.argmax())
+        cdf = self.warp(logits).cumsum(-1)  # [V]
+        u = torch.rand((), generator=self.gen, device=self.gen.device, dtype=torch.float64)
+        # the first token whose cdf exceeds u * total: a zero-probability token can never be it
+        tok = torch.searchsorted(cdf, (u * cdf[-1]).reshape(1).to(cdf.device), right=True)
+        return min(int(tok), cdf.shape[-1] - 1)
+
+
+def regime(p: SamplingParams) -> str:
+    """What draft acceptance depends on besides the model: greedy, or the rule and the target's shape."""
+    if p.temperature <= 0:
+        return "greedy"
+    return f"{p.acceptance} t={p.temperature:.1f} k={p.top_k} p={p.top_p:.2f}"
 
 
 class Decoder:
@@ -76,21 +95,27 @@ class Decoder:
         params: SamplingParams,
         stop_ids: set[int],
         max_seq_len: int,
-        buffers: TreeBuffers | None,
+        spec: Speculation | None,
     ) -> None:
         self.r, self.prompt, self.p, self.stop = runner, prompt, params, stop_ids
-        self.buf = buffers
+        self.spec = spec
         self.sampler = Sampler(params, runner.device)
+        self.typical = spec is not None and not self.sampler.greedy and params.acceptance == "typical"
         self.budget = min(params.max_tokens, max_seq_len - len(prompt))
         self.steps = 0
         self.completion = 0
-        depth = buffers.depth if buffers is not None else 0
-        self.accepted = [0] * depth
+        self.accepted = [0] * (spec.depth if spec is not None else 0)
+        self.usage: dict[int, int] = {}  # draft nodes of the tree used -> steps
+        self.emitted: list[int] = []  # every token picked, in order (the pending one last)
+        self.records: list[tuple[int, list[list[int]]]] = []  # (root index in emitted, drafts [D][TOPK])
+        self.last_row = 0  # row of the last forward whose hidden state feeds the heads
         self.stats: GenerationStats | None = None
+        if spec is not None:
+            spec.select(regime(params))
 
-    def _pick_root(self, logits: torch.Tensor) -> int:
-        """The pending token: a tree root is always greedy under Medusa; plain decoding samples."""
-        return int(logits.argmax()) if self.buf is not None else self.sampler.pick(logits)
+    def _next(self, logits: torch.Tensor) -> int:
+        """The token after a verified position: greedy or sampled; under typical acceptance the argmax."""
+        return int(logits.argmax()) if self.typical else self.sampler.pick(logits)
 
     def _take(self, tokens: list[int]) -> tuple[list[int], str | None]:
         """Cut ``tokens`` at the first stop token and at the max_tokens budget."""
@@ -108,28 +133,23 @@ class Decoder:
         dev = self.r.device
         t0 = time.perf_counter()
         s = len(self.prompt)
-        tree_size = self.buf.size if self.buf is not None else 1
+        tree_size = self.spec.full.size if self.spec is not None else 1
         self.r.alloc(s + max(self.budget, 1) + tree_size)
-        logits = self.r.forward(torch.tensor(self.prompt, dtype=torch.long, device=dev), torch.arange(s, device=dev))[
-            -1
-        ]  # [V]
-        head_logits = self.r.heads(s - 1, self.buf.depth) if self.buf is not None else None
-        pending = self._pick_root(logits)
+        prompt = torch.tensor(self.prompt, dtype=torch.long, device=dev)
+        logits = self.r.forward(prompt, torch.arange(s, device=dev))[-1]  # [V]
+        self.last_row = s - 1
+        pending = self._next(logits)
+        self.emitted.append(pending)
         t1 = time.perf_counter()
         try:
             out, finish = self._take([pending])
             yield Chunk(out, finish)
             while finish is None:
-                if self.buf is None or head_logits is None:
-                    n = self.r.length
-                    logits = self.r.forward(torch.tensor([pending], device=dev), torch.tensor([n], device=dev))[-1]
-                    self.steps += 1
-                    pending = self.sampler.pick(logits)
-                    out, finish = self._take([pending])
-                else:
-                    new, head_logits = self._medusa_step(pending, head_logits, self.buf)
-                    pending = new[-1]
-                    out, finish = self._take(new)
+                new = self._step(pending)
+                pending = new[-1]
+                self.emitted += new
+                self._learn()
+                out, finish = self._take(new)
                 yield Chunk(out, finish)
         finally:
             t2 = time.perf_counter()
@@ -141,36 +161,86 @@ class Decoder:
                 accepted_per_depth=list(self.accepted),
                 prefill_s=t1 - t0,
                 decode_s=t2 - t1,
-                medusa=self.buf is not None,
+                medusa=self.spec is not None,
+                tree_nodes_used=dict(sorted(self.usage.items())),
             )
 
-    def _medusa_step(self, root: int, head_logits: torch.Tensor, buf: TreeBuffers) -> tuple[list[int], torch.Tensor]:
-        """One verification forward over the tree; returns (accepted drafts + bonus, next head logits)."""
+    def _step(self, pending: int) -> list[int]:
+        """One decoding step (plain or tree, as the speculation state says); the tokens it emits."""
+        spec = self.spec
+        if spec is None:
+            return [self._plain(pending)]
+        t = time.perf_counter()
+        buf = spec.buffers()
+        if buf is None:
+            if spec.wants_heads(self.usage.get(0, 0)):
+                self._drafts(1)  # statistics only: nothing is drafted this step
+            new, tokens = [self._plain(pending)], 1
+        else:
+            new, tokens = self._tree(pending, buf), buf.size
+        self.usage[tokens - 1] = self.usage.get(tokens - 1, 0) + 1
+        spec.step_done(tokens, time.perf_counter() - t)
+        return new
+
+    def _plain(self, pending: int) -> int:
         dev = self.r.device
         n = self.r.length
-        top = torch.topk(head_logits[: buf.depth], TOPK, dim=-1).indices  # [D, TOPK] top-k by logit
-        flat = torch.cat([torch.tensor([root], device=dev), top.reshape(-1)])  # [1 + TOPK*D]
+        logits = self.r.forward(torch.tensor([pending], device=dev), torch.tensor([n], device=dev))[-1]
+        self.steps += 1
+        self.last_row = 0
+        return self._next(logits)
+
+    def _drafts(self, heads: int) -> torch.Tensor:
+        """Top-k draft tokens of the first ``heads`` heads [heads, TOPK] for a step rooted at the pending
+        token (recorded for learning)."""
+        assert self.spec is not None
+        top = torch.topk(self.r.heads(self.last_row, heads), TOPK, dim=-1).indices  # [heads, TOPK]
+        if self.spec.adapt:
+            self.records.append((len(self.emitted) - 1, top.tolist()))
+        return top
+
+    def _learn(self) -> None:
+        """Score every node of the configured tree on the steps whose next D tokens are now known."""
+        if self.spec is None or not self.spec.adapt:
+            return
+        while self.records and self.records[0][0] + len(self.records[0][1]) < len(self.emitted):
+            root, top = self.records.pop(0)
+            self.spec.acc.observe(top, self.emitted[root + 1 : root + 1 + len(top)])
+
+    def _tree(self, root: int, buf: TreeBuffers) -> list[int]:
+        """One verification forward over the tree; returns the accepted drafts + the next token."""
+        dev = self.r.device
+        n = self.r.length
+        top = self._drafts(buf.depth)  # [D', TOPK]: only the heads this (sub)tree drafts from
+        flat = torch.cat([torch.tensor([root], device=dev), top.reshape(-1)])  # [1 + TOPK*D']
         tree_tokens = flat[buf.tree_indices]  # [T]
         logits = self.r.forward(tree_tokens, buf.position_ids + n, buf.attn_mask)  # [T, V]
         self.steps += 1
-        ri = buf.retrieve_indices.clamp(min=0)  # [P, D+1]; pads masked by path_valid
-        cand = tree_tokens[ri]  # [P, D+1]
-        if self.sampler.greedy:
-            best, acc = greedy_accept(cand, logits.argmax(-1)[ri], buf.path_valid)
-        else:
-            best, acc = typical_accept(
-                cand,
-                logits[ri],
-                buf.path_valid,
-                temperature=self.p.temperature,
-                posterior_threshold=self.p.posterior_threshold,
-                posterior_alpha=self.p.posterior_alpha,
-            )
-        for d in range(acc):
+        nodes, bonus = self._accept(tree_tokens, logits, buf)  # [L+1] root and accepted nodes
+        for d in range(nodes.shape[0] - 1):
             self.accepted[d] += 1
-        nodes = buf.retrieve_indices[best, : acc + 1]  # [L+1] root and accepted nodes
-        last = int(nodes[-1])
-        bonus = self._pick_root(logits[last])
         drafts = tree_tokens[nodes[1:]].tolist()
         self.r.commit(n, nodes + n)  # keep root + accepted entries at n..n+L
-        return [*drafts, bonus], self.r.heads(last, buf.depth)  # only the heads the tree uses
+        self.last_row = int(nodes[-1])
+        return [*drafts, bonus]
+
+    def _accept(self, tree_tokens: torch.Tensor, logits: torch.Tensor, buf: TreeBuffers) -> tuple[torch.Tensor, int]:
+        """(accepted node ids [L+1] from the root, the token after the last of them)."""
+        if self.sampler.greedy or self.typical:
+            ri = buf.retrieve_indices.clamp(min=0)  # [P, D+1]; pads masked by path_valid
+            cand = tree_tokens[ri]  # [P, D+1]
+            if self.sampler.greedy:
+                best, acc = greedy_accept(cand, logits.argmax(-1)[ri], buf.path_valid)
+            else:
+                best, acc = typical_accept(
+                    cand,
+                    logits[ri],
+                    buf.path_valid,
+                    temperature=self.p.temperature,
+                    posterior_threshold=self.p.posterior_threshold,
+                    posterior_alpha=self.p.posterior_alpha,
+                )
+            nodes = buf.retrieve_indices[best, : acc + 1]
+            return nodes, self._next(logits[int(nodes[-1])])
+        path, tok = exact_accept(buf.children, tree_tokens.tolist(), lambda j: self.sampler.pick(logits[j]))
+        return torch.tensor(path, dtype=torch.long, device=tree_tokens.device), tok

@@ -74,6 +74,9 @@ def generate_text(
         "stats": {
             "medusa": st.medusa,
             "tree_nodes": len(engine.tree) if st.medusa else 0,
+            "adaptive": engine.adapt,
+            "acceptance": params.acceptance if params.temperature > 0 else "greedy",
+            "tree_nodes_used": {str(k): v for k, v in st.tree_nodes_used.items()},
             "tp": engine.tp,
             "accepted_per_depth": st.accepted_per_depth,
             "prefill_s": st.prefill_s,

@@ -16,7 +16,8 @@ class SamplingParams:
     top_k: int = 0  # 0 -> off
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's eos ids
-    posterior_threshold: float = 0.09  # typical acceptance (temperature > 0, lossy)
+    acceptance: str = "exact"  # Medusa at temperature > 0: "exact" (lossless) or "typical" (lossy)
+    posterior_threshold: float = 0.09  # typical acceptance only
     posterior_alpha: float = 0.3
 
 
@@ -36,3 +37,4 @@ class GenerationStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     medusa: bool = False
+    tree_nodes_used: dict[int, int] = field(default_factory=dict)  # draft nodes of the tree -> steps

@@ -141,6 +141,7 @@ class Generator:
             top_k=max(body.top_k, 0),
             seed=body.seed,
             stop_token_ids=tuple(body.stop_token_ids),
+            acceptance=body.medusa_acceptance,
             **extra,
         )
 
@@ -210,6 +211,8 @@ class Generator:
             completion_tokens=usage["completion_tokens"],
             steps=usage["decoding_steps"],
             accepted_per_depth=per_depth,
+            tree_nodes_used=dict(getattr(out.stats, "tree_nodes_used", None) or {}),
+            tree_nodes=getattr(self.engine, "tree_nodes", None),
         )
 
     # --- response bodies -------------------------------------------------------------------------

@@ -42,6 +42,8 @@ class Metrics:
         self._tps_buckets: dict[Labels, list[int]] = {}
         self._tps_sum: dict[Labels, float] = defaultdict(float)
         self._tps_count: dict[Labels, int] = defaultdict(int)
+        self._tree_steps: dict[Labels, float] = defaultdict(float)  # (nodes, ) -> Medusa steps
+        self.tree_nodes: int | None = None  # draft nodes the engine's next Medusa step uses
         self.running = 0
         self.waiting = 0
 
@@ -62,6 +64,8 @@ class Metrics:
         completion_tokens: int,
         steps: int,
         accepted_per_depth: Sequence[int] = (),
+        tree_nodes_used: dict[int, int] | None = None,
+        tree_nodes: int | None = None,
     ) -> None:
         m = ("medusa", "true" if medusa else "false")
         with self._lock:
@@ -70,6 +74,10 @@ class Metrics:
             self._steps[(m,)] += steps
             for depth, n in enumerate(accepted_per_depth, start=1):
                 self._accepted[(("depth", str(depth)),)] += n
+            for nodes, n in (tree_nodes_used or {}).items():
+                self._tree_steps[(("nodes", str(nodes)),)] += n
+            if medusa and tree_nodes is not None:
+                self.tree_nodes = tree_nodes
             if steps > 0:
                 tps = (completion_tokens - 1) / steps  # prefill made the first token
                 buckets = self._tps_buckets.setdefault((m,), [0] * len(TOKENS_PER_STEP_BUCKETS))
@@ -107,6 +115,21 @@ class Metrics:
                 "Accepted Medusa draft tokens by tree depth.",
                 self._accepted,
             )
+            self._family(
+                out,
+                "tree_steps_total",
+                "counter",
+                "Medusa decoding steps by draft nodes of the (sub)tree verified (0: no drafts).",
+                self._tree_steps,
+            )
+            if self.tree_nodes is not None:
+                self._family(
+                    out,
+                    "tree_nodes",
+                    "gauge",
+                    "Draft nodes of the tree adaptive speculation chose for the next step.",
+                    {(): float(self.tree_nodes)},
+                )
             self._histogram(out)
             self._family(
                 out, "requests_running", "gauge", "Generations running now (0 or 1).", {(): float(self.running)}

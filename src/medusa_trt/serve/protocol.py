@@ -7,7 +7,7 @@ silent difference.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -51,6 +51,7 @@ class CommonRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     medusa: bool = True  # extension: false decodes one token per step (the baseline)
+    medusa_acceptance: Literal["exact", "typical"] = "exact"  # extension: typical is lossy (temperature > 0)
     posterior_threshold: float | None = Field(None, gt=0.0, le=1.0)  # extension: typical acceptance
     posterior_alpha: float | None = Field(None, gt=0.0, le=1.0)
     presence_penalty: float = 0.0

@@ -32,6 +32,7 @@ def run_server(
     device: str = "cpu",
     model_name: str | None = None,
     tree: str | list[list[int]] | None = None,
+    adapt: bool | None = None,
 ) -> int:
     """Serve ``engine_dir`` (an engine or converted checkpoint directory) until SIGINT/SIGTERM.
 
@@ -46,7 +47,7 @@ def run_server(
         with _signals_as_interrupt(got):  # a signal during the (long) engine load still exits cleanly
             try:
                 _log(f"loading {engine_dir} on {device} ...")
-                engine = load_engine(Path(engine_dir), device=device, tree=tree)
+                engine = load_engine(Path(engine_dir), device=device, tree=tree, adapt=adapt)
             except KeyboardInterrupt:
                 return 128 + (got[0] if got else signal.SIGINT)
         try:
