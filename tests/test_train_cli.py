@@ -78,7 +78,7 @@ def test_heads_train_bad_model_is_one_line(tmp_path: Path, capsys: pytest.Captur
     (tmp_path / "m").mkdir()
     assert run(["heads", "train", "--model", str(tmp_path / "m"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "not a Hugging Face model directory" in err and "Traceback" not in err
+    assert "neither a Hugging Face model nor a TRT-LLM checkpoint" in err and "Traceback" not in err
 
 
 def test_accuracy_on_the_runtime_matches_the_hf_model(ckpt: Path, tiny_llama: Path, heads_dir: Path) -> None:

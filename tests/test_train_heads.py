@@ -126,7 +126,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, tiny_llama: Path) 
     data = PROMPTS[:10]
     with pytest.raises(Stop):
         train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=20), on_step=crash)
-    assert (tmp_path / "a" / ".train" / "state.pt").is_file()
+    assert len(list((tmp_path / "a" / ".train").glob("train-*/state.pt"))) == 1
     assert not (tmp_path / "a" / "config.json").exists()  # no half-written heads that look complete
     resumed = train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=20))
     assert resumed.resumed_from == 10
@@ -142,7 +142,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, tiny_llama: Path) -> Non
     from medusa_trt.train.trainer import train_heads
 
     (tmp_path / "m").mkdir()
-    with pytest.raises(CheckpointError, match="not a Hugging Face model directory"):
+    with pytest.raises(CheckpointError, match="neither a Hugging Face model nor a TRT-LLM checkpoint"):
         train_heads((tmp_path / "m").resolve(), tmp_path / "o", data=PROMPTS, config=_cfg())
     with pytest.raises(InvalidInputError):
         train_heads(tiny_llama, tmp_path / "o", data=str(tmp_path / "missing.jsonl"), config=_cfg())
@@ -155,13 +155,14 @@ def test_head_k_learns_the_token_k_plus_2_ahead_with_weight_0_8_pow_k() -> None:
 
     import torch
 
-    from medusa_trt.train.trainer import head_loss, head_topk_hits
+    from medusa_trt.train.loop import rank_hits, summed_loss, target_counts
 
     k_heads, s, v = 3, 9, 16
     labels = torch.tensor([[-100, -100, 3, 4, 5, 6, 7, 8, 9]])  # unshifted; the continuation starts at 2
-    # uniform logits: every head's CE is log V, so the total is log V * sum_k 0.8^k
-    total, per_head = head_loss(torch.zeros(k_heads, 1, s, v), labels)
-    assert [float(x) for x in per_head] == pytest.approx([math.log(v)] * k_heads)
+    counts = target_counts(labels, k_heads)
+    assert counts.tolist() == [7.0, 6.0, 5.0]  # targets 2..8, 3..8, 4..8
+    # uniform logits: every head's mean CE is log V, so the total is log V * sum_k 0.8^k
+    total = summed_loss(torch.zeros(k_heads, 1, s, v), labels, counts)
     assert float(total) == pytest.approx(math.log(v) * (1 + 0.8 + 0.8**2))
     # head k at position t puts all its mass on labels[t + k + 2]: zero loss, every valid target a top-1 hit
     logits = torch.full((k_heads, 1, s, v), -30.0)
@@ -169,14 +170,20 @@ def test_head_k_learns_the_token_k_plus_2_ahead_with_weight_0_8_pow_k() -> None:
         for t in range(s - k - 2):
             if labels[0, t + k + 2] >= 0:
                 logits[k, 0, t, labels[0, t + k + 2]] = 30.0
-    total, _ = head_loss(logits, labels)
-    assert float(total) < 1e-6
-    hits = head_topk_hits(logits, labels)
-    assert hits[:, 0].tolist() == hits[:, 2].tolist() == [7.0, 6.0, 5.0]  # targets 2..8, 3..8, 4..8
+    assert float(summed_loss(logits, labels, counts)) < 1e-6
+    hits, valid = rank_hits(logits, labels, 2)
+    assert hits[:, 0].tolist() == valid.tolist() == [7.0, 6.0, 5.0]
+    assert hits[:, 1].sum() == 0  # own-rank counts: the rank-1 token is never the target here
     # one position off (token k+1 ahead) is a miss everywhere
     shifted = torch.roll(logits, shifts=1, dims=2)
-    assert float(head_loss(shifted, labels)[0]) > 10.0
-    assert head_topk_hits(shifted, labels)[:, 0].sum() == 0
+    assert float(summed_loss(shifted, labels, counts)) > 10.0
+    assert rank_hits(shifted, labels, 2)[0][:, 0].sum() == 0
+    # with the global count of a bigger batch, a slice's loss is its share of the batch's loss
+    both = torch.cat([labels, labels])
+    half = summed_loss(logits[:, :1] * 0, labels, target_counts(both, k_heads))
+    assert float(half) * 2 == pytest.approx(
+        float(summed_loss(torch.zeros(k_heads, 2, s, v), both, target_counts(both, k_heads)))
+    )
 
 
 def test_accuracy_counts_each_ranks_own_hits_against_the_token_k_plus_1_steps_later() -> None:
@@ -201,18 +208,24 @@ def test_accuracy_counts_each_ranks_own_hits_against_the_token_k_plus_1_steps_la
     assert hits.tolist() == [[2.0, 1.0], [2.0, 1.0]]  # own-rank hits, not cumulative top-r
 
 
-def test_resume_ignores_data_distilled_for_another_run(tmp_path: Path, tiny_llama: Path) -> None:
+def test_other_inputs_get_other_stages_and_never_resume_a_foreign_state(tmp_path: Path, tiny_llama: Path) -> None:
     from medusa_trt.train.trainer import train_heads
 
     data = PROMPTS[:4]
-    train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=10, checkpoint_every=5))
-    # another run (other --gen-tokens) re-distilled into the same dir and stopped before its first checkpoint
-    dd = tmp_path / "a" / ".train" / "data.json"
-    doc = json.loads(dd.read_text())
-    dd.write_text(json.dumps({**doc, "config": {**doc["config"], "gen_tokens": 7}}))
-    again = train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=10, checkpoint_every=5))
-    assert again.resumed_from == 0  # not the old state on the other run's data
-    assert json.loads(dd.read_text())["config"]["gen_tokens"] == 40
+    first = train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=10, checkpoint_every=5))
+    again = train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=10, checkpoint_every=5, gen_tokens=7))
+    assert again.resumed_from == 0  # not the first run's state on other data
+    assert first.stages["distil"]["dir"] != again.stages["distil"]["dir"]
+    assert first.stages["train"]["dir"] != again.stages["train"]["dir"]
+    assert {p.name.split("-")[0] for p in (tmp_path / "a" / ".train").iterdir()} == {
+        "checkpoint",
+        "distil",
+        "hidden",
+        "train",
+    }
+    # the same command again: every stage is found done (distil, hidden) or at its last step (train)
+    same = train_heads(tiny_llama, tmp_path / "a", data=data, config=_cfg(steps=10, checkpoint_every=5, gen_tokens=7))
+    assert same.stages["distil"]["cached"] and same.stages["hidden"]["cached"] and same.resumed_from == 10
 
 
 def test_chat_prompts_fall_back_to_raw_text_without_a_chat_template() -> None:

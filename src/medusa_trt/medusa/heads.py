@@ -32,7 +32,12 @@ class ResBlock(nn.Module):
 
 
 class MedusaHeads(nn.Module):
-    """K heads of L ResBlocks + an lm_head each; separate blocks per layer (no weight sharing)."""
+    """K heads of L ResBlocks + an lm_head each; separate blocks per layer (no weight sharing).
+
+    ``share_lm_head``: every head projects with the frozen base lm_head (a buffer, not a parameter),
+    so only the ResBlocks train (the authors' shared-lm_head variant). The exported FasterDecoding
+    file still carries one ``{k}.{L}.weight`` per head (copies), so every consumer loads it unchanged.
+    """
 
     def __init__(
         self,
@@ -41,10 +46,21 @@ class MedusaHeads(nn.Module):
         num_heads: int,
         num_layers: int = 1,
         lm_head_weight: torch.Tensor | None = None,
+        share_lm_head: bool = False,
     ) -> None:
         super().__init__()
         self.hidden_size, self.vocab_size = hidden_size, vocab_size
         self.num_heads, self.num_layers = num_heads, num_layers
+        self.share_lm_head = share_lm_head
+        if share_lm_head:
+            if lm_head_weight is None:
+                raise ValueError("share_lm_head needs the base lm_head weight")
+            self.heads = nn.ModuleList(
+                nn.Sequential(*[ResBlock(hidden_size) for _ in range(num_layers)]) for _ in range(num_heads)
+            )
+            # not persistent: checkpoints hold only what trains; the base lm_head is reloaded from the model
+            self.register_buffer("lm_head", lm_head_weight.detach().clone(), persistent=False)  # [V, D]
+            return
         self.heads = nn.ModuleList(
             nn.Sequential(
                 *[ResBlock(hidden_size) for _ in range(num_layers)], nn.Linear(hidden_size, vocab_size, bias=False)
@@ -58,11 +74,18 @@ class MedusaHeads(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D] -> logits [K, B, S, V]."""
+        if self.share_lm_head:
+            lm = self.lm_head.to(hidden.dtype)  # [V, D]
+            return torch.stack([nn.functional.linear(head(hidden), lm) for head in self.heads], dim=0)
         return torch.stack([head(hidden) for head in self.heads], dim=0)
 
     def fasterdecoding_state_dict(self) -> dict[str, torch.Tensor]:
         """``{k}.{l}.linear.weight|bias`` and ``{k}.{L}.weight``: the ModuleList's own key names."""
-        return {k: v.detach().to("cpu").contiguous() for k, v in self.heads.state_dict().items()}
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.heads.state_dict().items()}
+        if self.share_lm_head:
+            lm = self.lm_head.detach().to("cpu").contiguous()  # the base dtype: an exact copy
+            state.update({f"{k}.{self.num_layers}.weight": lm.clone() for k in range(self.num_heads)})
+        return state
 
     def config_dict(self, base_model: str) -> dict[str, Any]:
         return {

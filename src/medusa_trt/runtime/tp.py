@@ -12,6 +12,7 @@ import contextlib
 import os
 import queue
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -110,7 +111,7 @@ class Runner:
                 p = ctx.Process(
                     target=_worker_main,
                     daemon=True,
-                    args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status),
+                    args=(str(self.info.ckpt_dir), r, self.tp, port, device, backend, threads, status, os.getpid()),
                 )
                 p.start()
                 self._procs.append(p)
@@ -221,6 +222,17 @@ class Runner:
         assert out is not None
         return out
 
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [T, D] (the checkpoint's dtype) of a fresh sequence ``ids`` [T].
+
+        The cache is reset; every rank holds the full (all-reduced) activations, rank 0 returns them.
+        """
+        self.alloc(ids.shape[0])
+        self.forward(ids, torch.arange(ids.shape[0], dtype=torch.long, device=ids.device))
+        out = self.model.last_hidden
+        assert out is not None
+        return out
+
     def heads(self, row: int, count: int = 0) -> torch.Tensor:
         """Logits [K, V] of the first ``count`` (0: all) Medusa heads at ``row`` of the last forward."""
         self._send(HEADS, row, count)
@@ -235,10 +247,23 @@ class Runner:
         self.model.commit(start, keep)
 
 
+def watch_parent(parent: int, every_s: float = 1.0) -> None:
+    """Exit this spawned rank once its driver is gone (SIGKILL included): a rank blocked in a gloo
+    collective would otherwise wait out TIMEOUT holding its shard, and a rerun would find the memory taken."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
 def _worker_main(
-    ckpt: str, rank: int, tp: int, port: int, device: str, backend: str, threads: int, status: Any
+    ckpt: str, rank: int, tp: int, port: int, device: str, backend: str, threads: int, status: Any, parent: int
 ) -> None:
     """Rank r > 0: load the shard, then execute rank 0's ops until STOP."""
+    watch_parent(parent)
     torch.set_num_threads(threads)
     store = dist.TCPStore("127.0.0.1", port, tp, is_master=False, timeout=TIMEOUT)
     status.put(("hello", rank, ""))  # after the store connects: fewer ways to die unseen before init

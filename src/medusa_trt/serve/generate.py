@@ -45,6 +45,7 @@ class Outcome:
     finish_reason: str | None = None
     stats: Any = None
     deltas: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # every id the engine emitted
 
     def steps(self) -> int:
         # The engine's count when it ran to the end. Cut short, one step per chunk received: the
@@ -205,7 +206,10 @@ class Generator:
         finally:
             job.cancel()
         self.record(out)
-        return JSONResponse(self._full(chat, out, "".join(deltas)))
+        doc = self._full(chat, out, "".join(deltas))
+        if getattr(body, "return_token_ids", False):
+            doc["choices"][0].update(prompt_token_ids=list(ids), token_ids=list(out.token_ids))
+        return JSONResponse(doc)
 
     async def steps(self, job: Job, request: Request, out: Outcome, text: TextStream, event: Any) -> AsyncIterator[str]:
         """Yields the text of each decoding step, then any held-back tail; fills ``out`` as it goes.
@@ -215,6 +219,7 @@ class Generator:
         while not isinstance(event, Finished):
             out.chunks += 1
             out.completion_tokens += len(event.token_ids)
+            out.token_ids.extend(event.token_ids)
             delta = text.push(event.token_ids)
             if text.stopped:  # a stop string: cut here, the engine stops after the step in flight
                 out.finish_reason = "stop"

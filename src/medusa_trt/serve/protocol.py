@@ -94,6 +94,7 @@ class CompletionRequest(CommonRequest):
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
+    return_token_ids: bool = False  # extension (vLLM >= 0.10.2): the choice carries prompt and output ids
 
     def unsupported(self) -> APIError | None:
         if (err := super().unsupported()) is not None:

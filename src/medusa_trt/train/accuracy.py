@@ -46,7 +46,7 @@ def accumulate(base: list[int], topk_ids: torch.Tensor, hits: torch.Tensor, coun
 
 def _hf_decoder(model_dir: Path, heads_dir: Path, topk: int, device: str) -> tuple[Decoder, Any, int]:
     from medusa_trt.medusa.heads import MedusaHeads
-    from medusa_trt.train.trainer import greedy_continue, load_backbone
+    from medusa_trt.train.hf import greedy_continue, load_backbone
 
     model, tok = load_backbone(model_dir, device)
     heads = MedusaHeads.from_pretrained(heads_dir).to(next(model.parameters()).device).eval()

@@ -2,34 +2,40 @@
 
 The authors' code for it is ``medusa/train/train_legacy.py``.
 
-1. The base model greedily continues every prompt: prompt + continuation is a training sequence,
-   so the heads learn the model they will serve (its greedy path is what the runtime verifies).
-2. The frozen backbone's last hidden states (after the final norm) are computed once, no grad.
-3. Head k (0-based) at position t learns token t+k+2, loss weight 0.8^k; only targets inside the
-   generated continuation count. AdamW, warmup + cosine. Per-head top-1/top-5 on held-out sequences.
-Checkpoints (heads, optimizer, step, RNG, the distilled data) go to ``OUTPUT/.train/`` so an
-interrupted run resumes; the final heads are written in FasterDecoding format.
+Three stages, each in a directory keyed by a hash of its inputs (``stages.py``), each resumable:
+
+1. distil: the base model greedily continues every prompt (reference runtime at the checkpoint's
+   tp, or an OpenAI-compatible teacher); prompt + continuation is a training sequence, so the heads
+   learn the model they will serve.
+2. hidden: the frozen backbone's final-norm hidden states, computed once by the reference runtime
+   at the checkpoint's tp and streamed to disk shards in the checkpoint's dtype.
+3. train: head k (0-based) at position t learns token t+k+2, loss weight 0.8^k; only targets in
+   the continuation count. AdamW, warmup + cosine, data-parallel over ``train_devices`` processes.
+
+The backbone is a TRT-LLM checkpoint: one from ``convert``, or a Hugging Face model converted on
+the fly (no heads) under ``OUTPUT/.train/``. The final heads are FasterDecoding files, with the
+held-out accuracy table (``accuracy.csv``, as ``tree accuracy`` writes it) and the chosen tree's
+expected tokens per step.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medusa_trt import fsio, outputs
-from medusa_trt.errors import CheckpointError, InvalidInputError, MissingDependencyError
-from medusa_trt.medusa.heads import HEADS_FILE, MedusaHeads
+from medusa_trt.errors import InvalidInputError
+from medusa_trt.medusa.heads import HEADS_FILE
 from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
+from medusa_trt.train.stages import Stage, digest
 
-DECAY = 0.8  # Medusa paper Appendix B.2: lambda_k = 0.8^k
-CACHE_LIMIT_BYTES = 2 << 30  # cache hidden states when they fit in 2 GiB; recompute per batch otherwise
+WORK = ".train"
+OUTPUT_FILES = (WORK, HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # what `heads train` writes
 
 
 @dataclass
@@ -50,6 +56,17 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
+    tp: int | None = None  # converting a Hugging Face model: its tp (an existing checkpoint keeps its own)
+    dtype: str | None = None  # converting: the checkpoint dtype (default: the source's)
+    revision: str | None = None
+    teacher_url: str | None = None
+    teacher_api_key: str | None = None
+    teacher_concurrency: int = 8
+    hidden_cache: str | None = None  # default: OUTPUT/.train
+    shard_mib: float = 256.0  # hidden-state shard size: bounds the hidden stage's memory
+    train_devices: int = 1
+    share_lm_head: bool = False
+    tree: str | None = None  # the tree whose expected tokens/step is reported (default: the largest that fits)
 
 
 @dataclass
@@ -65,268 +82,74 @@ class TrainResult:
     sequences: int
     resumed_from: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    accuracy: list[list[float]] = field(default_factory=list)  # [K][R], held out, own-rank hit rates
+    tree: str = ""
+    expected_tokens_per_step: float = 0.0
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"dir", "cached", "seconds"}
+    checkpoint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass
-class Distilled:
-    """Greedy self-distillation data: token sequences and where each continuation starts."""
-
-    sequences: list[list[int]]
-    starts: list[int]
-
-
-def _device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MissingDependencyError(
-            "--device cuda but no CUDA device is visible to torch",
-            hint="Use --device cpu, or install a CUDA build of torch.",
+def _check(cfg: TrainConfig) -> None:
+    if cfg.num_heads < 1 or cfg.num_layers < 1 or cfg.steps < 0 or cfg.batch_size < 1:
+        raise InvalidInputError("--num-heads, --num-layers and --batch-size must be >= 1, --steps >= 0")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise InvalidInputError(f"--lr {cfg.lr}: must be a finite number > 0", hint="e.g. --lr 1e-3")
+    if cfg.train_devices < 1 or cfg.batch_size < cfg.train_devices:
+        raise InvalidInputError(
+            f"--train-devices {cfg.train_devices} with --batch-size {cfg.batch_size}",
+            hint="Every training process needs at least one sequence per step: batch size >= devices >= 1.",
         )
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise InvalidInputError(f"unknown device '{name}'", hint="Use cpu or cuda.")
-    return torch.device(name)
+    if cfg.teacher_concurrency < 1 or cfg.shard_mib <= 0:
+        raise InvalidInputError("--teacher-concurrency must be >= 1 and --shard-mib > 0")
 
 
-def load_backbone(model_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """The frozen HF model (eval, no grad) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress goes to stderr; no per-load tqdm bars
-    d = Path(model_dir)
-    if not (d / "config.json").is_file():
-        raise CheckpointError(
-            f"{d}: not a Hugging Face model directory (no config.json)",
-            hint="Pass the directory holding config.json, *.safetensors and the tokenizer.",
-        )
-    try:
-        tok = AutoTokenizer.from_pretrained(str(d))
-        model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # corrupt weights, bad config, no tokenizer
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise CheckpointError(
-            f"--model {d}: cannot load ({e.__class__.__name__}: {first})",
-            hint="Pass a complete Hugging Face Llama directory (config.json, *.safetensors, tokenizer).",
-        ) from e
-    model = model.to(_device(device)).eval()
-    model.requires_grad_(False)
-    return model, tok
+def _stage(root: Path, name: str, key: dict[str, Any], resume: bool) -> Stage:
+    st = Stage.at(root, name, key)
+    if not resume and st.dir.is_dir() and (st.dir / "key.json").is_file():
+        shutil.rmtree(st.dir)  # ours (key.json): --no-resume starts this stage over
+    return st.open()
 
 
-@torch.inference_mode()
-def greedy_continue(model: Any, ids: list[int], n: int, eos: set[int]) -> list[int]:
-    """Greedy continuation with the HF KV cache, stopping at an EOS id (kept) or after n tokens."""
-    import inspect
+def _pick_tree(num_heads: int, spec: str | None) -> tuple[str, list[list[int]]]:
+    from medusa_trt.medusa.trees import load_tree, named_trees, tree_problems
+    from medusa_trt.runtime.config import simple_tree
 
-    from transformers import DynamicCache
-
-    dev = next(model.parameters()).device
-    # transformers 5 renamed past_key_values to cache; the cache object is updated in place.
-    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    kv = {arg: DynamicCache(config=model.config)}
-    out = model(torch.tensor([ids], device=dev), use_cache=True, **kv)
-    new: list[int] = []
-    for _ in range(n):
-        tok = int(out.logits[0, -1].argmax())
-        new.append(tok)
-        if tok in eos or len(new) == n:
-            break
-        out = model(torch.tensor([[tok]], device=dev), use_cache=True, **kv)
-    return new
+    if spec is not None:
+        return spec, load_tree(spec)
+    fitting = [(len(t), n, t) for n in named_trees() if not tree_problems(t := load_tree(n), num_heads=num_heads)]
+    if fitting:
+        _, name, tree = max(fitting)
+        return name, tree
+    return "simple", simple_tree(num_heads, 63)
 
 
-@torch.inference_mode()
-def greedy_continue_batch(model: Any, batch: list[list[int]], n: int, eos: set[int], pad_id: int) -> list[list[int]]:
-    """Greedy continuations of several prompts at once (left-padded ``generate``), each cut after its EOS.
+def train_heads(
+    model: str | Path,
+    output: str | Path,
+    *,
+    data: str | list[Prompt] = "builtin",
+    config: TrainConfig | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train Medusa-1 heads for ``model`` and write them (FasterDecoding format) to ``output``.
 
-    Small models spend a decode step mostly in per-call overhead, so a batch costs about one prompt.
+    ``model``: a Hugging Face directory or repo id, or a TRT-LLM checkpoint from ``convert``.
+    ``output`` follows the output-directory rules (outputs.py): ours or new, locked while training.
+    ``on_step(step, loss)`` is called after every optimizer step (progress hooks, tests).
     """
-    dev = next(model.parameters()).device
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [B, W]
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(batch):
-        ids[i, width - len(x) :] = torch.tensor(x)
-        mask[i, width - len(x) :] = 1
-    out = model.generate(
-        input_ids=ids.to(dev),
-        attention_mask=mask.to(dev),
-        max_new_tokens=n,
-        min_new_tokens=0,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=pad_id,
-        eos_token_id=sorted(eos) or None,
-    )  # [B, W + n']
-    result = []
-    for row in out[:, width:].tolist():
-        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-        result.append(row[:cut])
+    cfg = config or TrainConfig()
+    _check(cfg)
+    with outputs.writing(output, kind="heads", inputs={"--model": str(model)}) as owned:
+        owned.claim(OUTPUT_FILES)
+        result = _train(str(model), owned.root, data, cfg, on_step)
+        owned.done(OUTPUT_FILES)
     return result
 
 
-def distill(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[Prompt],
-    *,
-    gen_tokens: int,
-    seq_len: int,
-    progress: Any = None,
-    batch_size: int = 32,
-) -> Distilled:
-    """Run the base model greedily on every prompt: its own continuations are the targets."""
-    eos = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-    max_pos = int(getattr(model.config, "max_position_embeddings", seq_len))
-    jobs = []
-    for prompt in prompts:
-        ids = encode_prompt(tokenizer, prompt)[: max(1, seq_len - 4)]
-        budget = max(0, min(gen_tokens, seq_len - len(ids), max_pos - len(ids)))
-        if budget >= 3:
-            jobs.append((ids, budget))
-        elif progress is not None:
-            progress()
-    jobs.sort(key=lambda j: len(j[0]))  # similar lengths together: less padding
-    seqs, starts = [], []
-    for i in range(0, len(jobs), batch_size):
-        chunk = jobs[i : i + batch_size]
-        conts = greedy_continue_batch(model, [ids for ids, _ in chunk], max(b for _, b in chunk), eos, int(pad))
-        for (ids, budget), cont in zip(chunk, conts, strict=True):
-            seqs.append(ids + cont[:budget])
-            starts.append(len(ids))
-            if progress is not None:
-                progress()
-    if not seqs:
-        raise InvalidInputError(
-            "no usable training sequences (prompts too long for --seq-len?)",
-            hint="Raise --seq-len or use shorter prompts.",
-        )
-    return Distilled(seqs, starts)
-
-
-def _labels(seq: list[int], start: int) -> list[int]:
-    """Unshifted labels (authors' convention): the token itself where it is a generated target, else -100."""
-    return [t if i >= start else -100 for i, t in enumerate(seq)]
-
-
-@torch.no_grad()
-def hidden_states(model: Any, seqs: list[list[int]]) -> list[torch.Tensor]:
-    """The backbone's final-norm hidden states, one [S, D] tensor per sequence (float32)."""
-    dev = next(model.parameters()).device
-    return [model.model(torch.tensor([s], device=dev)).last_hidden_state[0].float() for s in seqs]
-
-
-def head_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """logits [K, B, S, V], labels [B, S] unshifted. Head k at t predicts labels[t+k+2], weight 0.8^k."""
-    import torch.nn.functional as F
-
-    total = logits.new_zeros(())
-    per_head = []
-    for k in range(logits.shape[0]):
-        shift = k + 2
-        lg = logits[k, :, : logits.shape[2] - shift]  # [B, S-shift, V]
-        lb = labels[:, shift:]  # [B, S-shift]
-        if lb.numel() == 0 or bool((lb == -100).all()):
-            per_head.append(logits.new_zeros(()))
-            continue
-        loss_k = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100)
-        per_head.append(loss_k.detach())
-        total = total + (DECAY**k) * loss_k
-    return total, per_head
-
-
-def head_topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
-    """Hits [K, len(ks)] and the count of valid targets per head [K] (last column)."""
-    num_heads = logits.shape[0]
-    out = torch.zeros(num_heads, len(ks) + 1)
-    for k in range(num_heads):
-        shift = k + 2
-        lg = logits[k, :, : logits.shape[2] - shift]  # [B, S-shift, V]
-        lb = labels[:, shift:]  # [B, S-shift]
-        valid = lb != -100
-        if not bool(valid.any()):
-            continue
-        top = lg.topk(max(ks), dim=-1).indices  # [B, S-shift, maxk]
-        for j, kk in enumerate(ks):
-            out[k, j] = (top[..., :kk] == lb.unsqueeze(-1)).any(-1)[valid].sum()
-        out[k, -1] = valid.sum()
-    return out
-
-
-def _batch(
-    hiddens: list[torch.Tensor], labels: list[list[int]], idx: list[int], dev: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad a batch: hidden [B, S, D], labels [B, S] with -100 on padding."""
-    s = max(hiddens[i].shape[0] for i in idx)
-    d = hiddens[idx[0]].shape[1]
-    h = torch.zeros(len(idx), s, d, device=dev)
-    y = torch.full((len(idx), s), -100, dtype=torch.long, device=dev)
-    for b, i in enumerate(idx):
-        n = hiddens[i].shape[0]
-        h[b, :n] = hiddens[i]
-        y[b, :n] = torch.tensor(labels[i], device=dev)
-    return h, y
-
-
-@torch.no_grad()
-def evaluate(
-    heads: MedusaHeads,
-    hiddens: list[torch.Tensor],
-    labels: list[list[int]],
-    idx: list[int],
-    dev: torch.device,
-    batch: int = 16,
-) -> tuple[float, list[float], list[float]]:
-    """Weighted loss, per-head top-1 and top-5 accuracy over ``idx``."""
-    hits = torch.zeros(heads.num_heads, 3)
-    losses = []
-    for i in range(0, len(idx), batch):
-        h, y = _batch(hiddens, labels, idx[i : i + batch], dev)
-        logits = heads(h)  # [K, B, S, V]
-        losses.append(float(head_loss(logits, y)[0]))
-        hits += head_topk_hits(logits, y).cpu()
-    n = hits[:, 2].clamp(min=1)
-    return (sum(losses) / max(1, len(losses)), (hits[:, 0] / n).tolist(), (hits[:, 1] / n).tolist())
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup then cosine to zero (the authors' schedule)."""
-    warm = max(1, int(cfg.warmup_frac * cfg.steps))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    frac = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
-
-
-def _ckpt_dir(output: Path) -> Path:
-    return output / ".train"
-
-
-def _save_checkpoint(
-    output: Path,
-    step: int,
-    heads: MedusaHeads,
-    opt: torch.optim.Optimizer,
-    gen: torch.Generator,
-    history: list[dict[str, Any]],
-    cfg_key: dict[str, Any],
-) -> None:
-    state = {
-        "step": step,
-        "heads": heads.state_dict(),
-        "opt": opt.state_dict(),
-        "rng": gen.get_state(),
-        "history": history,
-        "config": cfg_key,
-    }
-    with fsio.atomic_path(_ckpt_dir(output) / "state.pt") as tmp:
-        torch.save(state, tmp)
-
-
-def save_heads(heads: MedusaHeads, out: Path, base_model: str = "") -> Path:
+def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
     """``medusa_lm_head.safetensors``, then ``config.json`` (its presence marks complete heads), each atomic."""
     from safetensors.torch import save_file
 
@@ -336,163 +159,123 @@ def save_heads(heads: MedusaHeads, out: Path, base_model: str = "") -> Path:
     return out
 
 
-def _config_key(cfg: TrainConfig, model_dir: Path, data: str) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed (steps may grow)."""
-    keep = ("num_heads", "num_layers", "lr", "batch_size", "seq_len", "gen_tokens", "seed")
-    return {"model": str(model_dir.resolve()), "data": data, **{k: getattr(cfg, k) for k in keep}}
-
-
-OUTPUT_FILES = (".train", HEADS_FILE, "config.json", "training.json")  # what `heads train` writes
-
-
-def train_heads(
-    model_dir: str | Path,
-    output: str | Path,
-    *,
-    data: str | list[Prompt] = "builtin",
-    config: TrainConfig | None = None,
-    on_step: Callable[[int, float], None] | None = None,
-) -> TrainResult:
-    """Train Medusa-1 heads for ``model_dir`` and write them (FasterDecoding format) to ``output``.
-
-    ``output`` follows the output-directory rules (outputs.py): ours or new, locked while training.
-    ``on_step(step, loss)`` is called after every optimizer step (progress hooks, tests).
-    """
-    cfg = config or TrainConfig()
-    _check_config(cfg)
-    with outputs.writing(output, kind="heads", inputs={"--model": str(model_dir)}) as owned:
-        owned.claim(OUTPUT_FILES)
-        result = _train(Path(model_dir), owned.root, data, cfg, on_step)
-        owned.done(OUTPUT_FILES)
-    return result
-
-
-def _check_config(cfg: TrainConfig) -> None:
-    if cfg.num_heads < 1 or cfg.num_layers < 1 or cfg.steps < 0 or cfg.batch_size < 1:
-        raise InvalidInputError("--num-heads, --num-layers and --batch-size must be >= 1, --steps >= 0")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise InvalidInputError(f"--lr {cfg.lr}: must be a finite number > 0", hint="e.g. --lr 1e-3")
-
-
 def _train(
-    model_dir: Path,
+    model: str,
     out: Path,
     data: str | list[Prompt],
     cfg: TrainConfig,
     on_step: Callable[[int, float], None] | None,
 ) -> TrainResult:
+    from medusa_trt.runtime.config import read_checkpoint
+    from medusa_trt.train.backbone import load_tokenizer, resolve_backbone
+    from medusa_trt.train.distil import local_generator, plan_jobs, run_distil, teacher_generator
+    from medusa_trt.train.hidden import run_hidden, sequences_per_shard
+    from medusa_trt.train.loop import LoopSpec, train_data_parallel
     from medusa_trt.train.progress import TrainProgress
 
-    data_name = data if isinstance(data, str) else "inline"
     prompts = load_prompts(data) if isinstance(data, str) else list(data)
-    dev = _device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model, tok = load_backbone(model_dir, cfg.device)
-    key = _config_key(cfg, model_dir, data_name)
-    ckpt = _ckpt_dir(out)
-    state, dd = None, None
-    if cfg.resume and (ckpt / "state.pt").is_file() and (ckpt / "data.json").is_file():
-        try:
-            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-            dd = json.loads((ckpt / "data.json").read_text())
-        except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
-            state, dd = None, None  # unreadable (another torch version?): start over
-        # a different run (or data distilled for another one): start over rather than mix
-        if (
-            not isinstance(state, dict)
-            or state.get("config") != key
-            or not isinstance(dd, dict)
-            or dd.get("config") != key
-        ):
-            state, dd = None, None
+    work = out / WORK
+    work.mkdir(parents=True, exist_ok=True)
+    times: dict[str, dict[str, Any]] = {}
     with TrainProgress(enabled=cfg.progress) as prog:
-        if state is not None and dd is not None:
-            dist = Distilled(dd["sequences"], dd["starts"])
-        else:
-            task = prog.add("self-distillation (greedy generations)", len(prompts))
-            dist = distill(
-                model, tok, prompts, gen_tokens=cfg.gen_tokens, seq_len=cfg.seq_len, progress=lambda: prog.advance(task)
-            )
-            doc = {"config": key, "sequences": dist.sequences, "starts": dist.starts}
-            fsio.write_text(ckpt / "data.json", json.dumps(doc))
-        hiddens = hidden_states(model, dist.sequences)
-        # positions before start-K-1 predict no generated token for any head: drop them (less compute)
-        crops = [max(0, st - cfg.num_heads - 1) for st in dist.starts]
-        hiddens = [h[c:] for h, c in zip(hiddens, crops, strict=True)]
-        labels = [_labels(s, st)[c:] for s, st, c in zip(dist.sequences, dist.starts, crops, strict=True)]
-        n_eval = max(1, int(len(hiddens) * cfg.eval_frac)) if len(hiddens) > 1 else 0
-        eval_idx = list(range(len(hiddens) - n_eval, len(hiddens))) or [0]
-        train_idx = list(range(len(hiddens) - n_eval)) or [0]
+        bb = resolve_backbone(
+            str(model), work, tp=cfg.tp, dtype=cfg.dtype, revision=cfg.revision, progress=cfg.progress
+        )
+        info = read_checkpoint(bb.ckpt_dir)
+        tok = load_tokenizer(bb.ckpt_dir)
+        encoded = [encode_prompt(tok, p) for p in prompts]
+        jobs = plan_jobs(encoded, gen_tokens=cfg.gen_tokens, seq_len=cfg.seq_len, max_pos=info.max_seq_len)
 
-        lm_head = model.get_output_embeddings().weight.detach().float()  # [V, D]
-        heads = MedusaHeads(
-            lm_head.shape[1], lm_head.shape[0], cfg.num_heads, cfg.num_layers, lm_head_weight=lm_head
-        ).to(dev)
-        opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        start, history = 0, []
-        init_loss, init_top1, _ = evaluate(heads, hiddens, labels, eval_idx, dev)
-        init_train = evaluate(heads, hiddens, labels, train_idx, dev)[0]
-        if state is not None:
-            heads.load_state_dict(state["heads"])
-            opt.load_state_dict(state["opt"])
-            gen.set_state(state["rng"])
-            start, history = int(state["step"]), list(state["history"])
-            init_loss = history[0]["eval_loss"] if history else init_loss
-            init_top1 = history[0]["eval_top1"] if history else init_top1
-            init_train = history[0]["train_loss"] if history else init_train
-        else:
-            history.append({"step": 0, "train_loss": init_train, "eval_loss": init_loss, "eval_top1": init_top1})
-        task = prog.add("training heads", cfg.steps, completed=start)
-        for step in range(start, cfg.steps):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            pick = torch.randint(len(train_idx), (cfg.batch_size,), generator=gen).tolist()
-            h, y = _batch(hiddens, labels, [train_idx[i] for i in pick], dev)
-            logits = heads(h)  # [K, B, S, V]
-            loss, _ = head_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            prog.advance(task, loss=loss.item())
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                ev_loss, top1, top5 = evaluate(heads, hiddens, labels, eval_idx, dev)
-                history.append(
-                    {
-                        "step": done,
-                        "train_loss": loss.item(),
-                        "eval_loss": ev_loss,
-                        "eval_top1": top1,
-                        "eval_top5": top5,
-                        "lr": lr_at(step, cfg),
-                    }
-                )
-                prog.log(
-                    f"step {done}: loss {loss.item():.3f} eval {ev_loss:.3f} top1 "
-                    + " ".join(f"{a:.2f}" for a in top1)
-                    + " top5 "
-                    + " ".join(f"{a:.2f}" for a in top5)
-                )
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                _save_checkpoint(out, done, heads, opt, gen, history, key)
-            if on_step is not None:
-                on_step(done, loss.item())
-    final_loss, top1, top5 = evaluate(heads, hiddens, labels, eval_idx, dev)
-    final_train = evaluate(heads, hiddens, labels, train_idx, dev)[0]
-    _save_checkpoint(out, cfg.steps, heads, opt, gen, history, key)
-    save_heads(heads, out, base_model=str(model_dir))
-    fsio.write_json(out / "training.json", {"config": asdict(cfg), "history": history})
+        t0 = time.perf_counter()
+        dkey = {
+            "model": bb.identity,
+            "prompts": digest(encoded),
+            "gen_tokens": cfg.gen_tokens,
+            "seq_len": cfg.seq_len,
+            "teacher": cfg.teacher_url,
+        }
+        dstage = _stage(work, "distil", dkey, cfg.resume)
+        cached = dstage.is_done()
+        gen = (
+            teacher_generator(cfg.teacher_url, tok, api_key=cfg.teacher_api_key, concurrency=cfg.teacher_concurrency)
+            if cfg.teacher_url
+            else local_generator(bb.ckpt_dir, cfg.device)
+        )
+        task = prog.add("distil: greedy continuations", len(jobs))
+        dist = run_distil(dstage, jobs, gen, lambda: prog.advance(task))
+        times["distil"] = {"dir": str(dstage.dir), "cached": cached, "seconds": time.perf_counter() - t0}
+
+        t0 = time.perf_counter()
+        itemsize = {"float32": 4}.get(bb.dtype, 2)
+        per_shard = sequences_per_shard(cfg.seq_len, info.hidden_size, itemsize, int(cfg.shard_mib * 2**20))
+        hroot = Path(cfg.hidden_cache) if cfg.hidden_cache else work
+        hkey = {"distil": dstage.hash, "model": bb.identity, "per_shard": per_shard}
+        hstage = _stage(hroot, "hidden", hkey, cfg.resume)
+        cached = hstage.is_done()
+        task = prog.add(f"hidden: backbone states (tp {bb.tp})", len(dist.sequences))
+        run_hidden(
+            hstage,
+            bb.ckpt_dir,
+            dist.sequences,
+            device=cfg.device,
+            per_shard=per_shard,
+            advance=lambda: prog.advance(task),
+        )
+        times["hidden"] = {"dir": str(hstage.dir), "cached": cached, "seconds": time.perf_counter() - t0}
+
+        t0 = time.perf_counter()
+        keep = (
+            "num_heads",
+            "num_layers",
+            "steps",
+            "lr",
+            "batch_size",
+            "warmup_frac",
+            "weight_decay",
+            "eval_frac",
+            "seed",
+            "share_lm_head",
+        )
+        tkey = {"hidden": hstage.hash, **{k: getattr(cfg, k) for k in keep}}
+        tstage = _stage(work, "train", tkey, cfg.resume)
+        spec = LoopSpec(
+            stage_dir=tstage.dir, hidden_dir=hstage.dir, per_shard=per_shard, sequences=dist.sequences,
+            starts=dist.starts, ckpt_dir=bb.ckpt_dir, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+            share_lm_head=cfg.share_lm_head, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+            warmup_frac=cfg.warmup_frac, weight_decay=cfg.weight_decay, checkpoint_every=cfg.checkpoint_every,
+            log_every=cfg.log_every, eval_frac=cfg.eval_frac, seed=cfg.seed, device=cfg.device,
+            world=cfg.train_devices, key=tkey,
+        )  # fmt: skip
+        task = prog.add(f"train: heads ({cfg.train_devices} process(es))", cfg.steps)
+        res = train_data_parallel(spec, on_step, prog.log, lambda loss: prog.advance(task, loss=loss))
+        tstage.finish({"steps": cfg.steps})
+        times["train"] = {"dir": str(tstage.dir), "cached": False, "seconds": time.perf_counter() - t0}
+
+    from medusa_trt.medusa.tree_builder import expected_tokens_per_step, format_accuracy_csv
+
+    tree_name, tree = _pick_tree(cfg.num_heads, cfg.tree)
+    expected = expected_tokens_per_step(res.final_eval.table, tree)
+    save_heads(res.heads, out, base_model=str(model))
+    fsio.write_text(out / "accuracy.csv", format_accuracy_csv(res.final_eval.table))
+    fsio.write_json(
+        out / "training.json",
+        {"config": asdict(cfg), "history": res.history, "tree": tree_name, "expected_tokens_per_step": expected},
+    )
     return TrainResult(
         steps=cfg.steps,
-        final_loss=final_train,
-        initial_loss=init_train,
-        eval_final_loss=final_loss,
-        eval_initial_loss=init_loss,
-        top1=top1,
-        top5=top5,
-        initial_top1=init_top1,
+        final_loss=res.final_train_loss,
+        initial_loss=res.initial_train_loss,
+        eval_final_loss=res.final_eval.loss,
+        eval_initial_loss=res.initial.loss,
+        top1=res.final_eval.top1,
+        top5=res.final_eval.top5,
+        initial_top1=res.initial.top1,
         sequences=len(dist.sequences),
-        resumed_from=int(state["step"]) if state is not None else 0,
-        history=history,
+        resumed_from=res.resumed_from,
+        history=res.history,
+        accuracy=res.final_eval.table,
+        tree=tree_name,
+        expected_tokens_per_step=expected,
+        stages=times,
+        checkpoint=str(bb.ckpt_dir),
     )
