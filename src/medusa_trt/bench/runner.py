@@ -138,6 +138,24 @@ def _finalize(report: BenchReport, cfg: BenchConfig, prompts: list[Prompt], col:
     col.records = []
 
 
+async def _send(
+    client: Any, cfg: BenchConfig, model: str, prompt: Prompt, *, index: int, medusa: bool | None
+) -> RequestRecord:
+    """One timed request with the run's settings (warm-up and measured requests alike)."""
+    return await stream_request(
+        client,
+        index=index,
+        prompt=prompt.text,
+        model=model,
+        max_tokens=cfg.max_tokens,
+        temperature=cfg.temperature,
+        endpoint=cfg.endpoint,
+        medusa=medusa,
+        ignore_eos=cfg.ignore_eos,
+        timeout_s=cfg.request_timeout_s,
+    )
+
+
 async def _level(
     client: Any,
     cfg: BenchConfig,
@@ -150,18 +168,7 @@ async def _level(
 
     async def user() -> None:
         for idx, medusa in jobs:  # the iterator is shared: each user takes the next job
-            rec = await stream_request(
-                client,
-                index=idx,
-                prompt=prompts[idx].text,
-                model=model,
-                max_tokens=cfg.max_tokens,
-                temperature=cfg.temperature,
-                endpoint=cfg.endpoint,
-                medusa=medusa,
-                ignore_eos=cfg.ignore_eos,
-                timeout_s=cfg.request_timeout_s,
-            )
+            rec = await _send(client, cfg, model, prompts[idx], index=idx, medusa=medusa)
             col.records.append(rec)
             if on_request:
                 on_request(rec)
@@ -183,18 +190,7 @@ async def _measure_all(
         modes: tuple[bool | None, ...] = (True, False) if cfg.compare_no_medusa else (None,)
         for i in range(cfg.warmup):
             for m in modes:
-                await stream_request(
-                    client,
-                    index=-1,
-                    prompt=prompts[i % len(prompts)].text,
-                    model=model,
-                    max_tokens=cfg.max_tokens,
-                    temperature=cfg.temperature,
-                    endpoint=cfg.endpoint,
-                    medusa=m,
-                    ignore_eos=cfg.ignore_eos,
-                    timeout_s=cfg.request_timeout_s,
-                )
+                await _send(client, cfg, model, prompts[i % len(prompts)], index=-1, medusa=m)
         for c in cfg.concurrency:
             col.concurrency, col.t0, col.records = c, time.perf_counter(), []
             if on_level:
