@@ -143,3 +143,14 @@ def test_a_big_tree_timed_in_a_quiet_moment_never_looks_cheaper_than_a_plain_ste
     times.observe(1, 5.0)  # plain steps timed under load
     times.observe(16, 1.0)  # the whole tree timed when the machine was idle
     assert choose(_acc_with(0.0, TREE), times) == 0
+
+
+def test_exploration_skips_a_runner_up_predicted_far_slower() -> None:
+    # heads whose first draft is accepted one step in five, on a model where a 2-token step costs 1.8x a
+    # plain one (small models: the heads cost as much as the trunk): 1.2 / 1.8 tokens per unit time
+    times = StepTimes()
+    for tokens, seconds in ((1, 1.0), (2, 1.8), (16, 3.0)):
+        times.observe(tokens, seconds)
+    acc = _acc_with(0.2, TREE)
+    assert choose(acc, times) == 0
+    assert choose(acc, times, explore=True) == 0

@@ -22,6 +22,7 @@ from medusa_trt.medusa.trees import Tree, sort_tree
 
 SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # draft-node counts tried (the full tree too)
 MIN_GAIN = 0.05  # expected accepted drafts per step below which a subtree is not worth exploring
+EXPLORE_WITHIN = 0.8  # explore the runner-up only if its predicted tokens/s is at least this share of the best
 PRIOR_SLOPE = 0.03  # step-time growth per extra tree token, relative, used only beyond measured sizes
 
 
@@ -127,6 +128,13 @@ def choose(acc: NodeAcceptance, times: StepTimes, *, explore: bool = False) -> i
     scored.sort(reverse=True)
     # Exploring only refreshes the runner-up's step time (acceptance needs no exploration): not worth a
     # window of slower steps when its drafts are hardly ever accepted.
-    if explore and len(scored) > 1 and expected[-scored[1][1]] >= 1 + MIN_GAIN:
+    # Nor when it is predicted far slower: each exploration window costs its full step time, and on a
+    # small model (heads as dear as the trunk) that alone held heads that accept little below plain decoding.
+    if (
+        explore
+        and len(scored) > 1
+        and expected[-scored[1][1]] >= 1 + MIN_GAIN
+        and scored[1][0] >= EXPLORE_WITHIN * scored[0][0]
+    ):
         return -scored[1][1]
     return -scored[0][1]
