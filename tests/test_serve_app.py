@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.loopback import app_in_thread
+
 PROMPT = "def main():"
 LONG = 2048  # the test model's context
 
@@ -34,24 +36,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Iterat
 
 @pytest.fixture(scope="module")
 def server(engine: Any) -> Iterator[tuple[str, Any]]:
-    import uvicorn
-
     from medusa_trt.serve import create_app
-    from medusa_trt.serve.server import _bind
 
     app = create_app(engine, "tiny")
-    sock = _bind("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with app_in_thread(app, start_timeout_s=20) as url:
+        yield url, app
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.loopback import app_in_thread
+
 KEY = "sekret-key"
 LIMIT = 64 * 1024
 PROMPT = "def main():"
@@ -40,28 +42,17 @@ def greedy(ckpt: Path) -> list[int]:
 def served(ckpt: Path, greedy: list[int]) -> Iterator[tuple[str, Any]]:
     """The server with the first greedy token declared as EOS (generation_config.json), so that EOS
     handling is exercised on every request."""
-    import uvicorn
-
     from medusa_trt.runtime import load_engine
     from medusa_trt.serve import ServeGuard, create_app
-    from medusa_trt.serve.server import _bind
 
     (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": greedy[0]}))
     engine = load_engine(ckpt)
     app = create_app(engine, "tiny", ServeGuard(api_key=KEY, max_request_bytes=LIMIT))
-    sock = _bind("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
-    engine.close()
+    try:
+        with app_in_thread(app) as url:
+            yield url, engine
+    finally:
+        engine.close()
 
 
 @pytest.fixture(scope="module")

@@ -165,3 +165,28 @@ def serve_forever(port: int, opts: LoopbackOptions | None = None) -> None:
             await server.serve_forever()
 
     asyncio.run(main())
+
+
+@contextmanager
+def app_in_thread(app: object, start_timeout_s: float = 30.0) -> Iterator[str]:
+    """Serve an ASGI app (our real FastAPI server) with uvicorn on a free loopback port, in a thread."""
+    import time
+
+    import uvicorn
+
+    from medusa_trt.serve.server import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))  # type: ignore[arg-type]
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
