@@ -117,6 +117,18 @@ def _ours(e: BaseException) -> bool:
     return isinstance(e, MedusaTrtError)
 
 
+GENERATE_THREAD = "medusa-trt-generate"
+_aborted: list[bool] = []  # set once a signal made a guarded generation kill its engine's ranks
+
+
+def skip_finalization() -> bool:
+    """Whether the process must end without interpreter finalization: a signal (SIGTERM, Ctrl-C) made a
+    guarded generation kill its ranks mid-collective, and tearing torch.distributed down after that can
+    abort the process ("terminate called without an active exception", SIGABRT) instead of exiting
+    with our code. (A rank found dead by the watchdog exits cleanly: measured, 0 aborts in 6 runs.)"""
+    return bool(_aborted) or any(t.name == GENERATE_THREAD and t.is_alive() for t in threading.enumerate())
+
+
 def run_guarded(
     engine: Any,
     body: Callable[[StepClock], T],
@@ -139,13 +151,14 @@ def run_guarded(
         except BaseException as e:  # handed to the caller's thread below
             box["error"] = e
 
-    worker = threading.Thread(target=target, name="medusa-trt-generate", daemon=True)
+    worker = threading.Thread(target=target, name=GENERATE_THREAD, daemon=True)
     dog = Watchdog(engine, clock, on_fault=lambda _reason: None).start()
     worker.start()
     try:
         while worker.is_alive() and dog.fault is None:
             worker.join(POLL_S)
     except BaseException:
+        _aborted.append(True)
         engine.abort()
         worker.join(5)
         raise
