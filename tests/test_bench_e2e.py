@@ -6,8 +6,6 @@ Every reported figure is checked against the server's own Prometheus counters (t
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import httpx
 import pytest
 
 from medusa_trt.bench import BenchConfig, run_benchmark
-from medusa_trt.bench.server import free_port
+from tests.helpers.loopback import app_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -31,26 +29,14 @@ def tiny_engine(tiny_llama: Path, tiny_heads: Path, tmp_path_factory: pytest.Tem
 @pytest.fixture(scope="module")
 def server_url(tiny_engine: Path) -> Iterator[str]:
     """Our real app (serve.create_app over the reference engine) under uvicorn, in a thread here."""
-    import uvicorn
-
     from medusa_trt.runtime import load_engine
     from medusa_trt.serve import create_app
 
     engine = load_engine(tiny_engine)
-    app = create_app(engine)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
     try:
-        yield f"http://127.0.0.1:{port}"
+        with app_in_thread(create_app(engine), start_timeout_s=60) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(30)
         engine.close()
 
 
