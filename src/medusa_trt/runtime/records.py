@@ -27,6 +27,7 @@ class SamplingParams:
 class Chunk:
     token_ids: list[int]  # tokens emitted by one decoding step (>= 1 with Medusa)
     finish_reason: str | None = None  # None, or "stop" / "length" on the last chunk
+    stop_token: int | None = None  # with finish_reason "stop": the stop id that ended it (counted, not emitted)
 
 
 @dataclass

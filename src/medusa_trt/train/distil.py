@@ -6,6 +6,12 @@ greedy, and the continuation's ids come back exactly when the server returns the
 (``return_token_ids``, as vLLM >= 0.10.2 and ``medusa-trt run`` do); otherwise the text is
 re-tokenized and accepted only if it has as many tokens as the server reports in ``usage``.
 
+A continuation keeps the stop token the model ended on (Llama 3.1 has several: the one it produced),
+so the heads learn to predict the end as the engine meets it. A server that returns token ids includes
+it (vLLM's ``token_ids`` do); from text alone it is known only when ``finish_reason`` is "stop", the
+usage counts one token more than the text, and ``stop_reason`` names it (vLLM: the id for a
+``stop_token_ids`` hit, null for the tokenizer's EOS).
+
 Results go to a journal (``sequences.jsonl``, one line per prompt, in prompt order) that is
 appended and fsynced as they come, so an interrupted run continues after the last full line.
 """
@@ -24,6 +30,9 @@ from medusa_trt.errors import InvalidInputError, ServerError
 from medusa_trt.train.stages import Stage
 
 JOURNAL = "sequences.jsonl"
+# In the distil stage's key: bumped whenever what the stage writes changes, so an older journal is not
+# reused (2: continuations keep the stop token they ended on).
+DISTIL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,12 @@ def local_generator(ckpt: Path, device: str) -> Generate:
         with load_engine(ckpt, device=device) as engine:
             for job in jobs:
                 params = SamplingParams(max_tokens=job.budget, temperature=0.0)
-                yield [t for chunk in engine.generate(job.prompt_ids, params, medusa=False) for t in chunk.token_ids]
+                ids: list[int] = []
+                for chunk in engine.generate(job.prompt_ids, params, medusa=False):
+                    ids += chunk.token_ids
+                    if chunk.stop_token is not None:
+                        ids.append(chunk.stop_token)
+                yield ids
 
     return gen
 
@@ -183,4 +197,20 @@ def _complete(client: Any, model: str, job: Job, tokenizer: Any) -> list[int]:
             f"generated {reported}",
             hint="Use a server that returns token ids (return_token_ids), or distil locally.",
         )
+    if reported is not None and int(reported) == len(ids) + 1 and choice.get("finish_reason") == "stop":
+        stop = _stop_id(choice, tokenizer)
+        if stop is not None:
+            ids.append(stop)
     return ids
+
+
+def _stop_id(choice: dict[str, Any], tokenizer: Any) -> int | None:
+    """The stop token a text-only answer ended on, where the server says which (vLLM's ``stop_reason``:
+    the id for a ``stop_token_ids`` hit, null for the tokenizer's EOS); None when it cannot be known."""
+    if "stop_reason" not in choice:
+        return None
+    reason = choice["stop_reason"]
+    if reason is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return int(eos) if isinstance(eos, int) else None
+    return reason if isinstance(reason, int) and not isinstance(reason, bool) and reason >= 0 else None

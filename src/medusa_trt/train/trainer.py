@@ -168,7 +168,7 @@ def _train(
 ) -> TrainResult:
     from medusa_trt.runtime.config import read_checkpoint
     from medusa_trt.train.backbone import load_tokenizer, resolve_backbone
-    from medusa_trt.train.distil import local_generator, plan_jobs, run_distil, teacher_generator
+    from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil, teacher_generator
     from medusa_trt.train.hidden import run_hidden, sequences_per_shard
     from medusa_trt.train.loop import LoopSpec, train_data_parallel
     from medusa_trt.train.progress import TrainProgress
@@ -188,6 +188,7 @@ def _train(
 
         t0 = time.perf_counter()
         dkey = {
+            "version": DISTIL_VERSION,
             "model": bb.identity,
             "prompts": digest(encoded),
             "gen_tokens": cfg.gen_tokens,
