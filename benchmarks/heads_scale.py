@@ -176,7 +176,7 @@ def dryrun() -> dict[str, Any]:
             for shared in (False, True):
                 w = Workload(
                     sequences=10000, seq_len=2048, gen_tokens=1024, num_heads=4, num_layers=1, steps=20000,
-                    batch_size=8, tp=8, train_devices=8, share_lm_head=shared, teacher=False,
+                    batch_size=8, tp=8, train_devices=8, share_lm_head=shared, teacher=False, distil_batch=16,
                 )  # fmt: skip
                 b = plan_training(PRESETS[model], load_profile(prof), w).to_json()
                 out[f"{model} {prof} share={shared}"] = {

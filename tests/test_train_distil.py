@@ -1,5 +1,6 @@
 """The distil stage on a tiny real Llama: continuations keep the stop token the model ended on (locally,
-from `medusa-trt run`'s token ids, and from a text-only server that names it)."""
+from `medusa-trt run`'s token ids, and from a text-only server that names it); batched local decoding
+gives the one-at-a-time tokens at tp 1 and tp 2."""
 
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ def stopping(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> tupl
 
 
 @pytest.fixture(scope="module")
+def stopping_tp2(stopping: tuple[Path, list[int], list[int], int]) -> Path:
+    """The same model and stop ids at tp 2."""
+    from tests.helpers.checkpoints import make_checkpoint
+
+    return make_checkpoint(stopping[0].parent / "hf", stopping[0].parent / "ckpt-tp2", tp=2)
+
+
+@pytest.fixture(scope="module")
 def served(stopping: tuple[Path, list[int], list[int], int]) -> Iterator[str]:
     from medusa_trt.runtime.api import load_engine
     from medusa_trt.serve import create_app
@@ -64,8 +73,9 @@ def _jobs(tok: Any) -> list[Any]:
     return plan_jobs([encode_prompt(tok, p) for p in PROMPTS], gen_tokens=BUDGET, seq_len=64, max_pos=256)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 def test_local_distil_ends_the_continuation_with_the_stop_token_produced(
-    tmp_path: Path, stopping: tuple[Path, list[int], list[int], int]
+    tmp_path: Path, stopping: tuple[Path, list[int], list[int], int], batch: int
 ) -> None:
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.distil import JOURNAL, local_generator, run_distil
@@ -75,7 +85,7 @@ def test_local_distil_ends_the_continuation_with_the_stop_token_produced(
     tok = load_tokenizer(ckpt)
     assert stop != tok.eos_token_id  # the second stop id, not the tokenizer's EOS: the one produced
     stage = Stage.at(tmp_path, "distil", {})
-    got = run_distil(stage, _jobs(tok), local_generator(ckpt, "cpu"), lambda: None)
+    got = run_distil(stage, _jobs(tok), local_generator(ckpt, "cpu", batch), lambda: None)
     assert got.sequences[0] == ids + before + [stop] and got.starts[0] == len(ids)
     lines = [json.loads(line) for line in (stage.dir / JOURNAL).read_text().splitlines()]
     assert lines[0]["ids"][-1] == stop and [r["i"] for r in lines] == [0, 1, 2]
@@ -112,6 +122,61 @@ def test_teacher_distils_the_same_tokens_as_local_with_the_stop_token(
     gen = teacher_generator(served, tok, api_key=None, concurrency=2)
     remote = run_distil(Stage.at(tmp_path, "teacher", {}), jobs, gen, lambda: None)
     assert remote.sequences == local.sequences and remote.sequences[0][-1] == stop
+
+
+# --- batched local decoding ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_greedy_batch_equals_one_generate_per_prompt(
+    stopping: tuple[Path, list[int], list[int], int], stopping_tp2: Path, tp: int
+) -> None:
+    """Three prompts of different lengths: one stops early on its EOS, one hits a short budget, one
+    runs to a long one; then rows retire mid-batch (their cache rows dropped on every rank)."""
+    from medusa_trt.runtime.api import load_engine
+    from medusa_trt.runtime.records import SamplingParams
+
+    ckpt, ids, before, stop = stopping
+    with load_engine(ckpt if tp == 1 else stopping_tp2) as engine:
+        assert engine.tp == tp
+        prompts = [ids, engine.tokenizer.encode("The quick brown fox jumps"), engine.tokenizer.encode("x")]
+        assert len({len(p) for p in prompts}) == 3
+        budgets = [BUDGET, 5, BUDGET + 6]
+        got = engine.greedy_batch(prompts, budgets)
+        for p, b, c in zip(prompts, budgets, got, strict=True):
+            chunks = list(engine.generate(p, SamplingParams(max_tokens=b), medusa=False))
+            assert c.token_ids == [t for ch in chunks for t in ch.token_ids]
+            assert (c.finish_reason, c.stop_token) == (chunks[-1].finish_reason, chunks[-1].stop_token)
+    assert (got[0].token_ids, got[0].finish_reason, got[0].stop_token) == (before, "stop", stop)
+    assert [(len(c.token_ids), c.finish_reason) for c in got[1:]] == [(5, "length"), (BUDGET + 6, "length")]
+
+
+def test_greedy_batch_refuses_bad_input_in_one_line(stopping: tuple[Path, list[int], list[int], int]) -> None:
+    from medusa_trt.errors import InvalidInputError
+    from medusa_trt.runtime.api import load_engine
+
+    with load_engine(stopping[0]) as engine:
+        for prompts, budgets in (([[1, 2]], [0]), ([[1, 2], []], [3, 3]), ([[1, 10**6]], [3]), ([[1]], [3, 3])):
+            with pytest.raises(InvalidInputError):
+                engine.greedy_batch(prompts, budgets)
+        assert engine.greedy_batch([[1, 2]], [2])[0].finish_reason in ("stop", "length")  # still usable
+
+
+def test_dry_run_distil_memory_grows_with_the_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    from medusa_trt.cli import run
+
+    stages = []
+    for batch in ("1", "16"):
+        args = ["--model", "llama-3.1-70b", "--profile", "hgx-h200-bf16-tp8", "--seq-len", "2048", "--share-lm-head"]
+        assert run(["heads", "train", "--dry-run", "--json", "--distil-batch", batch, *args]) == 0
+        stages.append(json.loads(capsys.readouterr().out)["stages"])
+    one, many = stages[0]["distil"]["breakdown_gib"], stages[1]["distil"]["breakdown_gib"]
+    # 80 layers x K and V x 1 KV head per rank (8 over tp 8) x 128 x 2048 positions x 2 bytes, per sequence
+    assert one["kv_cache"] == pytest.approx(2 * 80 * 128 * 2048 * 2 / 2**30, rel=1e-2)
+    assert many["kv_cache"] == pytest.approx(16 * one["kv_cache"], rel=1e-2)
+    assert many["backbone_shard"] == one["backbone_shard"]
+    assert stages[1]["distil"]["est_seconds"] < stages[0]["distil"]["est_seconds"]  # a step serves 16 rows
+    assert stages[1]["hidden"] == stages[0]["hidden"]
 
 
 # --- a text-only teacher (no token ids): the stop id only where the server names it ----------------

@@ -1,6 +1,6 @@
 """The distil stage: the base model's own greedy continuations of the prompts.
 
-Locally on the reference runtime (at the checkpoint's tp), or from any OpenAI-compatible server
+Locally on the reference runtime (at the checkpoint's tp, ``--distil-batch`` prompts per forward), or from any OpenAI-compatible server
 serving the same model (``--teacher-url``): the prompt goes as token ids to ``/v1/completions``,
 greedy, and the continuation's ids come back exactly when the server returns them
 (``return_token_ids``, as vLLM >= 0.10.2 and ``medusa-trt run`` do); otherwise the text is
@@ -107,24 +107,21 @@ def run_distil(stage: Stage, jobs: list[Job], generate: Generate, advance: Calla
     return Distilled([r["ids"] for r in rows], [int(r["start"]) for r in rows])
 
 
-def local_generator(ckpt: Path, device: str) -> Generate:
-    """Greedy continuations on the reference runtime (plain decoding; the checkpoint's tp)."""
+def local_generator(ckpt: Path, device: str, batch: int = 16) -> Generate:
+    """Greedy continuations on the reference runtime at the checkpoint's tp, ``batch`` prompts per
+    forward (plain decoding, the same tokens as one at a time); each batch's come out when it ends."""
 
     def gen(jobs: list[Job]) -> Iterator[list[int]]:
         if not jobs:
             return
         from medusa_trt.runtime.api import load_engine
-        from medusa_trt.runtime.records import SamplingParams
 
         with load_engine(ckpt, device=device) as engine:
-            for job in jobs:
-                params = SamplingParams(max_tokens=job.budget, temperature=0.0)
-                ids: list[int] = []
-                for chunk in engine.generate(job.prompt_ids, params, medusa=False):
-                    ids += chunk.token_ids
-                    if chunk.stop_token is not None:
-                        ids.append(chunk.stop_token)
-                yield ids
+            for at in range(0, len(jobs), max(1, batch)):
+                group = jobs[at : at + max(1, batch)]
+                done = engine.greedy_batch([j.prompt_ids for j in group], [j.budget for j in group])
+                for c in done:
+                    yield c.token_ids + ([] if c.stop_token is None else [c.stop_token])
 
     return gen
 

@@ -62,6 +62,7 @@ class TrainConfig:
     teacher_url: str | None = None
     teacher_api_key: str | None = None
     teacher_concurrency: int = 8
+    distil_batch: int = 16  # local distillation: prompts decoded together (not in the stage key: same tokens)
     hidden_cache: str | None = None  # default: OUTPUT/.train
     shard_mib: float = 256.0  # hidden-state shard size: bounds the hidden stage's memory
     train_devices: int = 1
@@ -200,7 +201,7 @@ def _train(
         gen = (
             teacher_generator(cfg.teacher_url, tok, api_key=cfg.teacher_api_key, concurrency=cfg.teacher_concurrency)
             if cfg.teacher_url
-            else local_generator(bb.ckpt_dir, cfg.device)
+            else local_generator(bb.ckpt_dir, cfg.device, cfg.distil_batch)
         )
         task = prog.add("distil: greedy continuations", len(jobs))
         dist = run_distil(dstage, jobs, gen, lambda: prog.advance(task))
