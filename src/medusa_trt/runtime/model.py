@@ -226,7 +226,8 @@ class LlamaShard:
         cos, sin = (c[:, None] for c in self._rope(pos))  # [B, 1, T, hd]: broadcast over heads
         self.bvalid[:, n : n + t] = valid
         mask = torch.ones(t, n + t, dtype=torch.bool, device=self.device).tril(n) & self.bvalid[:, None, : n + t]
-        mask[:, torch.arange(t), torch.arange(n, n + t)] = True  # [B, T, n+T]
+        diag = torch.arange(t, device=self.device)
+        mask[:, diag, diag + n] = True  # [B, T, n+T]
         for i, lw in enumerate(self.w.layers):
             q, k, v = self._qkv(x, lw, cos, sin)  # [B, Hl, T, hd], [B, KVl, T, hd] x2
             cache = self.bcache[i]  # [2, B, KVl, cap, hd]
