@@ -4,6 +4,8 @@ Each rank holds H/t query heads, ceil(KV/t) KV heads (replicated when KV < t), a
 V/t lm_head rows. Two all-reduces per layer (after attention ``dense`` and after MLP ``proj``); the
 vocab-parallel logits are gathered on rank 0. The KV cache is one preallocated tensor
 ``[layers, 2, KVl, capacity, hd]`` so tree compaction is a single gather-copy for all layers.
+Batched greedy decoding (distillation) has its own cache with a batch dimension, ``[layers, 2, B, KVl,
+capacity, hd]``, and the same layer math (``_qkv``, ``_dense_mlp``) over [B, T] blocks.
 """
 
 from __future__ import annotations
