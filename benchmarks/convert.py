@@ -261,7 +261,7 @@ def measure(src: Path, work: Path, layers: int, src_bytes: int, args: argparse.N
         "ratio_vs_copy_same_bytes": round(conv_rate / matched_rate, 2),
         "direct_write_ceiling_MBps": round(ceiling_rate / 1e6, 1),
         "ratio_vs_ceiling": round(conv_rate / ceiling_rate, 2),
-        "peak_rss_MB": round(conv["peak_rss_mb"]),
+        "peak_rss_MiB": round(conv["peak_rss_mb"]),
     }
     if args.baseline:
         base = convert_in_child(src, work / f"baseline-{layers}", args.tp, None, BASELINE)
@@ -269,7 +269,7 @@ def measure(src: Path, work: Path, layers: int, src_bytes: int, args: argparse.N
         row["baseline_bytes"] = base["bytes"]
         row["baseline_s"] = round(base["seconds"], 2)
         row["baseline_MBps"] = round(base["bytes"] / base["seconds"] / 1e6, 1)
-        row["baseline_peak_rss_MB"] = round(base["peak_rss_mb"])
+        row["baseline_peak_rss_MiB"] = round(base["peak_rss_mb"])
         row["baseline_cpu_s"] = {"user": round(base["user_s"], 2), "sys": round(base["sys_s"], 2)}
     return row
 
@@ -282,10 +282,10 @@ def summary(r: dict[str, object]) -> str:
         f"(cpu {r['copy_cpu_s']}); ratio {r['ratio_vs_copy']}; cp -r repeated to {r['copy_same_bytes_GB']} GB "
         f"{r['copy_same_bytes_MBps']} MB/s (cpu {r['copy_same_bytes_cpu_s']}); ratio "
         f"{r['ratio_vs_copy_same_bytes']}; O_DIRECT ceiling {r['direct_write_ceiling_MBps']} MB/s, ratio "
-        f"{r['ratio_vs_ceiling']}; peak RSS {r['peak_rss_MB']} MB"
+        f"{r['ratio_vs_ceiling']}; peak RSS {r['peak_rss_MiB']} MiB"
         + (
             f"; baseline (upstream data path) {r['baseline_s']} s = {r['baseline_MBps']} MB/s, peak RSS "
-            f"{r['baseline_peak_rss_MB']} MB (cpu {r['baseline_cpu_s']})"
+            f"{r['baseline_peak_rss_MiB']} MiB (cpu {r['baseline_cpu_s']})"
             if "baseline_s" in r
             else ""
         )
