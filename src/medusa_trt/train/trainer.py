@@ -35,7 +35,9 @@ from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
 from medusa_trt.train.stages import Stage, digest
 
 WORK = ".train"
-OUTPUT_FILES = (WORK, HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # what `heads train` writes
+HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in MANIFEST
+MANIFEST = "medusa-trt-heads.json"  # `medusa-trt verify` reads it
+OUTPUT_FILES = (WORK, *HEADS_FILES, MANIFEST)  # what `heads train` writes
 
 
 @dataclass
@@ -146,8 +148,16 @@ def train_heads(
     with outputs.writing(output, kind="heads", inputs={"--model": str(model)}) as owned:
         owned.claim(OUTPUT_FILES)
         result = _train(str(model), owned.root, data, cfg, on_step)
+        _write_manifest(owned.root)
         owned.done(OUTPUT_FILES)
     return result
+
+
+def _write_manifest(out: Path) -> None:
+    """Size and xxh3-128 hash of every result file (not the stage cache), for `medusa-trt verify`."""
+    from medusa_trt.integrity import HASH_ALGORITHM, record
+
+    fsio.write_json(out / MANIFEST, {"tool": "medusa-trt", "hash": HASH_ALGORITHM, "files": record(out, HEADS_FILES)})
 
 
 def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
