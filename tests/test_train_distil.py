@@ -108,6 +108,19 @@ def test_server_token_ids_end_with_the_stop_token_and_the_text_does_not(
     assert doc["choices"][0]["finish_reason"] == "length" and doc["choices"][0]["token_ids"] == before
 
 
+def test_run_prompt_json_token_ids_end_with_the_stop_token(
+    stopping: tuple[Path, list[int], list[int], int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run --prompt --json` counts and lists ids as the server does: the stop token is in token_ids."""
+    from medusa_trt.cli import run
+
+    ckpt, ids, before, stop = stopping
+    assert run(["run", str(ckpt), "--prompt", PROMPTS[0], "--max-tokens", str(BUDGET), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["finish_reason"] == "stop" and doc["token_ids"] == [*before, stop]
+    assert doc["completion_tokens"] == len(doc["token_ids"])
+
+
 def test_teacher_distils_the_same_tokens_as_local_with_the_stop_token(
     tmp_path: Path, served: str, stopping: tuple[Path, list[int], list[int], int]
 ) -> None:
