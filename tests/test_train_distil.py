@@ -114,7 +114,7 @@ def test_run_prompt_json_token_ids_end_with_the_stop_token(
     """`run --prompt --json` counts and lists ids as the server does: the stop token is in token_ids."""
     from medusa_trt.cli import run
 
-    ckpt, ids, before, stop = stopping
+    ckpt, _ids, before, stop = stopping
     assert run(["run", str(ckpt), "--prompt", PROMPTS[0], "--max-tokens", str(BUDGET), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["finish_reason"] == "stop" and doc["token_ids"] == [*before, stop]
