@@ -34,7 +34,7 @@ LAYERS: dict[str, set[str]] = {
     "serve": {"runtime"},
     "engine": {"checkpoint", "config", "preflight", "runtime", "serve", "medusa", "fsio", "outputs", "integrity"},
     "bench": {"config", "perf", "fsio", "outputs"},
-    "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs"},
+    "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity"},
     "demo": {"bench", "config", "engine", "medusa", "perf", "train", "fsio", "outputs"},
     "cli": {
         "bench",
