@@ -8,7 +8,15 @@ converter's default flags (--workers only if given), and reports, side by side i
   - the ratio of the two per written byte, and each one's user and system CPU seconds;
   - the same for `cp -r` repeated until it has written as many bytes as the conversion (a 10 GB
     write meets page-cache and writeback pressure that a 3 GB one does not);
+  - the disk's direct-write ceiling: the same number of bytes written with O_DIRECT from memory by as
+    many threads as files, no reading, no hashing (what no converter can beat on this disk);
   - peak RSS of the converting process (sampled every 20 ms).
+With --baseline, also the data path of TensorRT-LLM's own Medusa converter with its default flags
+(examples/medusa/convert_checkpoint.py: the whole model loaded through transformers'
+`LlamaForCausalLM.from_pretrained(torch_dtype="auto")`, then, one rank after another (`--workers 1`),
+the rank's tensors built with torch and written with `safetensors.torch.save_file`). TensorRT-LLM has no
+wheel for this machine, so this is a re-implementation of that path on the same libraries, not
+TensorRT-LLM itself: it shows how its time and memory scale, not its exact figures.
 Several --layers values show how RSS grows with model size; --repeat runs each pair again (the
 spread says how noisy the machine is). Everything is deleted afterwards unless --keep.
 
@@ -103,14 +111,49 @@ print(json.dumps({"bytes": r.bytes_written, "seconds": r.seconds}))
 """
 
 
+BASELINE = """
+import json, sys, time
+from pathlib import Path
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaForCausalLM
+src, out, tp = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+t0 = time.perf_counter()
+model = LlamaForCausalLM.from_pretrained(src, dtype="auto")  # the whole model, as upstream loads it
+sd = model.state_dict()
+cfg = model.config
+hd = cfg.hidden_size // cfg.num_attention_heads
+out.mkdir(parents=True)
+written = 0
+for r in range(tp):  # one worker: ranks in turn, each a dict of tensors then save_file
+    part = lambda t, dim: torch.chunk(t, tp, dim)[r].contiguous()
+    w = {"transformer.vocab_embedding.weight": sd["model.embed_tokens.weight"]}
+    for i in range(cfg.num_hidden_layers):
+        p, o = f"model.layers.{i}.", f"transformer.layers.{i}."
+        qkv = [sd[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]
+        w[o + "attention.qkv.weight"] = torch.cat([part(t, 0) for t in qkv])
+        w[o + "attention.dense.weight"] = part(sd[p + "self_attn.o_proj.weight"], 1)
+        w[o + "mlp.fc.weight"] = part(sd[p + "mlp.up_proj.weight"], 0)
+        w[o + "mlp.gate.weight"] = part(sd[p + "mlp.gate_proj.weight"], 0)
+        w[o + "mlp.proj.weight"] = part(sd[p + "mlp.down_proj.weight"], 1)
+        w[o + "input_layernorm.weight"] = sd[p + "input_layernorm.weight"]
+        w[o + "post_layernorm.weight"] = sd[p + "post_attention_layernorm.weight"]
+    w["lm_head.weight"] = part(sd["lm_head.weight"], 0)
+    w["transformer.ln_f.weight"] = sd["model.norm.weight"]
+    save_file(w, str(out / f"rank{r}.safetensors"))
+    written += (out / f"rank{r}.safetensors").stat().st_size
+print(json.dumps({"bytes": written, "seconds": time.perf_counter() - t0}))
+"""
+
+
 def child_cpu() -> tuple[float, float]:
     """(user, system) CPU seconds of all waited-for children so far."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime, ru.ru_stime
 
 
-def convert_in_child(src: Path, out: Path, tp: int, workers: int | None) -> dict[str, float]:
-    """Convert in a fresh process, sampling its RSS every 20 ms for the peak.
+def convert_in_child(src: Path, out: Path, tp: int, workers: int | None, code: str = CHILD) -> dict[str, float]:
+    """Convert in a fresh process (``code``: ours, or BASELINE), sampling its RSS every 20 ms for the peak.
 
     (The child's own ru_maxrss would include this parent's RSS at fork time, which exec keeps.)
     """
@@ -118,7 +161,7 @@ def convert_in_child(src: Path, out: Path, tp: int, workers: int | None) -> dict
 
     cpu0 = child_cpu()
     proc = psutil.Popen(
-        [sys.executable, "-c", CHILD, str(src), str(out), str(tp), str(workers or 0)],
+        [sys.executable, "-c", code, str(src), str(out), str(tp), str(workers or 0)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -159,6 +202,34 @@ def copy_throughput(src: Path, dst: Path, copies: int = 1) -> dict[str, float]:
     return {"bytes": total, "seconds": seconds, "user_s": cpu1[0] - cpu0[0], "sys_s": cpu1[1] - cpu0[1]}
 
 
+def direct_write_ceiling(dst: Path, total: int, files: int) -> dict[str, float]:
+    """``total`` bytes of zeros written with O_DIRECT into ``files`` files by as many threads, 8 MiB per
+    write: the disk's own rate for this write pattern, with nothing read or hashed."""
+    import mmap
+    from concurrent.futures import ThreadPoolExecutor
+
+    dst.mkdir()
+    block = 8 << 20
+    per_file = -(-total // files // block)
+
+    def one(i: int) -> None:
+        buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT needs
+        fd = os.open(dst / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+        try:
+            for _ in range(per_file):
+                os.write(fd, buf)
+        finally:
+            os.close(fd)
+            buf.close()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(files) as pool:
+        list(pool.map(one, range(files)))
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(dst)
+    return {"bytes": per_file * block * files, "seconds": seconds}
+
+
 def measure(src: Path, work: Path, layers: int, src_bytes: int, args: argparse.Namespace) -> dict[str, object]:
     """One `cp -r` of the source, one conversion, then `cp -r` as many times as it takes to write as
     many bytes as the conversion wrote, all on the same disk."""
@@ -167,9 +238,11 @@ def measure(src: Path, work: Path, layers: int, src_bytes: int, args: argparse.N
     conv = convert_in_child(src, out, args.tp, args.workers)
     shutil.rmtree(out)
     matched = copy_throughput(src, cp, copies=-(-int(conv["bytes"]) // src_bytes))
+    ceiling = direct_write_ceiling(work / "ceiling", int(conv["bytes"]), args.tp)
     conv_rate, copy_rate = conv["bytes"] / conv["seconds"], copy["bytes"] / copy["seconds"]
     matched_rate = matched["bytes"] / matched["seconds"]
-    return {
+    ceiling_rate = ceiling["bytes"] / ceiling["seconds"]
+    row: dict[str, object] = {
         "layers": layers,
         "tp": args.tp,
         "workers": args.workers or "default",
@@ -186,8 +259,19 @@ def measure(src: Path, work: Path, layers: int, src_bytes: int, args: argparse.N
         "copy_same_bytes_MBps": round(matched_rate / 1e6, 1),
         "copy_same_bytes_cpu_s": {"user": round(matched["user_s"], 2), "sys": round(matched["sys_s"], 2)},
         "ratio_vs_copy_same_bytes": round(conv_rate / matched_rate, 2),
-        "peak_rss_MB": round(conv["peak_rss_mb"]),
+        "direct_write_ceiling_MBps": round(ceiling_rate / 1e6, 1),
+        "ratio_vs_ceiling": round(conv_rate / ceiling_rate, 2),
+        "peak_rss_MiB": round(conv["peak_rss_mb"]),
     }
+    if args.baseline:
+        base = convert_in_child(src, work / f"baseline-{layers}", args.tp, None, BASELINE)
+        shutil.rmtree(work / f"baseline-{layers}")
+        row["baseline_bytes"] = base["bytes"]
+        row["baseline_s"] = round(base["seconds"], 2)
+        row["baseline_MBps"] = round(base["bytes"] / base["seconds"] / 1e6, 1)
+        row["baseline_peak_rss_MiB"] = round(base["peak_rss_mb"])
+        row["baseline_cpu_s"] = {"user": round(base["user_s"], 2), "sys": round(base["sys_s"], 2)}
+    return row
 
 
 def summary(r: dict[str, object]) -> str:
@@ -197,7 +281,14 @@ def summary(r: dict[str, object]) -> str:
         f"= {r['convert_MBps']} MB/s (cpu {r['convert_cpu_s']}); cp -r {r['copy_MBps']} MB/s "
         f"(cpu {r['copy_cpu_s']}); ratio {r['ratio_vs_copy']}; cp -r repeated to {r['copy_same_bytes_GB']} GB "
         f"{r['copy_same_bytes_MBps']} MB/s (cpu {r['copy_same_bytes_cpu_s']}); ratio "
-        f"{r['ratio_vs_copy_same_bytes']}; peak RSS {r['peak_rss_MB']} MB"
+        f"{r['ratio_vs_copy_same_bytes']}; O_DIRECT ceiling {r['direct_write_ceiling_MBps']} MB/s, ratio "
+        f"{r['ratio_vs_ceiling']}; peak RSS {r['peak_rss_MiB']} MiB"
+        + (
+            f"; baseline (upstream data path) {r['baseline_s']} s = {r['baseline_MBps']} MB/s, peak RSS "
+            f"{r['baseline_peak_rss_MiB']} MiB (cpu {r['baseline_cpu_s']})"
+            if "baseline_s" in r
+            else ""
+        )
     )
 
 
@@ -212,6 +303,9 @@ def main() -> None:
     )
     ap.add_argument("--tp", type=int, default=8)
     ap.add_argument("--workers", type=int, default=None, help="pass --workers (default: the converter's own)")
+    ap.add_argument(
+        "--baseline", action="store_true", help="also time the data path of TensorRT-LLM's converter (see above)"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="copy + convert pairs per --layers value")
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument(

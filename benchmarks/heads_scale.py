@@ -84,7 +84,7 @@ def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> 
 
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
-    from medusa_trt.train.distil import local_generator, plan_jobs, run_distil
+    from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil
     from medusa_trt.train.hidden import run_hidden
     from medusa_trt.train.loop import LoopSpec, train_data_parallel
     from medusa_trt.train.stages import Stage
@@ -102,7 +102,7 @@ def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> 
             make_checkpoint(hf, ckpt, tp=tp)
         tok = load_tokenizer(ckpt)
         jobs = plan_jobs([encode_prompt(tok, p) for p in prompts], gen_tokens=gen, seq_len=seq_len, max_pos=1024)
-        st = Stage.at(root, f"distil-tp{tp}", {"n": n, "gen": gen, "seq": seq_len})
+        st = Stage.at(root, f"distil-tp{tp}", {"n": n, "gen": gen, "seq": seq_len, "v": DISTIL_VERSION})
         dist, m = timed(run_distil, st, jobs, local_generator(ckpt, "cpu"), _nothing)
         report["runs"].append({"stage": "distil", "tp": tp, "sequences": n, **m})
         for count in (n, more):
@@ -176,7 +176,7 @@ def dryrun() -> dict[str, Any]:
             for shared in (False, True):
                 w = Workload(
                     sequences=10000, seq_len=2048, gen_tokens=1024, num_heads=4, num_layers=1, steps=20000,
-                    batch_size=8, tp=8, train_devices=8, share_lm_head=shared, teacher=False,
+                    batch_size=8, tp=8, train_devices=8, share_lm_head=shared, teacher=False, distil_batch=16,
                 )  # fmt: skip
                 b = plan_training(PRESETS[model], load_profile(prof), w).to_json()
                 out[f"{model} {prof} share={shared}"] = {

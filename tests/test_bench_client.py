@@ -15,6 +15,7 @@ from medusa_trt.bench.plot import DPI, FIGSIZE_IN, write_plot
 from medusa_trt.bench.server import free_port, probe
 from medusa_trt.cli import run as cli_run
 from medusa_trt.errors import ServerError
+from medusa_trt.outputs import is_our_png
 from tests.helpers.loopback import LoopbackOptions, loopback_server
 
 
@@ -167,6 +168,7 @@ def test_cli_end_to_end(medusa_like: Any, tmp_path: Path, capsys: pytest.Capture
     assert [r["concurrency"] for r in doc["runs"]] == [1, 2]
     assert json.loads((tmp_path / "o.json").read_text())["runs"][0]["num_requests"] == 4
     assert (tmp_path / "o.png").stat().st_size > 0 and "http_5xx" in out.err
+    assert is_our_png(tmp_path / "o.png")  # so a rerun may replace it, and nothing else
 
 
 def test_cli_down_server_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> None:

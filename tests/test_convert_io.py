@@ -148,3 +148,26 @@ def test_cli_without_workers_uses_the_default(
     code = run(["convert", "--model", str(tiny_llama), "--output", str(tmp_path / "c"), "--workers", "0"])
     assert code == 2 and "--workers 0" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_same_dtype_conversion_never_imports_torch(bf16_model: dict[str, Path], tmp_path: Path) -> None:
+    """bf16 in, bf16 out: spans, raw column windows and zero padding only, so the CLI never pays
+    torch's start-up; the float32 heads cast to bf16 still go through torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from medusa_trt.cli import run\n"
+        "rc = run(sys.argv[1:])\n"
+        "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))\n"
+    )
+
+    def convert(out: str, *extra: str) -> str:
+        argv = ["convert", "--model", str(bf16_model["model"]), "--tp", "4", "--output", str(tmp_path / out), *extra]
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+        return proc.stdout.strip().splitlines()[-1]
+
+    assert convert("same") == "0 []"  # odd vocab at tp 4: lm_head padding rows included
+    with_heads = convert("heads", "--medusa", str(bf16_model["heads"]))  # the heads are float32
+    assert with_heads.startswith("0 [") and "'torch'" in with_heads

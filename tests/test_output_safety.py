@@ -244,3 +244,24 @@ def test_verify_and_the_start_up_check(
     os.utime(rank, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only the bytes tell
     rc, err = _cli(capsys, "verify", str(out))
     assert rc == 1 and "checkpoint/rank0.safetensors: content differs" in err, err
+
+
+def test_single_file_outputs_replace_only_their_own_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tree build --out` and `bench --plot` overwrite a file they wrote before, never a user's file
+    of the same name (refused before any work, the file untouched)."""
+    acc = tmp_path / "acc.csv"
+    acc.write_text("0.6,0.1\n0.4,0.1\n")  # a user's table without our mark: read, never written
+    tree = tmp_path / "tree.yaml"
+    assert _cli(capsys, "tree", "build", "-a", str(acc), "-n", "3", "--out", str(tree))[0] == 0
+    first = tree.read_text()
+    assert _cli(capsys, "tree", "build", "-a", str(acc), "-n", "2", "--out", str(tree))[0] == 0  # ours: replaced
+    assert tree.read_text() != first
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("- [0]\n")
+    rc, err = _cli(capsys, "tree", "build", "-a", str(acc), "-n", "3", "--out", str(mine))
+    assert rc == 2 and "not written by medusa-trt" in err and mine.read_text() == "- [0]\n"
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # someone's picture
+    rc, err = _cli(capsys, "bench", "--url", "http://127.0.0.1:9", "--plot", str(photo))
+    assert rc == 2 and "--plot" in err and photo.read_bytes() == b"\x89PNG\r\n\x1a\n" + b"\0" * 64

@@ -30,3 +30,14 @@ def test_cuda_fp32_logits_and_bf16_lossless(tmp_path: Path, tiny_llama: Path, ti
             for m in (False, True)
         ]
     assert runs[0] == runs[1] and len(runs[0]) > 0
+
+
+def test_cuda_greedy_batch_equals_one_generate_per_prompt(tmp_path: Path, tiny_llama: Path) -> None:
+    """The batched distillation path on CUDA (fp32): left pads masked, rows retired mid-batch."""
+    prompts, budgets = [[5, 6, 7], list(range(10, 40)), [9]], [20, 4, 33]
+    with load_engine(make_checkpoint(tiny_llama, tmp_path / "f32"), device="cuda") as engine:
+        got = engine.greedy_batch(prompts, budgets)
+        for p, b, c in zip(prompts, budgets, got, strict=True):
+            chunks = list(engine.generate(p, SamplingParams(max_tokens=b), medusa=False))
+            assert c.token_ids == [t for ch in chunks for t in ch.token_ids]
+            assert c.finish_reason == chunks[-1].finish_reason

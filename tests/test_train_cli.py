@@ -73,6 +73,18 @@ def test_heads_train_cli(
     assert json.loads((out / "config.json").read_text())["medusa_num_heads"] == 2
     assert (out / "medusa_lm_head.safetensors").is_file()
 
+    # the result files are in a manifest that `verify` checks byte for byte (the stage cache is not)
+    listed = json.loads((out / "medusa-trt-heads.json").read_text())["files"]
+    assert set(listed) == {"medusa_lm_head.safetensors", "config.json", "training.json", "accuracy.csv"}
+    assert run(["verify", str(out)]) == 0
+    heads = out / "medusa_lm_head.safetensors"
+    data = bytearray(heads.read_bytes())
+    data[-1] ^= 0xFF  # one bit pattern changed in place, same size
+    heads.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert run(["verify", str(out)]) == 1
+    assert "medusa_lm_head.safetensors" in capsys.readouterr().err
+
 
 def test_heads_train_bad_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "m").mkdir()

@@ -144,6 +144,7 @@ def _argv(model: Path, out: Path) -> list[str]:
         sys.executable, "-m", "medusa_trt", "heads", "train", "--model", str(model), "--output", str(out),
         "--data", str(prompts), "--num-heads", "2", "--steps", "30", "--batch-size", "4", "--seq-len", "48",
         "--gen-tokens", "24", "--checkpoint-every", "3", "--shard-mib", "0.01", "--json",
+        "--distil-batch", "4",  # 16 prompts: the kill lands after a batch's lines, before the next batch's
     ]  # fmt: skip
 
 

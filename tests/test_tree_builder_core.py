@@ -162,7 +162,8 @@ def test_bad_step_times() -> None:
 
 def test_accuracy_csv_round_trip_and_errors() -> None:
     text = format_accuracy_csv(TABLE)
-    assert "," in text and len(text.splitlines()) == 2
+    lines = text.splitlines()
+    assert lines[0].startswith("# medusa-trt") and len(lines) == 1 + len(TABLE)  # the mark, then a row per head
     assert parse_accuracy_csv(text) == TABLE  # 6 decimals hold these values exactly
     with pytest.raises(InvalidInputError, match=":1: not a number"):
         parse_accuracy_csv("head,rank0\n0.5,0.1\n")

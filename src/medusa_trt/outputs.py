@@ -71,6 +71,31 @@ def check_file_output(
     return path
 
 
+def begins_with(mark: bytes) -> Callable[[Path], bool]:
+    """An ``ours`` check for check_file_output: the file starts with the ``mark`` medusa-trt writes first."""
+
+    def ours(path: Path) -> bool:
+        try:
+            with path.open("rb") as f:
+                return f.read(len(mark)) == mark
+        except OSError:
+            return False
+
+    return ours
+
+
+PNG_SOFTWARE = "medusa-trt"  # the PNG "Software" text chunk of every plot we write
+
+
+def is_our_png(path: Path) -> bool:
+    """A PNG whose Software text chunk is ours (plots are small: the whole file is read)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return data.startswith(b"\x89PNG") and b"tEXtSoftware\x00" + PNG_SOFTWARE.encode() in data
+
+
 # --- ownership ---------------------------------------------------------------------------------------
 
 
@@ -323,11 +348,13 @@ def _publish(tmp: Path, output: Path) -> None:
 __all__ = [
     "OWNER",
     "OwnedDir",
+    "begins_with",
     "check_claim",
     "check_file_output",
     "check_free",
     "check_overlap",
     "check_replace",
+    "is_our_png",
     "locked",
     "output_path",
     "read_owner",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from medusa_trt import fsio
 from medusa_trt.bench.report import BenchReport
+from medusa_trt.outputs import PNG_SOFTWARE
 
 FIGSIZE_IN = (10.0, 4.0)
 DPI = 100  # 1000 x 400 pixels
@@ -47,5 +48,5 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     fig.suptitle(f"medusa-trt bench: {report.server.get('model') or ''}")
     fig.tight_layout()
     with fsio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": PNG_SOFTWARE})
     return path

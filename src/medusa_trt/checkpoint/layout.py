@@ -6,6 +6,8 @@ Source: docs/sources.md, TensorRT-LLM checkpoint format.
 recipe that yields the bytes in row blocks. Nothing is read until a recipe runs, so the same plan
 serves validation (shapes, byte totals) and writing. Rows kept in their source dtype are yielded as a
 ``Span`` of the source file rather than a tensor: the writer copies those bytes without loading them.
+Column windows kept in their dtype and zero padding are raw bytes, so a conversion without a dtype
+change never imports torch (over a second of start-up on a small machine).
 """
 
 from __future__ import annotations
@@ -84,10 +86,14 @@ def _rows(store: Store, name: str, lo: int, hi: int, code: str) -> Any:
     return verbatim_rows(store, name, lo, hi, code) or _cast(store.read(name, rows=(lo, hi)), code)
 
 
+def zero_bytes(n: int) -> memoryview:
+    """``n`` zero bytes (a zero of every dtype we write is all-zero bits), in an anonymous map that is
+    returned to the system on release, like ``read_cols``' windows."""
+    return memoryview(mmap.mmap(-1, max(1, n)))[:n]
+
+
 def rows_recipe(store: Store, name: str, lo: int, hi: int, code: str) -> Recipe:
     """Rows [lo, hi) of a 1-D/2-D tensor; rows past the source's end are zeros (vocab padding)."""
-    import torch
-
     info = store.info(name)
     rest = info.shape[1:]
     row_bytes = max(1, DTYPE_SIZES[info.dtype] * (rest[0] if rest else 1))
@@ -105,7 +111,7 @@ def rows_recipe(store: Store, name: str, lo: int, hi: int, code: str) -> Recipe:
                 e = min(e, valid)
                 yield _cast(store.read(name, rows=(r, e)), code)  # [e-r, D]
             else:
-                yield torch.zeros((e - r, *rest), dtype=torch_dtype(code))  # vocab padding rows
+                yield zero_bytes(nbytes_of(code, (e - r, *rest)))  # vocab padding rows
             r = e
 
     return make
@@ -117,40 +123,49 @@ def cols_recipe(store: Store, name: str, lo: int, hi: int, code: str) -> Recipe:
     if info.offset < 0:  # a torch.save'd state dict: already in memory
         return lambda: iter([_cast(store.read(name, cols=(lo, hi)), code)])  # [out, hi-lo]
 
+    raw = info.dtype == code and VERBATIM
+
     def make() -> Iterator[Any]:
         rows, size = info.shape[0], DTYPE_SIZES[info.dtype]
         step = max(1, ROW_BLOCK_BYTES // ((hi - lo) * size))
         with info.file.open("rb", buffering=0) as f:
             for r in range(0, rows, step):
-                yield _cast(read_cols(f.fileno(), info, (r, min(rows, r + step)), (lo, hi)), code)
+                window = (r, min(rows, r + step))
+                if raw:  # same dtype: the bytes as read
+                    yield read_cols_bytes(f.fileno(), info, window, (lo, hi))
+                else:
+                    yield _cast(read_cols(f.fileno(), info, window, (lo, hi)), code)
 
     return make
 
 
-def read_cols(fd: int, info: TensorInfo, rows: tuple[int, int], cols: tuple[int, int]) -> Any:
-    """A [rows, cols] window of a 2-D safetensors tensor, one read per row: only the bytes it needs,
-    and no memory map of the source whose touched pages would count toward the resident set."""
-    import torch
-
+def read_cols_bytes(fd: int, info: TensorInfo, rows: tuple[int, int], cols: tuple[int, int]) -> memoryview:
+    """The bytes of a [rows, cols] window of a 2-D safetensors tensor, row-major, one read per row:
+    only the bytes it needs, and no memory map of the source whose touched pages would count toward
+    the resident set."""
     (r0, r1), (c0, c1), size = rows, cols, DTYPE_SIZES[info.dtype]
     width, stride = (c1 - c0) * size, info.shape[1] * size
     # Block-sized heap allocations of varying sizes, freed from several threads, fragment malloc's
     # arenas until the resident set grows with the model; an anonymous map is returned on release.
-    mem = mmap.mmap(-1, max(1, (r1 - r0) * width))
-    out = torch.frombuffer(mem, dtype=torch.uint8, count=(r1 - r0) * width)
-    out = out.view(torch_dtype(info.dtype)).reshape(r1 - r0, c1 - c0)  # [rows, cols]
-    buf = memoryview(mem)
+    buf = zero_bytes((r1 - r0) * width)
     base = info.offset + r0 * stride + c0 * size
     for i in range(r1 - r0):
         if os.preadv(fd, [buf[i * width : (i + 1) * width]], base + i * stride) != width:
             raise CheckpointError(f"{info.file}: file shrank while reading")
-    return out
+    return buf
+
+
+def read_cols(fd: int, info: TensorInfo, rows: tuple[int, int], cols: tuple[int, int]) -> Any:
+    """``read_cols_bytes`` as a tensor [rows, cols] of the source dtype."""
+    import torch
+
+    buf = read_cols_bytes(fd, info, rows, cols)
+    out = torch.frombuffer(buf, dtype=torch.uint8, count=len(buf)) if len(buf) else torch.empty(0, dtype=torch.uint8)
+    return out.view(torch_dtype(info.dtype)).reshape(rows[1] - rows[0], cols[1] - cols[0])  # [rows, cols]
 
 
 def zeros_recipe(shape: tuple[int, ...], code: str) -> Recipe:
-    import torch
-
-    return lambda: iter([torch.zeros(shape, dtype=torch_dtype(code))])
+    return lambda: iter([zero_bytes(nbytes_of(code, shape))])
 
 
 def scale_recipe(store: Store, names: list[str]) -> Recipe:
@@ -166,8 +181,6 @@ def scale_recipe(store: Store, names: list[str]) -> Recipe:
 
 def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
     """[q_r; k_r; v_r] rows; KV heads replicated t/KV times first when KV < t (head r*KV//t)."""
-    import torch
-
     s, t, store = lay.base.spec, lay.tp, lay.base.store
     hd, kv = s.head_dim, s.num_key_value_heads
     q_rows = s.num_attention_heads // t * hd
@@ -185,6 +198,8 @@ def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
 
     def make() -> Iterator[Any]:
         if fp8:  # one scale for the fused module: requantize parts whose scale is below the max
+            import torch
+
             scales = [float(store.read(f"{p}.weight_scale").float().reshape(-1)[0]) for p, _ in parts]
             top = max(scales)
         for i, (p, rows) in enumerate(parts):

@@ -339,7 +339,9 @@ def safetensors_header(entries: list[tuple[str, str, tuple[int, ...]]], metadata
 
 
 def tensor_bytes(t: Any) -> Any:
-    """A buffer over a tensor's bytes (bf16 and fp8 included, which numpy cannot name)."""
+    """A buffer over a tensor's bytes (bf16 and fp8 included, which numpy cannot name); raw bytes as they are."""
+    if isinstance(t, (bytes, bytearray, memoryview)):
+        return t
     import torch
 
     flat = t.contiguous().reshape(-1)

@@ -201,11 +201,11 @@ def _raise_if_nothing_measured(report: BenchReport) -> None:
 def _check_outputs(json_out: str | None, plot: Path | None, engine: Path | None, dataset: str) -> Path | None:
     """Refuse bad output paths before the benchmark runs, not after an hour of measuring."""
     from medusa_trt.bench.report import is_report
-    from medusa_trt.outputs import check_file_output
+    from medusa_trt.outputs import check_file_output, is_our_png
 
     inputs: dict[str, str | Path | None] = {"--engine": engine, "--dataset": dataset}
     if plot is not None:
-        check_file_output(plot, "--plot", inputs)
+        check_file_output(plot, "--plot", inputs, ours=is_our_png)
     return None if json_out is None else check_file_output(json_out, "--json-out", inputs, ours=is_report)
 
 

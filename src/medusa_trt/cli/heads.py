@@ -64,6 +64,12 @@ def train_cmd(
         str | None, typer.Option("--teacher-api-key", envvar="MEDUSA_TRT_TEACHER_API_KEY", help="Bearer token.")
     ] = None,
     teacher_concurrency: Annotated[int, typer.Option("--teacher-concurrency", help="Teacher requests in flight.")] = 8,
+    distil_batch: Annotated[
+        int,
+        typer.Option(
+            "--distil-batch", min=1, help="Local distillation: prompts decoded together (one forward per step)."
+        ),
+    ] = 16,
     hidden_cache: Annotated[
         Path | None, typer.Option("--hidden-cache", help="Where the hidden-state shards go (default OUTPUT/.train).")
     ] = None,
@@ -123,6 +129,7 @@ def train_cmd(
         teacher_url=teacher_url,
         teacher_api_key=teacher_api_key,
         teacher_concurrency=teacher_concurrency,
+        distil_batch=distil_batch,
         hidden_cache=str(hidden_cache) if hidden_cache else None,
         shard_mib=shard_mib,
         train_devices=train_devices,
@@ -168,6 +175,7 @@ def _dry_run(
         train_devices=opts["train_devices"],
         share_lm_head=opts["share_lm_head"],
         teacher=opts["teacher_url"] is not None,
+        distil_batch=opts["distil_batch"],
     )
     budget = plan_training(spec, prof, w)
     if json_out:

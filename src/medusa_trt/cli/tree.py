@@ -18,11 +18,12 @@ def _read(path: Path, what: str) -> str:
         raise InvalidInputError(f"cannot read {what} {path}: {e.strerror}", hint="Check the path.") from e
 
 
-def _out(raw: str | None, inputs: dict[str, str | Path | None]) -> Path | None:
-    """--out checked before any work: not empty, not a directory, not inside an input."""
-    from medusa_trt.outputs import check_file_output
+def _out(raw: str | None, inputs: dict[str, str | Path | None], mark: str) -> Path | None:
+    """--out checked before any work: not empty, not a directory, not inside an input, and not an
+    existing file that does not begin with ``mark`` (what this command writes first)."""
+    from medusa_trt.outputs import begins_with, check_file_output
 
-    return None if raw is None else check_file_output(raw, "--out", inputs)
+    return None if raw is None else check_file_output(raw, "--out", inputs, ours=begins_with(mark.encode()))
 
 
 def _profile_curve(profile: str, model: str, max_nodes: int, context_len: int) -> dict[int, float]:
@@ -59,7 +60,7 @@ def build_cmd(
     from medusa_trt import fsio
     from medusa_trt.medusa import tree_builder as tb
 
-    out_path = _out(out, {"--accuracy": accuracy, "--step-times": step_times})
+    out_path = _out(out, {"--accuracy": accuracy, "--step-times": step_times}, tb.TREE_MARK)
     if step_times is not None and profile is not None:
         raise InvalidInputError("--step-times and --profile are alternatives", hint="Pass one of them.")
     acc = tb.parse_accuracy_csv(_read(accuracy, "accuracy table"), str(accuracy))
@@ -117,11 +118,11 @@ def accuracy_cmd(
 ) -> None:
     """Measure each head's per-rank accuracy against the base model's own greedy tokens."""
     from medusa_trt import fsio
-    from medusa_trt.medusa.tree_builder import format_accuracy_csv
+    from medusa_trt.medusa.tree_builder import ACCURACY_MARK, format_accuracy_csv
     from medusa_trt.train.accuracy import measure_accuracy
     from medusa_trt.train.data import load_prompts
 
-    out_path = _out(out, {"MODEL_DIR": model_dir, "--heads": heads, "--data": data})
+    out_path = _out(out, {"MODEL_DIR": model_dir, "--heads": heads, "--data": data}, ACCURACY_MARK)
     assert out_path is not None
     prompts = load_prompts(data)[:num_prompts]
     result = measure_accuracy(model_dir, prompts, heads_dir=heads, steps=steps, topk=topk, device=device)
@@ -147,10 +148,10 @@ def sweep_cmd(
 ) -> None:
     """Measure the reference runtime's verification step time against tree size (for `tree build --step-times`)."""
     from medusa_trt import fsio
-    from medusa_trt.medusa.tree_builder import format_step_times_csv
+    from medusa_trt.medusa.tree_builder import STEP_TIMES_HEADER, format_step_times_csv
     from medusa_trt.train.sweep import sweep_step_times
 
-    out_path = _out(out, {"ENGINE_DIR": engine_dir})
+    out_path = _out(out, {"ENGINE_DIR": engine_dir}, STEP_TIMES_HEADER)
     try:
         counts = sorted({int(s) for s in sizes.split(",") if s.strip()})
     except ValueError as e:

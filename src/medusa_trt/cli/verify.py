@@ -11,7 +11,7 @@ import typer
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 from medusa_trt.errors import CheckpointError, MedusaTrtError
 
-MANIFESTS = ("medusa-trt.json", "medusa-trt-convert.json")  # a build's, then a convert's
+MANIFESTS = ("medusa-trt.json", "medusa-trt-convert.json", "medusa-trt-heads.json")  # build, convert, heads train
 
 
 def _table(root: Path) -> tuple[Path, dict[str, Any]]:
@@ -34,7 +34,10 @@ def _table(root: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def verify_cmd(
-    path: Annotated[Path, typer.Argument(help="An engine dir from `build` or a checkpoint from `convert`.")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="An engine dir from `build`, a checkpoint from `convert`, or heads from `heads train`."),
+    ],
     json_out: JsonOpt = False,
 ) -> None:
     """Check every file's size and xxh3-128 hash against the directory's manifest (reads every byte)."""

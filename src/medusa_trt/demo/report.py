@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medusa_trt import fsio
+from medusa_trt.outputs import PNG_SOFTWARE
 
 
 def _f(x: Any, fmt: str = "{:.2f}") -> str:
@@ -52,5 +53,5 @@ def write_plot(doc: dict[str, Any], path: Path) -> Path:
     ax2.set_title(f"tree: {doc['tree_nodes']} nodes")
     fig.tight_layout()
     with fsio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE})
     return path

@@ -186,12 +186,17 @@ def choose_tree(
 # --- text formats ----------------------------------------------------------------------------
 
 
+ACCURACY_MARK = "# medusa-trt accuracy: one row per head, one column per rank\n"  # lets us overwrite our own
+STEP_TIMES_HEADER = "nodes,step_ms\n"
+TREE_MARK = "# expected_tokens_per_step: "
+
+
 def parse_accuracy_csv(text: str, source: str = "accuracy table") -> AccuracyTable:
-    """One row per head (head 0 first), one column per rank (rank 0 first), no header."""
+    """One row per head (head 0 first), one column per rank (rank 0 first), no header; ``#`` lines are comments."""
     rows: AccuracyTable = []
     for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         cells = [c.strip() for c in row if c.strip()]
-        if not cells:
+        if not cells or cells[0].startswith("#"):
             continue
         try:
             rows.append([float(c) for c in cells])
@@ -204,7 +209,7 @@ def parse_accuracy_csv(text: str, source: str = "accuracy table") -> AccuracyTab
 
 
 def format_accuracy_csv(acc: Sequence[Sequence[float]]) -> str:
-    return "".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in acc)
+    return ACCURACY_MARK + "".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in acc)
 
 
 def parse_step_times(text: str, source: str = "step times") -> dict[int, float]:
@@ -234,9 +239,9 @@ def parse_step_times(text: str, source: str = "step times") -> dict[int, float]:
 
 
 def format_step_times_csv(step_times: Mapping[int, float]) -> str:
-    return "nodes,step_ms\n" + "".join(f"{n},{step_times[n]:.4f}\n" for n in sorted(step_times))
+    return STEP_TIMES_HEADER + "".join(f"{n},{step_times[n]:.4f}\n" for n in sorted(step_times))
 
 
 def tree_yaml(tree: Tree, expected: float) -> str:
     """The shipped-tree YAML (one path per line) with the expectation as a comment."""
-    return f"# expected_tokens_per_step: {expected:.4f}\n# nodes: {len(tree)}\n" + dump_tree(tree)
+    return f"{TREE_MARK}{expected:.4f}\n# nodes: {len(tree)}\n" + dump_tree(tree)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from medusa_trt.errors import InvalidInputError, TreeError
 from medusa_trt.medusa.trees import Tree, load_tree, validate_tree
-from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
+from medusa_trt.runtime.records import Chunk, Continuation, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
     import torch
@@ -89,16 +89,7 @@ class ReferenceEngine:
             raise InvalidInputError(
                 "the engine is busy with another generation", hint="Exhaust or close() the previous Generation first."
             )
-        if not prompt_ids:
-            raise InvalidInputError("empty prompt", hint="Give at least one token.")
-        if len(prompt_ids) >= self.max_seq_len:
-            raise InvalidInputError(
-                f"prompt of {len(prompt_ids)} tokens does not fit max_seq_len {self.max_seq_len}",
-                hint="Shorten the prompt.",
-            )
-        bad = [t for t in prompt_ids if not 0 <= t < self.info.vocab_size]
-        if bad:
-            raise InvalidInputError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.vocab_size - 1})")
+        self._check_prompt(prompt_ids)
         if (
             params.max_tokens < 1
             or params.temperature < 0
@@ -125,6 +116,37 @@ class ReferenceEngine:
         )
         self._busy = True
         return Generation(decoder, self._release)
+
+    def greedy_batch(self, prompts: list[list[int]], max_tokens: list[int]) -> list[Continuation]:
+        """Greedy continuations of several prompts at once, without Medusa: the same tokens as one
+        ``generate`` each at temperature 0 (fp32; lower precisions may break near-ties differently), in
+        one forward per step for the whole batch (``runtime.batch``). Each stops at the tokenizer's
+        EOS ids or after its ``max_tokens`` (cut to the context)."""
+        from medusa_trt.runtime.batch import greedy_batch
+
+        self._check_idle("run a batch")
+        if not prompts or len(max_tokens) != len(prompts) or min(max_tokens) < 1:
+            raise InvalidInputError("greedy_batch needs one max_tokens >= 1 per prompt, and at least one prompt")
+        for p in prompts:
+            self._check_prompt(p)
+        budgets = [min(m, self.max_seq_len - len(p)) for p, m in zip(prompts, max_tokens, strict=True)]
+        self._busy = True
+        try:
+            return greedy_batch(self._runner, [list(p) for p in prompts], budgets, self._stop_ids)
+        finally:
+            self._busy = False
+
+    def _check_prompt(self, prompt_ids: list[int]) -> None:
+        if not prompt_ids:
+            raise InvalidInputError("empty prompt", hint="Give at least one token.")
+        if len(prompt_ids) >= self.max_seq_len:
+            raise InvalidInputError(
+                f"prompt of {len(prompt_ids)} tokens does not fit max_seq_len {self.max_seq_len}",
+                hint="Shorten the prompt.",
+            )
+        bad = [t for t in prompt_ids if not 0 <= t < self.info.vocab_size]
+        if bad:
+            raise InvalidInputError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.vocab_size - 1})")
 
     def speculation(self) -> Speculation | None:
         """The Medusa tree state shared by this engine's generations (None without heads)."""

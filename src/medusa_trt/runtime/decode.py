@@ -3,7 +3,8 @@
 Both keep one *pending* token: picked from the last logits, already emitted, not yet in the KV cache.
 A plain step feeds it; a Medusa step feeds the tree rooted at it, accepts L drafts, and emits them plus
 the bonus token picked from the last accepted node's logits (L+1 tokens per verification forward).
-Stop tokens end the generation and are not emitted (they are counted in completion_tokens).
+Stop tokens end the generation and are not emitted (they are counted in completion_tokens); the last
+chunk names the one that ended it (``Chunk.stop_token``: Llama 3.1 has several).
 
 Randomness: one uniform per emitted position, drawn in order from the request's own seeded generator,
 turned into a token by inverse CDF over the warped distribution (token id order). Exact acceptance
@@ -106,6 +107,7 @@ class Decoder:
         self.completion = 0
         self.accepted = [0] * (spec.depth if spec is not None else 0)
         self.usage: dict[int, int] = {}  # draft nodes of the tree used -> steps
+        self.stop_token: int | None = None  # the stop id that ended the generation
         self.emitted: list[int] = []  # every token picked, in order (the pending one last)
         self.records: list[tuple[int, list[list[int]]]] = []  # (root index in emitted, drafts [D][TOPK])
         self.last_row = 0  # row of the last forward whose hidden state feeds the heads
@@ -125,6 +127,7 @@ class Decoder:
                 return out, "length"
             self.completion += 1
             if tok in self.stop and self.completion > self.p.min_tokens:  # before min_tokens: a plain token
+                self.stop_token = tok
                 return out, "stop"
             out.append(tok)
         return out, ("length" if self.completion >= self.budget else None)
@@ -143,14 +146,14 @@ class Decoder:
         t1 = time.perf_counter()
         try:
             out, finish = self._take([pending])
-            yield Chunk(out, finish)
+            yield Chunk(out, finish, self.stop_token)
             while finish is None:
                 new = self._step(pending)
                 pending = new[-1]
                 self.emitted += new
                 self._learn()
                 out, finish = self._take(new)
-                yield Chunk(out, finish)
+                yield Chunk(out, finish, self.stop_token)
         finally:
             t2 = time.perf_counter()
             self.stats = GenerationStats(

@@ -4,6 +4,8 @@ Each rank holds H/t query heads, ceil(KV/t) KV heads (replicated when KV < t), a
 V/t lm_head rows. Two all-reduces per layer (after attention ``dense`` and after MLP ``proj``); the
 vocab-parallel logits are gathered on rank 0. The KV cache is one preallocated tensor
 ``[layers, 2, KVl, capacity, hd]`` so tree compaction is a single gather-copy for all layers.
+Batched greedy decoding (distillation) has its own cache with a batch dimension, ``[layers, 2, B, KVl,
+capacity, hd]``, and the same layer math (``_qkv``, ``_dense_mlp``) over [B, T] blocks.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.config import CheckpointInfo
-from medusa_trt.runtime.weights import ShardWeights, load_shard
+from medusa_trt.runtime.weights import LayerWeights, ShardWeights, load_shard
 
 
 class Comm(Protocol):
@@ -89,6 +91,7 @@ class LlamaShard:
         self.cache: torch.Tensor | None = None  # [layers, 2, KVl, capacity, hd]
         self.length = 0
         self.last_hidden: torch.Tensor | None = None  # [T, D] after ln_f, for the heads
+        self.alloc_batch(0, 0)
 
     def _check_shapes(self) -> None:
         lw = self.w.layers[0]
@@ -143,18 +146,10 @@ class LlamaShard:
             raise InvalidInputError(f"KV cache full ({n}+{t} > {self.cache.shape[3]})")
         w = self.w
         x = self._embed(ids)  # [T, D]
-        freqs = pos.to(torch.float32)[:, None] * self.inv_freq[None]  # [T, hd/2]
-        emb = torch.cat([freqs, freqs], dim=-1)
-        cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)  # [T, hd]
+        cos, sin = self._rope(pos)  # [T, hd]
         mask, causal = self._attn_mask(t, n, tree_mask)
-        qn, kn = self.n_q * self.hd, self.n_kv * self.hd
         for i, lw in enumerate(w.layers):
-            h = rms_norm(x, lw.ln1, self.eps)
-            qkv = F.linear(h, lw.qkv)  # [T, (Hl + 2 KVl) hd]
-            q = qkv[:, :qn].view(t, self.n_q, self.hd).transpose(0, 1)  # [Hl, T, hd]
-            k = qkv[:, qn : qn + kn].view(t, self.n_kv, self.hd).transpose(0, 1)  # [KVl, T, hd]
-            v = qkv[:, qn + kn :].view(t, self.n_kv, self.hd).transpose(0, 1)
-            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            q, k, v = self._qkv(x, lw, cos, sin)  # [Hl, T, hd], [KVl, T, hd] x2
             cache = self.cache[i]  # [2, KVl, cap, hd]
             cache[0, :, n : n + t] = k
             cache[1, :, n : n + t] = v
@@ -166,18 +161,91 @@ class LlamaShard:
                 is_causal=causal,
                 enable_gqa=self.n_q != self.n_kv,
             )  # [1, Hl, T, hd]
-            a = F.linear(o[0].transpose(0, 1).reshape(t, qn), lw.dense)  # [T, D] partial sum
-            self.comm.all_reduce(a)
-            x = x + a
-            h = rms_norm(x, lw.ln2, self.eps)
-            fc, gate = F.linear(h, lw.fc_gate).chunk(2, dim=-1)  # [T, Il] each
-            m = F.linear(F.silu(fc) * gate, lw.proj)  # [T, D] partial sum
-            self.comm.all_reduce(m)
-            x = x + m
+            x = self._dense_mlp(x, o[0].transpose(0, 1).flatten(-2), lw)
         self.length = n + t
         x = rms_norm(x, w.ln_f, self.eps)
         self.last_hidden = x
         return self.gather_vocab(F.linear(x, w.lm_head).float(), w.vocab_rows)  # [T, V] on rank 0
+
+    def _qkv(
+        self, x: torch.Tensor, lw: LayerWeights, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A layer's q [.., Hl, T, hd] and k, v [.., KVl, T, hd], RoPE applied, from x [.., T, D]."""
+        qn, kn = self.n_q * self.hd, self.n_kv * self.hd
+        qkv = F.linear(rms_norm(x, lw.ln1, self.eps), lw.qkv)  # [.., T, (Hl + 2 KVl) hd]
+        q = qkv[..., :qn].unflatten(-1, (self.n_q, self.hd)).transpose(-3, -2)
+        k = qkv[..., qn : qn + kn].unflatten(-1, (self.n_kv, self.hd)).transpose(-3, -2)
+        v = qkv[..., qn + kn :].unflatten(-1, (self.n_kv, self.hd)).transpose(-3, -2)
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+    def _dense_mlp(self, x: torch.Tensor, o: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
+        """The rest of a layer: x [.., T, D] plus the attention output o [.., T, Hl hd] projected, then the MLP."""
+        a = F.linear(o, lw.dense)  # [.., T, D] partial sum
+        self.comm.all_reduce(a)
+        x = x + a
+        fc, gate = F.linear(rms_norm(x, lw.ln2, self.eps), lw.fc_gate).chunk(2, dim=-1)  # [.., T, Il] each
+        m = F.linear(F.silu(fc) * gate, lw.proj)  # [.., T, D] partial sum
+        self.comm.all_reduce(m)
+        return x + m
+
+    def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [.., T, hd] for RoPE positions ``pos`` [.., T]."""
+        freqs = pos.to(torch.float32)[..., None] * self.inv_freq  # [.., T, hd/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+    # --- batched greedy forward (distillation): B left-padded rows, one cache row each -------------
+    def alloc_batch(self, rows: int, capacity: int) -> None:
+        """A batch KV cache [layers, 2, B, KVl, capacity, hd] with its key-validity mask [B, capacity]
+        (False: a left pad); ``rows`` 0 frees it."""
+        self.bcache: torch.Tensor | None = None  # freed first: the old and the new never coexist
+        self.bvalid: torch.Tensor | None = None
+        self.blength = 0
+        if rows:
+            shape = (self.info.num_layers, 2, rows, self.n_kv, capacity, self.hd)
+            self.bcache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.bvalid = torch.zeros(rows, capacity, dtype=torch.bool, device=self.device)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` [B'] (ascending): finished sequences stop costing compute."""
+        assert self.bcache is not None and self.bvalid is not None
+        self.bcache = self.bcache.index_select(2, rows)
+        self.bvalid = self.bvalid.index_select(0, rows)
+
+    @torch.inference_mode()
+    def forward_batch(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+        """Run a [B, T] block at batch-cache slots [blength, blength+T): RoPE positions ``pos`` [B, T],
+        ``valid`` [B, T] False on left pads. Returns the last column's logits [B, V] (float32) on rank 0.
+
+        A query sees the valid slots up to its own, and always itself, so a pad row stays finite
+        (an all-masked row would be NaN, and 0 x NaN poisons every later attention)."""
+        assert self.bcache is not None and self.bvalid is not None, "alloc_batch() first"
+        b, t = ids.shape
+        n = self.blength
+        if n + t > self.bcache.shape[4]:
+            raise InvalidInputError(f"batch KV cache full ({n}+{t} > {self.bcache.shape[4]})")
+        x = self._embed(ids.reshape(-1)).view(b, t, -1)  # [B, T, D]
+        cos, sin = (c[:, None] for c in self._rope(pos))  # [B, 1, T, hd]: broadcast over heads
+        self.bvalid[:, n : n + t] = valid
+        mask = torch.ones(t, n + t, dtype=torch.bool, device=self.device).tril(n) & self.bvalid[:, None, : n + t]
+        diag = torch.arange(t, device=self.device)
+        mask[:, diag, diag + n] = True  # [B, T, n+T]
+        for i, lw in enumerate(self.w.layers):
+            q, k, v = self._qkv(x, lw, cos, sin)  # [B, Hl, T, hd], [B, KVl, T, hd] x2
+            cache = self.bcache[i]  # [2, B, KVl, cap, hd]
+            cache[0, :, :, n : n + t] = k
+            cache[1, :, :, n : n + t] = v
+            o = F.scaled_dot_product_attention(
+                q,
+                cache[0, :, :, : n + t],
+                cache[1, :, :, : n + t],
+                attn_mask=mask[:, None],
+                enable_gqa=self.n_q != self.n_kv,
+            )  # [B, Hl, T, hd]
+            x = self._dense_mlp(x, o.transpose(1, 2).flatten(-2), lw)
+        self.blength = n + t
+        last = rms_norm(x[:, -1], self.w.ln_f, self.eps)  # [B, D]: only the next token is wanted
+        return self.gather_vocab(F.linear(last, self.w.lm_head).float(), self.w.vocab_rows)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         w = self.w

@@ -60,6 +60,8 @@ def generate_text(
     finish = None
     while chunk is not None:
         out += chunk.token_ids
+        if chunk.stop_token is not None:  # as the server's token_ids: the stop token counted, never printed
+            out.append(chunk.stop_token)
         finish = chunk.finish_reason
         delta = stream.push(chunk.token_ids)
         if delta and on_text is not None:

@@ -1,4 +1,5 @@
-"""The runtime's records: what a caller asks for (SamplingParams) and gets back (Chunk, GenerationStats).
+"""The runtime's records: what a caller asks for (SamplingParams) and gets back (Chunk, GenerationStats,
+Continuation).
 
 Plain data, shared by the public API (``runtime.api``) and the decoding loops (``runtime.decode``).
 """
@@ -27,6 +28,7 @@ class SamplingParams:
 class Chunk:
     token_ids: list[int]  # tokens emitted by one decoding step (>= 1 with Medusa)
     finish_reason: str | None = None  # None, or "stop" / "length" on the last chunk
+    stop_token: int | None = None  # with finish_reason "stop": the stop id that ended it (counted, not emitted)
 
 
 @dataclass
@@ -40,3 +42,12 @@ class GenerationStats:
     decode_s: float = 0.0
     medusa: bool = False
     tree_nodes_used: dict[int, int] = field(default_factory=dict)  # draft nodes of the tree -> steps
+
+
+@dataclass
+class Continuation:
+    """One finished greedy continuation of a batch (``ReferenceEngine.greedy_batch``)."""
+
+    token_ids: list[int]  # the stop token excluded, as in Chunk
+    finish_reason: str  # "stop" or "length"
+    stop_token: int | None = None  # with "stop": the stop id it ended on

@@ -27,7 +27,7 @@ from medusa_trt.runtime.config import CheckpointInfo, read_checkpoint
 from medusa_trt.runtime.exiting import end_process, forbid_finalization
 from medusa_trt.runtime.model import LlamaShard, LocalComm
 
-STOP, ALLOC, FORWARD, HEADS, COMMIT, PING = range(6)
+STOP, ALLOC, FORWARD, HEADS, COMMIT, PING, BALLOC, BFORWARD, BKEEP = range(9)
 TIMEOUT = timedelta(seconds=900)
 
 
@@ -248,6 +248,28 @@ class Runner:
             dist.broadcast(keep.contiguous(), src=0)
         self.model.commit(start, keep)
 
+    # --- batched greedy forwards (distillation) ----------------------------------------------------
+    def alloc_batch(self, rows: int, capacity: int) -> None:
+        """A batch KV cache for ``rows`` sequences of up to ``capacity`` slots on every rank (0: free it)."""
+        self._send(BALLOC, rows, capacity)
+        self.model.alloc_batch(rows, capacity)
+
+    def forward_batch(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The last column's logits [B, V] float32 for a [B, T] block (ids, positions, False on pads)."""
+        if self.tp > 1:
+            self._send(BFORWARD, ids.shape[0], ids.shape[1])
+            dist.broadcast(torch.stack([ids, pos, valid.long()]).contiguous(), src=0)
+        out = self.model.forward_batch(ids, pos, valid)
+        assert out is not None
+        return out
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop every batch row not in ``rows`` [B'] (ascending) on every rank."""
+        if self.tp > 1:
+            self._send(BKEEP, rows.shape[0])
+            dist.broadcast(rows.contiguous(), src=0)
+        self.model.keep_rows(rows)
+
 
 def watch_parent(parent: int, every_s: float = 1.0) -> None:
     """Exit this spawned rank once its driver is gone (SIGKILL included): a rank blocked in a gloo
@@ -259,6 +281,20 @@ def watch_parent(parent: int, every_s: float = 1.0) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
+def _batch_op(model: LlamaShard, op: int, a: int, b: int, dev: str) -> None:
+    """A rank's side of the batched ops (Runner.alloc_batch / forward_batch / keep_rows)."""
+    if op == BALLOC:
+        model.alloc_batch(a, b)
+    elif op == BFORWARD:
+        block = torch.empty(3, a, b, dtype=torch.long, device=dev)  # ids, positions, valid
+        dist.broadcast(block, src=0)
+        model.forward_batch(block[0], block[1], block[2].bool())
+    elif op == BKEEP:
+        rows = torch.empty(a, dtype=torch.long, device=dev)
+        dist.broadcast(rows, src=0)
+        model.keep_rows(rows)
 
 
 def _worker_main(
@@ -305,6 +341,8 @@ def _worker_main(
                 keep = torch.empty(b, dtype=torch.long, device=dev)
                 dist.broadcast(keep, src=0)
                 model.commit(a, keep)
+            else:
+                _batch_op(model, op, a, b, dev)
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
     end_process(0)  # gloo may still be releasing STOP's tensors: finalization could abort (runtime.exiting)

@@ -3,6 +3,10 @@
 Usage counts what the client got: completion tokens up to the end (or the stop string), and
 `decoding_steps` beside them (verification forwards, prefill excluded) so a client can compute
 tokens per step. Each SSE chunk carries the text of one decoding step.
+
+``return_token_ids`` (non-streaming) returns the prompt's ids and the completion's, the stop token that
+ended it included (as vLLM's ``CompletionOutput.token_ids``), so ``token_ids`` has
+``usage.completion_tokens`` ids; the text leaves the stop token out.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class Outcome:
     finish_reason: str | None = None
     stats: Any = None
     deltas: list[str] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)  # every id the engine emitted
+    token_ids: list[int] = field(default_factory=list)  # every id the engine emitted, then its stop token
 
     def steps(self) -> int:
         # The engine's count when it ran to the end. Cut short, one step per chunk received: the
@@ -226,6 +230,8 @@ class Generator:
                 job.cancel()
                 yield delta
                 return
+            if event.stop_token is not None:  # counted by the engine, never printed
+                out.token_ids.append(event.stop_token)
             out.finish_reason = event.finish_reason
             yield delta
             event = await _next(job, request)

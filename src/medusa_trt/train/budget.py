@@ -3,8 +3,9 @@
 Pure arithmetic on the model's shape and a hardware profile; nothing is loaded. Estimates are
 rooflines (bytes / bandwidth, FLOPs / peak FLOPS), so real runs are slower; the output says so.
 
-- distil (local): the backbone shard, a KV cache for one ``--seq-len`` sequence, the prefill's
-  float32 logits on rank 0. One sequence at a time, each decode step reads the whole shard.
+- distil (local): the backbone shard, a KV cache and prefill activations for each of the
+  ``--distil-batch`` ``--seq-len`` sequences decoded together, and their last position's float32
+  logits; each decode step reads the whole shard once for the batch.
 - hidden: the same backbone at the same tp, one ``--seq-len`` forward per sequence.
 - train: per training process, the heads in float32 with their gradients and AdamW moments
   (replicated by DDP), the frozen lm_head when shared (its dtype, plus the float32 copy the
@@ -83,6 +84,7 @@ class Workload:
     train_devices: int
     share_lm_head: bool
     teacher: bool
+    distil_batch: int = 1
 
 
 def trainable_params(m: ModelSpec, num_heads: int, num_layers: int, share: bool) -> int:
@@ -106,8 +108,13 @@ def plan_training(m: ModelSpec, profile: Any, w: Workload) -> TrainBudget:
 
     base = {"backbone_shard": backbone / GIB, "kv_cache": kv / GIB, "activations": (act + logits) / GIB}
     prefill_s = 2 * m.num_params * w.sequences * w.seq_len / (w.tp * flops_lo)
-    decode_s = w.sequences * w.gen_tokens * (backbone / bw)
-    distil = StagePlan(w.tp, sum(base.values()), dict(base), 0.0, None if w.teacher else prefill_s + decode_s)
+    # distil decodes --distil-batch sequences together: a KV cache and prefill activations per sequence,
+    # the logits of each one's last position only; each step reads the shard once for the whole batch
+    b = max(1, w.distil_batch)
+    dlogits = b * m.vocab_size * 4 * 2  # gathered + local, float32
+    dbase = {"backbone_shard": backbone / GIB, "kv_cache": b * kv / GIB, "activations": (b * act + dlogits) / GIB}
+    decode_s = -(-w.sequences // b) * w.gen_tokens * (backbone / bw)
+    distil = StagePlan(w.tp, sum(dbase.values()), dbase, 0.0, None if w.teacher else prefill_s + decode_s)
     if w.teacher:
         distil = StagePlan(0, 0.0, {}, 0.0, None)
     disk = w.sequences * w.seq_len * m.hidden_size * wb / GIB

@@ -1,10 +1,16 @@
 """The distil stage: the base model's own greedy continuations of the prompts.
 
-Locally on the reference runtime (at the checkpoint's tp), or from any OpenAI-compatible server
+Locally on the reference runtime (at the checkpoint's tp, ``--distil-batch`` prompts per forward), or from any OpenAI-compatible server
 serving the same model (``--teacher-url``): the prompt goes as token ids to ``/v1/completions``,
 greedy, and the continuation's ids come back exactly when the server returns them
 (``return_token_ids``, as vLLM >= 0.10.2 and ``medusa-trt run`` do); otherwise the text is
 re-tokenized and accepted only if it has as many tokens as the server reports in ``usage``.
+
+A continuation keeps the stop token the model ended on (Llama 3.1 has several: the one it produced),
+so the heads learn to predict the end as the engine meets it. A server that returns token ids includes
+it (vLLM's ``token_ids`` do); from text alone it is known only when ``finish_reason`` is "stop", the
+usage counts one token more than the text, and ``stop_reason`` names it (vLLM: the id for a
+``stop_token_ids`` hit, null for the tokenizer's EOS).
 
 Results go to a journal (``sequences.jsonl``, one line per prompt, in prompt order) that is
 appended and fsynced as they come, so an interrupted run continues after the last full line.
@@ -24,6 +30,9 @@ from medusa_trt.errors import InvalidInputError, ServerError
 from medusa_trt.train.stages import Stage
 
 JOURNAL = "sequences.jsonl"
+# In the distil stage's key: bumped whenever what the stage writes changes, so an older journal is not
+# reused (2: continuations keep the stop token they ended on).
+DISTIL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -98,19 +107,21 @@ def run_distil(stage: Stage, jobs: list[Job], generate: Generate, advance: Calla
     return Distilled([r["ids"] for r in rows], [int(r["start"]) for r in rows])
 
 
-def local_generator(ckpt: Path, device: str) -> Generate:
-    """Greedy continuations on the reference runtime (plain decoding; the checkpoint's tp)."""
+def local_generator(ckpt: Path, device: str, batch: int = 16) -> Generate:
+    """Greedy continuations on the reference runtime at the checkpoint's tp, ``batch`` prompts per
+    forward (plain decoding, the same tokens as one at a time); each batch's come out when it ends."""
 
     def gen(jobs: list[Job]) -> Iterator[list[int]]:
         if not jobs:
             return
         from medusa_trt.runtime.api import load_engine
-        from medusa_trt.runtime.records import SamplingParams
 
         with load_engine(ckpt, device=device) as engine:
-            for job in jobs:
-                params = SamplingParams(max_tokens=job.budget, temperature=0.0)
-                yield [t for chunk in engine.generate(job.prompt_ids, params, medusa=False) for t in chunk.token_ids]
+            for at in range(0, len(jobs), max(1, batch)):
+                group = jobs[at : at + max(1, batch)]
+                done = engine.greedy_batch([j.prompt_ids for j in group], [j.budget for j in group])
+                for c in done:
+                    yield c.token_ids + ([] if c.stop_token is None else [c.stop_token])
 
     return gen
 
@@ -183,4 +194,20 @@ def _complete(client: Any, model: str, job: Job, tokenizer: Any) -> list[int]:
             f"generated {reported}",
             hint="Use a server that returns token ids (return_token_ids), or distil locally.",
         )
+    if reported is not None and int(reported) == len(ids) + 1 and choice.get("finish_reason") == "stop":
+        stop = _stop_id(choice, tokenizer)
+        if stop is not None:
+            ids.append(stop)
     return ids
+
+
+def _stop_id(choice: dict[str, Any], tokenizer: Any) -> int | None:
+    """The stop token a text-only answer ended on, where the server says which (vLLM's ``stop_reason``:
+    the id for a ``stop_token_ids`` hit, null for the tokenizer's EOS); None when it cannot be known."""
+    if "stop_reason" not in choice:
+        return None
+    reason = choice["stop_reason"]
+    if reason is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return int(eos) if isinstance(eos, int) else None
+    return reason if isinstance(reason, int) and not isinstance(reason, bool) and reason >= 0 else None

@@ -35,7 +35,9 @@ from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
 from medusa_trt.train.stages import Stage, digest
 
 WORK = ".train"
-OUTPUT_FILES = (WORK, HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # what `heads train` writes
+HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in MANIFEST
+MANIFEST = "medusa-trt-heads.json"  # `medusa-trt verify` reads it
+OUTPUT_FILES = (WORK, *HEADS_FILES, MANIFEST)  # what `heads train` writes
 
 
 @dataclass
@@ -62,6 +64,7 @@ class TrainConfig:
     teacher_url: str | None = None
     teacher_api_key: str | None = None
     teacher_concurrency: int = 8
+    distil_batch: int = 16  # local distillation: prompts decoded together (not in the stage key: same tokens)
     hidden_cache: str | None = None  # default: OUTPUT/.train
     shard_mib: float = 256.0  # hidden-state shard size: bounds the hidden stage's memory
     train_devices: int = 1
@@ -145,8 +148,16 @@ def train_heads(
     with outputs.writing(output, kind="heads", inputs={"--model": str(model)}) as owned:
         owned.claim(OUTPUT_FILES)
         result = _train(str(model), owned.root, data, cfg, on_step)
+        _write_manifest(owned.root)
         owned.done(OUTPUT_FILES)
     return result
+
+
+def _write_manifest(out: Path) -> None:
+    """Size and xxh3-128 hash of every result file (not the stage cache), for `medusa-trt verify`."""
+    from medusa_trt.integrity import HASH_ALGORITHM, record
+
+    fsio.write_json(out / MANIFEST, {"tool": "medusa-trt", "hash": HASH_ALGORITHM, "files": record(out, HEADS_FILES)})
 
 
 def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
@@ -168,7 +179,7 @@ def _train(
 ) -> TrainResult:
     from medusa_trt.runtime.config import read_checkpoint
     from medusa_trt.train.backbone import load_tokenizer, resolve_backbone
-    from medusa_trt.train.distil import local_generator, plan_jobs, run_distil, teacher_generator
+    from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil, teacher_generator
     from medusa_trt.train.hidden import run_hidden, sequences_per_shard
     from medusa_trt.train.loop import LoopSpec, train_data_parallel
     from medusa_trt.train.progress import TrainProgress
@@ -188,6 +199,7 @@ def _train(
 
         t0 = time.perf_counter()
         dkey = {
+            "version": DISTIL_VERSION,
             "model": bb.identity,
             "prompts": digest(encoded),
             "gen_tokens": cfg.gen_tokens,
@@ -199,7 +211,7 @@ def _train(
         gen = (
             teacher_generator(cfg.teacher_url, tok, api_key=cfg.teacher_api_key, concurrency=cfg.teacher_concurrency)
             if cfg.teacher_url
-            else local_generator(bb.ckpt_dir, cfg.device)
+            else local_generator(bb.ckpt_dir, cfg.device, cfg.distil_batch)
         )
         task = prog.add("distil: greedy continuations", len(jobs))
         dist = run_distil(dstage, jobs, gen, lambda: prog.advance(task))
