@@ -78,7 +78,11 @@ def _nothing() -> None:
 
 
 def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> dict[str, Any]:
+    import sys
+
     import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
     from tests.helpers.checkpoints import make_checkpoint
     from tests.helpers.models import make_tiny_llama
 
