@@ -163,9 +163,22 @@ def test_sigterm_ends_a_server_with_a_hung_rank_within_10_s(server: Server) -> N
     client.close()
 
 
+# `python -m medusa_trt` that says on stderr whether the interpreter ran its finalization (atexit is its
+# first step). After tensor parallelism it must not: gloo's threads may still be releasing the last
+# collective's tensors, which takes the GIL, and CPython ends such a thread during finalization in a
+# way that aborts the process (SIGABRT). That abort is rare and timing-bound; this marker is not.
+CLI = [
+    sys.executable,
+    "-c",
+    "import atexit, runpy, sys; atexit.register(sys.stderr.write, 'interpreter finalization'); "
+    "runpy.run_module('medusa_trt', run_name='__main__', alter_sys=True)",
+]
+FINALIZED = "interpreter finalization"
+
+
 def run_prompt(ckpt: Path, *extra: str) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
     """`medusa-trt run CKPT --prompt` at tp 2, once it has printed its first text (it is generating)."""
-    argv = [sys.executable, "-m", "medusa_trt", "run", str(ckpt), "--prompt", PROMPT, "--max-tokens", "1900"]
+    argv = [*CLI, "run", str(ckpt), "--prompt", PROMPT, "--max-tokens", "1900"]
     proc = subprocess.Popen([*argv, "--no-medusa", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ranks = ranks_of(proc.pid)
     assert proc.stdout is not None and proc.stdout.read(1)
@@ -179,7 +192,20 @@ def test_run_prompt_rank_killed_is_one_line_exit_1(ckpt: Path) -> None:
     err = proc.stderr.read() if proc.stderr else ""
     assert rc == 1, err[-3000:]
     assert "tensor-parallel rank 1 was killed by SIGKILL" in err and "Traceback" not in err and "gloo" not in err
+    assert FINALIZED not in err  # where the rare SIGABRT came from
     assert gone(ranks)
+
+
+def test_run_prompt_tp2_ends_without_interpreter_finalization(ckpt: Path) -> None:
+    done = subprocess.run(
+        [*CLI, "run", str(ckpt), "--prompt", PROMPT, "--max-tokens", "4", "--no-medusa"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tp=2" in done.stderr and FINALIZED not in done.stderr
+    assert "terminate called" not in done.stderr  # nor did a rank abort on its way out
 
 
 def test_run_prompt_sigterm_with_a_hung_rank(ckpt: Path) -> None:
@@ -193,5 +219,5 @@ def test_run_prompt_sigterm_with_a_hung_rank(ckpt: Path) -> None:
     err = proc.stderr.read() if proc.stderr else ""
     assert rc == 128 + signal.SIGTERM, err[-2000:]
     assert elapsed < 10
-    assert "Traceback" not in err
+    assert "Traceback" not in err and FINALIZED not in err
     assert gone(ranks)

@@ -131,9 +131,7 @@ def _unexpected(e: BaseException) -> int:
 
 def main() -> None:
     code = run()
-    watchdog = sys.modules.get("medusa_trt.runtime.watchdog")  # loaded only by commands that generate
-    if watchdog is not None and watchdog.skip_finalization():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # see skip_finalization
+    exiting = sys.modules.get("medusa_trt.runtime.exiting")  # loaded only by commands that generate
+    if exiting is not None and exiting.skip_finalization():
+        exiting.end_process(code)  # after torch.distributed, finalization can abort (SIGABRT): see there
     sys.exit(code)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from medusa_trt.errors import CheckpointError, MissingDependencyError
 from medusa_trt.runtime.config import CheckpointInfo, read_checkpoint
+from medusa_trt.runtime.exiting import end_process, forbid_finalization
 from medusa_trt.runtime.model import LlamaShard, LocalComm
 
 STOP, ALLOC, FORWARD, HEADS, COMMIT, PING, BALLOC, BFORWARD, BKEEP = range(9)
@@ -100,6 +101,7 @@ class Runner:
                 hint="Run on CPU (--device cpu) or convert with a smaller --tp.",
             )
         backend = "nccl" if device.startswith("cuda") else "gloo"
+        forbid_finalization(f"tensor-parallel engine ({backend})")
         # Rank 0's store binds port 0 itself, so no other process can take the port in between.
         store = dist.TCPStore("127.0.0.1", 0, self.tp, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
         port = store.port
@@ -343,3 +345,4 @@ def _worker_main(
                 _batch_op(model, op, a, b, dev)
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
+    end_process(0)  # gloo may still be releasing STOP's tensors: finalization could abort (runtime.exiting)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from medusa_trt.errors import EngineFailedError
+from medusa_trt.runtime.exiting import GENERATE_THREAD, forbid_finalization
 
 STEP_TIMEOUT_S = 30.0  # one decoding step (or idle ping) after the first token: ms to seconds on CPU
 FIRST_STEP_TIMEOUT_S = 300.0  # the prefill of a long prompt on a CPU can take minutes
@@ -117,18 +118,6 @@ def _ours(e: BaseException) -> bool:
     return isinstance(e, MedusaTrtError)
 
 
-GENERATE_THREAD = "medusa-trt-generate"
-_aborted: list[bool] = []  # set once a signal made a guarded generation kill its engine's ranks
-
-
-def skip_finalization() -> bool:
-    """Whether the process must end without interpreter finalization: a signal (SIGTERM, Ctrl-C) made a
-    guarded generation kill its ranks mid-collective, and tearing torch.distributed down after that can
-    abort the process ("terminate called without an active exception", SIGABRT) instead of exiting
-    with our code. (A rank found dead by the watchdog exits cleanly: measured, 0 aborts in 6 runs.)"""
-    return bool(_aborted) or any(t.name == GENERATE_THREAD and t.is_alive() for t in threading.enumerate())
-
-
 def run_guarded(
     engine: Any,
     body: Callable[[StepClock], T],
@@ -158,7 +147,7 @@ def run_guarded(
         while worker.is_alive() and dog.fault is None:
             worker.join(POLL_S)
     except BaseException:
-        _aborted.append(True)
+        forbid_finalization("a signal killed the ranks mid-collective")
         engine.abort()
         worker.join(5)
         raise
