@@ -326,6 +326,8 @@ def train_data_parallel(
         return res
     import torch.distributed as dist
 
+    from medusa_trt.runtime.exiting import forbid_finalization
+
     if dist.is_initialized():
         from medusa_trt.errors import MissingDependencyError
 
@@ -343,6 +345,7 @@ def train_data_parallel(
             procs.append(p)
         torch.set_num_threads(threads)
         dist.init_process_group(backend, store=store, rank=0, world_size=spec.world, timeout=TIMEOUT)
+        forbid_finalization("heads train: data-parallel process group")  # the CLI ends with os._exit
         res = run_rank(spec, 0, on_step, log, advance)
         assert res is not None
         for p in procs:
@@ -361,6 +364,7 @@ def train_data_parallel(
 def _worker(spec: LoopSpec, rank: int, port: int, backend: str, threads: int, parent: int) -> None:
     import torch.distributed as dist
 
+    from medusa_trt.runtime.exiting import end_process
     from medusa_trt.runtime.tp import watch_parent
 
     watch_parent(parent)  # a rank whose driver died exits instead of waiting in a collective
@@ -374,3 +378,4 @@ def _worker(spec: LoopSpec, rank: int, port: int, backend: str, threads: int, pa
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+    end_process(0)  # not through finalization, which gloo's thread can abort (runtime.exiting)
