@@ -205,7 +205,7 @@ def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
     import subprocess
     import sys
 
-    with loopback_server(LoopbackOptions(chunk_delay_s=0.05)) as (url, srv):
+    with loopback_server(LoopbackOptions(chunk_delay_s=0.1)) as (url, srv):
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -230,11 +230,32 @@ def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err.decode()
+    assert proc.returncode == 130, (proc.returncode, out.decode()[-500:], err.decode())
     doc = json.loads(out)
     assert doc["was_cancelled"] is True and "interrupted" in err.decode()
     run = doc["runs"][0]
     assert 3 <= run["completed"] < 50 and run["failed"] == 0
+
+
+def test_ctrl_c_in_the_first_level_skips_the_later_ones() -> None:
+    """A Ctrl-C (SIGINT to this process, in the main thread) during the first of two concurrency levels:
+    the report is cancelled, holds the partial first level, and no row for the second one."""
+    import os
+    import signal
+
+    seen: list[Any] = []
+
+    def on_request(rec: Any) -> None:
+        seen.append(rec)
+        if len(seen) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with loopback_server(LoopbackOptions(chunk_delay_s=0.02)) as (url, _):
+        cfg = BenchConfig(url=url, num_prompts=40, concurrency=(1, 2), max_tokens=3, warmup=0)
+        rep = run_benchmark(cfg, on_request=on_request)
+    assert rep.was_cancelled and [r["concurrency"] for r in rep.runs] == [1]
+    assert 3 <= rep.runs[0]["completed"] < 40
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
 def test_no_ignore_eos_leaves_the_field_out() -> None:

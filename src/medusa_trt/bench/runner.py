@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -74,6 +77,34 @@ class _Collector:
     concurrency: int = 0
     t0: float = 0.0
     records: list[RequestRecord] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: users take no new request, in-flight ones are cancelled
+    task: asyncio.Task[None] | None = None  # the measuring task, cancelled on Ctrl-C
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+@contextlib.contextmanager
+def _ctrl_c(col: _Collector) -> Iterator[None]:
+    """Ctrl-C marks the run interrupted and cancels the measuring task; a second one raises at once.
+
+    asyncio.run's own handler only cancels the main task, and a cancellation absorbed by an HTTP
+    client's cleanup would let the run finish as if no Ctrl-C had come: the flag cannot be lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread: asyncio.run's own behaviour applies
+        return
+
+    def on_sigint(_signum: int, _frame: Any) -> None:
+        if col.interrupted:
+            raise KeyboardInterrupt
+        col.interrupted = True
+        if col.task is not None and col.loop is not None:
+            col.loop.call_soon_threadsafe(col.task.cancel)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _jobs(n: int, compare: bool) -> list[tuple[int, bool | None]]:
@@ -168,6 +199,8 @@ async def _level(
 
     async def user() -> None:
         for idx, medusa in jobs:  # the iterator is shared: each user takes the next job
+            if col.interrupted:
+                return
             rec = await _send(client, cfg, model, prompts[idx], index=idx, medusa=medusa)
             col.records.append(rec)
             if on_request:
@@ -186,12 +219,15 @@ async def _measure_all(
     on_level: LevelCallback | None,
     on_request: RequestCallback | None,
 ) -> None:
+    col.task, col.loop = asyncio.current_task(), asyncio.get_running_loop()
     async with make_client(url, max(cfg.concurrency), cfg.request_timeout_s) as client:
         modes: tuple[bool | None, ...] = (True, False) if cfg.compare_no_medusa else (None,)
         for i in range(cfg.warmup):
             for m in modes:
                 await _send(client, cfg, model, prompts[i % len(prompts)], index=-1, medusa=m)
         for c in cfg.concurrency:
+            if col.interrupted:
+                return
             col.concurrency, col.t0, col.records = c, time.perf_counter(), []
             if on_level:
                 on_level(c, len(prompts) * len(modes))
@@ -228,10 +264,13 @@ def _measure(
     )
     col = _Collector()
     try:
-        asyncio.run(_measure_all(cfg, url, model, prompts, report, col, on_level, on_request))
-    except KeyboardInterrupt:
+        with _ctrl_c(col):
+            asyncio.run(_measure_all(cfg, url, model, prompts, report, col, on_level, on_request))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        col.interrupted = True
+    if col.interrupted:  # also when a client library absorbed the cancellation and the run went on
         report.was_cancelled = True
-        if col.records:
+        if col.records:  # the level Ctrl-C cut short (a finished level was finalized already)
             _finalize(report, cfg, prompts, col)
     report.end_time = _now()
     return report
