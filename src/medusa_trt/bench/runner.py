@@ -86,8 +86,8 @@ class _Collector:
 def _ctrl_c(col: _Collector) -> Iterator[None]:
     """Ctrl-C marks the run interrupted and cancels the measuring task; a second one raises at once.
 
-    asyncio.run's own handler only cancels the main task, and a cancellation absorbed by an HTTP
-    client's cleanup would let the run finish as if no Ctrl-C had come: the flag cannot be lost.
+    asyncio.run's own handler only cancels the main task: a cancellation absorbed on the way (an HTTP
+    client's cleanup, for one) would let the run finish as if no Ctrl-C had come. The flag is kept.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread: asyncio.run's own behaviour applies
