@@ -157,7 +157,9 @@ def _write_manifest(out: Path) -> None:
     """Size and xxh3-128 hash of every result file (not the stage cache), for `medusa-trt verify`."""
     from medusa_trt.integrity import HASH_ALGORITHM, record
 
-    fsio.write_json(out / MANIFEST, {"tool": "medusa-trt", "hash_algorithm": HASH_ALGORITHM, "files": record(out, HEADS_FILES)})
+    fsio.write_json(
+        out / MANIFEST, {"tool": "medusa-trt", "hash_algorithm": HASH_ALGORITHM, "files": record(out, HEADS_FILES)}
+    )
 
 
 def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
