@@ -4,6 +4,7 @@
     python benchmarks/heads_scale.py scale --dir /tmp/heads-scale [--sequences 32 --more 128]
     python benchmarks/heads_scale.py share                            # the demo model, both ways
     python benchmarks/heads_scale.py dryrun
+    python benchmarks/heads_scale.py distil --sequences 32 --gen-tokens 64 --batch 16
 
 scale: a random fp32 Llama (hidden 768, 6 layers, vocab 32000: ~92 M parameters, ~370 MB) made
 locally; distil and hidden run on the reference runtime at tp 1 and tp 2 (gloo ranks), train on the
@@ -14,6 +15,9 @@ stage runs; the process's RSS before the stage is reported beside it (the model 
 share: the demo's model and its heads recipe (4 heads, 160 prompts, 200 steps), trained with a
 separate lm_head per head and with the shared base lm_head: held-out top-1/top-5 per head and the
 expected tokens/step of the tree each run reports.
+
+distil: the scale model's local distillation at tp 1 and tp 2, one prompt at a time (--distil-batch 1)
+and --batch prompts together; wall time, generated tokens/s, and whether the journals are identical.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,14 +82,56 @@ def _nothing() -> None:
     return None
 
 
-def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> dict[str, Any]:
+def scale_model(root: Path, tps: tuple[int, ...] = (1, 2)) -> tuple[Path, dict[int, Path]]:
+    """The random fp32 Llama of SHAPES under ``root`` (made once) and its checkpoint at each tp."""
     import sys
-
-    import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
     from tests.helpers.checkpoints import make_checkpoint
     from tests.helpers.models import make_tiny_llama
+
+    hf = root / "hf"
+    if not (hf / "config.json").is_file():
+        make_tiny_llama(hf, **SHAPES)  # type: ignore[arg-type]
+    ckpts = {}
+    for tp in tps:
+        ckpts[tp] = root / f"ck-tp{tp}"
+        if not (ckpts[tp] / "config.json").is_file():
+            make_checkpoint(hf, ckpts[tp], tp=tp)
+    return hf, ckpts
+
+
+def distil(root: Path, n: int, seq_len: int, gen: int, batch: int) -> dict[str, Any]:
+    import torch
+
+    from medusa_trt.train.backbone import load_tokenizer
+    from medusa_trt.train.data import builtin_prompts, encode_prompt
+    from medusa_trt.train.distil import JOURNAL, local_generator, plan_jobs, run_distil
+    from medusa_trt.train.stages import Stage
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    _, ckpts = scale_model(root)
+    prompts = (builtin_prompts() * (1 + n // 24))[:n]
+    report: dict[str, Any] = {"sequences": n, "gen_tokens": gen, "runs": []}
+    for tp, ckpt in ckpts.items():
+        tok = load_tokenizer(ckpt)
+        jobs = plan_jobs([encode_prompt(tok, p) for p in prompts], gen_tokens=gen, seq_len=seq_len, max_pos=1024)
+        journals = []
+        for b in (1, batch):
+            st = Stage.at(root, f"distil-batch{b}-tp{tp}", {"n": n, "gen": gen, "seq": seq_len})
+            dist, m = timed(run_distil, st, jobs, local_generator(ckpt, "cpu", b), _nothing)
+            made = sum(len(s) - s0 for s, s0 in zip(dist.sequences, dist.starts, strict=True))
+            journals.append((st.dir / JOURNAL).read_text())
+            shutil.rmtree(st.dir)  # the next run distils again instead of reading this journal
+            report["runs"].append(
+                {"tp": tp, "batch": b, "generated_tokens": made, "tokens_per_s": round(made / m["seconds"], 1), **m}
+            )
+        report[f"identical_journals_tp{tp}"] = journals[0] == journals[1]
+    return report
+
+
+def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> dict[str, Any]:
+    import torch
 
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
@@ -94,16 +141,12 @@ def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> 
     from medusa_trt.train.stages import Stage
 
     torch.set_num_threads(os.cpu_count() or 1)
-    hf = root / "hf"
-    if not (hf / "config.json").is_file():
-        make_tiny_llama(hf, **SHAPES)  # type: ignore[arg-type]
+    hf, ckpts = scale_model(root)
     size = sum(p.stat().st_size for p in hf.glob("*.safetensors"))
     report: dict[str, Any] = {"model_mib": round(size / 2**20, 1), "sequences": n, "seq_len": seq_len, "runs": []}
     prompts = (builtin_prompts() * (1 + n // 24))[:n]
     for tp in (1, 2):
-        ckpt = root / f"ck-tp{tp}"
-        if not (ckpt / "config.json").is_file():
-            make_checkpoint(hf, ckpt, tp=tp)
+        ckpt = ckpts[tp]
         tok = load_tokenizer(ckpt)
         jobs = plan_jobs([encode_prompt(tok, p) for p in prompts], gen_tokens=gen, seq_len=seq_len, max_pos=1024)
         st = Stage.at(root, f"distil-tp{tp}", {"n": n, "gen": gen, "seq": seq_len, "v": DISTIL_VERSION})
@@ -194,18 +237,21 @@ def dryrun() -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("scale", "share", "dryrun"))
+    ap.add_argument("what", choices=("scale", "share", "dryrun", "distil"))
     ap.add_argument("--dir", type=Path, default=Path("/tmp/heads-scale"))
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--more", type=int, default=128, help="the hidden stage's second sequence count")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=16, help="distil: the batched run's --distil-batch")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="share: pre-train the demo model this long")
     a = ap.parse_args()
     a.dir.mkdir(parents=True, exist_ok=True)
     if a.what == "scale":
         doc = scale(a.dir, a.sequences, a.more, a.seq_len, a.gen_tokens, a.steps)
+    elif a.what == "distil":
+        doc = distil(a.dir, a.sequences, a.seq_len, a.gen_tokens, a.batch)
     elif a.what == "share":
         doc = share(a.dir, a.pretrain_steps)
     else:
