@@ -32,6 +32,7 @@ class Speculation:
         self._choices = 0
         self._cache: dict[tuple[tuple[int, ...], ...], TreeBuffers] = {_key(full.tree): full}
         self._regimes: dict[str, tuple[NodeAcceptance, list[int]]] = {}
+        self._current: TreeBuffers | None = full
         self.select("greedy")
 
     def select(self, regime: str) -> None:
@@ -41,6 +42,7 @@ class Speculation:
                 self._regimes.pop(next(iter(self._regimes)))
             self._regimes[regime] = (NodeAcceptance(self.full.tree), [len(self.full.tree)])
         self.acc, self._nodes = self._regimes[regime]
+        self._current = self._subtree()
 
     @property
     def nodes(self) -> int:
@@ -52,7 +54,12 @@ class Speculation:
         return self.full.depth
 
     def buffers(self) -> TreeBuffers | None:
-        """The tree for the next step; None means a plain step (no drafts)."""
+        """The tree for the next step; None means a plain step (no drafts). Chosen with the subtree size,
+        so a step only looks it up."""
+        return self._current
+
+    def _subtree(self) -> TreeBuffers | None:
+        """The best ``nodes``-node subtree by the acceptance measured so far, its buffers built once (cached)."""
         if self.nodes == len(self.full.tree):
             return self.full
         if self.nodes == 0:
@@ -79,6 +86,7 @@ class Speculation:
         if self.steps % EVERY == 0:
             self._choices += 1
             self._nodes[0] = choose(self.acc, self.times, explore=self._choices % EXPLORE == 0)
+            self._current = self._subtree()
 
 
 def _key(tree: list[list[int]]) -> tuple[tuple[int, ...], ...]:
