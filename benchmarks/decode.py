@@ -5,6 +5,16 @@
     .venv/bin/python benchmarks/decode.py --model-dir DEMO/model --heads-dir DEMO/heads|lm_head
                                           --adaptive [--accuracy DEMO/accuracy.csv] [--sampling 0.7,1.0]
 
+    .venv/bin/python benchmarks/decode.py --vs-vllm [--demo-cache DIR] [--vllm-python /work/vllm-venv/bin/python]
+
+The third form (``--vs-vllm``) runs the demo's model and heads (``medusa-trt demo`` builds them; its cache
+dir, default the user cache) side by side with vLLM's CPU build (run as a subprocess with its own
+interpreter, ``benchmarks/vllm_decode.py``): the same model, heads (written in vLLM's native Medusa format,
+biases kept), token-id prompts, greedy, one request at a time, every request exactly ``--tokens`` tokens.
+It prints tokens/s, tokens/step, Medusa/plain and the cost of one step in plain steps of the same engine,
+for plain, chain (a top-1 chain of min(heads, 4), vLLM's drafting) and tree (ours: the engine's tree,
+adaptive), checks that every output is identical, and the issue's targets against the numbers.
+
 The second form measures a given Hugging Face model (e.g. the demo's, from its cache dir) with given
 Medusa heads, or with heads initialised from its lm_head (``lm_head``: they predict the next token
 one position too early, so they accept almost nothing). ``--adaptive`` compares plain decoding, the
@@ -269,6 +279,157 @@ def run_generation(engine: Any, medusa: bool, tokens: int, repeats: int) -> dict
     return best
 
 
+CHAIN = 4  # vLLM drafts a top-1 chain: min(heads, CHAIN) tokens, as the cpu-vllm profile does
+
+
+def load_average() -> str:
+    """The machine's 1-minute load average and core count: every timing here depends on them."""
+    import os
+
+    return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def generation_pass(engine: Any, prompts: list[list[int]], medusa: bool, tokens: int) -> dict[str, Any]:
+    """One pass over the prompts, one request at a time: tokens/s over the wall time of each whole
+    generation (prefill included, as vLLM's side is timed), tokens/step, the outputs."""
+    from medusa_trt.runtime import SamplingParams
+
+    wall, total, steps, outputs = 0.0, 0, 0, []
+    for ids in prompts:
+        t0 = time.perf_counter()
+        gen = engine.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True), medusa=medusa)
+        out = [t for chunk in gen for t in chunk.token_ids]
+        wall += time.perf_counter() - t0
+        st = gen.stats
+        total += len(out)
+        steps += st.num_steps
+        outputs.append(out)
+    return {
+        "tokens_per_s": total / wall,
+        "tokens_per_step": (total - len(prompts)) / max(steps, 1),  # the prefill's tokens are no step's
+        "outputs": outputs,
+    }
+
+
+def run_vllm(a: argparse.Namespace, work: Path, model: Path, heads: Path | None, k: int) -> dict[str, Any]:
+    """vLLM's side in its own interpreter (benchmarks/vllm_decode.py); the JSON on its last stdout line."""
+    import os
+    import subprocess
+
+    cmd = [a.vllm_python, str(Path(__file__).with_name("vllm_decode.py")), "--model", str(model)]
+    cmd += ["--prompts", str(work / "prompts.json"), "--max-tokens", str(a.tokens), "--repeats", str(a.repeats)]
+    if heads is not None:
+        cmd += ["--heads", str(heads), "--k", str(k)]
+    if a.vllm_eager:
+        cmd.append("--eager")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("PYTHONPATH", None)  # vLLM's environment, not ours
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.vllm_timeout)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        tail = (res.stderr or res.stdout)[-2000:]
+        raise SystemExit(f"vLLM run failed (exit {res.returncode}): {' '.join(cmd)}\n{tail}")
+    doc: dict[str, Any] = json.loads(lines[-1])
+    return doc
+
+
+def vs_vllm(a: argparse.Namespace) -> dict[str, Any]:
+    """Ours (plain, chain, tree + adaptive) and vLLM's (plain, chain) on the demo's model and heads."""
+    from medusa_trt.checkpoint.vllm_heads import write_vllm_heads
+    from medusa_trt.runtime import load_engine
+
+    cache = Path(a.demo_cache) if a.demo_cache else None
+    if cache is None:
+        from medusa_trt.demo.pipeline import default_cache_dir
+
+        cache = default_cache_dir()
+    engine_dir, model, heads = cache / "engine", cache / "model", cache / "heads"
+    for p in (engine_dir, model, heads):
+        if not p.is_dir():
+            raise SystemExit(f"{p} is missing: run `medusa-trt demo` (or give --demo-cache DIR) first")
+    doc: dict[str, Any] = {"load_before": load_average(), "threads": _threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tree_engine = load_engine(engine_dir)  # the engine's tree, adaptive: the default
+        k = min(tree_engine.num_medusa_heads, CHAIN)
+        chain_engine = load_engine(engine_dir, tree=[[0] * d for d in range(1, k + 1)], adapt=False)
+        try:
+            prompts = prompts_for(tree_engine, a.prompts)
+            (work / "prompts.json").write_text(json.dumps(prompts))
+            doc["prompts"], doc["tree_nodes"], doc["chain"] = len(prompts), len(tree_engine.tree), k
+            modes = {"plain": (tree_engine, False), "chain": (chain_engine, True), "tree": (tree_engine, True)}
+            generation_pass(tree_engine, prompts[:2], False, 8)  # warm-up
+            generation_pass(tree_engine, prompts, True, a.tokens)  # the adaptive tree learns, as a server would
+            ours: dict[str, dict[str, Any]] = {}
+            for _ in range(a.repeats):  # passes interleaved, so a load change hits every mode alike
+                for name, (eng, medusa) in modes.items():
+                    row = generation_pass(eng, prompts, medusa, a.tokens)
+                    if name not in ours or row["tokens_per_s"] > ours[name]["tokens_per_s"]:
+                        ours[name] = row
+            doc["ours"] = ours
+        finally:
+            chain_engine.close()
+            tree_engine.close()
+        if a.vllm_python:
+            (work / "vheads").mkdir()
+            write_vllm_heads(heads, work / "vheads", chain=k, dtype="float32")
+            doc["vllm"] = {
+                "plain": run_vllm(a, work, model, None, k),
+                "chain": run_vllm(a, work, model, work / "vheads", k),
+            }
+    doc["load_after"] = load_average()
+    summarise(doc)
+    return doc
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def summarise(doc: dict[str, Any]) -> None:
+    """Medusa/plain, step cost in plain steps, identical outputs, and the targets."""
+    reference = doc["ours"]["plain"]["outputs"]
+    for engine in ("ours", "vllm"):
+        rows = doc.get(engine) or {}
+        plain = rows.get("plain")
+        for row in rows.values():
+            row["identical_to_ours_plain"] = row.get("outputs") == reference
+            if plain:
+                row["vs_plain"] = row["tokens_per_s"] / plain["tokens_per_s"]
+                # seconds per step over seconds per plain step: tokens/step x plain tok/s / tok/s
+                row["step_cost_plain_steps"] = row["tokens_per_step"] / row["vs_plain"]
+    ours, vllm = doc["ours"], doc.get("vllm")
+    targets: dict[str, Any] = {}
+    if vllm:
+        targets["ours_tree_vs_vllm_medusa (>= 1.3)"] = ours["tree"]["tokens_per_s"] / vllm["chain"]["tokens_per_s"]
+        targets["ours_plain_vs_vllm_plain"] = ours["plain"]["tokens_per_s"] / vllm["plain"]["tokens_per_s"]
+    targets["ours_tree_vs_ours_plain (>= 2 at ~3 tokens/step)"] = ours["tree"]["vs_plain"]
+    targets["all_outputs_identical"] = all(
+        r["identical_to_ours_plain"] for e in ("ours", "vllm") for r in (doc.get(e) or {}).values()
+    )
+    doc["targets"] = targets
+
+
+def print_vs_vllm(doc: dict[str, Any]) -> None:
+    print(
+        f"demo model, {doc['prompts']} prompts x tokens each, one request at a time, greedy; best of N passes; "
+        f"ours: {doc['threads']} threads, tree {doc['tree_nodes']} nodes adaptive, chain {doc['chain']}"
+    )
+    print(f"{'engine':<7}{'mode':<7}{'tok/s':>9}{'tok/step':>10}{'vs plain':>10}{'step cost':>11}  identical")
+    for engine in ("ours", "vllm"):
+        for mode, r in (doc.get(engine) or {}).items():
+            print(
+                f"{engine:<7}{mode:<7}{r['tokens_per_s']:>9.1f}{r['tokens_per_step']:>10.2f}{r['vs_plain']:>9.2f}x"
+                f"{r['step_cost_plain_steps']:>10.2f}x  {r['identical_to_ours_plain']}"
+            )
+    print("step cost: one step's time in plain steps of the same engine")
+    for name, v in doc["targets"].items():
+        print(f"  {name}: {v if isinstance(v, bool) else f'{v:.2f}x'}")
+    print(f"{doc['load_before']} before, {doc['load_after']} after")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=512)
@@ -290,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-sizes", default="1,2,4,8,16", help="fixed tree sizes (draft nodes) to compare")
     p.add_argument("--sampling", default="", help="temperatures for exact vs typical acceptance, e.g. 0.7,1.0")
     p.add_argument("--prompts", type=int, default=6)
+    p.add_argument("--vs-vllm", action="store_true", help="the demo's model side by side with vLLM's CPU build")
+    p.add_argument("--demo-cache", default=None, help="with --vs-vllm: the demo's cache dir (default: the user's)")
+    p.add_argument(
+        "--vllm-python", default=None, help="vLLM's interpreter (default $MEDUSA_TRT_VLLM_PYTHON); none: ours only"
+    )
+    p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile (starts faster)")
+    p.add_argument("--vllm-timeout", type=int, default=1800, help="seconds for each vLLM run")
     a = p.parse_args(argv)
 
     import torch
@@ -298,6 +466,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.vs_vllm:
+        import os
+
+        a.vllm_python = a.vllm_python or os.environ.get("MEDUSA_TRT_VLLM_PYTHON")
+        if a.prompts == 6 and a.tokens == 96:  # the demo's bench: 8 prompts x 128 tokens
+            a.prompts, a.tokens = 8, 128
+        doc_v = vs_vllm(a)
+        if a.json:
+            print(json.dumps(doc_v, indent=2))
+        else:
+            print_vs_vllm(doc_v)
+        return 0
     if a.adaptive:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = build_from(Path(tmp), a) if a.model_dir else build(Path(tmp), a)
