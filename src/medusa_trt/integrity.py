@@ -15,17 +15,23 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError
 
 HASH_ALGORITHM = "xxh3_128"
 BLOCK = 8 << 20
 
 
+def inside(root: Path, rel: str) -> bool:
+    """A manifest entry names a plain relative path inside ``root`` reached through no symlink."""
+    return fsio.plain_rel(rel) is not None and fsio.under(root, rel) and not (root / rel).is_symlink()
+
+
 def digest(path: Path, advance: Callable[[int], None] | None = None) -> str:
     import xxhash
 
     h = xxhash.xxh3_128()
-    with path.open("rb") as f:
+    with fsio.open_input(path) as f:
         while block := f.read(BLOCK):
             h.update(block)
             if advance is not None:
@@ -41,8 +47,8 @@ def record(root: Path, rels: Iterable[str], known: dict[str, dict[str, Any]] | N
     table: dict[str, Any] = {}
     for rel in sorted(rels):
         path = root / rel
-        if path.is_symlink() or not path.is_file():
-            continue
+        if not inside(root, rel) or path.is_symlink() or not path.is_file():
+            continue  # only plain files inside the directory: never one through a link or outside it
         st = path.stat()
         prior = known.get(rel) or {}
         same = prior.get("size") == st.st_size and prior.get("mtime_ns", st.st_mtime_ns) == st.st_mtime_ns
@@ -56,6 +62,9 @@ def changes(root: Path, files: dict[str, Any]) -> list[str]:
     out = []
     for rel, row in files.items():
         path = root / rel
+        if not inside(root, rel):
+            out.append(f"{rel}: not a plain path inside {root}")
+            continue
         try:
             st = path.stat()
         except OSError:
@@ -83,6 +92,9 @@ def verify(root: Path, files: dict[str, Any], advance: Callable[[int], None] | N
     problems = []
     for rel, row in files.items():
         path = root / rel
+        if not inside(root, rel):
+            problems.append(f"{rel}: not a plain path inside {root}")
+            continue
         if not path.is_file():
             problems.append(f"{rel}: missing")
             continue

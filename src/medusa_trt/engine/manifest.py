@@ -5,7 +5,6 @@ Written last, atomically (temporary name, then rename): a directory with a manif
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -56,8 +55,8 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
             hint="Run `medusa-trt build` again with the same arguments: it resumes.",
         )
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        doc = fsio.read_json(path, "manifest")
+    except OSError as e:
         raise CheckpointError(
             f"{path}: unreadable manifest ({e.__class__.__name__})", hint="Rebuild with `medusa-trt build --force`."
         ) from e

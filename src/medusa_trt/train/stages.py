@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DONE = "done.json"
+# every name a stage writes: its key and done marks, the distil journal, hidden-state shards, the
+# training state, and those names' atomic-write temporaries
+_OURS = re.compile(
+    r"^\.?(key\.json|done\.json|sequences\.jsonl|state\.pt|shard-\d{5}\.safetensors)(\.tmp-\d+-\d+-[0-9a-f]{8})?$"
+)
 
 
 def digest(doc: Any) -> str:
@@ -51,11 +57,29 @@ class Stage:
             write_json_atomic(self.dir / "key.json", self.key)
         return self
 
+    def clear(self) -> None:
+        """Remove this stage's files, one by one by the names stages write; anything else is kept and
+        stops it (a user's file is never deleted)."""
+        from medusa_trt import fsio
+        from medusa_trt.errors import InvalidInputError
+
+        if not self.dir.is_dir() or self.dir.is_symlink():
+            return
+        mine = [p.name for p in self.dir.iterdir() if _OURS.match(p.name)]
+        if left := fsio.remove_listed(self.dir, mine):
+            raise InvalidInputError(
+                f"{self.dir / left[0]}: not written by medusa-trt; refusing to delete it",
+                hint="Move it out of the stage directory and rerun.",
+            )
+        self.dir.rmdir()
+
     def is_done(self) -> bool:
         return (self.dir / DONE).is_file()
 
     def done_info(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.dir / DONE).read_text())
+        from medusa_trt import fsio
+
+        data: dict[str, Any] = fsio.read_json(self.dir / DONE, "stage record")
         return data
 
     def finish(self, info: dict[str, Any]) -> None:

@@ -21,7 +21,6 @@ expected tokens per step.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -111,8 +110,8 @@ def _check(cfg: TrainConfig) -> None:
 
 def _stage(root: Path, name: str, key: dict[str, Any], resume: bool) -> Stage:
     st = Stage.at(root, name, key)
-    if not resume and st.dir.is_dir() and (st.dir / "key.json").is_file():
-        shutil.rmtree(st.dir)  # ours (key.json): --no-resume starts this stage over
+    if not resume:
+        st.clear()  # --no-resume starts this stage over
     return st.open()
 
 
@@ -164,10 +163,10 @@ def _write_manifest(out: Path) -> None:
 
 def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
     """``medusa_lm_head.safetensors``, then ``config.json`` (its presence marks complete heads), each atomic."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with fsio.atomic_path(out / HEADS_FILE) as tmp:
-        save_file(heads.fasterdecoding_state_dict(), str(tmp), metadata={"format": "pt"})
+    # bytes through fsio, not save_file: that writes 0600 whatever the umask, beside its own temporary
+    fsio.write_bytes(out / HEADS_FILE, save(heads.fasterdecoding_state_dict(), metadata={"format": "pt"}))
     fsio.write_json(out / "config.json", heads.config_dict(base_model))
     return out
 
