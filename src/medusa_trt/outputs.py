@@ -193,6 +193,8 @@ class OwnedDir:
         for rel in rels:
             if fsio.plain_rel(rel) is None:
                 raise MedusaTrtError(f"internal error: {rel!r} is not a plain relative path")
+            if rel in self.trees:
+                continue  # claimed before (a killed run's): resumed into, removed only as listed
             if foreign := self.foreign(rel):
                 raise InvalidInputError(
                     f"{self.root / foreign[0]}: not written by medusa-trt; refusing to replace it",
