@@ -22,7 +22,7 @@ LAYERS: dict[str, set[str]] = {
     "data": set(),
     "medusa": set(),
     "fsio": set(),
-    "integrity": set(),
+    "integrity": {"fsio", "progress", "records"},
     "progress": set(),
     "records": {"fsio"},
     "outputs": {"fsio", "records"},

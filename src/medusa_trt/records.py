@@ -11,7 +11,8 @@ through ``fsio`` (a temporary name, then rename), so a reader finds a whole reco
 
 Files written before this header existed are still read: an engine manifest with
 ``schema_version``, heads manifests and ownership lists with ``"tool": "medusa-trt"``, convert
-manifests (which had the header already) and step stamps (which had none).
+manifests (which had the header already) and step stamps (which had none). A verification memo
+without the header is not read (its files are hashed again, as when there is none).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ HEADS = Record(
 )
 OWNER = Record(
     ".medusa-trt-owner.json", "medusa-trt-owner", 1, "ownership list", ("kind", "files"), "Choose another --output."
+)
+VERIFIED = Record(  # under $XDG_CACHE_HOME/medusa-trt/verified, one per directory (integrity.py names it)
+    "", "medusa-trt-verified", 1, "verification memo", ("root", "files"), "It is rebuilt by the next check."
 )
 STAMP = Record(".steps", "medusa-trt-step", 1, "step stamp", ("name", "input_hash"), "Run the command again.")
 MANIFESTS = (ENGINE, CONVERT, HEADS)  # the records that list files with sizes and hashes (`medusa-trt verify`)
