@@ -115,7 +115,7 @@ def _head_count(heads: Heads, num_heads: int | None, num_layers: int | None, war
 def _check_draft(
     max_draft_len: int | None, tree: str | list[list[int]] | None, num_heads: int, max_positions: int
 ) -> int:
-    from medusa_trt.medusa.trees import load_tree, validate_tree
+    from medusa_trt.medusa.trees import load_tree, tree_name, validate_tree
 
     mdl = DEFAULT_MAX_DRAFT_LEN if max_draft_len is None else max_draft_len
     if mdl < 1:
@@ -129,7 +129,7 @@ def _check_draft(
             hint=f"Pass the tree's node count (default {DEFAULT_MAX_DRAFT_LEN}).",
         )
     if tree is not None:
-        validate_tree(load_tree(tree), num_heads=num_heads, max_draft_len=mdl)
+        validate_tree(load_tree(tree), num_heads=num_heads, max_draft_len=mdl, name=tree_name(tree))
     return mdl
 
 

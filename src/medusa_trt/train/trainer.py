@@ -95,8 +95,12 @@ class TrainResult:
 
 
 def _check(cfg: TrainConfig) -> None:
+    from medusa_trt.medusa.trees import load_tree, validate_tree
+
     if cfg.num_heads < 1 or cfg.num_layers < 1 or cfg.steps < 0 or cfg.batch_size < 1:
         raise InvalidInputError("--num-heads, --num-layers and --batch-size must be >= 1, --steps >= 0")
+    if cfg.tree is not None:  # before hours of training: the tree must not need a head that is not trained
+        validate_tree(load_tree(cfg.tree), num_heads=cfg.num_heads, name=cfg.tree)
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise InvalidInputError(f"--lr {cfg.lr}: must be a finite number > 0", hint="e.g. --lr 1e-3")
     if cfg.train_devices < 1 or cfg.batch_size < cfg.train_devices:
