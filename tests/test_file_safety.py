@@ -233,7 +233,7 @@ def test_a_manifest_entry_outside_the_directory_is_a_problem_not_a_read(built: P
 
     (tmp_path / "x").write_text("outside")
     rows = {"../x": {"size": 7}, "/etc/hostname": {"size": 1}}
-    assert integrity.changes(built, rows) == [
+    assert integrity.verify(built, rows) == [
         f"../x: not a plain path inside {built}",
         f"/etc/hostname: not a plain path inside {built}",
     ]

@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import fsio
+from medusa_trt import fsio, records
 from medusa_trt.errors import InvalidInputError, MedusaTrtError
 
 logger = logging.getLogger(__name__)
 
-OWNER = ".medusa-trt-owner.json"
+OWNER = records.OWNER.filename  # the ownership list (records.py owns its name and schema)
 _PICK = "Choose another --output (an empty or new directory)."
 
 
@@ -121,15 +121,9 @@ def is_our_png(path: Path) -> bool:
 
 
 def read_owner(d: Path) -> dict[str, Any] | None:
-    """The ownership list of ``d`` (a regular file, not a link), or None."""
-    path = d / OWNER
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        doc = fsio.read_json(path, "ownership list", max_bytes=64 << 20)
-    except (OSError, MedusaTrtError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("tool") == "medusa-trt" else None
+    """The ownership list of ``d``; None when there is none that medusa-trt wrote (records reads it
+    as a regular file, never through a link, with bounded size and nesting)."""
+    return records.peek(records.OWNER, d)
 
 
 def _entries(doc: dict[str, Any] | None, key: str) -> set[str]:
@@ -162,8 +156,8 @@ class OwnedDir:
         self.trees: set[str] = _entries(doc, "trees")  # claimed by a step still running (or killed)
 
     def _save(self) -> None:
-        doc = {"tool": "medusa-trt", "kind": self.kind, "trees": sorted(self.trees), "files": sorted(self.files)}
-        fsio.write_json(self.root / OWNER, doc)
+        doc = {"kind": self.kind, "trees": sorted(self.trees), "files": sorted(self.files)}
+        records.write(records.OWNER, self.root, doc)
 
     def _nested(self, tree: str) -> set[str]:
         """Files listed by the ownership list inside a claimed tree (a converted checkpoint's own)."""

@@ -15,7 +15,7 @@ import torch
 
 from medusa_trt import fsio
 from medusa_trt.checkpoint.safetensors_io import read_header
-from medusa_trt.train.stages import Stage
+from medusa_trt.steps import Stage
 
 SHARD_BYTES = 256 << 20  # one shard in memory at a time; bounds the stage's peak RSS
 
