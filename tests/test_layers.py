@@ -24,6 +24,7 @@ LAYERS: dict[str, set[str]] = {
     "fsio": set(),
     "integrity": {"fsio", "progress", "records"},
     "progress": set(),
+    "spec_counters": set(),
     "records": {"fsio"},
     "outputs": {"fsio", "records"},
     "config": {"medusa"},
@@ -44,8 +45,9 @@ LAYERS: dict[str, set[str]] = {
         "outputs",
         "integrity",
         "records",
+        "spec_counters",
     },
-    "bench": {"config", "perf", "fsio", "outputs", "records"},
+    "bench": {"config", "perf", "fsio", "outputs", "records", "spec_counters"},
     "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records"},
     "demo": {"bench", "config", "engine", "medusa", "perf", "train", "fsio", "outputs"},
     "cli": {
