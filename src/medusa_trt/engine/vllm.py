@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import fsio
+from medusa_trt import records
 from medusa_trt.config.vllm_flags import VLLM_PYTHON_ENV as PYTHON_ENV
 from medusa_trt.config.vllm_flags import vllm_python
 from medusa_trt.errors import (
@@ -29,8 +29,9 @@ from medusa_trt.errors import (
 )
 
 if TYPE_CHECKING:
+    from medusa_trt.config.model import ModelSpec
     from medusa_trt.engine.spec import BuildSpec
-    from medusa_trt.engine.steps import Step
+    from medusa_trt.steps import Step
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def serve_env(runtime_env: Mapping[str, str], api_key: str | None = None) -> dic
 
 # --- the build ------------------------------------------------------------------------------------
 
-MODEL_REF = "model.json"  # the model reference the build pinned: {"model": path or repo id, "revision": sha}
+MODEL_REF = records.MODEL_REF.filename  # the model reference the build pinned
 
 
 def check_sources(spec: BuildSpec) -> None:
@@ -150,10 +151,19 @@ def check_sources(spec: BuildSpec) -> None:
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
-def _check_cpu_head_size(spec: BuildSpec) -> None:
-    from medusa_trt.engine.recipe import known_model
+def _model_shape(spec: BuildSpec) -> ModelSpec | None:
+    """The model's shape: its config.json, or the preset a hub id names; None when unknown."""
+    from medusa_trt.config.model import PRESETS, resolve_model
 
-    m = known_model(spec)
+    if spec.model.local is not None:
+        return resolve_model(str(spec.model.local))
+    name = spec.model.spec.split("/")[-1].lower()
+    matches = [p for p in PRESETS if name.startswith(p)]
+    return PRESETS[max(matches, key=len)] if matches else None
+
+
+def _check_cpu_head_size(spec: BuildSpec) -> None:
+    m = _model_shape(spec)
     if m is not None and m.head_dim not in CPU_HEAD_SIZES:
         raise IncompatibleError(
             f"{spec.model.spec}: head size {m.head_dim}; vLLM's CPU attention takes "
@@ -164,10 +174,8 @@ def _check_cpu_head_size(spec: BuildSpec) -> None:
 
 def max_model_len(spec: BuildSpec) -> tuple[int, str]:
     """--max-model-len: the profile's max_seq_len, at most the model's positions (vLLM refuses more)."""
-    from medusa_trt.engine.recipe import known_model
-
     want = int(spec.limits["max_seq_len"])
-    m = known_model(spec)
+    m = _model_shape(spec)
     if m is not None and m.max_position_embeddings < want:
         return m.max_position_embeddings, "the model's max_position_embeddings (below limits.max_seq_len)"
     return want, "profile limits.max_seq_len"
@@ -247,19 +255,13 @@ def write_model_ref(spec: BuildSpec, out: Path) -> dict[str, Any]:
     doc: dict[str, Any] = {"model": model, "revision": None, "requested_revision": revision}
     if spec.model.local is None:
         doc["revision"] = pin_revision(model, revision)
-    fsio.write_json(out / MODEL_REF, doc)
+    records.write(records.MODEL_REF, out, doc)
     return doc
 
 
 def read_model_ref(engine_dir: Path) -> tuple[str, str | None]:
-    try:
-        doc = json.loads((engine_dir / MODEL_REF).read_text())
-        return str(doc["model"]), doc.get("revision")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"{engine_dir / MODEL_REF}: missing or unreadable ({e.__class__.__name__})",
-            hint="Run `medusa-trt build` again with the same arguments: it resumes.",
-        ) from None
+    doc = records.read(records.MODEL_REF, engine_dir)
+    return str(doc["model"]), doc.get("revision")
 
 
 # --- run: serve, one generation ----------------------------------------------------------------------
@@ -390,7 +392,7 @@ def generation_doc(
 def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
     """model-ref (the model by reference, a hub id pinned to its commit) -> heads (vLLM-native) -> manifest;
     the serve step is what `run` supervises."""
-    from medusa_trt.engine.steps import Step
+    from medusa_trt.steps import Step, StepKind
 
     model, revision = model_reference(spec)
     heads_in = {"medusa": spec.medusa.spec if spec.medusa else None, "medusa_revision": None}
@@ -412,7 +414,7 @@ def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
             ["(in-process)", "write", MODEL_REF],
             inputs={"model": model, "revision": revision},
             outputs=[MODEL_REF],
-            kind="python",
+            kind=StepKind.PYTHON,
         ),
         Step(
             "heads",
@@ -420,14 +422,14 @@ def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
             ["(in-process)", "write", f"{HEADS_DIR}/config.json", f"{HEADS_DIR}/model.safetensors"],
             inputs={**heads_in, "chain": spec.max_draft_len, "dtype": spec.dtype},
             outputs=[HEADS_DIR],
-            kind="python",
+            kind=StepKind.PYTHON,
         ),
         Step(
             "manifest",
             "write medusa-trt.json (inputs, versions, the vLLM command)",
             ["(in-process)", "write", "medusa-trt.json"],
             outputs=["medusa-trt.json"],
-            kind="python",
+            kind=StepKind.PYTHON,
         ),
         Step(
             "serve",
@@ -435,7 +437,7 @@ def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
             serve_argv(vllm_python() or "python", args, spec.profile.serve.host, spec.profile.serve.port),
             env=spec.runtime_env,
             inputs={"engine_dir": str(out)},
-            kind="serve",
+            kind=StepKind.SERVE,
         ),
     ]
     return steps, notes
