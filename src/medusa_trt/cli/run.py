@@ -101,7 +101,14 @@ def run_cmd(
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
     _check_sampling(prompt, temperature, top_p, top_k)
     if prompt is None:
+        import os
+
         from medusa_trt.engine.launch import serve, serve_command
+        from medusa_trt.serve.guard import api_key_setting
+
+        api_key, note = api_key_setting(api_key, os.environ)
+        if note is not None:
+            err_console.print(note, markup=False)
 
         if json_out:  # serving has no document to print; the command it would run does
             if not print_cmd:
@@ -116,7 +123,7 @@ def run_cmd(
             device=device,
             tree=tree,
             adapt=False if no_adapt else None,
-            api_key=api_key or None,
+            api_key=api_key,
             max_request_mb=max_request_mb,
             step_timeout_s=step_timeout,
             first_step_timeout_s=first_step_timeout,
