@@ -22,7 +22,7 @@ LAYERS: dict[str, set[str]] = {
     "data": set(),
     "medusa": set(),
     "fsio": set(),
-    "integrity": set(),
+    "integrity": {"fsio", "progress"},
     "progress": set(),
     "outputs": {"fsio"},
     "config": {"medusa"},

@@ -41,7 +41,7 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Check every file's size and xxh3-128 hash against the directory's manifest (reads every byte)."""
-    from medusa_trt.integrity import verify
+    from medusa_trt.integrity import remember, verify
     from medusa_trt.progress import byte_progress
 
     manifest, files = _table(path)
@@ -59,6 +59,7 @@ def verify_cmd(
             f"{path}: {len(problems)} of {len(files)} files do not match {manifest.name}",
             hint="Rebuild (medusa-trt build --force) or reconvert; the damaged files are listed above.",
         )
+    remember(path, files)  # `run` on this directory (a copy, say) need not hash it again
     err_console.print(f"[green]intact:[/] {path}: {len(files)} files, {total / 2**20:.1f} MiB match {manifest.name}")
 
 
