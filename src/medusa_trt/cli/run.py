@@ -11,6 +11,7 @@ from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 from medusa_trt.engine.launch import DEFAULT_MAX_REQUEST_MB
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 
 
 def _check_sampling(prompt: str | None, temperature: float, top_p: float, top_k: int) -> None:
@@ -96,6 +97,13 @@ def run_cmd(
         float,
         typer.Option("--first-step-timeout", help="The same for a request's first forward (the prefill); 0: off."),
     ] = FIRST_STEP_TIMEOUT_S,
+    template_timeout: Annotated[
+        float,
+        typer.Option(
+            "--template-timeout",
+            help="Serve: seconds the chat template may render one request before it is stopped (HTTP 500).",
+        ),
+    ] = TEMPLATE_TIMEOUT_S,
     json_out: JsonOpt = False,
 ) -> int:
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
@@ -127,6 +135,7 @@ def run_cmd(
             max_request_mb=max_request_mb,
             step_timeout_s=step_timeout,
             first_step_timeout_s=first_step_timeout,
+            template_timeout_s=template_timeout,
         )
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")

@@ -16,6 +16,7 @@ from typing import Any
 
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 
 DEFAULT_MAX_REQUEST_MB = 4.0  # a 128k-token prompt is ~0.5 MB of text; 4 MiB leaves room for chat JSON
 API_KEY_ENV = "MEDUSA_TRT_API_KEY"
@@ -36,6 +37,7 @@ class ServeGuard:
     max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 2**20)
     step_timeout_s: float = STEP_TIMEOUT_S
     first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S
+    template_timeout_s: float = TEMPLATE_TIMEOUT_S  # a chat template's rendering, per request
 
 
 def api_key_setting(value: str | None, env: Mapping[str, str]) -> tuple[str | None, str | None]:

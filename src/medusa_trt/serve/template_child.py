@@ -1,0 +1,79 @@
+"""The chat-template renderer's child process: run by path (``serve.chat`` starts it), so it imports
+only Jinja and transformers' renderer, never this package, torch or the model.
+
+It renders with transformers' own ``render_jinja_template`` (the sandboxed Jinja environment that
+``apply_chat_template`` uses), under an address-space limit, and answers over stdin/stdout in
+frames: an 8-byte big-endian length, then a pickle. The parent is the only peer (it started us).
+
+    parent -> child   {"template": str, "kwargs": dict, "max_chars": int, "max_bytes": int}   once
+    child  -> parent  ("ready", None) | ("error", message)
+    parent -> child   (messages, add_generation_prompt)                                         per request
+    child  -> parent  ("ok", text) | ("error", message)
+"""
+
+from __future__ import annotations
+
+import pickle
+import resource
+import struct
+import sys
+from typing import Any, BinaryIO
+
+_HEADER = struct.Struct(">Q")
+
+
+def read_frame(stream: BinaryIO) -> Any:
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise EOFError("the peer closed the pipe")
+    (size,) = _HEADER.unpack(head)
+    return pickle.loads(stream.read(size))
+
+
+def write_frame(stream: BinaryIO, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _render(template: str, kwargs: dict[str, Any], messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(
+        conversations=[messages], chat_template=template, add_generation_prompt=generation_prompt, **kwargs
+    )
+    return str(rendered[0])
+
+
+def main() -> None:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    setup = read_frame(stdin)
+    try:
+        _render(setup["template"], setup["kwargs"], [{"role": "user", "content": ""}], True)  # imports, compiles
+    except Exception as e:  # a broken template: said once here; later requests report it again
+        write_frame(stdout, ("error", f"{type(e).__name__}: {e}"))
+    else:
+        write_frame(stdout, ("ready", None))
+    # a template that builds a huge string fails with MemoryError here instead of swapping the host
+    resource.setrlimit(resource.RLIMIT_AS, (setup["max_bytes"], setup["max_bytes"]))
+    while True:
+        try:
+            messages, generation_prompt = read_frame(stdin)
+        except EOFError:
+            return
+        try:
+            text = _render(setup["template"], setup["kwargs"], messages, generation_prompt)
+        except MemoryError:
+            write_frame(stdout, ("error", "the template used more memory than the renderer's limit"))
+            continue
+        except Exception as e:  # raise_exception() in the template, an undefined variable...
+            write_frame(stdout, ("error", f"{type(e).__name__}: {e}"))
+            continue
+        if len(text) > setup["max_chars"]:
+            write_frame(stdout, ("error", f"the template wrote {len(text)} characters (limit {setup['max_chars']})"))
+            continue
+        write_frame(stdout, ("ok", text))
+
+
+if __name__ == "__main__":
+    main()
