@@ -75,7 +75,7 @@ def create_app(
         title="medusa-trt reference server", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.engine, app.state.worker, app.state.metrics, app.state.model_name = engine, worker, metrics, name
-    app.state.watchdog = watchdog
+    app.state.watchdog, app.state.generator = watchdog, gen
     # inside the request counter (added after it, so outside it): 401 and 413 are counted too
     app.add_middleware(GuardMiddleware, api_key=guard.api_key, max_bytes=guard.max_request_bytes)
     _count_requests(app, metrics)

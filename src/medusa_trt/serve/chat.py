@@ -47,6 +47,14 @@ class TemplateError(Exception):
     """The template refused the messages (its ``raise_exception``, a bad role order...): the client's fault."""
 
 
+class PromptTooLong(TemplateError):
+    """The rendered chat is longer than any prompt that fits the context (``characters`` long)."""
+
+    def __init__(self, characters: int) -> None:
+        super().__init__(f"the rendered chat has {characters} characters")
+        self.characters = characters
+
+
 class TemplateBroken(Exception):
     """The template did not finish within its budget, or its renderer died: the model's fault."""
 
@@ -119,6 +127,10 @@ class ChatPrompt:
                 raise TemplateBroken(
                     f"the chat template's renderer ({self.source}) died ({_exit_text(code, e)})"
                 ) from None
+        if status == "long":
+            raise PromptTooLong(int(value))
+        if status == "broken":
+            raise TemplateBroken(f"the chat template ({self.source}) failed: {value}")
         if status != "ok":
             raise TemplateError(f"the chat template ({self.source}) failed: {value}")
         return str(value)
@@ -184,7 +196,8 @@ class ChatPrompt:
             self._stop()
             raise TemplateBroken(f"the chat template's renderer did not start ({_exit_text(code, e)})") from None
         if status != "ready":
-            logger.warning("the chat template (%s) does not render an empty user turn: %s", self.source, value)
+            self._stop()
+            raise TemplateBroken(f"the chat template's renderer did not start: {value}")
         self._ready = True
 
     def _read(self, child: subprocess.Popen[bytes], deadline: float) -> Any:

@@ -27,7 +27,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from medusa_trt.errors import EngineFailedError, InvalidInputError, MedusaTrtError
 from medusa_trt.runtime.text import TextStream
-from medusa_trt.serve.chat import START_TIMEOUT_S, TEMPLATE_TIMEOUT_S, ChatPrompt, TemplateBroken, TemplateError
+from medusa_trt.serve.chat import (
+    START_TIMEOUT_S,
+    TEMPLATE_TIMEOUT_S,
+    ChatPrompt,
+    PromptTooLong,
+    TemplateBroken,
+    TemplateError,
+)
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CommonRequest, CompletionRequest
 from medusa_trt.serve.worker import EngineWorker, Finished, Job
@@ -173,6 +180,9 @@ class Generator:
             text = self.chat_prompt.render([self.chat_prompt.mark(m) for m in messages])
             self._check_chars(len(text), "messages")
             return self.chat_prompt.encode(text)  # the template writes the BOS itself
+        except PromptTooLong as e:
+            self._check_chars(e.characters, "messages")
+            raise  # unreachable: the renderer's limit is the bound _check_chars applies
         except TemplateError as e:  # a template that rejects the roles or their order
             raise APIError(400, str(e), param="messages") from e
         except TemplateBroken as e:  # the model's template, not the request, is at fault

@@ -8,7 +8,7 @@ frames: an 8-byte big-endian length, then a pickle. The parent is the only peer 
     parent -> child   {"template": str, "kwargs": dict, "max_chars": int, "max_bytes": int}   once
     child  -> parent  ("ready", None) | ("error", message)
     parent -> child   (messages, add_generation_prompt)                                         per request
-    child  -> parent  ("ok", text) | ("error", message)
+    child  -> parent  ("ok", text) | ("error", message) | ("broken", message) | ("long", characters)
 """
 
 from __future__ import annotations
@@ -48,12 +48,10 @@ def _render(template: str, kwargs: dict[str, Any], messages: list[dict[str, Any]
 def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     setup = read_frame(stdin)
-    try:
-        _render(setup["template"], setup["kwargs"], [{"role": "user", "content": ""}], True)  # imports, compiles
-    except Exception as e:  # a broken template: said once here; later requests report it again
-        write_frame(stdout, ("error", f"{type(e).__name__}: {e}"))
-    else:
-        write_frame(stdout, ("ready", None))
+    # imported now, not on the first request's budget; the template itself only runs on requests
+    from transformers.utils.chat_template_utils import render_jinja_template  # noqa: F401
+
+    write_frame(stdout, ("ready", None))
     # a template that builds a huge string fails with MemoryError here instead of swapping the host
     resource.setrlimit(resource.RLIMIT_AS, (setup["max_bytes"], setup["max_bytes"]))
     while True:
@@ -64,13 +62,13 @@ def main() -> None:
         try:
             text = _render(setup["template"], setup["kwargs"], messages, generation_prompt)
         except MemoryError:
-            write_frame(stdout, ("error", "the template used more memory than the renderer's limit"))
+            write_frame(stdout, ("broken", "the template used more memory than the renderer's limit"))
             continue
         except Exception as e:  # raise_exception() in the template, an undefined variable...
             write_frame(stdout, ("error", f"{type(e).__name__}: {e}"))
             continue
         if len(text) > setup["max_chars"]:
-            write_frame(stdout, ("error", f"the template wrote {len(text)} characters (limit {setup['max_chars']})"))
+            write_frame(stdout, ("long", len(text)))
             continue
         write_frame(stdout, ("ok", text))
 
