@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
-from medusa_trt.engine.launch import DEFAULT_MAX_REQUEST_MB
+from medusa_trt.engine.launch import DEFAULT_MAX_REQUEST_MB, TEMPLATE_TIMEOUT_S
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
-from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 
 
 def _check_sampling(prompt: str | None, temperature: float, top_p: float, top_k: int) -> None:
@@ -111,8 +110,7 @@ def run_cmd(
     if prompt is None:
         import os
 
-        from medusa_trt.engine.launch import serve, serve_command
-        from medusa_trt.serve.guard import api_key_setting
+        from medusa_trt.engine.launch import api_key_setting, serve, serve_command
 
         api_key, note = api_key_setting(api_key, os.environ)
         if note is not None:

@@ -21,6 +21,7 @@ from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
+from medusa_trt.serve.guard import api_key_setting as api_key_setting  # for the CLI, which imports no serve
 
 if TYPE_CHECKING:
     from medusa_trt.config.profile import Serve
