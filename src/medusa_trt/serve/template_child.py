@@ -13,8 +13,12 @@ frames: an 8-byte big-endian length, then a pickle. The parent is the only peer 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import pickle
 import resource
+import signal
 import struct
 import sys
 from typing import Any, BinaryIO
@@ -45,7 +49,17 @@ def _render(template: str, kwargs: dict[str, Any], messages: list[dict[str, Any]
     return str(rendered[0])
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the server goes, even mid-render (an endless template never reads EOF)."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (prctl(2))
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os._exit(1)
+
+
 def main() -> None:
+    _die_with_parent()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     setup = read_frame(stdin)
     # imported now, not on the first request's budget; the template itself only runs on requests
