@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import fsio
+from medusa_trt import records
 from medusa_trt.config.vllm_flags import VLLM_PYTHON_ENV as PYTHON_ENV
 from medusa_trt.config.vllm_flags import vllm_python
 from medusa_trt.errors import CheckpointError, IncompatibleError, InvalidInputError, MissingDependencyError
@@ -119,7 +119,7 @@ def serve_env(runtime_env: Mapping[str, str], api_key: str | None = None) -> dic
 
 # --- the build ------------------------------------------------------------------------------------
 
-MODEL_REF = "model.json"  # the model reference the build pinned: {"model": path or repo id, "revision": sha}
+MODEL_REF = records.MODEL_REF.filename  # the model reference the build pinned
 
 
 def check_sources(spec: BuildSpec) -> None:
@@ -221,16 +221,10 @@ def write_model_ref(spec: BuildSpec, out: Path) -> dict[str, Any]:
     doc: dict[str, Any] = {"model": model, "revision": None, "requested_revision": revision}
     if spec.model.local is None:
         doc["revision"] = pin_revision(model, revision)
-    fsio.write_json(out / MODEL_REF, doc)
+    records.write(records.MODEL_REF, out, doc)
     return doc
 
 
 def read_model_ref(engine_dir: Path) -> tuple[str, str | None]:
-    try:
-        doc = json.loads((engine_dir / MODEL_REF).read_text())
-        return str(doc["model"]), doc.get("revision")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"{engine_dir / MODEL_REF}: missing or unreadable ({e.__class__.__name__})",
-            hint="Run `medusa-trt build` again with the same arguments: it resumes.",
-        ) from None
+    doc = records.read(records.MODEL_REF, engine_dir)
+    return str(doc["model"]), doc.get("revision")
