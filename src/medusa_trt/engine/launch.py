@@ -129,8 +129,6 @@ def serve(
     """
     if max_request_mb <= 0:
         raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
-    if step_timeout_s < 0 or first_step_timeout_s < 0:
-        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
     guard = ServeGuard(
         api_key=api_key or None,
         max_request_bytes=int(max_request_mb * 2**20),
