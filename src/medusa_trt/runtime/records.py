@@ -79,7 +79,7 @@ class SamplingParams:
             ("top_k", self.top_k >= 0, "must be >= 0 (0: off)"),
             ("min_tokens", 0 <= self.min_tokens <= self.max_tokens, "must be in [0, max_tokens]"),
             ("posterior_threshold", 0 < self.posterior_threshold <= 1, "must be in (0, 1]"),
-            ("posterior_alpha", 0 < self.posterior_alpha <= 1, "must be in (0, 1]"),
+            ("posterior_alpha", 0 < self.posterior_alpha < math.inf, "must be a finite number > 0"),
             (
                 "logprobs",
                 self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,

@@ -101,6 +101,7 @@ def _serve(engine: ReferenceEngine, sock: socket.socket, model_name: str | None,
 
     def on_signal(sig: int) -> None:  # off the signal handler: closing joins the engine thread
         _hard_exit_after(HARD_EXIT_S, 128 + sig, engine)
+
         def kill_if_busy() -> None:
             if worker.busy():
                 engine.abort()
