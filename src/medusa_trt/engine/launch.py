@@ -19,7 +19,9 @@ from medusa_trt.engine import trtllm
 from medusa_trt.engine.supervise import Supervisor
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
+from medusa_trt.serve.guard import api_key_setting as api_key_setting  # for the CLI, which imports no serve
 
 if TYPE_CHECKING:
     from medusa_trt.config.profile import Serve
@@ -104,6 +106,11 @@ def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8
         env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
         argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
         return {**doc, "argv": argv, "env": env, "lines": [command_text(argv, env)]}
+    if manifest["engine"] == "vllm":
+        from medusa_trt.engine import vllm
+
+        argv, env = vllm.serve_command(engine_dir, manifest, host, port)
+        return {**doc, "argv": argv, "env": env, "lines": [command_text(argv, env)]}
     argv, env = trtllm_command(engine_dir, manifest, host, port)
     world, nodes, per_node = node_layout(manifest)
     doc.update(argv=argv, env=env, lines=[command_text(argv, env)], nodes=nodes)
@@ -130,6 +137,7 @@ def serve(
     max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
     step_timeout_s: float = STEP_TIMEOUT_S,
     first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S,
+    template_timeout_s: float = TEMPLATE_TIMEOUT_S,
     tree: str | None = None,
     adapt: bool | None = None,
 ) -> int:
@@ -140,16 +148,19 @@ def serve(
     """
     if max_request_mb <= 0:
         raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
-    if step_timeout_s < 0 or first_step_timeout_s < 0:
-        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
+    if not template_timeout_s > 0:
+        raise InvalidInputError(f"--template-timeout must be positive, got {template_timeout_s}")
     guard = ServeGuard(
         api_key=api_key or None,
         max_request_bytes=int(max_request_mb * 2**20),
         step_timeout_s=step_timeout_s,
         first_step_timeout_s=first_step_timeout_s,
+        template_timeout_s=template_timeout_s,
     )
     engine_dir = Path(engine_dir).resolve()
     cmd = serve_command(engine_dir, host, port)
+    if cmd["engine"] == "vllm":
+        return _serve_vllm(engine_dir, cmd, host, port, print_cmd, guard.api_key)
     if guard.api_key and cmd["engine"] != "reference":
         # trtllm-serve (TensorRT-LLM 1.0-1.2) has no API-key option: never serve unprotected by surprise
         raise InvalidInputError(
@@ -177,3 +188,18 @@ def serve(
     return Supervisor(
         cmd["argv"], env=cmd["env"], host=host, port=port, startup_timeout_s=timeout, on_ready=ready
     ).run()
+
+
+def _serve_vllm(engine_dir: Path, cmd: dict[str, Any], host: str, port: int, print_cmd: bool, key: str | None) -> int:
+    """Supervise vLLM's OpenAI server; its own --api-key check gets the key (through VLLM_API_KEY)."""
+    from medusa_trt.engine import vllm
+
+    if print_cmd:
+        print("\n".join(cmd["lines"]))
+        return 0
+    argv, env = vllm.serve_command(engine_dir, _load(engine_dir), host, port, vllm.require_python())
+
+    def ready(url: str) -> None:
+        print(f"medusa-trt: serving {cmd['model_name']} (vLLM, Medusa) at {url}/v1", file=sys.stderr, flush=True)
+
+    return int(vllm.supervise(argv, env, host, port, api_key=key, on_ready=ready).run())
