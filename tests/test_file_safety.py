@@ -19,6 +19,7 @@ import pytest
 
 from medusa_trt import fsio, outputs
 from medusa_trt.cli import run as cli
+from tests.helpers import HANG_S
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -36,7 +37,7 @@ def _popen(*args: str, umask: int | None = None) -> subprocess.CompletedProcess[
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=HANG_S,
         preexec_fn=pre,
     )
 
@@ -410,7 +411,7 @@ def _in_tmpfs(mount: Path, size: str, code: str, *args: str) -> subprocess.Compl
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     script = f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"'
     argv = ["unshare", "-m", "sh", "-c", script, "sh", str(mount), sys.executable, "-c", code, str(mount), *args]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=HANG_S)
 
 
 _SAVE_STATE = """
