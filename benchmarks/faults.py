@@ -401,6 +401,7 @@ def template_overhead(ckpt: Path, rounds: int) -> dict[str, Any]:
     finally:
         chat.close()
     return {
+        "renderer_start_s": start,
         "render_child_ms": 1000 * sorted(child)[rounds // 2],
         "render_inline_ms": 1000 * sorted(inline)[rounds // 2],
     }
