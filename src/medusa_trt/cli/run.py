@@ -186,12 +186,14 @@ def run_cmd(
 
 
 def _is_vllm(path: str) -> bool:
-    import json
     from pathlib import Path
 
+    from medusa_trt import fsio
+    from medusa_trt.errors import MedusaTrtError
+
     try:
-        return bool(json.loads((Path(path) / "medusa-trt.json").read_text()).get("engine") == "vllm")
-    except (OSError, ValueError, AttributeError):
+        return bool(fsio.read_json(Path(path) / "medusa-trt.json").get("engine") == "vllm")
+    except (OSError, MedusaTrtError, AttributeError):
         return False
 
 
