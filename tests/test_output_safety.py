@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from medusa_trt import fsio, outputs
+from medusa_trt import fsio, outputs, records
 from medusa_trt.cli import run as cli
 
 
@@ -109,7 +109,7 @@ def test_force_removes_only_what_medusa_trt_wrote(
 ) -> None:
     out = tmp_path / "eng"
     assert _cli(capsys, *_build_args(tiny_llama, tiny_heads, str(out)))[0] == 0
-    owner = json.loads((out / outputs.OWNER).read_text())
+    owner = records.read(records.OWNER, out)
     assert owner["kind"] == "engine" and owner["trees"] == [] and "checkpoint/rank0.safetensors" in owner["files"]
     (out / "notes.txt").write_text("user file beside the engine")
     (out / "checkpoint" / "mine.txt").write_text("user file inside a step's output")

@@ -17,7 +17,6 @@ converted checkpoint's files (they are renamed into place as a directory and cop
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import stat
@@ -25,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import fsio
+from medusa_trt import records
 from medusa_trt.errors import CheckpointError, MedusaTrtError
 from medusa_trt.progress import byte_progress
 
@@ -155,12 +154,9 @@ class _Memo:
         self.root = root.resolve()
         self.path = verified_dir() / (hashlib.sha256(str(self.root).encode()).hexdigest()[:32] + ".json")
         self.rows: dict[str, Any] = {}
-        try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(doc, dict) and doc.get("root") == str(self.root) and isinstance(doc.get("files"), dict):
-                self.rows = doc["files"]
-        except (OSError, ValueError):  # none yet, or unreadable: hash again
-            pass
+        doc = records.peek_at(records.VERIFIED, self.path)  # None: none yet, or unreadable: hash again
+        if doc is not None and doc["root"] == str(self.root) and isinstance(doc["files"], dict):
+            self.rows = doc["files"]
 
     @staticmethod
     def _key(st: os.stat_result) -> list[int]:
@@ -178,7 +174,7 @@ class _Memo:
     def save(self) -> Path | None:
         """Write the memo (atomically); None when the cache directory cannot be written (hash next time)."""
         try:
-            fsio.write_json(self.path, {"root": str(self.root), "files": self.rows})
+            records.write_at(records.VERIFIED, self.path, {"root": str(self.root), "files": self.rows})
         except MedusaTrtError as e:
             logger.warning("cannot remember the verification in %s (%s): set XDG_CACHE_HOME", self.path, e)
             return None

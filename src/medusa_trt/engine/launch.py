@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medusa_trt import records
 from medusa_trt.engine import trtllm
-from medusa_trt.engine.manifest import MANIFEST, read_manifest
 from medusa_trt.engine.supervise import Supervisor
-from medusa_trt.errors import InvalidInputError
+from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from medusa_trt.config.profile import Serve
 
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
+SERVED = ("tree", "num_medusa_heads", "max_draft_len", "profile")  # what serving reads from a manifest
 
 
 def _serve_settings(manifest: dict[str, Any]) -> Serve:
@@ -70,13 +71,23 @@ def command_text(argv: list[str], env: dict[str, str]) -> str:
 
 def _load(engine_dir: Path) -> dict[str, Any]:
     if (
-        not (engine_dir / MANIFEST).is_file()
+        not records.ENGINE.path(engine_dir).is_file()
         and (engine_dir / "config.json").is_file()
         and any(engine_dir.glob("rank*.safetensors"))
     ):
         # a converted checkpoint (from `convert`) is served by the reference runtime as is
         return {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
-    return read_manifest(engine_dir)
+    if not engine_dir.is_dir():
+        raise CheckpointError(
+            f"{engine_dir}: no such engine directory",
+            hint="Build one first: medusa-trt build --profile cpu --model DIR --medusa DIR",
+        )
+    if not records.ENGINE.path(engine_dir).is_file():
+        raise CheckpointError(
+            f"{engine_dir}: no {records.ENGINE.filename} (not a finished medusa-trt build)",
+            hint="Run `medusa-trt build` again with the same arguments: it resumes.",
+        )
+    return records.read(records.ENGINE, engine_dir, require=SERVED)
 
 
 def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:

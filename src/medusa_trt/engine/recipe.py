@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medusa_trt import records
 from medusa_trt.engine import trtllm
 from medusa_trt.engine.spec import BuildSpec
 from medusa_trt.engine.steps import Step
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
 GIB = 1024**3
 CHECKPOINT, ENGINE = "checkpoint", "engine"
-TREE_FILE, CONFIG_YAML, MANIFEST = "medusa_tree.yaml", "medusa.yaml", "medusa-trt.json"
+TREE_FILE, CONFIG_YAML = "medusa_tree.yaml", "medusa.yaml"
+MANIFEST = records.ENGINE.filename
 INTERNAL = "(in-process)"  # argv[0] of steps medusa-trt runs itself
 
 

@@ -28,16 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import fsio, outputs
+from medusa_trt import fsio, outputs, records
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.medusa.heads import HEADS_FILE
 from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
 from medusa_trt.train.stages import Stage, digest
 
 WORK = ".train"
-HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in MANIFEST
-MANIFEST = "medusa-trt-heads.json"  # `medusa-trt verify` reads it
-OUTPUT_FILES = (WORK, *HEADS_FILES, MANIFEST)  # what `heads train` writes
+HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in its manifest
+OUTPUT_FILES = (WORK, *HEADS_FILES, records.HEADS.filename)  # what `heads train` writes
 
 
 @dataclass
@@ -161,9 +160,7 @@ def _write_manifest(out: Path) -> None:
     """Size and xxh3-128 hash of every result file (not the stage cache), for `medusa-trt verify`."""
     from medusa_trt.integrity import HASH_ALGORITHM, record
 
-    fsio.write_json(
-        out / MANIFEST, {"tool": "medusa-trt", "hash_algorithm": HASH_ALGORITHM, "files": record(out, HEADS_FILES)}
-    )
+    records.write(records.HEADS, out, {"hash_algorithm": HASH_ALGORITHM, "files": record(out, HEADS_FILES)})
 
 
 def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
