@@ -252,8 +252,12 @@ class Generator:
             steps=usage["decoding_steps"],
             accepted_per_depth=per_depth,
             tree_nodes_used=dict(getattr(out.stats, "tree_nodes_used", None) or {}),
-            tree_nodes=getattr(self.engine, "tree_nodes", None),
+            tree_nodes=self._tree_choices(),
         )
+
+    def _tree_choices(self) -> dict[str, int]:
+        choices = getattr(self.engine, "tree_choices", None)  # engines without adaptive speculation: none
+        return dict(choices()) if callable(choices) else {}
 
     # --- response bodies -------------------------------------------------------------------------
     def _full(self, chat: bool, out: Outcome, content: str) -> dict[str, Any]:
