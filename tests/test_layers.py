@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "medusa_trt"
 PKG = "medusa_trt"
 # Leaf modules any layer may use: they import nothing from the package themselves.
-SHARED_LEAVES = {"medusa_trt.errors"}
+SHARED_LEAVES = {"medusa_trt.errors", "medusa_trt.yamlread"}
 # The picture (docs/internals.md): part -> the parts it may import, besides itself, the shared leaves
 # and the package root (__version__). A part is a subpackage or a top-level module of medusa_trt.
 # A new dependency is a design decision: add it here and to docs/internals.md together.
@@ -20,12 +20,14 @@ LAYERS: dict[str, set[str]] = {
     "errors": set(),
     "logs": set(),
     "data": set(),
+    "yamlread": set(),
     "medusa": set(),
     "fsio": set(),
     "integrity": {"fsio", "progress", "records"},
     "progress": set(),
     "records": {"fsio"},
     "outputs": {"fsio", "records"},
+    "steps": {"outputs", "records"},
     "config": {"medusa"},
     "perf": {"config"},
     "hw": {"config"},
@@ -44,10 +46,11 @@ LAYERS: dict[str, set[str]] = {
         "outputs",
         "integrity",
         "records",
+        "steps",
     },
     "bench": {"config", "perf", "fsio", "outputs", "records"},
-    "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records"},
-    "demo": {"bench", "config", "engine", "medusa", "perf", "train", "fsio", "outputs"},
+    "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records", "steps"},
+    "demo": {"bench", "config", "engine", "medusa", "perf", "train", "fsio", "outputs", "steps"},
     "cli": {
         "bench",
         "checkpoint",
@@ -66,6 +69,7 @@ LAYERS: dict[str, set[str]] = {
         "integrity",
         "progress",
         "records",
+        "steps",
     },
     "__main__": {"cli"},
 }

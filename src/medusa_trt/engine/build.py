@@ -26,8 +26,8 @@ from medusa_trt.engine import recipe, trtllm
 from medusa_trt.engine.manifest import tool_versions
 from medusa_trt.engine.recipe import CHECKPOINT, CONFIG_YAML, ENGINE, MANIFEST, TREE_FILE, BuildPlan
 from medusa_trt.engine.spec import BuildSpec, resolve
-from medusa_trt.engine.steps import Step, StepRunner, fingerprint
 from medusa_trt.errors import CheckpointError, MedusaTrtError, MissingDependencyError
+from medusa_trt.steps import Step, StepKind, StepRunner, fingerprint
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -126,9 +126,9 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         }
         t0 = time.perf_counter()
         for step in plan.steps:
-            if step.kind == "serve" or step.name == "manifest":
+            if step.kind is StepKind.SERVE or step.name == "manifest":
                 continue
-            if step.kind == "python":
+            if step.kind is StepKind.PYTHON:
                 step.func = funcs[step.name]
             runner.run(step)
         doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
@@ -216,7 +216,7 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
             {
                 "step": r.name,
                 "argv": r.argv,
-                "status": r.status,
+                "status": r.status.value,
                 "seconds": round(r.seconds, 3),
                 "input_hash": r.input_hash,
                 "log": r.log,
