@@ -89,7 +89,7 @@ def tree_nodes(c: httpx.Client, url: str) -> dict[str, float]:
     out = {}
     for line in c.get(f"{url}/metrics").text.splitlines():
         if line.startswith("medusa_trt_tree_nodes{"):
-            regime = line.split('regime="', 1)[1].split('"', 1)[0]
+            regime = line.split('regime="', 1)[1].split('"', 1)[0] if 'regime="' in line else "?"
             out[regime] = float(line.rsplit(" ", 1)[1])
     return out
 
