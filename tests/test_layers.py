@@ -25,6 +25,7 @@ LAYERS: dict[str, set[str]] = {
     "fsio": set(),
     "integrity": {"fsio", "progress", "records"},
     "progress": set(),
+    "spec_counters": set(),
     "records": {"fsio"},
     "outputs": {"fsio", "records"},
     "steps": {"outputs", "records"},
@@ -47,8 +48,9 @@ LAYERS: dict[str, set[str]] = {
         "integrity",
         "records",
         "steps",
+        "spec_counters",
     },
-    "bench": {"config", "perf", "fsio", "outputs", "records"},
+    "bench": {"config", "perf", "fsio", "outputs", "records", "spec_counters"},
     "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records", "steps"},
     "demo": {"bench", "config", "engine", "medusa", "perf", "train", "fsio", "outputs", "steps"},
     "cli": {

@@ -148,6 +148,23 @@ def run_cmd(
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, acceptance=acceptance
     )
+    if _is_vllm(path):
+        from pathlib import Path
+
+        from medusa_trt import records
+        from medusa_trt.engine import vllm
+
+        with err_console.status("starting vLLM", spinner="dots"):
+            doc = vllm.generate(
+                Path(path).resolve(),
+                records.read(records.ENGINE, path),
+                prompt,
+                params,
+                medusa=not no_medusa,
+                chat=chat,
+                on_text=None if json_out else _echo,
+            )
+        return _report(doc, json_out)
     with err_console.status("loading the reference engine", spinner="dots"):
         engine = load_engine(path, device=device, tree=tree, adapt=False if no_adapt else None)
     with engine:
@@ -166,6 +183,20 @@ def run_cmd(
             first_timeout_s=first_step_timeout,
             step_timeout_s=step_timeout,
         )
+    return _report(doc, json_out)
+
+
+def _is_vllm(path: str) -> bool:
+    import json
+    from pathlib import Path
+
+    try:
+        return bool(json.loads((Path(path) / "medusa-trt.json").read_text()).get("engine") == "vllm")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _report(doc: dict, json_out: bool) -> int:
     if json_out:
         emit_json(doc)
         return 0
@@ -174,7 +205,7 @@ def run_cmd(
     err_console.print(
         f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
         f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
-        f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]"
+        f"medusa={'on' if s['medusa'] else 'off'}, tp={s.get('tp', 1)}, finish={doc['finish_reason']})[/]"
     )
     return 0
 

@@ -117,6 +117,8 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
             "runtime-files": lambda: _runtime_files(spec, owned),
             "validate": lambda: _validate(spec, out),
             "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
+            "model-ref": lambda: _vllm().write_model_ref(spec, out) and None,
+            "heads": lambda: _vllm().write_heads(spec, out) and None,
             "fetch-medusa": lambda: _fetch(
                 spec.medusa.spec if spec.medusa else "",
                 spec.medusa.revision if spec.medusa else None,
@@ -132,11 +134,25 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
                 step.func = funcs[step.name]
             runner.run(step)
         doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
+        if spec.engine == "vllm":
+            vllm = _vllm()
+            doc["vllm"] = vllm.manifest_section(spec, out, vllm.read_model_ref(out))
+            doc["serve"] = {
+                "argv": vllm.serve_argv("python", doc["vllm"]["args"], "HOST", 0)[:-4],
+                "env": spec.runtime_env,
+            }
+            doc["checkpoint_dir"] = None
         doc["hash_algorithm"] = integrity.HASH_ALGORITHM
         doc["files"] = integrity.record(out, _served_files(owned), {**known, **_known_hashes(out)})
         records.write(records.ENGINE, out, doc)
         owned.done([MANIFEST])
     return doc
+
+
+def _vllm() -> Any:
+    from medusa_trt.engine import vllm
+
+    return vllm
 
 
 def _inputs(spec: BuildSpec) -> dict[str, str | Path | None]:

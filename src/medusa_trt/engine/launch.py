@@ -106,6 +106,11 @@ def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8
         env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
         argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
         return {**doc, "argv": argv, "env": env, "lines": [command_text(argv, env)]}
+    if manifest["engine"] == "vllm":
+        from medusa_trt.engine import vllm
+
+        argv, env = vllm.serve_command(engine_dir, manifest, host, port)
+        return {**doc, "argv": argv, "env": env, "lines": [command_text(argv, env)]}
     argv, env = trtllm_command(engine_dir, manifest, host, port)
     world, nodes, per_node = node_layout(manifest)
     doc.update(argv=argv, env=env, lines=[command_text(argv, env)], nodes=nodes)
@@ -156,6 +161,8 @@ def serve(
     )
     engine_dir = Path(engine_dir).resolve()
     cmd = serve_command(engine_dir, host, port)
+    if cmd["engine"] == "vllm":
+        return _serve_vllm(engine_dir, cmd, host, port, print_cmd, guard.api_key)
     if guard.api_key and cmd["engine"] != "reference":
         # trtllm-serve (TensorRT-LLM 1.0-1.2) has no API-key option: never serve unprotected by surprise
         raise InvalidInputError(
@@ -183,3 +190,18 @@ def serve(
     return Supervisor(
         cmd["argv"], env=cmd["env"], host=host, port=port, startup_timeout_s=timeout, on_ready=ready
     ).run()
+
+
+def _serve_vllm(engine_dir: Path, cmd: dict[str, Any], host: str, port: int, print_cmd: bool, key: str | None) -> int:
+    """Supervise vLLM's OpenAI server; its own --api-key check gets the key (through VLLM_API_KEY)."""
+    from medusa_trt.engine import vllm
+
+    if print_cmd:
+        print("\n".join(cmd["lines"]))
+        return 0
+    argv, env = vllm.serve_command(engine_dir, _load(engine_dir), host, port, vllm.require_python())
+
+    def ready(url: str) -> None:
+        print(f"medusa-trt: serving {cmd['model_name']} (vLLM, Medusa) at {url}/v1", file=sys.stderr, flush=True)
+
+    return int(vllm.supervise(argv, env, host, port, api_key=key, on_ready=ready).run())

@@ -195,6 +195,12 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
     est = estimates(spec)
     steps: list[Step] = []
     notes: list[str] = [f"source format: {spec.model.format}", *spec.model.notes]
+    if spec.engine == "vllm":
+        from medusa_trt.engine import vllm
+
+        vllm.check_sources(spec)
+        steps, more = vllm.build_steps(spec, out)
+        return BuildPlan(spec, steps, notes + more, checks)
     if spec.quantize_needed:
         notes.append(
             "FP8 profile with a BF16/FP16 source: quantize.py (ModelOpt PTQ, --qformat fp8) runs on the GPU "
