@@ -15,7 +15,7 @@ from typing import Any
 from medusa_trt.config.model import ModelSpec, resolve_model
 from medusa_trt.config.profile import HardwareProfile, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError
-from medusa_trt.medusa.trees import tree_name, tree_stats, validate_tree
+from medusa_trt.medusa.trees import chain, tree_name, tree_stats, validate_tree
 from medusa_trt.perf import model as pm
 from medusa_trt.preflight import checks as ck
 from medusa_trt.preflight.memory import GIB, disk_need, memory_per_gpu
@@ -133,9 +133,11 @@ def preflight_report(
     heads = prof.medusa.num_heads if num_medusa_heads is None else num_medusa_heads
     if heads < 1:
         raise InvalidInputError(f"--num-medusa-heads must be >= 1, got {heads}")
-    tree = prof.tree
+    # vLLM drafts the top-1 chain of min(heads, max_draft_len) tokens, whatever the profile's tree
+    tree = chain(min(heads, prof.medusa.max_draft_len)) if prof.engine == "vllm" else prof.tree
     stats = tree_stats(tree)
-    if heads != prof.medusa.num_heads:  # the heads decide: a note, or exit 2 if the tree needs a head they lack
+    if heads != prof.medusa.num_heads and prof.engine != "vllm":  # the heads decide: a note, or exit 2 if
+        # the tree needs a head they lack
         validate_tree(tree, num_heads=heads, max_draft_len=prof.medusa.max_draft_len, name=tree_name(prof.medusa.tree))
         logger.info(
             "profile %s says medusa.num_heads: %d; planning for %d heads (tree %s, depth %d, fits them)",
