@@ -185,7 +185,7 @@ def test_stop_string_cuts_text(url: str) -> None:
         ({"prompt": "x " * LONG}, 400, "prompt"),
         ({"prompt": ""}, 400, "prompt"),
         ({"prompt": [999_999]}, 400, "prompt"),
-        ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
+        ({"prompt": "x", "logprobs": 21}, 400, "logprobs"),  # vLLM's default max_logprobs is 20
         ({"prompt": "x", "stop": [""]}, 400, "stop"),
         ({"max_tokens": 3}, 400, "prompt"),
         ({"prompt": "x", "top_k": -2}, 400, "top_k"),  # -1 and 0 mean off, as in vLLM
