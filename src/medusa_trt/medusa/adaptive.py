@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from statistics import median_low
 
 from medusa_trt.medusa.trees import Tree, sort_tree
 
@@ -26,7 +25,7 @@ SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # draft-node counts tried
 MIN_GAIN = 0.05  # expected accepted drafts per step below which a subtree is not worth exploring
 EXPLORE_WITHIN = 0.8  # explore the runner-up only if its predicted tokens/s is at least this share of the best
 PRIOR_SLOPE = 0.03  # step-time growth per extra tree token, relative, used only beyond measured sizes
-WINDOW = 15  # step times kept per tree size (their median is the estimate)
+WINDOW = 16  # step times kept per tree size (their lower quartile is the estimate)
 STALE = 512  # steps after which a size's measured time is no longer trusted
 
 
@@ -83,12 +82,13 @@ class NodeAcceptance:
 
 
 class StepTimes:
-    """Seconds per step by tree tokens T (1 = a plain step): the median of the last WINDOW steps at each
-    size, forgetting sizes not measured lately.
+    """Seconds per step by tree tokens T (1 = a plain step): the lower quartile of the last WINDOW steps
+    at each size, forgetting sizes not measured lately.
 
-    A median, not a mean: on a shared machine a step preempted by another process takes ten times
-    longer, and a few of those (or the first step at a size, which pays one-off costs) must not make a
-    tree look dear. A size not measured in the last STALE steps is left out of the estimates
+    A low quantile, not a mean: on a shared machine a step preempted by another process takes ten
+    times longer, and those (or the first step at a size, which pays one-off costs) must not make a
+    tree look dear; the quickest steps are the cost of the tree itself, comparable between sizes timed
+    at different moments. A size not measured in the last STALE steps is left out of the estimates
     (interpolated, or from the prior slope), so a tree timed slow long ago, under other load, gets
     tried again instead of never.
     """
@@ -110,7 +110,7 @@ class StepTimes:
     def t(self) -> dict[int, float]:
         """The current estimate of every size measured lately (all sizes when none is)."""
         fresh = {k: v for k, v in self._obs.items() if self.count - self._when[k] <= STALE} or self._obs
-        return {k: median_low(v) for k, v in sorted(fresh.items())}
+        return {k: sorted(v)[len(v) // 4] for k, v in sorted(fresh.items())}
 
     def estimate(self, tokens: int) -> float | None:
         known = self.t
