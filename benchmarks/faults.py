@@ -57,9 +57,7 @@ def build(work: Path) -> tuple[Path, Path, Path]:
     from transformers import AutoTokenizer
 
     from medusa_trt.checkpoint.convert import convert_checkpoint
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
-    from tests.helpers.models import make_medusa_heads, make_tiny_llama
+    from medusa_trt.demo.synthetic import make_medusa_heads, make_tiny_llama
 
     model = make_tiny_llama(work / "llama", seed=0, max_position_embeddings=2048)
     heads = make_medusa_heads(work / "heads", hidden_size=64, vocab_size=320, num_heads=3)
