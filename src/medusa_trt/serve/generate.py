@@ -447,7 +447,7 @@ class _SSE:
         self.g, self.body, self.chat, self.job, self.request = g, body, chat, job, request
         self.out, self.text, self.first = out, text, first
         self.id, self.created = _new_id(chat), int(time.time())
-        self.usage = body.include_usage()
+        self.usage, self.continuous = body.include_usage(), body.continuous_usage()
 
     def _frame(self, delta: str | None, finish: str | None, role: bool = False) -> str:
         if self.chat:
@@ -462,8 +462,8 @@ class _SSE:
             "model": self.g.model_name,
             "choices": [choice],
         }
-        if self.usage:
-            doc["usage"] = None
+        if self.usage:  # vLLM's continuous_usage_stats: the counts so far in every chunk
+            doc["usage"] = self.out.usage() if self.continuous else None
         return _data(doc)
 
     async def frames(self) -> AsyncIterator[str]:
