@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.models import llama_config_dict, make_tokenizer, save_hf_model
+from medusa_trt.demo.tiny import llama_config_dict
+from tests.helpers.models import make_tokenizer, save_hf_model
 
 VOCAB = 320
 HIDDEN = 64
