@@ -142,6 +142,8 @@ def run_cmd(
             step_timeout_s=step_timeout,
             first_step_timeout_s=first_step_timeout,
             template_timeout_s=template_timeout,
+            show=typer.echo,
+            announce=_announce,
         )
     from medusa_trt.runtime import load_engine
     from medusa_trt.runtime.once import generate_text
@@ -185,16 +187,15 @@ def run_cmd(
     return _report(doc, json_out)
 
 
+def _announce(line: str) -> None:
+    """A server's status line (serving at URL, stopped), whole on one line so that it can be grepped."""
+    err_console.print(f"medusa-trt: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _is_vllm(path: str) -> bool:
-    from pathlib import Path
+    from medusa_trt import records
 
-    from medusa_trt import fsio
-    from medusa_trt.errors import MedusaTrtError
-
-    try:
-        return bool(fsio.read_json(Path(path) / "medusa-trt.json").get("engine") == "vllm")
-    except (OSError, MedusaTrtError, AttributeError):
-        return False
+    return bool((records.peek(records.ENGINE, path) or {}).get("engine") == "vllm")
 
 
 def _report(doc: dict, json_out: bool) -> int:
