@@ -84,11 +84,8 @@ def _nothing() -> None:
 
 def scale_model(root: Path, tps: tuple[int, ...] = (1, 2)) -> tuple[Path, dict[int, Path]]:
     """The random fp32 Llama of SHAPES under ``root`` (made once) and its checkpoint at each tp."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
-    from tests.helpers.checkpoints import make_checkpoint
-    from tests.helpers.models import make_tiny_llama
+    from medusa_trt.checkpoint.convert import convert_checkpoint
+    from medusa_trt.demo.synthetic import make_tiny_llama
 
     hf = root / "hf"
     if not (hf / "config.json").is_file():
@@ -97,17 +94,17 @@ def scale_model(root: Path, tps: tuple[int, ...] = (1, 2)) -> tuple[Path, dict[i
     for tp in tps:
         ckpts[tp] = root / f"ck-tp{tp}"
         if not (ckpts[tp] / "config.json").is_file():
-            make_checkpoint(hf, ckpts[tp], tp=tp)
+            convert_checkpoint(hf, ckpts[tp], tp=tp, progress=False)
     return hf, ckpts
 
 
 def distil(root: Path, n: int, seq_len: int, gen: int, batch: int) -> dict[str, Any]:
     import torch
 
+    from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
     from medusa_trt.train.distil import JOURNAL, local_generator, plan_jobs, run_distil
-    from medusa_trt.train.stages import Stage
 
     torch.set_num_threads(os.cpu_count() or 1)
     _, ckpts = scale_model(root)
@@ -133,12 +130,12 @@ def distil(root: Path, n: int, seq_len: int, gen: int, batch: int) -> dict[str, 
 def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> dict[str, Any]:
     import torch
 
+    from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
     from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil
     from medusa_trt.train.hidden import run_hidden
     from medusa_trt.train.loop import LoopSpec, train_data_parallel
-    from medusa_trt.train.stages import Stage
 
     torch.set_num_threads(os.cpu_count() or 1)
     hf, ckpts = scale_model(root)

@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "medusa_trt"
 PKG = "medusa_trt"
 # Leaf modules any layer may use: they import nothing from the package themselves.
-SHARED_LEAVES = {"medusa_trt.errors"}
+SHARED_LEAVES = {"medusa_trt.errors", "medusa_trt.yamlread"}
 # The picture (docs/internals.md): part -> the parts it may import, besides itself, the shared leaves
 # and the package root (__version__). A part is a subpackage or a top-level module of medusa_trt.
 # A new dependency is a design decision: add it here and to docs/internals.md together.
@@ -20,22 +20,39 @@ LAYERS: dict[str, set[str]] = {
     "errors": set(),
     "logs": set(),
     "data": set(),
+    "yamlread": set(),
     "medusa": set(),
     "fsio": set(),
-    "integrity": set(),
+    "integrity": {"fsio", "progress", "records"},
     "progress": set(),
-    "outputs": {"fsio"},
-    "config": {"medusa"},
+    "spec_counters": set(),
+    "records": {"fsio"},
+    "outputs": {"fsio", "records"},
+    "steps": {"outputs", "records", "fsio"},
+    "config": {"medusa", "fsio"},
     "perf": {"config"},
     "hw": {"config"},
-    "preflight": {"config", "hw", "perf", "medusa"},
-    "checkpoint": {"config", "medusa", "fsio", "outputs", "progress"},
-    "runtime": {"medusa", "integrity"},
+    "preflight": {"config", "hw", "perf", "medusa", "fsio"},
+    "checkpoint": {"config", "medusa", "fsio", "outputs", "progress", "records"},
+    "runtime": {"medusa", "integrity", "records", "fsio"},
     "serve": {"runtime"},
-    "engine": {"checkpoint", "config", "preflight", "runtime", "serve", "medusa", "fsio", "outputs", "integrity"},
-    "bench": {"config", "perf", "fsio", "outputs"},
-    "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity"},
-    "demo": {"bench", "config", "engine", "medusa", "perf", "train", "fsio", "outputs"},
+    "engine": {
+        "checkpoint",
+        "config",
+        "preflight",
+        "runtime",
+        "serve",
+        "medusa",
+        "fsio",
+        "outputs",
+        "integrity",
+        "records",
+        "steps",
+        "spec_counters",
+    },
+    "bench": {"config", "perf", "fsio", "outputs", "records", "spec_counters"},
+    "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records", "steps"},
+    "demo": {"bench", "config", "engine", "medusa", "perf", "train", "fsio", "outputs", "steps"},
     "cli": {
         "bench",
         "checkpoint",
@@ -53,6 +70,8 @@ LAYERS: dict[str, set[str]] = {
         "outputs",
         "integrity",
         "progress",
+        "records",
+        "steps",
     },
     "__main__": {"cli"},
 }

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import HANG_S
+
 PROMPTS = [
     "def add(a, b):\n",
     "import os\n",
@@ -52,8 +54,8 @@ def test_hidden_states_at_tp2_equal_transformers(tmp_path: Path, tiny_llama: Pat
     import torch
     from transformers import AutoModelForCausalLM
 
+    from medusa_trt.steps import Stage
     from medusa_trt.train.hidden import HiddenCache, run_hidden
-    from medusa_trt.train.stages import Stage
     from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck", tp=2)
@@ -114,10 +116,10 @@ def test_quality_table_and_expected_tokens(three_runs: dict[str, Any]) -> None:
 
 def test_teacher_url_distils_the_same_tokens_as_local(tmp_path: Path, tiny_llama: Path) -> None:
     from medusa_trt.bench.server import engine_server
+    from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import encode_prompt
     from medusa_trt.train.distil import local_generator, plan_jobs, run_distil, teacher_generator
-    from medusa_trt.train.stages import Stage
     from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck")
@@ -157,7 +159,7 @@ def _kill_when(argv: list[str], ready: Any, env: dict[str, str]) -> None:
     """Start the command, SIGKILL it as soon as ``ready()`` holds (within 5 ms), wait for it to die."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + HANG_S
         while not ready():
             assert proc.poll() is None, "the run ended before the kill point"
             assert time.monotonic() < deadline

@@ -21,8 +21,12 @@ def _render(report: PreflightReport) -> None:
     d = report.to_dict()
     err_console.print(
         f"[bold]plan[/] {d['model']['name']} on {d['profile']['name']} (id {d['profile']['id']}, "
-        f"{d['profile']['engine']}), {d['num_medusa_heads']} Medusa heads, tree "
-        f"{d['tree']['spec']} ({d['tree']['nodes']} nodes, depth {d['tree']['depth']})"
+        f"{d['profile']['engine']}), {d['num_medusa_heads']} Medusa heads, "
+        + (
+            f"a top-1 chain of {d['tree']['depth']} (vLLM drafts one token per head)"
+            if d["tree"].get("drafting") == "chain"
+            else f"tree {d['tree']['spec']} ({d['tree']['nodes']} nodes, depth {d['tree']['depth']})"
+        )
     )
     mem = Table(title="memory per device (GiB)", title_justify="left")
     mem.add_column("component")
@@ -61,6 +65,10 @@ def plan(
     num_medusa_heads: Annotated[
         int | None, typer.Option("--num-medusa-heads", min=1, help="Heads in the checkpoint (default: the profile's).")
     ] = None,
+    medusa: Annotated[
+        str | None,
+        typer.Option("--medusa", help="Medusa heads (a local dir): their tensors give the head count, as in build."),
+    ] = None,
     tokens_per_step: Annotated[
         float | None,
         typer.Option(
@@ -68,6 +76,14 @@ def plan(
             min=1.0,
             help="Expected tokens per Medusa step (measured by bench); "
             "default: a documented estimate from the tree depth.",
+        ),
+    ] = None,
+    accuracy: Annotated[
+        Path | None,
+        typer.Option(
+            "--accuracy",
+            help="A head-accuracy table (`medusa-trt tree accuracy`, or heads train's accuracy.csv): "
+            "tokens/step predicted for the profile's tree, or vLLM's top-1 chain.",
         ),
     ] = None,
     context_len: Annotated[
@@ -84,10 +100,24 @@ def plan(
     """Preflight: memory per GPU, TP divisibility, the Medusa tree, disk, predicted tokens/s/user."""
     from medusa_trt.preflight import preflight_report
 
+    if medusa is not None:
+        num_medusa_heads = _heads_in(medusa, num_medusa_heads)
+    table = None
+    if accuracy is not None:
+        from medusa_trt.errors import InvalidInputError
+        from medusa_trt.medusa.tree_builder import parse_accuracy_csv
+
+        if tokens_per_step is not None:
+            raise InvalidInputError("--accuracy and --tokens-per-step exclude each other", hint="Give one.")
+        try:
+            table = parse_accuracy_csv(accuracy.read_text(), str(accuracy))
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInputError(f"--accuracy {accuracy}: cannot read ({e.__class__.__name__})") from None
     report = preflight_report(
         profile,
         model,
         num_medusa_heads=num_medusa_heads,
+        accuracy=table,
         tokens_per_step=tokens_per_step,
         context_len=context_len,
         work_dir=work_dir,
@@ -97,6 +127,20 @@ def plan(
     else:
         _render(report)
     report.raise_if_not_fits()
+
+
+def _heads_in(medusa: str, given: int | None) -> int | None:
+    """The heads' own count (from their tensors), which --num-medusa-heads may not contradict."""
+    from medusa_trt.engine.spec import detect_heads
+    from medusa_trt.errors import InvalidInputError
+
+    counted = detect_heads(medusa)[1]
+    if given is not None and counted is not None and given != counted:
+        raise InvalidInputError(
+            f"--num-medusa-heads {given}, but the heads in {medusa} hold {counted}",
+            hint="Drop --num-medusa-heads: the heads' tensors decide.",
+        )
+    return counted if counted is not None else given
 
 
 def register(app: typer.Typer) -> None:

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
-from medusa_trt.engine.launch import DEFAULT_MAX_REQUEST_MB
+from medusa_trt.engine.launch import DEFAULT_MAX_REQUEST_MB, TEMPLATE_TIMEOUT_S
 from medusa_trt.errors import InvalidInputError
+from medusa_trt.runtime.records import Acceptance, SamplingError, SamplingParams
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 
 
-def _check_sampling(prompt: str | None, temperature: float, top_p: float, top_k: int) -> None:
-    """Exit 2 naming the flag, before any model is loaded."""
-    import math
-
+def _sampling(prompt: str | None, **flags: Any) -> SamplingParams:
+    """The flags as one checked record; exit 2 naming the flag, before any model is loaded."""
     if prompt is not None:
         try:
             prompt.encode("utf-8")
@@ -24,12 +23,11 @@ def _check_sampling(prompt: str | None, temperature: float, top_p: float, top_k:
             raise InvalidInputError(
                 f"--prompt is not valid UTF-8 (byte {e.start})", hint="Pass the prompt as UTF-8 text."
             ) from None
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise InvalidInputError(f"--temperature {temperature}: must be a finite number >= 0", hint="0 is greedy.")
-    if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise InvalidInputError(f"--top-p {top_p}: must be in (0, 1]")
-    if top_k < 0:
-        raise InvalidInputError(f"--top-k {top_k}: must be >= 0 (0: off)")
+    try:
+        return SamplingParams(**flags)
+    except SamplingError as e:
+        flag = "--" + e.field.replace("_", "-")
+        raise InvalidInputError(f"{flag} {flags.get(e.field)}: {str(e).split(': ', 1)[-1]}") from None
 
 
 def run_cmd(
@@ -49,12 +47,12 @@ def run_cmd(
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     no_medusa: Annotated[bool, typer.Option("--no-medusa", help="Plain decoding, one token per step.")] = False,
     acceptance: Annotated[
-        str,
+        Acceptance,
         typer.Option(
             "--acceptance",
             help="Medusa at temperature > 0: exact (lossless, samples as plain decoding) or typical (lossy).",
         ),
-    ] = "exact",
+    ] = Acceptance.EXACT,
     tree: Annotated[
         str | None,
         typer.Option(
@@ -96,12 +94,35 @@ def run_cmd(
         float,
         typer.Option("--first-step-timeout", help="The same for a request's first forward (the prefill); 0: off."),
     ] = FIRST_STEP_TIMEOUT_S,
+    template_timeout: Annotated[
+        float,
+        typer.Option(
+            "--template-timeout",
+            help="Serve: seconds the chat template may render one request before it is stopped (HTTP 500).",
+        ),
+    ] = TEMPLATE_TIMEOUT_S,
     json_out: JsonOpt = False,
 ) -> int:
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
-    _check_sampling(prompt, temperature, top_p, top_k)
+    params = _sampling(
+        prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        acceptance=acceptance,
+    )
+    if step_timeout < 0 or first_step_timeout < 0:
+        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
     if prompt is None:
-        from medusa_trt.engine.launch import serve, serve_command
+        import os
+
+        from medusa_trt.engine.launch import api_key_setting, serve, serve_command
+
+        api_key, note = api_key_setting(api_key, os.environ)
+        if note is not None:
+            err_console.print(note, markup=False)
 
         if json_out:  # serving has no document to print; the command it would run does
             if not print_cmd:
@@ -116,24 +137,35 @@ def run_cmd(
             device=device,
             tree=tree,
             adapt=False if no_adapt else None,
-            api_key=api_key or None,
+            api_key=api_key,
             max_request_mb=max_request_mb,
             step_timeout_s=step_timeout,
             first_step_timeout_s=first_step_timeout,
+            template_timeout_s=template_timeout,
+            show=typer.echo,
+            announce=_announce,
         )
-    if max_tokens < 1:
-        raise InvalidInputError("--max-tokens must be at least 1")
-    if acceptance not in ("exact", "typical"):
-        raise InvalidInputError(f"--acceptance must be exact or typical, not '{acceptance}'")
-    if step_timeout < 0 or first_step_timeout < 0:
-        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
-    from medusa_trt.runtime import SamplingParams, load_engine
+    from medusa_trt.runtime import load_engine
     from medusa_trt.runtime.once import generate_text
     from medusa_trt.runtime.watchdog import run_guarded
 
-    params = SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, acceptance=acceptance
-    )
+    if _is_vllm(path):
+        from pathlib import Path
+
+        from medusa_trt import records
+        from medusa_trt.engine import vllm
+
+        with err_console.status("starting vLLM", spinner="dots"):
+            doc = vllm.generate(
+                Path(path).resolve(),
+                records.read(records.ENGINE, path),
+                prompt,
+                params,
+                medusa=not no_medusa,
+                chat=chat,
+                on_text=None if json_out else _echo,
+            )
+        return _report(doc, json_out)
     with err_console.status("loading the reference engine", spinner="dots"):
         engine = load_engine(path, device=device, tree=tree, adapt=False if no_adapt else None)
     with engine:
@@ -152,6 +184,21 @@ def run_cmd(
             first_timeout_s=first_step_timeout,
             step_timeout_s=step_timeout,
         )
+    return _report(doc, json_out)
+
+
+def _announce(line: str) -> None:
+    """A server's status line (serving at URL, stopped), whole on one line so that it can be grepped."""
+    err_console.print(f"medusa-trt: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _is_vllm(path: str) -> bool:
+    from medusa_trt import records
+
+    return bool((records.peek(records.ENGINE, path) or {}).get("engine") == "vllm")
+
+
+def _report(doc: dict, json_out: bool) -> int:
     if json_out:
         emit_json(doc)
         return 0
@@ -160,7 +207,7 @@ def run_cmd(
     err_console.print(
         f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
         f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
-        f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]"
+        f"medusa={'on' if s['medusa'] else 'off'}, tp={s.get('tp', 1)}, finish={doc['finish_reason']})[/]"
     )
     return 0
 

@@ -66,12 +66,12 @@ INFO = ".demo-info.json"  # what a stage measured, kept inside its output so a r
 
 
 class Stages:
-    """Runs the cached stages as build steps (engine/steps.py): each is skipped when its inputs (the
+    """Runs the cached stages as steps (steps.py): each is skipped when its inputs (the
     recipe, and earlier stages' outputs by fingerprint) and its outputs are unchanged since it ran."""
 
     def __init__(self, cache: Path, cfg: DemoConfig, log: Callable[[str], None], fresh: bool) -> None:
-        from medusa_trt.engine.steps import StepRunner
         from medusa_trt.outputs import OwnedDir
+        from medusa_trt.steps import StepRunner
 
         self.cache, self.cfg, self.log, self.fresh = cache, cfg, log, fresh
         self.owned = OwnedDir(cache, CACHE_KIND)
@@ -82,10 +82,10 @@ class Stages:
 
     def _step(self, name: str, out: str, inputs: dict[str, Any], func: Callable[[], None]) -> bool:
         """Run (or skip) one stage; True when its cached output was reused."""
-        from medusa_trt.engine.steps import Step
+        from medusa_trt.steps import Step, StepKind, StepStatus
 
-        step = Step(name, f"demo {name}", argv=[], inputs=inputs, outputs=[out], kind="python", func=func)
-        return self.runner.run(step).status == "skipped"
+        step = Step(name, f"demo {name}", argv=[], inputs=inputs, outputs=[out], kind=StepKind.PYTHON, func=func)
+        return self.runner.run(step).status is StepStatus.SKIPPED
 
     def timed(self, name: str, reused: bool, t0: float) -> None:
         self.timings[name] = round(time.perf_counter() - t0, 2)
@@ -119,7 +119,7 @@ class Stages:
         reused = self._step("pretrain", "model", inputs, run)
         if reused:
             self.log(f"model: reusing {out}")
-        self.info["pretrain"] = json.loads((out / INFO).read_text())
+        self.info["pretrain"] = fsio.read_json(out / INFO, "demo record")
         self.timed("pretrain", reused, t0)
         return out
 
@@ -160,7 +160,7 @@ class Stages:
         reused = self._step("heads", "heads", {"model_dir": "model", **c.key(*keys)}, run)
         if reused:
             self.log(f"heads: reusing {out}")
-        self.info["heads"] = json.loads((out / INFO).read_text())
+        self.info["heads"] = fsio.read_json(out / INFO, "demo record")
         self.timed("heads", reused, t0)
         return out
 
@@ -281,6 +281,9 @@ def run_demo(
         log = Console(stderr=True, highlight=False).print
 
     cache_raw = cache_dir if cache_dir is not None else default_cache_dir()
+    if output_dir is not None:  # both paths checked before either directory is created
+        outputs.output_path(output_dir)
+    outputs.output_path(cache_raw, "--cache-dir")
     with outputs.writing(cache_raw, kind=CACHE_KIND, inputs={}, param="--cache-dir") as cache_dir_owned:
         cache = cache_dir_owned.root
         out_raw = output_dir if output_dir is not None else cache / "results"

@@ -15,20 +15,18 @@ Layout of the output directory::
 from __future__ import annotations
 
 import contextlib
-import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import fsio, integrity, outputs
+from medusa_trt import fsio, integrity, outputs, records
 from medusa_trt.engine import recipe, trtllm
-from medusa_trt.engine.manifest import MANIFEST, tool_versions, write_manifest
-from medusa_trt.engine.recipe import CHECKPOINT, CONFIG_YAML, ENGINE, TREE_FILE, BuildPlan
+from medusa_trt.engine.manifest import tool_versions
+from medusa_trt.engine.recipe import CHECKPOINT, CONFIG_YAML, ENGINE, MANIFEST, TREE_FILE, BuildPlan
 from medusa_trt.engine.spec import BuildSpec, resolve
-from medusa_trt.engine.steps import Step, StepRunner, fingerprint
 from medusa_trt.errors import CheckpointError, MedusaTrtError, MissingDependencyError
+from medusa_trt.steps import Step, StepKind, StepRunner, fingerprint
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -118,6 +116,8 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
             "runtime-files": lambda: _runtime_files(spec, owned),
             "validate": lambda: _validate(spec, out),
             "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
+            "model-ref": lambda: _vllm().write_model_ref(spec, out) and None,
+            "heads": lambda: _vllm().write_heads(spec, out) and None,
             "fetch-medusa": lambda: _fetch(
                 spec.medusa.spec if spec.medusa else "",
                 spec.medusa.revision if spec.medusa else None,
@@ -127,17 +127,31 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         }
         t0 = time.perf_counter()
         for step in plan.steps:
-            if step.kind == "serve" or step.name == "manifest":
+            if step.kind is StepKind.SERVE or step.name == "manifest":
                 continue
-            if step.kind == "python":
+            if step.kind is StepKind.PYTHON:
                 step.func = funcs[step.name]
             runner.run(step)
         doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
+        if spec.engine == "vllm":
+            vllm = _vllm()
+            doc["vllm"] = vllm.manifest_section(spec, out, vllm.read_model_ref(out))
+            doc["serve"] = {
+                "argv": vllm.serve_argv("python", doc["vllm"]["args"], "HOST", 0)[:-4],
+                "env": spec.runtime_env,
+            }
+            doc["checkpoint_dir"] = None
         doc["hash_algorithm"] = integrity.HASH_ALGORITHM
         doc["files"] = integrity.record(out, _served_files(owned), {**known, **_known_hashes(out)})
-        write_manifest(out, doc)
+        records.write(records.ENGINE, out, doc)
         owned.done([MANIFEST])
     return doc
+
+
+def _vllm() -> Any:
+    from medusa_trt.engine import vllm
+
+    return vllm
 
 
 def _inputs(spec: BuildSpec) -> dict[str, str | Path | None]:
@@ -153,27 +167,19 @@ def check_output(spec: BuildSpec) -> None:
 
 def _served_files(owned: outputs.OwnedDir) -> list[str]:
     """What `run` and the server read: everything we wrote but the bookkeeping (stamps, logs, lists)."""
-    skip = (MANIFEST, outputs.OWNER)
+    skip = (MANIFEST, records.OWNER.filename)
     return [f for f in owned.files if f not in skip and not f.startswith((".steps/", "logs/", "sources/"))]
 
 
 def _previous_hashes(out: Path) -> dict[str, dict[str, Any]]:
     """The last manifest's file table (its hashes are reused for files with the same size and mtime)."""
-    try:
-        files = json.loads((out / MANIFEST).read_text()).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {k: v for k, v in files.items() if isinstance(v, dict)}
+    return records.file_table(records.peek(records.ENGINE, out) or {})
 
 
 def _known_hashes(out: Path) -> dict[str, dict[str, Any]]:
     """The converter's hashes of the checkpoint files (taken as the bytes went out), keyed by path here."""
-    path = out / CHECKPOINT / "medusa-trt-convert.json"
-    try:
-        files = json.loads(path.read_text()).get("files", {})
-    except (OSError, ValueError):
-        return {}
-    return {f"{CHECKPOINT}/{k}": v for k, v in files.items() if isinstance(v, dict)}
+    files = records.file_table(records.peek(records.CONVERT, out / CHECKPOINT) or {})
+    return {f"{CHECKPOINT}/{k}": v for k, v in files.items()}
 
 
 def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None, seconds: float) -> dict[str, Any]:
@@ -193,10 +199,8 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
                 from medusa_trt.checkpoint.sources import snapshot_commit
 
                 inputs[role]["commit"] = snapshot_commit(local)
-    convert_manifest = out / CHECKPOINT / "medusa-trt-convert.json"
-    if convert_manifest.is_file():
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            inputs["checkpoint"] = json.loads(convert_manifest.read_text())
+    if (convert_manifest := records.peek(records.CONVERT, out / CHECKPOINT)) is not None:
+        inputs["checkpoint"] = convert_manifest
     versions = tool_versions()
     versions["tensorrt_llm"] = trtllm_version or versions.get("tensorrt_llm")
     return {
@@ -227,7 +231,7 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
             {
                 "step": r.name,
                 "argv": r.argv,
-                "status": r.status,
+                "status": r.status.value,
                 "seconds": round(r.seconds, 3),
                 "input_hash": r.input_hash,
                 "log": r.log,
@@ -269,7 +273,7 @@ def _fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
     from medusa_trt.checkpoint.sources import resolve_source
 
     snapshot = resolve_source(repo, kind=kind, revision=revision).path
-    with fsio.atomic_path(local) as tmp:
+    with fsio.atomic_path(local, kind="other") as tmp:
         tmp.symlink_to(snapshot, target_is_directory=True)
 
 
@@ -283,8 +287,7 @@ def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
     copies = {name: src for name, src in found.items() if src is not None}
     owned.claim(copies)
     for name, src in copies.items():
-        with fsio.atomic_path(out / name) as tmp:
-            shutil.copy2(src, tmp)
+        fsio.copy_file(src, out / name)
     owned.done(copies)
     if not (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").is_file():
         raise CheckpointError(

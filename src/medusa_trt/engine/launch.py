@@ -7,24 +7,30 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shlex
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medusa_trt import records
 from medusa_trt.engine import trtllm
-from medusa_trt.engine.manifest import MANIFEST, read_manifest
 from medusa_trt.engine.supervise import Supervisor
-from medusa_trt.errors import InvalidInputError
+from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
+from medusa_trt.serve.guard import api_key_setting as api_key_setting  # for the CLI, which imports no serve
 
 if TYPE_CHECKING:
     from medusa_trt.config.profile import Serve
 
+logger = logging.getLogger(__name__)
+Say = Callable[[str], None]  # a line for the user; the CLI prints it
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
+SERVED = ("tree", "num_medusa_heads", "max_draft_len", "profile")  # what serving reads from a manifest
 
 
 def _serve_settings(manifest: dict[str, Any]) -> Serve:
@@ -70,13 +76,23 @@ def command_text(argv: list[str], env: dict[str, str]) -> str:
 
 def _load(engine_dir: Path) -> dict[str, Any]:
     if (
-        not (engine_dir / MANIFEST).is_file()
+        not records.ENGINE.path(engine_dir).is_file()
         and (engine_dir / "config.json").is_file()
         and any(engine_dir.glob("rank*.safetensors"))
     ):
         # a converted checkpoint (from `convert`) is served by the reference runtime as is
         return {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
-    return read_manifest(engine_dir)
+    if not engine_dir.is_dir():
+        raise CheckpointError(
+            f"{engine_dir}: no such engine directory",
+            hint="Build one first: medusa-trt build --profile cpu --model DIR --medusa DIR",
+        )
+    if not records.ENGINE.path(engine_dir).is_file():
+        raise CheckpointError(
+            f"{engine_dir}: no {records.ENGINE.filename} (not a finished medusa-trt build)",
+            hint="Run `medusa-trt build` again with the same arguments: it resumes.",
+        )
+    return records.read(records.ENGINE, engine_dir, require=SERVED)
 
 
 def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
@@ -92,6 +108,11 @@ def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8
     if manifest["engine"] == "reference":
         env = {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
         argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
+        return {**doc, "argv": argv, "env": env, "lines": [command_text(argv, env)]}
+    if manifest["engine"] == "vllm":
+        from medusa_trt.engine import vllm
+
+        argv, env = vllm.serve_command(engine_dir, manifest, host, port)
         return {**doc, "argv": argv, "env": env, "lines": [command_text(argv, env)]}
     argv, env = trtllm_command(engine_dir, manifest, host, port)
     world, nodes, per_node = node_layout(manifest)
@@ -119,26 +140,35 @@ def serve(
     max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
     step_timeout_s: float = STEP_TIMEOUT_S,
     first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S,
+    template_timeout_s: float = TEMPLATE_TIMEOUT_S,
     tree: str | None = None,
     adapt: bool | None = None,
+    show: Say | None = None,
+    announce: Say | None = None,
 ) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code.
 
     The reference server takes the API key, body limit and step timeouts (``serve.ServeGuard``);
     trtllm-serve has no API-key option, so a key is refused for a TensorRT-LLM engine.
+    ``show`` gets the command lines (``print_cmd``, and the launch lines for more than one node),
+    ``announce`` the status lines (serving at URL, stopped); without them they are logged (info).
     """
+    show, announce = show or logger.info, announce or logger.info
     if max_request_mb <= 0:
         raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
-    if step_timeout_s < 0 or first_step_timeout_s < 0:
-        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
+    if not template_timeout_s > 0:
+        raise InvalidInputError(f"--template-timeout must be positive, got {template_timeout_s}")
     guard = ServeGuard(
         api_key=api_key or None,
         max_request_bytes=int(max_request_mb * 2**20),
         step_timeout_s=step_timeout_s,
         first_step_timeout_s=first_step_timeout_s,
+        template_timeout_s=template_timeout_s,
     )
     engine_dir = Path(engine_dir).resolve()
     cmd = serve_command(engine_dir, host, port)
+    if cmd["engine"] == "vllm":
+        return _serve_vllm(engine_dir, cmd, host, port, print_cmd, guard.api_key, show, announce)
     if guard.api_key and cmd["engine"] != "reference":
         # trtllm-serve (TensorRT-LLM 1.0-1.2) has no API-key option: never serve unprotected by surprise
         raise InvalidInputError(
@@ -147,22 +177,56 @@ def serve(
             "--api-key/MEDUSA_TRT_API_KEY.",
         )
     if print_cmd or cmd["nodes"] > 1:  # several nodes: the launch lines, to run from the login node
-        print("\n".join(cmd["lines"]))
+        show("\n".join(cmd["lines"]))
         return 0
     if cmd["engine"] == "reference":
         # the profile's runtime environment, as trtllm-serve gets it (set before torch loads: OMP_NUM_THREADS)
         os.environ.update(cmd["env"])
         from medusa_trt.serve.server import run_server
 
-        return int(run_server(engine_dir, host, port, device, cmd["model_name"], tree=tree, adapt=adapt, guard=guard))
+        return int(
+            run_server(
+                engine_dir,
+                host,
+                port,
+                device,
+                cmd["model_name"],
+                tree=tree,
+                adapt=adapt,
+                guard=guard,
+                announce=announce,
+            )
+        )
     trtllm.check_trtllm(("trtllm-serve",), require_package=False)
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
 
     def ready(url: str) -> None:
-        print(
-            f"medusa-trt: serving {cmd['model_name']} (TensorRT-LLM, Medusa) at {url}/v1", file=sys.stderr, flush=True
-        )
+        announce(f"serving {cmd['model_name']} (TensorRT-LLM, Medusa) at {url}/v1")
 
     return Supervisor(
         cmd["argv"], env=cmd["env"], host=host, port=port, startup_timeout_s=timeout, on_ready=ready
     ).run()
+
+
+def _serve_vllm(
+    engine_dir: Path,
+    cmd: dict[str, Any],
+    host: str,
+    port: int,
+    print_cmd: bool,
+    key: str | None,
+    show: Say,
+    announce: Say,
+) -> int:
+    """Supervise vLLM's OpenAI server; its own --api-key check gets the key (through VLLM_API_KEY)."""
+    from medusa_trt.engine import vllm
+
+    if print_cmd:
+        show("\n".join(cmd["lines"]))
+        return 0
+    argv, env = vllm.serve_command(engine_dir, _load(engine_dir), host, port, vllm.require_python())
+
+    def ready(url: str) -> None:
+        announce(f"serving {cmd['model_name']} (vLLM, Medusa) at {url}/v1")
+
+    return int(vllm.supervise(argv, env, host, port, api_key=key, on_ready=ready).run())

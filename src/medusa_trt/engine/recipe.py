@@ -13,16 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medusa_trt import records
 from medusa_trt.engine import trtllm
 from medusa_trt.engine.spec import BuildSpec
-from medusa_trt.engine.steps import Step
+from medusa_trt.steps import Step, StepKind
 
 if TYPE_CHECKING:
     from medusa_trt.config.model import ModelSpec
 
 GIB = 1024**3
 CHECKPOINT, ENGINE = "checkpoint", "engine"
-TREE_FILE, CONFIG_YAML, MANIFEST = "medusa_tree.yaml", "medusa.yaml", "medusa-trt.json"
+TREE_FILE, CONFIG_YAML = "medusa_tree.yaml", "medusa.yaml"
+MANIFEST = records.ENGINE.filename
 INTERNAL = "(in-process)"  # argv[0] of steps medusa-trt runs itself
 
 
@@ -193,6 +195,12 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
     est = estimates(spec)
     steps: list[Step] = []
     notes: list[str] = [f"source format: {spec.model.format}", *spec.model.notes]
+    if spec.engine == "vllm":
+        from medusa_trt.engine import vllm
+
+        vllm.check_sources(spec)
+        steps, more = vllm.build_steps(spec, out)
+        return BuildPlan(spec, steps, notes + more, checks)
     if spec.quantize_needed:
         notes.append(
             "FP8 profile with a BF16/FP16 source: quantize.py (ModelOpt PTQ, --qformat fp8) runs on the GPU "
@@ -214,7 +222,7 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
             f"write {MANIFEST} (inputs, versions, commands, timings)",
             [INTERNAL, "write", MANIFEST],
             outputs=[MANIFEST],
-            kind="python",
+            kind=StepKind.PYTHON,
         )
     )
     steps.append(serve_step(spec, out, needs=_needs(spec, est, "serve", checks)))
@@ -236,7 +244,7 @@ def _convert_step(spec: BuildSpec, out: Path, needs: dict[str, Any]) -> Step:
         },
         outputs=[CHECKPOINT],
         needs=needs,
-        kind="python",
+        kind=StepKind.PYTHON,
     )
 
 
@@ -255,7 +263,7 @@ def _trtllm_build_step(spec: BuildSpec, out: Path, needs: dict[str, Any]) -> Ste
         inputs={"checkpoint_dir": CHECKPOINT},
         outputs=[ENGINE],
         needs=needs,
-        kind="process",
+        kind=StepKind.PROCESS,
         notes=["max_draft_len is inherited from the checkpoint (not passed)"],
     )
 
@@ -268,7 +276,7 @@ def _runtime_files_step(spec: BuildSpec) -> Step:
         inputs={"checkpoint_dir": CHECKPOINT, "yaml": medusa_yaml(spec)},
         outputs=[TREE_FILE, CONFIG_YAML],
         needs={"gpus": 0, "host": "any"},
-        kind="python",
+        kind=StepKind.PYTHON,
     )
 
 
@@ -281,7 +289,7 @@ def _validate_step(spec: BuildSpec, out: Path, needs: dict[str, Any]) -> Step:
         env=spec.runtime_env,
         inputs={"checkpoint_dir": CHECKPOINT, "tp": spec.tp},
         needs=needs,
-        kind="python",
+        kind=StepKind.PYTHON,
     )
 
 
@@ -300,7 +308,7 @@ def _quantize_steps(spec: BuildSpec, out: Path, est: dict[str, float], checks: d
                 inputs={"repo": src.spec, "revision": src.revision},
                 outputs=[f"sources/{role}"],
                 needs=_needs(spec, est, f"fetch-{role}", checks),
-                kind="python",
+                kind=StepKind.PYTHON,
             )
         )
         if role == "model":
@@ -328,7 +336,7 @@ def _quantize_steps(spec: BuildSpec, out: Path, est: dict[str, float], checks: d
             inputs={**_source_inputs(spec), "model_dir": model_dir, "medusa_dir": medusa_dir},
             outputs=[CHECKPOINT],
             needs=_needs(spec, est, "quantize", checks),
-            kind="process",
+            kind=StepKind.PROCESS,
             notes=[
                 f"TensorRT-LLM examples directory: {where} ({source}; set {trtllm.EXAMPLES_ENV})",
                 "needs the GPU host and the calibration dataset (cnn_dailymail) reachable",
@@ -361,5 +369,11 @@ def serve_step(
         argv = ["medusa-trt", "run", str(out), "--host", host, "--port", str(port)]
         desc = "the reference OpenAI server; run by `medusa-trt run`"
     return Step(
-        "serve", desc, argv, env=spec.runtime_env, inputs={"engine_dir": str(out)}, needs=needs or {}, kind="serve"
+        "serve",
+        desc,
+        argv,
+        env=spec.runtime_env,
+        inputs={"engine_dir": str(out)},
+        needs=needs or {},
+        kind=StepKind.SERVE,
     )

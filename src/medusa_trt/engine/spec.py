@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class Source:
 @dataclass
 class BuildSpec:
     profile: HardwareProfile
-    engine: str  # trtllm | reference
+    engine: str  # trtllm | reference | vllm
     model: Source
     medusa: Source | None
     output: Path
@@ -110,9 +111,9 @@ def _is_repo_id(spec: str) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e.__class__.__name__})") from e
+        data = fsio.read_json(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
     return data if isinstance(data, dict) else {}
 
 
@@ -169,13 +170,9 @@ def detect_heads(spec: str, revision: str | None = None) -> tuple[Source, int | 
 
 def _safetensors_names(path: Path) -> list[str]:
     """Tensor names from a safetensors header (8-byte little-endian length, then JSON): no torch needed."""
-    try:
-        with path.open("rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e.__class__.__name__})") from e
-    return [k for k in header if k != "__metadata__"]
+    from medusa_trt.checkpoint.safetensors_io import read_header
+
+    return list(read_header(path))
 
 
 def _heads_from_names(names: list[str]) -> tuple[int | None, int | None]:
@@ -202,6 +199,9 @@ def _count_heads(path: Path) -> tuple[int | None, int | None]:
     st = path / "medusa_lm_head.safetensors"
     if st.is_file():
         return _heads_from_names(_safetensors_names(st))
+    embedded = _count_embedded_heads(path)  # a ModelOpt combined checkpoint given as the heads
+    if embedded[0] is not None:
+        return embedded
     cfg = path / "config.json"
     if cfg.is_file():
         c = _read_json(cfg)
@@ -221,25 +221,35 @@ def resolve(
     env: dict[str, str] | None = None,
 ) -> BuildSpec:
     """One BuildSpec from the profile, the flags and the environment, with each value's source."""
-    from medusa_trt.medusa.trees import load_tree, validate_tree
+    from medusa_trt.medusa.trees import load_tree, tree_name, validate_tree
 
     env = dict(os.environ if env is None else env)
     sources: dict[str, str] = {}
     src = detect_model(model, revision)
     heads_src, file_heads, file_layers = _heads_source(src, medusa, medusa_revision)
     out, sources["output"] = _output_dir(output, env, src, model, profile.name)
-    if file_heads is not None and file_heads < profile.medusa.num_heads:
-        # fewer heads than the profile's tree and max_draft_len were planned for
-        raise InvalidInputError(
-            f"profile {profile.name}: medusa.num_heads is {profile.medusa.num_heads}, the heads in {medusa} hold {file_heads}",
-            hint=f"Set medusa.num_heads: {file_heads} (and a tree of that depth) in a copy of the profile.",
-        )
     heads, sources["num_medusa_heads"] = _file_or_profile(file_heads, profile.medusa.num_heads, "num_heads")
     layers, sources["num_medusa_layers"] = _file_or_profile(file_layers, profile.medusa.num_layers, "num_layers")
-    tree_spec, sources["tree"] = _tree_spec(tree, env, profile)
-    paths = load_tree(tree_spec)
-    max_draft_len, sources["max_draft_len"] = profile.medusa.max_draft_len, "profile medusa.max_draft_len"
-    validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len)
+    if profile.engine == "vllm":  # a top-1 chain, one token per head: as long as the heads allow
+        paths, max_draft_len = _vllm_chain(tree, int(heads), profile.medusa.max_draft_len)
+        sources["tree"] = sources["max_draft_len"] = "min(heads, profile medusa.max_draft_len): vLLM's top-1 chain"
+        validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len)
+    else:
+        tree_spec, sources["tree"] = _tree_spec(tree, env, profile)
+        paths = load_tree(tree_spec)
+        max_draft_len, sources["max_draft_len"] = profile.medusa.max_draft_len, "profile medusa.max_draft_len"
+        # the heads' tensors decide; the tree must not need a head they lack (NVIDIA's 8B Medusa has 3)
+        validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len, name=tree_name(tree_spec))
+        if heads != profile.medusa.num_heads:
+            logger.info(
+                "profile %s says medusa.num_heads: %d; the heads hold %d, and tree %s (depth %d) fits them: using %d",
+                profile.name,
+                profile.medusa.num_heads,
+                heads,
+                tree_name(tree_spec),
+                max(len(p) for p in paths),
+                heads,
+            )
     workers, sources["convert_workers"] = _convert_workers(env, profile.parallelism.tp * profile.parallelism.pp)
     sources.update(_PROFILE_SOURCES)
     spec = BuildSpec(
@@ -321,6 +331,19 @@ def _tree_spec(tree: str | None, env: dict[str, str], profile: HardwareProfile) 
     if env.get(TREE_ENV):
         return env[TREE_ENV], f"env {TREE_ENV}"
     return profile.medusa.tree, "profile medusa.tree"
+
+
+def _vllm_chain(tree: str | None, heads: int, cap: int) -> tuple[list[list[int]], int]:
+    """vLLM drafts the top-1 chain of min(heads, cap) tokens; a --tree is refused (it has no trees)."""
+    from medusa_trt.medusa.trees import chain
+
+    if tree is not None:
+        raise InvalidInputError(
+            "--tree: vLLM drafts a top-1 chain, not a tree",
+            hint="Drop --tree; the chain is min(heads, the profile's medusa.max_draft_len) tokens long.",
+        )
+    k = min(heads, cap)
+    return chain(k), k
 
 
 def _convert_workers(env: dict[str, str], world_size: int) -> tuple[int, str]:

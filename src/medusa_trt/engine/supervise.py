@@ -65,6 +65,7 @@ class Supervisor:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.proc: subprocess.Popen[str] | None = None
         self.signum: int | None = None
+        self.stopped = False  # stop() was called: the child's exit is ours, run() returns 0
 
     def _pump(self) -> None:
         """Copy the child's output to our stderr and keep its last lines for error messages."""
@@ -80,6 +81,15 @@ class Supervisor:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        """End the child (SIGTERM, then SIGKILL after the grace period); ``run()`` then returns 0.
+
+        For a caller done with the server (``on_ready`` ran a one-shot generation)."""
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
 
     def _stop(self) -> None:
         assert self.proc is not None
@@ -127,6 +137,9 @@ class Supervisor:
                 self._stop()
                 return 128 + self.signum
             pump.join(timeout=2)
+            if self.stopped:
+                self._stop()
+                return 0
             rc = int(self.proc.returncode)
             return 128 - rc if rc < 0 else rc  # killed by a signal (the OOM killer): 128+signal, as a shell says
         finally:

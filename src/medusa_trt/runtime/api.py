@@ -5,13 +5,13 @@ Import-light: torch and the model code load inside ``load_engine``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt.errors import InvalidInputError, TreeError
-from medusa_trt.medusa.trees import Tree, load_tree, validate_tree
+from medusa_trt import fsio
+from medusa_trt.errors import CheckpointError, InvalidInputError, TreeError
+from medusa_trt.medusa.trees import Tree, load_tree, tree_name, validate_tree
 from medusa_trt.runtime.records import Chunk, Continuation, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from medusa_trt.runtime.config import CheckpointInfo
     from medusa_trt.runtime.speculation import Speculation
     from medusa_trt.runtime.tp import Runner
-
-ACCEPTANCE = ("exact", "typical")
 
 
 class Generation:
@@ -89,22 +87,7 @@ class ReferenceEngine:
             raise InvalidInputError(
                 "the engine is busy with another generation", hint="Exhaust or close() the previous Generation first."
             )
-        self._check_prompt(prompt_ids)
-        if (
-            params.max_tokens < 1
-            or params.temperature < 0
-            or not 0 < params.top_p <= 1
-            or params.top_k < 0
-            or not 0 <= params.min_tokens <= params.max_tokens
-        ):
-            raise InvalidInputError(
-                "invalid sampling parameters: need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
-                "0 <= min_tokens <= max_tokens"
-            )
-        if params.acceptance not in ACCEPTANCE:
-            raise InvalidInputError(
-                f"unknown acceptance '{params.acceptance}'", hint="Use exact (lossless) or typical (lossy)."
-            )
+        self._check_prompt(prompt_ids)  # params checked themselves when they were made
         eos = set() if params.ignore_eos else self._stop_ids
         decoder = Decoder(
             self._runner,
@@ -163,6 +146,12 @@ class ReferenceEngine:
         """Draft nodes the next Medusa step will use (the configured tree's size until adapted)."""
         spec = self.speculation()
         return spec.nodes if spec is not None else 0
+
+    def tree_choices(self) -> dict[str, int]:
+        """Draft nodes adaptive speculation uses now, per decoding regime met so far (``greedy``,
+        ``exact T<=1``, ...); empty without heads."""
+        spec = self.speculation()
+        return spec.choices() if spec is not None else {}
 
     def _release(self) -> None:
         self._busy = False
@@ -253,7 +242,8 @@ def _eos_ids(ckpt_dir: Path, tokenizer: Any) -> set[int]:
         ids.add(int(tokenizer.eos_token_id))
     gen = ckpt_dir / "generation_config.json"
     if gen.is_file():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
+        doc = fsio.read_json(gen, "generation config")
+        eos = doc.get("eos_token_id") if isinstance(doc, dict) else None
         ids.update(eos if isinstance(eos, list) else [] if eos is None else [int(eos)])
     return ids
 
@@ -264,7 +254,16 @@ def load_tokenizer(*dirs: Path) -> Any:
         if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(str(d))
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if (d / name).exists():
+                    fsio.read_json(d / name, name)  # bounded size and nesting, exit 2 naming the file
+            try:
+                return AutoTokenizer.from_pretrained(str(d))
+            except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
+                raise CheckpointError(
+                    f"{d}: the tokenizer does not load ({e.__class__.__name__}: {e})".splitlines()[0],
+                    hint="Re-run `medusa-trt convert` (or build) from a model whose tokenizer loads.",
+                ) from e
     return None
 
 
@@ -280,7 +279,12 @@ def resolve_tree(info: CheckpointInfo, tree: str | list[list[int]] | None) -> Tr
             )
         return None
     chosen = default_tree(info) if tree is None else load_tree(tree)
-    return validate_tree(chosen, num_heads=info.num_medusa_heads, max_draft_len=info.max_draft_len or None)
+    return validate_tree(
+        chosen,
+        num_heads=info.num_medusa_heads,
+        max_draft_len=info.max_draft_len or None,
+        name=tree_name(tree) if tree is not None else "(the engine's)",
+    )
 
 
 def load_engine(

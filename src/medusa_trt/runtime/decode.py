@@ -27,7 +27,7 @@ import torch
 from medusa_trt.medusa.acceptance import exact_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers
 from medusa_trt.medusa.trees import TOPK
-from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
+from medusa_trt.runtime.records import Acceptance, Chunk, GenerationStats, SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from medusa_trt.runtime.speculation import Speculation
@@ -55,18 +55,29 @@ class Sampler:
     def greedy(self) -> bool:
         return self.p.temperature <= 0
 
-    def warp(self, logits: torch.Tensor) -> torch.Tensor:
-        """The target distribution [V] (float64): temperature, then top-k, then top-p."""
+    def _warped(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] as float64 after temperature, then top-k, then top-p (dropped tokens -inf)."""
         x = logits.double() / self.p.temperature
         if self.p.top_k > 0:
-            kth = torch.topk(x, min(self.p.top_k, x.shape[-1])).values[-1]
+            kth = torch.topk(x, min(self.p.top_k, x.shape[-1]), dim=-1).values[..., -1:]
             x = x.masked_fill(x < kth, -float("inf"))
         if self.p.top_p < 1.0:
-            sorted_x, order = torch.sort(x, descending=True)
+            sorted_x, order = torch.sort(x, dim=-1, descending=True)
             sp = torch.softmax(sorted_x, -1)
             drop = sp.cumsum(-1) - sp > self.p.top_p  # keep the smallest set reaching top_p
-            x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), -float("inf"))
-        return torch.softmax(x, -1)
+            x = x.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -float("inf"))
+        return x
+
+    def warp(self, logits: torch.Tensor) -> torch.Tensor:
+        """The target distribution [V] (float64): temperature, then top-k, then top-p."""
+        return torch.softmax(self._warped(logits), -1)
+
+    def logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities [..., V] (float64) of the distribution tokens are drawn from: vLLM's
+        ``processed_logprobs`` (after temperature, top-k and top-p; at temperature 0 the model's own)."""
+        if self.greedy:
+            return torch.log_softmax(logits.double(), -1)
+        return torch.log_softmax(self._warped(logits), -1)
 
     def pick(self, logits: torch.Tensor) -> int:
         """One token from logits [V], consuming exactly one uniform when sampling."""
@@ -80,10 +91,11 @@ class Sampler:
 
 
 def regime(p: SamplingParams) -> str:
-    """What draft acceptance depends on besides the model: greedy, or the rule and the target's shape."""
-    if p.temperature <= 0:
-        return "greedy"
-    return f"{p.acceptance} t={p.temperature:.1f} k={p.top_k} p={p.top_p:.2f}"
+    """What draft acceptance depends on besides the model and the text: greedy, or the rule and the
+    temperature band (``runtime.speculation.regime_name``)."""
+    from medusa_trt.runtime.speculation import regime_name
+
+    return regime_name(p.temperature, p.acceptance)
 
 
 class Decoder:
@@ -101,7 +113,7 @@ class Decoder:
         self.r, self.prompt, self.p, self.stop = runner, prompt, params, stop_ids
         self.spec = spec
         self.sampler = Sampler(params, runner.device)
-        self.typical = spec is not None and not self.sampler.greedy and params.acceptance == "typical"
+        self.typical = spec is not None and not self.sampler.greedy and params.acceptance is Acceptance.TYPICAL
         self.budget = min(params.max_tokens, max_seq_len - len(prompt))
         self.steps = 0
         self.completion = 0
@@ -111,6 +123,7 @@ class Decoder:
         self.emitted: list[int] = []  # every token picked, in order (the pending one last)
         self.records: list[tuple[int, list[list[int]]]] = []  # (root index in emitted, drafts [D][TOPK])
         self.last_row = 0  # row of the last forward whose hidden state feeds the heads
+        self.rows: torch.Tensor | None = None  # [k, V] the logits each token of the last step was picked from
         self._pending: torch.Tensor | None = None  # the pending token on the device [1], when greedy
         self._tokens: list[int] = []  # the last tree's node tokens
         self._slots = torch.arange(0)  # 0..capacity-1 on the device: position ids are views of it
@@ -143,21 +156,24 @@ class Decoder:
         self.r.alloc(s + max(self.budget, 1) + tree_size)
         self._slots = torch.arange(s + max(self.budget, 1) + tree_size, device=dev)  # positions, as views
         prompt = torch.tensor(self.prompt, dtype=torch.long, device=dev)
-        logits = self.r.forward(prompt, self._slots[:s], pos_bound=s, last=True)  # [1, V]: the last token's
-        self.last_row = 0
-        pending = self._first(logits)
+        # only the last row's logits, unless the prompt's log-probabilities are asked for
+        last = self.p.prompt_logprobs is None
+        every = self.r.forward(prompt, self._slots[:s], pos_bound=s, last=last)  # [S or 1, V]
+        self.last_row = 0 if last else s - 1
+        pending = self._first(every[-1:])
         self.emitted.append(pending)
+        self.rows = every[-1:]
         t1 = time.perf_counter()
         try:
             out, finish = self._take([pending])
-            yield Chunk(out, finish, self.stop_token)
+            yield self._chunk(out, finish, [pending], prompt_rows=every)
             while finish is None:
                 new = self._step(pending)
                 pending = new[-1]
                 self.emitted += new
                 self._learn()
                 out, finish = self._take(new)
-                yield Chunk(out, finish, self.stop_token)
+                yield self._chunk(out, finish, new)
         finally:
             t2 = time.perf_counter()
             self.stats = GenerationStats(
@@ -171,6 +187,32 @@ class Decoder:
                 medusa=self.spec is not None,
                 tree_nodes_used=dict(sorted(self.usage.items())),
             )
+
+    def _chunk(
+        self, out: list[int], finish: str | None, new: list[int], prompt_rows: torch.Tensor | None = None
+    ) -> Chunk:
+        """The chunk of ``out`` (the emitted prefix of ``new``), with log-probabilities if asked."""
+        chunk = Chunk(out, finish, self.stop_token)
+        if self.p.logprobs is not None and self.rows is not None:
+            chunk.logprobs = self._logprobs(self.sampler.logprobs(self.rows[: len(out)]), out, self.p.logprobs)
+        if prompt_rows is not None and self.p.prompt_logprobs is not None:
+            # the prompt's tokens were not sampled: the model's own distribution, as vLLM's prompt_logprobs
+            lp = torch.log_softmax(prompt_rows[:-1].double(), -1)  # [S-1, V]
+            chunk.prompt_logprobs = [None, *self._logprobs(lp, self.prompt[1:], self.p.prompt_logprobs)]
+        return chunk
+
+    @staticmethod
+    def _logprobs(lp: torch.Tensor, tokens: list[int], n: int) -> list[TokenLogprob]:
+        """One TokenLogprob per row of ``lp`` [k, V] and token, with the row's ``n`` most likely tokens."""
+        if not tokens:
+            return []
+        ids = torch.tensor(tokens, dtype=torch.long, device=lp.device)
+        chosen = lp.gather(-1, ids[:, None])[:, 0].tolist()  # [k]
+        top_v, top_i = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())  # [k, n]
+        return [
+            TokenLogprob(t, c, tuple(zip(i, v, strict=True)))
+            for t, c, i, v in zip(tokens, chosen, top_i.tolist(), top_v.tolist(), strict=True)
+        ]
 
     def _first(self, logits: torch.Tensor) -> int:
         """The token after a one-row forward (logits [1, V]). Greedy keeps it on the device too (``_pending``):
@@ -192,12 +234,11 @@ class Decoder:
         spec = self.spec
         if spec is None:
             return [self._plain(pending)]
-        t = time.perf_counter()
         buf = spec.buffers()
+        t = time.perf_counter()  # after building a new subtree's buffers: that is not the step's cost
         if buf is None:
-            if spec.wants_heads(self.usage.get(0, 0)):
-                top = self._top(1)  # statistics only: nothing is drafted this step
-                self._record(top.tolist())
+            if heads := spec.probe_heads(self.usage.get(0, 0)):
+                self._record(self._drafts(heads).tolist())  # statistics only: nothing is drafted this step
             new, tokens = [self._plain(pending)], 1
         else:
             new, tokens = self._tree(pending, buf), buf.size
@@ -210,10 +251,11 @@ class Decoder:
         logits = self.r.forward(self._root(pending), self._slots[n : n + 1], pos_bound=n + 1)  # [1, V]
         self.steps += 1
         self.last_row = 0
+        self.rows = logits
         return self._first(logits)
 
-    def _top(self, heads: int) -> torch.Tensor:
-        """Top-k draft tokens [heads, TOPK] of the first ``heads`` heads, for a step rooted at the pending token."""
+    def _drafts(self, heads: int) -> torch.Tensor:
+        """Top-k draft tokens of the first ``heads`` heads [heads, TOPK], for a step rooted at the pending token."""
         return torch.topk(self.r.heads(self.last_row, heads), TOPK, dim=-1).indices
 
     def _record(self, top: list[list[int]]) -> None:
@@ -232,7 +274,7 @@ class Decoder:
     def _tree(self, root: int, buf: TreeBuffers) -> list[int]:
         """One verification forward over the tree; returns the accepted drafts + the next token."""
         n = self.r.length
-        top = self._top(buf.depth)  # [D', TOPK]: only the heads this (sub)tree drafts from
+        top = self._drafts(buf.depth)  # [D', TOPK]: only the heads this (sub)tree drafts from
         flat = torch.cat([self._root(root), top.view(-1)])  # [1 + TOPK*D']
         tree_tokens = flat[buf.tree_indices]  # [T]
         pos = buf.position_ids + n  # [T]
@@ -242,6 +284,8 @@ class Decoder:
         for d in range(len(path) - 1):
             self.accepted[d] += 1
         last = path[-1]
+        if self.p.logprobs is not None:  # each accepted draft and the bonus, from its parent's logits
+            self.rows = logits.index_select(0, buf.node_paths[last])  # [L+1, V]
         # node ids grow along a path, so it is the tree's first len(path) slots exactly when it ends there
         self.r.commit(n, len(path), None if last == len(path) - 1 else buf.node_paths[last])
         self.last_row = last

@@ -2,7 +2,7 @@
 
 The authors' code for it is ``medusa/train/train_legacy.py``.
 
-Three stages, each in a directory keyed by a hash of its inputs (``stages.py``), each resumable:
+Three stages, each in a directory keyed by a hash of its inputs (``steps.Stage``), each resumable:
 
 1. distil: the base model greedily continues every prompt (reference runtime at the checkpoint's
    tp, or an OpenAI-compatible teacher); prompt + continuation is a training sequence, so the heads
@@ -21,23 +21,22 @@ expected tokens per step.
 from __future__ import annotations
 
 import math
-import shutil
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import fsio, outputs
+from medusa_trt import fsio, outputs, records
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.medusa.heads import HEADS_FILE
+from medusa_trt.steps import Stage, digest
 from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
-from medusa_trt.train.stages import Stage, digest
 
 WORK = ".train"
-HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in MANIFEST
-MANIFEST = "medusa-trt-heads.json"  # `medusa-trt verify` reads it
-OUTPUT_FILES = (WORK, *HEADS_FILES, MANIFEST)  # what `heads train` writes
+HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in its manifest
+OUTPUT_FILES = (WORK, *HEADS_FILES, records.HEADS.filename)  # what `heads train` writes
 
 
 @dataclass
@@ -96,8 +95,12 @@ class TrainResult:
 
 
 def _check(cfg: TrainConfig) -> None:
+    from medusa_trt.medusa.trees import load_tree, validate_tree
+
     if cfg.num_heads < 1 or cfg.num_layers < 1 or cfg.steps < 0 or cfg.batch_size < 1:
         raise InvalidInputError("--num-heads, --num-layers and --batch-size must be >= 1, --steps >= 0")
+    if cfg.tree is not None:  # before hours of training: the tree must not need a head that is not trained
+        validate_tree(load_tree(cfg.tree), num_heads=cfg.num_heads, name=cfg.tree)
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise InvalidInputError(f"--lr {cfg.lr}: must be a finite number > 0", hint="e.g. --lr 1e-3")
     if cfg.train_devices < 1 or cfg.batch_size < cfg.train_devices:
@@ -109,10 +112,30 @@ def _check(cfg: TrainConfig) -> None:
         raise InvalidInputError("--teacher-concurrency must be >= 1 and --shard-mib > 0")
 
 
+# every name a training stage writes: its key and stamp, the distil journal, hidden-state shards, the
+# training state, and those names' atomic-write temporaries
+_STAGE_FILES = re.compile(
+    r"^\.?(key\.json|done\.json|sequences\.jsonl|state\.pt|shard-\d{5}\.safetensors)(\.tmp-\d+-\d+-[0-9a-f]{8})?$"
+)
+
+
+def _clear(st: Stage) -> None:
+    """Remove a stage's files one by one, by the names stages write; anything else stays and stops it
+    (a user's file is never deleted, and no directory is removed with what is in it)."""
+    if not st.dir.is_dir() or st.dir.is_symlink() or not st.is_ours():
+        return
+    if left := fsio.remove_listed(st.dir, [p.name for p in st.dir.iterdir() if _STAGE_FILES.match(p.name)]):
+        raise InvalidInputError(
+            f"{st.dir / left[0]}: not written by medusa-trt; refusing to delete it",
+            hint="Move it out of the stage directory and rerun.",
+        )
+    st.dir.rmdir()
+
+
 def _stage(root: Path, name: str, key: dict[str, Any], resume: bool) -> Stage:
     st = Stage.at(root, name, key)
-    if not resume and st.dir.is_dir() and (st.dir / "key.json").is_file():
-        shutil.rmtree(st.dir)  # ours (key.json): --no-resume starts this stage over
+    if not resume:
+        _clear(st)  # --no-resume starts this stage over
     return st.open()
 
 
@@ -157,17 +180,15 @@ def _write_manifest(out: Path) -> None:
     """Size and xxh3-128 hash of every result file (not the stage cache), for `medusa-trt verify`."""
     from medusa_trt.integrity import HASH_ALGORITHM, record
 
-    fsio.write_json(
-        out / MANIFEST, {"tool": "medusa-trt", "hash_algorithm": HASH_ALGORITHM, "files": record(out, HEADS_FILES)}
-    )
+    records.write(records.HEADS, out, {"hash_algorithm": HASH_ALGORITHM, "files": record(out, HEADS_FILES)})
 
 
 def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
     """``medusa_lm_head.safetensors``, then ``config.json`` (its presence marks complete heads), each atomic."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with fsio.atomic_path(out / HEADS_FILE) as tmp:
-        save_file(heads.fasterdecoding_state_dict(), str(tmp), metadata={"format": "pt"})
+    # bytes through fsio, not save_file: that writes 0600 whatever the umask, beside its own temporary
+    fsio.write_bytes(out / HEADS_FILE, save(heads.fasterdecoding_state_dict(), metadata={"format": "pt"}))
     fsio.write_json(out / "config.json", heads.config_dict(base_model))
     return out
 
