@@ -225,8 +225,8 @@ def print_adaptive(doc: dict[str, Any]) -> None:
         print()
 
 
-def step_curve(engine: Any, context: int, reps: int) -> dict[int, float]:
-    """Median seconds of one forward over T tree tokens, for T in CURVE."""
+def step_curve(engine: Any, context: int, reps: int, sizes: Any = CURVE) -> dict[int, float]:
+    """Median seconds of one forward over T tree tokens, for T in ``sizes``."""
     import torch
 
     from medusa_trt.medusa.buffers import build_buffers
@@ -236,7 +236,7 @@ def step_curve(engine: Any, context: int, reps: int) -> dict[int, float]:
     nodes = sort_tree(load_tree("mc_sim_7b_63"))  # any prefix of the sorted order is prefix-closed
     prompt = torch.randint(3, 300, (context,))
     out: dict[int, float] = {}
-    for t in CURVE:
+    for t in sizes:
         buf = build_buffers(nodes[: t - 1]) if t > 1 else None
         runner.alloc(context + 64)
         runner.forward(prompt, torch.arange(context))
@@ -426,6 +426,99 @@ def print_vs_vllm(doc: dict[str, Any]) -> None:
     print(f"{doc['load_before']} before, {doc['load_after']} after")
 
 
+LLAMA_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8}
+LLAMA_8B_VOCAB = 128256
+NODE_CURVE = (0, 1, 2, 4, 8, 16, 32, 48, 63)  # draft nodes (T = nodes + 1 tree tokens); 63: mc_sim_7b_63, whole
+
+
+def build_8b_shaped(work: Path, a: argparse.Namespace) -> Path:
+    """A random Llama 3.1 8B-shaped model with ``--layers`` layers and one Medusa head, written straight
+    to safetensors in bfloat16 (no transformers model in memory: 8B's vocabulary makes even two layers
+    ~3 GB), converted to a checkpoint."""
+    import torch
+    from safetensors.torch import save_file
+
+    from medusa_trt.checkpoint.convert import convert_checkpoint
+    from medusa_trt.demo.synthetic import make_tokenizer
+    from medusa_trt.demo.tiny import llama_config_dict
+
+    cfg = llama_config_dict(
+        vocab_size=LLAMA_8B_VOCAB, num_hidden_layers=a.layers, max_position_embeddings=8192, **LLAMA_8B
+    )
+    cfg["torch_dtype"] = "bfloat16"
+    d, i, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    kv = cfg["num_key_value_heads"] * hd
+    g = torch.Generator().manual_seed(a.seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+
+    state = {"model.embed_tokens.weight": rand(LLAMA_8B_VOCAB, d), "lm_head.weight": rand(LLAMA_8B_VOCAB, d)}
+    state["model.norm.weight"] = torch.ones(d, dtype=torch.bfloat16)
+    for layer in range(a.layers):
+        p = f"model.layers.{layer}."
+        state |= {p + "input_layernorm.weight": torch.ones(d, dtype=torch.bfloat16)}
+        state |= {p + "post_attention_layernorm.weight": torch.ones(d, dtype=torch.bfloat16)}
+        state |= {p + "self_attn.q_proj.weight": rand(d, d), p + "self_attn.o_proj.weight": rand(d, d)}
+        state |= {p + "self_attn.k_proj.weight": rand(kv, d), p + "self_attn.v_proj.weight": rand(kv, d)}
+        state |= {p + "mlp.gate_proj.weight": rand(i, d), p + "mlp.up_proj.weight": rand(i, d)}
+        state |= {p + "mlp.down_proj.weight": rand(d, i)}
+    model = work / "model"
+    model.mkdir()
+    make_tokenizer(model)
+    save_file(state, str(model / "model.safetensors"), metadata={"format": "pt"})
+    (model / "config.json").write_text(json.dumps(cfg))
+    heads = work / "heads"
+    heads.mkdir()
+    head = {"0.0.linear.weight": rand(d, d), "0.0.linear.bias": rand(d), "0.1.weight": state["lm_head.weight"]}
+    save_file(head, str(heads / "medusa_lm_head.safetensors"))
+    heads_cfg = {"medusa_num_heads": 1, "medusa_num_layers": 1, "hidden_size": d, "vocab_size": LLAMA_8B_VOCAB}
+    (heads / "config.json").write_text(json.dumps(heads_cfg))
+    del state, head
+    ckpt = work / "ckpt"
+    convert_checkpoint(model, ckpt, medusa=heads, tp=1, dtype="bfloat16", progress=False)
+    return ckpt
+
+
+def node_curve(a: argparse.Namespace) -> dict[str, Any]:
+    """The 8B-shaped model's verification step time by draft nodes (forward over nodes + 1 tokens after a
+    ``--context``-token prompt) and one head's cost, against a plain step."""
+    import torch
+
+    from medusa_trt.runtime import load_engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = load_engine(build_8b_shaped(Path(tmp), a), tree=[[0]], adapt=False)
+        try:
+            curve = step_curve(engine, a.context, reps=a.repeats, sizes=[n + 1 for n in NODE_CURVE])
+            runner = engine._runner
+            times = []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                runner.heads(0, 1)
+                times.append(time.perf_counter() - t0)
+        finally:
+            engine.close()
+    base = curve[1]
+    return {
+        "model": f"Llama 3.1 8B-shaped, {a.layers} layers, bfloat16, random weights",
+        "threads": torch.get_num_threads(),
+        "context": a.context,
+        "step_ms_by_draft_nodes": {str(t - 1): 1e3 * s for t, s in curve.items()},
+        "vs_plain_step": {str(t - 1): s / base for t, s in curve.items()},
+        "one_head_ms": 1e3 * statistics.median(times),
+        "load": load_average(),
+    }
+
+
+def print_node_curve(doc: dict[str, Any]) -> None:
+    print(f"{doc['model']}, {doc['threads']} threads, context {doc['context']}, median of N; {doc['load']}")
+    print(f"{'draft nodes':>12}{'step ms':>10}{'x plain':>9}")
+    for n, ms in doc["step_ms_by_draft_nodes"].items():
+        print(f"{n:>12}{ms:>10.1f}{doc['vs_plain_step'][n]:>8.2f}x")
+    print(f"one Medusa head (ResBlock + lm_head) on one row: {doc['one_head_ms']:.1f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=512)
@@ -447,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-sizes", default="1,2,4,8,16", help="fixed tree sizes (draft nodes) to compare")
     p.add_argument("--sampling", default="", help="temperatures for exact vs typical acceptance, e.g. 0.7,1.0")
     p.add_argument("--prompts", type=int, default=6)
+    p.add_argument("--curve-8b", action="store_true", help="step time by draft nodes, 8B-shaped, --layers 2")
     p.add_argument("--vs-vllm", action="store_true", help="the demo's model side by side with vLLM's CPU build")
     p.add_argument("--demo-cache", default=None, help="with --vs-vllm: the demo's cache dir (default: the user's)")
     p.add_argument(
@@ -462,6 +556,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.curve_8b:
+        if a.layers == 4:  # the default of the small model: 2 layers for the 8B shape
+            a.layers = 2
+        doc_c = node_curve(a)
+        if a.json:
+            print(json.dumps(doc_c, indent=2))
+        else:
+            print_node_curve(doc_c)
+        return 0
     if a.vs_vllm:
         import os
 
