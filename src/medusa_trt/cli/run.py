@@ -142,6 +142,8 @@ def run_cmd(
             step_timeout_s=step_timeout,
             first_step_timeout_s=first_step_timeout,
             template_timeout_s=template_timeout,
+            show=typer.echo,
+            announce=_announce,
         )
     from medusa_trt.runtime import load_engine
     from medusa_trt.runtime.once import generate_text
@@ -185,14 +187,15 @@ def run_cmd(
     return _report(doc, json_out)
 
 
-def _is_vllm(path: str) -> bool:
-    import json
-    from pathlib import Path
+def _announce(line: str) -> None:
+    """A server's status line (serving at URL, stopped), whole on one line so that it can be grepped."""
+    err_console.print(f"medusa-trt: {line}", markup=False, highlight=False, soft_wrap=True)
 
-    try:
-        return bool(json.loads((Path(path) / "medusa-trt.json").read_text()).get("engine") == "vllm")
-    except (OSError, ValueError, AttributeError):
-        return False
+
+def _is_vllm(path: str) -> bool:
+    from medusa_trt import records
+
+    return bool((records.peek(records.ENGINE, path) or {}).get("engine") == "vllm")
 
 
 def _report(doc: dict, json_out: bool) -> int:

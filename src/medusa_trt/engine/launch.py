@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shlex
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from medusa_trt.serve.guard import api_key_setting as api_key_setting  # for the
 if TYPE_CHECKING:
     from medusa_trt.config.profile import Serve
 
+logger = logging.getLogger(__name__)
+Say = Callable[[str], None]  # a line for the user; the CLI prints it
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
 SERVED = ("tree", "num_medusa_heads", "max_draft_len", "profile")  # what serving reads from a manifest
 
@@ -140,12 +143,17 @@ def serve(
     template_timeout_s: float = TEMPLATE_TIMEOUT_S,
     tree: str | None = None,
     adapt: bool | None = None,
+    show: Say | None = None,
+    announce: Say | None = None,
 ) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code.
 
     The reference server takes the API key, body limit and step timeouts (``serve.ServeGuard``);
     trtllm-serve has no API-key option, so a key is refused for a TensorRT-LLM engine.
+    ``show`` gets the command lines (``print_cmd``, and the launch lines for more than one node),
+    ``announce`` the status lines (serving at URL, stopped); without them they are logged (info).
     """
+    show, announce = show or logger.info, announce or logger.info
     if max_request_mb <= 0:
         raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
     if not template_timeout_s > 0:
@@ -160,7 +168,7 @@ def serve(
     engine_dir = Path(engine_dir).resolve()
     cmd = serve_command(engine_dir, host, port)
     if cmd["engine"] == "vllm":
-        return _serve_vllm(engine_dir, cmd, host, port, print_cmd, guard.api_key)
+        return _serve_vllm(engine_dir, cmd, host, port, print_cmd, guard.api_key, show, announce)
     if guard.api_key and cmd["engine"] != "reference":
         # trtllm-serve (TensorRT-LLM 1.0-1.2) has no API-key option: never serve unprotected by surprise
         raise InvalidInputError(
@@ -169,37 +177,56 @@ def serve(
             "--api-key/MEDUSA_TRT_API_KEY.",
         )
     if print_cmd or cmd["nodes"] > 1:  # several nodes: the launch lines, to run from the login node
-        print("\n".join(cmd["lines"]))
+        show("\n".join(cmd["lines"]))
         return 0
     if cmd["engine"] == "reference":
         # the profile's runtime environment, as trtllm-serve gets it (set before torch loads: OMP_NUM_THREADS)
         os.environ.update(cmd["env"])
         from medusa_trt.serve.server import run_server
 
-        return int(run_server(engine_dir, host, port, device, cmd["model_name"], tree=tree, adapt=adapt, guard=guard))
+        return int(
+            run_server(
+                engine_dir,
+                host,
+                port,
+                device,
+                cmd["model_name"],
+                tree=tree,
+                adapt=adapt,
+                guard=guard,
+                announce=announce,
+            )
+        )
     trtllm.check_trtllm(("trtllm-serve",), require_package=False)
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
 
     def ready(url: str) -> None:
-        print(
-            f"medusa-trt: serving {cmd['model_name']} (TensorRT-LLM, Medusa) at {url}/v1", file=sys.stderr, flush=True
-        )
+        announce(f"serving {cmd['model_name']} (TensorRT-LLM, Medusa) at {url}/v1")
 
     return Supervisor(
         cmd["argv"], env=cmd["env"], host=host, port=port, startup_timeout_s=timeout, on_ready=ready
     ).run()
 
 
-def _serve_vllm(engine_dir: Path, cmd: dict[str, Any], host: str, port: int, print_cmd: bool, key: str | None) -> int:
+def _serve_vllm(
+    engine_dir: Path,
+    cmd: dict[str, Any],
+    host: str,
+    port: int,
+    print_cmd: bool,
+    key: str | None,
+    show: Say,
+    announce: Say,
+) -> int:
     """Supervise vLLM's OpenAI server; its own --api-key check gets the key (through VLLM_API_KEY)."""
     from medusa_trt.engine import vllm
 
     if print_cmd:
-        print("\n".join(cmd["lines"]))
+        show("\n".join(cmd["lines"]))
         return 0
     argv, env = vllm.serve_command(engine_dir, _load(engine_dir), host, port, vllm.require_python())
 
     def ready(url: str) -> None:
-        print(f"medusa-trt: serving {cmd['model_name']} (vLLM, Medusa) at {url}/v1", file=sys.stderr, flush=True)
+        announce(f"serving {cmd['model_name']} (vLLM, Medusa) at {url}/v1")
 
     return int(vllm.supervise(argv, env, host, port, api_key=key, on_ready=ready).run())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from medusa_trt.runtime.api import ReferenceEngine
 
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
+logger = logging.getLogger(__name__)
 TOKENIZE_BUDGET_S = 60.0  # tokenizing the largest admitted prompt takes seconds; a minute means stuck
 
 
@@ -335,7 +336,7 @@ class Generator:
             steps=usage["decoding_steps"],
             accepted_per_depth=list(stats.accepted_per_depth) if stats is not None else [],
             tree_nodes_used=dict(stats.tree_nodes_used) if stats is not None else {},
-            tree_nodes=self.engine.tree_nodes,
+            tree_nodes=self.engine.tree_choices(),
         )
 
     # --- response bodies -------------------------------------------------------------------------
@@ -539,7 +540,7 @@ def _error_of(end: Finished) -> APIError | None:
     if isinstance(e, MedusaTrtError):
         return APIError(500, str(e), type="server_error")
     # an internal failure (a collective's error names files and addresses): the log gets it, not the client
-    print(f"medusa-trt: generation failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    logger.error("generation failed: %s: %s", type(e).__name__, e)
     return APIError(500, "generation failed (internal error; see the server log)", type="server_error")
 
 
