@@ -147,6 +147,12 @@ class ReferenceEngine:
         spec = self.speculation()
         return spec.nodes if spec is not None else 0
 
+    def tree_choices(self) -> dict[str, int]:
+        """Draft nodes adaptive speculation uses now, per decoding regime met so far (``greedy``,
+        ``exact T<=1``, ...); empty without heads."""
+        spec = self.speculation()
+        return spec.choices() if spec is not None else {}
+
     def _release(self) -> None:
         self._busy = False
 

@@ -336,7 +336,7 @@ class Generator:
             steps=usage["decoding_steps"],
             accepted_per_depth=list(stats.accepted_per_depth) if stats is not None else [],
             tree_nodes_used=dict(stats.tree_nodes_used) if stats is not None else {},
-            tree_nodes=self.engine.tree_nodes,
+            tree_nodes=self.engine.tree_choices(),
         )
 
     # --- response bodies -------------------------------------------------------------------------
