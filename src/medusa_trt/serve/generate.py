@@ -203,8 +203,10 @@ class Generator:
             self._check_chars(len(text), "messages")
             return self.chat_prompt.encode(text)  # the template writes the BOS itself
         except PromptTooLong as e:
-            self._check_chars(e.characters, "messages")
-            raise  # unreachable: the renderer's limit is the bound _check_chars applies
+            self._check_chars(e.characters, "messages")  # the usual context_length_exceeded, if it applies
+            raise APIError(
+                400, f"the rendered chat has {e.characters} characters, more than this server renders", param="messages"
+            ) from e
         except TemplateError as e:  # a template that rejects the roles or their order
             raise APIError(400, str(e), param="messages") from e
         except TemplateBroken as e:  # the model's template, not the request, is at fault
