@@ -119,7 +119,7 @@ class Stages:
         reused = self._step("pretrain", "model", inputs, run)
         if reused:
             self.log(f"model: reusing {out}")
-        self.info["pretrain"] = json.loads((out / INFO).read_text())
+        self.info["pretrain"] = fsio.read_json(out / INFO, "demo record")
         self.timed("pretrain", reused, t0)
         return out
 
@@ -160,7 +160,7 @@ class Stages:
         reused = self._step("heads", "heads", {"model_dir": "model", **c.key(*keys)}, run)
         if reused:
             self.log(f"heads: reusing {out}")
-        self.info["heads"] = json.loads((out / INFO).read_text())
+        self.info["heads"] = fsio.read_json(out / INFO, "demo record")
         self.timed("heads", reused, t0)
         return out
 
