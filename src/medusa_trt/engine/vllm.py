@@ -426,9 +426,9 @@ def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
         ),
         Step(
             "manifest",
-            "write medusa-trt.json (inputs, versions, the vLLM command)",
-            ["(in-process)", "write", "medusa-trt.json"],
-            outputs=["medusa-trt.json"],
+            f"write {records.ENGINE.filename} (inputs, versions, the vLLM command)",
+            ["(in-process)", "write", records.ENGINE.filename],
+            outputs=[records.ENGINE.filename],
             kind=StepKind.PYTHON,
         ),
         Step(
