@@ -1,4 +1,4 @@
-"""`medusa-trt run DIR`: one generation with --prompt, else serve DIR (engine.launch.serve)."""
+"""`medusa-trt run DIR`: one generation with --prompt, else serve DIR; both through DIR's engine (engines.launch)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
-from medusa_trt.engine.launch import DEFAULT_MAX_REQUEST_MB
+from medusa_trt.engines.launch import DEFAULT_MAX_REQUEST_MB
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 
@@ -101,12 +101,12 @@ def run_cmd(
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
     _check_sampling(prompt, temperature, top_p, top_k)
     if prompt is None:
-        from medusa_trt.engine.launch import serve, serve_command
+        from medusa_trt.engines.launch import serve, serve_command
 
         if json_out:  # serving has no document to print; the command it would run does
             if not print_cmd:
                 raise InvalidInputError("--json needs --prompt (one generation) or --print-cmd (the serve command)")
-            emit_json(serve_command(path, host, port))
+            emit_json(serve_command(path, host, port).to_json())
             return 0
         return serve(
             engine_dir=path,
@@ -127,31 +127,27 @@ def run_cmd(
         raise InvalidInputError(f"--acceptance must be exact or typical, not '{acceptance}'")
     if step_timeout < 0 or first_step_timeout < 0:
         raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
-    from medusa_trt.runtime import SamplingParams, load_engine
-    from medusa_trt.runtime.once import generate_text
-    from medusa_trt.runtime.watchdog import run_guarded
+    from medusa_trt.engines.base import GenerateRequest
+    from medusa_trt.engines.launch import generate
+    from medusa_trt.runtime import SamplingParams
 
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, acceptance=acceptance
     )
-    with err_console.status("loading the reference engine", spinner="dots"):
-        engine = load_engine(path, device=device, tree=tree, adapt=False if no_adapt else None)
-    with engine:
-        # on a thread under the watchdog: a dead or hung tp rank, or a signal, ends the run in seconds
-        doc = run_guarded(
-            engine,
-            lambda clock: generate_text(
-                engine,
-                prompt,
-                params,
-                medusa=not no_medusa,
-                chat=chat,
-                on_text=None if json_out else _echo,
-                clock=clock,
-            ),
-            first_timeout_s=first_step_timeout,
-            step_timeout_s=step_timeout,
-        )
+    request = GenerateRequest(
+        prompt=prompt,
+        params=params,
+        medusa=not no_medusa,
+        chat=chat,
+        device=device,
+        tree=tree,
+        adapt=False if no_adapt else None,
+        first_step_timeout_s=first_step_timeout,
+        step_timeout_s=step_timeout,
+        on_text=None if json_out else _echo,
+        status=lambda label: err_console.status(label, spinner="dots"),
+    )
+    doc = generate(path, request)
     if json_out:
         emit_json(doc)
         return 0

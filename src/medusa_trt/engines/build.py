@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import fsio, integrity, outputs
-from medusa_trt.engine import recipe, trtllm
+from medusa_trt import engines, fsio, integrity, outputs
 from medusa_trt.engine.manifest import MANIFEST, tool_versions, write_manifest
-from medusa_trt.engine.recipe import CHECKPOINT, CONFIG_YAML, ENGINE, TREE_FILE, BuildPlan
-from medusa_trt.engine.spec import BuildSpec, resolve
 from medusa_trt.engine.steps import Step, StepRunner, fingerprint
-from medusa_trt.errors import CheckpointError, MedusaTrtError, MissingDependencyError
+from medusa_trt.engines import recipe
+from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, TREE_FILE
+from medusa_trt.engines.recipe import BuildPlan
+from medusa_trt.engines.spec import BuildSpec, resolve
+from medusa_trt.errors import CheckpointError
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -84,29 +85,14 @@ def preflight(spec: BuildSpec) -> dict[str, Any] | None:
     return doc
 
 
-def check_tools(plan: BuildPlan) -> str | None:
-    """Exit 3 before any work when TensorRT-LLM (or quantize.py) is missing; returns its version."""
-    if plan.spec.engine != "trtllm":
-        return None
-    version = trtllm.check_trtllm(("trtllm-build",))
-    if plan.spec.quantize_needed:
-        script = Path(plan.step("quantize").argv[1])
-        if not script.is_file():
-            raise MissingDependencyError(
-                f"{script} not found (TensorRT-LLM's examples, needed for FP8 quantization)",
-                hint=f"Set {trtllm.EXAMPLES_ENV} to the examples directory of your TensorRT-LLM checkout "
-                "(the NVIDIA container has /app/tensorrt_llm/examples).",
-            )
-    return version
-
-
 KIND = "engine"  # the ownership kind of a build output (outputs.py)
 
 
 def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Run every step (skipping finished ones), write the manifest, return it."""
     spec = plan.spec
-    version = check_tools(plan)
+    engine = engines.get(spec.engine)
+    tools = engine.check_tools(spec)
     with outputs.writing(spec.output, kind=KIND, inputs=_inputs(spec)) as owned:
         out = owned.root
         known = {**_previous_hashes(out), **_known_hashes(out)}
@@ -116,7 +102,6 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         funcs: dict[str, Callable[[], None]] = {
             "convert": lambda: _convert(spec, out),
             "runtime-files": lambda: _runtime_files(spec, owned),
-            "validate": lambda: _validate(spec, out),
             "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
             "fetch-medusa": lambda: _fetch(
                 spec.medusa.spec if spec.medusa else "",
@@ -124,6 +109,7 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
                 out / "sources" / "medusa",
                 "heads",
             ),
+            **engine.step_funcs(spec, out),
         }
         t0 = time.perf_counter()
         for step in plan.steps:
@@ -132,7 +118,7 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
             if step.kind == "python":
                 step.func = funcs[step.name]
             runner.run(step)
-        doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
+        doc = manifest_doc(plan, runner, tools, time.perf_counter() - t0)
         doc["hash_algorithm"] = integrity.HASH_ALGORITHM
         doc["files"] = integrity.record(out, _served_files(owned), {**known, **_known_hashes(out)})
         write_manifest(out, doc)
@@ -176,7 +162,7 @@ def _known_hashes(out: Path) -> dict[str, dict[str, Any]]:
     return {f"{CHECKPOINT}/{k}": v for k, v in files.items() if isinstance(v, dict)}
 
 
-def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None, seconds: float) -> dict[str, Any]:
+def manifest_doc(plan: BuildPlan, runner: StepRunner, tools: dict[str, str | None], seconds: float) -> dict[str, Any]:
     spec, out = plan.spec, plan.spec.output.resolve()
     serve = plan.step("serve")
     inputs: dict[str, Any] = {}
@@ -198,28 +184,9 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
         with contextlib.suppress(OSError, json.JSONDecodeError):
             inputs["checkpoint"] = json.loads(convert_manifest.read_text())
     versions = tool_versions()
-    versions["tensorrt_llm"] = trtllm_version or versions.get("tensorrt_llm")
+    versions.update({k: v for k, v in tools.items() if v})  # what the engine's check found, over the metadata
     return {
-        "engine": spec.engine,
-        "checkpoint_dir": CHECKPOINT,
-        "engine_dir": ENGINE if spec.engine == "trtllm" else None,
-        "tokenizer_dir": ".",
-        "tree_file": TREE_FILE,
-        "config": CONFIG_YAML,
-        "model_name": spec.model_name,
-        "tree": spec.tree,
-        "num_medusa_heads": spec.num_medusa_heads,
-        "num_medusa_layers": spec.num_medusa_layers,
-        "max_draft_len": spec.max_draft_len,
-        "tp": spec.tp,
-        "pp": spec.pp,
-        "dtype": spec.dtype,
-        "quantization": spec.quantization,
-        "kv_cache_dtype": spec.kv_cache_dtype,
-        "limits": spec.limits,
-        "profile": {"name": spec.profile.name, "id": spec.profile.id, "profile": spec.profile.model_dump(mode="json")},
-        "runtime_env": spec.runtime_env,
-        "sources": spec.sources,
+        **recipe.spec_record(spec),
         "inputs": inputs,
         "tools": versions,
         "notes": plan.notes,
@@ -292,32 +259,7 @@ def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
             hint="The model source must include tokenizer.json (or tokenizer.model).",
         )
     fsio.write_text(out / TREE_FILE, dump_tree(spec.tree))
-    fsio.write_text(out / CONFIG_YAML, trtllm.dump_medusa_yaml(recipe.medusa_yaml(spec)))
-
-
-def _validate(spec: BuildSpec, out: Path) -> None:
-    """Load the checkpoint on the profile's tp and run one forward (prefill + one step)."""
-    from medusa_trt.runtime import SamplingParams, load_engine
-
-    try:
-        engine = load_engine(out / CHECKPOINT, device="cpu", tree=spec.tree)
-    except MedusaTrtError:
-        raise
-    except Exception as e:  # a broken checkpoint surfaces here, before anyone serves it
-        raise CheckpointError(
-            f"the converted checkpoint does not load: {e.__class__.__name__}: {e}",
-            hint="Rebuild with --force; report a bug if it persists.",
-        ) from e
-    try:
-        if engine.tp != spec.tp:
-            raise CheckpointError(f"validation ran at tp {engine.tp}, the profile needs tp {spec.tp}")
-        ids = engine.tokenizer.encode("Hello")
-        gen = engine.generate(ids, SamplingParams(max_tokens=1), medusa=engine.has_medusa)
-        tokens = [t for chunk in gen for t in chunk.token_ids]
-        if not tokens:
-            raise CheckpointError("validation forward produced no token", hint="Rebuild with --force.")
-    finally:
-        engine.close()
+    fsio.write_text(out / CONFIG_YAML, recipe.medusa_yaml_text(spec))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,98 @@
+"""`medusa-trt run DIR`: serve a built directory, or generate once, through its engine.
+
+The directory's manifest names the engine (``engines.get``); a converted checkpoint (from
+`convert`, no manifest) is the reference engine's. The engine says how it serves (a supervised
+child such as trtllm-serve, or the in-process reference server) and how it generates once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from medusa_trt import engines
+from medusa_trt.engine.manifest import MANIFEST, read_manifest
+from medusa_trt.engines.base import Engine, GenerateRequest, ServeCommand, ServeOptions
+from medusa_trt.errors import InvalidInputError
+from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
+
+
+def load(engine_dir: Path) -> tuple[Engine, dict[str, Any]]:
+    """The engine of a built directory (or a converted checkpoint) and its manifest."""
+    if (
+        not (engine_dir / MANIFEST).is_file()
+        and (engine_dir / "config.json").is_file()
+        and any(engine_dir.glob("rank*.safetensors"))
+    ):
+        # a converted checkpoint (from `convert`) is served by the reference runtime as is
+        manifest: dict[str, Any] = {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
+    else:
+        manifest = read_manifest(engine_dir)
+    return engines.get(str(manifest["engine"])), manifest
+
+
+def serve_command(engine_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> ServeCommand:
+    """What `run DIR` executes: engine, argv, environment, and the shell lines `--print-cmd` shows
+    (for more than one node, the mpirun/srun launch lines instead)."""
+    engine_dir = Path(engine_dir).resolve()
+    engine, manifest = load(engine_dir)
+    return engine.serve_command(engine_dir, manifest, host, port)
+
+
+def serve(
+    engine_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    print_cmd: bool = False,
+    device: str = "cpu",
+    api_key: str | None = None,
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+    step_timeout_s: float = STEP_TIMEOUT_S,
+    first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S,
+    tree: str | None = None,
+    adapt: bool | None = None,
+) -> int:
+    """Serve a built engine directory until interrupted; returns the process exit code.
+
+    The API key, body limit and step timeouts (``serve.ServeGuard``) go to an engine that checks
+    them; a key is refused for an engine whose server has no API-key option (trtllm-serve).
+    """
+    if max_request_mb <= 0:
+        raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
+    if step_timeout_s < 0 or first_step_timeout_s < 0:
+        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
+    guard = ServeGuard(
+        api_key=api_key or None,
+        max_request_bytes=int(max_request_mb * 2**20),
+        step_timeout_s=step_timeout_s,
+        first_step_timeout_s=first_step_timeout_s,
+    )
+    engine_dir = Path(engine_dir).resolve()
+    engine, manifest = load(engine_dir)
+    cmd = engine.serve_command(engine_dir, manifest, host, port)
+    if guard.api_key and not engine.capabilities.api_key:
+        # never serve unprotected by surprise
+        raise InvalidInputError(
+            f"--api-key is not supported for {engine.name} engines: {cmd.argv[0]} has no API-key option",
+            hint=f"Bind {cmd.argv[0]} to 127.0.0.1 behind a reverse proxy that checks the key, or unset "
+            "--api-key/MEDUSA_TRT_API_KEY.",
+        )
+    if print_cmd or cmd.nodes > 1:  # several nodes: the launch lines, to run from the login node
+        print("\n".join(cmd.to_json()["lines"]))
+        return 0
+
+    def ready(url: str) -> None:
+        print(f"medusa-trt: serving {cmd.model_name} ({engine.name}, Medusa) at {url}/v1", file=sys.stderr, flush=True)
+
+    options = ServeOptions(host=host, port=port, guard=guard, device=device, tree=tree, adapt=adapt, on_ready=ready)
+    return engine.serve(engine_dir, cmd, options)
+
+
+def generate(path: str | Path, request: GenerateRequest) -> dict[str, Any]:
+    """One generation for `run DIR --prompt`, by the directory's engine."""
+    path = Path(path)
+    # without a manifest, `path` is a checkpoint (or not one): the reference runtime says which
+    engine = load(path.resolve())[0] if (path / MANIFEST).is_file() else engines.get("reference")
+    return engine.generate(path, request)
