@@ -8,18 +8,21 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from medusa_trt.checkpoint import MANIFEST, convert_checkpoint, read_manifest
+from medusa_trt import records
+from medusa_trt.checkpoint import convert_checkpoint
 from medusa_trt.cli import run
-from medusa_trt.outputs import OWNER
 from tests.helpers.standins import SHA, fake_hub_cache
 
 
 def test_manifest_hashes_every_file(tmp_path: Path, tiny_llama: Path, tiny_heads: Path) -> None:
     out = tmp_path / "runs" / "a" / "ckpt"  # missing parents are created once validation passes
     res = convert_checkpoint(tiny_llama, out, medusa=tiny_heads, tp=2, workers=2, progress=False)
-    man = read_manifest(out)
+    man = records.read(records.CONVERT, out)
     assert man["hash_algorithm"] == "xxh3_128" == res.hash_algorithm
-    on_disk = {p.name for p in out.iterdir()} - {MANIFEST, OWNER}  # the manifest and the ownership list
+    on_disk = {p.name for p in out.iterdir()} - {
+        records.CONVERT.filename,
+        records.OWNER.filename,
+    }  # the manifest and the ownership list
     assert set(man["files"]) == on_disk == set(res.files)
     assert {
         "config.json",
@@ -82,6 +85,6 @@ def test_hub_repo_from_offline_cache(
     model = doc["sources"]["model"]
     assert (model["repo_id"], model["revision"], model["commit"]) == ("acme/tiny-llama", "main", SHA)
     assert doc["sources"]["medusa"]["commit"] == SHA
-    assert read_manifest(out)["sources"] == doc["sources"]
+    assert records.read(records.CONVERT, out)["sources"] == doc["sources"]
     assert doc["config"]["architecture"] == "MedusaForCausalLM"
     assert doc["warnings"] == []  # tiny_heads config.json agrees with its tensors

@@ -137,13 +137,24 @@ def test_numeric_flags(tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsy
 def test_profile_with_more_heads_than_the_tensors(
     tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The heads' tensors decide: more heads in the profile is fine while its tree fits the heads (a note),
+    and refused (exit 2) once the tree needs a head the tensors lack."""
     text = (ROOT / "profiles" / "cpu.yaml").read_text()
     assert "  num_heads: 3\n" in text
     prof = tmp_path / "seven.yaml"
     prof.write_text(text.replace("  num_heads: 3\n", "  num_heads: 7\n"))
     out = tmp_path / "e"
-    rc, err = _cli(capsys, "build", "-p", str(prof), "-m", str(tiny_llama), "--medusa", str(tiny_heads), "-o", str(out))
-    assert rc == 2 and "medusa.num_heads is 7" in err and "hold 3" in err, err
+    args = ("build", "-p", str(prof), "-m", str(tiny_llama), "--medusa", str(tiny_heads), "-o", str(out))
+    rc, err = _cli(capsys, *args, "--dry-run")
+    assert rc == 0, err
+    deep = tmp_path / "deep.yaml"
+    deep.write_text(
+        prof.read_text()
+        .replace("max_draft_len: 15", "max_draft_len: 63")
+        .replace("tree: nvidia_low_latency_15", "tree: mc_sim_7b_63")
+    )
+    rc, err = _cli(capsys, "build", "-p", str(deep), *args[3:])
+    assert rc == 2 and "mc_sim_7b_63" in err and "needs 4 Medusa heads" in err and "nvidia_low_latency_15" in err, err
     assert not out.exists()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from medusa_trt import fsio, outputs
+from medusa_trt import fsio, outputs, records
 from medusa_trt.cli import run as cli
 
 
@@ -109,7 +109,7 @@ def test_force_removes_only_what_medusa_trt_wrote(
 ) -> None:
     out = tmp_path / "eng"
     assert _cli(capsys, *_build_args(tiny_llama, tiny_heads, str(out)))[0] == 0
-    owner = json.loads((out / outputs.OWNER).read_text())
+    owner = records.read(records.OWNER, out)
     assert owner["kind"] == "engine" and owner["trees"] == [] and "checkpoint/rank0.safetensors" in owner["files"]
     (out / "notes.txt").write_text("user file beside the engine")
     (out / "checkpoint" / "mine.txt").write_text("user file inside a step's output")
@@ -235,7 +235,7 @@ def test_verify_and_the_start_up_check(
     data[-3] ^= 0x01  # one bit, deep in the last tensor: the header still parses
     rank.write_bytes(bytes(data))
     rc, err = _cli(capsys, "run", str(out), "--prompt", "def f():", "--max-tokens", "2")
-    assert rc == 2 and "changed since its manifest was written" in err and "checkpoint/rank0.safetensors" in err
+    assert rc == 2 and "checkpoint/rank0.safetensors: content differs" in err, err
     assert f"medusa-trt verify {out}" in err
     server = _popen("run", str(out), "--port", "0")
     _, serr = server.communicate(timeout=120)

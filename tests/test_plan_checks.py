@@ -8,7 +8,7 @@ import pytest
 
 from medusa_trt.config.model import PRESETS
 from medusa_trt.config.profile import MedusaSection, Parallelism, load_profile
-from medusa_trt.errors import IncompatibleError, InvalidInputError
+from medusa_trt.errors import IncompatibleError, InvalidInputError, TreeError
 from medusa_trt.perf import predict
 from medusa_trt.preflight import checks as ck
 from medusa_trt.preflight import preflight_report
@@ -95,9 +95,10 @@ def test_tp_checks() -> None:
 
 
 def test_tree_check_and_heads_override() -> None:
-    r = preflight_report("hgx-h200-fp8-tp8", M70, num_medusa_heads=2)
-    tree = _check(r, "medusa_tree")
-    assert tree.verdict == "fail" and "depth 3 needs 3 Medusa heads" in tree.reason and not r.fits
+    with pytest.raises(TreeError, match="depth 3 needs 3 Medusa heads"):  # a head that does not exist: exit 2
+        preflight_report("hgx-h200-fp8-tp8", M70, num_medusa_heads=2)
+    three = preflight_report("hgx-h200-fp8-tp8", M70, num_medusa_heads=3)  # NVIDIA's 8B Medusa: the tree fits
+    assert _check(three, "medusa_tree").verdict == "pass" and three.num_medusa_heads == 3
     more = preflight_report("hgx-h200-fp8-tp8", M70, num_medusa_heads=5).memory_gib
     base = preflight_report("hgx-h200-fp8-tp8", M70).memory_gib  # the profile's 4 heads
     assert more["medusa_heads"] == pytest.approx(base["medusa_heads"] * 5 / 4)

@@ -3,7 +3,9 @@
 Scans every text file git knows of (tracked, or new and not ignored) for: names of notes that live
 outside the repository, issue numbers, repository paths and ``medusa_trt.*`` modules that do not
 exist, Markdown links to missing files or headings, and ``docs/sources.md, <section>`` citations
-naming no section of that file.
+naming no section of that file. In Markdown, every ``medusa-trt ...`` command line (code blocks and
+inline code) must name real commands and options, and a topic page's lone ``--flag`` must be an
+option of a command the page documents.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +185,145 @@ def test_the_checks_catch_each_kind(name: str, text: str, expected: str) -> None
 )
 def test_the_checks_accept_upstream_paths_urls_and_real_references(text: str) -> None:
     assert _problems(ROOT / "docs" / "probe.md", text) == []
+
+
+# --- documented commands and flags -----------------------------------------------------------------
+# Each topic page documents some commands: a `--flag` quoted alone in its prose must be an option of
+# one of them. Pages not listed here (safety, exit codes, the README) may name any command's options.
+PAGE_COMMANDS = {
+    "docs/demo.md": ("demo",),
+    "docs/convert.md": ("convert",),
+    "docs/build.md": ("build", "plan", "profiles"),
+    "docs/serve.md": ("run",),
+    "docs/bench.md": ("bench",),
+    "docs/heads-and-trees.md": ("heads", "tree"),
+}
+# Options of other tools that these pages quote alone, by page.
+FOREIGN_FLAGS = {
+    "docs/bench.md": {"--use-server-token-count", "--api-key"},  # aiperf's
+    "docs/convert.md": {"--baseline"},  # benchmarks/convert.py's
+}
+# Backticks pair from left to right; a span may wrap a line but not cross a paragraph.
+INLINE_CODE = re.compile(r"(`+)((?:(?!\n\s*\n).)+?)(?<!`)\1(?!`)", re.S)
+FENCED = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
+LONE_FLAG = re.compile(r"^(--?[a-z][a-z0-9-]*)(?:[ =][^-].*)?$")
+
+
+@cache
+def _cli() -> Any:
+    import typer
+
+    from medusa_trt.cli import app
+
+    return typer.main.get_command(app)
+
+
+def _options(command: Any) -> set[str]:
+    opts = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    return opts | {"--help", "-h"}
+
+
+def _descendants(command: Any) -> list[Any]:
+    subs = list(getattr(command, "commands", {}).values())
+    return [command] + [d for s in subs for d in _descendants(s)]
+
+
+def _inline_code(text: str) -> list[tuple[int, str]]:
+    """Inline code spans outside fenced blocks, with their offsets."""
+    for m in FENCED.finditer(text):  # blanked, keeping offsets, so that their backticks pair with nothing
+        text = text[: m.start()] + re.sub(r"[^\n]", " ", m.group(0)) + text[m.end() :]
+    return [(m.start(2), m.group(2)) for m in INLINE_CODE.finditer(text)]
+
+
+def _code_texts(text: str) -> list[tuple[int, str]]:
+    """Every piece of code in a Markdown text (inline spans, fenced and indented blocks), with its offset."""
+    found = [(m.start(1), m.group(1)) for m in FENCED.finditer(text)]
+    found += [(start, code.replace("\n", " ")) for start, code in _inline_code(text)]
+    found += [(m.start(1), m.group(1)) for m in re.finditer(r"(?:\A|\n\n)((?:    .*(?:\n|\Z))+)", text)]
+    return found
+
+
+def _invocations(code: str) -> list[tuple[int, list[str]]]:
+    """The `medusa-trt ...` command lines in a piece of code: offset and words, up to a comment."""
+    code = code.replace("\\\n", " ")
+    found = []
+    for m in re.finditer(r"(?<![\w./-])medusa-trt ([^\n#;&|`]*(?:\|[^\n#;&`]*)*)", code):
+        found.append((m.start(), m.group(1).split()))
+    return found
+
+
+def _flag(word: str) -> str | None:
+    word = word.strip("[](),;")
+    return word.split("=")[0] if re.match(r"--?[a-zA-Z]", word) else None
+
+
+def _invocation_problem(words: list[str]) -> str | None:
+    command = _cli()
+    for word in words:
+        flag = _flag(word)
+        if flag is not None:
+            if flag not in _options(command):
+                return f"{command.name} has no option {flag}"
+        elif hasattr(command, "commands") and re.fullmatch(r"[a-z][a-z-]*", word):
+            if word not in command.commands:
+                return f"{command.name} has no command {word!r}"
+            command = command.commands[word]
+        elif command is _cli():
+            return None  # `medusa-trt DEBUG <module>: ...`: a log line, not a command
+    return None
+
+
+def _command_problems(path: Path, text: str) -> list[str]:
+    found = []
+    rel = path.relative_to(ROOT).as_posix() if ROOT in path.parents else path.name
+    for offset, code in _code_texts(text):
+        for start, words in _invocations(code):
+            problem = _invocation_problem(words)
+            if problem:
+                found.append(f"{_where(path, text, offset + start)}: `medusa-trt {' '.join(words)}`: {problem}")
+    page = PAGE_COMMANDS.get(rel)
+    if page is None:
+        return found
+    root = _cli()
+    known = set().union(*(_options(c) for name in page for c in _descendants(root.commands[name])))
+    known |= _options(root) | FOREIGN_FLAGS.get(rel, set())
+    for start, code in _inline_code(text):
+        lone = LONE_FLAG.match(code)
+        if lone and lone.group(1) not in known:
+            found.append(f"{_where(path, text, start)}: {lone.group(1)} is no option of {', '.join(page)}")
+    return found
+
+
+def test_every_documented_command_and_option_exists() -> None:
+    docs = [f for f in _files() if f.suffix == ".md"]
+    problems = [p for f in docs if (t := _text(f)) is not None for p in _command_problems(f, t)]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("page", "text", "expected"),
+    [
+        ("README.md", "    medusa-trt convrt --model m\n", "no command 'convrt'"),
+        ("README.md", "```bash\nmedusa-trt build --profile cpu --no-such-flag\n```\n", "no option --no-such-flag"),
+        ("README.md", "run `medusa-trt heads train --model m\n--no-such 1`.", "no option --no-such"),
+        ("README.md", "    medusa-trt tree build --accuracy a.csv \\\n        --nodez 63\n", "no option --nodez"),
+        ("docs/convert.md", "`--port` sets it", "no option of convert"),
+    ],
+)
+def test_the_command_check_catches_each_kind(page: str, text: str, expected: str) -> None:
+    problems = _command_problems(ROOT / page, text)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    ("page", "text"),
+    [
+        ("README.md", "    medusa-trt --debug run engines/tiny --port 8000   # --not-an-option in a comment\n"),
+        ("README.md", "`medusa-trt DEBUG <module>: ...` lines on stderr"),
+        ("README.md", "    medusa-trt heads train --model m --data builtin|prompts.jsonl [--json]\n"),
+        ("docs/bench.md", "`--use-server-token-count` reads `usage`; `--tokenizer DIR`"),
+        ("docs/build.md", "`--kv_cache_type paged` (trtllm-build's) and `--tokens-per-step` (plan's)"),
+    ],
+)
+def test_the_command_check_accepts_real_commands(page: str, text: str) -> None:
+    assert _command_problems(ROOT / page, text) == []

@@ -37,12 +37,12 @@ def _swap_ids(tokenizer_json: Path, pairs: list[tuple[int, str]]) -> None:
 
 def _rerecord(ckpt: Path, name: str) -> None:
     """Record an edited file's size and hash in the convert manifest, as if it had been written so."""
-    from medusa_trt.checkpoint import MANIFEST
+    from medusa_trt import records
     from medusa_trt.integrity import digest
 
-    doc = json.loads((ckpt / MANIFEST).read_text())
+    doc = records.read(records.CONVERT, ckpt)
     doc["files"][name] = {"size": (ckpt / name).stat().st_size, "hash": digest(ckpt / name)}
-    (ckpt / MANIFEST).write_text(json.dumps(doc))
+    records.write(records.CONVERT, ckpt, doc)
 
 
 @pytest.fixture(scope="module")

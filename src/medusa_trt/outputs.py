@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import fsio
+from medusa_trt import fsio, records
 from medusa_trt.errors import InvalidInputError, MedusaTrtError
 
-OWNER = ".medusa-trt-owner.json"
+OWNER = records.OWNER.filename  # the ownership list (records.py owns its name and schema)
 _PICK = "Choose another --output (an empty or new directory)."
 
 
@@ -100,11 +99,8 @@ def is_our_png(path: Path) -> bool:
 
 
 def read_owner(d: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads((d / OWNER).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("tool") == "medusa-trt" else None
+    """The ownership list of ``d``; None when there is none that medusa-trt wrote."""
+    return records.peek(records.OWNER, d)
 
 
 def _listed(path: Path, base: Path) -> Iterator[str]:
@@ -126,8 +122,8 @@ class OwnedDir:
         self.trees: set[str] = set(doc.get("trees", []))  # created by a step still running (or killed)
 
     def _save(self) -> None:
-        doc = {"tool": "medusa-trt", "kind": self.kind, "trees": sorted(self.trees), "files": sorted(self.files)}
-        fsio.write_json(self.root / OWNER, doc)
+        doc = {"kind": self.kind, "trees": sorted(self.trees), "files": sorted(self.files)}
+        records.write(records.OWNER, self.root, doc)
 
     def owns(self, rel: str) -> bool:
         return rel in self.files or any(rel == t or rel.startswith(t + "/") for t in self.trees)

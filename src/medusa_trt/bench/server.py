@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -19,9 +18,9 @@ from typing import Any
 
 import httpx
 
+from medusa_trt import records
 from medusa_trt.errors import InvalidInputError, ServerError
 
-MANIFEST = "medusa-trt.json"
 logger = logging.getLogger(__name__)
 
 
@@ -73,16 +72,10 @@ def probe(url: str, timeout_s: float = 5.0) -> ServerInfo:
 
 def read_engine_provenance(engine_dir: Path) -> dict[str, Any]:
     """The engine manifest (medusa-trt.json) and the profile it was built for, when present."""
-    path = engine_dir / MANIFEST
     out: dict[str, Any] = {"dir": str(engine_dir.resolve()), "manifest": None, "profile": None}
-    if path.is_file():
-        try:
-            manifest = json.loads(path.read_text())
-        except ValueError:
-            manifest = None
-        if isinstance(manifest, dict):
-            out["manifest"] = manifest
-            out["profile"] = manifest.get("profile") or manifest.get("profile_id") or manifest.get("profile_name")
+    if (manifest := records.peek(records.ENGINE, engine_dir)) is not None:
+        out["manifest"] = manifest
+        out["profile"] = manifest.get("profile") or manifest.get("profile_id") or manifest.get("profile_name")
     return out
 
 

@@ -1,5 +1,5 @@
 """Checkpoint conversion: Hugging Face Llama 3.x + Medusa heads (FasterDecoding or ModelOpt) -> TRT-LLM."""
 
-from medusa_trt.checkpoint.convert import MANIFEST, ConvertResult, convert_checkpoint, read_manifest
+from medusa_trt.checkpoint.convert import ConvertResult, convert_checkpoint
 
-__all__ = ["MANIFEST", "ConvertResult", "convert_checkpoint", "read_manifest"]
+__all__ = ["ConvertResult", "convert_checkpoint"]

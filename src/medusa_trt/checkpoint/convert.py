@@ -11,11 +11,10 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import __version__, outputs
+from medusa_trt import outputs, records
 from medusa_trt.checkpoint.layout import Layout, OutTensor, rank_tensors
 from medusa_trt.checkpoint.readers import BaseModel, Heads, load_base, load_fasterdecoding_heads, modelopt_heads
 from medusa_trt.checkpoint.safetensors_io import CODE_TO_NAME, HASH_ALGORITHM
@@ -33,7 +32,6 @@ from medusa_trt.checkpoint.writer import (
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.progress import byte_progress
 
-MANIFEST = "medusa-trt-convert.json"
 KIND = "checkpoint"  # the ownership kind of a convert output (outputs.py)
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_MAX_DRAFT_LEN = 63  # TRT-LLM's --max_medusa_token_len default: fits the 63-node default tree
@@ -117,7 +115,7 @@ def _head_count(heads: Heads, num_heads: int | None, num_layers: int | None, war
 def _check_draft(
     max_draft_len: int | None, tree: str | list[list[int]] | None, num_heads: int, max_positions: int
 ) -> int:
-    from medusa_trt.medusa.trees import load_tree, validate_tree
+    from medusa_trt.medusa.trees import load_tree, tree_name, validate_tree
 
     mdl = DEFAULT_MAX_DRAFT_LEN if max_draft_len is None else max_draft_len
     if mdl < 1:
@@ -131,7 +129,7 @@ def _check_draft(
             hint=f"Pass the tree's node count (default {DEFAULT_MAX_DRAFT_LEN}).",
         )
     if tree is not None:
-        validate_tree(load_tree(tree), num_heads=num_heads, max_draft_len=mdl)
+        validate_tree(load_tree(tree), num_heads=num_heads, max_draft_len=mdl, name=tree_name(tree))
     return mdl
 
 
@@ -219,10 +217,6 @@ def convert_checkpoint(
 
 def _write_manifest(tmp: Path, r: ConvertResult, lay: Layout, mdl: int) -> None:
     doc = {
-        "format": "medusa-trt-convert",
-        "format_version": 1,
-        "tool": {"name": "medusa-trt", "version": __version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hash_algorithm": r.hash_algorithm,
         "sources": r.sources,
         "options": {
@@ -238,16 +232,7 @@ def _write_manifest(tmp: Path, r: ConvertResult, lay: Layout, mdl: int) -> None:
         "seconds": round(r.seconds, 3),
         "warnings": r.warnings,
     }
-    (tmp / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n")
+    records.write(records.CONVERT, tmp, doc)
 
 
-def read_manifest(checkpoint_dir: Path) -> dict[str, Any]:
-    """The convert manifest of a checkpoint directory (raises CheckpointError when absent)."""
-    path = Path(checkpoint_dir) / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{checkpoint_dir}: no {MANIFEST}", hint="Convert it with `medusa-trt convert`.")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
-__all__ = ["MANIFEST", "ConvertResult", "OutTensor", "convert_checkpoint", "read_manifest"]
+__all__ = ["ConvertResult", "OutTensor", "convert_checkpoint"]

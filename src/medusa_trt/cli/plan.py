@@ -61,6 +61,10 @@ def plan(
     num_medusa_heads: Annotated[
         int | None, typer.Option("--num-medusa-heads", min=1, help="Heads in the checkpoint (default: the profile's).")
     ] = None,
+    medusa: Annotated[
+        str | None,
+        typer.Option("--medusa", help="Medusa heads (a local dir): their tensors give the head count, as in build."),
+    ] = None,
     tokens_per_step: Annotated[
         float | None,
         typer.Option(
@@ -84,6 +88,8 @@ def plan(
     """Preflight: memory per GPU, TP divisibility, the Medusa tree, disk, predicted tokens/s/user."""
     from medusa_trt.preflight import preflight_report
 
+    if medusa is not None:
+        num_medusa_heads = _heads_in(medusa, num_medusa_heads)
     report = preflight_report(
         profile,
         model,
@@ -97,6 +103,20 @@ def plan(
     else:
         _render(report)
     report.raise_if_not_fits()
+
+
+def _heads_in(medusa: str, given: int | None) -> int | None:
+    """The heads' own count (from their tensors), which --num-medusa-heads may not contradict."""
+    from medusa_trt.engines.spec import detect_heads
+    from medusa_trt.errors import InvalidInputError
+
+    counted = detect_heads(medusa)[1]
+    if given is not None and counted is not None and given != counted:
+        raise InvalidInputError(
+            f"--num-medusa-heads {given}, but the heads in {medusa} hold {counted}",
+            hint="Drop --num-medusa-heads: the heads' tensors decide.",
+        )
+    return counted if counted is not None else given
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,26 +10,23 @@ import typer
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 from medusa_trt.errors import CheckpointError, MedusaTrtError
 
-MANIFESTS = ("medusa-trt.json", "medusa-trt-convert.json", "medusa-trt-heads.json")  # build, convert, heads train
-
 
 def _table(root: Path) -> tuple[Path, dict[str, Any]]:
+    from medusa_trt import records
+
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such directory", hint="Pass an engine dir from `build` or a checkpoint.")
-    for name in MANIFESTS:
-        path = root / name
-        if path.is_file():
-            try:
-                files = json.loads(path.read_text()).get("files")
-            except (OSError, ValueError, AttributeError) as e:
-                raise CheckpointError(f"{path}: unreadable manifest", hint="Rebuild or reconvert.") from e
-            if isinstance(files, dict) and files:
-                return path, files
-            raise CheckpointError(
-                f"{path}: lists no file sizes and hashes (written by an older medusa-trt)",
-                hint="Rebuild with the same arguments to record them.",
-            )
-    raise CheckpointError(f"{root}: no medusa-trt manifest", hint="Only medusa-trt outputs can be verified.")
+    found = records.find_manifest(root)  # engine (build), convert, heads (heads train)
+    if found is None:
+        raise CheckpointError(f"{root}: no medusa-trt manifest", hint="Only medusa-trt outputs can be verified.")
+    record, doc = found
+    files = records.file_table(doc)
+    if not files:
+        raise CheckpointError(
+            f"{record.path(root)}: lists no file sizes and hashes (written by an older medusa-trt)",
+            hint="Rebuild with the same arguments to record them.",
+        )
+    return record.path(root), files
 
 
 def verify_cmd(
@@ -41,7 +37,7 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Check every file's size and xxh3-128 hash against the directory's manifest (reads every byte)."""
-    from medusa_trt.integrity import verify
+    from medusa_trt.integrity import remember, verify
     from medusa_trt.progress import byte_progress
 
     manifest, files = _table(path)
@@ -59,6 +55,7 @@ def verify_cmd(
             f"{path}: {len(problems)} of {len(files)} files do not match {manifest.name}",
             hint="Rebuild (medusa-trt build --force) or reconvert; the damaged files are listed above.",
         )
+    remember(path, files)  # `run` on this directory (a copy, say) need not hash it again
     err_console.print(f"[green]intact:[/] {path}: {len(files)} files, {total / 2**20:.1f} MiB match {manifest.name}")
 
 

@@ -1,21 +1,8 @@
-"""The engine directory's manifest, ``medusa-trt.json``: what `run` and `bench` take everything from.
-
-Written last, atomically (temporary name, then rename): a directory with a manifest is complete.
-"""
+"""The tool versions an engine manifest records (the manifest itself is ``records.ENGINE``)."""
 
 from __future__ import annotations
 
-import json
 import platform
-import time
-from pathlib import Path
-from typing import Any
-
-from medusa_trt import fsio
-from medusa_trt.errors import CheckpointError
-
-MANIFEST = "medusa-trt.json"
-SCHEMA_VERSION = 1
 
 
 def tool_versions() -> dict[str, str | None]:
@@ -35,33 +22,3 @@ def tool_versions() -> dict[str, str | None]:
         "transformers": version("transformers"),
         "safetensors": version("safetensors"),
     }
-
-
-def write_manifest(out: Path, doc: dict[str, Any]) -> Path:
-    doc = {"schema_version": SCHEMA_VERSION, **doc, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return fsio.write_json(out / MANIFEST, doc)
-
-
-def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a built engine directory; a clear error when the build never finished."""
-    path = Path(engine_dir) / MANIFEST
-    if not Path(engine_dir).is_dir():
-        raise CheckpointError(
-            f"{engine_dir}: no such engine directory",
-            hint="Build one first: medusa-trt build --profile cpu --model DIR --medusa DIR",
-        )
-    if not path.is_file():
-        raise CheckpointError(
-            f"{engine_dir}: no {MANIFEST} (not a finished medusa-trt build)",
-            hint="Run `medusa-trt build` again with the same arguments: it resumes.",
-        )
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            f"{path}: unreadable manifest ({e.__class__.__name__})", hint="Rebuild with `medusa-trt build --force`."
-        ) from e
-    for key in ("engine", "checkpoint_dir", "tree", "num_medusa_heads", "max_draft_len", "profile"):
-        if key not in doc:
-            raise CheckpointError(f"{path}: manifest lacks '{key}'", hint="Rebuild with `medusa-trt build --force`.")
-    return dict(doc)

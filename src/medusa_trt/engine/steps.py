@@ -26,11 +26,10 @@ from typing import Any
 
 import xxhash
 
-from medusa_trt import fsio
+from medusa_trt import records
 from medusa_trt.errors import ToolFailedError
 from medusa_trt.outputs import OwnedDir
 
-STAMP_DIR = ".steps"
 TAIL_LINES = 25
 logger = logging.getLogger(__name__)
 
@@ -118,18 +117,14 @@ class StepRunner:
         self.results: list[StepResult] = []
 
     def _stamp_path(self, step: Step) -> Path:
-        return self.root / STAMP_DIR / f"{step.name}.json"
+        return records.stamp_path(self.root, step.name)
 
     def _outputs_fp(self, step: Step) -> dict[str, str]:
         return {o: fingerprint(self.root / o) for o in step.outputs}
 
     def is_done(self, step: Step, digest: str) -> bool:
-        stamp = self._stamp_path(step)
-        if self.force or not stamp.is_file():
-            return False
-        try:
-            rec = json.loads(stamp.read_text())
-        except (OSError, json.JSONDecodeError):
+        rec = None if self.force else records.peek_at(records.STAMP, self._stamp_path(step))
+        if rec is None:
             return False
         outs = self._outputs_fp(step)
         return bool(
@@ -141,7 +136,7 @@ class StepRunner:
     def run(self, step: Step) -> StepResult:
         digest = input_hash(step, self.root)
         if self.is_done(step, digest):
-            rec = json.loads(self._stamp_path(step).read_text())
+            rec = records.read_at(records.STAMP, self._stamp_path(step))
             res = StepResult(step.name, "skipped", float(rec.get("seconds", 0.0)), step.argv, digest, rec.get("log"))
             logger.debug("step %s: up to date (input hash %s), skipped", step.name, digest)
             self.results.append(res)
@@ -181,7 +176,7 @@ class StepRunner:
             "log": log,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        fsio.write_json(stamp, doc)
+        records.write_at(records.STAMP, stamp, doc)
 
     def _run_process(self, step: Step) -> str:
         """Run the tool with its output streamed to <out>/logs/<step>.log; raise with its tail on failure."""

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from medusa_trt.engine.manifest import MANIFEST as MANIFEST  # the layout of an engine directory, re-exported
+from medusa_trt import records
 from medusa_trt.engine.steps import Step
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 GIB = 1024**3
 CHECKPOINT, ENGINE_SUBDIR = "checkpoint", "engine"  # sub-directories of an engine directory
 TREE_FILE, CONFIG_YAML = "medusa_tree.yaml", "medusa.yaml"
+MANIFEST = records.ENGINE.filename
 INTERNAL = "(in-process)"  # argv[0] of steps medusa-trt runs itself
 
 

@@ -15,18 +15,17 @@ Layout of the output directory::
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import engines, fsio, integrity, outputs
-from medusa_trt.engine.manifest import MANIFEST, tool_versions, write_manifest
+from medusa_trt import engines, fsio, integrity, outputs, records
+from medusa_trt.engine.manifest import tool_versions
 from medusa_trt.engine.steps import Step, StepRunner, fingerprint
 from medusa_trt.engines import recipe
-from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, TREE_FILE
+from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, MANIFEST, TREE_FILE
 from medusa_trt.engines.recipe import BuildPlan
 from medusa_trt.engines.spec import BuildSpec, resolve
 from medusa_trt.errors import CheckpointError
@@ -121,7 +120,7 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         doc = manifest_doc(plan, runner, tools, time.perf_counter() - t0)
         doc["hash_algorithm"] = integrity.HASH_ALGORITHM
         doc["files"] = integrity.record(out, _served_files(owned), {**known, **_known_hashes(out)})
-        write_manifest(out, doc)
+        records.write(records.ENGINE, out, doc)
         owned.done([MANIFEST])
     return doc
 
@@ -139,27 +138,19 @@ def check_output(spec: BuildSpec) -> None:
 
 def _served_files(owned: outputs.OwnedDir) -> list[str]:
     """What `run` and the server read: everything we wrote but the bookkeeping (stamps, logs, lists)."""
-    skip = (MANIFEST, outputs.OWNER)
+    skip = (MANIFEST, records.OWNER.filename)
     return [f for f in owned.files if f not in skip and not f.startswith((".steps/", "logs/", "sources/"))]
 
 
 def _previous_hashes(out: Path) -> dict[str, dict[str, Any]]:
     """The last manifest's file table (its hashes are reused for files with the same size and mtime)."""
-    try:
-        files = json.loads((out / MANIFEST).read_text()).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {k: v for k, v in files.items() if isinstance(v, dict)}
+    return records.file_table(records.peek(records.ENGINE, out) or {})
 
 
 def _known_hashes(out: Path) -> dict[str, dict[str, Any]]:
     """The converter's hashes of the checkpoint files (taken as the bytes went out), keyed by path here."""
-    path = out / CHECKPOINT / "medusa-trt-convert.json"
-    try:
-        files = json.loads(path.read_text()).get("files", {})
-    except (OSError, ValueError):
-        return {}
-    return {f"{CHECKPOINT}/{k}": v for k, v in files.items() if isinstance(v, dict)}
+    files = records.file_table(records.peek(records.CONVERT, out / CHECKPOINT) or {})
+    return {f"{CHECKPOINT}/{k}": v for k, v in files.items()}
 
 
 def manifest_doc(plan: BuildPlan, runner: StepRunner, tools: dict[str, str | None], seconds: float) -> dict[str, Any]:
@@ -179,10 +170,8 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, tools: dict[str, str | Non
                 from medusa_trt.checkpoint.sources import snapshot_commit
 
                 inputs[role]["commit"] = snapshot_commit(local)
-    convert_manifest = out / CHECKPOINT / "medusa-trt-convert.json"
-    if convert_manifest.is_file():
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            inputs["checkpoint"] = json.loads(convert_manifest.read_text())
+    if (convert_manifest := records.peek(records.CONVERT, out / CHECKPOINT)) is not None:
+        inputs["checkpoint"] = convert_manifest
     versions = tool_versions()
     versions.update({k: v for k, v in tools.items() if v})  # what the engine's check found, over the metadata
     return {

@@ -11,25 +11,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import engines
-from medusa_trt.engine.manifest import MANIFEST, read_manifest
+from medusa_trt import engines, records
 from medusa_trt.engines.base import Engine, GenerateRequest, ServeCommand, ServeOptions
-from medusa_trt.errors import InvalidInputError
+from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
+
+SERVED = ("tree", "num_medusa_heads", "max_draft_len", "profile")  # what serving reads from a manifest
 
 
 def load(engine_dir: Path) -> tuple[Engine, dict[str, Any]]:
     """The engine of a built directory (or a converted checkpoint) and its manifest."""
     if (
-        not (engine_dir / MANIFEST).is_file()
+        not records.ENGINE.path(engine_dir).is_file()
         and (engine_dir / "config.json").is_file()
         and any(engine_dir.glob("rank*.safetensors"))
     ):
         # a converted checkpoint (from `convert`) is served by the reference runtime as is
-        manifest: dict[str, Any] = {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
-    else:
-        manifest = read_manifest(engine_dir)
+        return engines.get("reference"), {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
+    if not engine_dir.is_dir():
+        raise CheckpointError(
+            f"{engine_dir}: no such engine directory",
+            hint="Build one first: medusa-trt build --profile cpu --model DIR --medusa DIR",
+        )
+    if not records.ENGINE.path(engine_dir).is_file():
+        raise CheckpointError(
+            f"{engine_dir}: no {records.ENGINE.filename} (not a finished medusa-trt build)",
+            hint="Run `medusa-trt build` again with the same arguments: it resumes.",
+        )
+    manifest = records.read(records.ENGINE, engine_dir, require=SERVED)
     return engines.get(str(manifest["engine"])), manifest
 
 
@@ -94,5 +104,5 @@ def generate(path: str | Path, request: GenerateRequest) -> dict[str, Any]:
     """One generation for `run DIR --prompt`, by the directory's engine."""
     path = Path(path)
     # without a manifest, `path` is a checkpoint (or not one): the reference runtime says which
-    engine = load(path.resolve())[0] if (path / MANIFEST).is_file() else engines.get("reference")
+    engine = load(path.resolve())[0] if records.ENGINE.path(path).is_file() else engines.get("reference")
     return engine.generate(path, request)

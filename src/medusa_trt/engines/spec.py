@@ -221,25 +221,30 @@ def resolve(
     env: dict[str, str] | None = None,
 ) -> BuildSpec:
     """One BuildSpec from the profile, the flags and the environment, with each value's source."""
-    from medusa_trt.medusa.trees import load_tree, validate_tree
+    from medusa_trt.medusa.trees import load_tree, tree_name, validate_tree
 
     env = dict(os.environ if env is None else env)
     sources: dict[str, str] = {}
     src = detect_model(model, revision)
     heads_src, file_heads, file_layers = _heads_source(src, medusa, medusa_revision)
     out, sources["output"] = _output_dir(output, env, src, model, profile.name)
-    if file_heads is not None and file_heads < profile.medusa.num_heads:
-        # fewer heads than the profile's tree and max_draft_len were planned for
-        raise InvalidInputError(
-            f"profile {profile.name}: medusa.num_heads is {profile.medusa.num_heads}, the heads in {medusa} hold {file_heads}",
-            hint=f"Set medusa.num_heads: {file_heads} (and a tree of that depth) in a copy of the profile.",
-        )
     heads, sources["num_medusa_heads"] = _file_or_profile(file_heads, profile.medusa.num_heads, "num_heads")
     layers, sources["num_medusa_layers"] = _file_or_profile(file_layers, profile.medusa.num_layers, "num_layers")
     tree_spec, sources["tree"] = _tree_spec(tree, env, profile)
     paths = load_tree(tree_spec)
     max_draft_len, sources["max_draft_len"] = profile.medusa.max_draft_len, "profile medusa.max_draft_len"
-    validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len)
+    # the heads' tensors decide; the tree must not need a head they lack (NVIDIA's 8B Medusa has 3)
+    validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len, name=tree_name(tree_spec))
+    if heads != profile.medusa.num_heads:
+        logger.info(
+            "profile %s says medusa.num_heads: %d; the heads hold %d, and tree %s (depth %d) fits them: using %d",
+            profile.name,
+            profile.medusa.num_heads,
+            heads,
+            tree_name(tree_spec),
+            max(len(p) for p in paths),
+            heads,
+        )
     workers, sources["convert_workers"] = _convert_workers(env, profile.parallelism.tp * profile.parallelism.pp)
     sources.update(_PROFILE_SOURCES)
     spec = BuildSpec(

@@ -17,6 +17,7 @@ import yaml
 
 from medusa_trt.errors import TreeError
 
+SMALL_TREE = "nvidia_low_latency_15"  # 15 nodes, depth 3: the default where it fits
 TOPK = 10  # candidates per head; the authors' buffers and TRT-LLM both index ranks 0..9
 
 Tree = list[list[int]]
@@ -110,15 +111,47 @@ def tree_problems(tree: Tree, *, num_heads: int | None = None, max_draft_len: in
     return problems
 
 
-def validate_tree(tree: Tree, *, num_heads: int | None = None, max_draft_len: int | None = None) -> Tree:
-    """Raise TreeError naming every problem; return the tree unchanged when valid."""
+def fitting_tree(num_heads: int, max_draft_len: int | None = None) -> str | None:
+    """A shipped tree that fits ``num_heads`` heads and ``max_draft_len``: the small low-latency one when it
+    does (the default), else the largest that does; None when none does."""
+    fits = [
+        (len(t), n)
+        for n in named_trees()
+        if not tree_problems(t := load_tree(n), num_heads=num_heads, max_draft_len=max_draft_len)
+    ]
+    names = [n for _, n in fits]
+    if SMALL_TREE in names:
+        return SMALL_TREE
+    return max(fits)[1] if fits else None
+
+
+def tree_name(spec: str | Path | Tree) -> str:
+    """How an error names a tree: its name or file, or "the inline tree"."""
+    return "the inline tree" if isinstance(spec, list) else str(spec)
+
+
+def validate_tree(
+    tree: Tree, *, num_heads: int | None = None, max_draft_len: int | None = None, name: str | None = None
+) -> Tree:
+    """Raise TreeError naming the tree and every problem; return the tree unchanged when valid. When the
+    tree needs more heads than exist, the hint names a shipped tree that fits them."""
     problems = tree_problems(tree, num_heads=num_heads, max_draft_len=max_draft_len)
-    if problems:
-        raise TreeError(
-            "invalid Medusa tree: " + "; ".join(problems),
-            hint="Use a shipped tree (medusa-trt tree build, or mc_sim_7b_63) or fix the paths.",
+    if not problems:
+        return tree
+    what = f"Medusa tree {name}" if name else "Medusa tree"
+    hint = "Use a shipped tree (medusa-trt tree build, or mc_sim_7b_63) or fix the paths."
+    if num_heads is not None and tree_stats(tree).depth > num_heads:
+        fit = fitting_tree(num_heads, max_draft_len)
+        hint = (
+            f"The heads decide: use a tree of depth <= {num_heads}"
+            + (
+                f", e.g. the shipped {fit} ({tree_stats(load_tree(fit)).depth} deep: --tree {fit} or medusa.tree: {fit})"
+                if fit
+                else ""
+            )
+            + ", or build one with `medusa-trt tree build`."
         )
-    return tree
+    raise TreeError(f"invalid {what}: " + "; ".join(problems), hint=hint)
 
 
 def sort_tree(tree: Tree) -> Tree:

@@ -6,6 +6,7 @@ checks; :meth:`PreflightReport.raise_if_not_fits` turns that into an Incompatibl
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any
 from medusa_trt.config.model import ModelSpec, resolve_model
 from medusa_trt.config.profile import HardwareProfile, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError
-from medusa_trt.medusa.trees import tree_stats
+from medusa_trt.medusa.trees import tree_name, tree_stats, validate_tree
 from medusa_trt.perf import model as pm
 from medusa_trt.preflight import checks as ck
 from medusa_trt.preflight.memory import GIB, disk_need, memory_per_gpu
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PreflightReport", "preflight_report"]
 
@@ -132,6 +135,16 @@ def preflight_report(
         raise InvalidInputError(f"--num-medusa-heads must be >= 1, got {heads}")
     tree = prof.tree
     stats = tree_stats(tree)
+    if heads != prof.medusa.num_heads:  # the heads decide: a note, or exit 2 if the tree needs a head they lack
+        validate_tree(tree, num_heads=heads, max_draft_len=prof.medusa.max_draft_len, name=tree_name(prof.medusa.tree))
+        logger.info(
+            "profile %s says medusa.num_heads: %d; planning for %d heads (tree %s, depth %d, fits them)",
+            prof.name,
+            prof.medusa.num_heads,
+            heads,
+            tree_name(prof.medusa.tree),
+            stats.depth,
+        )
     if tokens_per_step is None:
         tps = pm.default_tokens_per_step(min(stats.depth, heads))
         source = (

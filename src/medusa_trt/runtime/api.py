@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medusa_trt.errors import InvalidInputError, TreeError
-from medusa_trt.medusa.trees import Tree, load_tree, validate_tree
+from medusa_trt.medusa.trees import Tree, load_tree, tree_name, validate_tree
 from medusa_trt.runtime.records import Chunk, Continuation, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
@@ -280,7 +280,12 @@ def resolve_tree(info: CheckpointInfo, tree: str | list[list[int]] | None) -> Tr
             )
         return None
     chosen = default_tree(info) if tree is None else load_tree(tree)
-    return validate_tree(chosen, num_heads=info.num_medusa_heads, max_draft_len=info.max_draft_len or None)
+    return validate_tree(
+        chosen,
+        num_heads=info.num_medusa_heads,
+        max_draft_len=info.max_draft_len or None,
+        name=tree_name(tree) if tree is not None else "(the engine's)",
+    )
 
 
 def load_engine(

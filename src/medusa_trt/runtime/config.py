@@ -10,12 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import integrity
+from medusa_trt import integrity, records
 from medusa_trt.errors import CheckpointError
 from medusa_trt.medusa.trees import Tree, load_tree, tree_problems
 
-MANIFEST = "medusa-trt.json"
-CONVERT_MANIFEST = "medusa-trt-convert.json"
 # TRT-LLM's llama3 defaults, used when the checkpoint kept only {"type": "llama3"} (docs/sources.md, checkpoint format).
 LLAMA3_DEFAULTS = {
     "factor": 8.0,
@@ -94,12 +92,12 @@ def _locate(root: Path) -> tuple[Path, dict[str, Any]]:
         )
     manifest: dict[str, Any] = {}
     ckpt = root
-    if (root / MANIFEST).is_file():
-        manifest = _read_json(root / MANIFEST)
-        integrity.check_unchanged(root, manifest.get("files") or {})
-        ckpt = (root / str(manifest.get("checkpoint_dir", "."))).resolve()
-    elif (root / CONVERT_MANIFEST).is_file():  # a converted checkpoint: sizes only (no mtimes recorded)
-        integrity.check_unchanged(root, _read_json(root / CONVERT_MANIFEST).get("files") or {})
+    if records.ENGINE.path(root).is_file():
+        manifest = records.read(records.ENGINE, root)
+        integrity.check_unchanged(root, records.file_table(manifest))
+        ckpt = (root / str(manifest["checkpoint_dir"])).resolve()
+    elif records.CONVERT.path(root).is_file():  # a converted checkpoint: sizes only (no mtimes recorded)
+        integrity.check_unchanged(root, records.file_table(records.read(records.CONVERT, root)))
     if not (ckpt / "config.json").is_file():
         raise CheckpointError(
             f"{ckpt}: no config.json (not a TRT-LLM checkpoint)",

@@ -206,7 +206,11 @@ def _bind(host: str, port: int) -> socket.socket:
     from medusa_trt.errors import InvalidInputError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP
+    # (asyncio.base_events._set_nodelay), and accepted sockets inherit the listener's. Without it a
+    # response's headers and body are two writes, and on a kept-alive connection the body waits for the
+    # client's delayed ACK (about 40 ms on Linux).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

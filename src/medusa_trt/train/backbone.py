@@ -39,12 +39,11 @@ def is_trtllm_checkpoint(path: Path) -> bool:
 
 def _identity(ckpt: Path) -> str:
     """Cheap and content-based: the convert manifest records every file's hash; else sizes and mtimes."""
-    from medusa_trt.checkpoint.convert import MANIFEST
+    from medusa_trt import records
 
     doc: dict[str, Any] = {"config": hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()}
-    man = ckpt / MANIFEST
-    if man.is_file():
-        files = json.loads(man.read_text()).get("files", {})
+    if records.CONVERT.path(ckpt).is_file():
+        files = records.file_table(records.read(records.CONVERT, ckpt))
         doc["files"] = {k: v.get("hash") for k, v in files.items() if k.startswith("rank")}
     else:
         doc["files"] = {

@@ -28,16 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import fsio, outputs
+from medusa_trt import fsio, outputs, records
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.medusa.heads import HEADS_FILE
 from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
 from medusa_trt.train.stages import Stage, digest
 
 WORK = ".train"
-HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in MANIFEST
-MANIFEST = "medusa-trt-heads.json"  # `medusa-trt verify` reads it
-OUTPUT_FILES = (WORK, *HEADS_FILES, MANIFEST)  # what `heads train` writes
+HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in its manifest
+OUTPUT_FILES = (WORK, *HEADS_FILES, records.HEADS.filename)  # what `heads train` writes
 
 
 @dataclass
@@ -96,8 +95,12 @@ class TrainResult:
 
 
 def _check(cfg: TrainConfig) -> None:
+    from medusa_trt.medusa.trees import load_tree, validate_tree
+
     if cfg.num_heads < 1 or cfg.num_layers < 1 or cfg.steps < 0 or cfg.batch_size < 1:
         raise InvalidInputError("--num-heads, --num-layers and --batch-size must be >= 1, --steps >= 0")
+    if cfg.tree is not None:  # before hours of training: the tree must not need a head that is not trained
+        validate_tree(load_tree(cfg.tree), num_heads=cfg.num_heads, name=cfg.tree)
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise InvalidInputError(f"--lr {cfg.lr}: must be a finite number > 0", hint="e.g. --lr 1e-3")
     if cfg.train_devices < 1 or cfg.batch_size < cfg.train_devices:
@@ -157,9 +160,7 @@ def _write_manifest(out: Path) -> None:
     """Size and xxh3-128 hash of every result file (not the stage cache), for `medusa-trt verify`."""
     from medusa_trt.integrity import HASH_ALGORITHM, record
 
-    fsio.write_json(
-        out / MANIFEST, {"tool": "medusa-trt", "hash_algorithm": HASH_ALGORITHM, "files": record(out, HEADS_FILES)}
-    )
+    records.write(records.HEADS, out, {"hash_algorithm": HASH_ALGORITHM, "files": record(out, HEADS_FILES)})
 
 
 def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
