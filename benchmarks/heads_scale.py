@@ -104,10 +104,10 @@ def scale_model(root: Path, tps: tuple[int, ...] = (1, 2)) -> tuple[Path, dict[i
 def distil(root: Path, n: int, seq_len: int, gen: int, batch: int) -> dict[str, Any]:
     import torch
 
+    from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
     from medusa_trt.train.distil import JOURNAL, local_generator, plan_jobs, run_distil
-    from medusa_trt.train.stages import Stage
 
     torch.set_num_threads(os.cpu_count() or 1)
     _, ckpts = scale_model(root)
@@ -133,12 +133,12 @@ def distil(root: Path, n: int, seq_len: int, gen: int, batch: int) -> dict[str, 
 def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> dict[str, Any]:
     import torch
 
+    from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
     from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil
     from medusa_trt.train.hidden import run_hidden
     from medusa_trt.train.loop import LoopSpec, train_data_parallel
-    from medusa_trt.train.stages import Stage
 
     torch.set_num_threads(os.cpu_count() or 1)
     hf, ckpts = scale_model(root)

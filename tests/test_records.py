@@ -45,6 +45,7 @@ def test_step_stamps_live_under_the_runner_root(tmp_path: Path) -> None:
         (records.HEADS, {"tool": "medusa-trt", "hash_algorithm": "xxh3_128", "files": {}}),
         (records.OWNER, {"tool": "medusa-trt", "kind": "checkpoint", "trees": [], "files": ["config.json"]}),
         (records.STAMP, {"name": "convert", "input_hash": "ff", "outputs": {}}),
+        (records.MODEL_REF, {"model": "meta-llama/Llama-3.1-8B-Instruct", "revision": "0" * 40}),
         (
             records.CONVERT,
             {"format": "medusa-trt-convert", "format_version": 1, "tool": {"name": "medusa-trt"}, "files": {}},

@@ -77,9 +77,9 @@ def _jobs(tok: Any) -> list[Any]:
 def test_local_distil_ends_the_continuation_with_the_stop_token_produced(
     tmp_path: Path, stopping: tuple[Path, list[int], list[int], int], batch: int
 ) -> None:
+    from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.distil import JOURNAL, local_generator, run_distil
-    from medusa_trt.train.stages import Stage
 
     ckpt, ids, before, stop = stopping
     tok = load_tokenizer(ckpt)
@@ -124,9 +124,9 @@ def test_run_prompt_json_token_ids_end_with_the_stop_token(
 def test_teacher_distils_the_same_tokens_as_local_with_the_stop_token(
     tmp_path: Path, served: str, stopping: tuple[Path, list[int], list[int], int]
 ) -> None:
+    from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.distil import local_generator, run_distil, teacher_generator
-    from medusa_trt.train.stages import Stage
 
     ckpt, _, _, stop = stopping
     tok = load_tokenizer(ckpt)

@@ -52,8 +52,8 @@ def test_hidden_states_at_tp2_equal_transformers(tmp_path: Path, tiny_llama: Pat
     import torch
     from transformers import AutoModelForCausalLM
 
+    from medusa_trt.steps import Stage
     from medusa_trt.train.hidden import HiddenCache, run_hidden
-    from medusa_trt.train.stages import Stage
     from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck", tp=2)
@@ -114,10 +114,10 @@ def test_quality_table_and_expected_tokens(three_runs: dict[str, Any]) -> None:
 
 def test_teacher_url_distils_the_same_tokens_as_local(tmp_path: Path, tiny_llama: Path) -> None:
     from medusa_trt.bench.server import engine_server
+    from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import encode_prompt
     from medusa_trt.train.distil import local_generator, plan_jobs, run_distil, teacher_generator
-    from medusa_trt.train.stages import Stage
     from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck")

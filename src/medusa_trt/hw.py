@@ -123,6 +123,8 @@ def can_run(
         need = hw.memory_gib * hw.count
         if ram and ram < need:
             return False, f"needs {need:g} GiB RAM, this machine has {ram:.1f} GiB"
+        if profile.engine == "vllm":
+            return _vllm_found("vLLM on CPU")
         return True, f"reference runtime on CPU ({hw.count} rank{'s' if hw.count > 1 else ''})"
     found = list(detect_gpus() if gpus is None else gpus)
     want = f"{hw.count}x {hw.gpu} ({hw.memory_gib:g} GiB)"
@@ -137,4 +139,16 @@ def can_run(
 
         if importlib.util.find_spec("tensorrt_llm") is None:
             return False, f"has {want} but TensorRT-LLM is not installed (pip install 'medusa-trt[trtllm]')"
+    if profile.engine == "vllm":
+        return _vllm_found(f"vLLM on {len(match)}x {match[0].name}")
     return True, f"{len(match)}x {match[0].name} found"
+
+
+def _vllm_found(what: str) -> tuple[bool, str]:
+    """Whether vLLM is installed here (or named by $MEDUSA_TRT_VLLM_PYTHON), without importing it."""
+    from medusa_trt.config.vllm_flags import VLLM_PYTHON_ENV, vllm_python
+
+    found = vllm_python()
+    if found is None:
+        return False, f"{what}: vLLM is not installed (pip install 'medusa-trt[vllm]', or set {VLLM_PYTHON_ENV})"
+    return True, f"{what} ({found})"

@@ -11,8 +11,8 @@ through ``fsio`` (a temporary name, then rename), so a reader finds a whole reco
 
 Files written before this header existed are still read: an engine manifest with
 ``schema_version``, heads manifests and ownership lists with ``"tool": "medusa-trt"``, convert
-manifests (which had the header already) and step stamps (which had none). A verification memo
-without the header is not read (its files are hashed again, as when there is none).
+manifests (which had the header already), step stamps and vLLM model references (which had none).
+A verification memo without the header is not read (its files are hashed again, as when there is none).
 """
 
 from __future__ import annotations
@@ -69,6 +69,14 @@ HEADS = Record(
     "heads manifest",
     ("files",),
     "Train them again with `medusa-trt heads train`.",
+)
+MODEL_REF = Record(  # a vLLM engine dir: {"model": path or repo id, "revision": the pinned commit}
+    "model.json",
+    "medusa-trt-model-ref",
+    1,
+    "model reference",
+    ("model", "revision"),
+    "Run `medusa-trt build` again with the same arguments: it resumes.",
 )
 OWNER = Record(
     ".medusa-trt-owner.json", "medusa-trt-owner", 1, "ownership list", ("kind", "files"), "Choose another --output."
@@ -131,6 +139,8 @@ def _legacy(record: Record, doc: dict[str, Any]) -> bool:
         return doc.get("schema_version", 1) == 1
     if record is STAMP:
         return isinstance(doc.get("input_hash"), str)
+    if record is MODEL_REF:
+        return isinstance(doc.get("model"), str)
     return doc.get("tool") == TOOL  # heads manifests and ownership lists
 
 

@@ -45,6 +45,7 @@ def build(
 ) -> None:
     """Convert and build an engine for a profile (resumes an interrupted build; --dry-run shows the steps)."""
     from medusa_trt.engines.build import execute, prepare, rich_status
+    from medusa_trt.steps import StepStatus
 
     plan = prepare(profile, model, medusa=medusa, output=output, tree=tree, revision=revision)
     if dry_run:
@@ -56,7 +57,7 @@ def build(
     _print_header(plan)
     manifest = execute(plan, force=force, progress=rich_status)
     for cmd in manifest["commands"]:
-        mark = "[green]done[/]" if cmd["status"] == "ran" else "[dim]skipped (up to date)[/]"
+        mark = "[green]done[/]" if cmd["status"] == StepStatus.RAN.value else "[dim]skipped (up to date)[/]"
         err_console.print(f"  {cmd['step']:<14} {mark} {cmd['seconds']:.1f} s")
     out = plan.spec.output.resolve()
     err_console.print(f"[bold green]built[/] {out}  (serve it: medusa-trt run {out})")
@@ -77,16 +78,18 @@ def _print_header(plan: BuildPlan) -> None:
 def _print_plan(plan: BuildPlan) -> None:
     import shlex
 
+    from medusa_trt.steps import StepKind
+
     _print_header(plan)
     for note in plan.notes:
         err_console.print(f"  [dim]note:[/] {note}")
     for i, step in enumerate(plan.steps, 1):
-        tag = " (run by `medusa-trt run`)" if step.kind == "serve" else ""
+        tag = " (run by `medusa-trt run`)" if step.kind is StepKind.SERVE else ""
         err_console.print(f"\n[bold]{i}. {step.name}[/]{tag}: {step.description}")
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in step.env.items())
         cmd = (
             " ".join(step.argv)
-            if step.kind == "python" and not step.argv[0].startswith("medusa-trt")
+            if step.kind is StepKind.PYTHON and not step.argv[0].startswith("medusa-trt")
             else shlex.join(step.argv)
         )
         err_console.print(f"   $ {env + ' ' if env else ''}{cmd}", soft_wrap=True)

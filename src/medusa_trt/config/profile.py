@@ -25,6 +25,7 @@ from medusa_trt.config.trtllm_flags import (
     TRTLLM_BUILD_PLUGINS,
     closest,
 )
+from medusa_trt.config.vllm_flags import VLLM_MANAGED
 from medusa_trt.config.yaml_marks import Issue
 from medusa_trt.errors import ProfileError, TreeError
 
@@ -108,13 +109,14 @@ class Serve(_Strict):
 class HardwareProfile(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     description: str = ""
-    engine: Literal["trtllm", "reference"]
+    engine: Literal["trtllm", "reference", "vllm"]
     hardware: Hardware
     parallelism: Parallelism = Parallelism()
     precision: Precision = Precision()
     limits: Limits
     medusa: MedusaSection
     trtllm_build: dict[str, FlagValue] = {}
+    vllm: dict[str, FlagValue] = {}  # engine vllm: more server flags (names without dashes, as trtllm_build)
     runtime_env: dict[str, str | int | float | bool] = {}
     serve: Serve = Serve()
 
@@ -189,7 +191,14 @@ def _deprecated_issue(p: HardwareProfile, key: str) -> Issue | None:
 
 
 def _cross_issues(p: HardwareProfile) -> list[Issue]:
-    return _build_flag_issues(p) + _runtime_env_issues(p) + _engine_issues(p) + _limit_issues(p) + _tree_issues(p)
+    return (
+        _build_flag_issues(p)
+        + _runtime_env_issues(p)
+        + _engine_issues(p)
+        + _vllm_issues(p)
+        + _limit_issues(p)
+        + _tree_issues(p)
+    )
 
 
 def _build_flag_issues(p: HardwareProfile) -> list[Issue]:
@@ -277,6 +286,26 @@ def _engine_issues(p: HardwareProfile) -> list[Issue]:
     return issues
 
 
+def _vllm_issues(p: HardwareProfile) -> list[Issue]:
+    """engine vllm: its own flags in `vllm:`, none of TensorRT-LLM's; FP8 on GPUs only (vLLM's fp8 kernels)."""
+    if p.engine != "vllm":
+        return [Issue(("vllm",), f"a vllm section needs engine: vllm, not {p.engine}", on_key=True)] if p.vllm else []
+    issues = [
+        Issue(("vllm", key), f"'{key}' is set by medusa-trt", hint=f"Set it through {VLLM_MANAGED[key]}.", on_key=True)
+        for key in p.vllm
+        if key in VLLM_MANAGED
+    ]
+    if p.trtllm_build:
+        issues.append(Issue(("trtllm_build",), "engine vllm takes no trtllm-build flags", hint="Use the vllm section."))
+    if p.serve.extra_llm_api_options:
+        issues.append(
+            Issue(("serve", "extra_llm_api_options"), "a TensorRT-LLM option; engine vllm takes the vllm section")
+        )
+    if p.hardware.device == "cpu" and (p.precision.quantization == "fp8" or p.precision.kv_cache_dtype == "fp8"):
+        issues.append(Issue(("precision",), "vLLM's FP8 weights and KV cache need a GPU", hint="Use float32 on CPU."))
+    return issues
+
+
 def _limit_issues(p: HardwareProfile) -> list[Issue]:
     if p.limits.max_input_len > p.limits.max_seq_len:
         return [
@@ -295,6 +324,8 @@ def _tree_issues(p: HardwareProfile) -> list[Issue]:
         tree = load_tree(p.medusa.tree)
     except TreeError as e:
         return [Issue(("medusa", "tree"), e.message, hint=e.hint)]
+    if p.engine == "vllm":
+        return _chain_issues(p, tree)
     problems = tree_problems(tree, num_heads=p.medusa.num_heads, max_draft_len=p.medusa.max_draft_len)
     if problems:
         return [
@@ -302,6 +333,22 @@ def _tree_issues(p: HardwareProfile) -> list[Issue]:
                 ("medusa", "tree"),
                 "; ".join(problems),
                 hint="Fix the tree, or raise medusa.num_heads / medusa.max_draft_len to match it.",
+            )
+        ]
+    p._tree = (json.dumps(p.medusa.tree), tree)
+    return []
+
+
+def _chain_issues(p: HardwareProfile, tree: list[list[int]]) -> list[Issue]:
+    """vLLM drafts a top-1 chain; max_draft_len caps its length (the heads' count may be lower)."""
+    from medusa_trt.medusa.trees import chain, is_chain
+
+    if not is_chain(tree) or len(tree) != p.medusa.max_draft_len:
+        return [
+            Issue(
+                ("medusa", "tree"),
+                "engine vllm drafts a top-1 chain: the tree must be the chain of max_draft_len nodes",
+                hint=f"tree: {chain(p.medusa.max_draft_len)}",
             )
         ]
     p._tree = (json.dumps(p.medusa.tree), tree)

@@ -66,12 +66,12 @@ INFO = ".demo-info.json"  # what a stage measured, kept inside its output so a r
 
 
 class Stages:
-    """Runs the cached stages as build steps (engine/steps.py): each is skipped when its inputs (the
+    """Runs the cached stages as steps (steps.py): each is skipped when its inputs (the
     recipe, and earlier stages' outputs by fingerprint) and its outputs are unchanged since it ran."""
 
     def __init__(self, cache: Path, cfg: DemoConfig, log: Callable[[str], None], fresh: bool) -> None:
-        from medusa_trt.engine.steps import StepRunner
         from medusa_trt.outputs import OwnedDir
+        from medusa_trt.steps import StepRunner
 
         self.cache, self.cfg, self.log, self.fresh = cache, cfg, log, fresh
         self.owned = OwnedDir(cache, CACHE_KIND)
@@ -82,10 +82,10 @@ class Stages:
 
     def _step(self, name: str, out: str, inputs: dict[str, Any], func: Callable[[], None]) -> bool:
         """Run (or skip) one stage; True when its cached output was reused."""
-        from medusa_trt.engine.steps import Step
+        from medusa_trt.steps import Step, StepKind, StepStatus
 
-        step = Step(name, f"demo {name}", argv=[], inputs=inputs, outputs=[out], kind="python", func=func)
-        return self.runner.run(step).status == "skipped"
+        step = Step(name, f"demo {name}", argv=[], inputs=inputs, outputs=[out], kind=StepKind.PYTHON, func=func)
+        return self.runner.run(step).status is StepStatus.SKIPPED
 
     def timed(self, name: str, reused: bool, t0: float) -> None:
         self.timings[name] = round(time.perf_counter() - t0, 2)

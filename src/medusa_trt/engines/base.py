@@ -15,9 +15,9 @@ The contract, method by method:
   under ``ctx.out``, from the first step (fetch, convert, quantize) up to, not including, the
   manifest, which the build writes itself. Pure: it reads ``ctx.spec`` and returns
   :class:`BuildSteps` (steps and the notes ``build --dry-run`` shows); nothing is run or written.
-  A ``kind="python"`` step is run by a function from ``step_funcs`` (or a shared one: ``convert``,
-  ``fetch-model``, ``fetch-medusa``, ``runtime-files``); a ``kind="process"`` step runs its argv.
-- ``step_funcs(spec, out)``: the in-process functions of this engine's own ``kind="python"`` steps,
+  A ``StepKind.PYTHON`` step is run by a function from ``step_funcs`` (or a shared one: ``convert``,
+  ``fetch-model``, ``fetch-medusa``, ``runtime-files``); a ``StepKind.PROCESS`` step runs its argv.
+- ``step_funcs(spec, out)``: the in-process functions of this engine's own ``StepKind.PYTHON`` steps,
   by step name. Called only by ``build``, after ``check_tools``.
 - ``check_tools(spec)``: raise ``MissingDependencyError`` (exit 3) before any work when a tool the
   build steps run is missing; return the versions found (package name -> version), which the
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medusa_trt import records
-from medusa_trt.engine.steps import Step
+from medusa_trt.steps import Step
 
 if TYPE_CHECKING:
     from medusa_trt.engines.spec import BuildSpec

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from medusa_trt import engines, fsio, integrity, outputs, records
 from medusa_trt.engine.manifest import tool_versions
-from medusa_trt.engine.steps import Step, StepRunner, fingerprint
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, MANIFEST, TREE_FILE
 from medusa_trt.engines.recipe import BuildPlan
 from medusa_trt.engines.spec import BuildSpec, resolve
 from medusa_trt.errors import CheckpointError
+from medusa_trt.steps import Step, StepKind, StepRunner, fingerprint
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -112,9 +112,9 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         }
         t0 = time.perf_counter()
         for step in plan.steps:
-            if step.kind == "serve" or step.name == "manifest":
+            if step.kind is StepKind.SERVE or step.name == "manifest":
                 continue
-            if step.kind == "python":
+            if step.kind is StepKind.PYTHON:
                 step.func = funcs[step.name]
             runner.run(step)
         doc = manifest_doc(plan, runner, tools, time.perf_counter() - t0)
@@ -183,7 +183,7 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, tools: dict[str, str | Non
             {
                 "step": r.name,
                 "argv": r.argv,
-                "status": r.status,
+                "status": r.status.value,
                 "seconds": round(r.seconds, 3),
                 "input_hash": r.input_hash,
                 "log": r.log,

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medusa_trt import engines
-from medusa_trt.engine.steps import Step
 from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, GIB, INTERNAL, MANIFEST, TREE_FILE, PlanContext
 from medusa_trt.engines.spec import BuildSpec
 from medusa_trt.engines.trtllm import commands as trtllm
+from medusa_trt.steps import Step, StepKind
 
 if TYPE_CHECKING:
     from medusa_trt.config.model import ModelSpec
@@ -116,7 +116,7 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
             f"write {MANIFEST} (inputs, versions, commands, timings)",
             [INTERNAL, "write", MANIFEST],
             outputs=[MANIFEST],
-            kind="python",
+            kind=StepKind.PYTHON,
         ),
         serve_step(spec, ctx.out, needs=ctx.needs("serve")),
     ]
@@ -164,7 +164,7 @@ def serve_step(
         env=cmd.env,
         inputs={"engine_dir": str(out)},
         needs=needs or {},
-        kind="serve",
+        kind=StepKind.SERVE,
     )
 
 
@@ -230,7 +230,7 @@ def convert_step(ctx: PlanContext) -> Step:
         },
         outputs=[CHECKPOINT],
         needs=ctx.needs("convert"),
-        kind="python",
+        kind=StepKind.PYTHON,
     )
 
 
@@ -242,5 +242,5 @@ def runtime_files_step(spec: BuildSpec) -> Step:
         inputs={"checkpoint_dir": CHECKPOINT, "yaml": medusa_yaml(spec)},
         outputs=[TREE_FILE, CONFIG_YAML],
         needs={"gpus": 0, "host": "any"},
-        kind="python",
+        kind=StepKind.PYTHON,
     )

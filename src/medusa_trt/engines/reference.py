@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medusa_trt.engine.steps import Step
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import (
     CHECKPOINT,
@@ -29,6 +28,7 @@ from medusa_trt.engines.base import (
 )
 from medusa_trt.engines.spec import BuildSpec
 from medusa_trt.errors import CheckpointError, MedusaTrtError
+from medusa_trt.steps import Step, StepKind
 
 
 class Reference:
@@ -116,7 +116,7 @@ def _validate_step(ctx: PlanContext) -> Step:
         env=spec.runtime_env,
         inputs={"checkpoint_dir": CHECKPOINT, "tp": spec.tp},
         needs=ctx.needs("validate"),
-        kind="python",
+        kind=StepKind.PYTHON,
     )
 
 

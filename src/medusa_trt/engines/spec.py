@@ -49,7 +49,7 @@ class Source:
 @dataclass
 class BuildSpec:
     profile: HardwareProfile
-    engine: str  # trtllm | reference
+    engine: str  # trtllm | reference | vllm
     model: Source
     medusa: Source | None
     output: Path
@@ -202,6 +202,9 @@ def _count_heads(path: Path) -> tuple[int | None, int | None]:
     st = path / "medusa_lm_head.safetensors"
     if st.is_file():
         return _heads_from_names(_safetensors_names(st))
+    embedded = _count_embedded_heads(path)  # a ModelOpt combined checkpoint given as the heads
+    if embedded[0] is not None:
+        return embedded
     cfg = path / "config.json"
     if cfg.is_file():
         c = _read_json(cfg)
@@ -230,21 +233,26 @@ def resolve(
     out, sources["output"] = _output_dir(output, env, src, model, profile.name)
     heads, sources["num_medusa_heads"] = _file_or_profile(file_heads, profile.medusa.num_heads, "num_heads")
     layers, sources["num_medusa_layers"] = _file_or_profile(file_layers, profile.medusa.num_layers, "num_layers")
-    tree_spec, sources["tree"] = _tree_spec(tree, env, profile)
-    paths = load_tree(tree_spec)
-    max_draft_len, sources["max_draft_len"] = profile.medusa.max_draft_len, "profile medusa.max_draft_len"
-    # the heads' tensors decide; the tree must not need a head they lack (NVIDIA's 8B Medusa has 3)
-    validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len, name=tree_name(tree_spec))
-    if heads != profile.medusa.num_heads:
-        logger.info(
-            "profile %s says medusa.num_heads: %d; the heads hold %d, and tree %s (depth %d) fits them: using %d",
-            profile.name,
-            profile.medusa.num_heads,
-            heads,
-            tree_name(tree_spec),
-            max(len(p) for p in paths),
-            heads,
-        )
+    if profile.engine == "vllm":  # a top-1 chain, one token per head: as long as the heads allow
+        paths, max_draft_len = _vllm_chain(tree, int(heads), profile.medusa.max_draft_len)
+        sources["tree"] = sources["max_draft_len"] = "min(heads, profile medusa.max_draft_len): vLLM's top-1 chain"
+        validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len)
+    else:
+        tree_spec, sources["tree"] = _tree_spec(tree, env, profile)
+        paths = load_tree(tree_spec)
+        max_draft_len, sources["max_draft_len"] = profile.medusa.max_draft_len, "profile medusa.max_draft_len"
+        # the heads' tensors decide; the tree must not need a head they lack (NVIDIA's 8B Medusa has 3)
+        validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len, name=tree_name(tree_spec))
+        if heads != profile.medusa.num_heads:
+            logger.info(
+                "profile %s says medusa.num_heads: %d; the heads hold %d, and tree %s (depth %d) fits them: using %d",
+                profile.name,
+                profile.medusa.num_heads,
+                heads,
+                tree_name(tree_spec),
+                max(len(p) for p in paths),
+                heads,
+            )
     workers, sources["convert_workers"] = _convert_workers(env, profile.parallelism.tp * profile.parallelism.pp)
     sources.update(_PROFILE_SOURCES)
     spec = BuildSpec(
@@ -326,6 +334,19 @@ def _tree_spec(tree: str | None, env: dict[str, str], profile: HardwareProfile) 
     if env.get(TREE_ENV):
         return env[TREE_ENV], f"env {TREE_ENV}"
     return profile.medusa.tree, "profile medusa.tree"
+
+
+def _vllm_chain(tree: str | None, heads: int, cap: int) -> tuple[list[list[int]], int]:
+    """vLLM drafts the top-1 chain of min(heads, cap) tokens; a --tree is refused (it has no trees)."""
+    from medusa_trt.medusa.trees import chain
+
+    if tree is not None:
+        raise InvalidInputError(
+            "--tree: vLLM drafts a top-1 chain, not a tree",
+            hint="Drop --tree; the chain is min(heads, the profile's medusa.max_draft_len) tokens long.",
+        )
+    k = min(heads, cap)
+    return chain(k), k
 
 
 def _convert_workers(env: dict[str, str], world_size: int) -> tuple[int, str]:

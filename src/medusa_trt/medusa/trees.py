@@ -162,3 +162,13 @@ def sort_tree(tree: Tree) -> Tree:
 def dump_tree(tree: Tree) -> str:
     """YAML, one path per line: the trtllm-bench ``--medusa_choices`` file format."""
     return "".join(f"- {json.dumps(p)}\n" for p in tree)
+
+
+def chain(k: int) -> Tree:
+    """The top-1 chain of ``k`` heads: [[0], [0, 0], ...] (what vLLM's Medusa drafts)."""
+    return [[0] * d for d in range(1, k + 1)]
+
+
+def is_chain(tree: Tree) -> bool:
+    """Whether ``tree`` is a top-1 chain (in any order)."""
+    return sorted(tree, key=len) == chain(len(tree))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medusa_trt.errors import CheckpointError, InvalidInputError
-from medusa_trt.train.stages import digest
+from medusa_trt.steps import digest
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medusa_trt.errors import InvalidInputError, ServerError
-from medusa_trt.train.stages import Stage
+from medusa_trt.steps import Stage
 
 JOURNAL = "sequences.jsonl"
 # In the distil stage's key: bumped whenever what the stage writes changes, so an older journal is not

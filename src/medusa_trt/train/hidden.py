@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from medusa_trt.train.stages import Stage
+from medusa_trt.steps import Stage
 
 SHARD_BYTES = 256 << 20  # one shard in memory at a time; bounds the stage's peak RSS
 

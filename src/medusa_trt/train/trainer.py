@@ -2,7 +2,7 @@
 
 The authors' code for it is ``medusa/train/train_legacy.py``.
 
-Three stages, each in a directory keyed by a hash of its inputs (``stages.py``), each resumable:
+Three stages, each in a directory keyed by a hash of its inputs (``steps.Stage``), each resumable:
 
 1. distil: the base model greedily continues every prompt (reference runtime at the checkpoint's
    tp, or an OpenAI-compatible teacher); prompt + continuation is a training sequence, so the heads
@@ -31,8 +31,8 @@ from typing import Any
 from medusa_trt import fsio, outputs, records
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.medusa.heads import HEADS_FILE
+from medusa_trt.steps import Stage, digest
 from medusa_trt.train.data import Prompt, encode_prompt, load_prompts
-from medusa_trt.train.stages import Stage, digest
 
 WORK = ".train"
 HEADS_FILES = (HEADS_FILE, "config.json", "training.json", "accuracy.csv")  # the result, hashed in its manifest
@@ -114,8 +114,8 @@ def _check(cfg: TrainConfig) -> None:
 
 def _stage(root: Path, name: str, key: dict[str, Any], resume: bool) -> Stage:
     st = Stage.at(root, name, key)
-    if not resume and st.dir.is_dir() and (st.dir / "key.json").is_file():
-        shutil.rmtree(st.dir)  # ours (key.json): --no-resume starts this stage over
+    if not resume and st.dir.is_dir() and st.is_ours():
+        shutil.rmtree(st.dir)  # ours (its key.json): --no-resume starts this stage over
     return st.open()
 
 

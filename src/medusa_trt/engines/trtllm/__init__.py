@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medusa_trt.engine.steps import Step
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import (
     CHECKPOINT,
@@ -33,6 +32,7 @@ from medusa_trt.engines.base import (
 from medusa_trt.engines.spec import BuildSpec
 from medusa_trt.engines.trtllm import commands
 from medusa_trt.errors import MissingDependencyError
+from medusa_trt.steps import Step, StepKind
 
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
 
@@ -173,7 +173,7 @@ def _build_step(ctx: PlanContext) -> Step:
         inputs={"checkpoint_dir": CHECKPOINT},
         outputs=[ENGINE_SUBDIR],
         needs=ctx.needs("build"),
-        kind="process",
+        kind=StepKind.PROCESS,
         notes=["max_draft_len is inherited from the checkpoint (not passed)"],
     )
 
@@ -195,7 +195,7 @@ def _quantize_steps(ctx: PlanContext) -> list[Step]:
                 inputs={"repo": src.spec, "revision": src.revision},
                 outputs=[f"sources/{role}"],
                 needs=ctx.needs(f"fetch-{role}"),
-                kind="python",
+                kind=StepKind.PYTHON,
             )
         )
         if role == "model":
@@ -223,7 +223,7 @@ def _quantize_steps(ctx: PlanContext) -> list[Step]:
             inputs={**recipe.source_inputs(spec), "model_dir": model_dir, "medusa_dir": medusa_dir},
             outputs=[CHECKPOINT],
             needs=ctx.needs("quantize"),
-            kind="process",
+            kind=StepKind.PROCESS,
             notes=[
                 f"TensorRT-LLM examples directory: {where} ({source}; set {commands.EXAMPLES_ENV})",
                 "needs the GPU host and the calibration dataset (cnn_dailymail) reachable",
