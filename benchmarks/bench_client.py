@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from medusa_trt.bench.client import make_client, stream_request
-from medusa_trt.bench.server import free_port
+from medusa_trt.supervise import free_port
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root, for tests.helpers
 

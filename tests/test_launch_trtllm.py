@@ -17,11 +17,10 @@ import httpx
 import pytest
 import yaml
 
-from medusa_trt.bench.server import free_port
 from medusa_trt.cli import run as cli_run
 from medusa_trt.engines import launch
 from medusa_trt.errors import CheckpointError, ToolFailedError
-from medusa_trt.supervise import Supervisor
+from medusa_trt.supervise import Supervisor, free_port
 from tests.helpers.standins import env_with, fake_trtllm_dist, install, records
 
 PROFILE = "hgx-h200-fp8-tp8"

@@ -61,28 +61,44 @@ def parse_with_vllm(python: str, argvs: list[list[str]]) -> list[dict[str, Any]]
     return list(json.loads(line.removeprefix("RESULT ")))
 
 
-def make_vllm_model(root: Path, *, num_heads: int = 4, steps: int = 160) -> tuple[Path, Path]:
-    """A tiny float32 Llama 3 (head size 32) and Medusa heads trained on its own greedy output
-    (`heads train`'s code), so that the heads' drafts get accepted."""
+def make_vllm_model(root: Path, *, num_heads: int = 4, steps: int = 120, head_steps: int = 150) -> tuple[Path, Path]:
+    """A tiny float32 Llama 3 (head size 32) pre-trained on a small repetitive corpus, and Medusa heads
+    trained on its own greedy output by `heads train`'s code: its drafts get accepted, as on a real model."""
     import torch
 
+    from medusa_trt.demo.pretrain import ModelRecipe, pretrain
     from medusa_trt.train.trainer import TrainConfig, train_heads
-    from tests.helpers.models import make_tiny_llama
+    from tests.helpers.models import DEFAULT_CORPUS
 
-    model = make_tiny_llama(root / "model", seed=0, **VLLM_TINY)
-    prompts = [
-        "def main():\n",
-        "The quick brown fox",
-        "class Model:\n",
-        "import json\n",
-        "x = 1\ny = 2\n",
-        "while True:\n",
-        "Speculative decoding",
-        "return None\n",
-    ]
     torch.set_num_threads(1)
-    cfg = TrainConfig(
-        num_heads=num_heads, steps=steps, lr=3e-3, batch_size=8, seq_len=64, gen_tokens=48, progress=False
+    recipe = ModelRecipe(
+        vocab_size=320,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        max_position_embeddings=512,
+        steps=steps,
+        batch_size=8,
+        seq_len=64,
+        warmup=10,
+        **{k: v for k, v in VLLM_TINY.items() if k != "intermediate_size"},
     )
-    train_heads(model, root / "heads", data=prompts, config=cfg)
-    return model, root / "heads"
+    pretrain(root / "model", DEFAULT_CORPUS, recipe)
+    cfg = TrainConfig(
+        num_heads=num_heads, steps=head_steps, lr=3e-3, batch_size=8, seq_len=64, gen_tokens=48, progress=False
+    )
+    train_heads(root / "model", root / "heads", data=PROMPTS, config=cfg)
+    return root / "model", root / "heads"
+
+
+PROMPTS = [
+    "def main():\n",
+    "The quick brown fox",
+    "class Model:\n",
+    "    def __init__(self, name):\n",
+    "Speculative decoding",
+    "return 0\n",
+    "The lazy dog",
+    "self.name = name\n",
+    "drafts tokens and",
+    "jumps over the",
+]

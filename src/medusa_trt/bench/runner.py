@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import __version__
+from medusa_trt import __version__, spec_counters
 from medusa_trt.bench.client import make_client, stream_request
 from medusa_trt.bench.datasets import BUILTIN, Prompt, draw_prompts, load_prompts, load_tokenizer
 from medusa_trt.bench.metrics import RequestRecord, compute_metrics
@@ -161,12 +162,21 @@ def _finalize(report: BenchReport, cfg: BenchConfig, prompts: list[Prompt], col:
                 "num_requests": len(recs),
                 **compute_metrics(recs, duration),
                 "first_error": first,
+                # what each prompt's completion was, to compare engines' greedy outputs without keeping the text
+                "output_sha256": {str(r.index): hashlib.sha256(r.text.encode()).hexdigest() for r in recs if r.ok},
                 "requests": [r.to_json() for r in recs],
             }
         )
     if cfg.compare_no_medusa:
         report.comparisons.append(_compare(col.records, prompts, col.concurrency, cfg.temperature))
     col.records = []
+
+
+def _add_spec_counters(run: dict[str, Any], counted: dict[str, Any]) -> None:
+    """vLLM's speculative-decoding counters over a level; its tokens/step where usage had no step count."""
+    run["spec_decode"] = counted
+    if run.get("tokens_per_step") is None:
+        run["tokens_per_step"] = counted["tokens_per_step"]
 
 
 async def _send(
@@ -229,10 +239,15 @@ async def _measure_all(
             if col.interrupted:
                 return
             col.concurrency, col.t0, col.records = c, time.perf_counter(), []
+            before = await asyncio.to_thread(spec_counters.read, url)  # vLLM's counters, when it is vLLM
             if on_level:
                 on_level(c, len(prompts) * len(modes))
             await _level(client, cfg, model, prompts, col, on_request)
             _finalize(report, cfg, prompts, col)
+            if before is not None and not cfg.compare_no_medusa:  # the counters cannot tell Medusa on from off
+                after = await asyncio.to_thread(spec_counters.read, url)
+                if after is not None:
+                    _add_spec_counters(report.runs[-1], after.minus(before))
 
 
 def _measure(

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from medusa_trt.bench.metrics import RequestRecord
     from medusa_trt.bench.report import BenchReport
+    from medusa_trt.bench.runner import BenchConfig
 
 
 def _parse_concurrency(text: str) -> tuple[int, ...]:
@@ -34,8 +35,12 @@ def _parse_concurrency(text: str) -> tuple[int, ...]:
 def bench_cmd(
     url: Annotated[str | None, typer.Option("--url", help="Base URL of an OpenAI-compatible server.")] = None,
     engine: Annotated[
-        Path | None,
-        typer.Option("--engine", help="Engine dir: start our server on a free loopback port, measure, stop it."),
+        list[Path] | None,
+        typer.Option(
+            "--engine",
+            help="Engine dir: start its server (`medusa-trt run`) on a free loopback port, measure, stop it. "
+            "Repeat it to compare engines side by side, one at a time, with the same prompts and settings.",
+        ),
     ] = None,
     model: Annotated[str, typer.Option("--model", help="Model preset for --simulate.")] = "llama-3.1-70b",
     served_model: Annotated[
@@ -107,10 +112,13 @@ def bench_cmd(
         raise InvalidInputError(f"--plot must name a .png file, got {plot}")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise InvalidInputError(f"--temperature {temperature}: must be a finite number >= 0", hint="0 is greedy.")
-    json_path = _check_outputs(json_out_file, plot, engine, dataset)
+    engines = list(engine or [])
+    if len(engines) > 1 and url is not None:
+        raise InvalidInputError("--url and --engine exclude each other", hint="Measure a server, or engine dirs.")
+    json_path = _check_outputs(json_out_file, plot, engines, dataset)
     cfg = BenchConfig(
         url=url,
-        engine=engine,
+        engine=engines[0] if len(engines) == 1 else None,
         served_model=served_model,
         dataset=dataset,
         num_prompts=num_prompts,
@@ -129,8 +137,11 @@ def bench_cmd(
         sim_model=model,
         command=["medusa-trt", *sys.argv[1:]],
     )
-    if engine is not None:
-        err_console.print(f"starting the server for {engine} ...")
+    if len(engines) > 1:
+        _side_by_side(cfg, engines, json_path, plot, json_out)
+        return
+    if engines:
+        err_console.print(f"starting the server for {engines[0]} ...")
     with _LevelProgress() as progress:
         report = run_benchmark(cfg, on_level=progress.on_level, on_request=progress.on_request)
     _render(report, json_path, plot)
@@ -198,12 +209,54 @@ def _raise_if_nothing_measured(report: BenchReport) -> None:
         )
 
 
-def _check_outputs(json_out: str | None, plot: Path | None, engine: Path | None, dataset: str) -> Path | None:
+def _side_by_side(cfg: BenchConfig, engines: list[Path], json_path: Path | None, plot: Path | None, doc: bool) -> None:
+    """Each engine in turn (started, measured, stopped), then one table and plot."""
+    from rich.table import Table
+
+    from medusa_trt.bench.side_by_side import rows, run_side_by_side, summary_lines, write_plot
+
+    if cfg.simulate:
+        raise InvalidInputError("--simulate takes one engine or --url", hint="Drop --simulate, or bench one engine.")
+    progress = _LevelProgress()
+
+    def callbacks() -> dict[str, object]:
+        return {"on_level": progress.on_level, "on_request": progress.on_request}
+
+    with progress:
+        sbs = run_side_by_side(
+            cfg,
+            engines,
+            on_engine=lambda p: err_console.print(f"starting the server for {p} ..."),
+            make_callbacks=callbacks,
+        )
+    table = Table(title="medusa-trt bench: engines side by side", title_justify="left")
+    header, *body = rows(sbs)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in body:
+        table.add_row(*row)
+    err_console.print(table)
+    for line in summary_lines(sbs):
+        err_console.print(line, soft_wrap=True, markup=False)
+    if json_path is not None:
+        err_console.print(f"wrote {sbs.write(json_path)}")
+    if plot is not None and sbs.reports:
+        err_console.print(f"wrote {write_plot(sbs, plot)}")
+    if doc:
+        emit_json(sbs.to_json())
+    if sbs.was_cancelled:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if all(r["completed"] == 0 for _, r in sbs.columns()):
+        raise ServerError("every request failed: nothing was measured", hint="See the servers' errors above.")
+
+
+def _check_outputs(json_out: str | None, plot: Path | None, engines: list[Path], dataset: str) -> Path | None:
     """Refuse bad output paths before the benchmark runs, not after an hour of measuring."""
     from medusa_trt.bench.report import is_report
     from medusa_trt.outputs import check_file_output, is_our_png
 
-    inputs: dict[str, str | Path | None] = {"--engine": engine, "--dataset": dataset}
+    inputs: dict[str, str | Path | None] = {f"--engine {e}": e for e in engines}
+    inputs["--dataset"] = dataset
     if plot is not None:
         check_file_output(plot, "--plot", inputs, ours=is_our_png)
     return None if json_out is None else check_file_output(json_out, "--json-out", inputs, ours=is_report)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
-from medusa_trt.engines.launch import DEFAULT_MAX_REQUEST_MB
+from medusa_trt.engines.launch import DEFAULT_MAX_REQUEST_MB, TEMPLATE_TIMEOUT_S
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 
@@ -96,12 +96,25 @@ def run_cmd(
         float,
         typer.Option("--first-step-timeout", help="The same for a request's first forward (the prefill); 0: off."),
     ] = FIRST_STEP_TIMEOUT_S,
+    template_timeout: Annotated[
+        float,
+        typer.Option(
+            "--template-timeout",
+            help="Serve: seconds the chat template may render one request before it is stopped (HTTP 500).",
+        ),
+    ] = TEMPLATE_TIMEOUT_S,
     json_out: JsonOpt = False,
 ) -> int:
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
     _check_sampling(prompt, temperature, top_p, top_k)
     if prompt is None:
-        from medusa_trt.engines.launch import serve, serve_command
+        import os
+
+        from medusa_trt.engines.launch import api_key_setting, serve, serve_command
+
+        api_key, note = api_key_setting(api_key, os.environ)
+        if note is not None:
+            err_console.print(note, markup=False)
 
         if json_out:  # serving has no document to print; the command it would run does
             if not print_cmd:
@@ -116,10 +129,11 @@ def run_cmd(
             device=device,
             tree=tree,
             adapt=False if no_adapt else None,
-            api_key=api_key or None,
+            api_key=api_key,
             max_request_mb=max_request_mb,
             step_timeout_s=step_timeout,
             first_step_timeout_s=first_step_timeout,
+            template_timeout_s=template_timeout,
         )
     if max_tokens < 1:
         raise InvalidInputError("--max-tokens must be at least 1")
@@ -147,7 +161,10 @@ def run_cmd(
         on_text=None if json_out else _echo,
         status=lambda label: err_console.status(label, spinner="dots"),
     )
-    doc = generate(path, request)
+    return _report(generate(path, request), json_out)
+
+
+def _report(doc: dict, json_out: bool) -> int:
     if json_out:
         emit_json(doc)
         return 0
@@ -156,7 +173,7 @@ def run_cmd(
     err_console.print(
         f"[dim]{doc['completion_tokens']} tokens in {doc['num_steps']} steps "
         f"({doc['tokens_per_step']:.2f} tokens/step, {s['tokens_per_s']:.1f} tokens/s, "
-        f"medusa={'on' if s['medusa'] else 'off'}, tp={s['tp']}, finish={doc['finish_reason']})[/]"
+        f"medusa={'on' if s['medusa'] else 'off'}, tp={s.get('tp', 1)}, finish={doc['finish_reason']})[/]"
     )
     return 0
 

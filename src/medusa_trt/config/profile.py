@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from medusa_trt import yamlread
 from medusa_trt.config import yaml_marks
 from medusa_trt.config.trtllm_flags import (
     TRTLLM_BUILD_DEPRECATED,
@@ -417,7 +418,10 @@ def _allowed_keys_hint(loc: yaml_marks.Loc) -> str | None:
 
 def parse_profile(text: str, source: str, path: Path | None = None) -> HardwareProfile:
     """Validate YAML text; every error names ``source:line`` and the key."""
-    data, root = yaml_marks.parse_yaml(text, source)
+    return _validate(*yaml_marks.parse_yaml(text, source), source, path)
+
+
+def _validate(data: Any, root: Any, source: str, path: Path | None) -> HardwareProfile:
     if not isinstance(data, dict):
         raise ProfileError(
             f"{source}:1: a profile is a YAML mapping of sections",
@@ -464,15 +468,18 @@ def _looks_like_path(spec: str) -> bool:
 
 def load_profile_file(path: Path, *, expect_name: str | None = None) -> HardwareProfile:
     try:
-        text = path.read_text()
+        text = yamlread.read_capped(path)
     except FileNotFoundError as e:
         raise ProfileError(
             f"{path}: no such profile file",
             hint="Give a profile name (medusa-trt profiles list) or an existing YAML file.",
         ) from e
+    except yamlread.YamlRefused as e:
+        yamlread.raise_as(e, str(path), ProfileError, hint="A profile is a small YAML mapping; see the shipped ones.")
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError(f"{path}: cannot read the profile ({e.__class__.__name__})") from e
-    profile = parse_profile(text, str(path), path)
+    data, root = yaml_marks.parse_yaml(text, str(path))
+    profile = _validate(data, root, str(path), path)
     if expect_name is not None and profile.name != expect_name:
         yaml_marks.raise_issues(
             [
@@ -482,7 +489,7 @@ def load_profile_file(path: Path, *, expect_name: str | None = None) -> Hardware
                     hint=f"Rename the file or set name: {expect_name}",
                 )
             ],
-            yaml_marks.parse_yaml(text, str(path))[1],
+            root,
             str(path),
         )
     return profile

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from medusa_trt import yamlread
 from medusa_trt.errors import ProfileError
 
 Loc = tuple[str | int, ...]
@@ -30,10 +31,12 @@ class Issue:
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
-    """The plain data and the composed node tree; a syntax error becomes a ProfileError with its line."""
+    """The plain data and the composed node tree (parsed once, bounded: ``medusa_trt.yamlread``); a
+    syntax error, an alias bomb or a duplicate key becomes a ProfileError with its line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, node = yamlread.load(text)
+    except yamlread.YamlRefused as e:
+        yamlread.raise_as(e, source, ProfileError, hint="A profile is a small YAML mapping; see the shipped ones.")
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 ENGINES = {
     "trtllm": "medusa_trt.engines.trtllm",
     "reference": "medusa_trt.engines.reference",
+    "vllm": "medusa_trt.engines.vllm",
 }
 
 

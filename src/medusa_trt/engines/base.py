@@ -10,7 +10,8 @@ The contract, method by method:
 - ``name``: the profile's ``engine:`` value and the manifest's ``"engine"`` key.
 - ``capabilities``: what the engine can do (:class:`Capabilities`); read, never computed per call.
 - ``engine_dir``: the sub-directory of engine files its build writes (the manifest's ``engine_dir``,
-  e.g. TensorRT-LLM's ``engine/``), or None when it serves the converted checkpoint itself.
+  e.g. TensorRT-LLM's ``engine/``), or None when it has none (the reference runtime serves the
+  converted checkpoint itself).
 - ``build_steps(ctx)``: the ordered steps that turn the profile's sources into the engine's files
   under ``ctx.out``, from the first step (fetch, convert, quantize) up to, not including, the
   manifest, which the build writes itself. Pure: it reads ``ctx.spec`` and returns
@@ -22,6 +23,9 @@ The contract, method by method:
 - ``check_tools(spec)``: raise ``MissingDependencyError`` (exit 3) before any work when a tool the
   build steps run is missing; return the versions found (package name -> version), which the
   manifest's ``tools`` records.
+- ``manifest_fields(spec, out)``: the engine's own fields of the manifest, laid over the shared ones
+  (``recipe.spec_record``): what its ``serve_command`` reads back. Pure; called by ``build --dry-run``
+  (for the serve step) and by ``build`` once the steps ran (for the manifest).
 - ``serve_command(engine_dir, manifest, host, port)``: how ``run DIR`` serves a built directory,
   as a :class:`ServeCommand` (argv and environment of a child server, or the equivalent
   ``medusa-trt run`` line of an in-process server). Pure: called by ``build --dry-run`` too, with
@@ -180,6 +184,8 @@ class Engine(Protocol):
     def step_funcs(self, spec: BuildSpec, out: Path) -> dict[str, Callable[[], None]]: ...
 
     def check_tools(self, spec: BuildSpec) -> dict[str, str | None]: ...
+
+    def manifest_fields(self, spec: BuildSpec, out: Path) -> dict[str, Any]: ...
 
     def serve_command(self, engine_dir: Path, manifest: dict[str, Any], host: str, port: int) -> ServeCommand: ...
 

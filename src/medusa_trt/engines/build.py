@@ -118,6 +118,7 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
                 step.func = funcs[step.name]
             runner.run(step)
         doc = manifest_doc(plan, runner, tools, time.perf_counter() - t0)
+        doc.update(engine.manifest_fields(spec, out))  # the engine's own fields, e.g. vLLM's server flags
         doc["hash_algorithm"] = integrity.HASH_ALGORITHM
         doc["files"] = integrity.record(out, _served_files(owned), {**known, **_known_hashes(out)})
         records.write(records.ENGINE, out, doc)

@@ -15,7 +15,9 @@ from medusa_trt import engines, records
 from medusa_trt.engines.base import Engine, GenerateRequest, ServeCommand, ServeOptions
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
+from medusa_trt.serve.guard import api_key_setting as api_key_setting  # for the CLI, which imports no serve
 
 SERVED = ("tree", "num_medusa_heads", "max_draft_len", "profile")  # what serving reads from a manifest
 
@@ -61,6 +63,7 @@ def serve(
     max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
     step_timeout_s: float = STEP_TIMEOUT_S,
     first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S,
+    template_timeout_s: float = TEMPLATE_TIMEOUT_S,
     tree: str | None = None,
     adapt: bool | None = None,
 ) -> int:
@@ -73,11 +76,14 @@ def serve(
         raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
     if step_timeout_s < 0 or first_step_timeout_s < 0:
         raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
+    if not template_timeout_s > 0:
+        raise InvalidInputError(f"--template-timeout must be positive, got {template_timeout_s}")
     guard = ServeGuard(
         api_key=api_key or None,
         max_request_bytes=int(max_request_mb * 2**20),
         step_timeout_s=step_timeout_s,
         first_step_timeout_s=first_step_timeout_s,
+        template_timeout_s=template_timeout_s,
     )
     engine_dir = Path(engine_dir).resolve()
     engine, manifest = load(engine_dir)

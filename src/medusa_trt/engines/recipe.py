@@ -154,9 +154,9 @@ def serve_step(
 ) -> Step:
     """The command `medusa-trt run` supervises (not run by build): the engine's serve command for the
     manifest this build writes."""
-    cmd = engines.get(spec.engine).serve_command(
-        out, spec_record(spec), host or spec.profile.serve.host, port or spec.profile.serve.port
-    )
+    engine = engines.get(spec.engine)
+    manifest = {**spec_record(spec), **engine.manifest_fields(spec, out)}
+    cmd = engine.serve_command(out, manifest, host or spec.profile.serve.host, port or spec.profile.serve.port)
     return Step(
         "serve",
         cmd.description,

@@ -47,6 +47,9 @@ class Reference:
     def check_tools(self, spec: BuildSpec) -> dict[str, str | None]:
         return {}  # torch and transformers are dependencies of medusa-trt itself
 
+    def manifest_fields(self, spec: BuildSpec, out: Path) -> dict[str, Any]:
+        return {}  # the shared fields say everything serve_command reads
+
     def serve_command(self, engine_dir: Path, manifest: dict[str, Any], host: str, port: int) -> ServeCommand:
         argv = ["medusa-trt", "run", str(engine_dir), "--host", host, "--port", str(port)]
         env = runtime_env(manifest)

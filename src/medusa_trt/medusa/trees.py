@@ -15,12 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from medusa_trt import yamlread
 from medusa_trt.errors import TreeError
 
 SMALL_TREE = "nvidia_low_latency_15"  # 15 nodes, depth 3: the default where it fits
 TOPK = 10  # candidates per head; the authors' buffers and TRT-LLM both index ranks 0..9
 
 Tree = list[list[int]]
+_EXAMPLE = "A tree file is a list of paths, e.g. [[0], [0, 0], [1]]."
 
 
 def named_trees() -> list[str]:
@@ -31,7 +33,9 @@ def named_trees() -> list[str]:
 
 def _parse(text: str, source: str) -> Tree:
     try:
-        data = yaml.safe_load(text)  # YAML is a superset of JSON: one parser for both
+        data, _ = yamlread.load(text)  # YAML is a superset of JSON: one parser for both
+    except yamlread.YamlRefused as e:
+        yamlread.raise_as(e, source, TreeError, hint=_EXAMPLE)
     except yaml.YAMLError as e:
         raise TreeError(
             f"{source}: not valid YAML/JSON ({e.__class__.__name__})",
@@ -59,7 +63,13 @@ def load_tree(spec: str | Path | Tree) -> Tree:
         return _parse(text, name)
     path = Path(name)
     if path.is_file():
-        return _parse(path.read_text(), str(path))
+        try:
+            text = yamlread.read_capped(path)
+        except yamlread.YamlRefused as e:
+            yamlread.raise_as(e, str(path), TreeError, hint=_EXAMPLE)
+        except (OSError, UnicodeDecodeError) as e:
+            raise TreeError(f"{path}: cannot read the tree file ({e.__class__.__name__})") from e
+        return _parse(text, str(path))
     if name.lstrip().startswith("["):
         return _parse(name, "tree literal")
     raise TreeError(

@@ -23,56 +23,77 @@ class TextStream:
 
     ``push(ids)`` returns the new text that is safe to show; ``finish()`` returns what was held back.
     After a stop string matched, ``stopped`` is True and the text ends before the stop string.
+
+    Work is linear in the completion: only a window (the text not yet handed out, plus the last
+    ``hold`` characters before it) is kept as one string and searched for stop strings; the rest
+    lives in a list of pieces, joined once when ``text`` is read. The server bounds the stop list
+    (``serve.protocol``): the search costs ``len(stop) x window`` per push.
     """
 
     def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
         self._tok = tokenizer
         self._ids: list[int] = []
         self._context = 0  # ids[_context:_settled]: the last settled piece, decoded again as context
-        self._settled = 0  # ids[:_settled] decode to _settled_text and end on a character boundary
-        self._settled_text = ""
+        self._settled = 0  # ids[:_settled] decode to the pieces and end on a character boundary
+        self._pieces: list[str] = []  # the settled text, piece by piece
+        self._settled_len = 0
+        self._window = ""  # the settled text from index _base on (the rest is handed out and searched)
+        self._base = 0
+        self._tail = ""  # the text of the ids after the last character boundary
         self._stop = [s for s in stop if s]
         self._hold = max((len(s) for s in self._stop), default=1) - 1  # a stop string may be half-seen
-        self.text = ""  # decoded completion so far (cut at a stop string once one matched)
-        self.emitted = 0  # characters of self.text already handed out
+        self._end: int | None = None  # where the text ends once a stop string matched
+        self.emitted = 0  # characters of the text already handed out
         self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """The decoded completion so far (cut at a stop string once one matched)."""
+        return ("".join(self._pieces) + self._tail)[: self._end]
 
     def _decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
-    def _full_text(self) -> str:
-        """The text of every id so far, decoding only those since the last character boundary."""
+    def _advance(self) -> None:
+        """Decode the ids since the last character boundary (with the piece before it as context)."""
         context = self._decode(self._ids[self._context : self._settled])
         tail = self._decode(self._ids[self._context :])[len(context) :]
-        text = self._settled_text + tail
         if tail and not tail.endswith(_REPLACEMENT):  # a boundary: the next decode starts here
-            self._context, self._settled, self._settled_text = self._settled, len(self._ids), text
-        return text
+            self._context, self._settled = self._settled, len(self._ids)
+            self._pieces.append(tail)
+            self._settled_len += len(tail)
+            self._window += tail
+            tail = ""
+        self._tail = tail
 
     def push(self, token_ids: Sequence[int]) -> str:
         if self.stopped:
             return ""
         self._ids.extend(int(t) for t in token_ids)
-        text = self._full_text()
+        self._advance()
+        window = self._window + self._tail  # the text from index _base on
         if self._stop:
             # search from just before the emitted text: a stop string may straddle two pushes
-            start = max(0, self.emitted - self._hold)
-            hits = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
+            start = max(self.emitted - self._hold, self._base) - self._base
+            hits = [i for i in (window.find(s, start) for s in self._stop) if i >= 0]
             if hits:
-                self.text = text[: min(hits)]
+                self._end = self._base + min(hits)
                 self.stopped = True
-                return self._take(len(self.text))
-        self.text = text
-        safe = len(text)
-        while safe > self.emitted and text[safe - 1] == _REPLACEMENT:
+                return self._take(window, self._end)
+        safe = self._base + len(window)
+        while safe > self.emitted and window[safe - 1 - self._base] == _REPLACEMENT:
             safe -= 1  # an incomplete multi-byte character: wait for its next bytes
-        return self._take(max(self.emitted, safe - (self._hold if self._stop else 0)))
+        return self._take(window, max(self.emitted, safe - (self._hold if self._stop else 0)))
 
     def finish(self) -> str:
         """The held-back rest (the generation ended: no more bytes will come)."""
-        return self._take(len(self.text))
+        window = self._window + self._tail
+        return self._take(window, self._base + len(window) if self._end is None else self._end)
 
-    def _take(self, upto: int) -> str:
-        delta = self.text[self.emitted : upto]
+    def _take(self, window: str, upto: int) -> str:
+        delta = window[self.emitted - self._base : max(upto - self._base, 0)]
         self.emitted = max(self.emitted, upto)
+        # keep only what a later search or delta can still need: the last `hold` handed-out characters on
+        keep = min(max(self.emitted - self._hold, self._base), self._settled_len)
+        self._window, self._base = self._window[keep - self._base :], keep
         return delta

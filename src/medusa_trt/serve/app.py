@@ -40,7 +40,8 @@ def create_app(
     The caller owns the engine (closes it); ``app.state.worker.close()`` stops the thread, which
     the app's shutdown does too. When a tp rank dies or a step outlives its timeout, ``/health``
     turns 503, the running and queued requests fail with 503, the ranks are killed and
-    ``on_fault(reason)`` is called (the server then exits).
+    ``on_fault(reason)`` is called (the server then exits). ``/health`` is 503 too while the prompt
+    worker (chat template, tokenizer) is stuck on one request past its budget.
     """
     if getattr(engine, "tokenizer", None) is None:
         raise CheckpointError(
@@ -52,7 +53,7 @@ def create_app(
     metrics = Metrics(name)
     clock = StepClock(guard.first_step_timeout_s, guard.step_timeout_s)
     worker = EngineWorker(engine, metrics, clock)
-    gen = Generator(engine, worker, metrics, name)
+    gen = Generator(engine, worker, metrics, name, template_timeout_s=guard.template_timeout_s)
     fault: list[str] = []
 
     def tripped(reason: str) -> None:
@@ -74,12 +75,12 @@ def create_app(
         title="medusa-trt reference server", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.engine, app.state.worker, app.state.metrics, app.state.model_name = engine, worker, metrics, name
-    app.state.watchdog = watchdog
+    app.state.watchdog, app.state.generator = watchdog, gen
     # inside the request counter (added after it, so outside it): 401 and 413 are counted too
     app.add_middleware(GuardMiddleware, api_key=guard.api_key, max_bytes=guard.max_request_bytes)
     _count_requests(app, metrics)
     _openai_errors(app)
-    _info_routes(app, engine, name, metrics, lambda: fault[0] if fault else watchdog.check())
+    _info_routes(app, engine, name, metrics, lambda: fault[0] if fault else watchdog.check() or gen.stuck())
     _generation_routes(app, gen, name)
     return app
 

@@ -27,11 +27,20 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from medusa_trt.errors import EngineFailedError, InvalidInputError, MedusaTrtError
 from medusa_trt.runtime.text import TextStream
+from medusa_trt.serve.chat import (
+    START_TIMEOUT_S,
+    TEMPLATE_TIMEOUT_S,
+    ChatPrompt,
+    PromptTooLong,
+    TemplateBroken,
+    TemplateError,
+)
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CommonRequest, CompletionRequest
 from medusa_trt.serve.worker import EngineWorker, Finished, Job
 
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
+TOKENIZE_BUDGET_S = 60.0  # tokenizing the largest admitted prompt takes seconds; a minute means stuck
 
 
 class ClientGone(Exception):
@@ -73,16 +82,41 @@ class Outcome:
 class Generator:
     """Turns requests into jobs on the worker and jobs into OpenAI responses."""
 
-    def __init__(self, engine: Any, worker: EngineWorker, metrics: Metrics, model_name: str) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        worker: EngineWorker,
+        metrics: Metrics,
+        model_name: str,
+        template_timeout_s: float = TEMPLATE_TIMEOUT_S,
+    ) -> None:
         self.engine, self.worker, self.metrics, self.model_name = engine, worker, metrics, model_name
         self.tokenizer = engine.tokenizer
         # Tokenizing a long prompt takes seconds: off the event loop, so /health and streams go on.
         # One thread: the tokenizer is shared, and a queue of prompts cannot starve the loop.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medusa-trt-tokenize")
         self._max_token_chars = _longest_token(self.tokenizer)
+        # the chat template renders in a child process under a time budget (serve.chat)
+        self.chat_prompt = (
+            ChatPrompt(self.tokenizer, template_timeout_s, max_chars=self._max_chars())
+            if getattr(self.tokenizer, "chat_template", None)
+            else None
+        )
+        # one prompt's worst case: the renderer restarting, the template's budget, then tokenizing
+        self._budget_s = START_TIMEOUT_S + template_timeout_s + TOKENIZE_BUDGET_S
+        self._busy_since: float | None = None
 
     def close(self) -> None:
         self._tokenize.shutdown(wait=False, cancel_futures=True)
+        if self.chat_prompt is not None:
+            self.chat_prompt.close()
+
+    def stuck(self) -> str | None:
+        """Why the prompt worker counts as stuck (busy on one prompt past every budget), else None."""
+        since = self._busy_since
+        if since is None or time.monotonic() - since <= self._budget_s:
+            return None
+        return f"the prompt worker has been busy on one request for over {self._budget_s:g} s"
 
     # --- entry points ----------------------------------------------------------------------------
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
@@ -94,7 +128,18 @@ class Generator:
         return await self._serve(body, request, ids, body.max_completion_tokens or body.max_tokens, chat=True)
 
     async def _off_loop(self, fn: Any, body: Any) -> list[int]:
-        return list(await asyncio.get_running_loop().run_in_executor(self._tokenize, fn, body))
+        return list(await asyncio.get_running_loop().run_in_executor(self._tokenize, self._timed, fn, body))
+
+    def _timed(self, fn: Any, body: Any) -> list[int]:
+        self._busy_since = time.monotonic()
+        try:
+            return list(fn(body))
+        finally:
+            self._busy_since = None
+
+    def _max_chars(self) -> int:
+        """The longest text that can still fit the context (the bound `_check_chars` applies)."""
+        return min(int(self.engine.max_seq_len) * self._max_token_chars, 1 << 26)
 
     def _check_chars(self, n_chars: int, param: str) -> None:
         """Refuse, before tokenizing, a text that cannot fit: no token covers more than the vocabulary's
@@ -126,16 +171,22 @@ class Generator:
 
     def _chat_ids(self, body: ChatCompletionRequest) -> list[int]:
         _raise(body.unsupported())
-        if not getattr(self.tokenizer, "chat_template", None):
+        if self.chat_prompt is None:
             raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
+        # everything that reaches the template counts (the roles are bounded by the request model)
+        self._check_chars(sum(len(m["role"]) + len(m["content"]) for m in messages), "messages")
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # a template that rejects the roles or their order
-            raise APIError(400, f"chat template failed: {e}", param="messages") from e
-        # the template writes the BOS itself
-        return list(self.tokenizer.encode(str(text), add_special_tokens=False))
+            text = self.chat_prompt.render([self.chat_prompt.mark(m) for m in messages])
+            self._check_chars(len(text), "messages")
+            return self.chat_prompt.encode(text)  # the template writes the BOS itself
+        except PromptTooLong as e:
+            self._check_chars(e.characters, "messages")
+            raise  # unreachable: the renderer's limit is the bound _check_chars applies
+        except TemplateError as e:  # a template that rejects the roles or their order
+            raise APIError(400, str(e), param="messages") from e
+        except TemplateBroken as e:  # the model's template, not the request, is at fault
+            raise APIError(500, str(e), type="server_error", code="chat_template_failed") from e
 
     def _params(self, body: CommonRequest, n_prompt: int, max_tokens: int | None) -> Any:
         from medusa_trt.runtime import SamplingParams

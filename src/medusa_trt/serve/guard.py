@@ -10,11 +10,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
+from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 
 DEFAULT_MAX_REQUEST_MB = 4.0  # a 128k-token prompt is ~0.5 MB of text; 4 MiB leaves room for chat JSON
 API_KEY_ENV = "MEDUSA_TRT_API_KEY"
@@ -35,6 +37,41 @@ class ServeGuard:
     max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 2**20)
     step_timeout_s: float = STEP_TIMEOUT_S
     first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S
+    template_timeout_s: float = TEMPLATE_TIMEOUT_S  # a chat template's rendering, per request
+
+
+def api_key_setting(value: str | None, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The key to require (None: no auth) and a note to print, from ``--api-key`` or the environment.
+
+    A secret file usually ends in a newline that no client sends, so surrounding whitespace is
+    stripped (and said). A variable that is set but empty, or blank, is refused: it reads as "auth on"
+    to whoever set it, and must not silently serve without a key. (Click passes an empty variable
+    on as unset, hence the look at ``env``.)
+    """
+    if value is None:
+        value = env.get(API_KEY_ENV)
+    if value is None:
+        return None, None
+    key = value.strip()
+    where = f"--api-key / {API_KEY_ENV}"
+    if not key:
+        raise InvalidInputError(
+            f"the API key ({where}) is empty" + (" after stripping whitespace" if value else ""),
+            hint=f"Set a key, or unset {API_KEY_ENV} (and drop --api-key) to serve without one.",
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise InvalidInputError(
+            f"the API key ({where}) contains a control character, which no HTTP client can send",
+            hint="Use printable characters only.",
+        )
+    stripped = len(value) - len(key)
+    if not stripped:
+        return key, None
+    note = (
+        f"note: stripped {stripped} whitespace character{'s' if stripped > 1 else ''} around the API key ({where}); "
+        "clients send `Authorization: Bearer KEY` without them"
+    )
+    return key, note
 
 
 def is_loopback(host: str) -> bool:

@@ -11,6 +11,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Bounds on what a request may ask for, so that no field costs more than its bytes: OpenAI documents
+# "up to 4" stop sequences (https://platform.openai.com/docs/api-reference/chat/create); evaluation
+# harnesses send a few more, so 16, each at most MAX_STOP_CHARS (the text held back while streaming).
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 256
+# Everything that reaches the chat template is bounded: a turn costs template work and tokens even
+# when empty, and a role is template markup (a name such as user, assistant, tool, ipython).
+MAX_MESSAGES = 4096
+MAX_ROLE_CHARS = 64
+ROLE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+
 
 class APIError(Exception):
     """An error answered as OpenAI JSON: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -46,7 +58,7 @@ class CommonRequest(BaseModel):
     top_k: int = Field(0, ge=-1)  # extension (vLLM): 0 or -1 = off
     seed: int | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] = Field(default_factory=list)  # extension (vLLM)
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)  # extension (vLLM)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -66,6 +78,10 @@ class CommonRequest(BaseModel):
         items = [v] if isinstance(v, str) else (v or [])
         if any(not s for s in items):
             raise ValueError("stop strings must be non-empty")
+        if len(items) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings, got {len(items)}")
+        if any(len(s) > MAX_STOP_CHARS for s in items):
+            raise ValueError(f"a stop string has at most {MAX_STOP_CHARS} characters")
         return v
 
     def stop_list(self) -> list[str]:
@@ -119,7 +135,7 @@ class CompletionRequest(CommonRequest):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: str = Field(min_length=1, max_length=MAX_ROLE_CHARS, pattern=ROLE_PATTERN)
     content: str | list[dict[str, Any]] | None  # required (null only where OpenAI allows it: an assistant turn)
 
     @model_validator(mode="after")
@@ -142,7 +158,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(CommonRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = None

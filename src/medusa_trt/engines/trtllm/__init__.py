@@ -80,6 +80,9 @@ class Trtllm:
                 )
         return {"tensorrt_llm": version}
 
+    def manifest_fields(self, spec: BuildSpec, out: Path) -> dict[str, Any]:
+        return {}  # the shared fields say everything serve_command reads
+
     # --- serve -----------------------------------------------------------------------------------
 
     def serve_command(self, engine_dir: Path, manifest: dict[str, Any], host: str, port: int) -> ServeCommand:
