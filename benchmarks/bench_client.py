@@ -1,6 +1,6 @@
 """The bench client's own cost: streamed tokens/s per client core, and latency it adds per request.
 
-A minimal loopback server (tests/helpers/loopback.py, raw asyncio) runs in its own process pinned to
+A minimal loopback server (medusa_trt.bench.loopback, raw asyncio) runs in its own process pinned to
 one core and streams one token per SSE chunk as fast as it can (the worst case for the client);
 the client is pinned to another core. Reported:
   - streamed tokens/s at concurrency 1 and 16, wall-clock and per client CPU-second;
@@ -20,16 +20,12 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
 from medusa_trt.bench.client import make_client, stream_request
 from medusa_trt.supervise import free_port
-
-ROOT = Path(__file__).resolve().parents[1]  # the repository root, for tests.helpers
 
 
 def _pin(cpu: int) -> None:
@@ -38,8 +34,7 @@ def _pin(cpu: int) -> None:
 
 
 def _server_main(port: int, cpu: int) -> None:
-    sys.path.insert(0, str(ROOT))
-    from tests.helpers.loopback import LoopbackOptions, serve_forever
+    from medusa_trt.bench.loopback import LoopbackOptions, serve_forever
 
     _pin(cpu)
     serve_forever(port, LoopbackOptions(tokens_per_chunk=1))

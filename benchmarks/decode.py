@@ -14,7 +14,7 @@ the tree); ``--sampling`` compares exact and typical acceptance at those tempera
 code prompts from the demo's held-out stdlib files when the model has a tokenizer. Every row is the
 best of ``--repeats`` passes (the machine may be shared).
 
-Builds a random Llama 3 model of the given size (tests/helpers/models.py), Medusa heads, converts it with the
+Builds a random Llama 3 model of the given size (medusa_trt.demo.synthetic), Medusa heads, converts it with the
 real converter, and loads it with the reference runtime on CPU (tp 1). ``trained`` heads are the
 paper's initialisation (zero ResBlock, base lm_head): each head guesses the base model's next token,
 which a random model's repetitive greedy output often accepts. ``random`` heads are near-useless.
@@ -40,9 +40,7 @@ def build(work: Path, a: argparse.Namespace) -> Path:
     from safetensors.torch import load_file
 
     from medusa_trt.checkpoint.convert import convert_checkpoint
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
-    from tests.helpers.models import make_medusa_heads, make_tiny_llama
+    from medusa_trt.demo.synthetic import make_medusa_heads, make_tiny_llama
 
     model = make_tiny_llama(
         work / "model",
@@ -76,9 +74,7 @@ def build_from(work: Path, a: argparse.Namespace) -> Path:
     from safetensors.torch import load_file
 
     from medusa_trt.checkpoint.convert import convert_checkpoint
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
-    from tests.helpers.models import make_medusa_heads
+    from medusa_trt.demo.synthetic import make_medusa_heads
 
     model = Path(a.model_dir)
     heads = Path(a.heads_dir) if a.heads_dir != "lm_head" else None

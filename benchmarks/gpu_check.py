@@ -41,8 +41,7 @@ def make_model(work: Path, size: str, num_heads: int) -> tuple[Path, Path]:
     """A random Llama 3 HF dir of ``size`` and lm_head-initialised Medusa heads."""
     from safetensors.torch import load_file
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
-    from tests.helpers.models import make_medusa_heads, make_tiny_llama
+    from medusa_trt.demo.synthetic import make_medusa_heads, make_tiny_llama
 
     shape = SIZES[size]
     model = make_tiny_llama(

@@ -84,11 +84,8 @@ def _nothing() -> None:
 
 def scale_model(root: Path, tps: tuple[int, ...] = (1, 2)) -> tuple[Path, dict[int, Path]]:
     """The random fp32 Llama of SHAPES under ``root`` (made once) and its checkpoint at each tp."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
-    from tests.helpers.checkpoints import make_checkpoint
-    from tests.helpers.models import make_tiny_llama
+    from medusa_trt.checkpoint.convert import convert_checkpoint
+    from medusa_trt.demo.synthetic import make_tiny_llama
 
     hf = root / "hf"
     if not (hf / "config.json").is_file():
@@ -97,7 +94,7 @@ def scale_model(root: Path, tps: tuple[int, ...] = (1, 2)) -> tuple[Path, dict[i
     for tp in tps:
         ckpts[tp] = root / f"ck-tp{tp}"
         if not (ckpts[tp] / "config.json").is_file():
-            make_checkpoint(hf, ckpts[tp], tp=tp)
+            convert_checkpoint(hf, ckpts[tp], tp=tp, progress=False)
     return hf, ckpts
 
 

@@ -122,14 +122,12 @@ def test_plot_is_a_real_png(compared: BenchReport, tmp_path: Path) -> None:
     assert out.stat().st_mode == ref.stat().st_mode and not list(tmp_path.glob(".p*"))
 
 
-def test_down_server_fails_fast() -> None:
+def test_down_server_fails_before_any_request() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    t0 = time.perf_counter()
     with pytest.raises(ServerError, match="cannot reach"):
         probe(url)
-    with pytest.raises(ServerError):
+    with pytest.raises(ServerError, match="cannot reach"):  # the probe's error: no prompt was sent, none retried
         run_benchmark(BenchConfig(url=url, num_prompts=4))
-    assert time.perf_counter() - t0 < 5.0
 
 
 def test_timeouts_are_counted() -> None:

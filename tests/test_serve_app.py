@@ -185,7 +185,7 @@ def test_stop_string_cuts_text(url: str) -> None:
         ({"prompt": "x " * LONG}, 400, "prompt"),
         ({"prompt": ""}, 400, "prompt"),
         ({"prompt": [999_999]}, 400, "prompt"),
-        ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
+        ({"prompt": "x", "logprobs": 21}, 400, "logprobs"),  # vLLM's default max_logprobs is 20
         ({"prompt": "x", "stop": [""]}, 400, "stop"),
         ({"max_tokens": 3}, 400, "prompt"),
         ({"prompt": "x", "top_k": -2}, 400, "top_k"),  # -1 and 0 mean off, as in vLLM
@@ -238,12 +238,35 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def test_health_while_generating_and_disconnect(server: tuple[str, Any], engine: Any) -> None:
+def test_health_while_generating_and_disconnect(
+    server: tuple[str, Any], engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, app = server
     before = _metric(httpx.get(f"{url}/metrics").text, "medusa_trt_generations_total", outcome="cancelled")
     long_body = {"prompt": PROMPT, "max_tokens": LONG - 16, "temperature": 0, "stream": True}
     first: list[str] = []
-    got_chunk = threading.Event()
+    got_chunk, checked = threading.Event(), threading.Event()
+    real = engine.generate
+
+    class Held:
+        """The generation, held after its first chunk until /health has been asked (it is under way)."""
+
+        def __init__(self, gen: Any) -> None:
+            self.gen, self.chunks = gen, 0
+
+        def __iter__(self) -> Held:
+            return self
+
+        def __next__(self) -> Any:
+            if self.chunks == 1:
+                checked.wait(60)
+            self.chunks += 1
+            return next(self.gen)
+
+        def __getattr__(self, name: str) -> Any:  # close(), stats
+            return getattr(self.gen, name)
+
+    monkeypatch.setattr(engine, "generate", lambda *a, **kw: Held(real(*a, **kw)))
 
     def stream_then_drop() -> None:
         with httpx.Client(timeout=60) as c, c.stream("POST", f"{url}/v1/completions", json=long_body) as r:
@@ -251,19 +274,20 @@ def test_health_while_generating_and_disconnect(server: tuple[str, Any], engine:
                 if line.startswith("data: "):
                     first.append(line)
                     got_chunk.set()
-                    time.sleep(0.3)  # the generation runs while /health answers
+                    checked.wait(60)
                     return  # leaving the block closes the connection mid-stream
 
     t = threading.Thread(target=stream_then_drop)
     t.start()
-    assert got_chunk.wait(30)
-    t0 = time.monotonic()
-    assert httpx.get(f"{url}/health", timeout=5).status_code == 200
-    assert time.monotonic() - t0 < 2.0
-    assert app.state.metrics.running == 1
-    t.join(30)
+    try:
+        assert got_chunk.wait(60)
+        assert httpx.get(f"{url}/health", timeout=60).status_code == 200
+        assert app.state.metrics.running == 1  # /health answered while the generation ran
+    finally:
+        checked.set()
+    t.join(60)
     # the dropped stream's generation is cancelled (not run to its end) and the next request runs
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         now = _metric(httpx.get(f"{url}/metrics").text, "medusa_trt_generations_total", outcome="cancelled")
         if now > before:

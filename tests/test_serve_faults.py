@@ -1,7 +1,8 @@
 """Faults with real processes and signals: a tp 2 server (and `run --prompt`) whose rank 1 is killed
 (SIGKILL) or stopped (SIGSTOP). The server must stop claiming health, fail the requests in flight with
 an OpenAI-shaped 503 that names no internal file, kill what is left of its ranks and exit; SIGTERM
-must end it within 10 s even while a rank hangs."""
+must end it even while a rank hangs. The tests assert what happens and in which order; how fast it
+happens is measured by benchmarks/faults.py. Their time limits only keep a broken build from hanging."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import psutil
 import pytest
 
 from medusa_trt.supervise import free_port
+from tests.helpers import HANG_S
 
 PROMPT = "def f():"
 
@@ -34,7 +36,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Path:
     return make_checkpoint(model, base / "ck2", heads=tiny_heads, tp=2)
 
 
-def ranks_of(pid: int, timeout: float = 120) -> list[psutil.Process]:
+def ranks_of(pid: int, timeout: float = HANG_S) -> list[psutil.Process]:
     """The spawned tp rank processes below ``pid`` (once they exist)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -46,8 +48,16 @@ def ranks_of(pid: int, timeout: float = 120) -> list[psutil.Process]:
 
 
 def gone(procs: list[psutil.Process]) -> bool:
-    _, alive = psutil.wait_procs(procs, timeout=5)
+    _, alive = psutil.wait_procs(procs, timeout=HANG_S)
     return not alive
+
+
+def stopped(proc: psutil.Process) -> None:
+    """Wait until SIGSTOP has taken effect on ``proc``."""
+    deadline = time.monotonic() + HANG_S
+    while proc.status() != psutil.STATUS_STOPPED:
+        assert time.monotonic() < deadline, "the rank did not stop"
+        time.sleep(0.05)
 
 
 class Server:
@@ -56,7 +66,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "medusa_trt", "run", str(ckpt), "--port", str(self.port), *extra]
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + HANG_S
         while not self._healthy():
             assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
             assert time.monotonic() < deadline, "server did not start"
@@ -86,7 +96,7 @@ def server(ckpt: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
 
 def first_chunk(url: str) -> tuple[httpx.Client, Any, Iterator[str]]:
     """Open a long streaming generation and wait for its first event (the engine is busy after it)."""
-    client = httpx.Client(timeout=60)
+    client = httpx.Client(timeout=HANG_S)
     body = {"prompt": PROMPT, "max_tokens": 1900, "temperature": 0, "medusa": False, "stream": True}
     resp = client.send(client.build_request("POST", f"{url}/v1/completions", json=body), stream=True)
     assert resp.status_code == 200
@@ -102,18 +112,17 @@ def assert_clean_503(err: dict[str, Any]) -> None:
 
 def test_rank_killed_fails_health_and_requests_then_exits_1(server: Server) -> None:
     client, _resp, lines = first_chunk(server.url)
-    t0 = time.monotonic()
     os.kill(server.ranks[0].pid, signal.SIGKILL)
-    while (health := httpx.get(f"{server.url}/health", timeout=5)).status_code == 200:
-        assert time.monotonic() - t0 < 5, "still healthy"
+    deadline = time.monotonic() + HANG_S
+    while (health := httpx.get(f"{server.url}/health", timeout=HANG_S)).status_code == 200:
+        assert time.monotonic() < deadline, "still healthy"
     # the first answer that is not 200 is a 503 naming the rank (the port stays open ~1 s after the fault)
     assert health.status_code == 503 and "rank 1" in health.json()["reason"]
     events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
     assert "error" in events[-1], events[-1]  # the stream ends with the error event, then [DONE]
     assert_clean_503(events[-1]["error"])
     client.close()
-    assert server.proc.wait(timeout=15) == 1
-    assert time.monotonic() - t0 < 12  # the hard exit fires 9 s after the fault, whatever is stuck
+    assert server.proc.wait(timeout=HANG_S) == 1  # on its own: the hard exit fires whatever is stuck
     assert "rank 1 was killed by SIGKILL" in (server.proc.stderr.read() if server.proc.stderr else "")
     assert gone(server.ranks)
 
@@ -121,44 +130,40 @@ def test_rank_killed_fails_health_and_requests_then_exits_1(server: Server) -> N
 @pytest.mark.parametrize("server", [("--step-timeout", "2")], indirect=True)
 def test_rank_stopped_times_out_the_step_then_exits_1(server: Server) -> None:
     client, _resp, lines = first_chunk(server.url)
-    t0 = time.monotonic()
     os.kill(server.ranks[0].pid, signal.SIGSTOP)
     events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
-    took = time.monotonic() - t0
     assert_clean_503(events[-1]["error"])
-    assert "longer than 2 s" in events[-1]["error"]["message"] and 1.5 < took < 8, took
+    assert "longer than 2 s" in events[-1]["error"]["message"]  # the step timeout ended it, nothing else
     # a new request meanwhile is refused, not queued behind the dead engine
     try:
-        r = httpx.post(f"{server.url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}, timeout=10)
+        r = httpx.post(f"{server.url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}, timeout=HANG_S)
         assert r.status_code == 503 and r.json()["error"]["type"] == "server_error", r.text
     except httpx.ConnectError:
         pass  # or the port is already closed: either way nothing waits on the dead engine
     client.close()
-    assert server.proc.wait(timeout=15) == 1
+    assert server.proc.wait(timeout=HANG_S) == 1
     assert gone(server.ranks)  # the stopped rank was killed, not left behind
 
 
 @pytest.mark.parametrize("server", [("--step-timeout", "1")], indirect=True)
 def test_rank_stopped_while_idle_is_found_by_the_ping(server: Server) -> None:
     """No request in flight: the idle ping (every 5 s) through the ranks stalls and times out."""
-    t0 = time.monotonic()
     os.kill(server.ranks[0].pid, signal.SIGSTOP)
-    while httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-        assert time.monotonic() - t0 < 15, "a stopped rank went unnoticed"
+    deadline = time.monotonic() + HANG_S
+    while httpx.get(f"{server.url}/health", timeout=HANG_S).status_code == 200:
+        assert time.monotonic() < deadline, "a stopped rank went unnoticed"
         time.sleep(0.1)
-    assert server.proc.wait(timeout=15) == 1
+    assert server.proc.wait(timeout=HANG_S) == 1
     assert gone(server.ranks)
 
 
 @pytest.mark.parametrize("server", [("--step-timeout", "0")], indirect=True)
-def test_sigterm_ends_a_server_with_a_hung_rank_within_10_s(server: Server) -> None:
+def test_sigterm_ends_a_server_with_a_hung_rank(server: Server) -> None:
     client, _resp, _lines = first_chunk(server.url)
     os.kill(server.ranks[0].pid, signal.SIGSTOP)
-    time.sleep(0.5)  # the engine thread is now blocked in a collective (no step timeout to save it)
-    t0 = time.monotonic()
+    stopped(server.ranks[0])  # mid-generation: the engine's next collective hangs (no step timeout to save it)
     server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(timeout=15) == 128 + signal.SIGTERM
-    assert time.monotonic() - t0 < 10
+    assert server.proc.wait(timeout=HANG_S) == 128 + signal.SIGTERM
     assert gone(server.ranks)
     client.close()
 
@@ -188,7 +193,7 @@ def run_prompt(ckpt: Path, *extra: str) -> tuple[subprocess.Popen[str], list[psu
 def test_run_prompt_rank_killed_is_one_line_exit_1(ckpt: Path) -> None:
     proc, ranks = run_prompt(ckpt)
     os.kill(ranks[0].pid, signal.SIGKILL)
-    rc = proc.wait(timeout=15)
+    rc = proc.wait(timeout=HANG_S)
     err = proc.stderr.read() if proc.stderr else ""
     assert rc == 1, err[-3000:]
     assert "tensor-parallel rank 1 was killed by SIGKILL" in err and "Traceback" not in err and "gloo" not in err
@@ -201,7 +206,7 @@ def test_run_prompt_tp2_ends_without_interpreter_finalization(ckpt: Path) -> Non
         [*CLI, "run", str(ckpt), "--prompt", PROMPT, "--max-tokens", "4", "--no-medusa"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tp=2" in done.stderr and FINALIZED not in done.stderr
@@ -211,13 +216,10 @@ def test_run_prompt_tp2_ends_without_interpreter_finalization(ckpt: Path) -> Non
 def test_run_prompt_sigterm_with_a_hung_rank(ckpt: Path) -> None:
     proc, ranks = run_prompt(ckpt, "--step-timeout", "0")
     os.kill(ranks[0].pid, signal.SIGSTOP)
-    time.sleep(0.5)
-    t0 = time.monotonic()
+    stopped(ranks[0])
     proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=15)
-    elapsed = time.monotonic() - t0
+    rc = proc.wait(timeout=HANG_S)
     err = proc.stderr.read() if proc.stderr else ""
     assert rc == 128 + signal.SIGTERM, err[-2000:]
-    assert elapsed < 10
     assert "Traceback" not in err and FINALIZED not in err
     assert gone(ranks)

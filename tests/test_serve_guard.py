@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,26 +117,30 @@ def test_over_long_prompt_refused_before_tokenizing(served: tuple[str, Any], mon
 
 
 def test_tokenizing_runs_off_the_event_loop(served: tuple[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A prompt that takes 3 s to tokenize does not stop /health from answering meanwhile."""
+    """A prompt whose tokenizing is held up does not stop /health from answering meanwhile."""
     url, engine = served
     real = engine.tokenizer.encode
+    tokenizing, release = threading.Event(), threading.Event()
 
-    def slow(text: str, **kw: Any) -> Any:
+    def held(text: str, **kw: Any) -> Any:
         if "SLOW" in text:
-            time.sleep(3)
+            tokenizing.set()
+            release.wait(120)  # until /health has answered (a blocked event loop would never let it)
         return real(text, **kw)
 
-    monkeypatch.setattr(engine.tokenizer, "encode", slow)
+    monkeypatch.setattr(engine.tokenizer, "encode", held)
     done: list[int] = []
     t = threading.Thread(
         target=lambda: done.append(post(url, "/v1/completions", {"prompt": "SLOW", "max_tokens": 1}).status_code)
     )
     t.start()
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    assert httpx.get(f"{url}/health", timeout=2).status_code == 200
-    assert time.monotonic() - t0 < 1.0 and not done  # answered while the tokenizer was still busy
-    t.join(30)
+    try:
+        assert tokenizing.wait(60)
+        assert httpx.get(f"{url}/health", timeout=60).status_code == 200
+        assert not done and not release.is_set()  # answered while the tokenizer was still busy
+    finally:
+        release.set()
+    t.join(60)
     assert done == [200]
 
 

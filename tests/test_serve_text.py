@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from medusa_trt.runtime.text import TextStream
 from medusa_trt.serve.metrics import Metrics
-from medusa_trt.serve.protocol import ChatCompletionRequest, CompletionRequest
+from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
 
 MULTIBYTE = "héllo wörld 日本 → ok"
 
@@ -86,11 +86,16 @@ def test_special_tokens_are_not_shown(tok: Any) -> None:
 
 def test_request_models() -> None:
     r = CompletionRequest.model_validate({"prompt": "x", "stop": "a", "user": "me", "logit_bias": {}})
-    assert r.stop_list() == ["a"] and r.medusa is True and r.unsupported() is None
-    assert CompletionRequest.model_validate({"prompt": ["a", "b"]}).unsupported() is not None
-    assert CompletionRequest.model_validate({"prompt": [1, 2, 3]}).unsupported() is None
-    bad = CompletionRequest.model_validate({"prompt": "x", "n": 2}).unsupported()
-    assert bad is not None and bad.status == 400 and bad.param == "n"
+    assert r.stop_list() == ["a"] and r.medusa is True and r.prompts() == ["x"]
+    assert CompletionRequest.model_validate({"prompt": ["a", "b"]}).prompts() == ["a", "b"]
+    assert CompletionRequest.model_validate({"prompt": [1, 2, 3]}).prompts() == [[1, 2, 3]]
+    assert CompletionRequest.model_validate({"prompt": [[1, 2], [3]]}).prompts() == [[1, 2], [3]]
+    for body, param in (({"n": 2}, "n"), ({"repetition_penalty": 1.1}, "repetition_penalty")):
+        with pytest.raises(APIError) as bad:
+            CompletionRequest.model_validate({"prompt": "x", **body})
+        assert bad.value.status == 400 and bad.value.param == param and param in bad.value.message
+    # the default value of a field we do not implement is no change: accepted
+    CompletionRequest.model_validate({"prompt": "x", "n": 1, "repetition_penalty": 1.0, "best_of": 1})
     c = ChatCompletionRequest.model_validate(
         {
             "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],

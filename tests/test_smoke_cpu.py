@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from medusa_trt.supervise import Supervisor, free_port
+from tests.helpers import HANG_S
 
 PROMPT = "def main():"
 MAX_TOKENS = 12
@@ -71,7 +72,9 @@ def served(
     port = free_port()
     log = tmp_path / "server.log"
     argv = [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--port", str(port)]
-    sup = Supervisor(argv, env={"PYTHONUNBUFFERED": "1"}, host="127.0.0.1", port=port, startup_timeout_s=60, log=log)
+    sup = Supervisor(
+        argv, env={"PYTHONUNBUFFERED": "1"}, host="127.0.0.1", port=port, startup_timeout_s=HANG_S, log=log
+    )
     with sup:  # the one supervisor: /health waited for, the server stopped (SIGTERM, then SIGKILL) after
         assert sup.proc is not None
         yield sup.url, sup.proc, log
@@ -142,15 +145,16 @@ def test_serve_end_to_end(
         ) as r,
     ):
         next(line for line in r.iter_lines() if line.startswith("data: "))
-    t0 = time.monotonic()
+    deadline = time.monotonic() + HANG_S  # the dropped generation is cancelled, not run to its end
+    while 'outcome="cancelled"' not in (metrics := c.get("/metrics").text):
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.05)
+    assert 'medusa_trt_generations_total{model="' in metrics
     again = c.post("/v1/completions", json={**greedy, "prompt": PROMPT}).json()
     assert again["choices"][0]["text"] == once["text"]
-    assert time.monotonic() - t0 < 20
-    metrics = c.get("/metrics").text
-    assert 'medusa_trt_generations_total{model="' in metrics and 'outcome="cancelled"' in metrics
 
-    # SIGTERM while a long stream runs: the stream ends, the process exits promptly and cleanly
-    # (128 + SIGTERM, the `medusa-trt run` contract, and no traceback)
+    # SIGTERM while a long stream runs: the stream ends, the process exits on its own and cleanly
+    # (128 + SIGTERM, the `medusa-trt run` contract, and no traceback); benchmarks/faults.py times it
     c.close()
     streamed: list[str] = []
     started = threading.Event()
@@ -159,7 +163,7 @@ def test_serve_end_to_end(
         body = {**greedy, "prompt": PROMPT, "max_tokens": long_tokens, "stream": True}
         with (
             contextlib.suppress(httpx.HTTPError),
-            httpx.Client(base_url=url, timeout=30) as c3,
+            httpx.Client(base_url=url, timeout=HANG_S) as c3,
             c3.stream("POST", "/v1/completions", json=body) as r,
         ):
             for line in r.iter_lines():
@@ -169,19 +173,16 @@ def test_serve_end_to_end(
 
     th = threading.Thread(target=long_stream)
     th.start()
-    assert started.wait(30)
+    assert started.wait(HANG_S)
     children = psutil.Process(proc.pid).children(recursive=True)  # the tp ranks (cpu-tp2)
-    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(15)
-    elapsed = time.monotonic() - t0
-    th.join(10)
+    rc = proc.wait(HANG_S)
+    th.join(HANG_S)
     assert not th.is_alive()
     text = log.read_text()
     assert rc == 128 + signal.SIGTERM, text
-    assert elapsed < 10, f"took {elapsed:.1f}s to stop"
     assert "Traceback" not in text
     # the running stream was ended properly (finish_reason "abort", then [DONE]), not cut
     assert streamed[-1] == "data: [DONE]" and '"finish_reason": "abort"' in streamed[-2]
-    _, alive = psutil.wait_procs(children, timeout=5)
+    _, alive = psutil.wait_procs(children, timeout=HANG_S)
     assert not alive, f"tp ranks left running: {alive}"

@@ -107,3 +107,26 @@ def test_a_missing_vllm_exits_3_with_the_install_line(tmp_path: Path) -> None:
     with pytest.raises(MissingDependencyError) as e:
         vllm.require_python({vllm.PYTHON_ENV: str(tmp_path / "nope")})
     assert e.value.exit_code == 3 and "medusa-trt[vllm]" in (e.value.hint or "")
+
+
+def test_plan_knows_vllm_drafts_a_chain(
+    tmp_path: Path, tiny_llama: Path, tiny_heads: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medusa_trt.cli import run as cli
+
+    acc = tmp_path / "accuracy.csv"
+    acc.write_text("0.5,0.2\n0.4,0.1\n0.25,0.1\n")
+    args = ["plan", "--profile", "cpu-vllm", "--model", str(tiny_llama), "--medusa", str(tiny_heads), "--json"]
+    docs = []
+    for extra in ([], ["--accuracy", str(acc)]):
+        capsys.readouterr()
+        assert cli([*args, *extra]) == 0
+        docs.append(json.loads(capsys.readouterr().out))
+    plain, with_acc = docs
+    for doc in docs:  # 3 heads under cpu-vllm's cap of 4: a chain of 3, 4 tokens verified a step
+        assert doc["tree"]["drafting"] == "chain" and doc["tree"]["depth"] == doc["tree"]["nodes"] == 3
+        assert doc["prediction"]["medusa"]["verify_tokens"] == 4
+    assert "default" in plain["prediction"]["tokens_per_step_source"]
+    assert "head-accuracy table" in with_acc["prediction"]["tokens_per_step_source"]
+    # the chain's expected tokens per step: 1 + a0 + a0*a1 + a0*a1*a2 over the rank-0 accuracies
+    assert with_acc["prediction"]["medusa"]["tokens_per_step"] == pytest.approx(1 + 0.5 + 0.5 * 0.4 + 0.5 * 0.4 * 0.25)

@@ -21,8 +21,12 @@ def _render(report: PreflightReport) -> None:
     d = report.to_dict()
     err_console.print(
         f"[bold]plan[/] {d['model']['name']} on {d['profile']['name']} (id {d['profile']['id']}, "
-        f"{d['profile']['engine']}), {d['num_medusa_heads']} Medusa heads, tree "
-        f"{d['tree']['spec']} ({d['tree']['nodes']} nodes, depth {d['tree']['depth']})"
+        f"{d['profile']['engine']}), {d['num_medusa_heads']} Medusa heads, "
+        + (
+            f"a top-1 chain of {d['tree']['depth']} (vLLM drafts one token per head)"
+            if d["tree"].get("drafting") == "chain"
+            else f"tree {d['tree']['spec']} ({d['tree']['nodes']} nodes, depth {d['tree']['depth']})"
+        )
     )
     mem = Table(title="memory per device (GiB)", title_justify="left")
     mem.add_column("component")
@@ -74,6 +78,14 @@ def plan(
             "default: a documented estimate from the tree depth.",
         ),
     ] = None,
+    accuracy: Annotated[
+        Path | None,
+        typer.Option(
+            "--accuracy",
+            help="A head-accuracy table (`medusa-trt tree accuracy`, or heads train's accuracy.csv): "
+            "tokens/step predicted for the profile's tree, or vLLM's top-1 chain.",
+        ),
+    ] = None,
     context_len: Annotated[
         int, typer.Option("--context-len", min=0, help="Tokens in the KV cache for the prediction.")
     ] = 1024,
@@ -90,10 +102,22 @@ def plan(
 
     if medusa is not None:
         num_medusa_heads = _heads_in(medusa, num_medusa_heads)
+    table = None
+    if accuracy is not None:
+        from medusa_trt.errors import InvalidInputError
+        from medusa_trt.medusa.tree_builder import parse_accuracy_csv
+
+        if tokens_per_step is not None:
+            raise InvalidInputError("--accuracy and --tokens-per-step exclude each other", hint="Give one.")
+        try:
+            table = parse_accuracy_csv(accuracy.read_text(), str(accuracy))
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInputError(f"--accuracy {accuracy}: cannot read ({e.__class__.__name__})") from None
     report = preflight_report(
         profile,
         model,
         num_medusa_heads=num_medusa_heads,
+        accuracy=table,
         tokens_per_step=tokens_per_step,
         context_len=context_len,
         work_dir=work_dir,

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 from medusa_trt.engines.launch import DEFAULT_MAX_REQUEST_MB, TEMPLATE_TIMEOUT_S
 from medusa_trt.errors import InvalidInputError
+from medusa_trt.runtime.records import Acceptance, SamplingError, SamplingParams
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 
 
-def _check_sampling(prompt: str | None, temperature: float, top_p: float, top_k: int) -> None:
-    """Exit 2 naming the flag, before any model is loaded."""
-    import math
-
+def _sampling(prompt: str | None, **flags: Any) -> SamplingParams:
+    """The flags as one checked record; exit 2 naming the flag, before any model is loaded."""
     if prompt is not None:
         try:
             prompt.encode("utf-8")
@@ -24,12 +23,11 @@ def _check_sampling(prompt: str | None, temperature: float, top_p: float, top_k:
             raise InvalidInputError(
                 f"--prompt is not valid UTF-8 (byte {e.start})", hint="Pass the prompt as UTF-8 text."
             ) from None
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise InvalidInputError(f"--temperature {temperature}: must be a finite number >= 0", hint="0 is greedy.")
-    if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise InvalidInputError(f"--top-p {top_p}: must be in (0, 1]")
-    if top_k < 0:
-        raise InvalidInputError(f"--top-k {top_k}: must be >= 0 (0: off)")
+    try:
+        return SamplingParams(**flags)
+    except SamplingError as e:
+        flag = "--" + e.field.replace("_", "-")
+        raise InvalidInputError(f"{flag} {flags.get(e.field)}: {str(e).split(': ', 1)[-1]}") from None
 
 
 def run_cmd(
@@ -49,12 +47,12 @@ def run_cmd(
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     no_medusa: Annotated[bool, typer.Option("--no-medusa", help="Plain decoding, one token per step.")] = False,
     acceptance: Annotated[
-        str,
+        Acceptance,
         typer.Option(
             "--acceptance",
             help="Medusa at temperature > 0: exact (lossless, samples as plain decoding) or typical (lossy).",
         ),
-    ] = "exact",
+    ] = Acceptance.EXACT,
     tree: Annotated[
         str | None,
         typer.Option(
@@ -106,7 +104,17 @@ def run_cmd(
     json_out: JsonOpt = False,
 ) -> int:
     """Generate once (--prompt) or serve DIR with an OpenAI-compatible API."""
-    _check_sampling(prompt, temperature, top_p, top_k)
+    params = _sampling(
+        prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        acceptance=acceptance,
+    )
+    if step_timeout < 0 or first_step_timeout < 0:
+        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
     if prompt is None:
         import os
 
@@ -135,19 +143,9 @@ def run_cmd(
             first_step_timeout_s=first_step_timeout,
             template_timeout_s=template_timeout,
         )
-    if max_tokens < 1:
-        raise InvalidInputError("--max-tokens must be at least 1")
-    if acceptance not in ("exact", "typical"):
-        raise InvalidInputError(f"--acceptance must be exact or typical, not '{acceptance}'")
-    if step_timeout < 0 or first_step_timeout < 0:
-        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
     from medusa_trt.engines.base import GenerateRequest
     from medusa_trt.engines.launch import generate
-    from medusa_trt.runtime import SamplingParams
 
-    params = SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, acceptance=acceptance
-    )
     request = GenerateRequest(
         prompt=prompt,
         params=params,

@@ -74,8 +74,6 @@ def serve(
     """
     if max_request_mb <= 0:
         raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
-    if step_timeout_s < 0 or first_step_timeout_s < 0:
-        raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
     if not template_timeout_s > 0:
         raise InvalidInputError(f"--template-timeout must be positive, got {template_timeout_s}")
     guard = ServeGuard(

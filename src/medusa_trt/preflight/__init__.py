@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from medusa_trt.config.model import ModelSpec, resolve_model
 from medusa_trt.config.profile import HardwareProfile, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError
-from medusa_trt.medusa.trees import tree_name, tree_stats, validate_tree
+from medusa_trt.medusa.tree_builder import expected_tokens_per_step, validate_accuracy
+from medusa_trt.medusa.trees import chain, tree_name, tree_stats, validate_tree
 from medusa_trt.perf import model as pm
 from medusa_trt.preflight import checks as ck
 from medusa_trt.preflight.memory import GIB, disk_need, memory_per_gpu
@@ -119,13 +121,17 @@ def preflight_report(
     context_len: int = pm.DEFAULT_CONTEXT_LEN,
     work_dir: Path | None = None,
     target_here: bool | None = None,
+    accuracy: Sequence[Sequence[float]] | None = None,
 ) -> PreflightReport:
     """Every preflight check and the predicted speed for ``model`` on ``profile``.
 
     ``tokens_per_step`` defaults to :func:`medusa_trt.perf.default_tokens_per_step` of the tree depth.
     ``work_dir`` is where the checkpoints and engine go (disk check; default: the current directory).
     ``target_here`` says whether this machine is the profile's build host (default: it has the
-    profile's hardware); a disk shortfall fails only there and warns elsewhere.
+    profile's hardware); a disk shortfall fails only there and warns elsewhere. ``accuracy`` (a
+    `tree accuracy` table: per head, per rank) predicts tokens per step for the tree or chain.
+    An engine that drafts a top-1 chain (vLLM) is planned with the chain of min(heads,
+    medusa.max_draft_len) tokens it will run.
     """
     prof = profile if isinstance(profile, HardwareProfile) else load_profile(profile)
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
@@ -133,6 +139,10 @@ def preflight_report(
     heads = prof.medusa.num_heads if num_medusa_heads is None else num_medusa_heads
     if heads < 1:
         raise InvalidInputError(f"--num-medusa-heads must be >= 1, got {heads}")
+    if prof.engine == "vllm":  # one token per head along the top-1 path: the chain the build will write
+        k = min(heads, prof.medusa.max_draft_len)
+        medusa = prof.medusa.model_copy(update={"tree": chain(k), "max_draft_len": k, "num_heads": heads})
+        prof = prof.model_copy(update={"medusa": medusa})
     tree = prof.tree
     stats = tree_stats(tree)
     if heads != prof.medusa.num_heads:  # the heads decide: a note, or exit 2 if the tree needs a head they lack
@@ -145,7 +155,17 @@ def preflight_report(
             tree_name(prof.medusa.tree),
             stats.depth,
         )
-    if tokens_per_step is None:
+    drafting = f"top-1 chain of {stats.depth}" if prof.engine == "vllm" else f"{stats.nodes}-node tree"
+    if tokens_per_step is None and accuracy is not None:
+        table = validate_accuracy(accuracy)
+        if len(table) < stats.depth:
+            raise InvalidInputError(
+                f"the accuracy table has {len(table)} head row(s); the {drafting} needs {stats.depth}",
+                hint="Measure every head: medusa-trt tree accuracy --heads DIR.",
+            )
+        tps = expected_tokens_per_step(table, tree)
+        source = f"from the head-accuracy table (expected tokens per step of the {drafting})"
+    elif tokens_per_step is None:
         tps = pm.default_tokens_per_step(min(stats.depth, heads))
         source = (
             f"default: sum of {pm.ACCEPTANCE_PER_DEPTH}^d over depths 0..{min(stats.depth, heads)} "
@@ -175,13 +195,14 @@ def preflight_report(
         ck.check_tree(tree, heads, prof.medusa.max_draft_len),
         ck.check_waste(prof, spec, tree, heads, context_len),
         ck.check_disk(disk, free, str(where), target_here),
-        ck.check_prediction(pred, default_tokens_per_step=tokens_per_step is None),
+        ck.check_prediction(pred, default_tokens_per_step=tokens_per_step is None and accuracy is None),
     ]
     tree_doc = {
         "spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",
         "nodes": stats.nodes,
         "depth": stats.depth,
         "max_draft_len": prof.medusa.max_draft_len,
+        "drafting": "chain" if prof.engine == "vllm" else "tree",
     }
     return PreflightReport(
         prof, spec, heads, not any(c.verdict == "fail" for c in checks), mem, disk, checks, pred, source, tree_doc

@@ -1,6 +1,23 @@
 """Reference PyTorch runtime over TRT-LLM rank shards (import-light: torch loads in load_engine)."""
 
 from medusa_trt.runtime.api import Generation, ReferenceEngine, load_engine
-from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
+from medusa_trt.runtime.records import (
+    Acceptance,
+    Chunk,
+    GenerationStats,
+    SamplingError,
+    SamplingParams,
+    TokenLogprob,
+)
 
-__all__ = ["Chunk", "Generation", "GenerationStats", "ReferenceEngine", "SamplingParams", "load_engine"]
+__all__ = [
+    "Acceptance",
+    "Chunk",
+    "Generation",
+    "GenerationStats",
+    "ReferenceEngine",
+    "SamplingError",
+    "SamplingParams",
+    "TokenLogprob",
+    "load_engine",
+]

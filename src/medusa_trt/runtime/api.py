@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from medusa_trt.runtime.speculation import Speculation
     from medusa_trt.runtime.tp import Runner
 
-ACCEPTANCE = ("exact", "typical")
-
 
 class Generation:
     """An iterator of Chunk; ``stats`` is set once exhausted; ``close()`` aborts early."""
@@ -89,22 +87,7 @@ class ReferenceEngine:
             raise InvalidInputError(
                 "the engine is busy with another generation", hint="Exhaust or close() the previous Generation first."
             )
-        self._check_prompt(prompt_ids)
-        if (
-            params.max_tokens < 1
-            or params.temperature < 0
-            or not 0 < params.top_p <= 1
-            or params.top_k < 0
-            or not 0 <= params.min_tokens <= params.max_tokens
-        ):
-            raise InvalidInputError(
-                "invalid sampling parameters: need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
-                "0 <= min_tokens <= max_tokens"
-            )
-        if params.acceptance not in ACCEPTANCE:
-            raise InvalidInputError(
-                f"unknown acceptance '{params.acceptance}'", hint="Use exact (lossless) or typical (lossy)."
-            )
+        self._check_prompt(prompt_ids)  # params checked themselves when they were made
         eos = set() if params.ignore_eos else self._stop_ids
         decoder = Decoder(
             self._runner,

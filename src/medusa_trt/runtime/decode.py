@@ -27,7 +27,7 @@ import torch
 from medusa_trt.medusa.acceptance import exact_accept, greedy_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers
 from medusa_trt.medusa.trees import TOPK
-from medusa_trt.runtime.records import Chunk, GenerationStats, SamplingParams
+from medusa_trt.runtime.records import Acceptance, Chunk, GenerationStats, SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from medusa_trt.runtime.speculation import Speculation
@@ -55,18 +55,29 @@ class Sampler:
     def greedy(self) -> bool:
         return self.p.temperature <= 0
 
-    def warp(self, logits: torch.Tensor) -> torch.Tensor:
-        """The target distribution [V] (float64): temperature, then top-k, then top-p."""
+    def _warped(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] as float64 after temperature, then top-k, then top-p (dropped tokens -inf)."""
         x = logits.double() / self.p.temperature
         if self.p.top_k > 0:
-            kth = torch.topk(x, min(self.p.top_k, x.shape[-1])).values[-1]
+            kth = torch.topk(x, min(self.p.top_k, x.shape[-1]), dim=-1).values[..., -1:]
             x = x.masked_fill(x < kth, -float("inf"))
         if self.p.top_p < 1.0:
-            sorted_x, order = torch.sort(x, descending=True)
+            sorted_x, order = torch.sort(x, dim=-1, descending=True)
             sp = torch.softmax(sorted_x, -1)
             drop = sp.cumsum(-1) - sp > self.p.top_p  # keep the smallest set reaching top_p
-            x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), -float("inf"))
-        return torch.softmax(x, -1)
+            x = x.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -float("inf"))
+        return x
+
+    def warp(self, logits: torch.Tensor) -> torch.Tensor:
+        """The target distribution [V] (float64): temperature, then top-k, then top-p."""
+        return torch.softmax(self._warped(logits), -1)
+
+    def logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities [..., V] (float64) of the distribution tokens are drawn from: vLLM's
+        ``processed_logprobs`` (after temperature, top-k and top-p; at temperature 0 the model's own)."""
+        if self.greedy:
+            return torch.log_softmax(logits.double(), -1)
+        return torch.log_softmax(self._warped(logits), -1)
 
     def pick(self, logits: torch.Tensor) -> int:
         """One token from logits [V], consuming exactly one uniform when sampling."""
@@ -101,7 +112,7 @@ class Decoder:
         self.r, self.prompt, self.p, self.stop = runner, prompt, params, stop_ids
         self.spec = spec
         self.sampler = Sampler(params, runner.device)
-        self.typical = spec is not None and not self.sampler.greedy and params.acceptance == "typical"
+        self.typical = spec is not None and not self.sampler.greedy and params.acceptance is Acceptance.TYPICAL
         self.budget = min(params.max_tokens, max_seq_len - len(prompt))
         self.steps = 0
         self.completion = 0
@@ -111,6 +122,7 @@ class Decoder:
         self.emitted: list[int] = []  # every token picked, in order (the pending one last)
         self.records: list[tuple[int, list[list[int]]]] = []  # (root index in emitted, drafts [D][TOPK])
         self.last_row = 0  # row of the last forward whose hidden state feeds the heads
+        self.rows: torch.Tensor | None = None  # [k, V] the logits each token of the last step was picked from
         self.stats: GenerationStats | None = None
         if spec is not None:
             spec.select(regime(params))
@@ -139,21 +151,23 @@ class Decoder:
         tree_size = self.spec.full.size if self.spec is not None else 1
         self.r.alloc(s + max(self.budget, 1) + tree_size)
         prompt = torch.tensor(self.prompt, dtype=torch.long, device=dev)
-        logits = self.r.forward(prompt, torch.arange(s, device=dev))[-1]  # [V]
+        every = self.r.forward(prompt, torch.arange(s, device=dev))  # [S, V]
+        logits = every[-1]  # [V]
         self.last_row = s - 1
         pending = self._next(logits)
         self.emitted.append(pending)
+        self.rows = logits[None]
         t1 = time.perf_counter()
         try:
             out, finish = self._take([pending])
-            yield Chunk(out, finish, self.stop_token)
+            yield self._chunk(out, finish, [pending], prompt_rows=every)
             while finish is None:
                 new = self._step(pending)
                 pending = new[-1]
                 self.emitted += new
                 self._learn()
                 out, finish = self._take(new)
-                yield Chunk(out, finish, self.stop_token)
+                yield self._chunk(out, finish, new)
         finally:
             t2 = time.perf_counter()
             self.stats = GenerationStats(
@@ -167,6 +181,32 @@ class Decoder:
                 medusa=self.spec is not None,
                 tree_nodes_used=dict(sorted(self.usage.items())),
             )
+
+    def _chunk(
+        self, out: list[int], finish: str | None, new: list[int], prompt_rows: torch.Tensor | None = None
+    ) -> Chunk:
+        """The chunk of ``out`` (the emitted prefix of ``new``), with log-probabilities if asked."""
+        chunk = Chunk(out, finish, self.stop_token)
+        if self.p.logprobs is not None and self.rows is not None:
+            chunk.logprobs = self._logprobs(self.sampler.logprobs(self.rows[: len(out)]), out, self.p.logprobs)
+        if prompt_rows is not None and self.p.prompt_logprobs is not None:
+            # the prompt's tokens were not sampled: the model's own distribution, as vLLM's prompt_logprobs
+            lp = torch.log_softmax(prompt_rows[:-1].double(), -1)  # [S-1, V]
+            chunk.prompt_logprobs = [None, *self._logprobs(lp, self.prompt[1:], self.p.prompt_logprobs)]
+        return chunk
+
+    @staticmethod
+    def _logprobs(lp: torch.Tensor, tokens: list[int], n: int) -> list[TokenLogprob]:
+        """One TokenLogprob per row of ``lp`` [k, V] and token, with the row's ``n`` most likely tokens."""
+        if not tokens:
+            return []
+        ids = torch.tensor(tokens, dtype=torch.long, device=lp.device)
+        chosen = lp.gather(-1, ids[:, None])[:, 0].tolist()  # [k]
+        top_v, top_i = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())  # [k, n]
+        return [
+            TokenLogprob(t, c, tuple(zip(i, v, strict=True)))
+            for t, c, i, v in zip(tokens, chosen, top_i.tolist(), top_v.tolist(), strict=True)
+        ]
 
     def _step(self, pending: int) -> list[int]:
         """One decoding step (plain or tree, as the speculation state says); the tokens it emits."""
@@ -191,6 +231,7 @@ class Decoder:
         logits = self.r.forward(torch.tensor([pending], device=dev), torch.tensor([n], device=dev))[-1]
         self.steps += 1
         self.last_row = 0
+        self.rows = logits[None]
         return self._next(logits)
 
     def _drafts(self, heads: int) -> torch.Tensor:
@@ -223,6 +264,7 @@ class Decoder:
         for d in range(nodes.shape[0] - 1):
             self.accepted[d] += 1
         drafts = tree_tokens[nodes[1:]].tolist()
+        self.rows = logits[nodes]  # [L+1, V]: each accepted draft and the bonus from its parent's logits
         self.r.commit(n, nodes + n)  # keep root + accepted entries at n..n+L
         self.last_row = int(nodes[-1])
         return [*drafts, bonus]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,14 +22,18 @@ from medusa_trt.runtime.watchdog import StepClock, Watchdog
 from medusa_trt.serve.generate import Generator
 from medusa_trt.serve.guard import GuardMiddleware, ServeGuard
 from medusa_trt.serve.metrics import Metrics
+from medusa_trt.serve.openapi import describe
 from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, validation_error
 from medusa_trt.serve.worker import EngineWorker
+
+if TYPE_CHECKING:
+    from medusa_trt.runtime.api import ReferenceEngine
 
 _ENDPOINTS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version"}
 
 
 def create_app(
-    engine: Any,
+    engine: ReferenceEngine,
     model_name: str | None = None,
     guard: ServeGuard | None = None,
     on_fault: Callable[[str], None] | None = None,
@@ -43,13 +47,13 @@ def create_app(
     ``on_fault(reason)`` is called (the server then exits). ``/health`` is 503 too while the prompt
     worker (chat template, tokenizer) is stuck on one request past its budget.
     """
-    if getattr(engine, "tokenizer", None) is None:
+    if engine.tokenizer is None:
         raise CheckpointError(
             "the engine has no tokenizer files, so it cannot serve text",
             hint="`medusa-trt convert`/`build` copy them from the model directory.",
         )
     guard = guard or ServeGuard()
-    name = model_name or str(getattr(engine, "model_name", "") or "model")
+    name = model_name or engine.model_name or "model"
     metrics = Metrics(name)
     clock = StepClock(guard.first_step_timeout_s, guard.step_timeout_s)
     worker = EngineWorker(engine, metrics, clock)
@@ -82,6 +86,7 @@ def create_app(
     _openai_errors(app)
     _info_routes(app, engine, name, metrics, lambda: fault[0] if fault else watchdog.check() or gen.stuck())
     _generation_routes(app, gen, name)
+    app.openapi = lambda: describe(app)  # type: ignore[method-assign]
     return app
 
 
@@ -115,11 +120,13 @@ def _openai_errors(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=e.status_code)
 
 
-def _info_routes(app: FastAPI, engine: Any, name: str, metrics: Metrics, unhealthy: Callable[[], str | None]) -> None:
+def _info_routes(
+    app: FastAPI, engine: ReferenceEngine, name: str, metrics: Metrics, unhealthy: Callable[[], str | None]
+) -> None:
     """/health, /version, /metrics and the /v1/models listing."""
     created = int(time.time())
 
-    @app.get("/health", response_model=None)
+    @_get_and_head(app, "/health")
     async def health() -> dict[str, str] | JSONResponse:
         # 200 only while every rank is up and no step is overdue: what a load balancer should route on
         reason = unhealthy()
@@ -131,11 +138,11 @@ def _info_routes(app: FastAPI, engine: Any, name: str, metrics: Metrics, unhealt
     async def version() -> dict[str, str]:
         return {"version": __version__}
 
-    @app.get("/metrics")
+    @_get_and_head(app, "/metrics")
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models")
+    @_get_and_head(app, "/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [_model_card(engine, name, created)]}
 
@@ -144,6 +151,17 @@ def _info_routes(app: FastAPI, engine: Any, name: str, metrics: Metrics, unhealt
         if model_id != name:
             raise _unknown_model(model_id, name)
         return _model_card(engine, name, created)
+
+
+def _get_and_head(app: FastAPI, path: str) -> Callable[[Any], Any]:
+    """Register a GET route and its HEAD twin (headers only; uvicorn drops the body)."""
+
+    def register(fn: Any) -> Any:
+        app.add_api_route(path, fn, methods=["GET"], response_model=None)
+        app.add_api_route(path, fn, methods=["HEAD"], response_model=None, include_in_schema=False)
+        return fn
+
+    return register
 
 
 def _generation_routes(app: FastAPI, gen: Generator, name: str) -> None:
@@ -160,19 +178,15 @@ def _generation_routes(app: FastAPI, gen: Generator, name: str) -> None:
         return await gen.chat(body, request)
 
 
-def _model_card(engine: Any, name: str, created: int) -> dict[str, Any]:
+def _model_card(engine: ReferenceEngine, name: str, created: int) -> dict[str, Any]:
     return {
         "id": name,
         "object": "model",
         "created": created,
         "owned_by": "medusa-trt",
         "max_model_len": int(engine.max_seq_len),
-        "medusa": {
-            "num_heads": int(getattr(engine, "num_medusa_heads", 0) or 0),
-            "tree_size": len(getattr(engine, "tree", None) or []),
-            "tp": int(getattr(engine, "tp", 1) or 1),
-        }
-        if getattr(engine, "has_medusa", False)
+        "medusa": {"num_heads": engine.num_medusa_heads, "tree_size": len(engine.tree), "tp": engine.tp}
+        if engine.has_medusa
         else None,
     }
 

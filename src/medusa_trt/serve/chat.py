@@ -96,10 +96,13 @@ class ChatPrompt:
         self._kwargs = {k: v for k, v in dict(getattr(tokenizer, "special_tokens_map", {}) or {}).items()}
         self._newline = list(tokenizer.encode("\n", add_special_tokens=False))
         self._lock = threading.Lock()
-        self._child: subprocess.Popen[bytes] | None = None
+        self._child: subprocess.Popen[bytes] | None = self._spawn()
         self._ready = False
+        # a started spare, from the first request on: it takes over at once when a renderer is stopped
+        # (importing the renderer takes seconds), so a template that keeps running over costs each
+        # request its budget only
+        self._spare: subprocess.Popen[bytes] | None = None
         self.restarts = 0
-        self._spawn()
 
     # --- the public surface ----------------------------------------------------------------------
     def ids(self, messages: list[dict[str, str]]) -> list[int]:
@@ -173,19 +176,18 @@ class ChatPrompt:
             return ids[len(self._newline) :]
         return list(encode(piece))
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         # run by path, with no directory of ours (or the cwd) on sys.path: nothing here can shadow a module
         boot = f"import runpy, sys; sys.path.pop(0); runpy.run_path({str(_CHILD)!r}, run_name='__main__')"
-        self._child = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert self._child.stdin is not None
+        child = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert child.stdin is not None
         setup = {"template": self.template, "kwargs": self._kwargs, "max_chars": self.max_chars}
-        _write(self._child.stdin, {**setup, "max_bytes": CHILD_MAX_BYTES})
-        self._ready = False
+        _write(child.stdin, {**setup, "max_bytes": CHILD_MAX_BYTES})
+        return child
 
     def _wait_ready(self) -> None:
         if self._child is None or self._child.poll() is not None:
-            self._stop()
-            self._spawn()
+            self._replace()
         if self._ready:
             return
         assert self._child is not None
@@ -199,6 +201,8 @@ class ChatPrompt:
             self._stop()
             raise TemplateBroken(f"the chat template's renderer did not start: {value}")
         self._ready = True
+        if self._spare is None:
+            self._spare = self._spawn()
 
     def _read(self, child: subprocess.Popen[bytes], deadline: float) -> Any:
         assert child.stdout is not None
@@ -208,21 +212,34 @@ class ChatPrompt:
         return pickle.loads(_read_exactly(fd, size, deadline))
 
     def _restart(self) -> None:
-        self._stop()
         self.restarts += 1
-        self._spawn()  # started now, so the next request finds it (nearly) ready
+        self._replace()
+        if self._spare is None:
+            self._spare = self._spawn()
+
+    def _replace(self) -> None:
+        """Stop the current renderer; the spare (if any) or a new one takes its place."""
+        _kill(self._child)
+        spare, self._spare = self._spare, None
+        self._child = spare if spare is not None and spare.poll() is None else self._spawn()
+        self._ready = False
 
     def _stop(self) -> None:
-        child, self._child = self._child, None
-        if child is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            child.kill()
-        child.wait()
-        for stream in (child.stdin, child.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        _kill(self._child)
+        _kill(self._spare)
+        self._child = self._spare = None
+
+
+def _kill(child: subprocess.Popen[bytes] | None) -> None:
+    if child is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        child.kill()
+    child.wait()
+    for stream in (child.stdin, child.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def _write(stream: Any, obj: Any) -> None:

@@ -4,6 +4,12 @@ Usage counts what the client got: completion tokens up to the end (or the stop s
 `decoding_steps` beside them (verification forwards, prefill excluded) so a client can compute
 tokens per step. Each SSE chunk carries the text of one decoding step.
 
+Log-probabilities (``logprobs``; with ``echo`` also the prompt's) are vLLM's ``processed_logprobs``: from
+the distribution each token was drawn from (the target model's, after the request's temperature, top-k
+and top-p; at temperature 0 the model's own). A token outside top-k/top-p shows -9999.0, as vLLM clamps
+-inf. Prompt tokens use the model's own distribution, the first has none. Medusa does not change them:
+the verification forward gives the same logits a plain step would.
+
 ``return_token_ids`` (non-streaming) returns the prompt's ids and the completion's, the stop token that
 ended it included (as vLLM's ``CompletionOutput.token_ids``), so ``token_ids`` has
 ``usage.completion_tokens`` ids; the text leaves the stop token out.
@@ -20,12 +26,13 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from medusa_trt.errors import EngineFailedError, InvalidInputError, MedusaTrtError
+from medusa_trt.runtime.records import GenerationStats, SamplingParams, TokenLogprob
 from medusa_trt.runtime.text import TextStream
 from medusa_trt.serve.chat import (
     START_TIMEOUT_S,
@@ -36,8 +43,11 @@ from medusa_trt.serve.chat import (
     TemplateError,
 )
 from medusa_trt.serve.metrics import Metrics
-from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CommonRequest, CompletionRequest
+from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CommonRequest, CompletionRequest, unsupported
 from medusa_trt.serve.worker import EngineWorker, Finished, Job
+
+if TYPE_CHECKING:
+    from medusa_trt.runtime.api import ReferenceEngine
 
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
 TOKENIZE_BUDGET_S = 60.0  # tokenizing the largest admitted prompt takes seconds; a minute means stuck
@@ -56,9 +66,11 @@ class Outcome:
     completion_tokens: int = 0
     chunks: int = 0
     finish_reason: str | None = None
-    stats: Any = None
+    stats: GenerationStats | None = None
     deltas: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # every id the engine emitted, then its stop token
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per emitted token (stop token excluded)
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)
 
     def steps(self) -> int:
         # The engine's count when it ran to the end. Cut short, one step per chunk received: the
@@ -79,12 +91,17 @@ class Outcome:
         }
 
 
+def _total_usage(outs: list[Outcome]) -> dict[str, int]:
+    usages = [o.usage() for o in outs]
+    return {k: sum(u[k] for u in usages) for k in usages[0]}
+
+
 class Generator:
     """Turns requests into jobs on the worker and jobs into OpenAI responses."""
 
     def __init__(
         self,
-        engine: Any,
+        engine: ReferenceEngine,
         worker: EngineWorker,
         metrics: Metrics,
         model_name: str,
@@ -120,20 +137,29 @@ class Generator:
 
     # --- entry points ----------------------------------------------------------------------------
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
-        ids = await self._off_loop(self._completion_ids, body)
-        return await self._serve(body, request, ids, body.max_tokens, chat=False)
+        prompts = body.prompts()
+        if body.max_tokens == 0 and not body.echo:
+            raise APIError(
+                400, "max_tokens: 0 needs echo: true (the prompt's log-probabilities alone)", param="max_tokens"
+            )
+        if body.stream and len(prompts) > 1:
+            raise unsupported("prompt", "several prompts need stream: false (one choice per prompt)")
+        ids = [await self._off_loop(self._prompt_ids, p) for p in prompts]
+        if body.stream:
+            return await self._serve(body, request, ids[0], chat=False)
+        return await self._serve_all(body, request, prompts, ids)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         ids = await self._off_loop(self._chat_ids, body)
-        return await self._serve(body, request, ids, body.max_completion_tokens or body.max_tokens, chat=True)
+        return await self._serve(body, request, ids, chat=True)
 
-    async def _off_loop(self, fn: Any, body: Any) -> list[int]:
-        return list(await asyncio.get_running_loop().run_in_executor(self._tokenize, self._timed, fn, body))
+    async def _off_loop(self, fn: Any, arg: Any) -> list[int]:
+        return list(await asyncio.get_running_loop().run_in_executor(self._tokenize, self._timed, fn, arg))
 
-    def _timed(self, fn: Any, body: Any) -> list[int]:
+    def _timed(self, fn: Any, arg: Any) -> list[int]:
         self._busy_since = time.monotonic()
         try:
-            return list(fn(body))
+            return list(fn(arg))
         finally:
             self._busy_since = None
 
@@ -156,11 +182,7 @@ class Generator:
             )
 
     # --- prompts ---------------------------------------------------------------------------------
-    def _completion_ids(self, body: CompletionRequest) -> list[int]:
-        _raise(body.unsupported())
-        prompt: Any = body.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-            prompt = prompt[0]  # a batch of one
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
             self._check_chars(len(prompt), "prompt")
             return list(self.tokenizer.encode(prompt))
@@ -170,7 +192,6 @@ class Generator:
         return [int(t) for t in prompt]
 
     def _chat_ids(self, body: ChatCompletionRequest) -> list[int]:
-        _raise(body.unsupported())
         if self.chat_prompt is None:
             raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -188,10 +209,8 @@ class Generator:
         except TemplateBroken as e:  # the model's template, not the request, is at fault
             raise APIError(500, str(e), type="server_error", code="chat_template_failed") from e
 
-    def _params(self, body: CommonRequest, n_prompt: int, max_tokens: int | None) -> Any:
-        from medusa_trt.runtime import SamplingParams
-
-        limit = int(self.engine.max_seq_len)
+    def _params(self, body: CommonRequest, n_prompt: int) -> SamplingParams:
+        limit, max_tokens = int(self.engine.max_seq_len), body.limit()
         if n_prompt == 0:
             raise APIError(400, "the prompt is empty", param="prompt")
         if n_prompt >= limit:
@@ -209,62 +228,73 @@ class Generator:
                 400,
                 f"this model's maximum context length is {limit} tokens; the prompt is "
                 f"{n_prompt} and max_tokens asks for {max_tokens} more",
-                param="max_tokens",
+                param=body.param_of("max_tokens"),
                 code="context_length_exceeded",
             )
-        if body.min_tokens > max_tokens:
-            raise APIError(
-                400, f"min_tokens ({body.min_tokens}) is more than max_tokens ({max_tokens})", param="min_tokens"
-            )
-        extra: dict[str, Any] = {}
-        if body.posterior_threshold is not None:
-            extra["posterior_threshold"] = body.posterior_threshold
-        if body.posterior_alpha is not None:
-            extra["posterior_alpha"] = body.posterior_alpha
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=max(body.top_k, 0),
-            seed=body.seed,
-            stop_token_ids=tuple(body.stop_token_ids),
-            ignore_eos=body.ignore_eos,
-            min_tokens=body.min_tokens,
-            acceptance=body.medusa_acceptance,
-            **extra,
-        )
+        return body.sampling(max_tokens)
 
     # --- the flow ------------------------------------------------------------------------------
-    async def _serve(
-        self, body: CommonRequest, request: Request, ids: list[int], max_tokens: int | None, *, chat: bool
-    ) -> Response:
-        params = self._params(body, len(ids), max_tokens)
-        job = Job(ids, params, body.medusa, asyncio.get_running_loop())
+    async def _start(self, body: CommonRequest, request: Request, ids: list[int]) -> tuple[Job, Outcome, Any]:
+        """Queue the job and wait for its first event; raises ClientGone if the client left meanwhile."""
+        job = Job(ids, self._params(body, len(ids)), body.medusa, asyncio.get_running_loop())
         self.worker.submit(job)
         out = Outcome(prompt_tokens=len(ids), medusa=body.medusa)
-        text = TextStream(self.tokenizer, body.stop_list())
-        try:
-            first = await _next(job, request)
-        except ClientGone:
-            return Response(status_code=499)  # nobody reads it; frees the queue slot
+        first = await _next(job, request)
         if isinstance(first, Finished):
             _raise(_error_of(first))
             if first.cancelled:  # dropped from the queue: the server is shutting down
                 raise APIError(503, "the server is shutting down", type="server_error")
-        if body.stream:
-            sse = _SSE(self, body, chat, job, request, out, text, first)
-            return _JobStream(sse.frames(), job)
+        return job, out, first
+
+    async def _run(self, body: CommonRequest, request: Request, ids: list[int]) -> tuple[Outcome, str]:
+        """One prompt to the end: its outcome and text. Raises ClientGone."""
+        job, out, first = await self._start(body, request, ids)
+        text = TextStream(self.tokenizer, body.stop_list())
         try:
             deltas = [d async for d in self.steps(job, request, out, text, first)]
-        except ClientGone:
-            return Response(status_code=499)
         finally:
             job.cancel()
         self.record(out)
-        doc = self._full(chat, out, "".join(deltas))
-        if getattr(body, "return_token_ids", False):
-            doc["choices"][0].update(prompt_token_ids=list(ids), token_ids=list(out.token_ids))
-        return JSONResponse(doc)
+        return out, "".join(deltas)
+
+    async def _serve(self, body: CommonRequest, request: Request, ids: list[int], *, chat: bool) -> Response:
+        """One prompt: a stream, or a response with one choice."""
+        if body.stream and body.logprob_fields()[0] is not None:
+            raise unsupported("top_logprobs" if chat else "logprobs", "not supported with stream: true")
+        if not body.stream:
+            return await self._serve_all(body, request, [""], [ids], chat=chat)
+        try:
+            job, out, first = await self._start(body, request, ids)
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; frees the queue slot
+        sse = _SSE(self, body, chat, job, request, out, TextStream(self.tokenizer, body.stop_list()), first)
+        return _JobStream(sse.frames(), job)
+
+    async def _serve_all(
+        self,
+        body: CommonRequest,
+        request: Request,
+        prompts: list[str | list[int]],
+        ids: list[list[int]],
+        *,
+        chat: bool = False,
+    ) -> Response:
+        """Each prompt in turn, one choice each (``index`` in order), usage summed."""
+        outs, choices = [], []
+        for i, (prompt, p_ids) in enumerate(zip(prompts, ids, strict=True)):
+            try:
+                out, content = await self._run(body, request, p_ids)
+            except ClientGone:
+                return Response(status_code=499)
+            outs.append(out)
+            choices.append(self._choice(body, chat, i, out, content, prompt, p_ids))
+        head = {
+            "id": _new_id(chat),
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+        }
+        return JSONResponse({**head, "choices": choices, "usage": _total_usage(outs)})
 
     async def steps(self, job: Job, request: Request, out: Outcome, text: TextStream, event: Any) -> AsyncIterator[str]:
         """Yields the text of each decoding step, then any held-back tail; fills ``out`` as it goes.
@@ -275,6 +305,8 @@ class Generator:
             out.chunks += 1
             out.completion_tokens += len(event.token_ids)
             out.token_ids.extend(event.token_ids)
+            out.logprobs.extend(event.logprobs or ())
+            out.prompt_logprobs.extend(event.prompt_logprobs or ())
             delta = text.push(event.token_ids)
             if text.stopped:  # a stop string: cut here, the engine stops after the step in flight
                 out.finish_reason = "stop"
@@ -294,36 +326,84 @@ class Generator:
             yield tail
 
     def record(self, out: Outcome) -> None:
-        per_depth = list(getattr(out.stats, "accepted_per_depth", None) or [])
         usage = out.usage()
+        stats = out.stats
         self.metrics.generation(
             medusa=out.medusa,
             prompt_tokens=out.prompt_tokens,
             completion_tokens=usage["completion_tokens"],
             steps=usage["decoding_steps"],
-            accepted_per_depth=per_depth,
-            tree_nodes_used=dict(getattr(out.stats, "tree_nodes_used", None) or {}),
-            tree_nodes=getattr(self.engine, "tree_nodes", None),
+            accepted_per_depth=list(stats.accepted_per_depth) if stats is not None else [],
+            tree_nodes_used=dict(stats.tree_nodes_used) if stats is not None else {},
+            tree_nodes=self.engine.tree_nodes,
         )
 
     # --- response bodies -------------------------------------------------------------------------
-    def _full(self, chat: bool, out: Outcome, content: str) -> dict[str, Any]:
-        head = {
-            "id": _new_id(chat),
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-        }
+    def _choice(
+        self,
+        body: CommonRequest,
+        chat: bool,
+        index: int,
+        out: Outcome,
+        content: str,
+        prompt: str | list[int],
+        ids: list[int],
+    ) -> dict[str, Any]:
+        """One choice of a full (not streamed) response."""
+        want = body.logprob_fields()[0] is not None
         if chat:
-            choice: dict[str, Any] = {
-                "index": 0,
+            return {
+                "index": index,
                 "message": {"role": "assistant", "content": content},
-                "logprobs": None,
+                "logprobs": self._chat_logprobs(out.logprobs) if want else None,
                 "finish_reason": out.finish_reason,
             }
-        else:
-            choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": out.finish_reason}
-        return {**head, "choices": [choice], "usage": out.usage()}
+        assert isinstance(body, CompletionRequest)
+        entries: list[TokenLogprob | None] = list(out.logprobs)
+        token_ids = out.token_ids[: len(out.logprobs)] if want else []
+        if body.echo:  # the prompt's text (as sent, or decoded from its ids) and its tokens come first
+            content = (prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)) + content
+            entries, token_ids = [*out.prompt_logprobs, *entries], [*ids, *token_ids]
+        choice: dict[str, Any] = {
+            "index": index,
+            "text": content,
+            "logprobs": self._completion_logprobs(token_ids, entries) if want else None,
+            "finish_reason": out.finish_reason,
+        }
+        if body.return_token_ids:
+            choice.update(prompt_token_ids=list(ids), token_ids=list(out.token_ids))
+        return choice
+
+    def _token(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+    def _completion_logprobs(self, token_ids: list[int], entries: list[TokenLogprob | None]) -> dict[str, Any]:
+        """OpenAI's (and vLLM's) legacy completions shape; top_logprobs has the chosen token and the top N,
+        keyed by text."""
+        tokens = [self._token(t) for t in token_ids]
+        offsets, at = [], 0
+        for t in tokens:
+            offsets.append(at)
+            at += len(t)
+        top: list[dict[str, float] | None] = []
+        for e in entries:
+            top.append(None if e is None else {self._token(i): _clamp(v) for i, v in ((e.token_id, e.logprob), *e.top)})
+        return {
+            "tokens": tokens,
+            "token_logprobs": [None if e is None else _clamp(e.logprob) for e in entries],
+            "top_logprobs": top,
+            "text_offset": offsets,
+        }
+
+    def _chat_logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any]:
+        """OpenAI's chat shape: one entry per token with its text, bytes and the top N alternatives."""
+
+        def one(token_id: int, logprob: float) -> dict[str, Any]:
+            text = self._token(token_id)
+            return {"token": text, "logprob": _clamp(logprob), "bytes": list(text.encode("utf-8"))}
+
+        content = [{**one(e.token_id, e.logprob), "top_logprobs": [one(i, v) for i, v in e.top]} for e in entries]
+        return {"content": content, "refusal": None}
 
 
 class _JobStream(StreamingResponse):
@@ -452,6 +532,11 @@ def _longest_token(tokenizer: Any) -> int:
     except Exception:  # a tokenizer without a vocabulary listing: no cheap bound
         return 1 << 30
     return max((len(t) for t in vocab), default=1) or 1
+
+
+def _clamp(logprob: float) -> float:
+    """-inf (a token top-k/top-p excluded) as the finite number OpenAI and vLLM send."""
+    return max(logprob, -9999.0)
 
 
 def _raise(err: APIError | None) -> None:

@@ -25,12 +25,15 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from medusa_trt.errors import EXIT_FAILURE
 from medusa_trt.serve.guard import ServeGuard, exposure_warning
+
+if TYPE_CHECKING:
+    from medusa_trt.runtime.api import ReferenceEngine
 
 GRACE_S = 2  # how long open connections may finish after a signal before they are cut
 FAULT_EXIT_S = 1.0  # after a fault, /health answers 503 this long before the port closes
@@ -75,7 +78,7 @@ def run_server(
         sock.close()
 
 
-def _serve(engine: Any, sock: socket.socket, model_name: str | None, guard: ServeGuard) -> int:
+def _serve(engine: ReferenceEngine, sock: socket.socket, model_name: str | None, guard: ServeGuard) -> int:
     from medusa_trt.serve.app import create_app
 
     holder: list[_Server] = []
@@ -98,7 +101,12 @@ def _serve(engine: Any, sock: socket.socket, model_name: str | None, guard: Serv
 
     def on_signal(sig: int) -> None:  # off the signal handler: closing joins the engine thread
         _hard_exit_after(HARD_EXIT_S, 128 + sig, engine)
-        _later(KILL_AFTER_S, lambda: worker.busy() and engine.abort())
+
+        def kill_if_busy() -> None:
+            if worker.busy():
+                engine.abort()
+
+        _later(KILL_AFTER_S, kill_if_busy)
         worker.close()
 
     server = _Server(
@@ -122,7 +130,7 @@ def _serve(engine: Any, sock: socket.socket, model_name: str | None, guard: Serv
     return 0
 
 
-def _hard_exit_after(seconds: float, code: int, engine: Any) -> None:
+def _hard_exit_after(seconds: float, code: int, engine: ReferenceEngine) -> None:
     """The last resort: kill the ranks and end the process if the orderly shutdown is still stuck."""
 
     def fire() -> None:

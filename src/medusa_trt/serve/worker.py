@@ -16,10 +16,14 @@ import contextlib
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medusa_trt.runtime.watchdog import StepClock, rank_failure
 from medusa_trt.serve.metrics import Metrics
+
+if TYPE_CHECKING:
+    from medusa_trt.runtime.api import ReferenceEngine
+    from medusa_trt.runtime.records import GenerationStats, SamplingParams
 
 PING_S = 5.0  # idle interval between liveness round trips through the tp ranks
 
@@ -28,7 +32,7 @@ PING_S = 5.0  # idle interval between liveness round trips through the tp ranks
 class Finished:
     """The last event of a job: the engine's stats (None when cut short) or the error it raised."""
 
-    stats: Any = None
+    stats: GenerationStats | None = None
     error: BaseException | None = None
     cancelled: bool = False
 
@@ -36,7 +40,7 @@ class Finished:
 @dataclass
 class Job:
     prompt_ids: list[int]
-    params: Any  # medusa_trt.runtime.SamplingParams
+    params: SamplingParams
     medusa: bool
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
@@ -54,12 +58,16 @@ class EngineWorker:
     """Runs jobs on the engine one after another, on one thread."""
 
     def __init__(
-        self, engine: Any, metrics: Metrics | None = None, clock: StepClock | None = None, ping_s: float = PING_S
+        self,
+        engine: ReferenceEngine,
+        metrics: Metrics | None = None,
+        clock: StepClock | None = None,
+        ping_s: float = PING_S,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.clock = clock or StepClock()
-        self.ping_s = ping_s if int(getattr(engine, "tp", 1) or 1) > 1 else None
+        self.ping_s = ping_s if engine.tp > 1 else None
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._current: Job | None = None
         self._lock = threading.Lock()

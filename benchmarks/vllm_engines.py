@@ -1,0 +1,167 @@
+"""vLLM's chain beside our reference runtime's chain and tree, on the demo's model and heads, on this machine.
+
+    python benchmarks/vllm_engines.py [--cache DIR] [--out DIR] [--num-prompts 8] [--max-tokens 128] [--bias-check]
+
+Needs vLLM (its CPU build): installed here, or in an environment named by MEDUSA_TRT_VLLM_PYTHON.
+The model and heads are the demo's (`medusa-trt demo --cache-dir DIR` first; default: the demo's cache).
+Three engine directories are built from the same heads: vLLM (`cpu-vllm`, a top-1 chain of
+min(heads, 4)), the reference runtime with the same chain, and the reference runtime with the demo's
+tree. Then `medusa-trt bench --engine ... --compare-no-medusa` measures them one after the other
+(plain decoding comes from the reference engine with Medusa off), greedy, and writes the table,
+`side.json` and `side.png` under --out.
+
+`--bias-check` also serves the heads to vLLM as FasterDecoding files, through vLLM's own loader (which
+builds the ResBlocks without bias when the config does not say `medusa_fc_bias`), and prints the
+accepted tokens per chain position with and without the biases, from vLLM's counters, on the same prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "medusa_trt", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"medusa-trt {' '.join(args[:2])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
+
+
+def build_all(model: Path, heads: Path, tree: Path, out: Path, k: int) -> dict[str, Path]:
+    chain = json.dumps([[0] * d for d in range(1, k + 1)])
+    dirs = {"vllm": out / "vllm-chain", "chain": out / "reference-chain", "tree": out / "reference-tree"}
+    cli("build", "--profile", "cpu-vllm", "--model", str(model), "--medusa", str(heads), "-o", str(dirs["vllm"]))
+    cli(
+        "build",
+        "--profile",
+        "cpu",
+        "--model",
+        str(model),
+        "--medusa",
+        str(heads),
+        "--tree",
+        chain,
+        "-o",
+        str(dirs["chain"]),
+    )
+    cli(
+        "build",
+        "--profile",
+        "cpu",
+        "--model",
+        str(model),
+        "--medusa",
+        str(heads),
+        "--tree",
+        str(tree),
+        "-o",
+        str(dirs["tree"]),
+    )
+    return dirs
+
+
+def side_by_side(dirs: dict[str, Path], out: Path, num_prompts: int, max_tokens: int) -> None:
+    t0 = time.perf_counter()
+    done = cli(
+        "bench",
+        *(a for d in dirs.values() for a in ("--engine", str(d))),
+        "--compare-no-medusa",
+        "--num-prompts",
+        str(num_prompts),
+        "--max-tokens",
+        str(max_tokens),
+        "--json-out",
+        str(out / "side.json"),
+        "--plot",
+        str(out / "side.png"),
+    )
+    print(done.stderr)
+    print(f"bench took {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
+
+
+def bias_check(vllm_dir: Path, heads: Path, num_prompts: int, max_tokens: int) -> None:
+    """The same vLLM command, its heads swapped for the FasterDecoding files (vLLM's loader drops the biases)."""
+    import httpx
+
+    from medusa_trt import spec_counters
+    from medusa_trt.bench.datasets import draw_prompts, load_prompts
+    from medusa_trt.supervise import free_port, health_url
+
+    prompts = [p.text for p in draw_prompts(load_prompts("builtin"), num_prompts, 0, None, None)]
+    cmd = json.loads(cli("run", str(vllm_dir), "--print-cmd", "--json").stdout)
+    for label, heads_dir in (
+        ("ours (vLLM's format, biases kept)", vllm_dir / "heads"),
+        ("vLLM's loader on FasterDecoding files", heads),
+    ):
+        port = free_port()
+        argv = list(cmd["argv"])
+        i = argv.index("--speculative-config")
+        spec = json.loads(argv[i + 1])
+        spec["model"] = str(heads_dir)
+        argv[i + 1] = json.dumps(spec)
+        argv[argv.index("--port") + 1] = str(port)
+        proc = subprocess.Popen(
+            argv, env={**os.environ, **cmd["env"]}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        url = health_url("127.0.0.1", port)
+        try:
+            while proc.poll() is None:
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(1)
+            before = spec_counters.read(url)
+            for p in prompts:
+                body = {
+                    "model": cmd["model_name"],
+                    "messages": [{"role": "user", "content": p}],
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                }
+                httpx.post(f"{url}/v1/chat/completions", json=body, timeout=None).raise_for_status()
+            after = spec_counters.read(url)
+            assert before is not None and after is not None
+            counted = after.minus(before)
+            print(
+                f"{label}: accepted per position {counted['num_accepted_tokens_per_pos']} over {counted['num_drafts']} drafts, tokens/step {counted['tokens_per_step']:.3f}"
+            )
+        finally:
+            proc.terminate()
+            proc.wait()
+    print(f"load average {os.getloadavg()}")
+
+
+def main() -> None:
+    from medusa_trt.demo.pipeline import default_cache_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=default_cache_dir(), help="the demo's cache directory")
+    ap.add_argument("--out", type=Path, default=Path("vllm-engines"))
+    ap.add_argument("--num-prompts", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--bias-check", action="store_true")
+    args = ap.parse_args()
+    model, heads, tree = args.cache / "model", args.cache / "heads", args.cache / "tree.yaml"
+    for p in (model, heads, tree):
+        if not p.exists():
+            sys.exit(f"{p} not found: run `medusa-trt demo --cache-dir {args.cache}` first")
+    k = min(4, json.loads((heads / "config.json").read_text())["medusa_num_heads"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    dirs = build_all(model, heads, tree, args.out, k)
+    side_by_side(dirs, args.out, args.num_prompts, args.max_tokens)
+    if args.bias_check:
+        bias_check(dirs["vllm"], heads, args.num_prompts, args.max_tokens)
+
+
+if __name__ == "__main__":
+    main()
