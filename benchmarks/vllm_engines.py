@@ -133,7 +133,7 @@ def bias_check(vllm_dir: Path, heads: Path, num_prompts: int, max_tokens: int) -
             assert before is not None and after is not None
             counted = after.minus(before)
             print(
-                f"{label}: accepted per position {counted['num_accepted_tokens_per_pos']} over {counted['num_drafts']} drafts, tokens/step {counted['tokens_per_step']:.3f}"
+                f"{label}: accepted per position {counted['num_accepted_tokens_per_pos']} over {counted['num_drafts']} drafts, vLLM's mean acceptance length {counted['acceptance_length']:.3f}"
             )
         finally:
             proc.terminate()

@@ -17,6 +17,7 @@ from medusa_trt.cli import run as cli_run
 from medusa_trt.errors import ServerError
 from medusa_trt.outputs import is_our_png
 from medusa_trt.supervise import free_port
+from tests.helpers import HANG_S
 from tests.helpers.loopback import LoopbackOptions, loopback_server
 
 
@@ -224,11 +225,11 @@ def test_ctrl_c_prints_partial_results_and_exits_130() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG_S
         while srv.completion_requests < 4 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 130, (proc.returncode, out.decode()[-500:], err.decode())
     doc = json.loads(out)
     assert doc["was_cancelled"] is True and "interrupted" in err.decode()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from medusa_trt.cli import run as cli
+from tests.helpers import HANG_S
 from tests.helpers.standins import SHA, fake_hub_cache, fake_trtllm_dist, install, records
 
 
@@ -245,7 +246,7 @@ def test_sigterm_stops_the_running_tool_and_records_no_step(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_S
     while not (pid_file.is_file() and pid_file.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.1)

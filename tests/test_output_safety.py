@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from medusa_trt import fsio, outputs, records
+from medusa_trt import outputs, records
 from medusa_trt.cli import run as cli
 from tests.helpers import HANG_S
 
@@ -161,12 +161,13 @@ def test_second_writer_is_refused_at_once(tiny_llama: Path, tiny_heads: Path, tm
 _HOLD = """
 import sys, time
 from pathlib import Path
-from medusa_trt import fsio
-with fsio.atomic_path(Path(sys.argv[1])) as tmp:
-    tmp.mkdir()
-    (tmp / "rank0.safetensors").write_bytes(b"x" * 4096)
-    print(tmp, flush=True)
-    time.sleep(600)
+from medusa_trt import fsio, outputs
+out = Path(sys.argv[1])
+with outputs.locked(out):
+    with fsio.atomic_path(out, kind="dir") as tmp:
+        (tmp / "rank0.safetensors").write_bytes(b"x" * 4096)
+        print(tmp, flush=True)
+        time.sleep(600)
 """
 
 
@@ -180,25 +181,20 @@ def _holder(target: Path) -> tuple[subprocess.Popen[str], Path]:
 def test_stale_temporaries_of_a_killed_run_are_removed(
     tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A writer killed with SIGKILL leaves `.out.tmp-PID-START-*`; the next run removes it, and never
-    the temporary of a writer that is still alive, nor one whose pid now belongs to another process."""
+    """A writer killed with SIGKILL leaves `.out.tmp-PID-START-*`, recorded in its lock file; the next
+    run removes it, and nothing else of that name pattern that no medusa-trt process recorded."""
     out = tmp_path / "out"
     dead, dead_tmp = _holder(out)
-    alive, alive_tmp = _holder(out)
-    try:
-        dead.kill()  # SIGKILL: no cleanup runs
-        dead.wait()
-        assert dead_tmp.is_dir() and alive_tmp.is_dir()
-        reused = out.with_name(f".out.tmp-{os.getpid()}-1-0123abcd")  # our pid, another start time
-        reused.mkdir()
-        rc, err = _cli(capsys, "convert", "--model", str(tiny_llama), "--output", str(out))
-        assert rc == 0, err
-        assert not dead_tmp.exists() and not reused.exists()
-        assert alive_tmp.is_dir() and (alive_tmp / "rank0.safetensors").stat().st_size == 4096
-    finally:
-        alive.kill()
-        alive.wait()
-    assert fsio.stale_temps(out) == [alive_tmp]  # now provably dead too
+    dead.kill()  # SIGKILL: no cleanup runs
+    dead.wait()
+    assert dead_tmp.is_dir() and f"temp {dead_tmp}" in outputs.lock_path(out).read_text()
+    lookalike = out.with_name(f".out.tmp-{dead.pid}-1-0123abcd")  # the pattern, a dead pid, never recorded
+    lookalike.mkdir()
+    (lookalike / "thesis.tex").write_text("years of work")
+    rc, err = _cli(capsys, "convert", "--model", str(tiny_llama), "--output", str(out))
+    assert rc == 0, err
+    assert not dead_tmp.exists() and not outputs.lock_path(out).exists()
+    assert (lookalike / "thesis.tex").read_text() == "years of work"
 
 
 def test_disk_check_counts_only_what_is_left_to_write(tiny_llama: Path, tiny_heads: Path, tmp_path: Path) -> None:

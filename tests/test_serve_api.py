@@ -293,3 +293,22 @@ def test_openapi_describes_real_responses(url: str, engine: Any) -> None:
             assert not errors, (method, path, body, [e.message for e in errors])
     assert ("/v1/completions", 400, "application/json") in seen and ("/metrics", 200, "text/plain") in seen
     assert ("/v1/completions", 200, "text/event-stream") in seen
+
+
+def test_continuous_usage_stats_in_every_chunk(url: str) -> None:
+    """vLLM's stream_options.continuous_usage_stats (guidellm sends it): each chunk has the counts so far."""
+    body = {
+        "prompt": PROMPT,
+        "max_tokens": 12,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    events = []
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        events = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+    counts = [e["usage"]["completion_tokens"] for e in events if e["choices"]]
+    assert counts == sorted(counts) and counts[0] >= 1
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 12 == counts[-1]

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import HANG_S
+
 PROMPTS = [
     "def add(a, b):\n",
     "import os\n",
@@ -157,7 +159,7 @@ def _kill_when(argv: list[str], ready: Any, env: dict[str, str]) -> None:
     """Start the command, SIGKILL it as soon as ``ready()`` holds (within 5 ms), wait for it to die."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + HANG_S
         while not ready():
             assert proc.poll() is None, "the run ended before the kill point"
             assert time.monotonic() < deadline

@@ -185,8 +185,10 @@ def test_bench_reads_tokens_per_step_from_vllms_counters(server: Served, tmp_pat
     run = json.loads(out.read_text())["runs"][0]
     spec = run["spec_decode"]
     assert spec["num_drafts"] > 0 and len(spec["num_accepted_tokens_per_pos"]) == K
-    assert run["tokens_per_step"] == pytest.approx(1 + spec["num_accepted_tokens"] / spec["num_drafts"])
-    assert run["tokens_per_step"] > 1  # vLLM's usage has no step count: this came from /metrics
+    # vLLM's usage has no step count: its drafts are the decoding steps, read from /metrics
+    assert run["total_decoding_steps"] == spec["num_drafts"]
+    assert run["tokens_per_step"] == pytest.approx((run["total_output_tokens"] - 4) / spec["num_drafts"])
+    assert run["tokens_per_step"] > 1
     assert run["completed"] == 4 and run["failed"] == 0
 
 

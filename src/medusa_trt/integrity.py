@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import records
+from medusa_trt import fsio, records
 from medusa_trt.errors import CheckpointError, MedusaTrtError
 from medusa_trt.progress import byte_progress
 
@@ -35,11 +35,16 @@ BLOCK = 8 << 20
 PROGRESS_FROM = 1 << 30  # bytes to hash at start-up from which a progress bar is shown
 
 
+def inside(root: Path, rel: str) -> bool:
+    """A manifest entry names a plain relative path inside ``root``, reached through no symlink."""
+    return fsio.plain_rel(rel) is not None and fsio.under(root, rel) and not (root / rel).is_symlink()
+
+
 def digest(path: Path, advance: Callable[[int], None] | None = None) -> str:
     import xxhash
 
     h = xxhash.xxh3_128()
-    with path.open("rb") as f:
+    with fsio.open_input(path) as f:
         while block := f.read(BLOCK):
             h.update(block)
             if advance is not None:
@@ -55,8 +60,8 @@ def record(root: Path, rels: Iterable[str], known: dict[str, dict[str, Any]] | N
     table: dict[str, Any] = {}
     for rel in sorted(rels):
         path = root / rel
-        if path.is_symlink() or not path.is_file():
-            continue
+        if not inside(root, rel) or path.is_symlink() or not path.is_file():
+            continue  # only plain files inside the directory: never one through a link or outside it
         st = path.stat()
         prior = known.get(rel) or {}
         same = prior.get("size") == st.st_size and prior.get("mtime_ns", st.st_mtime_ns) == st.st_mtime_ns
@@ -67,6 +72,8 @@ def record(root: Path, rels: Iterable[str], known: dict[str, dict[str, Any]] | N
 
 def _stat(root: Path, rel: str, row: dict[str, Any]) -> tuple[os.stat_result | None, str | None]:
     """The file's stat and, when its size already tells, the problem (missing, other size)."""
+    if not inside(root, rel):  # a tampered manifest: never read a file outside or through a link
+        return None, f"{rel}: not a plain path inside {root}"
     try:
         st = (root / rel).stat()
     except OSError:

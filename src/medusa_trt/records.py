@@ -17,15 +17,15 @@ A verification memo without the header is not read (its files are hashed again, 
 
 from __future__ import annotations
 
-import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medusa_trt import __version__, fsio
-from medusa_trt.errors import CheckpointError
+from medusa_trt.errors import CheckpointError, InvalidInputError
 
 TOOL = "medusa-trt"
 MAX_BYTES = 64 * 2**20  # a manifest lists files, not tensors: anything larger is not one of ours
@@ -146,12 +146,18 @@ def _legacy(record: Record, doc: dict[str, Any]) -> bool:
 
 def _load(path: Path) -> Any:
     """The JSON value in ``path``; OSError or ValueError when it cannot be one of ours."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a record is a file we wrote, never a link
+    # a record is a regular file we wrote, never a link (nor a FIFO, whose open would block)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise ValueError(f"larger than {MAX_BYTES // 2**20} MiB")
-    return json.loads(data)
+    try:
+        return fsio.parse_json(data, path)  # bounded nesting: a deep one is not ours either
+    except InvalidInputError as e:
+        raise ValueError(e.message) from e
 
 
 def read(record: Record, directory: str | Path, *, require: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -5,8 +5,9 @@ decoding step that speculated) and the draft tokens accepted, overall and per ch
 (``vllm/v1/spec_decode/metrics.py``, v0.32.0): ``vllm:spec_decode_num_drafts``,
 ``vllm:spec_decode_num_draft_tokens``, ``vllm:spec_decode_num_accepted_tokens`` and
 ``vllm:spec_decode_num_accepted_tokens_per_pos{position="i"}`` (``_total`` in the exposition).
-Over a measured interval: tokens per step = 1 + accepted / drafts (each step also makes the
-target's own token), vLLM's "mean acceptance length".
+Over a measured interval, vLLM's "mean acceptance length" is 1 + accepted / drafts (each step also
+makes the target's own token); it counts drafts accepted past ``max_tokens`` too, so the bench's
+tokens/step takes only the drafts (the decoding steps) and counts the tokens from ``usage``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class SpecCounters:
             "num_draft_tokens": int(draft_tokens),
             "num_accepted_tokens": int(accepted),
             "num_accepted_tokens_per_pos": [int(self.per_pos.get(p, 0) - before.per_pos.get(p, 0)) for p in positions],
-            "tokens_per_step": 1 + accepted / drafts if drafts > 0 else None,
+            "acceptance_length": 1 + accepted / drafts if drafts > 0 else None,  # vLLM's mean acceptance length
             "acceptance_rate": accepted / draft_tokens if draft_tokens > 0 else None,
         }
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any
 
 import xxhash
 
-from medusa_trt import records
+from medusa_trt import fsio, records
 from medusa_trt.errors import ToolFailedError
 from medusa_trt.outputs import OwnedDir
 
@@ -212,7 +213,12 @@ class StepRunner:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         env = {**os.environ, **step.env}
-        with log_path.open("w") as log, self._status(step) as update:
+        # created new (the step's outputs were removed first): never a file or link put at that name
+        with (
+            fsio.open_new(log_path) as raw,
+            io.TextIOWrapper(raw, errors="replace") as log,
+            self._status(step) as update,
+        ):
             log.write(f"$ {' '.join(step.argv)}\n")
             try:
                 proc = subprocess.Popen(

@@ -173,10 +173,14 @@ def _finalize(report: BenchReport, cfg: BenchConfig, prompts: list[Prompt], col:
 
 
 def _add_spec_counters(run: dict[str, Any], counted: dict[str, Any]) -> None:
-    """vLLM's speculative-decoding counters over a level; its tokens/step where usage had no step count."""
+    """vLLM's speculative-decoding counters over a level. Where usage had no step count, vLLM's drafts are
+    the decoding steps: tokens/step = (output tokens - 1 per request) / drafts, as for our server. (vLLM's
+    own 1 + accepted/drafts also counts drafts accepted past max_tokens and then cut.)"""
     run["spec_decode"] = counted
-    if run.get("tokens_per_step") is None:
-        run["tokens_per_step"] = counted["tokens_per_step"]
+    drafts = counted["num_drafts"]
+    if run.get("tokens_per_step") is None and drafts > 0:
+        run["total_decoding_steps"] = drafts
+        run["tokens_per_step"] = (run["total_output_tokens"] - run["completed"]) / drafts
 
 
 async def _send(

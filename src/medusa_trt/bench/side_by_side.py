@@ -33,12 +33,11 @@ class SideBySide:
         return any(r.was_cancelled for r in self.reports)
 
     def columns(self) -> list[tuple[str, dict[str, Any]]]:
-        """(label, run) per engine, Medusa mode and concurrency level."""
-        return [
-            (f"{label}{MODES[run['medusa']]} c={run['concurrency']}", run)
-            for label, report in zip(self.labels, self.reports, strict=True)
-            for run in report.runs
-        ]
+        """(column label, run) per engine, Medusa mode and concurrency level."""
+        return [(f"{engine}{MODES[run['medusa']]} c={run['concurrency']}", run) for engine, run in self._runs()]
+
+    def _runs(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(label, run) for label, report in zip(self.labels, self.reports, strict=True) for run in report.runs]
 
     def to_json(self) -> dict[str, Any]:
         """One document; ``runs`` (each with its ``engine`` label) and ``server`` as a single report has."""
@@ -46,7 +45,10 @@ class SideBySide:
             "schema_version": SCHEMA_VERSION,
             "side_by_side": True,
             "server": {"engines": self.labels},
-            "runs": [{"engine": label, **run} for label, run in self.columns()],
+            "runs": [
+                {"engine": engine, "column": column, **run}
+                for (engine, run), (column, _) in zip(self._runs(), self.columns(), strict=True)
+            ],
             "identical_outputs": self.identical,
             "reports": [{"engine": label, **r.to_json()} for label, r in zip(self.labels, self.reports, strict=True)],
         }

@@ -8,13 +8,14 @@ point removes the temporary directory; nothing is written before validation pass
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import outputs, records
+from medusa_trt import fsio, outputs, records
 from medusa_trt.checkpoint.layout import Layout, OutTensor, rank_tensors
 from medusa_trt.checkpoint.readers import BaseModel, Heads, load_base, load_fasterdecoding_heads, modelopt_heads
 from medusa_trt.checkpoint.safetensors_io import CODE_TO_NAME, HASH_ALGORITHM
@@ -29,7 +30,7 @@ from medusa_trt.checkpoint.writer import (
     write_hashed,
     write_ranks,
 )
-from medusa_trt.errors import CheckpointError, InvalidInputError
+from medusa_trt.errors import CheckpointError, InvalidInputError, MedusaTrtError
 from medusa_trt.progress import byte_progress
 
 KIND = "checkpoint"  # the ownership kind of a convert output (outputs.py)
@@ -180,13 +181,15 @@ def convert_checkpoint(
     src_code = base.store.info("model.embed_tokens.weight").dtype
     lay = Layout(base, heads, k, tp, dtype or CODE_TO_NAME.get(src_code, "bfloat16"))
     check_layout(lay)
+    side = _side_files(src.path)
     plans = [rank_tensors(lay, r) for r in range(tp)]
     config = trtllm_config(lay, plans[0], max_draft_len=mdl)
     total = sum(t.nbytes for plan in plans for t in plan)
     free = shutil.disk_usage(existing_ancestor(output_dir)).free
-    if free < total * 1.02:
-        raise CheckpointError(
-            f"{output_dir.parent}: {free / 2**30:.1f} GiB free, the checkpoint needs {total / 2**30:.1f} GiB",
+    if free < total * 1.02:  # a full disk is a failure of the machine, not of the input (exit 1)
+        have, need = fsio.human_bytes(free, total * 1.02)
+        raise MedusaTrtError(
+            f"{existing_ancestor(output_dir)}: {have} free, the checkpoint needs {need}",
             hint="Free disk space or choose another --output.",
         )
 
@@ -197,9 +200,8 @@ def convert_checkpoint(
         with byte_progress(total, f"convert tp={tp}", enabled=progress) as advance:
             files = write_ranks(tmp, plans, workers or default_workers(tp), advance)
         files["config.json"] = write_hashed(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-        for name in TOKENIZER_FILES:
-            if (src.path / name).is_file():
-                files[name] = copy_hashed(src.path / name, tmp / name)
+        for name in side:
+            files[name] = copy_hashed(src.path / name, tmp / name)
         seconds = time.perf_counter() - t0
         result = ConvertResult(
             output_dir,
@@ -213,6 +215,17 @@ def convert_checkpoint(
         _write_manifest(tmp, result, lay, mdl)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _side_files(model_dir: Path) -> list[str]:
+    """The tokenizer files to copy, each a regular file; the JSON ones parsed now (bounded size and
+    nesting), so a malformed one fails here, naming it, and not at `run`."""
+    names = [n for n in TOKENIZER_FILES if os.path.lexists(model_dir / n)]
+    for name in names:
+        fsio.check_regular(model_dir / name)
+        if name.endswith(".json"):
+            fsio.read_json(model_dir / name, name)
+    return names
 
 
 def _write_manifest(tmp: Path, r: ConvertResult, lay: Layout, mdl: int) -> None:

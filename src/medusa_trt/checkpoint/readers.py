@@ -7,12 +7,12 @@ accumulate resident pages over a whole conversion.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.checkpoint.safetensors_io import TensorInfo, dtype_code, read_header
 from medusa_trt.config.model import ModelSpec, read_hf_config
 from medusa_trt.errors import CheckpointError
@@ -49,6 +49,7 @@ class TorchStore(Store):
     def __init__(self, path: Path) -> None:
         import torch
 
+        fsio.check_regular(path)
         try:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -78,14 +79,16 @@ def safetensors_store(model_dir: Path) -> Store:
     """``model.safetensors``, or the shards named by ``model.safetensors.index.json``."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from e
+        weight_map = fsio.read_json(index, "safetensors index")
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: not a safetensors index (no weight_map)")
         infos: dict[str, TensorInfo] = {}
         for fname in sorted(set(weight_map.values())):
+            if fsio.plain_rel(fname) is None:
+                raise CheckpointError(f"{index}: shard name {fname!r} is not a file name inside {model_dir}")
             shard = model_dir / fname
-            if not shard.is_file():
+            if not shard.exists():
                 raise CheckpointError(
                     f"{shard}: missing shard named in the index",
                     hint="Download every model-*.safetensors file of the checkpoint.",
@@ -96,7 +99,7 @@ def safetensors_store(model_dir: Path) -> Store:
             raise CheckpointError(f"{index}: {len(missing)} tensor(s) listed but not in the shards, e.g. {missing[0]}")
         return Store(infos, str(model_dir))
     single = model_dir / "model.safetensors"
-    if single.is_file():
+    if single.exists():  # read_header refuses what is not a regular file
         return Store(read_header(single), str(model_dir))
     files = sorted(model_dir.glob("*.safetensors"))
     if len(files) == 1:
@@ -137,10 +140,9 @@ def _modelopt_quant(model_dir: Path) -> Quant | None:
     path = model_dir / "hf_quant_config.json"
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}") from e
+    doc = fsio.read_json(path, "quantization config")
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
     producer = doc.get("producer") or {}
     if producer.get("name") != "modelopt":
         raise CheckpointError(
@@ -222,9 +224,9 @@ def _scan_heads(names: list[str], prefix: str, where: str) -> tuple[int, int, bo
 
 def load_fasterdecoding_heads(heads_dir: Path) -> Heads:
     st, pt = heads_dir / "medusa_lm_head.safetensors", heads_dir / "medusa_lm_head.pt"
-    if st.is_file():
+    if st.exists():
         store: Store = Store(read_header(st), str(st))
-    elif pt.is_file():
+    elif pt.exists():
         store = TorchStore(pt)
     else:
         raise CheckpointError(
@@ -232,7 +234,7 @@ def load_fasterdecoding_heads(heads_dir: Path) -> Heads:
             hint="Point --medusa at a FasterDecoding heads directory.",
         )
     cfg: dict[str, Any] = {}
-    if (heads_dir / "config.json").is_file():
+    if (heads_dir / "config.json").exists():
         cfg = read_hf_config(heads_dir)
     k, layers, bias = _scan_heads(list(store.infos), "", str(heads_dir))
     return Heads(

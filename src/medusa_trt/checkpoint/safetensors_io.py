@@ -9,6 +9,7 @@ where the filesystem has no direct I/O, read for the hash and copied by the kern
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from medusa_trt.errors import CheckpointError
+from medusa_trt import fsio
+from medusa_trt.errors import CheckpointError, InvalidInputError
 
 HASH_ALGORITHM = "xxh3_128"
 
@@ -89,38 +91,88 @@ class TensorInfo:
         return nbytes_of(self.dtype, self.shape)
 
 
+MAX_HEADER = 100_000_000  # the safetensors library's own bound on the JSON header
+_HINT = "Re-download or re-save the file; it is incomplete, damaged or not a safetensors file."
+
+
 def read_header(path: Path) -> dict[str, TensorInfo]:
-    """Tensor infos of one .safetensors file; raises CheckpointError if it is unreadable or truncated."""
-    hint = "Re-download or re-save the file; it is incomplete or not a safetensors file."
+    """Tensor infos of one .safetensors file, checked as strictly as the ``safetensors`` library does
+    (and a little more); anything malformed is a CheckpointError naming the file (exit 2)."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
+        with fsio.open_input(path) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)", hint=hint)
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)", hint=_HINT)
             (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise CheckpointError(f"{path}: truncated safetensors header", hint=hint)
-            meta = json.loads(f.read(n))
+            if n > MAX_HEADER:
+                raise CheckpointError(
+                    f"{path}: safetensors header of {n} bytes (the limit is {MAX_HEADER})", hint=_HINT
+                )
+            if n > size - 8:
+                raise CheckpointError(f"{path}: truncated safetensors header", hint=_HINT)
+            raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header", hint=hint) from e
+    except InvalidInputError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(e.message, hint=e.hint) from e
+    if not raw.lstrip(b" ").startswith(b"{"):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)", hint=_HINT)
+    try:
+        meta = fsio.parse_json(raw, path, "safetensors header")
+    except InvalidInputError as e:
+        raise CheckpointError(e.message, hint=_HINT) from e
+    return header_infos(path, meta, 8 + n, size)
+
+
+def _uint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def header_infos(path: Path, meta: Any, data_start: int, size: int) -> dict[str, TensorInfo]:
+    """Validate a parsed header: a dict of tensor entries (dtype, non-negative integer shape and
+    offsets), whose byte ranges tile the data section from 0 to its end with no hole or overlap, each
+    ``shape x dtype size`` bytes long (the ``safetensors`` library's rules)."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)", hint=_HINT)
+    md = meta.get("__metadata__")
+    if md is not None and not (isinstance(md, dict) and all(isinstance(v, str) for v in md.values())):
+        raise CheckpointError(f"{path}: __metadata__ must map strings to strings", hint=_HINT)
+    spans: list[tuple[int, int, str]] = []
     out: dict[str, TensorInfo] = {}
-    end = 0
     for name, entry in meta.items():
         if name == "__metadata__":
             continue
+        bad = f"{path}: tensor {name!r}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{bad}: entry is not an object", hint=_HINT)
         if entry.get("dtype") not in DTYPE_SIZES:
-            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {entry.get('dtype')}")
-        begin, stop = entry["data_offsets"]
-        info = TensorInfo(path, entry["dtype"], tuple(int(s) for s in entry["shape"]), 8 + n + int(begin))
-        if stop - begin != info.nbytes:
-            raise CheckpointError(f"{path}: tensor {name} has inconsistent offsets", hint=hint)
-        end = max(end, stop)
+            raise CheckpointError(f"{bad}: unsupported dtype {entry.get('dtype')!r}", hint=_HINT)
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(shape, list) or not all(_uint(d) for d in shape):
+            raise CheckpointError(f"{bad}: shape must be a list of non-negative integers", hint=_HINT)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_uint(o) for o in offsets)):
+            raise CheckpointError(f"{bad}: data_offsets must be two non-negative integers", hint=_HINT)
+        begin, stop = offsets
+        info = TensorInfo(path, entry["dtype"], tuple(shape), data_start + begin)
+        if stop < begin or stop - begin != info.nbytes:
+            raise CheckpointError(
+                f"{bad}: data_offsets span {stop - begin} bytes, its shape and dtype take {info.nbytes}", hint=_HINT
+            )
+        spans.append((begin, stop, name))
         out[name] = info
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path}: truncated safetensors file ({size} of {8 + n + end} bytes)", hint=hint)
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            what = "overlaps the tensor before it" if begin < end else f"leaves a hole of {begin - end} bytes before it"
+            raise CheckpointError(f"{path}: tensor {name!r} {what}", hint=_HINT)
+        end = stop
+    if data_start + end > size:
+        raise CheckpointError(f"{path}: truncated safetensors file ({size} of {data_start + end} bytes)", hint=_HINT)
+    if data_start + end < size:
+        raise CheckpointError(f"{path}: {size - data_start - end} bytes after the last tensor", hint=_HINT)
     return out
 
 
@@ -147,7 +199,7 @@ class HashingFile:
         import xxhash
 
         self.path = path
-        self._f: IO[bytes] = path.open("wb", buffering=0)
+        self._f: IO[bytes] = fsio.open_new(path, buffering=0)
         self._h = xxhash.xxh3_128()
         self._buf: memoryview | None = None
         self._kernel_copy = hasattr(os, "copy_file_range")
@@ -317,9 +369,12 @@ def open_hashing(path: Path) -> HashingFile | DirectHashingFile:
     """A hashing writer for ``path``: direct I/O where the filesystem takes it, else the page cache."""
     if DIRECT_IO:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_DIRECT, 0o644)
-        except OSError:  # EINVAL: tmpfs and other filesystems without direct I/O
-            pass
+            # O_EXCL | O_NOFOLLOW: a file we create, never one (or a link) that was there
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECT
+            fd = os.open(path, flags, 0o666)
+        except OSError as e:  # EINVAL: tmpfs and other filesystems without direct I/O
+            if e.errno != errno.EINVAL:
+                raise fsio.os_failure(e, path) from e
         else:
             return DirectHashingFile(path, fd)
     return HashingFile(path)

@@ -8,7 +8,6 @@ those are hashed once, and each file continues from that hash state.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.checkpoint.layout import OutTensor
 from medusa_trt.checkpoint.safetensors_io import (
     COPY_CHUNK,
@@ -179,14 +179,15 @@ def write_ranks(
 
 
 def copy_hashed(src: Path, dst: Path) -> dict[str, Any]:
-    out = open_hashing(dst)
-    try:
-        with src.open("rb") as f:
+    with fsio.open_input(src) as f:
+        out = open_hashing(dst)
+        try:
             while block := f.read(COPY_BLOCK):
                 out.write(block)
-    finally:
-        digest = out.close()
-    shutil.copystat(src, dst)
+        finally:
+            digest = out.close()
+        st = os.fstat(f.fileno())
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))  # the mtime only: the mode is the umask's
     return {"size": out.size, "hash": digest}
 
 

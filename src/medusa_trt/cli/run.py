@@ -142,6 +142,8 @@ def run_cmd(
             step_timeout_s=step_timeout,
             first_step_timeout_s=first_step_timeout,
             template_timeout_s=template_timeout,
+            show=typer.echo,
+            announce=_announce,
         )
     from medusa_trt.engines.base import GenerateRequest
     from medusa_trt.engines.launch import generate
@@ -160,6 +162,11 @@ def run_cmd(
         status=lambda label: err_console.status(label, spinner="dots"),
     )
     return _report(generate(path, request), json_out)
+
+
+def _announce(line: str) -> None:
+    """A server's status line (serving at URL, stopped), whole on one line so that it can be grepped."""
+    err_console.print(f"medusa-trt: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _report(doc: dict, json_out: bool) -> int:

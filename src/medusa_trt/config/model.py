@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
 _LLAMA31_ROPE = {
@@ -160,16 +161,9 @@ def _positive(cfg: dict[str, Any], key: str, name: str, default: int | None = No
 
 def read_hf_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{model_dir}: no config.json", hint="Point at a Hugging Face model directory.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}", hint="Fix or re-download the file.") from e
-    except UnicodeDecodeError as e:
-        raise CheckpointError(
-            f"{path}: not UTF-8 text (byte {e.start})", hint="Fix or re-download the file; JSON must be UTF-8."
-        ) from e
+    data = fsio.read_json(path, "config.json")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

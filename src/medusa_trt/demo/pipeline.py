@@ -281,6 +281,9 @@ def run_demo(
         log = Console(stderr=True, highlight=False).print
 
     cache_raw = cache_dir if cache_dir is not None else default_cache_dir()
+    if output_dir is not None:  # both paths checked before either directory is created
+        outputs.output_path(output_dir)
+    outputs.output_path(cache_raw, "--cache-dir")
     with outputs.writing(cache_raw, kind=CACHE_KIND, inputs={}, param="--cache-dir") as cache_dir_owned:
         cache = cache_dir_owned.root
         out_raw = output_dir if output_dir is not None else cache / "results"

@@ -103,11 +103,13 @@ def hf_state(model: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def save_hf_model(model: Any, out: Path, cfg: dict[str, Any]) -> None:
     """Write ``model.safetensors`` and ``config.json`` (its dtype the weights')."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from medusa_trt import fsio
 
     state = hf_state(model, cfg)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(written_config(cfg, state), indent=2))
+    fsio.write_bytes(out / "model.safetensors", save(state, metadata={"format": "pt"}))
+    fsio.write_text(out / "config.json", json.dumps(written_config(cfg, state), indent=2))
 
 
 def written_config(cfg: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:

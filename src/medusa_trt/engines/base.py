@@ -7,7 +7,8 @@ starts ``medusa-trt run``) and ``plan`` all go through ``engines.get(name)``.
 
 The contract, method by method:
 
-- ``name``: the profile's ``engine:`` value and the manifest's ``"engine"`` key.
+- ``name``: the profile's ``engine:`` value and the manifest's ``"engine"`` key; ``title`` the name
+  shown to people ("TensorRT-LLM").
 - ``capabilities``: what the engine can do (:class:`Capabilities`); read, never computed per call.
 - ``engine_dir``: the sub-directory of engine files its build writes (the manifest's ``engine_dir``,
   e.g. TensorRT-LLM's ``engine/``), or None when it has none (the reference runtime serves the
@@ -152,7 +153,8 @@ class ServeOptions:
     device: str = "cpu"
     tree: str | None = None
     adapt: bool | None = None
-    on_ready: Callable[[str], None] | None = None  # called with the base URL once /health answers
+    on_ready: Callable[[str], None] | None = None  # a child server: called with its URL once /health answers
+    announce: Callable[[str], None] | None = None  # an in-process server: its status lines (serving at, stopped)
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ class Engine(Protocol):
     """One engine; see the module docstring for what each member must do."""
 
     name: str
+    title: str
     capabilities: Capabilities
     engine_dir: str | None
 

@@ -15,7 +15,6 @@ Layout of the output directory::
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -226,7 +225,7 @@ def _fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
     from medusa_trt.checkpoint.sources import resolve_source
 
     snapshot = resolve_source(repo, kind=kind, revision=revision).path
-    with fsio.atomic_path(local) as tmp:
+    with fsio.atomic_path(local, kind="other") as tmp:
         tmp.symlink_to(snapshot, target_is_directory=True)
 
 
@@ -240,8 +239,7 @@ def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
     copies = {name: src for name, src in found.items() if src is not None}
     owned.claim(copies)
     for name, src in copies.items():
-        with fsio.atomic_path(out / name) as tmp:
-            shutil.copy2(src, tmp)
+        fsio.copy_file(src, out / name)
     owned.done(copies)
     if not (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").is_file():
         raise CheckpointError(

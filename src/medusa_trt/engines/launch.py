@@ -7,7 +7,8 @@ child such as trtllm-serve, or the in-process reference server) and how it gener
 
 from __future__ import annotations
 
-import sys
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from medusa_trt.serve.chat import TEMPLATE_TIMEOUT_S
 from medusa_trt.serve.guard import DEFAULT_MAX_REQUEST_MB, ServeGuard
 from medusa_trt.serve.guard import api_key_setting as api_key_setting  # for the CLI, which imports no serve
 
+logger = logging.getLogger(__name__)
+Say = Callable[[str], None]  # a line for the user; the CLI prints it
 SERVED = ("tree", "num_medusa_heads", "max_draft_len", "profile")  # what serving reads from a manifest
 
 
@@ -66,12 +69,17 @@ def serve(
     template_timeout_s: float = TEMPLATE_TIMEOUT_S,
     tree: str | None = None,
     adapt: bool | None = None,
+    show: Say | None = None,
+    announce: Say | None = None,
 ) -> int:
     """Serve a built engine directory until interrupted; returns the process exit code.
 
     The API key, body limit and step timeouts (``serve.ServeGuard``) go to an engine that checks
     them; a key is refused for an engine whose server has no API-key option (trtllm-serve).
+    ``show`` gets the command lines (``print_cmd``, and the launch lines for more than one node),
+    ``announce`` the status lines (serving at URL, stopped); without them they are logged (info).
     """
+    show, announce = show or logger.info, announce or logger.info
     if max_request_mb <= 0:
         raise InvalidInputError(f"--max-request-mb must be positive, got {max_request_mb}")
     if not template_timeout_s > 0:
@@ -94,13 +102,15 @@ def serve(
             "--api-key/MEDUSA_TRT_API_KEY.",
         )
     if print_cmd or cmd.nodes > 1:  # several nodes: the launch lines, to run from the login node
-        print("\n".join(cmd.to_json()["lines"]))
+        show("\n".join(cmd.to_json()["lines"]))
         return 0
 
     def ready(url: str) -> None:
-        print(f"medusa-trt: serving {cmd.model_name} ({engine.name}, Medusa) at {url}/v1", file=sys.stderr, flush=True)
+        announce(f"serving {cmd.model_name} ({engine.title}, Medusa) at {url}/v1")
 
-    options = ServeOptions(host=host, port=port, guard=guard, device=device, tree=tree, adapt=adapt, on_ready=ready)
+    options = ServeOptions(
+        host=host, port=port, guard=guard, device=device, tree=tree, adapt=adapt, on_ready=ready, announce=announce
+    )
     return engine.serve(engine_dir, cmd, options)
 
 

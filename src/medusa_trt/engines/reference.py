@@ -33,9 +33,10 @@ from medusa_trt.steps import Step, StepKind
 
 class Reference:
     name = "reference"
+    title = "reference runtime"
     engine_dir = None  # it runs the TRT-LLM checkpoint itself
     capabilities = Capabilities(
-        drafting=Drafting.TREE, sampling=True, logprobs=False, hardware="any machine (CPU or CUDA)", api_key=True
+        drafting=Drafting.TREE, sampling=True, logprobs=True, hardware="any machine (CPU or CUDA)", api_key=True
     )
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps:
@@ -78,6 +79,7 @@ class Reference:
                 tree=options.tree,
                 adapt=options.adapt,
                 guard=options.guard,
+                announce=options.announce,
             )
         )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -110,9 +111,9 @@ def _is_repo_id(spec: str) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e.__class__.__name__})") from e
+        data = fsio.read_json(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
     return data if isinstance(data, dict) else {}
 
 
@@ -169,13 +170,9 @@ def detect_heads(spec: str, revision: str | None = None) -> tuple[Source, int | 
 
 def _safetensors_names(path: Path) -> list[str]:
     """Tensor names from a safetensors header (8-byte little-endian length, then JSON): no torch needed."""
-    try:
-        with path.open("rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e.__class__.__name__})") from e
-    return [k for k in header if k != "__metadata__"]
+    from medusa_trt.checkpoint.safetensors_io import read_header
+
+    return list(read_header(path))
 
 
 def _heads_from_names(names: list[str]) -> tuple[int | None, int | None]:

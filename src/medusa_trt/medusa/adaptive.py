@@ -16,6 +16,7 @@ Expected tokens per step of a prefix of k nodes is 1 + the sum of its match rate
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from medusa_trt.medusa.trees import Tree, sort_tree
@@ -24,6 +25,8 @@ SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # draft-node counts tried
 MIN_GAIN = 0.05  # expected accepted drafts per step below which a subtree is not worth exploring
 EXPLORE_WITHIN = 0.8  # explore the runner-up only if its predicted tokens/s is at least this share of the best
 PRIOR_SLOPE = 0.03  # step-time growth per extra tree token, relative, used only beyond measured sizes
+WINDOW = 16  # step times kept per tree size (their lower quartile is the estimate)
+STALE = 512  # steps after which a size's measured time is no longer trusted
 
 
 class NodeAcceptance:
@@ -51,6 +54,11 @@ class NodeAcceptance:
             w = 1.0 / min(self.seen[len(path)], self.horizon)  # a plain mean at first, then exponential
             self.rate[i] += w * (float(match) - self.rate[i])
 
+    def refresh(self, weight: int) -> None:
+        """Let the history count as at most ``weight`` observations: what the next request shows soon
+        outweighs it (acceptance follows the text being written more than anything the server saw before)."""
+        self.seen = [min(n, weight) for n in self.seen]
+
     def _low(self) -> list[float]:
         """The lowest rate on each node's path: a child is never worth more than its parent."""
         index = {tuple(p): i for i, p in enumerate(self.nodes)}
@@ -74,20 +82,41 @@ class NodeAcceptance:
 
 
 class StepTimes:
-    """Smoothed seconds per step by tree tokens T (1 = a plain step)."""
+    """Seconds per step by tree tokens T (1 = a plain step): the lower quartile of the last WINDOW steps
+    at each size, forgetting sizes not measured lately.
 
-    def __init__(self, weight: float = 0.2) -> None:
-        self.t: dict[int, float] = {}
-        self.weight = weight
+    A low quantile, not a mean: on a shared machine a step preempted by another process takes ten
+    times longer, and those (or the first step at a size, which pays one-off costs) must not make a
+    tree look dear; the quickest steps are the cost of the tree itself, comparable between sizes timed
+    at different moments. A size not measured in the last STALE steps is left out of the estimates
+    (interpolated, or from the prior slope), so a tree timed slow long ago, under other load, gets
+    tried again instead of never.
+    """
+
+    def __init__(self, window: int = WINDOW) -> None:
+        self.window = window
+        self.count = 0  # steps observed so far, every size
+        self._obs: dict[int, deque[float]] = {}
+        self._when: dict[int, int] = {}  # size -> count at its last observation
 
     def observe(self, tokens: int, seconds: float) -> None:
-        old = self.t.get(tokens)
-        self.t[tokens] = seconds if old is None else old + self.weight * (seconds - old)
+        self.count += 1
+        if tokens not in self._obs or self.count - self._when[tokens] > STALE:
+            self._obs[tokens] = deque(maxlen=self.window)
+        self._obs[tokens].append(seconds)
+        self._when[tokens] = self.count
+
+    @property
+    def t(self) -> dict[int, float]:
+        """The current estimate of every size measured lately (all sizes when none is)."""
+        fresh = {k: v for k, v in self._obs.items() if self.count - self._when[k] <= STALE} or self._obs
+        return {k: sorted(v)[len(v) // 4] for k, v in sorted(fresh.items())}
 
     def estimate(self, tokens: int) -> float | None:
-        if tokens in self.t:
-            return self.t[tokens]
-        pts = sorted(self.t.items())
+        known = self.t
+        if tokens in known:
+            return known[tokens]
+        pts = sorted(known.items())
         if not pts:
             return None
         if len(pts) == 1:

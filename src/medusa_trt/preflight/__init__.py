@@ -15,7 +15,7 @@ from typing import Any
 
 from medusa_trt.config.model import ModelSpec, resolve_model
 from medusa_trt.config.profile import HardwareProfile, load_profile
-from medusa_trt.errors import IncompatibleError, InvalidInputError
+from medusa_trt.errors import IncompatibleError, InvalidInputError, MedusaTrtError
 from medusa_trt.medusa.tree_builder import expected_tokens_per_step, validate_accuracy
 from medusa_trt.medusa.trees import chain, tree_name, tree_stats, validate_tree
 from medusa_trt.perf import model as pm
@@ -70,6 +70,8 @@ class PreflightReport:
             return
         reasons = "; ".join(f"{c.name}: {c.reason}" for c in self.failures)
         hints = dict.fromkeys(_hint(c.name) for c in self.failures)  # ordered, without repeats
+        if all(c.name == "disk" for c in self.failures):  # a full disk is the machine's, not the profile's
+            raise MedusaTrtError(f"not enough disk space for {self.model.name}: {reasons}", hint=" ".join(hints))
         raise IncompatibleError(
             f"{self.model.name} does not fit profile {self.profile.name}: {reasons}", hint=" ".join(hints)
         )

@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from medusa_trt import fsio
 from medusa_trt.config.model import ModelSpec
 from medusa_trt.config.profile import HardwareProfile
 from medusa_trt.medusa.trees import Tree, tree_problems, tree_stats
 from medusa_trt.perf import model as pm
+from medusa_trt.preflight.memory import GIB
 
 Verdict = Literal["pass", "estimate", "warn", "fail"]
 HEADROOM_WARN = 0.9  # warn above 90% of device memory: fragmentation and the KV pool need slack
@@ -143,16 +145,20 @@ def check_waste(p: HardwareProfile, model: ModelSpec, tree: Tree, num_heads: int
 def check_disk(need: dict[str, float], free_gib: float, where: str, target_here: bool) -> Check:
     total = need["total"]
     have = need.get("already_on_disk", 0.0)
+    # one unit for every figure, with the decimals that tell need and free apart (a small disk is MiB)
+    t, hf, ck, en, hv, fr, short = fsio.human_bytes(
+        *(x * GIB for x in (total, need["hf_checkpoint"], need["trtllm_checkpoint"], need["engine"], have, free_gib)),
+        max(0.0, total - free_gib) * GIB,
+    )
     what = (
-        f"needs {total:.1f} GiB (HF {need['hf_checkpoint']:.1f} + TRT-LLM checkpoint "
-        f"{need['trtllm_checkpoint']:.1f} + engine {need['engine']:.1f}"
-        + (f" - {have:.1f} already on disk" if have else "")
-        + f"), {free_gib:.1f} GiB free at {where}"
+        f"needs {t} (HF {hf} + TRT-LLM checkpoint {ck} + engine {en}"
+        + (f" - {hv} already on disk" if have else "")
+        + f"), {fr} free at {where}"
     )
     if free_gib >= total:
         return Check("disk", "pass", what)
     if target_here:
-        return Check("disk", "fail", f"short by {total - free_gib:.1f} GiB: {what}")
+        return Check("disk", "fail", f"short by {short}: {what}")
     return Check("disk", "warn", f"{what}; this machine is not the profile's build host, check there")
 
 

@@ -5,12 +5,12 @@ Import-light: torch and the model code load inside ``load_engine``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt.errors import InvalidInputError, TreeError
+from medusa_trt import fsio
+from medusa_trt.errors import CheckpointError, InvalidInputError, TreeError
 from medusa_trt.medusa.trees import Tree, load_tree, tree_name, validate_tree
 from medusa_trt.runtime.records import Chunk, Continuation, GenerationStats, SamplingParams
 
@@ -147,6 +147,12 @@ class ReferenceEngine:
         spec = self.speculation()
         return spec.nodes if spec is not None else 0
 
+    def tree_choices(self) -> dict[str, int]:
+        """Draft nodes adaptive speculation uses now, per decoding regime met so far (``greedy``,
+        ``exact T<=1``, ...); empty without heads."""
+        spec = self.speculation()
+        return spec.choices() if spec is not None else {}
+
     def _release(self) -> None:
         self._busy = False
 
@@ -236,7 +242,8 @@ def _eos_ids(ckpt_dir: Path, tokenizer: Any) -> set[int]:
         ids.add(int(tokenizer.eos_token_id))
     gen = ckpt_dir / "generation_config.json"
     if gen.is_file():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
+        doc = fsio.read_json(gen, "generation config")
+        eos = doc.get("eos_token_id") if isinstance(doc, dict) else None
         ids.update(eos if isinstance(eos, list) else [] if eos is None else [int(eos)])
     return ids
 
@@ -247,7 +254,16 @@ def load_tokenizer(*dirs: Path) -> Any:
         if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(str(d))
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if (d / name).exists():
+                    fsio.read_json(d / name, name)  # bounded size and nesting, exit 2 naming the file
+            try:
+                return AutoTokenizer.from_pretrained(str(d))
+            except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
+                raise CheckpointError(
+                    f"{d}: the tokenizer does not load ({e.__class__.__name__}: {e})".splitlines()[0],
+                    hint="Re-run `medusa-trt convert` (or build) from a model whose tokenizer loads.",
+                ) from e
     return None
 
 

@@ -5,12 +5,11 @@ Everything here is cheap (JSON and safetensors headers), so bad input is refused
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import integrity, records
+from medusa_trt import fsio, integrity, records
 from medusa_trt.errors import CheckpointError
 from medusa_trt.medusa.trees import Tree, load_tree, tree_problems
 
@@ -62,12 +61,9 @@ class CheckpointInfo:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # unreadable, not JSON, not UTF-8
-        raise CheckpointError(
-            f"{path}: cannot read JSON ({e.__class__.__name__})",
-            hint="Re-run `medusa-trt convert` to rewrite the checkpoint.",
-        ) from e
+        data = fsio.read_json(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

@@ -91,10 +91,11 @@ class Sampler:
 
 
 def regime(p: SamplingParams) -> str:
-    """What draft acceptance depends on besides the model: greedy, or the rule and the target's shape."""
-    if p.temperature <= 0:
-        return "greedy"
-    return f"{p.acceptance} t={p.temperature:.1f} k={p.top_k} p={p.top_p:.2f}"
+    """What draft acceptance depends on besides the model and the text: greedy, or the rule and the
+    temperature band (``runtime.speculation.regime_name``)."""
+    from medusa_trt.runtime.speculation import regime_name
+
+    return regime_name(p.temperature, p.acceptance)
 
 
 class Decoder:
@@ -213,11 +214,11 @@ class Decoder:
         spec = self.spec
         if spec is None:
             return [self._plain(pending)]
-        t = time.perf_counter()
         buf = spec.buffers()
+        t = time.perf_counter()  # after building a new subtree's buffers: that is not the step's cost
         if buf is None:
-            if spec.wants_heads(self.usage.get(0, 0)):
-                self._drafts(1)  # statistics only: nothing is drafted this step
+            if heads := spec.probe_heads(self.usage.get(0, 0)):
+                self._drafts(heads)  # statistics only: nothing is drafted this step
             new, tokens = [self._plain(pending)], 1
         else:
             new, tokens = self._tree(pending, buf), buf.size

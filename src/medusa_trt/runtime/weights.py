@@ -14,6 +14,7 @@ from pathlib import Path
 # torch at module level is fine here: runtime modules load only inside commands that compute.
 import torch
 
+from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError
 from medusa_trt.runtime.config import CheckpointInfo
 
@@ -52,6 +53,7 @@ def shard_rows(info: CheckpointInfo, name: str) -> list[int]:
     rows = []
     for r in range(info.tp):
         path = info.ckpt_dir / f"rank{r}.safetensors"
+        fsio.check_regular(path)  # a FIFO would block safe_open forever
         try:
             with safe_open(str(path), framework="pt") as f:
                 if name not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
@@ -116,6 +118,7 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    fsio.check_regular(path)  # a FIFO would block the read forever
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # truncated or corrupt file

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from medusa_trt.runtime.api import ReferenceEngine
 
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
+logger = logging.getLogger(__name__)
 TOKENIZE_BUDGET_S = 60.0  # tokenizing the largest admitted prompt takes seconds; a minute means stuck
 
 
@@ -202,8 +203,10 @@ class Generator:
             self._check_chars(len(text), "messages")
             return self.chat_prompt.encode(text)  # the template writes the BOS itself
         except PromptTooLong as e:
-            self._check_chars(e.characters, "messages")
-            raise  # unreachable: the renderer's limit is the bound _check_chars applies
+            self._check_chars(e.characters, "messages")  # the usual context_length_exceeded, if it applies
+            raise APIError(
+                400, f"the rendered chat has {e.characters} characters, more than this server renders", param="messages"
+            ) from e
         except TemplateError as e:  # a template that rejects the roles or their order
             raise APIError(400, str(e), param="messages") from e
         except TemplateBroken as e:  # the model's template, not the request, is at fault
@@ -335,7 +338,7 @@ class Generator:
             steps=usage["decoding_steps"],
             accepted_per_depth=list(stats.accepted_per_depth) if stats is not None else [],
             tree_nodes_used=dict(stats.tree_nodes_used) if stats is not None else {},
-            tree_nodes=self.engine.tree_nodes,
+            tree_nodes=self.engine.tree_choices(),
         )
 
     # --- response bodies -------------------------------------------------------------------------
@@ -447,7 +450,7 @@ class _SSE:
         self.g, self.body, self.chat, self.job, self.request = g, body, chat, job, request
         self.out, self.text, self.first = out, text, first
         self.id, self.created = _new_id(chat), int(time.time())
-        self.usage = body.include_usage()
+        self.usage, self.continuous = body.include_usage(), body.continuous_usage()
 
     def _frame(self, delta: str | None, finish: str | None, role: bool = False) -> str:
         if self.chat:
@@ -462,8 +465,8 @@ class _SSE:
             "model": self.g.model_name,
             "choices": [choice],
         }
-        if self.usage:
-            doc["usage"] = None
+        if self.usage:  # vLLM's continuous_usage_stats: the counts so far in every chunk
+            doc["usage"] = self.out.usage() if self.continuous else None
         return _data(doc)
 
     async def frames(self) -> AsyncIterator[str]:
@@ -521,7 +524,7 @@ def _error_of(end: Finished) -> APIError | None:
     if isinstance(e, MedusaTrtError):
         return APIError(500, str(e), type="server_error")
     # an internal failure (a collective's error names files and addresses): the log gets it, not the client
-    print(f"medusa-trt: generation failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    logger.error("generation failed: %s: %s", type(e).__name__, e)
     return APIError(500, "generation failed (internal error; see the server log)", type="server_error")
 
 

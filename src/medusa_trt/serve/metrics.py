@@ -43,7 +43,7 @@ class Metrics:
         self._tps_sum: dict[Labels, float] = defaultdict(float)
         self._tps_count: dict[Labels, int] = defaultdict(int)
         self._tree_steps: dict[Labels, float] = defaultdict(float)  # (nodes, ) -> Medusa steps
-        self.tree_nodes: int | None = None  # draft nodes the engine's next Medusa step uses
+        self.tree_nodes: dict[str, int] = {}  # regime -> draft nodes adaptive speculation uses now
         self.running = 0
         self.waiting = 0
 
@@ -65,7 +65,7 @@ class Metrics:
         steps: int,
         accepted_per_depth: Sequence[int] = (),
         tree_nodes_used: dict[int, int] | None = None,
-        tree_nodes: int | None = None,
+        tree_nodes: dict[str, int] | None = None,
     ) -> None:
         m = ("medusa", "true" if medusa else "false")
         with self._lock:
@@ -76,8 +76,8 @@ class Metrics:
                 self._accepted[(("depth", str(depth)),)] += n
             for nodes, n in (tree_nodes_used or {}).items():
                 self._tree_steps[(("nodes", str(nodes)),)] += n
-            if medusa and tree_nodes is not None:
-                self.tree_nodes = tree_nodes
+            if medusa and tree_nodes:
+                self.tree_nodes = dict(tree_nodes)
             if steps > 0:
                 tps = (completion_tokens - 1) / steps  # prefill made the first token
                 buckets = self._tps_buckets.setdefault((m,), [0] * len(TOKENS_PER_STEP_BUCKETS))
@@ -122,13 +122,14 @@ class Metrics:
                 "Medusa decoding steps by draft nodes of the (sub)tree verified (0: no drafts).",
                 self._tree_steps,
             )
-            if self.tree_nodes is not None:
+            if self.tree_nodes:
                 self._family(
                     out,
                     "tree_nodes",
                     "gauge",
-                    "Draft nodes of the tree adaptive speculation chose for the next step.",
-                    {(): float(self.tree_nodes)},
+                    "Draft nodes adaptive speculation uses now, by decoding regime (greedy, or the "
+                    "acceptance rule and temperature band); 0: plain steps.",
+                    {(("regime", k),): float(v) for k, v in self.tree_nodes.items()},
                 )
             self._histogram(out)
             self._family(

@@ -137,14 +137,7 @@ def unsupported(param: str, why: str) -> APIError:
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
-    continuous_usage_stats: bool = False
-
-    @field_validator("continuous_usage_stats")
-    @classmethod
-    def _no_continuous(cls, v: bool) -> bool:
-        if v:
-            raise unsupported("stream_options.continuous_usage_stats", "not supported (usage comes in the last chunk)")
-        return v
+    continuous_usage_stats: bool = False  # vLLM: every chunk carries the usage so far (guidellm asks for it)
 
 
 class CommonRequest(BaseModel):
@@ -202,6 +195,9 @@ class CommonRequest(BaseModel):
 
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def continuous_usage(self) -> bool:
+        return bool(self.include_usage() and self.stream_options and self.stream_options.continuous_usage_stats)
 
     def limit(self) -> int | None:
         """The request's completion budget (None: up to the context)."""

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +39,8 @@ GRACE_S = 2  # how long open connections may finish after a signal before they a
 FAULT_EXIT_S = 1.0  # after a fault, /health answers 503 this long before the port closes
 KILL_AFTER_S = 3.0  # after a signal, ranks still in a step by then are killed
 HARD_EXIT_S = 9.0  # after a signal or fault, the process ends by then whatever else is stuck
+logger = logging.getLogger(__name__)
+Announce = Callable[[str], None]  # where the status lines go (the CLI prints them)
 
 
 def run_server(
@@ -50,35 +52,40 @@ def run_server(
     tree: str | list[list[int]] | None = None,
     adapt: bool | None = None,
     guard: ServeGuard | None = None,
+    announce: Announce | None = None,
 ) -> int:
     """Serve ``engine_dir`` (an engine or converted checkpoint directory) until SIGINT/SIGTERM.
 
-    Prints ``serving MODEL at http://HOST:PORT`` on stderr once the port accepts connections
-    (port 0 picks a free port; the line shows which). Returns the exit code (see module doc).
+    ``announce`` gets the status lines: loading, ``serving MODEL at http://HOST:PORT`` once the port
+    accepts connections (port 0 picks a free port; the line shows which), stopped. Without it they
+    are logged (info). Faults are logged as errors. Returns the exit code (see module doc).
     """
     from medusa_trt.runtime import load_engine
 
+    say = announce or logger.info
     guard = guard or ServeGuard()
     sock = _bind(host, port)  # first: a busy port fails in a second, not after the engine loaded
     if (warning := exposure_warning(host, guard.api_key)) is not None:
-        _log(warning)
+        logger.warning(warning)
     try:
         got: list[int] = []
         with _signals_as_interrupt(got):  # a signal during the (long) engine load still exits cleanly
             try:
-                _log(f"loading {engine_dir} on {device} ...")
+                say(f"loading {engine_dir} on {device} ...")
                 engine = load_engine(Path(engine_dir), device=device, tree=tree, adapt=adapt)
             except KeyboardInterrupt:
                 return 128 + (got[0] if got else signal.SIGINT)
         try:
-            return _serve(engine, sock, model_name, guard)
+            return _serve(engine, sock, model_name, guard, say)
         finally:
             engine.close()
     finally:
         sock.close()
 
 
-def _serve(engine: ReferenceEngine, sock: socket.socket, model_name: str | None, guard: ServeGuard) -> int:
+def _serve(
+    engine: ReferenceEngine, sock: socket.socket, model_name: str | None, guard: ServeGuard, say: Announce
+) -> int:
     from medusa_trt.serve.app import create_app
 
     holder: list[_Server] = []
@@ -86,7 +93,7 @@ def _serve(engine: ReferenceEngine, sock: socket.socket, model_name: str | None,
 
     def on_fault(reason: str) -> None:  # the watchdog's thread
         faults.append(reason)
-        _log(f"error: {reason}; exiting with {EXIT_FAILURE}")
+        logger.error("%s; exiting with %d", reason, EXIT_FAILURE)
         _hard_exit_after(HARD_EXIT_S, EXIT_FAILURE, engine)
         _later(FAULT_EXIT_S, lambda: holder[0].stop_for_fault())
 
@@ -112,7 +119,7 @@ def _serve(engine: ReferenceEngine, sock: socket.socket, model_name: str | None,
     server = _Server(
         config,
         on_signal=on_signal,
-        on_started=lambda: _log(f"serving {name} at {url} (OpenAI API under {url}/v1; Ctrl-C to stop)"),
+        on_started=lambda: say(f"serving {name} at {url} (OpenAI API under {url}/v1; Ctrl-C to stop)"),
     )
     holder.append(server)
     try:
@@ -123,7 +130,7 @@ def _serve(engine: ReferenceEngine, sock: socket.socket, model_name: str | None,
         if worker.busy():  # still inside a step after the grace: a hung rank; close() would wait on it
             engine.abort()
     if server.signals:
-        _log(f"stopped ({signal.Signals(server.signals[0]).name})")
+        say(f"stopped ({signal.Signals(server.signals[0]).name})")
         return 128 + server.signals[0]
     if faults:
         return EXIT_FAILURE
@@ -134,7 +141,7 @@ def _hard_exit_after(seconds: float, code: int, engine: ReferenceEngine) -> None
     """The last resort: kill the ranks and end the process if the orderly shutdown is still stuck."""
 
     def fire() -> None:
-        _log(f"shutdown did not finish within {seconds:g} s; exiting now")
+        logger.error("shutdown did not finish within %g s; exiting now", seconds)
         with contextlib.suppress(Exception):
             engine.abort()
         os._exit(code)
@@ -235,7 +242,3 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _log(msg: str) -> None:
-    print(f"medusa-trt: {msg}", file=sys.stderr, flush=True)

@@ -8,11 +8,11 @@ backbone is never loaded whole in one process and never in float32 unless the ch
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.steps import digest
 
@@ -32,8 +32,8 @@ def is_trtllm_checkpoint(path: Path) -> bool:
     if not cfg.is_file() or not (path / "rank0.safetensors").is_file():
         return False
     try:
-        return "architecture" in json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError):
+        return "architecture" in fsio.read_json(cfg, "config.json")
+    except (OSError, InvalidInputError):
         return False
 
 
@@ -74,7 +74,7 @@ def resolve_backbone(
     """An existing checkpoint as is (``tp`` must match it), or ``model`` converted under ``work``."""
     path = Path(model).expanduser()
     if path.is_dir() and is_trtllm_checkpoint(path):
-        cfg = json.loads((path / "config.json").read_text())
+        cfg = fsio.read_json(path / "config.json", "config.json")
         ck_tp = int((cfg.get("mapping") or {}).get("tp_size", 1))
         if tp is not None and tp != ck_tp:
             raise InvalidInputError(
@@ -102,7 +102,7 @@ def _convert(model: str, work: Path, tp: int, dtype: str | None, revision: str |
     out = work / f"checkpoint-{digest(key)}"
     if not is_trtllm_checkpoint(out):  # convert publishes by rename: present means complete
         convert_checkpoint(model, out, tp=tp, dtype=dtype, revision=revision, progress=progress)
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = fsio.read_json(out / "config.json", "config.json")
     return Backbone(out, tp, str(cfg.get("dtype", "float32")), _identity(out), model)
 
 
@@ -122,7 +122,7 @@ def read_lm_head(ckpt: Path) -> Any:
     """The base lm_head [V, D] in the checkpoint's dtype: the ranks' vocab rows concatenated."""
     from safetensors import safe_open
 
-    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg = fsio.read_json(ckpt / "config.json", "config.json")
     tp = int((cfg.get("mapping") or {}).get("tp_size", 1))
     parts = []
     for r in range(tp):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.config.model import ModelSpec
 
 GIB = float(1 << 30)
@@ -188,7 +189,6 @@ def _hints(b: TrainBudget, w: Workload, count: int) -> list[str]:
 
 def spec_for(model: str) -> ModelSpec:
     """A preset name, a Hugging Face directory, or a TRT-LLM checkpoint directory (its config.json)."""
-    import json
     from pathlib import Path
 
     from medusa_trt.config.model import resolve_model
@@ -196,7 +196,7 @@ def spec_for(model: str) -> ModelSpec:
 
     path = Path(model).expanduser()
     if path.is_dir() and is_trtllm_checkpoint(path):
-        c = json.loads((path / "config.json").read_text())
+        c = fsio.read_json(path / "config.json", "config.json")
         heads = int(c["num_attention_heads"])
         return ModelSpec(
             name=path.name,

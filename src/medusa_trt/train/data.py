@@ -7,10 +7,10 @@ A prompt is either a string (used as raw text, like /v1/completions) or a list o
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.errors import InvalidInputError
 
 Prompt = str | list[dict[str, str]]
@@ -87,16 +87,13 @@ def load_prompts(spec: str | Path) -> list[Prompt]:
         ) from e
     prompts: list[Prompt]
     if path.suffix == ".json":
-        data = json.loads(text)
+        data = fsio.parse_json(text, path, "prompts file")
         prompts = [_from_record(r, f"{path}[{i}]") for i, r in enumerate(data if isinstance(data, list) else [data])]
     elif path.suffix == ".jsonl":
         prompts = []
         for i, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                try:
-                    prompts.append(_from_record(json.loads(line), f"{path}:{i}"))
-                except json.JSONDecodeError as e:
-                    raise InvalidInputError(f"{path}:{i}: not JSON ({e.msg})", hint="One JSON object per line.") from e
+                prompts.append(_from_record(fsio.parse_json(line, f"{path}:{i}", "JSON line"), f"{path}:{i}"))
     else:
         prompts = [p.strip("\n") + "\n" for p in text.split("\n\n") if p.strip()]
     if not prompts:

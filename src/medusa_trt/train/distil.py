@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.errors import InvalidInputError, ServerError
 from medusa_trt.steps import Stage
 
@@ -64,12 +65,16 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
     """Complete lines only: a line cut by a kill is dropped (and the file truncated to match)."""
     if not path.is_file():
         return []
-    data = path.read_bytes()
+    with fsio.open_input(path) as f:
+        data = f.read()
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, end)
+        finally:
+            os.close(fd)
+    return [fsio.parse_json(line, path, "journal line") for line in data[:end].splitlines() if line.strip()]
 
 
 Generate = Callable[[list[Job]], Iterator[list[int]]]  # continuations in job order
@@ -87,12 +92,13 @@ def run_distil(stage: Stage, jobs: list[Job], generate: Generate, advance: Calla
         for j in jobs[len(done) :]:
             if not j.budget:
                 advance()
-        with open(path, "a") as f:
+        with fsio.open_append(path) as f:
             conts = generate(todo)
             pending = [j for j in jobs[len(done) :]]
             for job in pending:
                 ids = next(conts)[: job.budget] if job.budget else []
-                f.write(json.dumps({"i": job.index, "start": len(job.prompt_ids), "ids": job.prompt_ids + ids}) + "\n")
+                line = {"i": job.index, "start": len(job.prompt_ids), "ids": job.prompt_ids + ids}
+                f.write((json.dumps(line) + "\n").encode())
                 f.flush()
                 os.fsync(f.fileno())
                 if job.budget:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from medusa_trt import fsio
+from medusa_trt.checkpoint.safetensors_io import read_header
 from medusa_trt.steps import Stage
 
 SHARD_BYTES = 256 << 20  # one shard in memory at a time; bounds the stage's peak RSS
@@ -36,7 +38,7 @@ def run_hidden(
     advance: Callable[[], None],
 ) -> None:
     """Write every missing shard, then mark the stage done."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     stage.open()
     if stage.is_done():
@@ -63,9 +65,7 @@ def run_hidden(
                     ids = torch.tensor(sequences[i], dtype=torch.long, device=runner.device)
                     tensors[str(i)] = runner.hidden_states(ids).to("cpu").contiguous()  # [S_i, D]
                     advance()
-                tmp = stage.dir / f".{shard_name(n)}.tmp"
-                save_file(tensors, str(tmp), metadata={"format": "pt"})
-                tmp.replace(stage.dir / shard_name(n))
+                fsio.write_bytes(stage.dir / shard_name(n), save(tensors, metadata={"format": "pt"}))
         finally:
             runner.close()
     stage.finish({"sequences": len(sequences), "shards": len(shards), "per_shard": per_shard})
@@ -105,5 +105,7 @@ class HiddenCache:
         n = i // self.per_shard
         f = self._files.get(n)
         if f is None:  # memory-mapped: reading one sequence does not load the shard
-            f = self._files[n] = safe_open(str(self.dir / shard_name(n)), framework="pt")
+            path = self.dir / shard_name(n)
+            read_header(path)  # as strict as safetensors, exit 2 naming the file
+            f = self._files[n] = safe_open(str(path), framework="pt")
         return f.get_tensor(str(i)).float()  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from medusa_trt import fsio
 from medusa_trt.medusa.heads import MedusaHeads
 from medusa_trt.medusa.trees import TOPK
 from medusa_trt.train.hidden import HiddenCache
@@ -185,7 +186,6 @@ def _load_state(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 def _save_state(
     path: Path, step: int, heads: MedusaHeads, opt: Any, gen: torch.Generator, history: list[Any], key: dict[str, Any]
 ) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     state = {
         "step": step,
         "heads": heads.state_dict(),
@@ -194,8 +194,9 @@ def _save_state(
         "history": history,
         "key": key,
     }
-    torch.save(state, tmp)
-    tmp.replace(path)
+    # a file object, not a path: torch then reports a full disk as the OSError behind its RuntimeError
+    with fsio.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 @dataclass

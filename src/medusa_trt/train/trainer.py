@@ -21,7 +21,7 @@ expected tokens per step.
 from __future__ import annotations
 
 import math
-import shutil
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -112,10 +112,30 @@ def _check(cfg: TrainConfig) -> None:
         raise InvalidInputError("--teacher-concurrency must be >= 1 and --shard-mib > 0")
 
 
+# every name a training stage writes: its key and stamp, the distil journal, hidden-state shards, the
+# training state, and those names' atomic-write temporaries
+_STAGE_FILES = re.compile(
+    r"^\.?(key\.json|done\.json|sequences\.jsonl|state\.pt|shard-\d{5}\.safetensors)(\.tmp-\d+-\d+-[0-9a-f]{8})?$"
+)
+
+
+def _clear(st: Stage) -> None:
+    """Remove a stage's files one by one, by the names stages write; anything else stays and stops it
+    (a user's file is never deleted, and no directory is removed with what is in it)."""
+    if not st.dir.is_dir() or st.dir.is_symlink() or not st.is_ours():
+        return
+    if left := fsio.remove_listed(st.dir, [p.name for p in st.dir.iterdir() if _STAGE_FILES.match(p.name)]):
+        raise InvalidInputError(
+            f"{st.dir / left[0]}: not written by medusa-trt; refusing to delete it",
+            hint="Move it out of the stage directory and rerun.",
+        )
+    st.dir.rmdir()
+
+
 def _stage(root: Path, name: str, key: dict[str, Any], resume: bool) -> Stage:
     st = Stage.at(root, name, key)
-    if not resume and st.dir.is_dir() and st.is_ours():
-        shutil.rmtree(st.dir)  # ours (its key.json): --no-resume starts this stage over
+    if not resume:
+        _clear(st)  # --no-resume starts this stage over
     return st.open()
 
 
@@ -165,10 +185,10 @@ def _write_manifest(out: Path) -> None:
 
 def save_heads(heads: Any, out: Path, base_model: str = "") -> Path:
     """``medusa_lm_head.safetensors``, then ``config.json`` (its presence marks complete heads), each atomic."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with fsio.atomic_path(out / HEADS_FILE) as tmp:
-        save_file(heads.fasterdecoding_state_dict(), str(tmp), metadata={"format": "pt"})
+    # bytes through fsio, not save_file: that writes 0600 whatever the umask, beside its own temporary
+    fsio.write_bytes(out / HEADS_FILE, save(heads.fasterdecoding_state_dict(), metadata={"format": "pt"}))
     fsio.write_json(out / "config.json", heads.config_dict(base_model))
     return out
 

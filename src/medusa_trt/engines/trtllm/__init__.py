@@ -39,6 +39,7 @@ STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
 
 class Trtllm:
     name = "trtllm"
+    title = "TensorRT-LLM"
     engine_dir = ENGINE_SUBDIR
     # Medusa on TensorRT-LLM decodes greedily only (examples/medusa/README.md: "Medusa decoding only
     # supporting greedy decoding"); logprobs are not claimed.

@@ -29,6 +29,7 @@ from medusa_trt.engines.vllm import commands
 
 class Vllm:
     name = "vllm"
+    title = "vLLM"
     engine_dir = None  # the heads are in the manifest's vllm.heads_dir; the model is served from where it is
     capabilities = Capabilities(
         drafting=Drafting.CHAIN,
