@@ -19,6 +19,7 @@ import pytest
 
 from medusa_trt import fsio, outputs
 from medusa_trt.cli import run as cli
+from medusa_trt.errors import InvalidInputError
 from tests.helpers import HANG_S
 
 
@@ -371,10 +372,12 @@ def test_deeply_nested_json_is_exit_2_naming_the_file(
     assert not (tmp_path / "o").exists()
 
 
-def test_json_depth_scan_skips_strings() -> None:
-    assert fsio.json_depth_ok('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\""}')
-    assert not fsio.json_depth_ok("[" * 65 + "]" * 65)
-    assert fsio.json_depth_ok("[" * 64 + "]" * 64)
+def test_json_nesting_is_bounded_and_strings_do_not_count() -> None:
+    assert fsio.parse_json('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\""}', "x")
+    assert fsio.parse_json("[" * 64 + "]" * 64, "x") is not None
+    for deep in ("[" * 65 + "]" * 65, "[" * 5000 + "]" * 5000):
+        with pytest.raises(InvalidInputError, match="x: JSON nested deeper than 64 levels"):
+            fsio.parse_json(deep, "x")
 
 
 # --- 13. modes -------------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ LAYERS: dict[str, set[str]] = {
     },
     "bench": {"config", "perf", "fsio", "outputs", "records", "spec_counters", "supervise"},
     "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records", "steps"},
-    "demo": {"bench", "config", "engines", "medusa", "perf", "train", "fsio", "outputs", "steps"},
+    "demo": {"bench", "config", "engines", "medusa", "perf", "train", "fsio", "outputs", "records", "steps"},
     "cli": {
         "bench",
         "checkpoint",

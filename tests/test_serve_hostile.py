@@ -109,6 +109,22 @@ def test_a_template_that_never_ends_is_stopped_and_the_worker_freed(looping: Pat
         assert httpx.get(f"{url}/health").status_code == 200
 
 
+def test_health_reports_a_prompt_worker_busy_past_its_budget(looping: Path) -> None:
+    """/health is 503 while the prompt worker is held past its budget (here lowered under the
+    template's, so that a real endless template holds it), and 200 again once it is free."""
+    with _serve(looping, template_timeout_s=10.0) as (url, app):
+        app.state.generator._budget_s = 0.5
+        answer: list[httpx.Response] = []
+        sender = threading.Thread(target=lambda: answer.append(post(url, "/v1/chat/completions", _chat("hi"))))
+        sender.start()
+        while (h := httpx.get(f"{url}/health", timeout=30)).status_code == 200:
+            assert sender.is_alive(), "the request ended before the worker counted as stuck"
+        assert h.status_code == 503 and "prompt worker" in h.json()["reason"], h.text
+        sender.join()
+        assert answer[0].status_code == 500 and answer[0].json()["error"]["code"] == "chat_template_failed"
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
 def test_a_template_that_fills_memory_fails_in_its_renderer(ckpt: Path, tmp_path: Path) -> None:
     from medusa_trt.serve.chat import ChatPrompt, TemplateBroken
     from tests.helpers.models import make_tokenizer

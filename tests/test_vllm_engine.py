@@ -23,7 +23,8 @@ import pytest
 
 from tests.helpers.vllm import make_vllm_model, require_vllm
 
-pytestmark = pytest.mark.timeout(1800)  # each vLLM start takes tens of seconds on a 2-core machine
+# each vLLM start takes tens of seconds on a 2-core machine; one worker gets them all (pyproject: loadgroup)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.xdist_group("vllm")]
 
 K = 4
 CHAIN = [[0] * d for d in range(1, K + 1)]

@@ -7,13 +7,13 @@ repeating their own text. (Without a tokenizer there is no honest way to count t
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import fsio
 from medusa_trt.errors import InvalidInputError
 
 BUILTIN = "builtin"
@@ -54,8 +54,8 @@ def _parse_jsonl(lines: list[str], source: str) -> list[Prompt]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except ValueError:
+            obj = fsio.parse_json(line, f"{source}:{n}")
+        except InvalidInputError:
             raise InvalidInputError(f"{source}:{n}: invalid JSON", hint="One JSON document per line.") from None
         out.append(_from_jsonl_obj(obj, f"{source}:{n}"))
     return out
@@ -91,8 +91,8 @@ def load_prompts(dataset: str | Path) -> list[Prompt]:
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
-            doc = json.loads(text)
-        except ValueError:
+            doc = fsio.parse_json(text, path)
+        except InvalidInputError:
             raise InvalidInputError(f"{path}: invalid JSON", hint="A ShareGPT file is one JSON list.") from None
         prompts = _parse_sharegpt(doc, str(path))
     else:

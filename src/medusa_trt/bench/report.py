@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medusa_trt import fsio
+from medusa_trt.errors import MedusaTrtError
 
 SCHEMA_VERSION = 1
 
@@ -51,8 +51,8 @@ class BenchReport:
 def is_report(path: Path) -> bool:
     """A JSON file `bench` wrote (so `--json-out` may overwrite it)."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = fsio.read_json(path, "bench report")
+    except (OSError, MedusaTrtError):
         return False
     return isinstance(doc, dict) and "schema_version" in doc and "runs" in doc and "server" in doc
 

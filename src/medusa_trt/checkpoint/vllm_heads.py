@@ -161,13 +161,13 @@ def tensors(heads: Heads, info: VllmHeads) -> dict[str, Any]:
 
 def write_vllm_heads(source: Path, out: Path, *, chain: int, dtype: str) -> VllmHeads:
     """Write ``out/config.json`` and ``out/model.safetensors`` (each atomically); ``out`` must exist."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     heads = read_heads(source)
     info = inspect(heads, chain=chain, dtype=dtype)
     state = tensors(heads, info)
-    with fsio.atomic_path(out / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    # bytes through fsio, not save_file: that writes 0600 whatever the umask, beside its own temporary
+    fsio.write_bytes(out / WEIGHTS, save(state, metadata={"format": "pt"}))
     fsio.write_text(out / CONFIG, json.dumps(info.config(), indent=2) + "\n")
     for note in info.notes:
         logger.info("vLLM heads: %s", note)

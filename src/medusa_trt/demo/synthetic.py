@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from medusa_trt import fsio
 from medusa_trt.demo import tiny as demo_tiny
 from medusa_trt.demo.tiny import llama_config_dict
 
@@ -69,26 +70,26 @@ def save_hf_model(
     model: Any, out: Path, cfg: dict[str, Any], *, rope_style: RopeStyle = "rope_scaling", shards: int = 1
 ) -> None:
     """Write weights (one file, or ``shards`` files with an index) and config.json in the chosen spelling."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = demo_tiny.hf_state(model, cfg)
     names = sorted(state)
     if shards == 1:
-        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        fsio.write_bytes(out / "model.safetensors", save(state, metadata={"format": "pt"}))
     else:
         weight_map: dict[str, str] = {}
         for i in range(shards):
             fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
             part = {n: state[n] for n in names[i::shards]}
-            save_file(part, str(out / fname), metadata={"format": "pt"})
+            fsio.write_bytes(out / fname, save(part, metadata={"format": "pt"}))
             weight_map.update(dict.fromkeys(part, fname))
         total = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        fsio.write_text(out / "model.safetensors.index.json", json.dumps(index, indent=2))
     written = demo_tiny.written_config(cfg, state)
     if rope_style == "rope_parameters":
         written = to_rope_parameters(written)
-    (out / "config.json").write_text(json.dumps(written, indent=2))
+    fsio.write_text(out / "config.json", json.dumps(written, indent=2))
 
 
 def make_medusa_heads(
@@ -124,11 +125,12 @@ def make_medusa_heads(
         head = lm_head.clone() if lm_head is not None else torch.randn(vocab_size, hidden_size, generator=g) * scale
         state[f"{k}.{num_layers}.weight"] = head.contiguous()
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(state, str(out / "medusa_lm_head.safetensors"))
+        fsio.write_bytes(out / "medusa_lm_head.safetensors", save(state))
     else:
-        torch.save(state, out / "medusa_lm_head.pt")
+        with fsio.atomic_path(out / "medusa_lm_head.pt") as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
     config = {
         "medusa_num_heads": config_num_heads or num_heads,
         "medusa_num_layers": num_layers,
@@ -136,5 +138,5 @@ def make_medusa_heads(
         "vocab_size": vocab_size,
         "base_model_name_or_path": "tiny-llama",
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    fsio.write_text(out / "config.json", json.dumps(config, indent=2))
     return out

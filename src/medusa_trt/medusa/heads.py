@@ -107,9 +107,9 @@ class MedusaHeads(nn.Module):
         try:
             cfg = json.loads((d / "config.json").read_text())
             state = load_file(str(d / HEADS_FILE))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
             raise CheckpointError(
-                f"{d}: cannot read Medusa heads ({e})",
+                f"{d}: cannot read Medusa heads ({e.__class__.__name__}: {e})".splitlines()[0],
                 hint="Expected config.json + medusa_lm_head.safetensors (FasterDecoding format).",
             ) from e
         layers = int(cfg.get("medusa_num_layers", 1))

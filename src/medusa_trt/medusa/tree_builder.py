@@ -232,9 +232,10 @@ def parse_step_times(text: str, source: str = "step times") -> dict[int, float]:
                 continue
             out[int(cells[0])] = float(cells[1])
         return out
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise InvalidInputError(
-            f"{source}: cannot read step times ({e})", hint='CSV "nodes,step_ms" lines or JSON {"1": 10.2, "8": 11.0}.'
+            f"{source}: cannot read step times ({e.__class__.__name__}: {e})".splitlines()[0],
+            hint='CSV "nodes,step_ms" lines or JSON {"1": 10.2, "8": 11.0}.',
         ) from e
 
 
