@@ -189,7 +189,7 @@ def test_the_sweep_removes_only_recorded_temporaries(tiny_llama: Path, tmp_path:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Path:
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
 
     out = tmp_path_factory.mktemp("tamper") / "eng"
     execute(prepare("cpu", str(tiny_llama), medusa=str(tiny_heads), output=out))
