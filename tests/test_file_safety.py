@@ -229,7 +229,7 @@ def test_a_lookalike_temporary_makes_a_directory_not_empty(tiny_llama: Path, tmp
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Path:
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
 
     out = tmp_path_factory.mktemp("tamper") / "eng"
     execute(prepare("cpu", str(tiny_llama), medusa=str(tiny_heads), output=out))
