@@ -312,3 +312,23 @@ def test_continuous_usage_stats_in_every_chunk(url: str) -> None:
     counts = [e["usage"]["completion_tokens"] for e in events if e["choices"]]
     assert counts == sorted(counts) and counts[0] >= 1
     assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 12 == counts[-1]
+
+
+def test_streamed_logprobs_are_the_full_responses(url: str) -> None:
+    for endpoint, body in (
+        ("completions", {"prompt": PROMPT, "logprobs": 2}),
+        ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 2}),
+    ):
+        body = {**body, "max_tokens": 10, "temperature": 0, "ignore_eos": True}
+        full = httpx.post(f"{url}/v1/{endpoint}", json=body, timeout=120).json()["choices"][0]["logprobs"]
+        with httpx.stream("POST", f"{url}/v1/{endpoint}", json={**body, "stream": True}, timeout=120) as r:
+            assert r.status_code == 200
+            chunks = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+        parts = [c["choices"][0]["logprobs"] for c in chunks if c["choices"] and c["choices"][0]["logprobs"]]
+        if endpoint == "chat/completions":
+            assert [e for p in parts for e in p["content"]] == full["content"]
+        else:
+            for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                assert [x for p in parts for x in p[key]] == full[key], key
+    r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "echo": True, "stream": True}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "echo"

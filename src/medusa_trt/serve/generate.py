@@ -145,6 +145,8 @@ class Generator:
             )
         if body.stream and len(prompts) > 1:
             raise unsupported("prompt", "several prompts need stream: false (one choice per prompt)")
+        if body.stream and body.echo:
+            raise unsupported("echo", "not supported with stream: true")
         ids = [await self._off_loop(self._prompt_ids, p) for p in prompts]
         if body.stream:
             return await self._serve(body, request, ids[0], chat=False)
@@ -262,8 +264,6 @@ class Generator:
 
     async def _serve(self, body: CommonRequest, request: Request, ids: list[int], *, chat: bool) -> Response:
         """One prompt: a stream, or a response with one choice."""
-        if body.stream and body.logprob_fields()[0] is not None:
-            raise unsupported("top_logprobs" if chat else "logprobs", "not supported with stream: true")
         if not body.stream:
             return await self._serve_all(body, request, [""], [ids], chat=chat)
         try:
@@ -380,11 +380,13 @@ class Generator:
     def _token(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
 
-    def _completion_logprobs(self, token_ids: list[int], entries: list[TokenLogprob | None]) -> dict[str, Any]:
+    def _completion_logprobs(
+        self, token_ids: list[int], entries: list[TokenLogprob | None], at: int = 0
+    ) -> dict[str, Any]:
         """OpenAI's (and vLLM's) legacy completions shape; top_logprobs has the chosen token and the top N,
-        keyed by text."""
+        keyed by text; ``at`` is the first token's text_offset."""
         tokens = [self._token(t) for t in token_ids]
-        offsets, at = [], 0
+        offsets = []
         for t in tokens:
             offsets.append(at)
             at += len(t)
@@ -451,13 +453,29 @@ class _SSE:
         self.out, self.text, self.first = out, text, first
         self.id, self.created = _new_id(chat), int(time.time())
         self.usage, self.continuous = body.include_usage(), body.continuous_usage()
+        self.logprobs = body.logprob_fields()[0] is not None
+        self.sent = 0  # log-probability entries already sent
+        self.offset = 0  # text_offset of the next token (completions)
+
+    def _logprobs(self) -> dict[str, Any] | None:
+        """The log-probabilities of the tokens since the last frame, in the endpoint's shape."""
+        if not self.logprobs:
+            return None
+        entries, self.sent = self.out.logprobs[self.sent :], len(self.out.logprobs)
+        if self.chat:
+            return self.g._chat_logprobs(entries)
+        doc = self.g._completion_logprobs([e.token_id for e in entries], list(entries), self.offset)
+        if doc["tokens"]:
+            self.offset = doc["text_offset"][-1] + len(doc["tokens"][-1])
+        return doc
 
     def _frame(self, delta: str | None, finish: str | None, role: bool = False) -> str:
+        lp = None if role else self._logprobs()
         if self.chat:
             d: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta else {})
-            choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+            choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": lp, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": delta or "", "logprobs": lp, "finish_reason": finish}
         doc: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
