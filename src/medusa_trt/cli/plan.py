@@ -131,7 +131,7 @@ def plan(
 
 def _heads_in(medusa: str, given: int | None) -> int | None:
     """The heads' own count (from their tensors), which --num-medusa-heads may not contradict."""
-    from medusa_trt.engine.spec import detect_heads
+    from medusa_trt.engines.spec import detect_heads
     from medusa_trt.errors import InvalidInputError
 
     counted = detect_heads(medusa)[1]
