@@ -74,7 +74,7 @@ def preflight(spec: BuildSpec) -> dict[str, Any] | None:
     model_spec = recipe.known_model(spec)
     if model_spec is None:
         return None
-    from medusa_trt.preflight import preflight_report
+    from medusa_trt.plan import preflight_report
 
     model_arg = str(spec.model.local) if spec.model.local is not None else model_spec
     report = preflight_report(spec.profile, model_arg, num_medusa_heads=spec.num_medusa_heads, work_dir=spec.output)
