@@ -97,8 +97,7 @@ def bias_check(vllm_dir: Path, heads: Path, num_prompts: int, max_tokens: int) -
 
     from medusa_trt import spec_counters
     from medusa_trt.bench.datasets import draw_prompts, load_prompts
-    from medusa_trt.bench.server import free_port
-    from medusa_trt.engine.supervise import health_url
+    from medusa_trt.supervise import free_port, health_url
 
     prompts = [p.text for p in draw_prompts(load_prompts("builtin"), num_prompts, 0, None, None)]
     cmd = json.loads(cli("run", str(vllm_dir), "--print-cmd", "--json").stdout)

@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from medusa_trt.bench.server import free_port
+from medusa_trt.supervise import free_port
 from tests.helpers import HANG_S
 
 PROMPT = "def f():"

@@ -83,7 +83,7 @@ class Served:
     """`medusa-trt run DIR --port N` in a child process; ``url`` once it printed that it serves."""
 
     def __init__(self, engine_dir: Path, *extra: str) -> None:
-        from medusa_trt.bench.server import free_port
+        from medusa_trt.supervise import free_port
 
         self.port = free_port()
         self.proc = subprocess.Popen(

@@ -221,7 +221,7 @@ def choose_demo_tree(acc: list[list[float]], model_dir: Path, cfg: DemoConfig) -
         return tb.build_tree(acc, cfg.tree_nodes)
     from medusa_trt.config.model import resolve_model
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.perf import step_time_ms
+    from medusa_trt.plan import step_time_ms
 
     prof, spec = load_profile("cpu"), resolve_model(str(model_dir))
     curve = {n: float(step_time_ms(prof, spec, n + 1, cfg.tree_context_len)) for n in range(cfg.max_tree_nodes + 1)}
@@ -231,7 +231,7 @@ def choose_demo_tree(acc: list[list[float]], model_dir: Path, cfg: DemoConfig) -
 def build_engine(model_dir: Path, heads_dir: Path, tree: list[list[int]], out: Path, tree_file: Path) -> None:
     """`medusa-trt build --profile cpu` with the tree (its size becomes max_draft_len)."""
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
 
     base = load_profile("cpu")
     medusa = base.medusa.model_copy(update={"max_draft_len": len(tree), "tree": tree})

@@ -1,4 +1,4 @@
-"""Engine backends: build plans and steps, the manifest, and launching servers.
+"""The tool versions an engine manifest records (``manifest``) and the resumable build steps (``steps``).
 
-Kept import-light: submodules import torch/transformers only inside the functions that need them.
+The engines themselves, and how a build is planned and run, are in ``medusa_trt.engines``.
 """
