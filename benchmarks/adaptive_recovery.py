@@ -2,7 +2,7 @@
 
 A tiny Llama whose drafts are accepted on "easy" prompts and never on a "hard" one
 (tests/helpers/predictable.py). Each scenario starts a fresh server, runs a history, then the greedy
-workload (12 requests x 40 tokens on the easy prompts), and prints the tokens/step of the workload's
+workload (16 requests x 40 tokens on the easy prompts), and prints the tokens/step of the workload's
 requests that begin after its first 300 tokens, next to a fresh server's on the same requests:
 
     python benchmarks/adaptive_recovery.py [--hard 200] [--sampled 40]

@@ -25,7 +25,7 @@ import time
 import httpx
 
 from medusa_trt.bench.client import make_client, stream_request
-from medusa_trt.bench.server import free_port
+from medusa_trt.supervise import free_port
 
 
 def _pin(cpu: int) -> None:

@@ -20,7 +20,7 @@ from tests.helpers.loopback import app_in_thread
 
 EASY = ["class Model:", "The quick brown fox", "return 0", "self.name = name", "lazy dog."]
 HARD = "def main():"
-REQUESTS, TOKENS = 12, 40  # the greedy workload: 480 tokens, the last requests begin after token 300
+REQUESTS, TOKENS = 16, 40  # the greedy workload: 640 tokens, 8 requests begin after token 300
 WARMUP = 300
 
 
@@ -111,7 +111,7 @@ def test_after_a_burst_of_sampled_requests(ckpt: Path, fresh: float) -> None:
         assert tree_nodes(c, url)["exact T<=1"] <= 1  # sampling at T=1 accepts hardly any draft
         usages = greedy_workload(c, url)
         choices = tree_nodes(c, url)
-    assert after_warmup(usages) >= 0.9 * fresh
+    assert after_warmup(usages) >= 0.9 * fresh, (after_warmup(usages), fresh, usages)
     assert set(choices) == {"greedy", "exact T<=1"} and choices["greedy"] >= 2
 
 
@@ -119,11 +119,11 @@ def test_after_hundreds_of_requests_whose_drafts_were_never_accepted(ckpt: Path,
     with serving(ckpt) as url, httpx.Client() as c:
         hard = [complete(c, url, HARD, 16, temperature=0) for _ in range(200)]
         # the history is hard: its drafts are (nearly) never accepted
-        assert sum(u["completion_tokens"] - 1 for u in hard) < 1.1 * sum(u["decoding_steps"] for u in hard)
+        assert sum(u["completion_tokens"] - 1 for u in hard) < 1.1 * sum(u["decoding_steps"] for u in hard), hard[-3:]
         usages = greedy_workload(c, url)
         choices = tree_nodes(c, url)
-    assert after_warmup(usages) >= 0.9 * fresh
-    assert choices["greedy"] >= 2  # drafting again
+    assert after_warmup(usages) >= 0.9 * fresh, (after_warmup(usages), fresh, usages)
+    assert choices["greedy"] >= 2, choices  # drafting again
 
 
 def test_regimes_are_greedy_and_temperature_bands() -> None:

@@ -12,10 +12,11 @@ import pytest
 
 from medusa_trt.bench import BenchConfig, BenchReport, run_benchmark
 from medusa_trt.bench.plot import DPI, FIGSIZE_IN, write_plot
-from medusa_trt.bench.server import free_port, probe
+from medusa_trt.bench.server import probe
 from medusa_trt.cli import run as cli_run
 from medusa_trt.errors import ServerError
 from medusa_trt.outputs import is_our_png
+from medusa_trt.supervise import free_port
 from tests.helpers import HANG_S
 from tests.helpers.loopback import LoopbackOptions, loopback_server
 

@@ -19,7 +19,7 @@ from tests.helpers.loopback import app_in_thread
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_llama: Path, tiny_heads: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A reference engine built by `medusa-trt build`'s library path (cpu profile): manifest + checkpoint."""
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
 
     out = tmp_path_factory.mktemp("bench-e2e") / "engine"
     execute(prepare("cpu", str(tiny_llama), medusa=str(tiny_heads), output=out))

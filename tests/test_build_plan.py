@@ -249,7 +249,7 @@ def test_tree_flag_overrides_profile_and_is_validated(
 
 
 def test_medusa_yaml_round_trips(tiny_llama: Path, tiny_heads: Path, tmp_path: Path) -> None:
-    from medusa_trt.engine import trtllm
+    from medusa_trt.engines.trtllm import commands as trtllm
 
     text = trtllm.dump_medusa_yaml(
         trtllm.medusa_yaml_doc(max_draft_len=63, num_medusa_heads=4, tree=load_tree("mc_sim_7b_63"), extra={"a": 1})
@@ -274,7 +274,7 @@ def test_output_from_environment_records_its_source(
 
 
 def test_build_argv_guards_workers_and_managed_flags(tmp_path: Path) -> None:
-    from medusa_trt.engine import trtllm
+    from medusa_trt.engines.trtllm import commands as trtllm
     from medusa_trt.errors import ProfileError
 
     kw = {

@@ -119,7 +119,7 @@ def test_no_tensorrt_llm_exits_3_before_any_work(
     assert "TensorRT-LLM is not installed" in err and "hint:" in err and "Traceback" not in err
     assert not out.exists()
 
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
     from medusa_trt.errors import MissingDependencyError
 
     plan = prepare("hgx-h200-bf16-tp8", str(tiny8), medusa=str(tiny_heads4), output=out)
@@ -205,7 +205,7 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
     tiny_llama: Path, tiny_heads4: Path, tmp_path: Path
 ) -> None:
     """quantize.py's checkpoint has no tokenizer: runtime-files finds it in sources/model (the fetched hub model)."""
-    from medusa_trt.engine.build import _runtime_files, prepare
+    from medusa_trt.engines.build import _runtime_files, prepare
     from medusa_trt.outputs import OwnedDir
 
     out = tmp_path / "eng"
@@ -268,7 +268,7 @@ def test_hub_fetch_links_the_pinned_snapshot_and_records_its_commit(
     import huggingface_hub.constants as hc
 
     from medusa_trt.checkpoint.sources import snapshot_commit
-    from medusa_trt.engine.build import _fetch
+    from medusa_trt.engines.build import _fetch
     from medusa_trt.errors import CheckpointError
 
     cache = tmp_path / "hf" / "hub"

@@ -19,6 +19,7 @@ import pytest
 
 from medusa_trt import fsio, outputs
 from medusa_trt.cli import run as cli
+from medusa_trt.errors import InvalidInputError
 from tests.helpers import HANG_S
 
 
@@ -183,12 +184,52 @@ def test_the_sweep_removes_only_recorded_temporaries(tiny_llama: Path, tmp_path:
     assert (beside / "data.bin").read_bytes() == b"mine"
 
 
+_SET_ASIDE = """
+import os, sys, time
+from pathlib import Path
+from medusa_trt import fsio, outputs
+out = Path(sys.argv[1])
+with outputs.locked(out):
+    old = fsio.temp_sibling(out)  # recorded, as convert --force records the output it sets aside
+    out.rename(old)
+    print(old, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_replace_leaves_the_old_output_to_be_removed_file_by_file(tiny_llama: Path, tmp_path: Path) -> None:
+    """Killed (SIGKILL) right after setting the old output aside: the next run removes the files its
+    ownership list names and keeps a file that appeared in it, with the directory that holds it."""
+    out = tmp_path / "ck"
+    assert _popen("convert", "--model", str(tiny_llama), "--output", str(out)).returncode == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", _SET_ASIDE, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    old = Path(proc.stdout.readline().strip())
+    proc.kill()
+    proc.wait()
+    (old / "late.txt").write_text("appeared after the check")
+    done = _popen("convert", "--model", str(tiny_llama), "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in old.iterdir()) == ["late.txt"]  # ours gone, the user's kept
+    assert (old / "late.txt").read_text() == "appeared after the check"
+
+
+def test_a_lookalike_temporary_makes_a_directory_not_empty(tiny_llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".notes.txt.tmp-1-1-abcdef01").write_text("mine")
+    proc = _popen("convert", "--model", str(tiny_llama), "--output", str(out))
+    assert proc.returncode == 2 and "not empty and not written by medusa-trt" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".notes.txt.tmp-1-1-abcdef01"]
+
+
 # --- 4. a tampered ownership list --------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Path:
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
 
     out = tmp_path_factory.mktemp("tamper") / "eng"
     execute(prepare("cpu", str(tiny_llama), medusa=str(tiny_heads), output=out))
@@ -371,10 +412,12 @@ def test_deeply_nested_json_is_exit_2_naming_the_file(
     assert not (tmp_path / "o").exists()
 
 
-def test_json_depth_scan_skips_strings() -> None:
-    assert fsio.json_depth_ok('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\""}')
-    assert not fsio.json_depth_ok("[" * 65 + "]" * 65)
-    assert fsio.json_depth_ok("[" * 64 + "]" * 64)
+def test_json_nesting_is_bounded_and_strings_do_not_count() -> None:
+    assert fsio.parse_json('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\""}', "x")
+    assert fsio.parse_json("[" * 64 + "]" * 64, "x") is not None
+    for deep in ("[" * 65 + "]" * 65, "[" * 5000 + "]" * 5000):
+        with pytest.raises(InvalidInputError, match="x: JSON nested deeper than 64 levels"):
+            fsio.parse_json(deep, "x")
 
 
 # --- 13. modes -------------------------------------------------------------------------------------------------

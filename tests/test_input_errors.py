@@ -69,7 +69,7 @@ def test_non_utf8_config_is_a_usage_error(tiny_llama: Path, tmp_path: Path, caps
 
 @pytest.fixture(scope="module")
 def engine_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_heads: Path) -> Path:
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
 
     out = tmp_path_factory.mktemp("input-errors") / "eng"
     execute(prepare("cpu", str(tiny_llama), medusa=str(tiny_heads), output=out))

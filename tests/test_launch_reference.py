@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medusa_trt.bench.server import free_port
 from medusa_trt.cli import run as cli
+from medusa_trt.supervise import free_port
 
 
 def test_run_serves_the_built_engine(

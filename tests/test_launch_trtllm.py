@@ -17,11 +17,10 @@ import httpx
 import pytest
 import yaml
 
-from medusa_trt.bench.server import free_port
 from medusa_trt.cli import run as cli_run
-from medusa_trt.engine import launch
-from medusa_trt.engine.supervise import Supervisor
+from medusa_trt.engines import launch
 from medusa_trt.errors import CheckpointError, ToolFailedError
+from medusa_trt.supervise import Supervisor, free_port
 from tests.helpers import HANG_S
 from tests.helpers.standins import env_with, fake_trtllm_dist, install, records
 
@@ -197,7 +196,7 @@ def test_supervisor_leaves_no_worker_of_the_server_behind(tmp_path: Path) -> Non
 
     port, pidfile = free_port(), tmp_path / "worker.pid"
     code = (
-        "import sys; from medusa_trt.engine.supervise import Supervisor; "
+        "import sys; from medusa_trt.supervise import Supervisor; "
         "sys.exit(Supervisor([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], env={}, "
         "host='127.0.0.1', port=int(sys.argv[2]), startup_timeout_s=300).run())"
     )

@@ -30,16 +30,15 @@ LAYERS: dict[str, set[str]] = {
     "outputs": {"fsio", "records"},
     "steps": {"outputs", "records", "fsio"},
     "config": {"medusa", "fsio"},
-    "perf": {"config"},
-    "hw": {"config"},
-    "preflight": {"config", "hw", "perf", "medusa", "fsio"},
+    "plan": {"config", "medusa", "fsio"},
     "checkpoint": {"config", "medusa", "fsio", "outputs", "progress", "records"},
     "runtime": {"medusa", "integrity", "records", "fsio"},
     "serve": {"runtime"},
-    "engine": {
+    "supervise": set(),
+    "engines": {
         "checkpoint",
         "config",
-        "preflight",
+        "plan",
         "runtime",
         "serve",
         "medusa",
@@ -49,21 +48,20 @@ LAYERS: dict[str, set[str]] = {
         "records",
         "steps",
         "spec_counters",
+        "supervise",
     },
-    "bench": {"config", "perf", "fsio", "outputs", "records", "spec_counters"},
+    "bench": {"config", "plan", "fsio", "outputs", "records", "spec_counters", "supervise"},
     "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records", "steps"},
-    "demo": {"bench", "config", "engine", "medusa", "perf", "train", "fsio", "outputs", "steps"},
+    "demo": {"bench", "config", "engines", "medusa", "plan", "train", "fsio", "outputs", "records", "steps"},
     "cli": {
         "bench",
         "checkpoint",
         "config",
         "demo",
-        "engine",
-        "hw",
+        "engines",
         "logs",
         "medusa",
-        "perf",
-        "preflight",
+        "plan",
         "runtime",
         "train",
         "fsio",
@@ -77,8 +75,8 @@ LAYERS: dict[str, set[str]] = {
 }
 # part -> parts it must never import, whatever the table above says
 NEVER = {
-    "runtime": {"cli", "serve", "engine", "bench", "train", "demo"},
-    "serve": {"cli", "engine", "bench", "train", "demo"},
+    "runtime": {"cli", "serve", "engines", "bench", "train", "demo"},
+    "serve": {"cli", "engines", "bench", "train", "demo"},
 }
 
 
@@ -144,14 +142,14 @@ def _violations(src_part: str, allowed: Callable[[str], bool]) -> list[str]:
 def test_the_checker_sees_lazy_relative_and_type_checking_imports() -> None:
     source = (
         "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n    from medusa_trt.engine.spec import BuildSpec\n"
+        "if TYPE_CHECKING:\n    from medusa_trt.engines.spec import BuildSpec\n"
         "def f():\n    from medusa_trt.cli import _common\n    import medusa_trt.serve.app\n"
         "from . import decode\nfrom ..medusa import trees\n"
     )
     found = sorted(t for t, _ in imports_in(source, "medusa_trt.runtime.api"))
     assert found == [
         "medusa_trt.cli._common",
-        "medusa_trt.engine.spec",
+        "medusa_trt.engines.spec",
         "medusa_trt.medusa.trees",
         "medusa_trt.runtime.decode",
         "medusa_trt.serve.app",
@@ -192,6 +190,25 @@ def test_medusa_imports_no_other_part_of_the_package() -> None:
 @pytest.mark.parametrize("part", sorted(NEVER))
 def test_lower_layers_never_import_the_ones_above(part: str) -> None:
     assert _violations(part, lambda t: _part(t) not in NEVER[part]) == []
+
+
+def test_engines_are_reached_through_the_registry() -> None:
+    """Outside ``engines/``, nothing imports an engine's module (``engines.trtllm``, ``engines.vllm``, ...):
+    build, run, bench and plan dispatch through ``engines.get``, so adding an engine touches one place."""
+    from medusa_trt.engines import ENGINES
+
+    def inside(target: str, module: str) -> bool:
+        return target == module or target.startswith(module + ".")
+
+    assert set(ENGINES.values()) <= set(MODULES), "every registered engine is a module of the package"
+    found = [
+        f"{m} imports {t}"
+        for m, targets in GRAPH.items()
+        if _part(m) != "engines"
+        for t in targets
+        if any(inside(t, e) for e in ENGINES.values())
+    ]
+    assert found == []
 
 
 def test_cli_is_imported_by_nothing_but_the_entry_points() -> None:

@@ -79,6 +79,6 @@ def test_build_dry_run_in_a_process_logs_each_value_and_its_source(
     doc = json.loads(proc.stdout)  # the whole of stdout is the document: no log line leaked into it
     assert doc["dry_run"] is True and doc["spec"]["tp"] == 2
     debug = [line for line in proc.stderr.splitlines() if line.startswith("medusa-trt DEBUG ")]
-    assert "medusa-trt DEBUG medusa_trt.engine.spec: build tp = 2 (from profile parallelism.tp)" in debug
-    assert f'medusa-trt DEBUG medusa_trt.engine.spec: build output = "{out}" (from flag --output)' in debug
+    assert "medusa-trt DEBUG medusa_trt.engines.spec: build tp = 2 (from profile parallelism.tp)" in debug
+    assert f'medusa-trt DEBUG medusa_trt.engines.spec: build output = "{out}" (from flag --output)' in debug
     assert not out.exists()  # a dry run writes nothing

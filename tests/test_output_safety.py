@@ -198,7 +198,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(
 
 
 def test_disk_check_counts_only_what_is_left_to_write(tiny_llama: Path, tiny_heads: Path, tmp_path: Path) -> None:
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
 
     out = tmp_path / "eng"
     first = prepare("cpu", str(tiny_llama), medusa=str(tiny_heads), output=out)

@@ -46,6 +46,7 @@ def test_step_stamps_live_under_the_runner_root(tmp_path: Path) -> None:
         (records.OWNER, {"tool": "medusa-trt", "kind": "checkpoint", "trees": [], "files": ["config.json"]}),
         (records.STAMP, {"name": "convert", "input_hash": "ff", "outputs": {}}),
         (records.MODEL_REF, {"model": "meta-llama/Llama-3.1-8B-Instruct", "revision": "0" * 40}),
+        (records.DEMO_INFO, {"steps": 400, "loss": 1.25}),
         (
             records.CONVERT,
             {"format": "medusa-trt-convert", "format_version": 1, "tool": {"name": "medusa-trt"}, "files": {}},
@@ -61,7 +62,8 @@ def test_files_older_versions_wrote_are_still_read(tmp_path: Path, record: recor
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{not json", "unreadable engine manifest (JSONDecodeError)"),
+        ("{not json", "unreadable engine manifest (invalid JSON at line 1 column 2"),
+        ("[" * 100 + "]" * 100, "unreadable engine manifest (JSON nested deeper than"),
         ("[1, 2]", "not a medusa-trt engine manifest"),
         (
             json.dumps({"format": "medusa-trt-heads", "format_version": 1, "tool": {"name": "medusa-trt"}}),

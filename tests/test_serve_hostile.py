@@ -236,11 +236,11 @@ def _run(ckpt: Path, key: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-@pytest.mark.parametrize("key", ["", "  \n"])
-def test_an_empty_api_key_is_refused_before_loading(ckpt: Path, key: str) -> None:
+@pytest.mark.parametrize(("key", "said"), [("", "empty"), ("  \n", "empty"), ("se\x01cret", "control character")])
+def test_an_api_key_no_client_can_send_is_refused_before_loading(ckpt: Path, key: str, said: str) -> None:
     proc = _run(ckpt, key)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "MEDUSA_TRT_API_KEY" in err and "empty" in err, err
+    assert proc.returncode == 2 and "MEDUSA_TRT_API_KEY" in err and said in err, err
     assert "loading" not in err and "Traceback" not in err
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from medusa_trt.bench.server import free_port, wait_healthy
+from medusa_trt.supervise import Supervisor, free_port
 from tests.helpers import HANG_S
 
 PROMPT = "def main():"
@@ -68,26 +67,17 @@ def built(
 @pytest.fixture()
 def served(
     built: tuple[Path, dict[str, Any], dict[str, Any]], tmp_path: Path
-) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
     engine_dir = built[0]
     port = free_port()
     log = tmp_path / "server.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with log.open("wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--port", str(port)],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(proc, url, log, timeout_s=HANG_S)
-        yield url, proc, log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    argv = [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--port", str(port)]
+    sup = Supervisor(
+        argv, env={"PYTHONUNBUFFERED": "1"}, host="127.0.0.1", port=port, startup_timeout_s=HANG_S, log=log
+    )
+    with sup:  # the one supervisor: /health waited for, the server stopped (SIGTERM, then SIGKILL) after
+        assert sup.proc is not None
+        yield sup.url, sup.proc, log
 
 
 def _events(client: httpx.Client, url: str, body: dict[str, Any]) -> list[Any]:
@@ -101,7 +91,7 @@ def _events(client: httpx.Client, url: str, body: dict[str, Any]) -> list[Any]:
 
 
 def test_serve_end_to_end(
-    built: tuple[Path, dict[str, Any], dict[str, Any]], served: tuple[str, subprocess.Popen[bytes], Path]
+    built: tuple[Path, dict[str, Any], dict[str, Any]], served: tuple[str, subprocess.Popen[str], Path]
 ) -> None:
     _, once, once_chat = built
     url, proc, log = served

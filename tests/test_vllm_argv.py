@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from medusa_trt.config.profile import list_profiles, load_profile
-from medusa_trt.engine import vllm
-from medusa_trt.engine.spec import resolve
+from medusa_trt.engines.spec import resolve
+from medusa_trt.engines.vllm import commands as vllm
 from medusa_trt.errors import IncompatibleError, InvalidInputError, ProfileError
 
 HUB_MODEL = "meta-llama/Llama-3.1-70B-Instruct"

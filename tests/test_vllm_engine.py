@@ -23,7 +23,8 @@ import pytest
 
 from tests.helpers.vllm import make_vllm_model, require_vllm
 
-pytestmark = pytest.mark.timeout(1800)  # each vLLM start takes tens of seconds on a 2-core machine
+# each vLLM start takes tens of seconds on a 2-core machine; one worker gets them all (pyproject: loadgroup)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.xdist_group("vllm")]
 
 K = 4
 CHAIN = [[0] * d for d in range(1, K + 1)]
@@ -82,7 +83,7 @@ class Served:
     """`medusa-trt run DIR --port N` in a child process; ``url`` once it printed that it serves."""
 
     def __init__(self, engine_dir: Path, *extra: str) -> None:
-        from medusa_trt.bench.server import free_port
+        from medusa_trt.supervise import free_port
 
         self.port = free_port()
         self.proc = subprocess.Popen(

@@ -81,6 +81,15 @@ def test_a_huge_profile_is_refused_before_parsing(tmp_path: Path) -> None:
     assert r.returncode == 2 and f"{path}: {path.stat().st_size} bytes, more than the 1024 KiB" in r.stderr, r.stderr
 
 
+def test_a_fifo_profile_or_tree_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "profile.yaml"
+    os.mkfifo(fifo)
+    r = _cli("profiles", "show", str(fifo))
+    assert r.returncode == 2 and f"{fifo}: not a regular file" in r.stderr, r.stderr
+    with pytest.raises(TreeError, match="not a regular file"):
+        load_tree(str(fifo))
+
+
 def test_deep_nesting_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text(_with_extra("    deep: " + "[" * 200_000 + "]" * 200_000 + "\n"))

@@ -425,7 +425,7 @@ def check_claim(output: Path, kind: str) -> OwnedDir | None:
         raise InvalidInputError(f"{output}: exists and is not a directory", hint=_PICK)
     if not output.is_dir():
         return None
-    entries = [p for p in output.iterdir() if p.name != OWNER and not fsio.is_temp(p.name)]
+    entries = [p for p in output.iterdir() if p.name != OWNER]  # a look-alike temporary is a file too
     doc = read_owner(output)
     if not entries and doc is None:
         return None

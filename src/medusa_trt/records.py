@@ -84,6 +84,9 @@ OWNER = Record(
 VERIFIED = Record(  # under $XDG_CACHE_HOME/medusa-trt/verified, one per directory (integrity.py names it)
     "", "medusa-trt-verified", 1, "verification memo", ("root", "files"), "It is rebuilt by the next check."
 )
+DEMO_INFO = Record(  # what a demo stage measured, kept inside its output so that a reused stage still reports it
+    ".demo-info.json", "medusa-trt-demo-info", 1, "demo stage record", (), "Run `medusa-trt demo --fresh`."
+)
 STAMP = Record(".steps", "medusa-trt-step", 1, "step stamp", ("name", "input_hash"), "Run the command again.")
 MANIFESTS = (ENGINE, CONVERT, HEADS)  # the records that list files with sizes and hashes (`medusa-trt verify`)
 
@@ -141,6 +144,8 @@ def _legacy(record: Record, doc: dict[str, Any]) -> bool:
         return isinstance(doc.get("input_hash"), str)
     if record is MODEL_REF:
         return isinstance(doc.get("model"), str)
+    if record is DEMO_INFO:  # the measurements alone
+        return True
     return doc.get("tool") == TOOL  # heads manifests and ownership lists
 
 
@@ -157,7 +162,7 @@ def _load(path: Path) -> Any:
     try:
         return fsio.parse_json(data, path)  # bounded nesting: a deep one is not ours either
     except InvalidInputError as e:
-        raise ValueError(e.message) from e
+        raise ValueError(e.message.removeprefix(f"{path}: ")) from e
 
 
 def read(record: Record, directory: str | Path, *, require: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -174,7 +179,8 @@ def read_at(record: Record, path: Path, *, require: tuple[str, ...] = ()) -> dic
     try:
         doc = _load(path)
     except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON, too large, a symlink
-        raise CheckpointError(f"{path}: unreadable {record.what} ({e.__class__.__name__})", hint=record.hint) from e
+        why = str(e) if isinstance(e, ValueError) else e.__class__.__name__
+        raise CheckpointError(f"{path}: unreadable {record.what} ({why})", hint=record.hint) from e
     return validate(record, path, doc, require=require)
 
 

@@ -14,6 +14,7 @@ parsed once.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -49,12 +50,16 @@ class YamlRefused(Exception):
 
 
 def read_capped(path: Path, limit: int = MAX_BYTES) -> str:
-    """The text of ``path`` (UTF-8), reading at most ``limit`` + 1 bytes; YamlRefused when larger."""
-    with open(path, "rb") as f:
+    """The text of ``path`` (UTF-8), reading at most ``limit`` + 1 bytes; YamlRefused when larger or
+    not a regular file (a FIFO or a device would block or never end; a link to a file is fine)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise YamlRefused(0, "not a regular file (a FIFO, device or directory)")
         data = f.read(limit + 1)
-        size = os.fstat(f.fileno()).st_size
     if len(data) > limit:
-        raise YamlRefused(0, f"{size} bytes, more than the {limit // 1024} KiB a YAML file here may have")
+        raise YamlRefused(0, f"{st.st_size} bytes, more than the {limit // 1024} KiB a YAML file here may have")
     return data.decode("utf-8")
 
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +15,7 @@ import httpx
 
 from medusa_trt import records
 from medusa_trt.errors import InvalidInputError, ServerError
+from medusa_trt.supervise import Supervisor, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -79,76 +75,28 @@ def read_engine_provenance(engine_dir: Path) -> dict[str, Any]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, n: int = 5) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(lines[-n:])
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(
-                f"the server exited with code {proc.returncode} before it was ready: {_tail(log)}",
-                hint="Run `medusa-trt run ENGINE_DIR` by hand to see its full output.",
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError as e:
-            logger.debug("%s/health: %s", url, e.__class__.__name__)
-        time.sleep(0.2)
-    raise ServerError(
-        f"the server was not healthy after {timeout_s:g} s: {_tail(log)}",
-        hint="Raise the start timeout or check the engine directory.",
-    )
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after `grace_s`."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextmanager
 def engine_server(engine_dir: Path, start_timeout_s: float = 600.0) -> Iterator[str]:
-    """Start `medusa-trt run ENGINE_DIR` on a free loopback port; yield its URL; stop it."""
+    """Start `medusa-trt run ENGINE_DIR` on a free loopback port (``supervise.Supervisor``); yield its URL;
+    stop it (SIGTERM, then SIGKILL)."""
     if not engine_dir.is_dir():
         raise InvalidInputError(
             f"engine directory not found: {engine_dir}", hint="Build one with `medusa-trt build`, or pass --url."
         )
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--host", "127.0.0.1", "--port", str(port)]
-    with tempfile.TemporaryDirectory(prefix="medusa-trt-bench-") as tmp:
-        log = Path(tmp) / "server.log"
-        with log.open("wb") as fh:
-            # Own session: a Ctrl-C in the terminal reaches the bench, which then stops the server itself.
-            proc = subprocess.Popen(
-                argv,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,
-            )
-            try:
-                wait_healthy(proc, url, log, start_timeout_s)
-                yield url
-            finally:
-                stop_process(proc)
+    # its output goes nowhere (the bench's own output stays readable); its last lines come with any error
+    with (
+        open(os.devnull, "w") as sink,
+        Supervisor(
+            argv,
+            env={"PYTHONUNBUFFERED": "1"},
+            host="127.0.0.1",
+            port=port,
+            startup_timeout_s=start_timeout_s,
+            out=sink,
+            exit_hint="Run `medusa-trt run ENGINE_DIR` by hand to see its full output.",
+            timeout_hint="Raise the start timeout or check the engine directory.",
+        ) as server,
+    ):
+        yield server.url

@@ -9,7 +9,7 @@ import typer
 from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
 
 if TYPE_CHECKING:
-    from medusa_trt.engine.recipe import BuildPlan
+    from medusa_trt.engines.recipe import BuildPlan
 
 
 def build(
@@ -44,7 +44,7 @@ def build(
     json_out: JsonOpt = False,
 ) -> None:
     """Convert and build an engine for a profile (resumes an interrupted build; --dry-run shows the steps)."""
-    from medusa_trt.engine.build import execute, prepare, rich_status
+    from medusa_trt.engines.build import execute, prepare, rich_status
     from medusa_trt.steps import StepStatus
 
     plan = prepare(profile, model, medusa=medusa, output=output, tree=tree, revision=revision)

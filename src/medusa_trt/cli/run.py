@@ -1,4 +1,4 @@
-"""`medusa-trt run DIR`: one generation with --prompt, else serve DIR (engine.launch.serve)."""
+"""`medusa-trt run DIR`: one generation with --prompt, else serve DIR; both through DIR's engine (engines.launch)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
-from medusa_trt.engine.launch import DEFAULT_MAX_REQUEST_MB, TEMPLATE_TIMEOUT_S
+from medusa_trt.engines.launch import DEFAULT_MAX_REQUEST_MB, TEMPLATE_TIMEOUT_S
 from medusa_trt.errors import InvalidInputError
 from medusa_trt.runtime.records import Acceptance, SamplingError, SamplingParams
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
@@ -118,7 +118,7 @@ def run_cmd(
     if prompt is None:
         import os
 
-        from medusa_trt.engine.launch import api_key_setting, serve, serve_command
+        from medusa_trt.engines.launch import api_key_setting, serve, serve_command
 
         api_key, note = api_key_setting(api_key, os.environ)
         if note is not None:
@@ -127,7 +127,7 @@ def run_cmd(
         if json_out:  # serving has no document to print; the command it would run does
             if not print_cmd:
                 raise InvalidInputError("--json needs --prompt (one generation) or --print-cmd (the serve command)")
-            emit_json(serve_command(path, host, port))
+            emit_json(serve_command(path, host, port).to_json())
             return 0
         return serve(
             engine_dir=path,
@@ -145,57 +145,28 @@ def run_cmd(
             show=typer.echo,
             announce=_announce,
         )
-    from medusa_trt.runtime import load_engine
-    from medusa_trt.runtime.once import generate_text
-    from medusa_trt.runtime.watchdog import run_guarded
+    from medusa_trt.engines.base import GenerateRequest
+    from medusa_trt.engines.launch import generate
 
-    if _is_vllm(path):
-        from pathlib import Path
-
-        from medusa_trt import records
-        from medusa_trt.engine import vllm
-
-        with err_console.status("starting vLLM", spinner="dots"):
-            doc = vllm.generate(
-                Path(path).resolve(),
-                records.read(records.ENGINE, path),
-                prompt,
-                params,
-                medusa=not no_medusa,
-                chat=chat,
-                on_text=None if json_out else _echo,
-            )
-        return _report(doc, json_out)
-    with err_console.status("loading the reference engine", spinner="dots"):
-        engine = load_engine(path, device=device, tree=tree, adapt=False if no_adapt else None)
-    with engine:
-        # on a thread under the watchdog: a dead or hung tp rank, or a signal, ends the run in seconds
-        doc = run_guarded(
-            engine,
-            lambda clock: generate_text(
-                engine,
-                prompt,
-                params,
-                medusa=not no_medusa,
-                chat=chat,
-                on_text=None if json_out else _echo,
-                clock=clock,
-            ),
-            first_timeout_s=first_step_timeout,
-            step_timeout_s=step_timeout,
-        )
-    return _report(doc, json_out)
+    request = GenerateRequest(
+        prompt=prompt,
+        params=params,
+        medusa=not no_medusa,
+        chat=chat,
+        device=device,
+        tree=tree,
+        adapt=False if no_adapt else None,
+        first_step_timeout_s=first_step_timeout,
+        step_timeout_s=step_timeout,
+        on_text=None if json_out else _echo,
+        status=lambda label: err_console.status(label, spinner="dots"),
+    )
+    return _report(generate(path, request), json_out)
 
 
 def _announce(line: str) -> None:
     """A server's status line (serving at URL, stopped), whole on one line so that it can be grepped."""
     err_console.print(f"medusa-trt: {line}", markup=False, highlight=False, soft_wrap=True)
-
-
-def _is_vllm(path: str) -> bool:
-    from medusa_trt import records
-
-    return bool((records.peek(records.ENGINE, path) or {}).get("engine") == "vllm")
 
 
 def _report(doc: dict, json_out: bool) -> int:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import fsio, outputs
+from medusa_trt import fsio, outputs, records
 from medusa_trt.demo.pretrain import ModelRecipe
 
 CACHE_ENV = "MEDUSA_TRT_CACHE"
@@ -62,7 +62,9 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "medusa-trt"
 
 
-INFO = ".demo-info.json"  # what a stage measured, kept inside its output so a reused stage still reports it
+def _measured(doc: dict[str, Any]) -> dict[str, Any]:
+    """A demo stage record without its header: what the stage measured."""
+    return {k: v for k, v in doc.items() if k not in records.HEADER_KEYS}
 
 
 class Stages:
@@ -113,13 +115,13 @@ class Stages:
                     self.log(f"  step {s}/{self.cfg.recipe.steps} loss {loss:.3f}") if s % every == 0 else None
                 ),
             )
-            fsio.write_json(out / INFO, info)
+            records.write(records.DEMO_INFO, out, info)
 
         inputs = {"recipe": asdict(self.cfg.recipe), "corpus": corpus.digest, "python": platform.python_version()}
         reused = self._step("pretrain", "model", inputs, run)
         if reused:
             self.log(f"model: reusing {out}")
-        self.info["pretrain"] = fsio.read_json(out / INFO, "demo record")
+        self.info["pretrain"] = _measured(records.read(records.DEMO_INFO, out))
         self.timed("pretrain", reused, t0)
         return out
 
@@ -154,13 +156,13 @@ class Stages:
                 "train_top1": res.top1,
                 "sequences": res.sequences,
             }
-            fsio.write_json(out / INFO, info)
+            records.write(records.DEMO_INFO, out, info)
 
         keys = ("num_heads", "head_steps", "head_lr", "head_batch", "distill_prompts", "distill_tokens")
         reused = self._step("heads", "heads", {"model_dir": "model", **c.key(*keys)}, run)
         if reused:
             self.log(f"heads: reusing {out}")
-        self.info["heads"] = fsio.read_json(out / INFO, "demo record")
+        self.info["heads"] = _measured(records.read(records.DEMO_INFO, out))
         self.timed("heads", reused, t0)
         return out
 
@@ -219,7 +221,7 @@ def choose_demo_tree(acc: list[list[float]], model_dir: Path, cfg: DemoConfig) -
         return tb.build_tree(acc, cfg.tree_nodes)
     from medusa_trt.config.model import resolve_model
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.perf import step_time_ms
+    from medusa_trt.plan import step_time_ms
 
     prof, spec = load_profile("cpu"), resolve_model(str(model_dir))
     curve = {n: float(step_time_ms(prof, spec, n + 1, cfg.tree_context_len)) for n in range(cfg.max_tree_nodes + 1)}
@@ -229,7 +231,7 @@ def choose_demo_tree(acc: list[list[float]], model_dir: Path, cfg: DemoConfig) -
 def build_engine(model_dir: Path, heads_dir: Path, tree: list[list[int]], out: Path, tree_file: Path) -> None:
     """`medusa-trt build --profile cpu` with the tree (its size becomes max_draft_len)."""
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.engine.build import execute, prepare
+    from medusa_trt.engines.build import execute, prepare
 
     base = load_profile("cpu")
     medusa = base.medusa.model_copy(update={"max_draft_len": len(tree), "tree": tree})

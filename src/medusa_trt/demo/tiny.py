@@ -8,9 +8,12 @@ same files a downloaded checkpoint has. Nothing is downloaded.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from medusa_trt import fsio
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -39,7 +42,12 @@ def make_tokenizer(out_dir: str | Path, texts: Iterable[str], vocab_size: int = 
         tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out_dir))
+    # saved in a private directory, then published through fsio: the library's plain open() would
+    # follow a link at those names and keep the files of an earlier run it does not overwrite
+    with tempfile.TemporaryDirectory(prefix="medusa-trt-tokenizer-") as staging:
+        fast.save_pretrained(staging)
+        for p in sorted(Path(staging).iterdir()):
+            fsio.copy_file(p, Path(out_dir) / p.name)
     return fast
 
 

@@ -62,7 +62,7 @@ def load_tree(spec: str | Path | Tree) -> Tree:
         text = resources.files("medusa_trt.data").joinpath("trees").joinpath(f"{name}.yaml").read_text()
         return _parse(text, name)
     path = Path(name)
-    if path.is_file():
+    if path.exists():  # a FIFO or device too: refused by read_capped, never read
         try:
             text = yamlread.read_capped(path)
         except yamlread.YamlRefused as e:

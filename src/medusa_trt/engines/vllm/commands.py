@@ -30,7 +30,7 @@ from medusa_trt.errors import (
 
 if TYPE_CHECKING:
     from medusa_trt.config.model import ModelSpec
-    from medusa_trt.engine.spec import BuildSpec
+    from medusa_trt.engines.spec import BuildSpec
     from medusa_trt.steps import Step
 
 logger = logging.getLogger(__name__)
@@ -309,8 +309,8 @@ def supervise(
     on_ready: Any = None,
     out: Any = None,
 ) -> Any:
-    """The one supervisor (engine.supervise) around vLLM's server; the API key reaches vLLM by environment."""
-    from medusa_trt.engine.supervise import Supervisor
+    """The one supervisor (``medusa_trt.supervise``) around vLLM's server; the API key reaches vLLM by environment."""
+    from medusa_trt.supervise import Supervisor
 
     timeout = float(os.environ.get(STARTUP_ENV, "1800"))
     return Supervisor(
@@ -322,14 +322,6 @@ def supervise(
         on_ready=on_ready,
         out=out,
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _complete(url: str, model: str, prompt: str, params: Any, chat: bool) -> dict[str, Any]:
@@ -390,8 +382,8 @@ def generation_doc(
 
 
 def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
-    """model-ref (the model by reference, a hub id pinned to its commit) -> heads (vLLM-native) -> manifest;
-    the serve step is what `run` supervises."""
+    """model-ref (the model by reference, a hub id pinned to its commit) -> heads (vLLM-native); the build
+    adds the manifest, and the serve step `run` supervises (``serve_command``)."""
     from medusa_trt.steps import Step, StepKind
 
     model, revision = model_reference(spec)
@@ -406,7 +398,6 @@ def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
         f"--max-model-len {length}: {length_source}",
         "the model is served from where it is (no copy): " + (model if revision is None else f"{model}@{revision}"),
     ]
-    args = server_args(spec, out)
     steps = [
         Step(
             "model-ref",
@@ -423,21 +414,6 @@ def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
             inputs={**heads_in, "chain": spec.max_draft_len, "dtype": spec.dtype},
             outputs=[HEADS_DIR],
             kind=StepKind.PYTHON,
-        ),
-        Step(
-            "manifest",
-            "write medusa-trt.json (inputs, versions, the vLLM command)",
-            ["(in-process)", "write", "medusa-trt.json"],
-            outputs=["medusa-trt.json"],
-            kind=StepKind.PYTHON,
-        ),
-        Step(
-            "serve",
-            "vLLM's OpenAI server with Medusa; run by `medusa-trt run`",
-            serve_argv(vllm_python() or "python", args, spec.profile.serve.host, spec.profile.serve.port),
-            env=spec.runtime_env,
-            inputs={"engine_dir": str(out)},
-            kind=StepKind.SERVE,
         ),
     ]
     return steps, notes
@@ -466,36 +442,32 @@ def generate(
     Tokens per step come from vLLM's speculative-decoding counters read around the request."""
     import time
 
-    from medusa_trt import spec_counters
+    import httpx
 
-    port = _free_port()
+    from medusa_trt import spec_counters
+    from medusa_trt.supervise import free_port
+
+    port = free_port()
     argv, env = serve_command(engine_dir, manifest, "127.0.0.1", port, require_python())
     if not medusa:
         argv = _without_drafts(argv)
     model = str(manifest.get("model_name") or engine_dir.name)
-    result: dict[str, Any] = {}
-
-    def ready(url: str) -> None:
-        before = spec_counters.read(url)
+    with open(os.devnull, "w") as sink, supervise(argv, env, "127.0.0.1", port, api_key=None, out=sink) as sup:
+        # vLLM's log goes nowhere: its last lines come with any error
+        before = spec_counters.read(sup.url)
         t0 = time.perf_counter()
-        answer = _complete(url, model, prompt, params, chat)
+        try:
+            answer = _complete(sup.url, model, prompt, params, chat)
+        except httpx.TransportError as e:
+            raise ToolFailedError(
+                f"vLLM failed during the request ({e.__class__.__name__}); last lines:\n"
+                + "\n".join(f"  | {t}" for t in sup.last_lines()),
+                hint="Run `medusa-trt run DIR` to see vLLM's whole log.",
+            ) from None
         seconds = time.perf_counter() - t0
-        after = spec_counters.read(url)
-        counted = after.minus(before) if before is not None and after is not None else None
-        result["doc"] = generation_doc(answer, counted, medusa, seconds)
-        sup.stop()
-
-    with open(os.devnull, "w") as sink:  # vLLM's log: its last lines come with any error
-        sup = supervise(argv, env, "127.0.0.1", port, api_key=None, on_ready=ready, out=sink)
-        rc = sup.run()
-    if sup.signum is not None:
-        raise KeyboardInterrupt
-    if rc != 0 or "doc" not in result:
-        raise ToolFailedError(
-            f"vLLM exited with {rc}; last lines:\n" + "\n".join(f"  | {t}" for t in sup.tail),
-            hint="Run `medusa-trt run DIR` to see vLLM's whole log.",
-        )
-    doc: dict[str, Any] = result["doc"]
+        after = spec_counters.read(sup.url)
+    counted = after.minus(before) if before is not None and after is not None else None
+    doc = generation_doc(answer, counted, medusa, seconds)
     if on_text is not None and doc["text"]:
         on_text(doc["text"])
     return doc

@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import fsio, integrity, outputs, records
-from medusa_trt.engine import recipe, trtllm
-from medusa_trt.engine.manifest import tool_versions
-from medusa_trt.engine.recipe import CHECKPOINT, CONFIG_YAML, ENGINE, MANIFEST, TREE_FILE, BuildPlan
-from medusa_trt.engine.spec import BuildSpec, resolve
-from medusa_trt.errors import CheckpointError, MedusaTrtError, MissingDependencyError
+from medusa_trt import engines, fsio, integrity, outputs, records
+from medusa_trt.engines import recipe
+from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, MANIFEST, TREE_FILE
+from medusa_trt.engines.recipe import BuildPlan
+from medusa_trt.engines.spec import BuildSpec, resolve
+from medusa_trt.engines.versions import tool_versions
+from medusa_trt.errors import CheckpointError
 from medusa_trt.steps import Step, StepKind, StepRunner, fingerprint
 
 TOKENIZER_FILES = (
@@ -73,7 +74,7 @@ def preflight(spec: BuildSpec) -> dict[str, Any] | None:
     model_spec = recipe.known_model(spec)
     if model_spec is None:
         return None
-    from medusa_trt.preflight import preflight_report
+    from medusa_trt.plan import preflight_report
 
     model_arg = str(spec.model.local) if spec.model.local is not None else model_spec
     report = preflight_report(spec.profile, model_arg, num_medusa_heads=spec.num_medusa_heads, work_dir=spec.output)
@@ -82,29 +83,14 @@ def preflight(spec: BuildSpec) -> dict[str, Any] | None:
     return doc
 
 
-def check_tools(plan: BuildPlan) -> str | None:
-    """Exit 3 before any work when TensorRT-LLM (or quantize.py) is missing; returns its version."""
-    if plan.spec.engine != "trtllm":
-        return None
-    version = trtllm.check_trtllm(("trtllm-build",))
-    if plan.spec.quantize_needed:
-        script = Path(plan.step("quantize").argv[1])
-        if not script.is_file():
-            raise MissingDependencyError(
-                f"{script} not found (TensorRT-LLM's examples, needed for FP8 quantization)",
-                hint=f"Set {trtllm.EXAMPLES_ENV} to the examples directory of your TensorRT-LLM checkout "
-                "(the NVIDIA container has /app/tensorrt_llm/examples).",
-            )
-    return version
-
-
 KIND = "engine"  # the ownership kind of a build output (outputs.py)
 
 
 def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Run every step (skipping finished ones), write the manifest, return it."""
     spec = plan.spec
-    version = check_tools(plan)
+    engine = engines.get(spec.engine)
+    tools = engine.check_tools(spec)
     with outputs.writing(spec.output, kind=KIND, inputs=_inputs(spec)) as owned:
         out = owned.root
         known = {**_previous_hashes(out), **_known_hashes(out)}
@@ -114,16 +100,14 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         funcs: dict[str, Callable[[], None]] = {
             "convert": lambda: _convert(spec, out),
             "runtime-files": lambda: _runtime_files(spec, owned),
-            "validate": lambda: _validate(spec, out),
             "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
-            "model-ref": lambda: _vllm().write_model_ref(spec, out) and None,
-            "heads": lambda: _vllm().write_heads(spec, out) and None,
             "fetch-medusa": lambda: _fetch(
                 spec.medusa.spec if spec.medusa else "",
                 spec.medusa.revision if spec.medusa else None,
                 out / "sources" / "medusa",
                 "heads",
             ),
+            **engine.step_funcs(spec, out),
         }
         t0 = time.perf_counter()
         for step in plan.steps:
@@ -132,26 +116,13 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
             if step.kind is StepKind.PYTHON:
                 step.func = funcs[step.name]
             runner.run(step)
-        doc = manifest_doc(plan, runner, version, time.perf_counter() - t0)
-        if spec.engine == "vllm":
-            vllm = _vllm()
-            doc["vllm"] = vllm.manifest_section(spec, out, vllm.read_model_ref(out))
-            doc["serve"] = {
-                "argv": vllm.serve_argv("python", doc["vllm"]["args"], "HOST", 0)[:-4],
-                "env": spec.runtime_env,
-            }
-            doc["checkpoint_dir"] = None
+        doc = manifest_doc(plan, runner, tools, time.perf_counter() - t0)
+        doc.update(engine.manifest_fields(spec, out))  # the engine's own fields, e.g. vLLM's server flags
         doc["hash_algorithm"] = integrity.HASH_ALGORITHM
         doc["files"] = integrity.record(out, _served_files(owned), {**known, **_known_hashes(out)})
         records.write(records.ENGINE, out, doc)
         owned.done([MANIFEST])
     return doc
-
-
-def _vllm() -> Any:
-    from medusa_trt.engine import vllm
-
-    return vllm
 
 
 def _inputs(spec: BuildSpec) -> dict[str, str | Path | None]:
@@ -182,7 +153,7 @@ def _known_hashes(out: Path) -> dict[str, dict[str, Any]]:
     return {f"{CHECKPOINT}/{k}": v for k, v in files.items()}
 
 
-def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None, seconds: float) -> dict[str, Any]:
+def manifest_doc(plan: BuildPlan, runner: StepRunner, tools: dict[str, str | None], seconds: float) -> dict[str, Any]:
     spec, out = plan.spec, plan.spec.output.resolve()
     serve = plan.step("serve")
     inputs: dict[str, Any] = {}
@@ -202,28 +173,9 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, trtllm_version: str | None
     if (convert_manifest := records.peek(records.CONVERT, out / CHECKPOINT)) is not None:
         inputs["checkpoint"] = convert_manifest
     versions = tool_versions()
-    versions["tensorrt_llm"] = trtllm_version or versions.get("tensorrt_llm")
+    versions.update({k: v for k, v in tools.items() if v})  # what the engine's check found, over the metadata
     return {
-        "engine": spec.engine,
-        "checkpoint_dir": CHECKPOINT,
-        "engine_dir": ENGINE if spec.engine == "trtllm" else None,
-        "tokenizer_dir": ".",
-        "tree_file": TREE_FILE,
-        "config": CONFIG_YAML,
-        "model_name": spec.model_name,
-        "tree": spec.tree,
-        "num_medusa_heads": spec.num_medusa_heads,
-        "num_medusa_layers": spec.num_medusa_layers,
-        "max_draft_len": spec.max_draft_len,
-        "tp": spec.tp,
-        "pp": spec.pp,
-        "dtype": spec.dtype,
-        "quantization": spec.quantization,
-        "kv_cache_dtype": spec.kv_cache_dtype,
-        "limits": spec.limits,
-        "profile": {"name": spec.profile.name, "id": spec.profile.id, "profile": spec.profile.model_dump(mode="json")},
-        "runtime_env": spec.runtime_env,
-        "sources": spec.sources,
+        **recipe.spec_record(spec),
         "inputs": inputs,
         "tools": versions,
         "notes": plan.notes,
@@ -295,32 +247,7 @@ def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
             hint="The model source must include tokenizer.json (or tokenizer.model).",
         )
     fsio.write_text(out / TREE_FILE, dump_tree(spec.tree))
-    fsio.write_text(out / CONFIG_YAML, trtllm.dump_medusa_yaml(recipe.medusa_yaml(spec)))
-
-
-def _validate(spec: BuildSpec, out: Path) -> None:
-    """Load the checkpoint on the profile's tp and run one forward (prefill + one step)."""
-    from medusa_trt.runtime import SamplingParams, load_engine
-
-    try:
-        engine = load_engine(out / CHECKPOINT, device="cpu", tree=spec.tree)
-    except MedusaTrtError:
-        raise
-    except Exception as e:  # a broken checkpoint surfaces here, before anyone serves it
-        raise CheckpointError(
-            f"the converted checkpoint does not load: {e.__class__.__name__}: {e}",
-            hint="Rebuild with --force; report a bug if it persists.",
-        ) from e
-    try:
-        if engine.tp != spec.tp:
-            raise CheckpointError(f"validation ran at tp {engine.tp}, the profile needs tp {spec.tp}")
-        ids = engine.tokenizer.encode("Hello")
-        gen = engine.generate(ids, SamplingParams(max_tokens=1), medusa=engine.has_medusa)
-        tokens = [t for chunk in gen for t in chunk.token_ids]
-        if not tokens:
-            raise CheckpointError("validation forward produced no token", hint="Rebuild with --force.")
-    finally:
-        engine.close()
+    fsio.write_text(out / CONFIG_YAML, recipe.medusa_yaml_text(spec))
 
 
 @contextlib.contextmanager

@@ -79,6 +79,11 @@ def examples_dir() -> tuple[Path, str]:
     return Path(DEFAULT_EXAMPLES_DIR), "default (NVIDIA container layout)"
 
 
+def quantize_script() -> Path:
+    """``examples/quantization/quantize.py`` in TensorRT-LLM's examples directory."""
+    return examples_dir()[0] / "quantization" / "quantize.py"
+
+
 def quantize_argv(
     *,
     model_dir: str,
@@ -100,8 +105,7 @@ def quantize_argv(
     ``*medusa_heads*`` from quantization (no --quant_medusa_head). The layer count is passed too:
     quantize.py falls back to 1 when the heads' config.json lacks ``medusa_num_layers``.
     """
-    script = examples_dir()[0] / "quantization" / "quantize.py"
-    argv = ["python3", str(script), "--model_dir", model_dir, "--dtype", dtype, "--qformat", "fp8"]
+    argv = ["python3", str(quantize_script()), "--model_dir", model_dir, "--dtype", dtype, "--qformat", "fp8"]
     if kv_cache_dtype == "fp8":
         argv += ["--kv_cache_dtype", "fp8"]
     argv += [

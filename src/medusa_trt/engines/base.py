@@ -1,0 +1,255 @@
+"""The engine interface: what every engine (TensorRT-LLM, the reference runtime, vLLM) provides.
+
+An engine is one module (or package) under ``medusa_trt.engines`` exposing ``ENGINE``, an object
+with the attributes and methods of :class:`Engine`, and one line in ``engines.ENGINES``. Nothing
+else dispatches on an engine's name: ``build``, ``run``, ``run --prompt``, ``bench --engine`` (which
+starts ``medusa-trt run``) and ``plan`` all go through ``engines.get(name)``.
+
+The contract, method by method:
+
+- ``name``: the profile's ``engine:`` value and the manifest's ``"engine"`` key; ``title`` the name
+  shown to people ("TensorRT-LLM").
+- ``capabilities``: what the engine can do (:class:`Capabilities`); read, never computed per call.
+- ``engine_dir``: the sub-directory of engine files its build writes (the manifest's ``engine_dir``,
+  e.g. TensorRT-LLM's ``engine/``), or None when it has none (the reference runtime serves the
+  converted checkpoint itself).
+- ``build_steps(ctx)``: the ordered steps that turn the profile's sources into the engine's files
+  under ``ctx.out``, from the first step (fetch, convert, quantize) up to, not including, the
+  manifest, which the build writes itself. Pure: it reads ``ctx.spec`` and returns
+  :class:`BuildSteps` (steps and the notes ``build --dry-run`` shows); nothing is run or written.
+  A ``StepKind.PYTHON`` step is run by a function from ``step_funcs`` (or a shared one: ``convert``,
+  ``fetch-model``, ``fetch-medusa``, ``runtime-files``); a ``StepKind.PROCESS`` step runs its argv.
+- ``step_funcs(spec, out)``: the in-process functions of this engine's own ``StepKind.PYTHON`` steps,
+  by step name. Called only by ``build``, after ``check_tools``.
+- ``check_tools(spec)``: raise ``MissingDependencyError`` (exit 3) before any work when a tool the
+  build steps run is missing; return the versions found (package name -> version), which the
+  manifest's ``tools`` records.
+- ``manifest_fields(spec, out)``: the engine's own fields of the manifest, laid over the shared ones
+  (``recipe.spec_record``): what its ``serve_command`` reads back. Pure; called by ``build --dry-run``
+  (for the serve step) and by ``build`` once the steps ran (for the manifest).
+- ``serve_command(engine_dir, manifest, host, port)``: how ``run DIR`` serves a built directory,
+  as a :class:`ServeCommand` (argv and environment of a child server, or the equivalent
+  ``medusa-trt run`` line of an in-process server). Pure: called by ``build --dry-run`` too, with
+  the manifest the build will write.
+- ``serve(engine_dir, command, options)``: serve until interrupted; return the process exit code.
+  A child server is started and watched by ``medusa_trt.supervise`` (never by hand).
+- ``generate(path, request)``: one generation for ``run DIR --prompt``; return the
+  ``run --prompt --json`` document (``text``, ``token_ids``, ``finish_reason``, ``prompt_tokens``,
+  ``completion_tokens``, ``num_steps``, ``tokens_per_step``, ``stats``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import shlex
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from medusa_trt import records
+from medusa_trt.steps import Step
+
+if TYPE_CHECKING:
+    from medusa_trt.engines.spec import BuildSpec
+    from medusa_trt.runtime.records import SamplingParams
+    from medusa_trt.serve.guard import ServeGuard
+
+GIB = 1024**3
+CHECKPOINT, ENGINE_SUBDIR = "checkpoint", "engine"  # sub-directories of an engine directory
+TREE_FILE, CONFIG_YAML = "medusa_tree.yaml", "medusa.yaml"
+MANIFEST = records.ENGINE.filename
+INTERNAL = "(in-process)"  # argv[0] of steps medusa-trt runs itself
+
+
+class Drafting(str, enum.Enum):
+    """How the engine drafts with the Medusa heads."""
+
+    TREE = "tree"  # a tree of candidates (medusa_choices), verified in one forward
+    CHAIN = "chain"  # the top-1 token of each of K heads, one chain
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    drafting: Drafting
+    sampling: bool  # temperature > 0 with the heads on
+    logprobs: bool  # logprobs in the OpenAI responses
+    hardware: str  # what serving needs, in words: "any machine", "NVIDIA GPUs (CUDA)"
+    api_key: bool  # the server checks `run --api-key` itself
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "drafting": self.drafting.value,
+            "sampling": self.sampling,
+            "logprobs": self.logprobs,
+            "hardware": self.hardware,
+            "api_key": self.api_key,
+        }
+
+
+@dataclass
+class BuildSteps:
+    """An engine's part of a build plan: its steps, in order, and notes for `build --dry-run`."""
+
+    steps: list[Step]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What an engine's ``build_steps`` reads: the spec, the output directory, the size estimates and,
+    when it ran, `plan`'s preflight document (whose disk numbers the step needs reuse)."""
+
+    spec: BuildSpec
+    out: Path
+    sizes: dict[str, float]  # GiB per artefact (``recipe.estimates``); empty when the model's shape is unknown
+    checks: dict[str, Any] | None = None
+
+    def needs(self, step: str) -> dict[str, Any]:
+        """What a step needs (disk, memory, GPUs, which host), as `plan` estimates it."""
+        return step_needs(self, step)
+
+
+@dataclass(frozen=True)
+class ServeCommand:
+    """How `run DIR` serves: ``argv`` + ``env`` of a child server when ``child``, else the in-process
+    server (``argv`` is then the equivalent ``medusa-trt run`` line). ``lines`` is what ``--print-cmd``
+    prints: the shell line, or, over several nodes, the mpirun/srun launch lines."""
+
+    engine: str
+    model_name: str
+    argv: list[str]
+    env: dict[str, str]
+    child: bool
+    description: str  # the serve step's line in `build --dry-run`
+    nodes: int = 1
+    lines: list[str] = field(default_factory=list)
+    multinode: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `run --print-cmd --json` document."""
+        doc: dict[str, Any] = {
+            "engine": self.engine,
+            "model_name": self.model_name,
+            "nodes": self.nodes,
+            "argv": self.argv,
+            "env": self.env,
+            "lines": self.lines or [command_text(self.argv, self.env)],
+        }
+        if self.multinode is not None:
+            doc["multinode"] = self.multinode
+        return doc
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What `run DIR` passes to an engine's ``serve``."""
+
+    host: str
+    port: int
+    guard: ServeGuard
+    device: str = "cpu"
+    tree: str | None = None
+    adapt: bool | None = None
+    on_ready: Callable[[str], None] | None = None  # a child server: called with its URL once /health answers
+    announce: Callable[[str], None] | None = None  # an in-process server: its status lines (serving at, stopped)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generation for `run DIR --prompt`."""
+
+    prompt: str
+    params: SamplingParams
+    medusa: bool = True
+    chat: bool = False
+    device: str = "cpu"
+    tree: str | None = None
+    adapt: bool | None = None
+    first_step_timeout_s: float = 0.0
+    step_timeout_s: float = 0.0
+    on_text: Callable[[str], None] | None = None  # the completion's text as it settles
+    status: Callable[[str], AbstractContextManager[Any]] | None = None  # a spinner while the model loads
+
+
+class Engine(Protocol):
+    """One engine; see the module docstring for what each member must do."""
+
+    name: str
+    title: str
+    capabilities: Capabilities
+    engine_dir: str | None
+
+    def build_steps(self, ctx: PlanContext) -> BuildSteps: ...
+
+    def step_funcs(self, spec: BuildSpec, out: Path) -> dict[str, Callable[[], None]]: ...
+
+    def check_tools(self, spec: BuildSpec) -> dict[str, str | None]: ...
+
+    def manifest_fields(self, spec: BuildSpec, out: Path) -> dict[str, Any]: ...
+
+    def serve_command(self, engine_dir: Path, manifest: dict[str, Any], host: str, port: int) -> ServeCommand: ...
+
+    def serve(self, engine_dir: Path, command: ServeCommand, options: ServeOptions) -> int: ...
+
+    def generate(self, path: Path, request: GenerateRequest) -> dict[str, Any]: ...
+
+
+# --- helpers every engine uses -------------------------------------------------------------------
+
+
+def command_text(argv: list[str], env: dict[str, str]) -> str:
+    """A copy-pasteable shell line: environment assignments, then the command."""
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return (prefix + " " if prefix else "") + shlex.join(argv)
+
+
+def runtime_env(manifest: dict[str, Any]) -> dict[str, str]:
+    """The profile's runtime environment recorded in a manifest, as strings."""
+    return {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
+
+
+def step_needs(ctx: PlanContext, step: str) -> dict[str, Any]:
+    """The resources of a build step by name, from the size estimates and `plan`'s disk check."""
+    spec, est, checks = ctx.spec, ctx.sizes, ctx.checks
+    gpu_mem = float(spec.profile.hardware.memory_gib)
+    gpu = spec.profile.hardware.gpu or "cpu"
+    if not est:
+        return {"host": "GPU host" if step in ("quantize", "build", "serve") else "any"}
+    disk = (checks or {}).get("disk_gib") or {}
+    # `plan`'s disk check when it ran (the same numbers `medusa-trt plan` prints), else our own estimate
+    ckpt = round(float(disk.get("trtllm_checkpoint", est["checkpoint"])), 1)
+    if "hf_checkpoint" in disk:
+        est = {**est, "source": float(disk["hf_checkpoint"])}
+    if step == "fetch-model":
+        return {"disk_gib": round(est["source"], 1), "gpus": 0, "host": "any (network)"}
+    if step == "fetch-medusa":  # the heads alone, not the base model
+        return {"disk_gib": round(est["heads"], 1), "gpus": 0, "host": "any (network)"}
+    if step == "convert":
+        return {"disk_gib": ckpt, "host_memory_gib": 2.0, "gpus": 0, "host": "any (streams one tensor at a time)"}
+    if step == "quantize":
+        # ModelOpt loads the whole BF16 model across the visible GPUs for calibration
+        gpus = min(spec.profile.hardware.count, max(1, math.ceil(est["base_dense"] / (0.85 * gpu_mem))))
+        return {
+            "disk_gib": ckpt,
+            "gpu_memory_gib_total": round(est["base_dense"] * 1.1, 1),
+            "gpus": gpus,
+            "host_memory_gib": round(est["base_dense"], 1),
+            "host": f"GPU host ({gpu})",
+        }
+    if step == "build":
+        return {
+            "disk_gib": round(float(disk.get("engine", ckpt)), 1),
+            "host_memory_gib": ckpt,
+            "gpus": spec.world_size,
+            "host": f"GPU host ({spec.world_size}x {gpu}, same GPU model as serving)",
+        }
+    if step == "validate":
+        return {"host_memory_gib": round(est["checkpoint"] * 1.2 + 0.1, 2), "gpus": 0, "host": "any"}
+    if step == "serve":
+        per_gpu = (checks or {}).get("memory_gib", {})
+        total = per_gpu.get("total") if isinstance(per_gpu, dict) else None
+        return {"gpus": spec.world_size, "gpu_memory_gib_per_gpu": total, "host": f"{spec.world_size}x {gpu}"}
+    return {}
