@@ -5,6 +5,16 @@
     .venv/bin/python benchmarks/decode.py --model-dir DEMO/model --heads-dir DEMO/heads|lm_head
                                           --adaptive [--accuracy DEMO/accuracy.csv] [--sampling 0.7,1.0]
 
+    .venv/bin/python benchmarks/decode.py --vs-vllm [--demo-cache DIR] [--vllm-python /work/vllm-venv/bin/python]
+
+The third form (``--vs-vllm``) runs the demo's model and heads (``medusa-trt demo`` builds them; its cache
+dir, default the user cache) side by side with vLLM's CPU build (run as a subprocess with its own
+interpreter, ``benchmarks/vllm_decode.py``): the same model, heads (written in vLLM's native Medusa format,
+biases kept), token-id prompts, greedy, one request at a time, every request exactly ``--tokens`` tokens.
+It prints tokens/s, tokens/step, Medusa/plain and the cost of one step in plain steps of the same engine,
+for plain, chain (a top-1 chain of min(heads, 4), vLLM's drafting) and tree (ours: the engine's tree,
+adaptive), checks that every output is identical, and the issue's targets against the numbers.
+
 The second form measures a given Hugging Face model (e.g. the demo's, from its cache dir) with given
 Medusa heads, or with heads initialised from its lm_head (``lm_head``: they predict the next token
 one position too early, so they accept almost nothing). ``--adaptive`` compares plain decoding, the
@@ -215,8 +225,8 @@ def print_adaptive(doc: dict[str, Any]) -> None:
         print()
 
 
-def step_curve(engine: Any, context: int, reps: int) -> dict[int, float]:
-    """Median seconds of one forward over T tree tokens, for T in CURVE."""
+def step_curve(engine: Any, context: int, reps: int, sizes: Any = CURVE) -> dict[int, float]:
+    """Median seconds of one forward over T tree tokens, for T in ``sizes``."""
     import torch
 
     from medusa_trt.medusa.buffers import build_buffers
@@ -226,7 +236,7 @@ def step_curve(engine: Any, context: int, reps: int) -> dict[int, float]:
     nodes = sort_tree(load_tree("mc_sim_7b_63"))  # any prefix of the sorted order is prefix-closed
     prompt = torch.randint(3, 300, (context,))
     out: dict[int, float] = {}
-    for t in CURVE:
+    for t in sizes:
         buf = build_buffers(nodes[: t - 1]) if t > 1 else None
         runner.alloc(context + 64)
         runner.forward(prompt, torch.arange(context))
@@ -265,6 +275,250 @@ def run_generation(engine: Any, medusa: bool, tokens: int, repeats: int) -> dict
     return best
 
 
+CHAIN = 4  # vLLM drafts a top-1 chain: min(heads, CHAIN) tokens, as the cpu-vllm profile does
+
+
+def load_average() -> str:
+    """The machine's 1-minute load average and core count: every timing here depends on them."""
+    import os
+
+    return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def generation_pass(engine: Any, prompts: list[list[int]], medusa: bool, tokens: int) -> dict[str, Any]:
+    """One pass over the prompts, one request at a time: tokens/s over the wall time of each whole
+    generation (prefill included, as vLLM's side is timed), tokens/step, the outputs."""
+    from medusa_trt.runtime import SamplingParams
+
+    wall, total, steps, outputs = 0.0, 0, 0, []
+    for ids in prompts:
+        t0 = time.perf_counter()
+        gen = engine.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True), medusa=medusa)
+        out = [t for chunk in gen for t in chunk.token_ids]
+        wall += time.perf_counter() - t0
+        st = gen.stats
+        total += len(out)
+        steps += st.num_steps
+        outputs.append(out)
+    return {
+        "tokens_per_s": total / wall,
+        "tokens_per_step": (total - len(prompts)) / max(steps, 1),  # the prefill's tokens are no step's
+        "outputs": outputs,
+    }
+
+
+def run_vllm(a: argparse.Namespace, work: Path, model: Path, heads: Path | None, k: int) -> dict[str, Any]:
+    """vLLM's side in its own interpreter (benchmarks/vllm_decode.py); the JSON on its last stdout line."""
+    import os
+    import subprocess
+
+    cmd = [a.vllm_python, str(Path(__file__).with_name("vllm_decode.py")), "--model", str(model)]
+    cmd += ["--prompts", str(work / "prompts.json"), "--max-tokens", str(a.tokens), "--repeats", str(a.repeats)]
+    if heads is not None:
+        cmd += ["--heads", str(heads), "--k", str(k)]
+    if a.vllm_eager:
+        cmd.append("--eager")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("PYTHONPATH", None)  # vLLM's environment, not ours
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.vllm_timeout)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        tail = (res.stderr or res.stdout)[-2000:]
+        raise SystemExit(f"vLLM run failed (exit {res.returncode}): {' '.join(cmd)}\n{tail}")
+    doc: dict[str, Any] = json.loads(lines[-1])
+    return doc
+
+
+def vs_vllm(a: argparse.Namespace) -> dict[str, Any]:
+    """Ours (plain, chain, tree + adaptive) and vLLM's (plain, chain) on the demo's model and heads."""
+    from medusa_trt.checkpoint.vllm_heads import write_vllm_heads
+    from medusa_trt.runtime import load_engine
+
+    cache = Path(a.demo_cache) if a.demo_cache else None
+    if cache is None:
+        from medusa_trt.demo.pipeline import default_cache_dir
+
+        cache = default_cache_dir()
+    engine_dir, model, heads = cache / "engine", cache / "model", cache / "heads"
+    for p in (engine_dir, model, heads):
+        if not p.is_dir():
+            raise SystemExit(f"{p} is missing: run `medusa-trt demo` (or give --demo-cache DIR) first")
+    doc: dict[str, Any] = {"load_before": load_average(), "threads": _threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tree_engine = load_engine(engine_dir)  # the engine's tree, adaptive: the default
+        k = min(tree_engine.num_medusa_heads, CHAIN)
+        chain_engine = load_engine(engine_dir, tree=[[0] * d for d in range(1, k + 1)], adapt=False)
+        try:
+            prompts = prompts_for(tree_engine, a.prompts)
+            (work / "prompts.json").write_text(json.dumps(prompts))
+            doc["prompts"], doc["tree_nodes"], doc["chain"] = len(prompts), len(tree_engine.tree), k
+            modes = {"plain": (tree_engine, False), "chain": (chain_engine, True), "tree": (tree_engine, True)}
+            generation_pass(tree_engine, prompts[:2], False, 8)  # warm-up
+            generation_pass(tree_engine, prompts, True, a.tokens)  # the adaptive tree learns, as a server would
+            ours: dict[str, dict[str, Any]] = {}
+            for _ in range(a.repeats):  # passes interleaved, so a load change hits every mode alike
+                for name, (eng, medusa) in modes.items():
+                    row = generation_pass(eng, prompts, medusa, a.tokens)
+                    if name not in ours or row["tokens_per_s"] > ours[name]["tokens_per_s"]:
+                        ours[name] = row
+            doc["ours"] = ours
+        finally:
+            chain_engine.close()
+            tree_engine.close()
+        if a.vllm_python:
+            (work / "vheads").mkdir()
+            write_vllm_heads(heads, work / "vheads", chain=k, dtype="float32")
+            doc["vllm"] = {
+                "plain": run_vllm(a, work, model, None, k),
+                "chain": run_vllm(a, work, model, work / "vheads", k),
+            }
+    doc["load_after"] = load_average()
+    summarise(doc)
+    return doc
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def summarise(doc: dict[str, Any]) -> None:
+    """Medusa/plain, step cost in plain steps, identical outputs, and the targets."""
+    reference = doc["ours"]["plain"]["outputs"]
+    for engine in ("ours", "vllm"):
+        rows = doc.get(engine) or {}
+        plain = rows.get("plain")
+        for row in rows.values():
+            row["identical_to_ours_plain"] = row.get("outputs") == reference
+            if plain:
+                row["vs_plain"] = row["tokens_per_s"] / plain["tokens_per_s"]
+                # seconds per step over seconds per plain step: tokens/step x plain tok/s / tok/s
+                row["step_cost_plain_steps"] = row["tokens_per_step"] / row["vs_plain"]
+    ours, vllm = doc["ours"], doc.get("vllm")
+    targets: dict[str, Any] = {}
+    if vllm:
+        targets["ours_tree_vs_vllm_medusa (>= 1.3)"] = ours["tree"]["tokens_per_s"] / vllm["chain"]["tokens_per_s"]
+        targets["ours_plain_vs_vllm_plain"] = ours["plain"]["tokens_per_s"] / vllm["plain"]["tokens_per_s"]
+    targets["ours_tree_vs_ours_plain (>= 2 at ~3 tokens/step)"] = ours["tree"]["vs_plain"]
+    targets["all_outputs_identical"] = all(
+        r["identical_to_ours_plain"] for e in ("ours", "vllm") for r in (doc.get(e) or {}).values()
+    )
+    doc["targets"] = targets
+
+
+def print_vs_vllm(doc: dict[str, Any]) -> None:
+    print(
+        f"demo model, {doc['prompts']} prompts x tokens each, one request at a time, greedy; best of N passes; "
+        f"ours: {doc['threads']} threads, tree {doc['tree_nodes']} nodes adaptive, chain {doc['chain']}"
+    )
+    print(f"{'engine':<7}{'mode':<7}{'tok/s':>9}{'tok/step':>10}{'vs plain':>10}{'step cost':>11}  identical")
+    for engine in ("ours", "vllm"):
+        for mode, r in (doc.get(engine) or {}).items():
+            print(
+                f"{engine:<7}{mode:<7}{r['tokens_per_s']:>9.1f}{r['tokens_per_step']:>10.2f}{r['vs_plain']:>9.2f}x"
+                f"{r['step_cost_plain_steps']:>10.2f}x  {r['identical_to_ours_plain']}"
+            )
+    print("step cost: one step's time in plain steps of the same engine")
+    for name, v in doc["targets"].items():
+        print(f"  {name}: {v if isinstance(v, bool) else f'{v:.2f}x'}")
+    print(f"{doc['load_before']} before, {doc['load_after']} after")
+
+
+LLAMA_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8}
+LLAMA_8B_VOCAB = 128256
+NODE_CURVE = (0, 1, 2, 4, 8, 16, 32, 48, 63)  # draft nodes (T = nodes + 1 tree tokens); 63: mc_sim_7b_63, whole
+
+
+def build_8b_shaped(work: Path, a: argparse.Namespace) -> Path:
+    """A random Llama 3.1 8B-shaped model with ``--layers`` layers and one Medusa head, written straight
+    to safetensors in bfloat16 (no transformers model in memory: 8B's vocabulary makes even two layers
+    ~3 GB), converted to a checkpoint."""
+    import torch
+    from safetensors.torch import save_file
+
+    from medusa_trt.checkpoint.convert import convert_checkpoint
+    from medusa_trt.demo.synthetic import make_tokenizer
+    from medusa_trt.demo.tiny import llama_config_dict
+
+    cfg = llama_config_dict(
+        vocab_size=LLAMA_8B_VOCAB, num_hidden_layers=a.layers, max_position_embeddings=8192, **LLAMA_8B
+    )
+    cfg["torch_dtype"] = "bfloat16"
+    d, i, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    kv = cfg["num_key_value_heads"] * hd
+    g = torch.Generator().manual_seed(a.seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+
+    state = {"model.embed_tokens.weight": rand(LLAMA_8B_VOCAB, d), "lm_head.weight": rand(LLAMA_8B_VOCAB, d)}
+    state["model.norm.weight"] = torch.ones(d, dtype=torch.bfloat16)
+    for layer in range(a.layers):
+        p = f"model.layers.{layer}."
+        state |= {p + "input_layernorm.weight": torch.ones(d, dtype=torch.bfloat16)}
+        state |= {p + "post_attention_layernorm.weight": torch.ones(d, dtype=torch.bfloat16)}
+        state |= {p + "self_attn.q_proj.weight": rand(d, d), p + "self_attn.o_proj.weight": rand(d, d)}
+        state |= {p + "self_attn.k_proj.weight": rand(kv, d), p + "self_attn.v_proj.weight": rand(kv, d)}
+        state |= {p + "mlp.gate_proj.weight": rand(i, d), p + "mlp.up_proj.weight": rand(i, d)}
+        state |= {p + "mlp.down_proj.weight": rand(d, i)}
+    model = work / "model"
+    model.mkdir()
+    make_tokenizer(model)
+    save_file(state, str(model / "model.safetensors"), metadata={"format": "pt"})
+    (model / "config.json").write_text(json.dumps(cfg))
+    heads = work / "heads"
+    heads.mkdir()
+    head = {"0.0.linear.weight": rand(d, d), "0.0.linear.bias": rand(d), "0.1.weight": state["lm_head.weight"]}
+    save_file(head, str(heads / "medusa_lm_head.safetensors"))
+    heads_cfg = {"medusa_num_heads": 1, "medusa_num_layers": 1, "hidden_size": d, "vocab_size": LLAMA_8B_VOCAB}
+    (heads / "config.json").write_text(json.dumps(heads_cfg))
+    del state, head
+    ckpt = work / "ckpt"
+    convert_checkpoint(model, ckpt, medusa=heads, tp=1, dtype="bfloat16", progress=False)
+    return ckpt
+
+
+def node_curve(a: argparse.Namespace) -> dict[str, Any]:
+    """The 8B-shaped model's verification step time by draft nodes (forward over nodes + 1 tokens after a
+    ``--context``-token prompt) and one head's cost, against a plain step."""
+    import torch
+
+    from medusa_trt.runtime import load_engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = load_engine(build_8b_shaped(Path(tmp), a), tree=[[0]], adapt=False)
+        try:
+            curve = step_curve(engine, a.context, reps=a.repeats, sizes=[n + 1 for n in NODE_CURVE])
+            runner = engine._runner
+            times = []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                runner.heads(0, 1)
+                times.append(time.perf_counter() - t0)
+        finally:
+            engine.close()
+    base = curve[1]
+    return {
+        "model": f"Llama 3.1 8B-shaped, {a.layers} layers, bfloat16, random weights",
+        "threads": torch.get_num_threads(),
+        "context": a.context,
+        "step_ms_by_draft_nodes": {str(t - 1): 1e3 * s for t, s in curve.items()},
+        "vs_plain_step": {str(t - 1): s / base for t, s in curve.items()},
+        "one_head_ms": 1e3 * statistics.median(times),
+        "load": load_average(),
+    }
+
+
+def print_node_curve(doc: dict[str, Any]) -> None:
+    print(f"{doc['model']}, {doc['threads']} threads, context {doc['context']}, median of N; {doc['load']}")
+    print(f"{'draft nodes':>12}{'step ms':>10}{'x plain':>9}")
+    for n, ms in doc["step_ms_by_draft_nodes"].items():
+        print(f"{n:>12}{ms:>10.1f}{doc['vs_plain_step'][n]:>8.2f}x")
+    print(f"one Medusa head (ResBlock + lm_head) on one row: {doc['one_head_ms']:.1f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=512)
@@ -286,6 +540,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-sizes", default="1,2,4,8,16", help="fixed tree sizes (draft nodes) to compare")
     p.add_argument("--sampling", default="", help="temperatures for exact vs typical acceptance, e.g. 0.7,1.0")
     p.add_argument("--prompts", type=int, default=6)
+    p.add_argument("--curve-8b", action="store_true", help="step time by draft nodes, 8B-shaped, --layers 2")
+    p.add_argument("--vs-vllm", action="store_true", help="the demo's model side by side with vLLM's CPU build")
+    p.add_argument("--demo-cache", default=None, help="with --vs-vllm: the demo's cache dir (default: the user's)")
+    p.add_argument(
+        "--vllm-python", default=None, help="vLLM's interpreter (default $MEDUSA_TRT_VLLM_PYTHON); none: ours only"
+    )
+    p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile (starts faster)")
+    p.add_argument("--vllm-timeout", type=int, default=1800, help="seconds for each vLLM run")
     a = p.parse_args(argv)
 
     import torch
@@ -294,6 +556,27 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.curve_8b:
+        if a.layers == 4:  # the default of the small model: 2 layers for the 8B shape
+            a.layers = 2
+        doc_c = node_curve(a)
+        if a.json:
+            print(json.dumps(doc_c, indent=2))
+        else:
+            print_node_curve(doc_c)
+        return 0
+    if a.vs_vllm:
+        import os
+
+        a.vllm_python = a.vllm_python or os.environ.get("MEDUSA_TRT_VLLM_PYTHON")
+        if a.prompts == 6 and a.tokens == 96:  # the demo's bench: 8 prompts x 128 tokens
+            a.prompts, a.tokens = 8, 128
+        doc_v = vs_vllm(a)
+        if a.json:
+            print(json.dumps(doc_v, indent=2))
+        else:
+            print_vs_vllm(doc_v)
+        return 0
     if a.adaptive:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = build_from(Path(tmp), a) if a.model_dir else build(Path(tmp), a)

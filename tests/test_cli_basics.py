@@ -11,7 +11,7 @@ import pytest
 
 from medusa_trt import __version__
 from medusa_trt.cli import run
-from medusa_trt.hw import detect_gpus
+from medusa_trt.plan.hw import detect_gpus
 
 CPU_YAML = (Path(__file__).resolve().parents[1] / "profiles" / "cpu.yaml").read_text()
 
@@ -106,12 +106,12 @@ def test_subprocess_exit_code_and_lazy_imports(tmp_path: Path) -> None:
 def test_unexpected_error_is_one_line_exit_1(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medusa_trt.preflight
+    import medusa_trt.plan
 
     def boom(*args: object, **kwargs: object) -> None:
         raise ValueError("boom [x]")
 
-    monkeypatch.setattr(medusa_trt.preflight, "preflight_report", boom)
+    monkeypatch.setattr(medusa_trt.plan, "preflight_report", boom)
     assert run(["plan", "-p", "cpu", "-m", "llama-3.1-8b"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err

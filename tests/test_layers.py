@@ -30,19 +30,15 @@ LAYERS: dict[str, set[str]] = {
     "outputs": {"fsio", "records"},
     "steps": {"outputs", "records", "fsio"},
     "config": {"medusa", "fsio"},
-    "perf": {"config"},
-    "hw": {"config"},
-    "preflight": {"config", "hw", "perf", "medusa", "fsio"},
+    "plan": {"config", "medusa", "fsio"},
     "checkpoint": {"config", "medusa", "fsio", "outputs", "progress", "records"},
     "runtime": {"medusa", "integrity", "records", "fsio"},
     "serve": {"runtime"},
     "supervise": set(),
-    "engine": set(),
     "engines": {
         "checkpoint",
         "config",
-        "engine",
-        "preflight",
+        "plan",
         "runtime",
         "serve",
         "medusa",
@@ -54,20 +50,18 @@ LAYERS: dict[str, set[str]] = {
         "spec_counters",
         "supervise",
     },
-    "bench": {"config", "perf", "fsio", "outputs", "records", "spec_counters", "supervise"},
+    "bench": {"config", "plan", "fsio", "outputs", "records", "spec_counters", "supervise"},
     "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records", "steps"},
-    "demo": {"bench", "config", "engines", "medusa", "perf", "train", "fsio", "outputs", "records", "steps"},
+    "demo": {"bench", "config", "engines", "medusa", "plan", "train", "fsio", "outputs", "records", "steps"},
     "cli": {
         "bench",
         "checkpoint",
         "config",
         "demo",
         "engines",
-        "hw",
         "logs",
         "medusa",
-        "perf",
-        "preflight",
+        "plan",
         "runtime",
         "train",
         "fsio",
@@ -81,8 +75,8 @@ LAYERS: dict[str, set[str]] = {
 }
 # part -> parts it must never import, whatever the table above says
 NEVER = {
-    "runtime": {"cli", "serve", "engine", "engines", "bench", "train", "demo"},
-    "serve": {"cli", "engine", "engines", "bench", "train", "demo"},
+    "runtime": {"cli", "serve", "engines", "bench", "train", "demo"},
+    "serve": {"cli", "engines", "bench", "train", "demo"},
 }
 
 
@@ -196,6 +190,25 @@ def test_medusa_imports_no_other_part_of_the_package() -> None:
 @pytest.mark.parametrize("part", sorted(NEVER))
 def test_lower_layers_never_import_the_ones_above(part: str) -> None:
     assert _violations(part, lambda t: _part(t) not in NEVER[part]) == []
+
+
+def test_engines_are_reached_through_the_registry() -> None:
+    """Outside ``engines/``, nothing imports an engine's module (``engines.trtllm``, ``engines.vllm``, ...):
+    build, run, bench and plan dispatch through ``engines.get``, so adding an engine touches one place."""
+    from medusa_trt.engines import ENGINES
+
+    def inside(target: str, module: str) -> bool:
+        return target == module or target.startswith(module + ".")
+
+    assert set(ENGINES.values()) <= set(MODULES), "every registered engine is a module of the package"
+    found = [
+        f"{m} imports {t}"
+        for m, targets in GRAPH.items()
+        if _part(m) != "engines"
+        for t in targets
+        if any(inside(t, e) for e in ENGINES.values())
+    ]
+    assert found == []
 
 
 def test_cli_is_imported_by_nothing_but_the_entry_points() -> None:

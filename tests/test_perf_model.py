@@ -9,8 +9,8 @@ import pytest
 
 from medusa_trt.config.model import PRESETS
 from medusa_trt.config.profile import Parallelism, load_profile
-from medusa_trt.perf import default_tokens_per_step, predict, step_breakdown, step_time_ms, verify_tokens_for
-from medusa_trt.perf import model as pm
+from medusa_trt.plan import default_tokens_per_step, predict, step_breakdown, step_time_ms, verify_tokens_for
+from medusa_trt.plan import perf as pm
 
 M70, M405 = PRESETS["llama-3.1-70b"], PRESETS["llama-3.1-405b"]
 

@@ -9,9 +9,8 @@ import pytest
 from medusa_trt.config.model import PRESETS
 from medusa_trt.config.profile import MedusaSection, Parallelism, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError, TreeError
-from medusa_trt.perf import predict
-from medusa_trt.preflight import checks as ck
-from medusa_trt.preflight import preflight_report
+from medusa_trt.plan import checks as ck
+from medusa_trt.plan import predict, preflight_report
 
 M70, M405 = PRESETS["llama-3.1-70b"], PRESETS["llama-3.1-405b"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medusa_trt.config.profile import load_profile
-from medusa_trt.hw import Gpu, can_run, detect_gpus, parse_nvidia_smi
+from medusa_trt.plan.hw import Gpu, can_run, detect_gpus, parse_nvidia_smi
 
 
 def test_parse_nvidia_smi_csv() -> None:

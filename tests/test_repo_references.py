@@ -160,7 +160,7 @@ def test_every_reference_resolves_inside_the_repository() -> None:
         ("missing path", "see docs/no-such-file.md", "does not exist"),
         ("missing module", "in src/medusa_trt/runtime/no_such.py", "does not exist"),
         ("missing dotted module", "server (medusa_trt.bench.no_such, raw asyncio)", "does not exist"),
-        ("missing name", "see medusa_trt.perf.model.no_such_function", "does not exist"),
+        ("missing name", "see medusa_trt.plan.perf.no_such_function", "does not exist"),
         ("missing link", "[x](no-such.md)", "link to missing"),
         ("missing heading", "[x](sources.md#no-such-heading)", "has no heading"),
         ("missing section", "(docs/sources" + ".md, No such section)", "has no section"),
@@ -177,7 +177,7 @@ def test_the_checks_catch_each_kind(name: str, text: str, expected: str) -> None
     [
         "NVIDIA/TensorRT-LLM docs/source/performance/perf-benchmarking.md",  # upstream directory
         "medusa-trt profiles add ./my-node.yaml",  # a path the user types
-        "medusa_trt.perf.model.step_time_ms, medusa_trt.runtime, medusa_trt.perf.predict",  # modules and names
+        "medusa_trt.plan.perf.step_time_ms, medusa_trt.runtime, medusa_trt.plan.predict",  # modules and names
         "``from medusa_trt.x.y import _name``",  # a placeholder
         "https://github.com/kvcache-ai/Mooncake/pull/3484 and .../sglang/issues/303",  # URLs
         "[sources](sources.md#all-reduce-latency), docs/perf-model.md, (docs/sources" + ".md, Medusa algorithm)",

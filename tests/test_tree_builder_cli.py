@@ -70,7 +70,7 @@ def test_missing_and_malformed_files(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_build_with_a_profile_uses_its_predicted_step_times(acc_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from medusa_trt.config.model import resolve_model
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.perf import step_time_curve
+    from medusa_trt.plan import step_time_curve
 
     args = ["tree", "build", "-a", str(acc_csv), "--profile", "hgx-h200-fp8-tp8", "--model", "llama-3.1-70b"]
     assert run([*args, "--nodes", "12", "--context-len", "2048", "--json"]) == 0

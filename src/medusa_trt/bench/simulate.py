@@ -1,4 +1,4 @@
-"""`--simulate PROFILE`: the analytic prediction (medusa_trt.perf) at the tokens/step just measured."""
+"""`--simulate PROFILE`: the analytic prediction (medusa_trt.plan.perf) at the tokens/step just measured."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def simulate(profile_name: str, model_name: str, report: BenchReport) -> dict[st
     """Predicted baseline and Medusa tokens/s/user for `profile_name` at the measured acceptance."""
     from medusa_trt.config.model import resolve_model
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.perf import predict
+    from medusa_trt.plan import predict
 
     tps = measured_tokens_per_step(report)
     base: dict[str, Any] = {"profile": profile_name, "model": model_name, "tokens_per_step": tps}

@@ -10,7 +10,7 @@ import typer
 from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
 
 if TYPE_CHECKING:
-    from medusa_trt.preflight import PreflightReport
+    from medusa_trt.plan import PreflightReport
 
 _COLOR = {"pass": "green", "estimate": "cyan", "warn": "yellow", "fail": "red"}
 
@@ -98,7 +98,7 @@ def plan(
     json_out: JsonOpt = False,
 ) -> None:
     """Preflight: memory per GPU, TP divisibility, the Medusa tree, disk, predicted tokens/s/user."""
-    from medusa_trt.preflight import preflight_report
+    from medusa_trt.plan import preflight_report
 
     if medusa is not None:
         num_medusa_heads = _heads_in(medusa, num_medusa_heads)

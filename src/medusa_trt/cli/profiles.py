@@ -36,7 +36,7 @@ def list_profiles_cmd(json_out: JsonOpt = False) -> None:
     from rich.table import Table
 
     from medusa_trt.config.profile import list_profiles, profile_dirs
-    from medusa_trt.hw import can_run, detect_gpus
+    from medusa_trt.plan.hw import can_run, detect_gpus
 
     gpus = detect_gpus()
     rows = []

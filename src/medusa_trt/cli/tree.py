@@ -29,7 +29,7 @@ def _out(raw: str | None, inputs: dict[str, str | Path | None], mark: str) -> Pa
 def _profile_curve(profile: str, model: str, max_nodes: int, context_len: int) -> dict[int, float]:
     from medusa_trt.config.model import resolve_model
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.perf import step_time_curve
+    from medusa_trt.plan import step_time_curve
 
     return step_time_curve(load_profile(profile), resolve_model(model), max_nodes, context_len)
 

@@ -221,7 +221,7 @@ def choose_demo_tree(acc: list[list[float]], model_dir: Path, cfg: DemoConfig) -
         return tb.build_tree(acc, cfg.tree_nodes)
     from medusa_trt.config.model import resolve_model
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.perf import step_time_ms
+    from medusa_trt.plan import step_time_ms
 
     prof, spec = load_profile("cpu"), resolve_model(str(model_dir))
     curve = {n: float(step_time_ms(prof, spec, n + 1, cfg.tree_context_len)) for n in range(cfg.max_tree_nodes + 1)}

@@ -1,6 +1,6 @@
 """Tree buffers from ``medusa_choices`` (the authors' ``generate_medusa_buffers``; docs/sources.md, Medusa algorithm).
 
-Built once per tree and reused every step. Node 0 is the root (the base model's token); nodes 1..N are
+Built once per tree and reused every step: nothing about the tree is computed in the decoding loop. Node 0 is the root (the base model's token); nodes 1..N are
 the sorted paths. Unlike the authors' code, retrieve-index pads are kept as -1 *and* a boolean
 ``path_valid`` mask is returned, so acceptance can ignore pads instead of comparing against token 0.
 """
@@ -26,6 +26,7 @@ class TreeBuffers:
     path_valid: torch.Tensor  # [P, D+1] bool: False where retrieve_indices is a pad
     depth: int  # D
     children: tuple[tuple[int, ...], ...] = ()  # node id -> its children's node ids, in tree order
+    node_paths: tuple[torch.Tensor, ...] = ()  # node id -> [depth+1] long: node ids from the root to it
 
     @property
     def size(self) -> int:
@@ -66,6 +67,13 @@ def build_buffers(
             continue
         rows.append([0] + [index[key[:c]] for c in range(1, len(key) + 1)])
         covered.update(key[:c] for c in range(1, len(key) + 1))
+    parent = [0] * t
+    for j, ks in enumerate(kids):
+        for c in ks:
+            parent[c] = j
+    paths = [[0]]
+    for j in range(1, t):  # a parent's id is below its children's (sorted order: shorter paths first)
+        paths.append([*paths[parent[j]], j])
     retrieve = torch.full((len(rows), depth + 1), -1, dtype=torch.long)
     for r, row in enumerate(rows):
         retrieve[r, : len(row)] = torch.tensor(row)
@@ -78,4 +86,5 @@ def build_buffers(
         path_valid=(retrieve >= 0).to(device),
         depth=depth,
         children=tuple(tuple(k) for k in kids),
+        node_paths=tuple(torch.tensor(p, dtype=torch.long, device=device) for p in paths),
     )

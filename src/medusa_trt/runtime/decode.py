@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 # torch at module level is fine here: runtime modules load only inside commands that compute.
 import torch
 
-from medusa_trt.medusa.acceptance import exact_accept, greedy_accept, typical_accept
+from medusa_trt.medusa.acceptance import exact_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers
 from medusa_trt.medusa.trees import TOPK
 from medusa_trt.runtime.records import Acceptance, Chunk, GenerationStats, SamplingParams, TokenLogprob
@@ -124,6 +124,9 @@ class Decoder:
         self.records: list[tuple[int, list[list[int]]]] = []  # (root index in emitted, drafts [D][TOPK])
         self.last_row = 0  # row of the last forward whose hidden state feeds the heads
         self.rows: torch.Tensor | None = None  # [k, V] the logits each token of the last step was picked from
+        self._pending: torch.Tensor | None = None  # the pending token on the device [1], when greedy
+        self._tokens: list[int] = []  # the last tree's node tokens
+        self._slots = torch.arange(0)  # 0..capacity-1 on the device: position ids are views of it
         self.stats: GenerationStats | None = None
         if spec is not None:
             spec.select(regime(params))
@@ -151,13 +154,15 @@ class Decoder:
         s = len(self.prompt)
         tree_size = self.spec.full.size if self.spec is not None else 1
         self.r.alloc(s + max(self.budget, 1) + tree_size)
+        self._slots = torch.arange(s + max(self.budget, 1) + tree_size, device=dev)  # positions, as views
         prompt = torch.tensor(self.prompt, dtype=torch.long, device=dev)
-        every = self.r.forward(prompt, torch.arange(s, device=dev))  # [S, V]
-        logits = every[-1]  # [V]
-        self.last_row = s - 1
-        pending = self._next(logits)
+        # only the last row's logits, unless the prompt's log-probabilities are asked for
+        last = self.p.prompt_logprobs is None
+        every = self.r.forward(prompt, self._slots[:s], pos_bound=s, last=last)  # [S or 1, V]
+        self.last_row = 0 if last else s - 1
+        pending = self._first(every[-1:])
         self.emitted.append(pending)
-        self.rows = logits[None]
+        self.rows = every[-1:]
         t1 = time.perf_counter()
         try:
             out, finish = self._take([pending])
@@ -209,6 +214,21 @@ class Decoder:
             for t, c, i, v in zip(tokens, chosen, top_i.tolist(), top_v.tolist(), strict=True)
         ]
 
+    def _first(self, logits: torch.Tensor) -> int:
+        """The token after a one-row forward (logits [1, V]). Greedy keeps it on the device too (``_pending``):
+        the next step feeds it without a host-to-device copy."""
+        if not self.sampler.greedy:
+            self._pending = None
+            return self._next(logits[0])
+        self._pending = logits[0].argmax(-1, keepdim=True)  # [1]
+        return int(self._pending)
+
+    def _root(self, pending: int) -> torch.Tensor:
+        """The pending token as a [1] device tensor."""
+        if self._pending is not None:
+            return self._pending
+        return torch.tensor([pending], dtype=torch.long, device=self.r.device)
+
     def _step(self, pending: int) -> list[int]:
         """One decoding step (plain or tree, as the speculation state says); the tokens it emits."""
         spec = self.spec
@@ -218,7 +238,7 @@ class Decoder:
         t = time.perf_counter()  # after building a new subtree's buffers: that is not the step's cost
         if buf is None:
             if heads := spec.probe_heads(self.usage.get(0, 0)):
-                self._drafts(heads)  # statistics only: nothing is drafted this step
+                self._record(self._drafts(heads).tolist())  # statistics only: nothing is drafted this step
             new, tokens = [self._plain(pending)], 1
         else:
             new, tokens = self._tree(pending, buf), buf.size
@@ -227,22 +247,21 @@ class Decoder:
         return new
 
     def _plain(self, pending: int) -> int:
-        dev = self.r.device
         n = self.r.length
-        logits = self.r.forward(torch.tensor([pending], device=dev), torch.tensor([n], device=dev))[-1]
+        logits = self.r.forward(self._root(pending), self._slots[n : n + 1], pos_bound=n + 1)  # [1, V]
         self.steps += 1
         self.last_row = 0
-        self.rows = logits[None]
-        return self._next(logits)
+        self.rows = logits
+        return self._first(logits)
 
     def _drafts(self, heads: int) -> torch.Tensor:
-        """Top-k draft tokens of the first ``heads`` heads [heads, TOPK] for a step rooted at the pending
-        token (recorded for learning)."""
-        assert self.spec is not None
-        top = torch.topk(self.r.heads(self.last_row, heads), TOPK, dim=-1).indices  # [heads, TOPK]
-        if self.spec.adapt:
-            self.records.append((len(self.emitted) - 1, top.tolist()))
-        return top
+        """Top-k draft tokens of the first ``heads`` heads [heads, TOPK], for a step rooted at the pending token."""
+        return torch.topk(self.r.heads(self.last_row, heads), TOPK, dim=-1).indices
+
+    def _record(self, top: list[list[int]]) -> None:
+        """Keep a step's drafts [D][TOPK] until the tokens they guessed are known (adaptive learning)."""
+        if self.spec is not None and self.spec.adapt:
+            self.records.append((len(self.emitted) - 1, top))
 
     def _learn(self) -> None:
         """Score every node of the configured tree on the steps whose next D tokens are now known."""
@@ -254,39 +273,53 @@ class Decoder:
 
     def _tree(self, root: int, buf: TreeBuffers) -> list[int]:
         """One verification forward over the tree; returns the accepted drafts + the next token."""
-        dev = self.r.device
         n = self.r.length
         top = self._drafts(buf.depth)  # [D', TOPK]: only the heads this (sub)tree drafts from
-        flat = torch.cat([torch.tensor([root], device=dev), top.reshape(-1)])  # [1 + TOPK*D']
+        flat = torch.cat([self._root(root), top.view(-1)])  # [1 + TOPK*D']
         tree_tokens = flat[buf.tree_indices]  # [T]
-        logits = self.r.forward(tree_tokens, buf.position_ids + n, buf.attn_mask)  # [T, V]
+        pos = buf.position_ids + n  # [T]
+        logits = self.r.forward(tree_tokens, pos, buf.attn_mask, pos_bound=n + buf.depth + 1)  # [T, V]
         self.steps += 1
-        nodes, bonus = self._accept(tree_tokens, logits, buf)  # [L+1] root and accepted nodes
-        for d in range(nodes.shape[0] - 1):
+        path, bonus = self._accept(tree_tokens, top, logits, buf)
+        for d in range(len(path) - 1):
             self.accepted[d] += 1
-        drafts = tree_tokens[nodes[1:]].tolist()
-        self.rows = logits[nodes]  # [L+1, V]: each accepted draft and the bonus from its parent's logits
-        self.r.commit(n, nodes + n)  # keep root + accepted entries at n..n+L
-        self.last_row = int(nodes[-1])
-        return [*drafts, bonus]
+        last = path[-1]
+        if self.p.logprobs is not None:  # each accepted draft and the bonus, from its parent's logits
+            self.rows = logits.index_select(0, buf.node_paths[last])  # [L+1, V]
+        # node ids grow along a path, so it is the tree's first len(path) slots exactly when it ends there
+        self.r.commit(n, len(path), None if last == len(path) - 1 else buf.node_paths[last])
+        self.last_row = last
+        return [*(self._tokens[j] for j in path[1:]), bonus]
 
-    def _accept(self, tree_tokens: torch.Tensor, logits: torch.Tensor, buf: TreeBuffers) -> tuple[torch.Tensor, int]:
-        """(accepted node ids [L+1] from the root, the token after the last of them)."""
-        if self.sampler.greedy or self.typical:
+    def _accept(
+        self, tree_tokens: torch.Tensor, top: torch.Tensor, logits: torch.Tensor, buf: TreeBuffers
+    ) -> tuple[list[int], int]:
+        """(accepted node ids from the root, the token after the last of them). Leaves the tree's tokens
+        in ``_tokens`` and records the drafts; greedy needs one device-to-host copy for all of it."""
+        t = buf.size
+        self._pending = None
+        if self.sampler.greedy:
+            preds = logits.argmax(-1)  # [T]
+            host = torch.cat([tree_tokens, preds, top.view(-1)]).tolist()  # [T + T + D'*TOPK]
+            self._tokens = host[:t]
+            self._record([host[2 * t + d * TOPK : 2 * t + (d + 1) * TOPK] for d in range(buf.depth)])
+            # siblings are distinct top-k tokens, so at most one child matches: the walk finds the
+            # longest accepted path, as comparing every root-to-leaf path would
+            path, bonus = exact_accept(buf.children, self._tokens, host[t : 2 * t].__getitem__)
+            self._pending = preds[path[-1] : path[-1] + 1]  # the bonus token, still on the device
+            return path, bonus
+        self._tokens = tree_tokens.tolist()
+        self._record(top.tolist())
+        if self.typical:
             ri = buf.retrieve_indices.clamp(min=0)  # [P, D+1]; pads masked by path_valid
-            cand = tree_tokens[ri]  # [P, D+1]
-            if self.sampler.greedy:
-                best, acc = greedy_accept(cand, logits.argmax(-1)[ri], buf.path_valid)
-            else:
-                best, acc = typical_accept(
-                    cand,
-                    logits[ri],
-                    buf.path_valid,
-                    temperature=self.p.temperature,
-                    posterior_threshold=self.p.posterior_threshold,
-                    posterior_alpha=self.p.posterior_alpha,
-                )
-            nodes = buf.retrieve_indices[best, : acc + 1]
-            return nodes, self._next(logits[int(nodes[-1])])
-        path, tok = exact_accept(buf.children, tree_tokens.tolist(), lambda j: self.sampler.pick(logits[j]))
-        return torch.tensor(path, dtype=torch.long, device=tree_tokens.device), tok
+            best, acc = typical_accept(
+                tree_tokens[ri],
+                logits[ri],
+                buf.path_valid,
+                temperature=self.p.temperature,
+                posterior_threshold=self.p.posterior_threshold,
+                posterior_alpha=self.p.posterior_alpha,
+            )
+            nodes = buf.retrieve_indices[best, : acc + 1].tolist()
+            return nodes, self._next(logits[nodes[-1]])
+        return exact_accept(buf.children, self._tokens, lambda j: self.sampler.pick(logits[j]))

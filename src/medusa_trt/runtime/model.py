@@ -62,16 +62,17 @@ def llama3_inv_freq(head_size: int, base: float, scaling: dict[str, float] | Non
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
+    if x.dtype == torch.float32:  # torch's fused op: the same values in one dispatch instead of seven
+        return F.rms_norm(x, w.shape, w, eps)
+    xf = x.float()  # lower precisions: normalise in float32, cast back, then scale (as Hugging Face does)
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return w * xf.to(x.dtype)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """GPT-NeoX RoPE. x: [heads, T, hd]; cos/sin: [T, hd]."""
-    half = x.shape[-1] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rot * sin
+    """GPT-NeoX RoPE. x: [.., hd]; cos, sin: broadcastable to x, ``sin`` signed (its first half negated, see
+    ``_rope``), so that rotating half the features is one roll: x*cos + cat(-x2, x1)*sin."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
 
 
 class LlamaShard:
@@ -90,6 +91,8 @@ class LlamaShard:
         )  # [hd/2] float32
         self.cache: torch.Tensor | None = None  # [layers, 2, KVl, capacity, hd]
         self.length = 0
+        self._rope_cs: torch.Tensor | None = None  # [2, P, hd]: cos and signed sin of positions 0..P-1
+        self._bias: torch.Tensor | None = None  # [Tmax, capacity]: additive attention mask of a tree step
         self.last_hidden: torch.Tensor | None = None  # [T, D] after ln_f, for the heads
         self.alloc_batch(0, 0)
 
@@ -112,18 +115,19 @@ class LlamaShard:
             self.cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.length = 0
 
-    def commit(self, start: int, keep: torch.Tensor) -> None:
-        """Keep cache slots ``keep`` (absolute, ascending) at ``start..``; drop the rest of the tree."""
+    def commit(self, start: int, count: int, keep: torch.Tensor | None = None) -> None:
+        """Keep ``count`` slots of the tree written at ``start``: ``keep`` [count] (ascending, relative to
+        ``start``) gathered to ``start..``, one copy for all layers; None when they are already there
+        (the accepted path is a prefix of the tree's node order)."""
         assert self.cache is not None
-        m = keep.shape[0]
-        self.cache[:, :, :, start : start + m] = self.cache.index_select(3, keep)
-        self.length = start + m
+        if keep is not None:
+            self.cache[:, :, :, start : start + count] = self.cache[:, :, :, start:].index_select(3, keep)
+        self.length = start + count
 
     # --- forward ---------------------------------------------------------------------------------
     def _attn_mask(self, t: int, n: int, tree_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, bool]:
-        if tree_mask is not None:  # the prefix is visible to every node; the tree block is M
-            prefix = torch.ones(t, n, dtype=torch.bool, device=self.device)
-            return torch.cat([prefix, tree_mask], dim=1), False  # [T, n+T]
+        if tree_mask is not None:
+            return self._tree_bias(t, n, tree_mask), False
         if t == 1:
             return None, False
         if n == 0:
@@ -131,23 +135,74 @@ class LlamaShard:
         causal = torch.ones(t, n + t, dtype=torch.bool, device=self.device).tril(n)
         return causal, False
 
+    def _tree_bias(self, t: int, n: int, tree_mask: torch.Tensor) -> torch.Tensor:
+        """The additive mask [T, n+T] of a tree step: the prefix visible to every node (0), the tree block
+        -inf where ``tree_mask`` [T, T] is False. A view of one buffer kept across steps, so nothing is
+        allocated per step and SDPA need not convert a boolean mask in every layer; ``forward`` clears
+        the block afterwards (those slots are the next steps' prefix)."""
+        assert self.cache is not None
+        if self._bias is None or self._bias.shape[0] < t or self._bias.shape[1] != self.cache.shape[3]:
+            self._bias = torch.zeros(max(t, 16), self.cache.shape[3], dtype=self.dtype, device=self.device)
+        self._bias[:t, n : n + t].masked_fill_(tree_mask.logical_not(), -float("inf"))
+        return self._bias[:t, : n + t]
+
+    def _rope_at(self, pos: torch.Tensor, bound: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [T, 1, hd] for positions ``pos`` [T]; from a table grown on demand when the
+        caller knows every position is below ``bound`` (decoding does), else computed."""
+        if bound is None:
+            cos, sin = self._rope(pos)
+            return cos[:, None], sin[:, None]
+        table = self._rope_cs
+        if table is None or table.shape[1] < bound:
+            size = max(bound, 2 * (table.shape[1] if table is not None else 256))
+            table = self._rope_cs = torch.stack(self._rope(torch.arange(size, device=self.device)))  # [2, P, hd]
+        assert table is not None
+        cs = table[:, pos, None]  # [2, T, 1, hd]: one gather for both
+        return cs[0], cs[1]
+
     @torch.inference_mode()
     def forward(
-        self, ids: torch.Tensor, pos: torch.Tensor, tree_mask: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        tree_mask: torch.Tensor | None = None,
+        *,
+        pos_bound: int | None = None,
+        last: bool = False,
     ) -> torch.Tensor | None:
         """Run T tokens at cache slots [length, length+T) with RoPE positions ``pos``.
 
-        ids, pos: [T] long. Returns the gathered logits [T, V] (float32) on rank 0, None elsewhere,
-        and keeps ``last_hidden`` for the heads.
+        ids, pos: [T] long; ``pos_bound``: every position is below it (RoPE then comes from a table).
+        Returns the gathered logits [T, V] (float32; with ``last`` only the last token's, [1, V]) on
+        rank 0, None elsewhere, and keeps ``last_hidden`` (the rows the logits are for) for the heads.
         """
         assert self.cache is not None, "alloc() first"
         t, n = ids.shape[0], self.length
         if n + t > self.cache.shape[3]:
             raise InvalidInputError(f"KV cache full ({n}+{t} > {self.cache.shape[3]})")
-        w = self.w
-        x = self._embed(ids)  # [T, D]
-        cos, sin = self._rope(pos)  # [T, hd]
         mask, causal = self._attn_mask(t, n, tree_mask)
+        try:
+            return self._forward(ids, pos, n, mask, causal, pos_bound, last)
+        finally:
+            if tree_mask is not None:
+                assert self._bias is not None
+                self._bias[:t, n : n + t] = 0  # these slots are every later step's prefix
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        n: int,
+        mask: torch.Tensor | None,
+        causal: bool,
+        pos_bound: int | None,
+        last: bool,
+    ) -> torch.Tensor | None:
+        t = ids.shape[0]
+        w = self.w
+        assert self.cache is not None
+        x = self._embed(ids)  # [T, D]
+        cos, sin = self._rope_at(pos, pos_bound)  # [T, 1, hd]
         for i, lw in enumerate(w.layers):
             q, k, v = self._qkv(x, lw, cos, sin)  # [Hl, T, hd], [KVl, T, hd] x2
             cache = self.cache[i]  # [2, KVl, cap, hd]
@@ -163,20 +218,20 @@ class LlamaShard:
             )  # [1, Hl, T, hd]
             x = self._dense_mlp(x, o[0].transpose(0, 1).flatten(-2), lw)
         self.length = n + t
-        x = rms_norm(x, w.ln_f, self.eps)
+        x = rms_norm(x[-1:] if last else x, w.ln_f, self.eps)
         self.last_hidden = x
-        return self.gather_vocab(F.linear(x, w.lm_head).float(), w.vocab_rows)  # [T, V] on rank 0
+        return self.gather_vocab(F.linear(x, w.lm_head).float(), w.vocab_rows)  # [T or 1, V] on rank 0
 
     def _qkv(
         self, x: torch.Tensor, lw: LayerWeights, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A layer's q [.., Hl, T, hd] and k, v [.., KVl, T, hd], RoPE applied, from x [.., T, D]."""
-        qn, kn = self.n_q * self.hd, self.n_kv * self.hd
+        """A layer's q [.., Hl, T, hd] and k, v [.., KVl, T, hd], RoPE applied (q and k in one go), from
+        x [.., T, D]; cos, sin [.., T, 1, hd]."""
         qkv = F.linear(rms_norm(x, lw.ln1, self.eps), lw.qkv)  # [.., T, (Hl + 2 KVl) hd]
-        q = qkv[..., :qn].unflatten(-1, (self.n_q, self.hd)).transpose(-3, -2)
-        k = qkv[..., qn : qn + kn].unflatten(-1, (self.n_kv, self.hd)).transpose(-3, -2)
-        v = qkv[..., qn + kn :].unflatten(-1, (self.n_kv, self.hd)).transpose(-3, -2)
-        return rotate(q, cos, sin), rotate(k, cos, sin), v
+        heads = qkv.unflatten(-1, (self.n_q + 2 * self.n_kv, self.hd))  # [.., T, Hl + 2 KVl, hd]
+        qk = rotate(heads[..., : self.n_q + self.n_kv, :], cos, sin).transpose(-3, -2)  # [.., Hl + KVl, T, hd]
+        v = heads[..., self.n_q + self.n_kv :, :].transpose(-3, -2)
+        return qk[..., : self.n_q, :, :], qk[..., self.n_q :, :, :], v
 
     def _dense_mlp(self, x: torch.Tensor, o: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
         """The rest of a layer: x [.., T, D] plus the attention output o [.., T, Hl hd] projected, then the MLP."""
@@ -189,10 +244,12 @@ class LlamaShard:
         return x + m
 
     def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [.., T, hd] for RoPE positions ``pos`` [.., T]."""
+        """cos and signed sin (first half negated, for ``rotate``) [.., T, hd] for RoPE positions ``pos`` [.., T]."""
         freqs = pos.to(torch.float32)[..., None] * self.inv_freq  # [.., T, hd/2]
         emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        sin = emb.sin()
+        sin[..., : self.hd // 2].neg_()
+        return emb.cos().to(self.dtype), sin.to(self.dtype)
 
     # --- batched greedy forward (distillation): B left-padded rows, one cache row each -------------
     def alloc_batch(self, rows: int, capacity: int) -> None:
@@ -225,7 +282,7 @@ class LlamaShard:
         if n + t > self.bcache.shape[4]:
             raise InvalidInputError(f"batch KV cache full ({n}+{t} > {self.bcache.shape[4]})")
         x = self._embed(ids.reshape(-1)).view(b, t, -1)  # [B, T, D]
-        cos, sin = (c[:, None] for c in self._rope(pos))  # [B, 1, T, hd]: broadcast over heads
+        cos, sin = (c[..., None, :] for c in self._rope(pos))  # [B, T, 1, hd]: broadcast over heads
         self.bvalid[:, n : n + t] = valid
         mask = torch.ones(t, n + t, dtype=torch.bool, device=self.device).tril(n) & self.bvalid[:, None, : n + t]
         diag = torch.arange(t, device=self.device)
@@ -262,17 +319,23 @@ class LlamaShard:
         """The first ``count`` (0: all) Medusa heads on ``last_hidden[row]``: x + silu(linear(x)) per
         layer, then lm_head. Returns [K, V] float32 logits on rank 0 (None elsewhere).
 
-        A short Python loop over heads: per-head gemv is several times faster on CPU than bmm over
-        K single-column matrices.
+        Every head reads the same hidden state, so the first ResBlock of all K is one matmul over their
+        stacked weights; later ResBlocks and the lm_heads are one batched matmul each.
         """
         w = self.w
-        assert self.last_hidden is not None and w.heads_lm is not None
-        k = count or w.heads_lm.shape[0]
-        x = self.last_hidden[row : row + 1].expand(k, -1)  # [K, D]
-        for weight, bias in zip(w.heads_w, w.heads_b, strict=True):
-            y = torch.cat([F.linear(x[h], weight[h], bias[h]) for h in range(k)])  # [K * D/t]
-            x = x + F.silu(self.comm.all_gather_last(y.view(k, -1)))  # column-parallel, gather_output=True
-        logits = torch.stack([F.linear(x[h], w.heads_lm[h]) for h in range(k)]).float()  # [K, Vl]
+        assert self.last_hidden is not None and w.heads_lm_t is not None
+        k = count or w.heads_lm_t.shape[0]
+        h = self.last_hidden[row]  # [D]
+        d = h.shape[-1]
+        x = h.expand(k, d)  # [K, D]
+        for layer, (weight, bias) in enumerate(zip(w.heads_w, w.heads_b, strict=True)):
+            dl = weight.shape[1]
+            if layer == 0:  # [K*Dl, D] rows of the first k heads: a contiguous slice, one gemv
+                y = F.linear(h, weight.view(-1, d)[: k * dl], bias.view(-1)[: k * dl]).view(k, dl)
+            else:
+                y = torch.baddbmm(bias[:k, None], x[:, None], weight[:k].transpose(1, 2))[:, 0]  # [K, Dl]
+            x = x + F.silu(self.comm.all_gather_last(y))  # column-parallel, gather_output=True
+        logits = torch.bmm(x[:, None], w.heads_lm_t[:k])[:, 0].float()  # [K, Vl]
         return self.gather_vocab(logits, w.head_rows)
 
     def gather_vocab(self, local: torch.Tensor, rows: list[int]) -> torch.Tensor | None:

@@ -57,6 +57,7 @@ class Speculation:
         self.steps = 0
         self._cache: dict[tuple[tuple[int, ...], ...], TreeBuffers] = {_key(full.tree): full}
         self._regimes: dict[str, Regime] = {}
+        self._current: TreeBuffers | None = full
         self.select("greedy")
 
     def select(self, regime: str) -> None:
@@ -65,6 +66,7 @@ class Speculation:
             self._regimes[regime] = Regime(NodeAcceptance(self.full.tree), len(self.full.tree))
         self.name, self.state = regime, self._regimes[regime]
         self.state.acc.refresh(PRIOR)
+        self._current = self._subtree()
 
     @property
     def acc(self) -> NodeAcceptance:
@@ -89,7 +91,12 @@ class Speculation:
         return self.full.depth
 
     def buffers(self) -> TreeBuffers | None:
-        """The tree for the next step; None means a plain step (no drafts)."""
+        """The tree for the next step; None means a plain step (no drafts). Chosen with the subtree size
+        (at most every EVERY steps), so a step only looks it up."""
+        return self._current
+
+    def _subtree(self) -> TreeBuffers | None:
+        """The best ``nodes``-node subtree by the acceptance measured so far, its buffers built once (cached)."""
         if self.nodes == len(self.full.tree):
             return self.full
         if self.nodes == 0:
@@ -119,6 +126,7 @@ class Speculation:
         if self.steps % EVERY == 0:
             self.state.choices += 1
             self.state.nodes = choose(self.acc, self.times, explore=self.state.choices % EXPLORE == 0)
+            self._current = self._subtree()
 
 
 def _key(tree: list[list[int]]) -> tuple[tuple[int, ...], ...]:

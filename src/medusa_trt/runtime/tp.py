@@ -213,14 +213,23 @@ class Runner:
     def length(self) -> int:
         return self.model.length
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor, tree_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [T, V] float32 for ids/pos [T] (tree_mask [T, T] bool for a verification forward)."""
+    def forward(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        tree_mask: torch.Tensor | None = None,
+        *,
+        pos_bound: int | None = None,
+        last: bool = False,
+    ) -> torch.Tensor:
+        """Logits [T, V] float32 for ids/pos [T] (tree_mask [T, T] bool for a verification forward;
+        ``pos_bound`` and ``last`` as in ``LlamaShard.forward``)."""
         if self.tp > 1:
-            self._send(FORWARD, ids.shape[0], int(tree_mask is not None))
+            self._send(FORWARD, ids.shape[0], int(tree_mask is not None), pos_bound or 0, int(last))
             dist.broadcast(torch.stack([ids, pos]).contiguous(), src=0)
             if tree_mask is not None:
                 dist.broadcast(tree_mask.to(torch.uint8).contiguous(), src=0)
-        out = self.model.forward(ids, pos, tree_mask)
+        out = self.model.forward(ids, pos, tree_mask, pos_bound=pos_bound, last=last)
         assert out is not None
         return out
 
@@ -242,11 +251,13 @@ class Runner:
         assert out is not None
         return out
 
-    def commit(self, start: int, keep: torch.Tensor) -> None:
+    def commit(self, start: int, count: int, keep: torch.Tensor | None = None) -> None:
+        """Keep ``count`` tree slots from ``start`` on every rank (``LlamaShard.commit``)."""
         if self.tp > 1:
-            self._send(COMMIT, start, keep.shape[0])
-            dist.broadcast(keep.contiguous(), src=0)
-        self.model.commit(start, keep)
+            self._send(COMMIT, start, count, int(keep is not None))
+            if keep is not None:
+                dist.broadcast(keep.contiguous(), src=0)
+        self.model.commit(start, count, keep)
 
     # --- batched greedy forwards (distillation) ----------------------------------------------------
     def alloc_batch(self, rows: int, capacity: int) -> None:
@@ -319,7 +330,7 @@ def _worker_main(
     with torch.inference_mode():
         while True:
             dist.broadcast(hdr, src=0)
-            op, a, b = (int(v) for v in hdr[:3].tolist())
+            op, a, b, c, d = (int(v) for v in hdr[:5].tolist())
             if op == STOP:
                 break
             if op == ALLOC:
@@ -332,15 +343,17 @@ def _worker_main(
                     mask_u8 = torch.empty(a, a, dtype=torch.uint8, device=dev)
                     dist.broadcast(mask_u8, src=0)
                     mask = mask_u8.bool()
-                model.forward(idpos[0], idpos[1], mask)
+                model.forward(idpos[0], idpos[1], mask, pos_bound=c or None, last=bool(d))
             elif op == HEADS:
                 model.heads(a, b)
             elif op == PING:
                 dist.all_reduce(torch.ones(1, device=dev))
             elif op == COMMIT:
-                keep = torch.empty(b, dtype=torch.long, device=dev)
-                dist.broadcast(keep, src=0)
-                model.commit(a, keep)
+                keep = None
+                if c:
+                    keep = torch.empty(b, dtype=torch.long, device=dev)
+                    dist.broadcast(keep, src=0)
+                model.commit(a, b, keep)
             else:
                 _batch_op(model, op, a, b, dev)
     with contextlib.suppress(Exception):

@@ -1,7 +1,7 @@
 """Loading one rank's TRT-LLM shard into compute-ready tensors (docs/sources.md, TensorRT-LLM checkpoint format).
 
 Per-layer tensors are fused for speed where TRT-LLM fuses at build time (``fc`` and ``gate`` into one
-matmul); Medusa heads are stacked over heads so all K run as one batched matmul. FP8 weights are
+matmul); Medusa heads are stacked over heads (their lm_heads transposed) so all K run as one batched matmul. FP8 weights are
 dequantized once (``weight * weights_scaling_factor``); activation scales are not simulated.
 """
 
@@ -42,7 +42,7 @@ class ShardWeights:
     vocab_rows: list[int]  # lm_head rows on every rank (for the gather)
     heads_w: list[torch.Tensor]  # per Medusa layer l: [K, D/t, D]
     heads_b: list[torch.Tensor]  # per Medusa layer l: [K, D/t]
-    heads_lm: torch.Tensor | None  # [K, Vl_head, D]
+    heads_lm_t: torch.Tensor | None  # [K, D, Vl_head]: transposed once, for one batched matmul over heads
     head_rows: list[int]
 
 
@@ -110,7 +110,7 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
         vocab_rows=vocab_rows,
         heads_w=heads_w,
         heads_b=heads_b,
-        heads_lm=heads_lm,
+        heads_lm_t=heads_lm,
         head_rows=head_rows,
     )
 
@@ -164,5 +164,9 @@ def _medusa_heads(
         names = [f"medusa_heads.{k}.medusa_layers.{layer}.linear." for k in range(k_heads)]
         heads_w.append(torch.stack([get(n + "weight") for n in names]))  # [K, D/t, D]
         heads_b.append(torch.stack([get(n + "bias") for n in names]))  # [K, D/t]
-    heads_lm = torch.stack([get(f"medusa_heads.{k}.lm_head.weight") for k in range(k_heads)])  # [K, Vl_head, D]
+    # [K, D, Vl_head]: built head by head, so the untransposed copy never exists for all heads at once
+    first = get("medusa_heads.0.lm_head.weight")
+    heads_lm = torch.empty(k_heads, first.shape[1], first.shape[0], dtype=first.dtype, device=first.device)
+    for k in range(k_heads):
+        heads_lm[k] = (first if k == 0 else get(f"medusa_heads.{k}.lm_head.weight")).t()
     return heads_w, heads_b, heads_lm, shard_rows(info, "medusa_heads.0.lm_head.weight")

@@ -522,6 +522,8 @@ class _SSE:
 
 async def _next(job: Job, request: Request) -> Any:
     """The job's next event; raises ClientGone (and cancels the job) if the client left meanwhile."""
+    with contextlib.suppress(asyncio.QueueEmpty):  # already there (the engine is ahead): no task, no timer
+        return job.events.get_nowait()
     while True:
         try:
             return await asyncio.wait_for(job.events.get(), timeout=_POLL_S)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from medusa_trt.config.model import ModelSpec
 from medusa_trt.config.profile import DTYPE_BYTES, HardwareProfile
-from medusa_trt.perf import model as pm
+from medusa_trt.plan import perf as pm
 
 GIB = 1024**3
 

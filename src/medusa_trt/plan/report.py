@@ -18,9 +18,9 @@ from medusa_trt.config.profile import HardwareProfile, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError, MedusaTrtError
 from medusa_trt.medusa.tree_builder import expected_tokens_per_step, validate_accuracy
 from medusa_trt.medusa.trees import chain, tree_name, tree_stats, validate_tree
-from medusa_trt.perf import model as pm
-from medusa_trt.preflight import checks as ck
-from medusa_trt.preflight.memory import GIB, disk_need, memory_per_gpu
+from medusa_trt.plan import checks as ck
+from medusa_trt.plan import perf as pm
+from medusa_trt.plan.memory import GIB, disk_need, memory_per_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def preflight_report(
 ) -> PreflightReport:
     """Every preflight check and the predicted speed for ``model`` on ``profile``.
 
-    ``tokens_per_step`` defaults to :func:`medusa_trt.perf.default_tokens_per_step` of the tree depth.
+    ``tokens_per_step`` defaults to :func:`medusa_trt.plan.perf.default_tokens_per_step` of the tree depth.
     ``work_dir`` is where the checkpoints and engine go (disk check; default: the current directory).
     ``target_here`` says whether this machine is the profile's build host (default: it has the
     profile's hardware); a disk shortfall fails only there and warns elsewhere. ``accuracy`` (a
@@ -185,7 +185,7 @@ def preflight_report(
     disk = _still_to_write(disk_need(prof, spec, heads, hf_bytes), work_dir, hf_bytes is not None)
     free, where = _free_disk(work_dir or Path.cwd())
     if target_here is None:
-        from medusa_trt.hw import can_run
+        from medusa_trt.plan.hw import can_run
 
         target_here = can_run(prof)[0]
     pred = pm.predict(prof, spec, tps, num_medusa_heads=heads, context_len=context_len)

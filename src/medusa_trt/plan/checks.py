@@ -12,8 +12,8 @@ from medusa_trt import fsio
 from medusa_trt.config.model import ModelSpec
 from medusa_trt.config.profile import HardwareProfile
 from medusa_trt.medusa.trees import Tree, tree_problems, tree_stats
-from medusa_trt.perf import model as pm
-from medusa_trt.preflight.memory import GIB
+from medusa_trt.plan import perf as pm
+from medusa_trt.plan.memory import GIB
 
 Verdict = Literal["pass", "estimate", "warn", "fail"]
 HEADROOM_WARN = 0.9  # warn above 90% of device memory: fragmentation and the KV pool need slack
