@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medusa_trt import engines, fsio, integrity, outputs, records
-from medusa_trt.engine.manifest import tool_versions
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, MANIFEST, TREE_FILE
 from medusa_trt.engines.recipe import BuildPlan
 from medusa_trt.engines.spec import BuildSpec, resolve
+from medusa_trt.engines.versions import tool_versions
 from medusa_trt.errors import CheckpointError
 from medusa_trt.steps import Step, StepKind, StepRunner, fingerprint
 
