@@ -1,7 +1,7 @@
 """vLLM's chain beside our reference runtime's chain and tree, same heads, on this machine.
 
     python benchmarks/vllm_engines.py [--cache DIR | --tiny] [--out DIR] [--num-prompts 8] [--max-tokens 128]
-                                      [--bias-check]
+                                      [--input-len 64] [--bias-check]
 
 Needs vLLM (its CPU build): installed here, or in an environment named by MEDUSA_TRT_VLLM_PYTHON.
 The model, heads and tree are the demo's (`medusa-trt demo --cache-dir DIR` first; default: the demo's
@@ -72,7 +72,7 @@ def build_all(model: Path, heads: Path, tree: Path, out: Path, k: int) -> dict[s
     return dirs
 
 
-def side_by_side(dirs: dict[str, Path], out: Path, num_prompts: int, max_tokens: int) -> None:
+def side_by_side(dirs: dict[str, Path], out: Path, num_prompts: int, max_tokens: int, input_len: int) -> None:
     t0 = time.perf_counter()
     done = cli(
         "bench",
@@ -82,24 +82,47 @@ def side_by_side(dirs: dict[str, Path], out: Path, num_prompts: int, max_tokens:
         str(num_prompts),
         "--max-tokens",
         str(max_tokens),
+        "--input-len",  # the builtin prompts cut to this many tokens: a tiny vocabulary makes them long
+        str(input_len),
         "--json-out",
         str(out / "side.json"),
         "--plot",
         str(out / "side.png"),
     )
     print(done.stderr)
+    print(markdown(json.loads((out / "side.json").read_text())))
     print(f"bench took {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
 
 
-def bias_check(vllm_dir: Path, heads: Path, num_prompts: int, max_tokens: int) -> None:
+def markdown(doc: dict) -> str:
+    """The side-by-side table as Markdown: a row per engine column, the figures across."""
+    lines = [
+        "| engine | drafting | tokens/s/user | TTFT ms | TPOT ms | tokens/step | completed |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["runs"]:
+        name, drafting = r["engine"].split(": ", 1)
+        mode = {None: "", True: ", Medusa", False: ", plain (Medusa off)"}[r["medusa"]]
+        tps = r["output_tokens_per_s_per_user"]["mean"]
+        lines.append(
+            f"| {name} | {drafting}{mode} | {tps:.1f} | {r['mean_ttft_ms']:.1f} | {r['mean_tpot_ms']:.2f} "
+            f"| {r['tokens_per_step']:.2f} | {r['completed']}/{r['completed'] + r['failed']} |"
+        )
+    same = [c["identical"] for c in doc["identical_outputs"]]
+    lines.append(f"\ngreedy outputs identical across all columns: {all(same) if same else 'not compared'}")
+    return "\n".join(lines)
+
+
+def bias_check(vllm_dir: Path, heads: Path, num_prompts: int, max_tokens: int, input_len: int) -> None:
     """The same vLLM command, its heads swapped for the FasterDecoding files (vLLM's loader drops the biases)."""
     import httpx
 
     from medusa_trt import spec_counters
-    from medusa_trt.bench.datasets import draw_prompts, load_prompts
+    from medusa_trt.bench.datasets import draw_prompts, load_prompts, load_tokenizer
     from medusa_trt.supervise import free_port, health_url
 
-    prompts = [p.text for p in draw_prompts(load_prompts("builtin"), num_prompts, 0, None, None)]
+    tok = load_tokenizer(vllm_dir)  # the model's, through the engine's model.json
+    prompts = [p.text for p in draw_prompts(load_prompts("builtin"), num_prompts, 0, input_len, tok)]
     cmd = json.loads(cli("run", str(vllm_dir), "--print-cmd", "--json").stdout)
     for label, heads_dir in (
         ("ours (vLLM's format, biases kept)", vllm_dir / "heads"),
@@ -182,8 +205,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("vllm-engines"))
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--input-len", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="a small model made here instead of the demo's")
     ap.add_argument("--bias-check", action="store_true")
+    ap.add_argument("--no-side-by-side", action="store_true", help="only the --bias-check")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
@@ -196,9 +221,10 @@ def main() -> None:
     k = min(4, json.loads((heads / "config.json").read_text())["medusa_num_heads"])
     print(f"model {model}, heads {heads}, tree {tree}; load average {os.getloadavg()}")
     dirs = build_all(model, heads, tree, args.out, k)
-    side_by_side(dirs, args.out, args.num_prompts, args.max_tokens)
+    if not args.no_side_by_side:
+        side_by_side(dirs, args.out, args.num_prompts, args.max_tokens, args.input_len)
     if args.bias_check:
-        bias_check(dirs["vllm"], heads, args.num_prompts, args.max_tokens)
+        bias_check(dirs["vllm"], heads, args.num_prompts, args.max_tokens, args.input_len)
 
 
 if __name__ == "__main__":

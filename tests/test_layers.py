@@ -35,11 +35,9 @@ LAYERS: dict[str, set[str]] = {
     "runtime": {"medusa", "integrity", "records", "fsio"},
     "serve": {"runtime"},
     "supervise": set(),
-    "engine": set(),
     "engines": {
         "checkpoint",
         "config",
-        "engine",
         "plan",
         "runtime",
         "serve",
@@ -77,8 +75,8 @@ LAYERS: dict[str, set[str]] = {
 }
 # part -> parts it must never import, whatever the table above says
 NEVER = {
-    "runtime": {"cli", "serve", "engine", "engines", "bench", "train", "demo"},
-    "serve": {"cli", "engine", "engines", "bench", "train", "demo"},
+    "runtime": {"cli", "serve", "engines", "bench", "train", "demo"},
+    "serve": {"cli", "engines", "bench", "train", "demo"},
 }
 
 

@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from medusa_trt.supervise import free_port
+from medusa_trt.supervise import Supervisor, free_port
 from tests.helpers import HANG_S
 
 PROMPT = "def f():"
@@ -61,23 +61,17 @@ def stopped(proc: psutil.Process) -> None:
 
 
 class Server:
-    def __init__(self, ckpt: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "medusa_trt", "run", str(ckpt), "--port", str(self.port), *extra]
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + HANG_S
-        while not self._healthy():
-            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-        self.ranks = ranks_of(self.proc.pid)
+    """`medusa-trt run CKPT` under the one supervisor (``supervise.Supervisor``), its output in ``log``."""
 
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+    def __init__(self, ckpt: Path, log: Path, *extra: str) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", "medusa_trt", "run", str(ckpt), "--port", str(self.port), *extra]
+        self.sup = Supervisor(argv, env={}, host="127.0.0.1", port=self.port, startup_timeout_s=HANG_S, log=log)
+        self.sup.start()
+        self.sup.wait_ready()  # /health answered (a child that exits first fails here with its last lines)
+        assert self.sup.proc is not None
+        self.url, self.proc, self.log = self.sup.url, self.sup.proc, log
+        self.ranks = ranks_of(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -85,11 +79,12 @@ class Server:
         for r in self.ranks:
             if r.is_running():
                 r.kill()
+        self.sup.stop()  # and whatever is left in its process group
 
 
 @pytest.fixture
-def server(ckpt: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
-    srv = Server(ckpt, *getattr(request, "param", ()))
+def server(ckpt: Path, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    srv = Server(ckpt, tmp_path / "server.log", *getattr(request, "param", ()))
     yield srv
     srv.stop()
 
@@ -123,7 +118,7 @@ def test_rank_killed_fails_health_and_requests_then_exits_1(server: Server) -> N
     assert_clean_503(events[-1]["error"])
     client.close()
     assert server.proc.wait(timeout=HANG_S) == 1  # on its own: the hard exit fires whatever is stuck
-    assert "rank 1 was killed by SIGKILL" in (server.proc.stderr.read() if server.proc.stderr else "")
+    assert "rank 1 was killed by SIGKILL" in server.log.read_text()
     assert gone(server.ranks)
 
 

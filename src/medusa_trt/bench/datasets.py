@@ -151,8 +151,9 @@ def draw_prompts(
 
 
 def load_tokenizer(path: Path) -> Any:
-    """The tokenizer of a model, checkpoint or engine directory (where `medusa-trt` puts the files)."""
-    for d in (path, path / "checkpoint", path / "tokenizer"):
+    """The tokenizer of a model, checkpoint or engine directory (where `medusa-trt` puts the files; a vLLM
+    engine directory names its model in ``model.json``)."""
+    for d in (path, path / "checkpoint", path / "tokenizer", *_referenced_model(path)):
         if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
@@ -161,3 +162,14 @@ def load_tokenizer(path: Path) -> Any:
         f"{path}: no tokenizer files (tokenizer.json or tokenizer_config.json)",
         hint="Pass --tokenizer with the model's directory.",
     )
+
+
+def _referenced_model(engine_dir: Path) -> list[Path]:
+    """The local model a vLLM engine directory serves by reference (its ``model.json``), if any."""
+    import json
+
+    try:
+        model = json.loads((engine_dir / "model.json").read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [Path(model)] if isinstance(model, str) and Path(model).is_dir() else []

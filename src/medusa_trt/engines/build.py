@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medusa_trt import engines, fsio, integrity, outputs, records
-from medusa_trt.engine.manifest import tool_versions
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, MANIFEST, TREE_FILE
 from medusa_trt.engines.recipe import BuildPlan
 from medusa_trt.engines.spec import BuildSpec, resolve
+from medusa_trt.engines.versions import tool_versions
 from medusa_trt.errors import CheckpointError
 from medusa_trt.steps import Step, StepKind, StepRunner, fingerprint
 
@@ -71,12 +71,12 @@ def prepare(
 
 def preflight(spec: BuildSpec) -> dict[str, Any] | None:
     """`medusa-trt plan`'s checks for this profile and model; None when the model's shape is unknown."""
-    model_spec = recipe.known_model(spec)
-    if model_spec is None:
+    model_shape = recipe.known_model(spec)
+    if model_shape is None:
         return None
     from medusa_trt.plan import preflight_report
 
-    model_arg = str(spec.model.local) if spec.model.local is not None else model_spec
+    model_arg = str(spec.model.local) if spec.model.local is not None else model_shape
     report = preflight_report(spec.profile, model_arg, num_medusa_heads=spec.num_medusa_heads, work_dir=spec.output)
     report.raise_if_not_fits()
     doc: dict[str, Any] = report.to_dict()

@@ -1,4 +1,5 @@
-"""The tool versions an engine manifest records (the manifest itself is ``records.ENGINE``)."""
+"""The tool versions an engine manifest records (the manifest itself is ``records.ENGINE``; an engine's
+``check_tools`` may add the version it found)."""
 
 from __future__ import annotations
 
