@@ -208,6 +208,7 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="a small model made here instead of the demo's")
     ap.add_argument("--bias-check", action="store_true")
+    ap.add_argument("--no-side-by-side", action="store_true", help="only the --bias-check")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
@@ -220,7 +221,8 @@ def main() -> None:
     k = min(4, json.loads((heads / "config.json").read_text())["medusa_num_heads"])
     print(f"model {model}, heads {heads}, tree {tree}; load average {os.getloadavg()}")
     dirs = build_all(model, heads, tree, args.out, k)
-    side_by_side(dirs, args.out, args.num_prompts, args.max_tokens, args.input_len)
+    if not args.no_side_by_side:
+        side_by_side(dirs, args.out, args.num_prompts, args.max_tokens, args.input_len)
     if args.bias_check:
         bias_check(dirs["vllm"], heads, args.num_prompts, args.max_tokens, args.input_len)
 

@@ -167,7 +167,7 @@ def convert_checkpoint(
     outputs.check_replace(output_dir, KIND, force)  # refuse before reading anything
     src = resolve_source(model, kind="model", revision=revision)
     base = load_base(src.path)
-    check_parallel(base.spec, tp, pp)
+    check_parallel(base.shape, tp, pp)
     heads_src = resolve_source(medusa, kind="heads", revision=medusa_revision) if medusa is not None else None
     heads = _select_heads(base, heads_src)
     warnings: list[str] = []
@@ -177,7 +177,7 @@ def convert_checkpoint(
             hint="Pass --medusa DIR, or use a ModelOpt checkpoint with medusa_heads.* tensors.",
         )
     k = _head_count(heads, num_medusa_heads, num_medusa_layers, warnings) if heads is not None else 0
-    mdl = _check_draft(max_draft_len, tree, k, base.spec.max_position_embeddings) if heads is not None else 0
+    mdl = _check_draft(max_draft_len, tree, k, base.shape.max_position_embeddings) if heads is not None else 0
     src_code = base.store.info("model.embed_tokens.weight").dtype
     lay = Layout(base, heads, k, tp, dtype or CODE_TO_NAME.get(src_code, "bfloat16"))
     check_layout(lay)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medusa_trt import fsio
-from medusa_trt.config.model import ModelSpec
+from medusa_trt.config.model import ModelShape
 
 GIB = float(1 << 30)
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -88,13 +88,13 @@ class Workload:
     distil_batch: int = 1
 
 
-def trainable_params(m: ModelSpec, num_heads: int, num_layers: int, share: bool) -> int:
+def trainable_params(m: ModelShape, num_heads: int, num_layers: int, share: bool) -> int:
     d, v = m.hidden_size, m.vocab_size
     per_head = num_layers * (d * d + d) + (0 if share else v * d)
     return num_heads * per_head
 
 
-def plan_training(m: ModelSpec, profile: Any, w: Workload) -> TrainBudget:
+def plan_training(m: ModelShape, profile: Any, w: Workload) -> TrainBudget:
     """Every stage's plan against ``profile`` (a HardwareProfile)."""
     hw = profile.hardware
     dtype = profile.precision.dtype if profile.precision.dtype in _BYTES else "bfloat16"
@@ -147,7 +147,7 @@ def plan_training(m: ModelSpec, profile: Any, w: Workload) -> TrainBudget:
     return budget
 
 
-def _kv_heads_per_rank(m: ModelSpec, tp: int) -> int:
+def _kv_heads_per_rank(m: ModelShape, tp: int) -> int:
     return max(1, -(-m.num_key_value_heads // tp))
 
 
@@ -187,7 +187,7 @@ def _hints(b: TrainBudget, w: Workload, count: int) -> list[str]:
     return hints
 
 
-def spec_for(model: str) -> ModelSpec:
+def shape_for(model: str) -> ModelShape:
     """A preset name, a Hugging Face directory, or a TRT-LLM checkpoint directory (its config.json)."""
     from pathlib import Path
 
@@ -198,7 +198,7 @@ def spec_for(model: str) -> ModelSpec:
     if path.is_dir() and is_trtllm_checkpoint(path):
         c = fsio.read_json(path / "config.json", "config.json")
         heads = int(c["num_attention_heads"])
-        return ModelSpec(
+        return ModelShape(
             name=path.name,
             vocab_size=int(c["vocab_size"]),
             hidden_size=int(c["hidden_size"]),
