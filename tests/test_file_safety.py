@@ -544,7 +544,7 @@ def test_a_symlinked_output_is_refused_before_any_work_by_every_command(
 
 
 def test_the_preflight_disk_check_shows_sizes_that_differ() -> None:
-    from medusa_trt.preflight.checks import check_disk
+    from medusa_trt.plan.checks import check_disk
 
     kib = 1 / 2**20  # GiB
     need = {"total": 480 * kib, "hf_checkpoint": 0.0, "trtllm_checkpoint": 300 * kib, "engine": 180 * kib}
