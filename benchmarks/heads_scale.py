@@ -212,7 +212,7 @@ def share(cache: Path, pretrain_steps: int | None) -> dict[str, Any]:
 def dryrun() -> dict[str, Any]:
     from medusa_trt.config.model import PRESETS
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.train.budget import Workload, plan_training
+    from medusa_trt.train.budget import Workload, training_budget
 
     out = {}
     for model in ("llama-3.1-70b", "llama-3.1-405b"):
@@ -222,7 +222,7 @@ def dryrun() -> dict[str, Any]:
                     sequences=10000, seq_len=2048, gen_tokens=1024, num_heads=4, num_layers=1, steps=20000,
                     batch_size=8, tp=8, train_devices=8, share_lm_head=shared, teacher=False, distil_batch=16,
                 )  # fmt: skip
-                b = plan_training(PRESETS[model], load_profile(prof), w).to_json()
+                b = training_budget(PRESETS[model], load_profile(prof), w).to_json()
                 out[f"{model} {prof} share={shared}"] = {
                     "fits": b["fits"],
                     **{

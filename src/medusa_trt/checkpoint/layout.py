@@ -3,7 +3,7 @@
 Source: docs/sources.md, TensorRT-LLM checkpoint format.
 
 ``rank_tensors`` returns, per rank, the output tensors in file order with their dtype and shape and a
-recipe that yields the bytes in row blocks. Nothing is read until a recipe runs, so the same plan
+recipe that yields the bytes in row blocks. Nothing is read until a recipe runs, so the same layout
 serves validation (shapes, byte totals) and writing. Rows kept in their source dtype are yielded as a
 ``Span`` of the source file rather than a tensor: the writer copies those bytes without loading them.
 Column windows kept in their dtype and zero padding are raw bytes, so a conversion without a dtype
@@ -214,7 +214,7 @@ def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
     return make
 
 
-# --- the per-rank plan -----------------------------------------------------------------------
+# --- each rank's tensors ----------------------------------------------------------------------
 
 
 def _linear(

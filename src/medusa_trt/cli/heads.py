@@ -155,7 +155,7 @@ def _dry_run(
 ) -> None:
     from medusa_trt.config.profile import load_profile
     from medusa_trt.errors import IncompatibleError, InvalidInputError
-    from medusa_trt.train.budget import Workload, plan_training, shape_for
+    from medusa_trt.train.budget import Workload, shape_for, training_budget
     from medusa_trt.train.data import load_prompts
 
     if profile is None:
@@ -177,7 +177,7 @@ def _dry_run(
         teacher=opts["teacher_url"] is not None,
         distil_batch=opts["distil_batch"],
     )
-    budget = plan_training(shape, prof, w)
+    budget = training_budget(shape, prof, w)
     if json_out:
         emit_json(budget.to_json())
     else:

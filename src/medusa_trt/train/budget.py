@@ -25,7 +25,7 @@ _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass
-class StagePlan:
+class StageBudget:
     devices: int
     memory_gib_per_device: float
     breakdown_gib: dict[str, float]
@@ -49,7 +49,7 @@ class TrainBudget:
     model: str
     profile: str
     device_memory_gib: float
-    stages: dict[str, StagePlan]
+    stages: dict[str, StageBudget]
     hints: list[str] = field(default_factory=list)
     trainable_params: int = 0
     weights_dtype: str = "bfloat16"
@@ -94,7 +94,7 @@ def trainable_params(m: ModelShape, num_heads: int, num_layers: int, share: bool
     return num_heads * per_head
 
 
-def plan_training(m: ModelShape, profile: Any, w: Workload) -> TrainBudget:
+def training_budget(m: ModelShape, profile: Any, w: Workload) -> TrainBudget:
     """Every stage's plan against ``profile`` (a HardwareProfile)."""
     hw = profile.hardware
     dtype = profile.precision.dtype if profile.precision.dtype in _BYTES else "bfloat16"
@@ -115,11 +115,11 @@ def plan_training(m: ModelShape, profile: Any, w: Workload) -> TrainBudget:
     dlogits = b * m.vocab_size * 4 * 2  # gathered + local, float32
     dbase = {"backbone_shard": backbone / GIB, "kv_cache": b * kv / GIB, "activations": (b * act + dlogits) / GIB}
     decode_s = -(-w.sequences // b) * w.gen_tokens * (backbone / bw)
-    distil = StagePlan(w.tp, sum(dbase.values()), dbase, 0.0, None if w.teacher else prefill_s + decode_s)
+    distil = StageBudget(w.tp, sum(dbase.values()), dbase, 0.0, None if w.teacher else prefill_s + decode_s)
     if w.teacher:
-        distil = StagePlan(0, 0.0, {}, 0.0, None)
+        distil = StageBudget(0, 0.0, {}, 0.0, None)
     disk = w.sequences * w.seq_len * m.hidden_size * wb / GIB
-    hidden = StagePlan(w.tp, sum(base.values()), dict(base), disk, prefill_s)
+    hidden = StageBudget(w.tp, sum(base.values()), dict(base), disk, prefill_s)
 
     n_train = trainable_params(m, w.num_heads, w.num_layers, w.share_lm_head)
     local_b = -(-w.batch_size // w.train_devices)
@@ -137,7 +137,7 @@ def plan_training(m: ModelShape, profile: Any, w: Workload) -> TrainBudget:
     per_head_flops = 2 * (w.num_layers * m.hidden_size**2 + lm)
     tokens = w.steps * w.batch_size * w.seq_len
     train_s = 3 * w.num_heads * per_head_flops * tokens / (w.train_devices * _peak(hw.dense_tflops, "float32"))
-    train = StagePlan(w.train_devices, sum(tr.values()), tr, 0.0, train_s)
+    train = StageBudget(w.train_devices, sum(tr.values()), tr, 0.0, train_s)
 
     budget = TrainBudget(m.name, profile.name, hw.memory_gib, {"distil": distil, "hidden": hidden, "train": train})
     budget.trainable_params, budget.weights_dtype = n_train, dtype
