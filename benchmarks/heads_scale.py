@@ -135,7 +135,7 @@ def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> 
     from medusa_trt.train.data import builtin_prompts, encode_prompt
     from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil
     from medusa_trt.train.hidden import run_hidden
-    from medusa_trt.train.loop import LoopSpec, train_data_parallel
+    from medusa_trt.train.loop import LoopConfig, train_data_parallel
 
     torch.set_num_threads(os.cpu_count() or 1)
     hf, ckpts = scale_model(root)
@@ -160,13 +160,13 @@ def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> 
         for world in (1, 2):
             key = {"share": share, "world": world, "steps": steps}
             tstage = Stage.at(root, "train", key)
-            spec = LoopSpec(
+            loop = LoopConfig(
                 stage_dir=tstage.open().dir, hidden_dir=hidden_dir, per_shard=8, sequences=data.sequences,
                 starts=data.starts, ckpt_dir=root / "ck-tp1", num_heads=4, num_layers=1, share_lm_head=share,
                 steps=steps, lr=1e-3, batch_size=8, warmup_frac=0.05, weight_decay=0.0, checkpoint_every=0,
                 log_every=steps, eval_frac=0.1, seed=0, device="cpu", world=world, key=key,
             )  # fmt: skip
-            res, m = timed(train_data_parallel, spec)
+            res, m = timed(train_data_parallel, loop)
             trainable = sum(p.numel() for p in res.heads.parameters() if p.requires_grad)
             report["runs"].append(
                 {"stage": "train", "share_lm_head": share, "train_devices": world, "steps": steps,
@@ -212,7 +212,7 @@ def share(cache: Path, pretrain_steps: int | None) -> dict[str, Any]:
 def dryrun() -> dict[str, Any]:
     from medusa_trt.config.model import PRESETS
     from medusa_trt.config.profile import load_profile
-    from medusa_trt.train.budget import Workload, plan_training
+    from medusa_trt.train.budget import Workload, training_budget
 
     out = {}
     for model in ("llama-3.1-70b", "llama-3.1-405b"):
@@ -222,7 +222,7 @@ def dryrun() -> dict[str, Any]:
                     sequences=10000, seq_len=2048, gen_tokens=1024, num_heads=4, num_layers=1, steps=20000,
                     batch_size=8, tp=8, train_devices=8, share_lm_head=shared, teacher=False, distil_batch=16,
                 )  # fmt: skip
-                b = plan_training(PRESETS[model], load_profile(prof), w).to_json()
+                b = training_budget(PRESETS[model], load_profile(prof), w).to_json()
                 out[f"{model} {prof} share={shared}"] = {
                     "fits": b["fits"],
                     **{

@@ -97,16 +97,20 @@ def side_by_side(dirs: dict[str, Path], out: Path, num_prompts: int, max_tokens:
 def markdown(doc: dict) -> str:
     """The side-by-side table as Markdown: a row per engine column, the figures across."""
     lines = [
-        "| engine | drafting | tokens/s/user | TTFT ms | TPOT ms | tokens/step | completed |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| engine | drafting | tokens/s/user | TTFT ms | TPOT ms | tokens/step | tokens/s end to end | completed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["runs"]:
         name, drafting = r["engine"].split(": ", 1)
         mode = {None: "", True: ", Medusa", False: ", plain (Medusa off)"}[r["medusa"]]
         tps = r["output_tokens_per_s_per_user"]["mean"]
+        # per request, output tokens over the whole request (TTFT included): immune to chunks that reach a
+        # starved client in one burst, which make TPOT (and its inverse, tokens/s/user) near zero (infinite)
+        e2e = [q["output_tokens"] / q["e2el_ms"] * 1e3 for q in r["requests"] if q["ok"] and q["e2el_ms"]]
         lines.append(
             f"| {name} | {drafting}{mode} | {tps:.1f} | {r['mean_ttft_ms']:.1f} | {r['mean_tpot_ms']:.2f} "
-            f"| {r['tokens_per_step']:.2f} | {r['completed']}/{r['completed'] + r['failed']} |"
+            f"| {r['tokens_per_step']:.2f} | {sum(e2e) / max(1, len(e2e)):.1f} "
+            f"| {r['completed']}/{r['completed'] + r['failed']} |"
         )
     same = [c["identical"] for c in doc["identical_outputs"]]
     lines.append(f"\ngreedy outputs identical across all columns: {all(same) if same else 'not compared'}")
@@ -208,6 +212,7 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="a small model made here instead of the demo's")
     ap.add_argument("--bias-check", action="store_true")
+    ap.add_argument("--no-side-by-side", action="store_true", help="only the --bias-check")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
@@ -220,7 +225,8 @@ def main() -> None:
     k = min(4, json.loads((heads / "config.json").read_text())["medusa_num_heads"])
     print(f"model {model}, heads {heads}, tree {tree}; load average {os.getloadavg()}")
     dirs = build_all(model, heads, tree, args.out, k)
-    side_by_side(dirs, args.out, args.num_prompts, args.max_tokens, args.input_len)
+    if not args.no_side_by_side:
+        side_by_side(dirs, args.out, args.num_prompts, args.max_tokens, args.input_len)
     if args.bias_check:
         bias_check(dirs["vllm"], heads, args.num_prompts, args.max_tokens, args.input_len)
 

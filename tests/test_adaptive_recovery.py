@@ -1,7 +1,7 @@
 """Adaptive speculation recovers: after any history, a greedy workload reaches within its first 300
 tokens at least 90% of the tokens/step a fresh server gets on the same prompts. Real servers on
 loopback over a tiny Llama whose drafts are accepted on "easy" prompts and never on a "hard" one
-(tests/helpers/predictable.py), so the figures do not hang on luck."""
+(medusa_trt.demo.predictable), so the figures do not hang on luck."""
 
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
+from medusa_trt.demo.predictable import EASY, HARD
 from medusa_trt.medusa.adaptive import NodeAcceptance, StepTimes, choose
 from medusa_trt.medusa.trees import load_tree
 from medusa_trt.runtime.speculation import regime_name
 from tests.helpers.loopback import app_in_thread
 
-EASY = ["class Model:", "The quick brown fox", "return 0", "self.name = name", "lazy dog."]
-HARD = "def main():"
 REQUESTS, TOKENS = 16, 40  # the greedy workload: 640 tokens, 8 requests begin after token 300
 WARMUP = 300
 
@@ -36,9 +35,9 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medusa_trt.demo.predictable import easy, make_predictable
     from tests.helpers.checkpoints import make_checkpoint
     from tests.helpers.models import make_tokenizer
-    from tests.helpers.predictable import easy, make_predictable
 
     base = tmp_path_factory.mktemp("recovery")
     model, heads, _ = make_predictable(base)

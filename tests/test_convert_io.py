@@ -136,9 +136,9 @@ def test_cli_without_workers_uses_the_default(
     seen: list[int] = []
     real = writer.write_ranks
 
-    def spy(tmp: Path, plans: list[Any], workers: int, advance: Any) -> Any:
+    def spy(tmp: Path, ranks: list[Any], workers: int, advance: Any) -> Any:
         seen.append(workers)
-        return real(tmp, plans, workers, advance)
+        return real(tmp, ranks, workers, advance)
 
     monkeypatch.setattr("medusa_trt.checkpoint.convert.write_ranks", spy)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})

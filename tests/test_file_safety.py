@@ -541,3 +541,15 @@ def test_a_symlinked_output_is_refused_before_any_work_by_every_command(
         assert rc == 2 and "is a symbolic link" in err, (name, err)
         assert (list(real.iterdir()) == []) if target == "empty dir" else not real.exists(), name
         assert not (tmp_path / "cache").exists(), name  # refused before any work
+
+
+def test_the_preflight_disk_check_shows_sizes_that_differ() -> None:
+    from medusa_trt.plan.checks import check_disk
+
+    kib = 1 / 2**20  # GiB
+    need = {"total": 480 * kib, "hf_checkpoint": 0.0, "trtllm_checkpoint": 300 * kib, "engine": 180 * kib}
+    check = check_disk(need, 12 * kib, "/mnt/small", target_here=True)
+    assert check.verdict == "fail"
+    assert (
+        check.reason.startswith("short by 468.0 KiB: needs 480.0 KiB") and "12.0 KiB free at /mnt/small" in check.reason
+    )

@@ -167,7 +167,7 @@ def convert_checkpoint(
     outputs.check_replace(output_dir, KIND, force)  # refuse before reading anything
     src = resolve_source(model, kind="model", revision=revision)
     base = load_base(src.path)
-    check_parallel(base.spec, tp, pp)
+    check_parallel(base.shape, tp, pp)
     heads_src = resolve_source(medusa, kind="heads", revision=medusa_revision) if medusa is not None else None
     heads = _select_heads(base, heads_src)
     warnings: list[str] = []
@@ -177,14 +177,14 @@ def convert_checkpoint(
             hint="Pass --medusa DIR, or use a ModelOpt checkpoint with medusa_heads.* tensors.",
         )
     k = _head_count(heads, num_medusa_heads, num_medusa_layers, warnings) if heads is not None else 0
-    mdl = _check_draft(max_draft_len, tree, k, base.spec.max_position_embeddings) if heads is not None else 0
+    mdl = _check_draft(max_draft_len, tree, k, base.shape.max_position_embeddings) if heads is not None else 0
     src_code = base.store.info("model.embed_tokens.weight").dtype
     lay = Layout(base, heads, k, tp, dtype or CODE_TO_NAME.get(src_code, "bfloat16"))
     check_layout(lay)
     side = _side_files(src.path)
-    plans = [rank_tensors(lay, r) for r in range(tp)]
-    config = trtllm_config(lay, plans[0], max_draft_len=mdl)
-    total = sum(t.nbytes for plan in plans for t in plan)
+    ranks = [rank_tensors(lay, r) for r in range(tp)]
+    config = trtllm_config(lay, ranks[0], max_draft_len=mdl)
+    total = sum(t.nbytes for tensors in ranks for t in tensors)
     free = shutil.disk_usage(existing_ancestor(output_dir)).free
     if free < total * 1.02:  # a full disk is a failure of the machine, not of the input (exit 1)
         have, need = fsio.human_bytes(free, total * 1.02)
@@ -198,7 +198,7 @@ def convert_checkpoint(
         sources["medusa"] = dict(heads_src.to_json(), format="fasterdecoding")
     with outputs.replacing(output_dir, kind=KIND, inputs={"--model": src.path}, force=force) as tmp:
         with byte_progress(total, f"convert tp={tp}", enabled=progress) as advance:
-            files = write_ranks(tmp, plans, workers or default_workers(tp), advance)
+            files = write_ranks(tmp, ranks, workers or default_workers(tp), advance)
         files["config.json"] = write_hashed(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         for name in side:
             files[name] = copy_hashed(src.path / name, tmp / name)

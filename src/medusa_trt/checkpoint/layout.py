@@ -3,7 +3,7 @@
 Source: docs/sources.md, TensorRT-LLM checkpoint format.
 
 ``rank_tensors`` returns, per rank, the output tensors in file order with their dtype and shape and a
-recipe that yields the bytes in row blocks. Nothing is read until a recipe runs, so the same plan
+recipe that yields the bytes in row blocks. Nothing is read until a recipe runs, so the same layout
 serves validation (shapes, byte totals) and writing. Rows kept in their source dtype are yielded as a
 ``Span`` of the source file rather than a tensor: the writer copies those bytes without loading them.
 Column windows kept in their dtype and zero padding are raw bytes, so a conversion without a dtype
@@ -57,7 +57,7 @@ class Layout:
 
     @property
     def vocab_padded(self) -> int:
-        v, t = self.base.spec.vocab_size, self.tp
+        v, t = self.base.shape.vocab_size, self.tp
         return (v + t - 1) // t * t
 
     def is_fp8(self, store: Store, weight: str) -> bool:
@@ -181,7 +181,7 @@ def scale_recipe(store: Store, names: list[str]) -> Recipe:
 
 def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
     """[q_r; k_r; v_r] rows; KV heads replicated t/KV times first when KV < t (head r*KV//t)."""
-    s, t, store = lay.base.spec, lay.tp, lay.base.store
+    s, t, store = lay.base.shape, lay.tp, lay.base.store
     hd, kv = s.head_dim, s.num_key_value_heads
     q_rows = s.num_attention_heads // t * hd
     if kv >= t:
@@ -214,7 +214,7 @@ def qkv_recipe(lay: Layout, prefix: str, rank: int, code: str) -> Recipe:
     return make
 
 
-# --- the per-rank plan -----------------------------------------------------------------------
+# --- each rank's tensors ----------------------------------------------------------------------
 
 
 def _linear(
@@ -261,7 +261,7 @@ def kv_scale_names(store: Store, prefix: str) -> list[str] | None:
 
 def rank_tensors(lay: Layout, rank: int) -> list[OutTensor]:
     """Every tensor of rank{rank}.safetensors, in write order, with shapes filled in."""
-    s, t, store, code = lay.base.spec, lay.tp, lay.base.store, lay.code
+    s, t, store, code = lay.base.shape, lay.tp, lay.base.store, lay.code
     d, i_rows, hd = s.hidden_size, s.intermediate_size // t, s.head_dim
     q_cols = s.num_attention_heads * hd // t
     kvr = max(1, s.num_key_value_heads // t)
@@ -354,7 +354,7 @@ def rank_tensors(lay: Layout, rank: int) -> list[OutTensor]:
 
 def _head_tensors(lay: Layout, h: Heads, rank: int) -> list[OutTensor]:
     """medusa_heads.{k}: L residual layers [D/t, D] + bias [D/t], and lm_head [V_pad/t, D], on every rank."""
-    d, t, code, st = lay.base.spec.hidden_size, lay.tp, lay.code, h.store
+    d, t, code, st = lay.base.shape.hidden_size, lay.tp, lay.code, h.store
     dr, vr = d // t, lay.vocab_padded // t
     out: list[OutTensor] = []
     for k in range(lay.num_heads):

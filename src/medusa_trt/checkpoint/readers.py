@@ -14,7 +14,7 @@ from typing import Any
 
 from medusa_trt import fsio
 from medusa_trt.checkpoint.safetensors_io import TensorInfo, dtype_code, read_header
-from medusa_trt.config.model import ModelSpec, read_hf_config
+from medusa_trt.config.model import ModelShape, read_hf_config
 from medusa_trt.errors import CheckpointError
 
 
@@ -123,7 +123,7 @@ class Quant:
 
 @dataclass
 class BaseModel:
-    spec: ModelSpec
+    shape: ModelShape
     store: Store
     config: dict[str, Any]
     quant: Quant | None  # set for ModelOpt checkpoints
@@ -131,9 +131,9 @@ class BaseModel:
 
 def load_base(model_dir: Path) -> BaseModel:
     cfg = read_hf_config(model_dir)
-    spec = ModelSpec.from_hf_config(cfg, name=model_dir.name)
+    shape = ModelShape.from_hf_config(cfg, name=model_dir.name)
     quant = _modelopt_quant(model_dir)
-    return BaseModel(spec, safetensors_store(model_dir), cfg, quant)
+    return BaseModel(shape, safetensors_store(model_dir), cfg, quant)
 
 
 def _modelopt_quant(model_dir: Path) -> Quant | None:

@@ -1,6 +1,6 @@
 """safetensors at the byte level: header parsing with truncation checks, and a streaming writer.
 
-The writer knows every tensor's name, dtype and shape before the first byte (the conversion plan
+The writer knows every tensor's name, dtype and shape before the first byte (the conversion layout
 does), so it writes the header first and then streams tensor bytes, hashing them as they go:
 no tensor is held longer than it takes to write it, and no file is re-read to hash it. Bytes that
 are a verbatim range of a source file (a ``Span``) are read straight into the direct-I/O buffer, or,

@@ -43,7 +43,7 @@ def exclude_modules(lay: Layout, rank0: list[OutTensor]) -> list[str]:
 
 
 def trtllm_config(lay: Layout, rank0: list[OutTensor], *, max_draft_len: int) -> dict[str, Any]:
-    s, t = lay.base.spec, lay.tp
+    s, t = lay.base.shape, lay.tp
     quant: dict[str, Any] = {"quant_algo": None, "kv_cache_quant_algo": None}
     if lay.base.quant is not None and any(x.code == FP8 for x in rank0):
         quant = {

@@ -7,7 +7,7 @@ from typing import Any
 
 from medusa_trt.checkpoint.layout import FP8, Layout, kv_scale_names
 from medusa_trt.checkpoint.readers import BaseModel, Heads
-from medusa_trt.config.model import ModelSpec
+from medusa_trt.config.model import ModelShape
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
 FLOAT_CODES = {"F32", "F16", "BF16"}
@@ -15,7 +15,7 @@ SCALAR = (-1,)  # marker: a scale, shape () or (1,)
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # buffers some exports carry; TRT-LLM recomputes them
 
 
-def check_parallel(spec: ModelSpec, tp: int, pp: int) -> None:
+def check_parallel(model: ModelShape, tp: int, pp: int) -> None:
     if pp != 1:
         raise InvalidInputError(
             f"--pp {pp}: pipeline parallelism is not supported for Medusa checkpoints",
@@ -23,7 +23,7 @@ def check_parallel(spec: ModelSpec, tp: int, pp: int) -> None:
         )
     if tp < 1:
         raise InvalidInputError(f"--tp {tp}: must be at least 1")
-    h, kv, i, d = spec.num_attention_heads, spec.num_key_value_heads, spec.intermediate_size, spec.hidden_size
+    h, kv, i, d = model.num_attention_heads, model.num_key_value_heads, model.intermediate_size, model.hidden_size
     problems = []
     if h % tp:
         problems.append(f"num_attention_heads {h}")
@@ -47,7 +47,7 @@ def check_parallel(spec: ModelSpec, tp: int, pp: int) -> None:
 
 def expected_base(base: BaseModel) -> dict[str, tuple[int, ...]]:
     """Source tensor name -> shape, for every tensor the writer reads from the base checkpoint."""
-    s, st = base.spec, base.store
+    s, st = base.shape, base.store
     d, hd, v = s.hidden_size, s.head_dim, s.vocab_size
     q, kv = s.num_attention_heads * hd, s.num_key_value_heads * hd
     exp: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
@@ -85,8 +85,8 @@ def expected_base(base: BaseModel) -> dict[str, tuple[int, ...]]:
     return exp
 
 
-def expected_heads(h: Heads, spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    d, v = spec.hidden_size, spec.vocab_size
+def expected_heads(h: Heads, model: ModelShape) -> dict[str, tuple[int, ...]]:
+    d, v = model.hidden_size, model.vocab_size
     exp: dict[str, tuple[int, ...]] = {}
 
     def weight(name: str, shape: tuple[int, ...]) -> None:
@@ -147,15 +147,15 @@ def check_layout(lay: Layout) -> None:
     exp = expected_base(base)
     head_names: set[str] = set()
     if h is not None:
-        hexp = expected_heads(h, base.spec)
+        hexp = expected_heads(h, base.shape)
         if h.store is base.store:  # ModelOpt: heads live in the same files
             exp.update(hexp)
         else:
             head_d = h.store.info(h.linear(0, 0, "weight")).shape if h.num_layers else None
-            if head_d and head_d[-1] != base.spec.hidden_size:
+            if head_d and head_d[-1] != base.shape.hidden_size:
                 raise CheckpointError(
                     f"{h.store.label}: head hidden size {head_d[-1]} does not match the model's "
-                    f"{base.spec.hidden_size}",
+                    f"{base.shape.hidden_size}",
                     hint="These Medusa heads were trained for another base model.",
                 )
             check_tensors(h.store.label, h.store.infos, hexp, fp8_ok=False)

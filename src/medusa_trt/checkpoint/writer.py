@@ -69,21 +69,21 @@ class Prefix:
     hasher: Any  # hash state after the shared bytes
 
 
-def shared_prefix(plans: list[list[OutTensor]], headers: list[bytes]) -> Prefix | None:
+def shared_prefix(ranks: list[list[OutTensor]], headers: list[bytes]) -> Prefix | None:
     """Rank files of one checkpoint share their header and leading replicated tensors (the embedding
     comes first): hash those bytes once instead of once per rank."""
     import xxhash
 
-    if len(plans) < 2 or any(h != headers[0] for h in headers):
+    if len(ranks) < 2 or any(h != headers[0] for h in headers):
         return None
     count = 0
-    while all(count < len(p) and p[count].replicated for p in plans):
+    while all(count < len(p) and p[count].replicated for p in ranks):
         count += 1
     if count == 0:
         return None
     h = xxhash.xxh3_128()
     h.update(headers[0])
-    for t in plans[0][:count]:
+    for t in ranks[0][:count]:
         for item in t.make():
             if isinstance(item, Span):
                 _hash_span(h, item)
@@ -122,7 +122,7 @@ def write_rank(
     cancel: threading.Event,
     prefix: Prefix | None = None,
 ) -> dict[str, Any]:
-    """One rank{r}.safetensors: header from the plan, then each tensor's pieces in order.
+    """One rank{r}.safetensors: header from its tensor list, then each tensor's pieces in order.
 
     With a ``prefix``, its bytes are written unhashed and the hash continues from its state.
     """
@@ -143,7 +143,7 @@ def write_rank(
             for item in t.make():
                 step(0)
                 written += write_item(out, item, i >= shared, step)
-            if written != t.nbytes:  # a recipe that disagrees with the plan would corrupt every later offset
+            if written != t.nbytes:  # a recipe that disagrees with its tensor's size would corrupt every later offset
                 raise CheckpointError(f"internal error: {t.name} produced {written} bytes, planned {t.nbytes}")
         if prefix is not None and shared == len(tensors):
             out.resume_hash(prefix.hasher.copy())
@@ -153,17 +153,17 @@ def write_rank(
 
 
 def write_ranks(
-    tmp: Path, plans: list[list[OutTensor]], workers: int, advance: Callable[[int], None]
+    tmp: Path, ranks: list[list[OutTensor]], workers: int, advance: Callable[[int], None]
 ) -> dict[str, dict[str, Any]]:
     """All rank files, ``workers`` at a time; the first failure cancels the others."""
     cancel = threading.Event()
     files: dict[str, dict[str, Any]] = {}
-    headers = [safetensors_header([(t.name, t.code, t.shape) for t in plan], {"format": "pt"}) for plan in plans]
-    prefix = shared_prefix(plans, headers)
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(plans)))) as pool:
+    headers = [safetensors_header([(t.name, t.code, t.shape) for t in tensors], {"format": "pt"}) for tensors in ranks]
+    prefix = shared_prefix(ranks, headers)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(ranks)))) as pool:
         futures = {
-            pool.submit(write_rank, tmp / f"rank{r}.safetensors", headers[r], plan, advance, cancel, prefix): r
-            for r, plan in enumerate(plans)
+            pool.submit(write_rank, tmp / f"rank{r}.safetensors", headers[r], tensors, advance, cancel, prefix): r
+            for r, tensors in enumerate(ranks)
         }
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)

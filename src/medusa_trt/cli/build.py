@@ -71,7 +71,7 @@ def _print_header(plan: BuildPlan) -> None:
         f"[bold]build[/] {s.model.spec} -> {s.output} with profile {s.profile.name} "
         f"({s.profile.id}): {s.engine}, tp {s.tp}, {s.dtype}"
         f"{', fp8' if s.quantization == 'fp8' else ''}, {s.num_medusa_heads} heads, "
-        f"{len(s.tree)}-node tree"
+        + (f"a top-1 chain of {len(s.tree)}" if s.engine == "vllm" else f"{len(s.tree)}-node tree")
     )
 
 

@@ -155,13 +155,13 @@ def _dry_run(
 ) -> None:
     from medusa_trt.config.profile import load_profile
     from medusa_trt.errors import IncompatibleError, InvalidInputError
-    from medusa_trt.train.budget import Workload, plan_training, spec_for
+    from medusa_trt.train.budget import Workload, shape_for, training_budget
     from medusa_trt.train.data import load_prompts
 
     if profile is None:
         raise InvalidInputError("--dry-run needs --profile", hint="e.g. --profile hgx-h200-bf16-tp8")
     prof = load_profile(profile)
-    spec = spec_for(model)
+    shape = shape_for(model)
     n = num_sequences if num_sequences is not None else len(load_prompts(data))
     w = Workload(
         sequences=n,
@@ -177,14 +177,14 @@ def _dry_run(
         teacher=opts["teacher_url"] is not None,
         distil_batch=opts["distil_batch"],
     )
-    budget = plan_training(spec, prof, w)
+    budget = training_budget(shape, prof, w)
     if json_out:
         emit_json(budget.to_json())
     else:
         _render(budget)
     if not budget.fits:
         raise IncompatibleError(
-            f"heads training for {spec.name} does not fit {prof.name}", hint=" ".join(budget.hints) or None
+            f"heads training for {shape.name} does not fit {prof.name}", hint=" ".join(budget.hints) or None
         )
 
 

@@ -25,7 +25,7 @@ _LLAMA31_ROPE = {
 _LLAMA32_ROPE = dict(_LLAMA31_ROPE, factor=32.0)
 
 
-class ModelSpec(BaseModel):
+class ModelShape(BaseModel):
     """The numbers every step needs; field names follow Hugging Face's config.json."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,7 +56,7 @@ class ModelSpec(BaseModel):
         return v * d + self.num_hidden_layers * per_layer + d + head
 
     @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any], name: str = "local") -> ModelSpec:
+    def from_hf_config(cls, cfg: dict[str, Any], name: str = "local") -> ModelShape:
         """Parse a Llama config.json (either RoPE spelling)."""
         if cfg.get("model_type") not in (None, "llama"):
             raise CheckpointError(
@@ -114,8 +114,8 @@ def _preset(
     rope: dict[str, Any],
     tied: bool = False,
     head_dim: int = 128,
-) -> ModelSpec:
-    return ModelSpec(
+) -> ModelShape:
+    return ModelShape(
         name=name,
         vocab_size=v,
         hidden_size=d,
@@ -132,7 +132,7 @@ def _preset(
 
 
 # Architecture numbers from the published Hugging Face configs (meta-llama/*).
-PRESETS: dict[str, ModelSpec] = {
+PRESETS: dict[str, ModelShape] = {
     p.name: p
     for p in (
         _preset("llama-3.1-8b", 128256, 4096, 14336, 32, 32, 8, _LLAMA31_ROPE),
@@ -169,14 +169,14 @@ def read_hf_config(model_dir: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_model(spec: str) -> ModelSpec:
+def resolve_model(name_or_dir: str) -> ModelShape:
     """A preset name (``llama-3.1-70b``) or a local Hugging Face directory."""
-    if spec in PRESETS:
-        return PRESETS[spec]
-    path = Path(spec)
+    if name_or_dir in PRESETS:
+        return PRESETS[name_or_dir]
+    path = Path(name_or_dir)
     if path.is_dir():
-        return ModelSpec.from_hf_config(read_hf_config(path), name=path.name)
+        return ModelShape.from_hf_config(read_hf_config(path), name=path.name)
     raise InvalidInputError(
-        f"unknown model '{spec}': not a preset and not a local directory",
+        f"unknown model '{name_or_dir}': not a preset and not a local directory",
         hint=f"Presets: {', '.join(PRESETS)}; or a directory holding a config.json.",
     )

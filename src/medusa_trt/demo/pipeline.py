@@ -223,8 +223,8 @@ def choose_demo_tree(acc: list[list[float]], model_dir: Path, cfg: DemoConfig) -
     from medusa_trt.config.profile import load_profile
     from medusa_trt.plan import step_time_ms
 
-    prof, spec = load_profile("cpu"), resolve_model(str(model_dir))
-    curve = {n: float(step_time_ms(prof, spec, n + 1, cfg.tree_context_len)) for n in range(cfg.max_tree_nodes + 1)}
+    prof, shape = load_profile("cpu"), resolve_model(str(model_dir))
+    curve = {n: float(step_time_ms(prof, shape, n + 1, cfg.tree_context_len)) for n in range(cfg.max_tree_nodes + 1)}
     return tb.choose_tree(acc, curve, max_nodes=cfg.max_tree_nodes).tree
 
 

@@ -71,12 +71,12 @@ def prepare(
 
 def preflight(spec: BuildSpec) -> dict[str, Any] | None:
     """`medusa-trt plan`'s checks for this profile and model; None when the model's shape is unknown."""
-    model_spec = recipe.known_model(spec)
-    if model_spec is None:
+    model_shape = recipe.known_model(spec)
+    if model_shape is None:
         return None
     from medusa_trt.plan import preflight_report
 
-    model_arg = str(spec.model.local) if spec.model.local is not None else model_spec
+    model_arg = str(spec.model.local) if spec.model.local is not None else model_shape
     report = preflight_report(spec.profile, model_arg, num_medusa_heads=spec.num_medusa_heads, work_dir=spec.output)
     report.raise_if_not_fits()
     doc: dict[str, Any] = report.to_dict()

@@ -20,7 +20,7 @@ from medusa_trt.engines.trtllm import commands as trtllm
 from medusa_trt.steps import Step, StepKind
 
 if TYPE_CHECKING:
-    from medusa_trt.config.model import ModelSpec
+    from medusa_trt.config.model import ModelShape
 
 
 @dataclass
@@ -70,7 +70,7 @@ def medusa_yaml_text(spec: BuildSpec) -> str:
 # --- size estimates (the same arithmetic as `plan`'s memory check, per step) ------------------------
 
 
-def known_model(spec: BuildSpec) -> ModelSpec | None:
+def known_model(spec: BuildSpec) -> ModelShape | None:
     """The model's shape: read from a local directory, else a preset matching the hub id's name; None if unknown."""
     from medusa_trt.config.model import PRESETS, resolve_model
 

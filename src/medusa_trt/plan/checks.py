@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from medusa_trt import fsio
-from medusa_trt.config.model import ModelSpec
+from medusa_trt.config.model import ModelShape
 from medusa_trt.config.profile import HardwareProfile
 from medusa_trt.medusa.trees import Tree, tree_problems, tree_stats
 from medusa_trt.plan import perf as pm
@@ -53,7 +53,7 @@ def check_parallelism(p: HardwareProfile) -> Check:
     return Check("parallelism", "pass", f"tp {tp} over {n} device{'s' if n > 1 else ''}")
 
 
-def check_tp(model: ModelSpec, tp: int) -> list[Check]:
+def check_tp(model: ModelShape, tp: int) -> list[Check]:
     h, kv, i, v = model.num_attention_heads, model.num_key_value_heads, model.intermediate_size, model.vocab_size
     vp = pm.padded_vocab(v, tp)
     return [
@@ -94,7 +94,7 @@ def _check_kv_heads(kv: int, tp: int) -> Check:
     )
 
 
-def check_limits(p: HardwareProfile, model: ModelSpec) -> Check:
+def check_limits(p: HardwareProfile, model: ModelShape) -> Check:
     lim, draft = p.limits, p.medusa.max_draft_len
     notes = []
     verdict: Verdict = "pass"
@@ -127,7 +127,7 @@ def check_tree(tree: Tree, num_heads: int, max_draft_len: int) -> Check:
     )
 
 
-def check_waste(p: HardwareProfile, model: ModelSpec, tree: Tree, num_heads: int, context_len: int) -> Check:
+def check_waste(p: HardwareProfile, model: ModelShape, tree: Tree, num_heads: int, context_len: int) -> Check:
     nodes, draft = len(tree), p.medusa.max_draft_len
     if p.engine != "trtllm" or draft <= nodes:
         return Check("medusa_waste", "pass", f"{nodes + 1} tokens verified per step, none wasted")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medusa_trt.config.model import ModelSpec
+from medusa_trt.config.model import ModelShape
 from medusa_trt.config.profile import DTYPE_BYTES, HardwareProfile
 from medusa_trt.plan import perf as pm
 
@@ -16,7 +16,7 @@ RESERVE_GIB = {"cuda": 2.0, "cpu": 0.5}
 LOGITS_BYTES = 4  # TRT-LLM keeps generation logits in float32 (logits_dtype default)
 
 
-def activation_bytes(profile: HardwareProfile, model: ModelSpec, num_medusa_heads: int | None = None) -> float:
+def activation_bytes(profile: HardwareProfile, model: ModelShape, num_medusa_heads: int | None = None) -> float:
     """One layer's activations for max_num_tokens (buffers are reused across layers) plus the logits
     of max_batch_size x (max_draft_len + 1) tokens for the base lm_head and every Medusa head
     (``num_medusa_heads``, default the profile's)."""
@@ -32,7 +32,7 @@ def activation_bytes(profile: HardwareProfile, model: ModelSpec, num_medusa_head
     return acts + logits * (1 + heads)
 
 
-def memory_per_gpu(profile: HardwareProfile, model: ModelSpec, num_medusa_heads: int) -> dict[str, float]:
+def memory_per_gpu(profile: HardwareProfile, model: ModelShape, num_medusa_heads: int) -> dict[str, float]:
     """GiB per device by component; ``total`` sums them, ``available`` is the profile's memory."""
     tp, lim = profile.parallelism.tp, profile.limits
     dtype_b = DTYPE_BYTES[profile.precision.dtype]
@@ -55,7 +55,7 @@ def memory_per_gpu(profile: HardwareProfile, model: ModelSpec, num_medusa_heads:
 
 
 def disk_need(
-    profile: HardwareProfile, model: ModelSpec, num_medusa_heads: int, hf_bytes: float | None = None
+    profile: HardwareProfile, model: ModelShape, num_medusa_heads: int, hf_bytes: float | None = None
 ) -> dict[str, float]:
     """GiB on disk: the Hugging Face checkpoint (+ heads), the TRT-LLM checkpoint (all ranks), the engine."""
     tp = profile.parallelism.tp

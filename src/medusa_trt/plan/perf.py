@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from medusa_trt.config.model import ModelSpec
+from medusa_trt.config.model import ModelShape
 from medusa_trt.config.profile import DTYPE_BYTES, HardwareProfile
 
 DEFAULT_CONTEXT_LEN = 1024  # tokens in the KV cache when predicting: a chat-length prompt (KV reads ~negligible)
@@ -74,7 +74,7 @@ def padded_vocab(vocab: int, tp: int) -> int:
     return -(-vocab // tp) * tp
 
 
-def kv_heads_per_rank(model: ModelSpec, tp: int) -> int:
+def kv_heads_per_rank(model: ModelShape, tp: int) -> int:
     """KV heads each rank holds: TRT-LLM replicates KV heads when there are fewer than tp."""
     return max(1, model.num_key_value_heads // tp)
 
@@ -93,7 +93,7 @@ def head_bytes(profile: HardwareProfile) -> float:
     return 4.0 if profile.precision.dtype == "float32" else 2.0
 
 
-def linear_params_per_rank(model: ModelSpec, tp: int) -> float:
+def linear_params_per_rank(model: ModelShape, tp: int) -> float:
     """QKV, O, gate/up/down of all layers on one rank."""
     d, hd = model.hidden_size, model.head_dim
     q = model.num_attention_heads * hd / tp
@@ -102,18 +102,18 @@ def linear_params_per_rank(model: ModelSpec, tp: int) -> float:
     return model.num_hidden_layers * per_layer
 
 
-def lm_head_params_per_rank(model: ModelSpec, tp: int) -> float:
+def lm_head_params_per_rank(model: ModelShape, tp: int) -> float:
     return padded_vocab(model.vocab_size, tp) / tp * model.hidden_size
 
 
-def medusa_head_params_per_rank(model: ModelSpec, tp: int, num_heads: int, num_layers: int = 1) -> float:
+def medusa_head_params_per_rank(model: ModelShape, tp: int, num_heads: int, num_layers: int = 1) -> float:
     """K heads of L ResBlocks (d x d + bias) and a d x V lm_head, all split on the output dim."""
     d = model.hidden_size
     per_head = num_layers * (d * d + d) / tp + padded_vocab(model.vocab_size, tp) / tp * d
     return num_heads * per_head
 
 
-def streamed_weight_bytes(profile: HardwareProfile, model: ModelSpec) -> float:
+def streamed_weight_bytes(profile: HardwareProfile, model: ModelShape) -> float:
     """Weights one rank reads per step (the embedding is a row gather, not a stream)."""
     tp = profile.parallelism.tp
     norms = (2 * model.num_hidden_layers + 1) * model.hidden_size * act_bytes(profile)
@@ -124,7 +124,7 @@ def streamed_weight_bytes(profile: HardwareProfile, model: ModelSpec) -> float:
     )
 
 
-def kv_bytes_per_token(profile: HardwareProfile, model: ModelSpec) -> float:
+def kv_bytes_per_token(profile: HardwareProfile, model: ModelShape) -> float:
     """K and V of all layers for one token on one rank, at the KV-cache dtype."""
     kv = kv_heads_per_rank(model, profile.parallelism.tp)
     return 2 * model.num_hidden_layers * kv * model.head_dim * DTYPE_BYTES[profile.precision.kv_dtype]
@@ -153,7 +153,7 @@ def _tflops(profile: HardwareProfile) -> float | None:
 
 def step_breakdown(
     profile: HardwareProfile,
-    model: ModelSpec,
+    model: ModelShape,
     verify_tokens: int,
     context_len: int,
     num_medusa_heads: int | None = None,
@@ -189,7 +189,7 @@ def step_breakdown(
 
 def step_time_ms(
     profile: HardwareProfile,
-    model: ModelSpec,
+    model: ModelShape,
     verify_tokens: int,
     context_len: int,
     num_medusa_heads: int | None = None,
@@ -199,7 +199,7 @@ def step_time_ms(
 
 
 def step_time_curve(
-    profile: HardwareProfile, model: ModelSpec, max_nodes: int, context_len: int = DEFAULT_CONTEXT_LEN
+    profile: HardwareProfile, model: ModelShape, max_nodes: int, context_len: int = DEFAULT_CONTEXT_LEN
 ) -> dict[int, float]:
     """Predicted step time (ms) for trees of 0..max_nodes draft nodes (0: plain decoding).
 
@@ -245,7 +245,7 @@ class Prediction:
 
 def predict(
     profile: HardwareProfile,
-    model: ModelSpec,
+    model: ModelShape,
     tokens_per_step: float,
     *,
     num_medusa_heads: int | None = None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt.config.model import ModelSpec, resolve_model
+from medusa_trt.config.model import ModelShape, resolve_model
 from medusa_trt.config.profile import HardwareProfile, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError, MedusaTrtError
 from medusa_trt.medusa.tree_builder import expected_tokens_per_step, validate_accuracy
@@ -30,7 +30,7 @@ __all__ = ["PreflightReport", "preflight_report"]
 @dataclass
 class PreflightReport:
     profile: HardwareProfile
-    model: ModelSpec
+    model: ModelShape
     num_medusa_heads: int
     fits: bool
     memory_gib: dict[str, float]
@@ -116,7 +116,7 @@ def _free_disk(work_dir: Path) -> tuple[float, Path]:
 
 def preflight_report(
     profile: HardwareProfile | str | Path,
-    model: ModelSpec | str,
+    model: ModelShape | str,
     *,
     num_medusa_heads: int | None = None,
     tokens_per_step: float | None = None,
@@ -136,7 +136,7 @@ def preflight_report(
     medusa.max_draft_len) tokens it will run.
     """
     prof = profile if isinstance(profile, HardwareProfile) else load_profile(profile)
-    spec = model if isinstance(model, ModelSpec) else resolve_model(model)
+    shape = model if isinstance(model, ModelShape) else resolve_model(model)
     hf_bytes = _dir_bytes(Path(model)) if isinstance(model, str) and Path(model).is_dir() else None
     heads = prof.medusa.num_heads if num_medusa_heads is None else num_medusa_heads
     if heads < 1:
@@ -181,21 +181,21 @@ def preflight_report(
             )
         tps, source = float(tokens_per_step), "given"
 
-    mem = memory_per_gpu(prof, spec, heads)
-    disk = _still_to_write(disk_need(prof, spec, heads, hf_bytes), work_dir, hf_bytes is not None)
+    mem = memory_per_gpu(prof, shape, heads)
+    disk = _still_to_write(disk_need(prof, shape, heads, hf_bytes), work_dir, hf_bytes is not None)
     free, where = _free_disk(work_dir or Path.cwd())
     if target_here is None:
         from medusa_trt.plan.hw import can_run
 
         target_here = can_run(prof)[0]
-    pred = pm.predict(prof, spec, tps, num_medusa_heads=heads, context_len=context_len)
+    pred = pm.predict(prof, shape, tps, num_medusa_heads=heads, context_len=context_len)
     checks = [
         ck.check_memory(mem, prof.hardware.device),
         ck.check_parallelism(prof),
-        *ck.check_tp(spec, prof.parallelism.tp),
-        ck.check_limits(prof, spec),
+        *ck.check_tp(shape, prof.parallelism.tp),
+        ck.check_limits(prof, shape),
         ck.check_tree(tree, heads, prof.medusa.max_draft_len),
-        ck.check_waste(prof, spec, tree, heads, context_len),
+        ck.check_waste(prof, shape, tree, heads, context_len),
         ck.check_disk(disk, free, str(where), target_here),
         ck.check_prediction(pred, default_tokens_per_step=tokens_per_step is None and accuracy is None),
     ]
@@ -207,5 +207,5 @@ def preflight_report(
         "drafting": "chain" if prof.engine == "vllm" else "tree",
     }
     return PreflightReport(
-        prof, spec, heads, not any(c.verdict == "fail" for c in checks), mem, disk, checks, pred, source, tree_doc
+        prof, shape, heads, not any(c.verdict == "fail" for c in checks), mem, disk, checks, pred, source, tree_doc
     )

@@ -69,7 +69,7 @@ class ReferenceEngine:
     ) -> None:
         self.info, self._runner, self._buffers = info, runner, buffers
         self.adapt = adapt
-        self._spec: Speculation | None = None
+        self._speculation: Speculation | None = None
         self.tokenizer = tokenizer
         self.model_name = info.model_name
         self.max_seq_len = info.max_seq_len
@@ -137,21 +137,22 @@ class ReferenceEngine:
 
         if self._buffers is None:
             return None
-        if self._spec is None or self._spec.full is not self._buffers:  # new, or the buffers were replaced
-            self._spec = Speculation(self._buffers, adapt=self.adapt)
-        return self._spec
+        current = self._speculation
+        if current is None or current.full is not self._buffers:  # new, or the buffers were replaced
+            self._speculation = current = Speculation(self._buffers, adapt=self.adapt)
+        return current
 
     @property
     def tree_nodes(self) -> int:
         """Draft nodes the next Medusa step will use (the configured tree's size until adapted)."""
-        spec = self.speculation()
-        return spec.nodes if spec is not None else 0
+        speculation = self.speculation()
+        return speculation.nodes if speculation is not None else 0
 
     def tree_choices(self) -> dict[str, int]:
         """Draft nodes adaptive speculation uses now, per decoding regime met so far (``greedy``,
         ``exact T<=1``, ...); empty without heads."""
-        spec = self.speculation()
-        return spec.choices() if spec is not None else {}
+        speculation = self.speculation()
+        return speculation.choices() if speculation is not None else {}
 
     def _release(self) -> None:
         self._busy = False

@@ -108,16 +108,16 @@ class Decoder:
         params: SamplingParams,
         stop_ids: set[int],
         max_seq_len: int,
-        spec: Speculation | None,
+        speculation: Speculation | None,
     ) -> None:
         self.r, self.prompt, self.p, self.stop = runner, prompt, params, stop_ids
-        self.spec = spec
+        self.speculation = speculation
         self.sampler = Sampler(params, runner.device)
-        self.typical = spec is not None and not self.sampler.greedy and params.acceptance is Acceptance.TYPICAL
+        self.typical = speculation is not None and not self.sampler.greedy and params.acceptance is Acceptance.TYPICAL
         self.budget = min(params.max_tokens, max_seq_len - len(prompt))
         self.steps = 0
         self.completion = 0
-        self.accepted = [0] * (spec.depth if spec is not None else 0)
+        self.accepted = [0] * (speculation.depth if speculation is not None else 0)
         self.usage: dict[int, int] = {}  # draft nodes of the tree used -> steps
         self.stop_token: int | None = None  # the stop id that ended the generation
         self.emitted: list[int] = []  # every token picked, in order (the pending one last)
@@ -128,8 +128,8 @@ class Decoder:
         self._tokens: list[int] = []  # the last tree's node tokens
         self._slots = torch.arange(0)  # 0..capacity-1 on the device: position ids are views of it
         self.stats: GenerationStats | None = None
-        if spec is not None:
-            spec.select(regime(params))
+        if speculation is not None:
+            speculation.select(regime(params))
 
     def _next(self, logits: torch.Tensor) -> int:
         """The token after a verified position: greedy or sampled; under typical acceptance the argmax."""
@@ -152,7 +152,7 @@ class Decoder:
         dev = self.r.device
         t0 = time.perf_counter()
         s = len(self.prompt)
-        tree_size = self.spec.full.size if self.spec is not None else 1
+        tree_size = self.speculation.full.size if self.speculation is not None else 1
         self.r.alloc(s + max(self.budget, 1) + tree_size)
         self._slots = torch.arange(s + max(self.budget, 1) + tree_size, device=dev)  # positions, as views
         prompt = torch.tensor(self.prompt, dtype=torch.long, device=dev)
@@ -184,7 +184,7 @@ class Decoder:
                 accepted_per_depth=list(self.accepted),
                 prefill_s=t1 - t0,
                 decode_s=t2 - t1,
-                medusa=self.spec is not None,
+                medusa=self.speculation is not None,
                 tree_nodes_used=dict(sorted(self.usage.items())),
             )
 
@@ -231,19 +231,19 @@ class Decoder:
 
     def _step(self, pending: int) -> list[int]:
         """One decoding step (plain or tree, as the speculation state says); the tokens it emits."""
-        spec = self.spec
-        if spec is None:
+        speculation = self.speculation
+        if speculation is None:
             return [self._plain(pending)]
-        buf = spec.buffers()
+        buf = speculation.buffers()
         t = time.perf_counter()  # after building a new subtree's buffers: that is not the step's cost
         if buf is None:
-            if heads := spec.probe_heads(self.usage.get(0, 0)):
+            if heads := speculation.probe_heads(self.usage.get(0, 0)):
                 self._record(self._drafts(heads).tolist())  # statistics only: nothing is drafted this step
             new, tokens = [self._plain(pending)], 1
         else:
             new, tokens = self._tree(pending, buf), buf.size
         self.usage[tokens - 1] = self.usage.get(tokens - 1, 0) + 1
-        spec.step_done(tokens, time.perf_counter() - t)
+        speculation.step_done(tokens, time.perf_counter() - t)
         return new
 
     def _plain(self, pending: int) -> int:
@@ -260,16 +260,16 @@ class Decoder:
 
     def _record(self, top: list[list[int]]) -> None:
         """Keep a step's drafts [D][TOPK] until the tokens they guessed are known (adaptive learning)."""
-        if self.spec is not None and self.spec.adapt:
+        if self.speculation is not None and self.speculation.adapt:
             self.records.append((len(self.emitted) - 1, top))
 
     def _learn(self) -> None:
         """Score every node of the configured tree on the steps whose next D tokens are now known."""
-        if self.spec is None or not self.spec.adapt:
+        if self.speculation is None or not self.speculation.adapt:
             return
         while self.records and self.records[0][0] + len(self.records[0][1]) < len(self.emitted):
             root, top = self.records.pop(0)
-            self.spec.acc.observe(top, self.emitted[root + 1 : root + 1 + len(top)])
+            self.speculation.acc.observe(top, self.emitted[root + 1 : root + 1 + len(top)])
 
     def _tree(self, root: int, buf: TreeBuffers) -> list[int]:
         """One verification forward over the tree; returns the accepted drafts + the next token."""

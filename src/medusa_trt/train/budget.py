@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medusa_trt import fsio
-from medusa_trt.config.model import ModelSpec
+from medusa_trt.config.model import ModelShape
 
 GIB = float(1 << 30)
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass
-class StagePlan:
+class StageBudget:
     devices: int
     memory_gib_per_device: float
     breakdown_gib: dict[str, float]
@@ -49,7 +49,7 @@ class TrainBudget:
     model: str
     profile: str
     device_memory_gib: float
-    stages: dict[str, StagePlan]
+    stages: dict[str, StageBudget]
     hints: list[str] = field(default_factory=list)
     trainable_params: int = 0
     weights_dtype: str = "bfloat16"
@@ -88,13 +88,13 @@ class Workload:
     distil_batch: int = 1
 
 
-def trainable_params(m: ModelSpec, num_heads: int, num_layers: int, share: bool) -> int:
+def trainable_params(m: ModelShape, num_heads: int, num_layers: int, share: bool) -> int:
     d, v = m.hidden_size, m.vocab_size
     per_head = num_layers * (d * d + d) + (0 if share else v * d)
     return num_heads * per_head
 
 
-def plan_training(m: ModelSpec, profile: Any, w: Workload) -> TrainBudget:
+def training_budget(m: ModelShape, profile: Any, w: Workload) -> TrainBudget:
     """Every stage's plan against ``profile`` (a HardwareProfile)."""
     hw = profile.hardware
     dtype = profile.precision.dtype if profile.precision.dtype in _BYTES else "bfloat16"
@@ -115,11 +115,11 @@ def plan_training(m: ModelSpec, profile: Any, w: Workload) -> TrainBudget:
     dlogits = b * m.vocab_size * 4 * 2  # gathered + local, float32
     dbase = {"backbone_shard": backbone / GIB, "kv_cache": b * kv / GIB, "activations": (b * act + dlogits) / GIB}
     decode_s = -(-w.sequences // b) * w.gen_tokens * (backbone / bw)
-    distil = StagePlan(w.tp, sum(dbase.values()), dbase, 0.0, None if w.teacher else prefill_s + decode_s)
+    distil = StageBudget(w.tp, sum(dbase.values()), dbase, 0.0, None if w.teacher else prefill_s + decode_s)
     if w.teacher:
-        distil = StagePlan(0, 0.0, {}, 0.0, None)
+        distil = StageBudget(0, 0.0, {}, 0.0, None)
     disk = w.sequences * w.seq_len * m.hidden_size * wb / GIB
-    hidden = StagePlan(w.tp, sum(base.values()), dict(base), disk, prefill_s)
+    hidden = StageBudget(w.tp, sum(base.values()), dict(base), disk, prefill_s)
 
     n_train = trainable_params(m, w.num_heads, w.num_layers, w.share_lm_head)
     local_b = -(-w.batch_size // w.train_devices)
@@ -137,7 +137,7 @@ def plan_training(m: ModelSpec, profile: Any, w: Workload) -> TrainBudget:
     per_head_flops = 2 * (w.num_layers * m.hidden_size**2 + lm)
     tokens = w.steps * w.batch_size * w.seq_len
     train_s = 3 * w.num_heads * per_head_flops * tokens / (w.train_devices * _peak(hw.dense_tflops, "float32"))
-    train = StagePlan(w.train_devices, sum(tr.values()), tr, 0.0, train_s)
+    train = StageBudget(w.train_devices, sum(tr.values()), tr, 0.0, train_s)
 
     budget = TrainBudget(m.name, profile.name, hw.memory_gib, {"distil": distil, "hidden": hidden, "train": train})
     budget.trainable_params, budget.weights_dtype = n_train, dtype
@@ -147,7 +147,7 @@ def plan_training(m: ModelSpec, profile: Any, w: Workload) -> TrainBudget:
     return budget
 
 
-def _kv_heads_per_rank(m: ModelSpec, tp: int) -> int:
+def _kv_heads_per_rank(m: ModelShape, tp: int) -> int:
     return max(1, -(-m.num_key_value_heads // tp))
 
 
@@ -187,7 +187,7 @@ def _hints(b: TrainBudget, w: Workload, count: int) -> list[str]:
     return hints
 
 
-def spec_for(model: str) -> ModelSpec:
+def shape_for(model: str) -> ModelShape:
     """A preset name, a Hugging Face directory, or a TRT-LLM checkpoint directory (its config.json)."""
     from pathlib import Path
 
@@ -198,7 +198,7 @@ def spec_for(model: str) -> ModelSpec:
     if path.is_dir() and is_trtllm_checkpoint(path):
         c = fsio.read_json(path / "config.json", "config.json")
         heads = int(c["num_attention_heads"])
-        return ModelSpec(
+        return ModelShape(
             name=path.name,
             vocab_size=int(c["vocab_size"]),
             hidden_size=int(c["hidden_size"]),

@@ -34,7 +34,7 @@ MAX_EVAL = 256  # held-out sequences; also how many training sequences the train
 
 
 @dataclass
-class LoopSpec:
+class LoopConfig:
     """Everything a rank needs (picklable: spawned ranks get a copy)."""
 
     stage_dir: Path  # the train stage: state.pt, done.json
@@ -91,16 +91,16 @@ def summed_loss(logits: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
 class Data:
     """Sequences cropped to where some head has a target; labels unshifted, -100 outside the continuation."""
 
-    def __init__(self, spec: LoopSpec) -> None:
-        self.cache = HiddenCache(spec.hidden_dir, len(spec.sequences), spec.per_shard)
-        self.crops = [max(0, st - spec.num_heads - 1) for st in spec.starts]
+    def __init__(self, loop: LoopConfig) -> None:
+        self.cache = HiddenCache(loop.hidden_dir, len(loop.sequences), loop.per_shard)
+        self.crops = [max(0, st - loop.num_heads - 1) for st in loop.starts]
         self.labels = [
             [t if i >= st else -100 for i, t in enumerate(seq)][c:]
-            for seq, st, c in zip(spec.sequences, spec.starts, self.crops, strict=True)
+            for seq, st, c in zip(loop.sequences, loop.starts, self.crops, strict=True)
         ]
-        n = len(spec.sequences)
+        n = len(loop.sequences)
         # held out: eval_frac of the data, at most MAX_EVAL sequences (evaluated every log_every steps)
-        n_eval = min(MAX_EVAL, max(1, int(n * spec.eval_frac))) if n > 1 else 0
+        n_eval = min(MAX_EVAL, max(1, int(n * loop.eval_frac))) if n > 1 else 0
         self.eval_idx = list(range(n - n_eval, n)) or [0]
         self.train_idx = list(range(n - n_eval)) or [0]
 
@@ -155,18 +155,18 @@ def evaluate(heads: MedusaHeads, data: Data, idx: list[int], dev: torch.device, 
     return Quality(ce / max(1, n), [row[0] for row in table], [sum(row[:5]) for row in table], table)
 
 
-def build_heads(spec: LoopSpec, dev: torch.device) -> MedusaHeads:
+def build_heads(loop: LoopConfig, dev: torch.device) -> MedusaHeads:
     from medusa_trt.train.backbone import read_lm_head
 
-    lm = read_lm_head(spec.ckpt_dir)  # [V, D] in the checkpoint's dtype
-    torch.manual_seed(spec.seed)  # the ResBlock biases: the same on every rank and every rerun
+    lm = read_lm_head(loop.ckpt_dir)  # [V, D] in the checkpoint's dtype
+    torch.manual_seed(loop.seed)  # the ResBlock biases: the same on every rank and every rerun
     heads = MedusaHeads(
         lm.shape[1],
         lm.shape[0],
-        spec.num_heads,
-        spec.num_layers,
-        lm_head_weight=lm if spec.share_lm_head else lm.float(),
-        share_lm_head=spec.share_lm_head,
+        loop.num_heads,
+        loop.num_layers,
+        lm_head_weight=lm if loop.share_lm_head else lm.float(),
+        share_lm_head=loop.share_lm_head,
     )
     return heads.to(dev)
 
@@ -211,22 +211,22 @@ class LoopResult:
 
 
 def run_rank(
-    spec: LoopSpec,
+    loop: LoopConfig,
     rank: int,
     on_step: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
     advance: Callable[[float], None] | None = None,
 ) -> LoopResult | None:
     """One rank's training; rank 0 returns the result, other ranks None."""
-    dev = torch.device(f"cuda:{rank}" if spec.device.startswith("cuda") and spec.world > 1 else spec.device)
-    data = Data(spec)
-    heads = build_heads(spec, dev)
+    dev = torch.device(f"cuda:{rank}" if loop.device.startswith("cuda") and loop.world > 1 else loop.device)
+    data = Data(loop)
+    heads = build_heads(loop, dev)
     opt = torch.optim.AdamW(
-        [p for p in heads.parameters() if p.requires_grad], lr=spec.lr, weight_decay=spec.weight_decay
+        [p for p in heads.parameters() if p.requires_grad], lr=loop.lr, weight_decay=loop.weight_decay
     )
-    gen = torch.Generator().manual_seed(spec.seed)
-    state_path = spec.stage_dir / "state.pt"
-    state = _load_state(state_path, spec.key)
+    gen = torch.Generator().manual_seed(loop.seed)
+    state_path = loop.stage_dir / "state.pt"
+    state = _load_state(state_path, loop.key)
     initial = evaluate(heads, data, data.eval_idx, dev) if rank == 0 else None
     init_train = evaluate(heads, data, data.train_idx[:MAX_EVAL], dev).loss if rank == 0 else 0.0
     start, history = 0, []
@@ -239,7 +239,7 @@ def run_rank(
         assert initial is not None
         history.append({"step": 0, "train_loss": init_train, "eval_loss": initial.loss, "eval_top1": initial.top1})
     model: Any = heads
-    if spec.world > 1:
+    if loop.world > 1:
         import inspect
 
         from torch.nn.parallel import DistributedDataParallel
@@ -250,28 +250,28 @@ def run_rank(
         model = DistributedDataParallel(heads, **{flag: False})
     import torch.distributed as dist
 
-    for step in range(start, spec.steps):
+    for step in range(start, loop.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, spec.steps, spec.lr, spec.warmup_frac)
-        pick = torch.randint(len(data.train_idx), (spec.batch_size,), generator=gen).tolist()
-        mine = [data.train_idx[i] for i in pick[rank :: spec.world]]
+            group["lr"] = lr_at(step, loop.steps, loop.lr, loop.warmup_frac)
+        pick = torch.randint(len(data.train_idx), (loop.batch_size,), generator=gen).tolist()
+        mine = [data.train_idx[i] for i in pick[rank :: loop.world]]
         h, y = data.batch(mine, dev)
-        counts = target_counts(y, spec.num_heads)
-        if spec.world > 1:
+        counts = target_counts(y, loop.num_heads)
+        if loop.world > 1:
             dist.all_reduce(counts)
         loss = summed_loss(model(h), y, counts)
         opt.zero_grad(set_to_none=True)
-        (loss * spec.world).backward()  # DDP averages gradients over ranks: undo it to sum them
+        (loss * loop.world).backward()  # DDP averages gradients over ranks: undo it to sum them
         opt.step()
         total = loss.detach().clone()
-        if spec.world > 1:
+        if loop.world > 1:
             dist.all_reduce(total)
         done = step + 1
         if rank != 0:
             continue
         if advance is not None:
             advance(float(total))
-        if done % spec.log_every == 0 or done == spec.steps:
+        if done % loop.log_every == 0 or done == loop.steps:
             q = evaluate(heads, data, data.eval_idx, dev)
             history.append(
                 {
@@ -280,7 +280,7 @@ def run_rank(
                     "eval_loss": q.loss,
                     "eval_top1": q.top1,
                     "eval_top5": q.top5,
-                    "lr": lr_at(step, spec.steps, spec.lr, spec.warmup_frac),
+                    "lr": lr_at(step, loop.steps, loop.lr, loop.warmup_frac),
                 }
             )
             if log is not None:
@@ -290,14 +290,14 @@ def run_rank(
                     + " top5 "
                     + " ".join(f"{a:.2f}" for a in q.top5)
                 )
-        if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
-            _save_state(state_path, done, heads, opt, gen, history, spec.key)
+        if loop.checkpoint_every and done % loop.checkpoint_every == 0 and done < loop.steps:
+            _save_state(state_path, done, heads, opt, gen, history, loop.key)
         if on_step is not None:
             on_step(done, float(total))
     if rank != 0:
         return None
     assert initial is not None
-    _save_state(state_path, spec.steps, heads, opt, gen, history, spec.key)
+    _save_state(state_path, loop.steps, heads, opt, gen, history, loop.key)
     final = evaluate(heads, data, data.eval_idx, dev)
     final_train = evaluate(heads, data, data.train_idx[:MAX_EVAL], dev).loss
     first = history[0] if history else {}
@@ -315,14 +315,14 @@ def run_rank(
 
 
 def train_data_parallel(
-    spec: LoopSpec,
+    loop: LoopConfig,
     on_step: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
     advance: Callable[[float], None] | None = None,
 ) -> LoopResult:
     """Run rank 0 here and ranks 1..N-1 as spawned processes; one process when N is 1."""
-    if spec.world == 1:
-        res = run_rank(spec, 0, on_step, log, advance)
+    if loop.world == 1:
+        res = run_rank(loop, 0, on_step, log, advance)
         assert res is not None
         return res
     import torch.distributed as dist
@@ -333,21 +333,21 @@ def train_data_parallel(
         from medusa_trt.errors import MissingDependencyError
 
         raise MissingDependencyError("a process group is already running in this process")
-    backend = "nccl" if spec.device.startswith("cuda") else "gloo"
-    store = dist.TCPStore("127.0.0.1", 0, spec.world, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
+    backend = "nccl" if loop.device.startswith("cuda") else "gloo"
+    store = dist.TCPStore("127.0.0.1", 0, loop.world, is_master=True, timeout=TIMEOUT, wait_for_workers=False)
     ctx = torch.multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // spec.world)
+    threads = max(1, (os.cpu_count() or 1) // loop.world)
     procs = []
     saved_threads = torch.get_num_threads()
     try:
-        for r in range(1, spec.world):
-            p = ctx.Process(target=_worker, daemon=True, args=(spec, r, store.port, backend, threads, os.getpid()))
+        for r in range(1, loop.world):
+            p = ctx.Process(target=_worker, daemon=True, args=(loop, r, store.port, backend, threads, os.getpid()))
             p.start()
             procs.append(p)
         torch.set_num_threads(threads)
-        dist.init_process_group(backend, store=store, rank=0, world_size=spec.world, timeout=TIMEOUT)
+        dist.init_process_group(backend, store=store, rank=0, world_size=loop.world, timeout=TIMEOUT)
         forbid_finalization("heads train: data-parallel process group")  # the CLI ends with os._exit
-        res = run_rank(spec, 0, on_step, log, advance)
+        res = run_rank(loop, 0, on_step, log, advance)
         assert res is not None
         for p in procs:
             p.join(timeout=60)
@@ -362,7 +362,7 @@ def train_data_parallel(
         torch.set_num_threads(saved_threads)
 
 
-def _worker(spec: LoopSpec, rank: int, port: int, backend: str, threads: int, parent: int) -> None:
+def _worker(loop: LoopConfig, rank: int, port: int, backend: str, threads: int, parent: int) -> None:
     import torch.distributed as dist
 
     from medusa_trt.runtime.exiting import end_process
@@ -372,10 +372,10 @@ def _worker(spec: LoopSpec, rank: int, port: int, backend: str, threads: int, pa
     torch.set_num_threads(threads)
     if backend == "nccl":
         torch.cuda.set_device(rank)
-    store = dist.TCPStore("127.0.0.1", port, spec.world, is_master=False, timeout=TIMEOUT)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=spec.world, timeout=TIMEOUT)
+    store = dist.TCPStore("127.0.0.1", port, loop.world, is_master=False, timeout=TIMEOUT)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=loop.world, timeout=TIMEOUT)
     try:
-        run_rank(spec, rank)
+        run_rank(loop, rank)
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()

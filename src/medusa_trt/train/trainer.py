@@ -204,7 +204,7 @@ def _train(
     from medusa_trt.train.backbone import load_tokenizer, resolve_backbone
     from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil, teacher_generator
     from medusa_trt.train.hidden import run_hidden, sequences_per_shard
-    from medusa_trt.train.loop import LoopSpec, train_data_parallel
+    from medusa_trt.train.loop import LoopConfig, train_data_parallel
     from medusa_trt.train.progress import TrainProgress
 
     prompts = load_prompts(data) if isinstance(data, str) else list(data)
@@ -273,7 +273,7 @@ def _train(
         )
         tkey = {"hidden": hstage.hash, **{k: getattr(cfg, k) for k in keep}}
         tstage = _stage(work, "train", tkey, cfg.resume)
-        spec = LoopSpec(
+        loop = LoopConfig(
             stage_dir=tstage.dir, hidden_dir=hstage.dir, per_shard=per_shard, sequences=dist.sequences,
             starts=dist.starts, ckpt_dir=bb.ckpt_dir, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
             share_lm_head=cfg.share_lm_head, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -282,7 +282,7 @@ def _train(
             world=cfg.train_devices, key=tkey,
         )  # fmt: skip
         task = prog.add(f"train: heads ({cfg.train_devices} process(es))", cfg.steps)
-        res = train_data_parallel(spec, on_step, prog.log, lambda loss: prog.advance(task, loss=loss))
+        res = train_data_parallel(loop, on_step, prog.log, lambda loss: prog.advance(task, loss=loss))
         tstage.finish({"steps": cfg.steps})
         times["train"] = {"dir": str(tstage.dir), "cached": False, "seconds": time.perf_counter() - t0}
 

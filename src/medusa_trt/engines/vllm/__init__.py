@@ -63,7 +63,11 @@ class Vllm:
         return {
             "checkpoint_dir": None,
             "vllm": section,
-            "serve": {"argv": commands.serve_argv("python", section["args"], "HOST", 0)[:-4], "env": spec.runtime_env},
+            # what `run` starts, less --host/--port (run's) and with the interpreter it finds then
+            "serve": {
+                "argv": [commands.vllm_python() or "python", "-m", commands.SERVER_MODULE, *section["args"]],
+                "env": spec.runtime_env,
+            },
         }
 
     def serve_command(self, engine_dir: Path, manifest: dict[str, Any], host: str, port: int) -> ServeCommand:

@@ -29,7 +29,7 @@ from medusa_trt.errors import (
 )
 
 if TYPE_CHECKING:
-    from medusa_trt.config.model import ModelSpec
+    from medusa_trt.config.model import ModelShape
     from medusa_trt.engines.spec import BuildSpec
     from medusa_trt.steps import Step
 
@@ -151,7 +151,7 @@ def check_sources(spec: BuildSpec) -> None:
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
-def _model_shape(spec: BuildSpec) -> ModelSpec | None:
+def _model_shape(spec: BuildSpec) -> ModelShape | None:
     """The model's shape: its config.json, or the preset a hub id names; None when unknown."""
     from medusa_trt.config.model import PRESETS, resolve_model
 

@@ -10,6 +10,8 @@ is ``g`` by a wide margin.
 
 Head k (0-based) drafts ``g^(k+2)`` of the last token, the Medusa target, when that token is even
 ("easy": every draft of the top-1 chain is accepted) and a wrong token when it is odd ("hard").
+``EASY`` and ``HARD`` are prompts of each kind for the default tokenizer. Used by
+tests/test_adaptive_recovery.py and benchmarks/adaptive_recovery.py.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medusa_trt.demo.synthetic import make_tokenizer, save_hf_model
 from medusa_trt.demo.tiny import llama_config_dict
-from tests.helpers.models import make_tokenizer, save_hf_model
 
 VOCAB = 320
 HIDDEN = 64
 SPECIAL = 5  # the tokenizer's special tokens take ids 0..4
 SCALE = 0.4  # logit of the right token = 8 * SCALE; others ~ N(0, SCALE^2)
+EASY = ("class Model:", "The quick brown fox", "return 0", "self.name = name", "lazy dog.")  # end on even ids
+HARD = "def main():"  # ends on an odd id
 
 
 def _cycles(seed: int) -> list[int]:
