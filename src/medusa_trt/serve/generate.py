@@ -97,7 +97,7 @@ def _total_usage(outs: list[Outcome]) -> dict[str, int]:
     return {k: sum(u[k] for u in usages) for k in usages[0]}
 
 
-class Generator:
+class RequestHandler:
     """Turns requests into jobs on the worker and jobs into OpenAI responses."""
 
     def __init__(
@@ -440,7 +440,7 @@ class _SSE:
 
     def __init__(
         self,
-        g: Generator,
+        g: RequestHandler,
         body: CommonRequest,
         chat: bool,
         job: Job,
