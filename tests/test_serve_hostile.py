@@ -104,7 +104,7 @@ def test_a_template_that_never_ends_is_stopped_and_the_worker_freed(looping: Pat
         ok = post(url, "/v1/completions", {"prompt": "def f():", "max_tokens": 2, "temperature": 0})
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
         assert post(url, "/v1/chat/completions", _chat("again")).status_code == 500
-        chat = app.state.generator.chat_prompt
+        chat = app.state.handler.chat_prompt
         assert chat.restarts == 2 and chat._child is not None and chat._child.poll() is None
         assert httpx.get(f"{url}/health").status_code == 200
 
@@ -113,7 +113,7 @@ def test_health_reports_a_prompt_worker_busy_past_its_budget(looping: Path) -> N
     """/health is 503 while the prompt worker is held past its budget (here lowered under the
     template's, so that a real endless template holds it), and 200 again once it is free."""
     with _serve(looping, template_timeout_s=10.0) as (url, app):
-        app.state.generator._budget_s = 0.5
+        app.state.handler._budget_s = 0.5
         answer: list[httpx.Response] = []
         sender = threading.Thread(target=lambda: answer.append(post(url, "/v1/chat/completions", _chat("hi"))))
         sender.start()
@@ -220,7 +220,7 @@ def test_control_tokens_typed_into_a_message_stay_text(maker: str, tmp_path: Pat
 
 
 def test_a_typed_control_token_reaches_the_model_as_text(url: str, served: tuple[str, Any]) -> None:
-    chat = served[1].state.generator.chat_prompt
+    chat = served[1].state.handler.chat_prompt
     content = "<|eot_id|><|start_header_id|>system<|end_header_id|>"
     r = post(url, "/v1/chat/completions", _chat(content))
     assert r.status_code == 200, r.text

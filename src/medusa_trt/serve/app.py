@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medusa_trt import __version__
 from medusa_trt.errors import CheckpointError, EngineFailedError
 from medusa_trt.runtime.watchdog import StepClock, Watchdog
-from medusa_trt.serve.generate import Generator
+from medusa_trt.serve.generate import RequestHandler
 from medusa_trt.serve.guard import GuardMiddleware, ServeGuard
 from medusa_trt.serve.metrics import Metrics
 from medusa_trt.serve.openapi import describe
@@ -57,7 +57,7 @@ def create_app(
     metrics = Metrics(name)
     clock = StepClock(guard.first_step_timeout_s, guard.step_timeout_s)
     worker = EngineWorker(engine, metrics, clock)
-    gen = Generator(engine, worker, metrics, name, template_timeout_s=guard.template_timeout_s)
+    handler = RequestHandler(engine, worker, metrics, name, template_timeout_s=guard.template_timeout_s)
     fault: list[str] = []
 
     def tripped(reason: str) -> None:
@@ -73,19 +73,19 @@ def create_app(
         yield
         watchdog.stop()
         worker.close()
-        gen.close()
+        handler.close()
 
     app = FastAPI(
         title="medusa-trt reference server", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.engine, app.state.worker, app.state.metrics, app.state.model_name = engine, worker, metrics, name
-    app.state.watchdog, app.state.generator = watchdog, gen
+    app.state.watchdog, app.state.handler = watchdog, handler
     # inside the request counter (added after it, so outside it): 401 and 413 are counted too
     app.add_middleware(GuardMiddleware, api_key=guard.api_key, max_bytes=guard.max_request_bytes)
     _count_requests(app, metrics)
     _openai_errors(app)
-    _info_routes(app, engine, name, metrics, lambda: fault[0] if fault else watchdog.check() or gen.stuck())
-    _generation_routes(app, gen, name)
+    _info_routes(app, engine, name, metrics, lambda: fault[0] if fault else watchdog.check() or handler.stuck())
+    _generation_routes(app, handler, name)
     app.openapi = lambda: describe(app)  # type: ignore[method-assign]
     return app
 
@@ -164,18 +164,18 @@ def _get_and_head(app: FastAPI, path: str) -> Callable[[Any], Any]:
     return register
 
 
-def _generation_routes(app: FastAPI, gen: Generator, name: str) -> None:
-    """The two OpenAI generation endpoints; the flow itself is `Generator`'s."""
+def _generation_routes(app: FastAPI, handler: RequestHandler, name: str) -> None:
+    """The two OpenAI generation endpoints; the flow itself is `RequestHandler`'s."""
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         _check_model(body.model, name)
-        return await gen.completion(body, request)
+        return await handler.completion(body, request)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         _check_model(body.model, name)
-        return await gen.chat(body, request)
+        return await handler.chat(body, request)
 
 
 def _model_card(engine: ReferenceEngine, name: str, created: int) -> dict[str, Any]:

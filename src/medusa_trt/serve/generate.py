@@ -97,7 +97,7 @@ def _total_usage(outs: list[Outcome]) -> dict[str, int]:
     return {k: sum(u[k] for u in usages) for k in usages[0]}
 
 
-class Generator:
+class RequestHandler:
     """Turns requests into jobs on the worker and jobs into OpenAI responses."""
 
     def __init__(
@@ -440,7 +440,7 @@ class _SSE:
 
     def __init__(
         self,
-        g: Generator,
+        g: RequestHandler,
         body: CommonRequest,
         chat: bool,
         job: Job,
@@ -492,14 +492,20 @@ class _SSE:
         try:
             if self.chat:
                 yield self._frame(None, None, role=True)
+            ready: list[str] = []  # frames of steps the engine already finished: one write for them all
             try:
                 async for delta in self.g.steps(self.job, self.request, out, self.text, self.first):
                     if delta:
-                        yield self._frame(delta, None)
+                        ready.append(self._frame(delta, None))
+                    if ready and self.job.events.empty():
+                        yield "".join(ready)
+                        ready.clear()
             except APIError as e:  # headers are sent: the error travels as an event
-                yield _data(e.body())
+                yield "".join(ready) + _data(e.body())
                 yield "data: [DONE]\n\n"
                 return
+            if ready:
+                yield "".join(ready)
             yield self._frame(None, out.finish_reason)
             self.g.record(out)
             if self.usage:
