@@ -20,7 +20,7 @@ BUDGET = 24
 
 
 def _greedy(engine: Any, ids: list[int], max_tokens: int = BUDGET) -> list[int]:
-    from medusa_trt.runtime.records import SamplingParams
+    from medusa_trt.runtime.types import SamplingParams
 
     return [t for c in engine.generate(ids, SamplingParams(max_tokens=max_tokens), medusa=False) for t in c.token_ids]
 
@@ -147,7 +147,7 @@ def test_greedy_batch_equals_one_generate_per_prompt(
     """Three prompts of different lengths: one stops early on its EOS, one hits a short budget, one
     runs to a long one; then rows retire mid-batch (their cache rows dropped on every rank)."""
     from medusa_trt.runtime.api import load_engine
-    from medusa_trt.runtime.records import SamplingParams
+    from medusa_trt.runtime.types import SamplingParams
 
     ckpt, ids, before, stop = stopping
     with load_engine(ckpt if tp == 1 else stopping_tp2) as engine:

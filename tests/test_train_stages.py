@@ -216,7 +216,7 @@ def test_shared_lm_head_heads_convert_run_losslessly_and_accept(tmp_path: Path, 
     import torch
 
     from medusa_trt.runtime import load_engine
-    from medusa_trt.runtime.records import SamplingParams
+    from medusa_trt.runtime.types import SamplingParams
     from medusa_trt.train.backbone import read_lm_head
     from medusa_trt.train.trainer import train_heads
     from tests.helpers.checkpoints import make_checkpoint

@@ -10,7 +10,7 @@ import typer
 from medusa_trt.cli._common import JsonOpt, emit_json, err_console
 from medusa_trt.engines.launch import DEFAULT_MAX_REQUEST_MB, TEMPLATE_TIMEOUT_S
 from medusa_trt.errors import InvalidInputError
-from medusa_trt.runtime.records import Acceptance, SamplingError, SamplingParams
+from medusa_trt.runtime.types import Acceptance, SamplingError, SamplingParams
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
 
 

@@ -54,7 +54,7 @@ from medusa_trt.steps import Step
 
 if TYPE_CHECKING:
     from medusa_trt.engines.spec import BuildSpec
-    from medusa_trt.runtime.records import SamplingParams
+    from medusa_trt.runtime.types import SamplingParams
     from medusa_trt.serve.guard import ServeGuard
 
 GIB = 1024**3

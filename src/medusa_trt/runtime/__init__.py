@@ -1,7 +1,7 @@
 """Reference PyTorch runtime over TRT-LLM rank shards (import-light: torch loads in load_engine)."""
 
 from medusa_trt.runtime.api import Generation, ReferenceEngine, load_engine
-from medusa_trt.runtime.records import (
+from medusa_trt.runtime.types import (
     Acceptance,
     Chunk,
     GenerationStats,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError, InvalidInputError, TreeError
 from medusa_trt.medusa.trees import Tree, load_tree, tree_name, validate_tree
-from medusa_trt.runtime.records import Chunk, Continuation, GenerationStats, SamplingParams
+from medusa_trt.runtime.types import Chunk, Continuation, GenerationStats, SamplingParams
 
 if TYPE_CHECKING:
     import torch

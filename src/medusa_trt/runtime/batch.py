@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 # torch at module level is fine here: runtime modules load only inside commands that compute.
 import torch
 
-from medusa_trt.runtime.records import Continuation
+from medusa_trt.runtime.types import Continuation
 
 if TYPE_CHECKING:
     from medusa_trt.runtime.tp import Runner

@@ -27,7 +27,7 @@ import torch
 from medusa_trt.medusa.acceptance import exact_accept, typical_accept
 from medusa_trt.medusa.buffers import TreeBuffers
 from medusa_trt.medusa.trees import TOPK
-from medusa_trt.runtime.records import Acceptance, Chunk, GenerationStats, SamplingParams, TokenLogprob
+from medusa_trt.runtime.types import Acceptance, Chunk, GenerationStats, SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from medusa_trt.runtime.speculation import Speculation

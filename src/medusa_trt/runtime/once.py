@@ -12,8 +12,8 @@ from typing import Any
 
 from medusa_trt.errors import CheckpointError
 from medusa_trt.runtime.api import ReferenceEngine, load_engine
-from medusa_trt.runtime.records import SamplingParams
 from medusa_trt.runtime.text import TextStream
+from medusa_trt.runtime.types import SamplingParams
 from medusa_trt.runtime.watchdog import StepClock
 
 

@@ -32,8 +32,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from medusa_trt.errors import EngineFailedError, InvalidInputError, MedusaTrtError
-from medusa_trt.runtime.records import GenerationStats, SamplingParams, TokenLogprob
 from medusa_trt.runtime.text import TextStream
+from medusa_trt.runtime.types import GenerationStats, SamplingParams, TokenLogprob
 from medusa_trt.serve.chat import (
     START_TIMEOUT_S,
     TEMPLATE_TIMEOUT_S,

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medusa_trt.runtime.records import Acceptance, SamplingError, SamplingParams
+from medusa_trt.runtime.types import Acceptance, SamplingError, SamplingParams
 
 log = logging.getLogger(__name__)
 

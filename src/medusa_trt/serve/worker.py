@@ -23,7 +23,7 @@ from medusa_trt.serve.metrics import Metrics
 
 if TYPE_CHECKING:
     from medusa_trt.runtime.api import ReferenceEngine
-    from medusa_trt.runtime.records import GenerationStats, SamplingParams
+    from medusa_trt.runtime.types import GenerationStats, SamplingParams
 
 PING_S = 5.0  # idle interval between liveness round trips through the tp ranks
 

@@ -1,4 +1,4 @@
-"""The runtime's records: what a caller asks for (SamplingParams) and gets back (Chunk, GenerationStats,
+"""The runtime's data types: what a caller asks for (SamplingParams) and gets back (Chunk, GenerationStats,
 Continuation).
 
 Plain data, shared by the public API (``runtime.api``) and the decoding loops (``runtime.decode``).
