@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/decode.py --model-dir DEMO/model --heads-dir DEMO/heads|lm_head
                                           --adaptive [--accuracy DEMO/accuracy.csv] [--sampling 0.7,1.0]
 
-    .venv/bin/python benchmarks/decode.py --vs-vllm [--demo-cache DIR] [--vllm-python /work/vllm-venv/bin/python]
+    .venv/bin/python benchmarks/decode.py --vs-vllm [--demo-cache DIR] [--vllm-python .venv-vllm/bin/python]
 
 The third form (``--vs-vllm``) runs the demo's model and heads (``medusa-trt demo`` builds them; its cache
 dir, default the user cache) side by side with vLLM's CPU build (run as a subprocess with its own
