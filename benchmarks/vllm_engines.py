@@ -43,32 +43,20 @@ def build_all(model: Path, heads: Path, tree: Path, out: Path, k: int) -> dict[s
     chain = json.dumps([[0] * d for d in range(1, k + 1)])
     dirs = {"vllm": out / "vllm-chain", "chain": out / "reference-chain", "tree": out / "reference-tree"}
     cli("build", "--profile", "cpu-vllm", "--model", str(model), "--medusa", str(heads), "-o", str(dirs["vllm"]))
-    cli(
-        "build",
-        "--profile",
-        "cpu",
-        "--model",
-        str(model),
-        "--medusa",
-        str(heads),
-        "--tree",
-        chain,
-        "-o",
-        str(dirs["chain"]),
-    )
-    cli(
-        "build",
-        "--profile",
-        "cpu",
-        "--model",
-        str(model),
-        "--medusa",
-        str(heads),
-        "--tree",
-        str(tree),
-        "-o",
-        str(dirs["tree"]),
-    )
+    for key, tree_arg in (("chain", chain), ("tree", str(tree))):  # the reference engine, same heads, two trees
+        cli(
+            "build",
+            "--profile",
+            "cpu",
+            "--model",
+            str(model),
+            "--medusa",
+            str(heads),
+            "--tree",
+            tree_arg,
+            "-o",
+            str(dirs[key]),
+        )
     return dirs
 
 
