@@ -206,13 +206,14 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
 ) -> None:
     """quantize.py's checkpoint has no tokenizer: runtime-files finds it in sources/model (the fetched hub model)."""
     from medusa_trt.engines.build import _runtime_files, prepare
+    from medusa_trt.engines.trtllm import quantize_needed
     from medusa_trt.outputs import OwnedDir
 
     out = tmp_path / "eng"
     plan = prepare(
         "hgx-h200-fp8-tp8", "meta-llama/Llama-3.1-70B-Instruct", medusa=str(tiny_heads4), output=out, checks=False
     )
-    assert plan.spec.model.local is None and plan.spec.quantize_needed
+    assert plan.spec.model.local is None and quantize_needed(plan.spec)
     (out / "checkpoint").mkdir(parents=True)
     shutil.copytree(tiny_llama, out / "sources" / "model")
     _runtime_files(plan.spec, OwnedDir(out.resolve(), "engine"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import fsio
+from medusa_trt import engine_facts, fsio
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class Source:
 @dataclass
 class BuildSpec:
     profile: HardwareProfile
-    engine: str  # trtllm | reference | vllm
+    engine: str  # a row of engine_facts (the profile's engine:)
     model: Source
     medusa: Source | None
     output: Path
@@ -75,11 +75,6 @@ class BuildSpec:
     @property
     def model_name(self) -> str:
         return self.model.spec.rstrip("/").split("/")[-1] if self.model.local is None else self.model.local.name
-
-    @property
-    def quantize_needed(self) -> bool:
-        """FP8 profile, BF16/FP16 source: ModelOpt PTQ runs before the build (docs/sources.md, checkpoint format)."""
-        return self.engine == "trtllm" and self.quantization == "fp8" and self.model.format != "modelopt-fp8"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -230,9 +225,12 @@ def resolve(
     out, sources["output"] = _output_dir(output, env, src, model, profile.name)
     heads, sources["num_medusa_heads"] = _file_or_profile(file_heads, profile.medusa.num_heads, "num_heads")
     layers, sources["num_medusa_layers"] = _file_or_profile(file_layers, profile.medusa.num_layers, "num_layers")
-    if profile.engine == "vllm":  # a top-1 chain, one token per head: as long as the heads allow
-        paths, max_draft_len = _vllm_chain(tree, int(heads), profile.medusa.max_draft_len)
-        sources["tree"] = sources["max_draft_len"] = "min(heads, profile medusa.max_draft_len): vLLM's top-1 chain"
+    facts = engine_facts.get(profile.engine)
+    if facts.chain:  # a top-1 chain, one token per head: as long as the heads allow
+        paths, max_draft_len = _top1_chain(facts, tree, int(heads), profile.medusa.max_draft_len)
+        sources["tree"] = sources["max_draft_len"] = (
+            f"min(heads, profile medusa.max_draft_len): {facts.title}'s top-1 chain"
+        )
         validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len)
     else:
         tree_spec, sources["tree"] = _tree_spec(tree, env, profile)
@@ -333,13 +331,13 @@ def _tree_spec(tree: str | None, env: dict[str, str], profile: HardwareProfile) 
     return profile.medusa.tree, "profile medusa.tree"
 
 
-def _vllm_chain(tree: str | None, heads: int, cap: int) -> tuple[list[list[int]], int]:
-    """vLLM drafts the top-1 chain of min(heads, cap) tokens; a --tree is refused (it has no trees)."""
+def _top1_chain(facts: engine_facts.EngineFacts, tree: str | None, heads: int, cap: int) -> tuple[list[list[int]], int]:
+    """A chain engine (vLLM) drafts the top-1 chain of min(heads, cap) tokens; a --tree is refused."""
     from medusa_trt.medusa.trees import chain
 
     if tree is not None:
         raise InvalidInputError(
-            "--tree: vLLM drafts a top-1 chain, not a tree",
+            f"--tree: {facts.title} drafts a top-1 chain, not a tree",
             hint="Drop --tree; the chain is min(heads, the profile's medusa.max_draft_len) tokens long.",
         )
     k = min(heads, cap)

@@ -14,14 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import engine_facts
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import (
     CHECKPOINT,
     CONFIG_YAML,
-    ENGINE_SUBDIR,
     BuildSteps,
-    Capabilities,
-    Drafting,
     GenerateRequest,
     PlanContext,
     ServeCommand,
@@ -35,23 +33,25 @@ from medusa_trt.errors import MissingDependencyError
 from medusa_trt.steps import Step, StepKind
 
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
+FACTS = engine_facts.get("trtllm")
+ENGINE_SUBDIR = str(FACTS.engine_subdir)  # trtllm-build's output: rank{r}.engine and config.json
+
+
+def quantize_needed(spec: BuildSpec) -> bool:
+    """FP8 profile, BF16/FP16 source: ModelOpt PTQ runs before the build (docs/sources.md, checkpoint format)."""
+    return spec.quantization == "fp8" and spec.model.format != "modelopt-fp8"
 
 
 class Trtllm:
-    name = "trtllm"
-    title = "TensorRT-LLM"
+    facts = FACTS
+    name, title, capabilities = facts.name, facts.title, facts.capabilities
     engine_dir = ENGINE_SUBDIR
-    # Medusa on TensorRT-LLM decodes greedily only (examples/medusa/README.md: "Medusa decoding only
-    # supporting greedy decoding"); logprobs are not claimed.
-    capabilities = Capabilities(
-        drafting=Drafting.TREE, sampling=False, logprobs=False, hardware="NVIDIA GPUs (CUDA)", api_key=False
-    )
 
     # --- build -----------------------------------------------------------------------------------
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps:
         spec, notes = ctx.spec, []
-        if spec.quantize_needed:
+        if quantize_needed(spec):
             notes.append(
                 "FP8 profile with a BF16/FP16 source: quantize.py (ModelOpt PTQ, --qformat fp8) runs on the GPU "
                 "host before trtllm-build; the Medusa heads stay unquantized (TRT-LLM merges them as float16)"
@@ -71,7 +71,7 @@ class Trtllm:
     def check_tools(self, spec: BuildSpec) -> dict[str, str | None]:
         """Exit 3 before any work when TensorRT-LLM (or quantize.py) is missing; returns its version."""
         version = commands.check_trtllm(("trtllm-build",))
-        if spec.quantize_needed:
+        if quantize_needed(spec):
             script = commands.quantize_script()
             if not script.is_file():
                 raise MissingDependencyError(
@@ -142,7 +142,7 @@ class Trtllm:
         runs that checkpoint as is, on any machine): the same weights trtllm-build compiled."""
         from medusa_trt import engines
 
-        return engines.get("reference").generate(path, request)
+        return engines.get(engine_facts.CHECKPOINT_ENGINE).generate(path, request)
 
 
 def _serve_settings(manifest: dict[str, Any]) -> Any:
