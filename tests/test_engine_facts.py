@@ -4,7 +4,6 @@ and planned with its own numbers."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
