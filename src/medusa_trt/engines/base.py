@@ -12,11 +12,13 @@ The contract, method by method:
   ``"engine"`` key), ``title`` (the name shown to people, "TensorRT-LLM"), ``capabilities`` (what the
   engine can do, :class:`Capabilities`) and ``engine_dir`` (the sub-directory of engine files its
   build writes, the manifest's ``engine_dir``, e.g. TensorRT-LLM's ``engine/``, or None when it has
-  none) are the row's.
+  none) are the row's. ``config_file``: the serve configuration its build writes beside the manifest
+  (TensorRT-LLM's ``medusa.yaml``, the manifest's ``config``), or None.
 - ``build_steps(ctx)``: the ordered steps that turn the profile's sources into the engine's files
   under ``ctx.out``, from the first step (fetch, convert, quantize) up to, not including, the
   manifest, which the build writes itself. Pure: it reads ``ctx.spec`` and returns
-  :class:`BuildSteps` (steps and the notes ``build --dry-run`` shows); nothing is run or written.
+  :class:`BuildSteps` (steps, the notes ``build --dry-run`` shows and the documents of the files it
+  writes that ``build --dry-run --json`` shows); nothing is run or written.
   A ``StepKind.PYTHON`` step is run by a function from ``step_funcs`` (or a shared one: ``convert``,
   ``fetch-model``, ``fetch-medusa``, ``runtime-files``); a ``StepKind.PROCESS`` step runs its argv.
 - ``step_funcs(spec, out)``: the in-process functions of this engine's own ``StepKind.PYTHON`` steps,
@@ -70,6 +72,7 @@ class BuildSteps:
 
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
+    documents: dict[str, Any] = field(default_factory=dict)  # files it writes, as `build --dry-run --json` shows them
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class Engine(Protocol):
     title: str
     capabilities: Capabilities
     engine_dir: str | None
+    config_file: str | None
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps: ...
 

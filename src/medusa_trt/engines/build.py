@@ -6,7 +6,7 @@ Layout of the output directory::
     engine/            trtllm-build output (TensorRT-LLM profiles only)
     tokenizer files    copied beside the manifest (trtllm-serve --tokenizer <out>)
     medusa_tree.yaml   the Medusa tree (medusa_choices)
-    medusa.yaml        the trtllm-serve --config YAML (speculative_config)
+    medusa.yaml        the trtllm-serve --config YAML (speculative_config; TensorRT-LLM profiles only)
     logs/              one log per external tool run
     .steps/            per-step stamps (input hash, output fingerprint) for resuming
     medusa-trt.json    the manifest, written last
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from medusa_trt import engines, fsio, integrity, outputs, records
 from medusa_trt.engines import recipe
-from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, MANIFEST, TREE_FILE
+from medusa_trt.engines.base import CHECKPOINT, MANIFEST, TREE_FILE
 from medusa_trt.engines.recipe import BuildPlan
 from medusa_trt.engines.spec import BuildSpec, resolve
 from medusa_trt.engines.versions import tool_versions
@@ -247,7 +247,6 @@ def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
             hint="The model source must include tokenizer.json (or tokenizer.model).",
         )
     fsio.write_text(out / TREE_FILE, dump_tree(spec.tree))
-    fsio.write_text(out / CONFIG_YAML, recipe.medusa_yaml_text(spec))
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ class Reference:
     facts = engine_facts.get("reference")
     name, title, capabilities = facts.name, facts.title, facts.capabilities
     engine_dir = facts.engine_subdir  # None: it runs the TRT-LLM checkpoint itself
+    config_file = None  # the tree and the profile are in the manifest
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps:
         return BuildSteps([recipe.convert_step(ctx), recipe.runtime_files_step(ctx.spec), _validate_step(ctx)])

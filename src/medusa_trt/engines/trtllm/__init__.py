@@ -1,7 +1,7 @@
 """The TensorRT-LLM engine (1.0-1.2, TensorRT backend): build with trtllm-build, serve with trtllm-serve.
 
 Build: convert (or, for an FP8 profile with a BF16/FP16 source, [fetch] -> quantize.py with ModelOpt,
-heads unquantized) -> trtllm-build -> runtime files. Serve: ``trtllm-serve DIR/engine --backend
+heads unquantized) -> trtllm-build -> runtime files -> serve config (``medusa.yaml``). Serve: ``trtllm-serve DIR/engine --backend
 tensorrt ... --config DIR/medusa.yaml`` supervised as a child (``medusa_trt.supervise``); over several
 nodes, the mpirun/srun lines to launch it. The command lines themselves are in ``commands``.
 """
@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import engine_facts
+from medusa_trt import engine_facts, fsio
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import (
     CHECKPOINT,
     CONFIG_YAML,
+    INTERNAL,
     BuildSteps,
     GenerateRequest,
     PlanContext,
@@ -46,6 +47,7 @@ class Trtllm:
     facts = FACTS
     name, title, capabilities = facts.name, facts.title, facts.capabilities
     engine_dir = ENGINE_SUBDIR
+    config_file = CONFIG_YAML  # trtllm-serve --config: the speculative_config with the tree
 
     # --- build -----------------------------------------------------------------------------------
 
@@ -63,10 +65,15 @@ class Trtllm:
                     "ModelOpt FP8 checkpoint: converted directly (weights stay FP8, heads from the checkpoint)"
                 )
             steps = [recipe.convert_step(ctx)]
-        return BuildSteps([*steps, _build_step(ctx), recipe.runtime_files_step(spec)], notes)
+        steps += [_build_step(ctx), recipe.runtime_files_step(spec), _serve_config_step(spec)]
+        return BuildSteps(steps, notes, {"medusa_yaml": medusa_yaml(spec)})
 
     def step_funcs(self, spec: BuildSpec, out: Path) -> dict[str, Callable[[], None]]:
-        return {}  # quantize and trtllm-build are processes; convert and fetch are shared
+        # quantize and trtllm-build are processes; convert, fetch and the runtime files are shared
+        def serve_config() -> None:
+            fsio.write_text(out / CONFIG_YAML, commands.dump_medusa_yaml(medusa_yaml(spec)))
+
+        return {"serve-config": serve_config}
 
     def check_tools(self, spec: BuildSpec) -> dict[str, str | None]:
         """Exit 3 before any work when TensorRT-LLM (or quantize.py) is missing; returns its version."""
@@ -143,6 +150,27 @@ class Trtllm:
         from medusa_trt import engines
 
         return engines.get(engine_facts.CHECKPOINT_ENGINE).generate(path, request)
+
+
+def medusa_yaml(spec: BuildSpec) -> dict[str, Any]:
+    """The trtllm-serve --config document: speculative_config (the heads, the tree) and the profile's
+    serve.extra_llm_api_options."""
+    _flags, extra = commands.serve_settings(spec.profile.serve)
+    return commands.medusa_yaml_doc(
+        max_draft_len=spec.max_draft_len, num_medusa_heads=spec.num_medusa_heads, tree=spec.tree, extra=extra
+    )
+
+
+def _serve_config_step(spec: BuildSpec) -> Step:
+    return Step(
+        "serve-config",
+        f"{CONFIG_YAML}: the trtllm-serve --config YAML (speculative_config with the tree)",
+        [INTERNAL, "write", CONFIG_YAML],
+        inputs={"yaml": medusa_yaml(spec)},
+        outputs=[CONFIG_YAML],
+        needs={"gpus": 0, "host": "any"},
+        kind=StepKind.PYTHON,
+    )
 
 
 def _serve_settings(manifest: dict[str, Any]) -> Any:

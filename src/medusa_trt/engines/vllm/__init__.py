@@ -29,6 +29,7 @@ class Vllm:
     facts = engine_facts.get("vllm")
     name, title, capabilities = facts.name, facts.title, facts.capabilities
     engine_dir = facts.engine_subdir  # None: the heads are in the manifest's vllm.heads_dir
+    config_file = None  # its server flags are in the manifest's vllm.args
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps:
         commands.check_sources(ctx.spec)
