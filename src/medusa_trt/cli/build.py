@@ -69,7 +69,7 @@ def build(
 def _print_header(plan: BuildPlan) -> None:
     s = plan.spec
     err_console.print(
-        f"[bold]build[/] {s.model.spec} -> {s.output} with profile {s.profile.name} "
+        f"[bold]build[/] {s.model.given} -> {s.output} with profile {s.profile.name} "
         f"({s.profile.id}): {s.engine}, tp {s.tp}, {s.dtype}"
         f"{', fp8' if s.quantization == 'fp8' else ''}, {s.num_medusa_heads} heads, "
         + (f"a top-1 chain of {len(s.tree)}" if engine_facts.get(s.engine).chain else f"{len(s.tree)}-node tree")

@@ -137,7 +137,7 @@ class HardwareProfile(_Strict):
     serve: Serve = Serve()
 
     _source: Path | None = PrivateAttr(default=None)
-    _tree: tuple[str, list[list[int]]] | None = PrivateAttr(default=None)  # (spec key, resolved paths)
+    _tree: tuple[str, list[list[int]]] | None = PrivateAttr(default=None)  # (medusa.tree as JSON, its paths)
 
     @property
     def source(self) -> Path | None:
@@ -147,7 +147,7 @@ class HardwareProfile(_Strict):
     @property
     def tree(self) -> list[list[int]]:
         """The Medusa tree (named trees resolved to their paths)."""
-        key = json.dumps(self.medusa.tree)  # model_copy keeps private attrs: re-resolve when the spec changed
+        key = json.dumps(self.medusa.tree)  # model_copy keeps private attrs: re-resolve when medusa.tree changed
         if self._tree is None or self._tree[0] != key:
             from medusa_trt.medusa.trees import load_tree
 
@@ -496,8 +496,8 @@ def profile_paths() -> dict[str, Path]:
     return found
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.endswith((".yaml", ".yml")) or os.sep in spec or "/" in spec
+def _looks_like_path(given: str) -> bool:
+    return given.endswith((".yaml", ".yml")) or os.sep in given or "/" in given
 
 
 def load_profile_file(path: Path, *, expect_name: str | None = None) -> HardwareProfile:
@@ -531,18 +531,18 @@ def load_profile_file(path: Path, *, expect_name: str | None = None) -> Hardware
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """A profile by name (see :func:`profile_paths`) or from a YAML file path."""
-    spec = str(name_or_path)
-    path = Path(spec).expanduser()
-    if isinstance(name_or_path, Path) or path.is_file() or _looks_like_path(spec):
-        logger.debug("profile %r: the file %s", spec, path)
+    given = str(name_or_path)
+    path = Path(given).expanduser()
+    if isinstance(name_or_path, Path) or path.is_file() or _looks_like_path(given):
+        logger.debug("profile %r: the file %s", given, path)
         return load_profile_file(path)
     paths = profile_paths()
-    if spec in paths:
-        logger.debug("profile %r: %s (searched %s)", spec, paths[spec], ", ".join(map(str, profile_dirs())))
-        return load_profile_file(paths[spec], expect_name=spec)
-    guess = closest(spec, set(paths))
+    if given in paths:
+        logger.debug("profile %r: %s (searched %s)", given, paths[given], ", ".join(map(str, profile_dirs())))
+        return load_profile_file(paths[given], expect_name=given)
+    guess = closest(given, set(paths))
     raise ProfileError(
-        f"unknown profile '{spec}'",
+        f"unknown profile '{given}'",
         hint=(f"Did you mean '{guess}'? " if guess else "")
         + f"Profiles: {', '.join(sorted(paths)) or '(none found)'}; or give a YAML file path.",
     )

@@ -100,9 +100,9 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         funcs: dict[str, Callable[[], None]] = {
             "convert": lambda: _convert(spec, out),
             "runtime-files": lambda: _runtime_files(spec, owned),
-            "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
+            "fetch-model": lambda: _fetch(spec.model.given, spec.model.revision, out / "sources" / "model", "model"),
             "fetch-medusa": lambda: _fetch(
-                spec.medusa.spec if spec.medusa else "",
+                spec.medusa.given if spec.medusa else "",
                 spec.medusa.revision if spec.medusa else None,
                 out / "sources" / "medusa",
                 "heads",
@@ -203,9 +203,9 @@ def _convert(spec: BuildSpec, out: Path) -> None:
 
     heads = None
     if spec.medusa is not None and spec.model.format not in ("modelopt-fp8", "modelopt"):
-        heads = str(spec.medusa.local or spec.medusa.spec)
+        heads = str(spec.medusa.local or spec.medusa.given)
     convert_checkpoint(
-        str(spec.model.local or spec.model.spec),
+        str(spec.model.local or spec.model.given),
         out / CHECKPOINT,
         medusa=heads,
         tp=spec.tp,

@@ -64,7 +64,7 @@ def known_model(spec: BuildSpec) -> ModelShape | None:
 
     if spec.model.local is not None:
         return resolve_model(str(spec.model.local))
-    name = spec.model.spec.split("/")[-1].lower()
+    name = spec.model.given.split("/")[-1].lower()
     matches = [p for p in PRESETS if name.startswith(p)]
     return PRESETS[max(matches, key=len)] if matches else None
 
@@ -165,12 +165,12 @@ def convert_argv(spec: BuildSpec, out: Path, *, with_heads: bool) -> list[str]:
         "medusa-trt",
         "convert",
         "--model",
-        str(spec.model.local or spec.model.spec),
+        str(spec.model.local or spec.model.given),
         "--output",
         str(out / CHECKPOINT),
     ]
     if with_heads and spec.medusa is not None:
-        argv += ["--medusa", str(spec.medusa.local or spec.medusa.spec)]
+        argv += ["--medusa", str(spec.medusa.local or spec.medusa.given)]
     argv += [
         "--tp",
         str(spec.tp),
@@ -191,11 +191,11 @@ def convert_argv(spec: BuildSpec, out: Path, *, with_heads: bool) -> list[str]:
 
 
 def source_inputs(spec: BuildSpec) -> dict[str, Any]:
-    inputs: dict[str, Any] = {"model": spec.model.spec, "model_revision": spec.model.revision}
+    inputs: dict[str, Any] = {"model": spec.model.given, "model_revision": spec.model.revision}
     if spec.model.local is not None:
         inputs["model_dir"] = str(spec.model.local)
     if spec.medusa is not None:
-        inputs["medusa"] = spec.medusa.spec
+        inputs["medusa"] = spec.medusa.given
         inputs["medusa_revision"] = spec.medusa.revision
         if spec.medusa.local is not None:
             inputs["medusa_dir"] = str(spec.medusa.local)

@@ -202,7 +202,7 @@ def preflight_report(
         ck.check_prediction(pred, default_tokens_per_step=tokens_per_step is None and accuracy is None),
     ]
     tree_doc = {
-        "spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",
+        "spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",  # `plan --json`'s key: kept
         "nodes": stats.nodes,
         "depth": stats.depth,
         "max_draft_len": prof.medusa.max_draft_len,

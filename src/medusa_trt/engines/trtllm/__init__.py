@@ -222,9 +222,9 @@ def _quantize_steps(ctx: PlanContext) -> list[Step]:
         steps.append(
             Step(
                 f"fetch-{role}",
-                f"download {src.spec} (quantize.py needs local files)",
-                ["hf", "download", src.spec, "--revision", src.revision or "main", "--local-dir", str(local)],
-                inputs={"repo": src.spec, "revision": src.revision},
+                f"download {src.given} (quantize.py needs local files)",
+                ["hf", "download", src.given, "--revision", src.revision or "main", "--local-dir", str(local)],
+                inputs={"repo": src.given, "revision": src.revision},
                 outputs=[f"sources/{role}"],
                 needs=ctx.needs(f"fetch-{role}"),
                 kind=StepKind.PYTHON,
