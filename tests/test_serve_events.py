@@ -65,3 +65,23 @@ def test_a_cancelled_reader_leaves_the_event_for_the_next_get() -> None:
         return await events.get(timeout=30)
 
     assert asyncio.run(main()) == "kept"
+
+
+def test_a_timer_armed_for_an_earlier_wait_does_not_cut_a_later_one_short() -> None:
+    """One timer serves successive waits: when it fires for a wait that already ended, the current wait
+    (with its own, later deadline) goes on and gets its event."""
+
+    async def main() -> object:
+        loop = asyncio.get_running_loop()
+        events = Events(loop)
+        first = asyncio.ensure_future(events.get(timeout=0.02))
+        await asyncio.sleep(0)
+        events.put("first")
+        assert await first == "first"
+        second = asyncio.ensure_future(events.get(timeout=30))
+        await asyncio.sleep(0.1)  # the first wait's timer has fired meanwhile
+        assert not second.done()
+        events.put("second")
+        return await second
+
+    assert asyncio.run(main()) == "second"

@@ -51,6 +51,8 @@ class Events:
         self._items: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._lock = threading.Lock()  # orders an append against the reader's decision to wait
+        self._deadline = 0.0  # when the waiting reader times out (loop time)
+        self._timer: asyncio.TimerHandle | None = None
 
     def put(self, event: Any) -> None:
         with self._lock:
@@ -73,17 +75,29 @@ class Events:
             if self._items:
                 return self._items.popleft()
             waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, _resolve, waiter)
+        # one timer at a time, re-armed when it fires (not one per wait: a stream waits once per token)
+        self._deadline = self._loop.time() + timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._expire)
         try:
             await waiter
         finally:
-            timer.cancel()
             with self._lock:
                 if self._waiter is waiter:
                     self._waiter = None
         if not self._items:
             raise asyncio.TimeoutError
         return self._items.popleft()
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a timer
+        if self._loop.time() < self._deadline:  # a later wait than the one this timer was armed for
+            self._timer = self._loop.call_at(self._deadline, self._expire)
+        else:
+            _resolve(waiter)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
