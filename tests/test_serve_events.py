@@ -85,3 +85,21 @@ def test_a_timer_armed_for_an_earlier_wait_does_not_cut_a_later_one_short() -> N
         return await second
 
     assert asyncio.run(main()) == "second"
+
+
+@pytest.mark.parametrize(
+    ("tp", "cores", "torch_threads", "want"),
+    [
+        (1, 2, 2, 1),  # 2 cores: one for the engine, one for the event loop and a local client
+        (1, 1, 1, 1),  # never below one
+        (1, 16, 16, 15),
+        (1, 16, 4, 4),  # OMP_NUM_THREADS (a profile's runtime_env) is the upper bound
+        (2, 16, 8, None),  # tensor-parallel ranks already split the cores
+    ],
+)
+def test_engine_threads_leave_a_core_to_the_event_loop(
+    tp: int, cores: int, torch_threads: int, want: int | None
+) -> None:
+    from medusa_trt.serve.worker import engine_threads
+
+    assert engine_threads(tp, cores, torch_threads) == want
