@@ -227,7 +227,8 @@ def test_tree_flag_overrides_profile_and_is_validated(
         "--tree",
         "[[0], [1], [0, 0]]",
     )
-    assert doc["medusa_yaml"]["speculative_config"]["medusa_choices"] == [[0], [1], [0, 0]]
+    assert doc["spec"]["tree"] == [[0], [1], [0, 0]] and "medusa_yaml" not in doc  # no trtllm-serve here
+    assert next(s for s in doc["steps"] if s["name"] == "runtime-files")["inputs"]["tree"] == [[0], [1], [0, 0]]
     assert doc["spec"]["sources"]["tree"] == "flag --tree"
     capsys.readouterr()
     rc = cli(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from medusa_trt.cli import run as cli
 from tests.helpers import HANG_S
@@ -51,8 +52,9 @@ def test_reference_build_loads_and_matches(
     assert sorted(p.name for p in (out / "checkpoint").glob("rank*.safetensors")) == [
         f"rank{r}.safetensors" for r in range(tp)
     ]
-    for name in ("tokenizer.json", "medusa_tree.yaml", "medusa.yaml"):
+    for name in ("tokenizer.json", "medusa_tree.yaml"):
         assert (out / name).is_file()
+    assert not (out / "medusa.yaml").exists() and m["config"] is None  # trtllm-serve's file: TensorRT-LLM only
     assert not list(out.glob(".*.tmp*")), "no temporary files left behind"
 
     if tp > 1:
@@ -85,10 +87,10 @@ def test_resume_force_and_changed_input(
     assert rc == 0 and set(statuses(doc).values()) == {"skipped"}, err
     assert (out / "checkpoint" / "rank0.safetensors").stat().st_mtime_ns == ckpt_mtime
 
-    (out / "medusa.yaml").unlink()  # a missing output redoes only its step
+    (out / "medusa_tree.yaml").unlink()  # a missing output redoes only its step
     rc, doc, err = build(capsys, *args)
     assert statuses(doc) == {"convert": "skipped", "runtime-files": "ran", "validate": "skipped"}
-    assert (out / "medusa.yaml").is_file()
+    assert (out / "medusa_tree.yaml").is_file()
 
     rc, doc, err = build(capsys, *args, "--force")
     assert rc == 0 and set(statuses(doc).values()) == {"ran"}, err
@@ -166,13 +168,16 @@ def test_trtllm_build_runs_the_planned_command(
     args = ("--profile", "hgx-h200-bf16-tp8", "--model", str(tiny8), "--medusa", str(tiny_heads4), "-o", str(out))
     capsys.readouterr()
     assert cli(["build", *args, "--dry-run", "--json"]) == 0
-    planned = next(s for s in json.loads(capsys.readouterr().out)["steps"] if s["name"] == "build")["argv"]
+    dry = json.loads(capsys.readouterr().out)
+    planned = next(s for s in dry["steps"] if s["name"] == "build")["argv"]
     rc, doc, err = build(capsys, *args)
     assert rc == 0, err
+    assert statuses(doc) == {"convert": "ran", "build": "ran", "runtime-files": "ran", "serve-config": "ran"}
     ran = records(trtllm_env, "trtllm-build")
     assert len(ran) == 1 and ["trtllm-build", *ran[0]["argv"]] == planned
     m = json.loads((out / "medusa-trt.json").read_text())
     assert m["engine"] == "trtllm" and m["engine_dir"] == "engine" and m["tools"]["tensorrt_llm"] == "1.2.0"
+    assert m["config"] == "medusa.yaml" and yaml.safe_load((out / "medusa.yaml").read_text()) == dry["medusa_yaml"]
     assert sorted(p.name for p in (out / "engine").glob("rank*.engine")) == [f"rank{r}.engine" for r in range(8)]
     log = (out / "logs" / "build.log").read_text()
     assert "building rank layer 2" in log and log.startswith("$ trtllm-build")
@@ -206,18 +211,19 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
 ) -> None:
     """quantize.py's checkpoint has no tokenizer: runtime-files finds it in sources/model (the fetched hub model)."""
     from medusa_trt.engines.build import _runtime_files, prepare
+    from medusa_trt.engines.trtllm import quantize_needed
     from medusa_trt.outputs import OwnedDir
 
     out = tmp_path / "eng"
     plan = prepare(
         "hgx-h200-fp8-tp8", "meta-llama/Llama-3.1-70B-Instruct", medusa=str(tiny_heads4), output=out, checks=False
     )
-    assert plan.spec.model.local is None and plan.spec.quantize_needed
+    assert plan.spec.model.local is None and quantize_needed(plan.spec)
     (out / "checkpoint").mkdir(parents=True)
     shutil.copytree(tiny_llama, out / "sources" / "model")
     _runtime_files(plan.spec, OwnedDir(out.resolve(), "engine"))
     assert (out / "tokenizer.json").read_bytes() == (tiny_llama / "tokenizer.json").read_bytes()
-    assert (out / "medusa.yaml").is_file() and (out / "medusa_tree.yaml").is_file()
+    assert (out / "medusa_tree.yaml").is_file() and not (out / "medusa.yaml").exists()  # serve-config writes it
 
 
 def test_sigterm_stops_the_running_tool_and_records_no_step(

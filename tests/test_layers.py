@@ -26,11 +26,12 @@ LAYERS: dict[str, set[str]] = {
     "integrity": {"fsio", "progress", "records"},
     "progress": set(),
     "spec_counters": set(),
+    "engine_facts": set(),
     "records": {"fsio"},
     "outputs": {"fsio", "records"},
     "steps": {"outputs", "records", "fsio"},
-    "config": {"medusa", "fsio"},
-    "plan": {"config", "medusa", "fsio"},
+    "config": {"engine_facts", "medusa", "fsio"},
+    "plan": {"config", "engine_facts", "medusa", "fsio"},
     "checkpoint": {"config", "medusa", "fsio", "outputs", "progress", "records"},
     "runtime": {"medusa", "integrity", "records", "fsio"},
     "serve": {"runtime"},
@@ -38,6 +39,7 @@ LAYERS: dict[str, set[str]] = {
     "engines": {
         "checkpoint",
         "config",
+        "engine_facts",
         "plan",
         "runtime",
         "serve",
@@ -50,7 +52,7 @@ LAYERS: dict[str, set[str]] = {
         "spec_counters",
         "supervise",
     },
-    "bench": {"config", "plan", "fsio", "outputs", "records", "spec_counters", "supervise"},
+    "bench": {"config", "engine_facts", "plan", "fsio", "outputs", "records", "spec_counters", "supervise"},
     "train": {"checkpoint", "config", "medusa", "runtime", "fsio", "outputs", "integrity", "records", "steps"},
     "demo": {"bench", "config", "engines", "medusa", "plan", "train", "fsio", "outputs", "records", "steps"},
     "cli": {
@@ -58,6 +60,7 @@ LAYERS: dict[str, set[str]] = {
         "checkpoint",
         "config",
         "demo",
+        "engine_facts",
         "engines",
         "logs",
         "medusa",
@@ -259,4 +262,68 @@ def test_no_private_name_is_used_across_parts() -> None:
                 target = modules_bound.get(node.value.id)
                 if target is not None and target != m:
                     found.append(f"{m}:{node.lineno} uses {target}.{node.attr}")
+    assert found == []
+
+
+def _literals(node: ast.AST | None) -> list[str]:
+    """The string constants ``node`` is, or holds directly (a tuple, list or set of them)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [v for e in node.elts for v in _literals(e)]
+    return []
+
+
+def engine_names_used(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """(line, how) wherever ``source`` decides by an engine's name: compares against it, spells it in a
+    ``Literal[...]``, matches it in a ``case``, keys a dict by it, or looks something up by it
+    (``.get("vllm")``, ``table["vllm"]``). Mentions in text (messages, docstrings) are not decisions."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            hits = [v for side in (node.left, *node.comparators) for v in _literals(side)]
+            how = "compares against"
+        elif isinstance(node, ast.Subscript):
+            target = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+            hits, how = _literals(node.slice), "Literal of" if target == "Literal" else "looks up"
+        elif isinstance(node, ast.MatchValue):
+            hits, how = _literals(node.value), "matches"
+        elif isinstance(node, ast.Dict):
+            hits, how = [v for k in node.keys for v in _literals(k)], "keys a dict by"
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "get":
+            hits, how = [v for a in node.args for v in _literals(a)], "gets"
+        else:
+            continue
+        found += [(node.lineno, f"{how} {v!r}") for v in hits if v in names]
+    return sorted(found)
+
+
+def test_the_checker_sees_each_way_of_naming_an_engine() -> None:
+    source = (
+        "engine: Literal['trtllm', 'reference']\n"
+        "if p.engine == 'vllm': pass\n"
+        "if name in ('vllm', 'x'): pass\n"
+        "match e:\n    case 'reference': pass\n"
+        "T = {'trtllm': 1}\n"
+        "m.get('engine', 'reference')\n"
+        "X['vllm']\n"
+        "msg = f'engine vllm takes no flags'; loc = ('vllm',); ok = 'vllm' in facts.sections\n"
+    )
+    found = engine_names_used(source, {"trtllm", "reference", "vllm"})
+    assert [line for line, _ in found] == [1, 1, 2, 3, 5, 6, 7, 8, 9]
+
+
+def test_only_the_facts_table_and_the_engines_name_an_engine() -> None:
+    """Adding an engine is its row in ``engine_facts`` and its package in ``engines/``: no other module
+    decides anything by an engine's name (the layers below ``engines/`` read the row's facts instead)."""
+    from medusa_trt import engine_facts
+    from medusa_trt.engines import ENGINES
+
+    own = {"medusa_trt.engine_facts", *ENGINES.values()}
+    found = [
+        f"{path.relative_to(SRC.parent)}:{line} {how}"
+        for m, path in MODULES.items()
+        if not any(m == o or m.startswith(o + ".") for o in own)
+        for line, how in engine_names_used(path.read_text(), set(engine_facts.FACTS))
+    ]
     assert found == []

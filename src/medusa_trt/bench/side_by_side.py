@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import fsio
+from medusa_trt import engine_facts, fsio
 from medusa_trt.bench.report import SCHEMA_VERSION, BenchReport
 from medusa_trt.bench.runner import BenchConfig, run_benchmark
 from medusa_trt.bench.server import read_engine_provenance
@@ -63,7 +63,8 @@ def engine_label(report: BenchReport, path: Path) -> str:
     kind = manifest.get("engine") or "server"
     tree = manifest.get("tree") or []
     from_paths = all(all(i == 0 for i in p) for p in tree)
-    drafting = f"chain {len(tree)}" if tree and (kind == "vllm" or from_paths) else f"tree {len(tree)}"
+    facts = engine_facts.find(kind)
+    drafting = f"chain {len(tree)}" if tree and ((facts and facts.chain) or from_paths) else f"tree {len(tree)}"
     return f"{path.name}: {kind} {drafting}" if tree else f"{path.name}: {kind}"
 
 
@@ -100,8 +101,10 @@ def run_side_by_side(
         if on_engine is not None:
             on_engine(path)
         manifest = (read_engine_provenance(path).get("manifest") or {}) if path.is_dir() else {}
-        # plain decoding beside Medusa needs a server that switches per request (ours); vLLM's cannot
-        compare = cfg.compare_no_medusa and manifest.get("engine", "reference") == "reference"
+        # plain decoding beside Medusa needs a server that switches per request (ours); vLLM's cannot.
+        # No manifest: a converted checkpoint, served by the engine that serves those.
+        facts = engine_facts.find(manifest.get("engine", engine_facts.CHECKPOINT_ENGINE))
+        compare = cfg.compare_no_medusa and facts is not None and facts.medusa_per_request
         one = dataclasses.replace(cfg, engine=path, url=None, simulate=None, compare_no_medusa=compare)
         report = run_benchmark(one, **(make_callbacks() if make_callbacks else {}))
         reports.append(report)

@@ -39,7 +39,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 class ResolvedSource:
     """A checkpoint on local disk, with where it came from."""
 
-    spec: str  # what the user gave
+    given: str  # what the user gave
     path: Path
     repo_id: str | None = None
     revision: str | None = None  # as asked (branch, tag or sha)
@@ -47,7 +47,7 @@ class ResolvedSource:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "spec": self.spec,
+            "spec": self.given,  # the key convert manifests have always had
             "path": str(self.path),
             "repo_id": self.repo_id,
             "revision": self.revision,
@@ -55,20 +55,20 @@ class ResolvedSource:
         }
 
 
-def resolve_source(spec: str | Path, *, kind: str, revision: str | None = None) -> ResolvedSource:
+def resolve_source(given: str | Path, *, kind: str, revision: str | None = None) -> ResolvedSource:
     """A local directory as is; a repo id fetched from the hub (kind: 'model' or 'heads')."""
-    path = Path(spec).expanduser()
+    path = Path(given).expanduser()
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(
-                f"{kind} source {spec}: not a directory",
+                f"{kind} source {given}: not a directory",
                 hint="Pass the directory that holds config.json and the weights.",
             )
-        return ResolvedSource(str(spec), path.resolve())
-    text = str(spec)
+        return ResolvedSource(str(given), path.resolve())
+    text = str(given)
     if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
         raise CheckpointError(
-            f"{kind} source {spec}: no such directory",
+            f"{kind} source {given}: no such directory",
             hint="Pass an existing local directory or a Hugging Face repo id (owner/name).",
         )
     return _fetch(text, kind=kind, revision=revision)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from medusa_trt import engine_facts
 from medusa_trt.cli._common import JsonOpt, ProfileOpt, emit_json, err_console
 
 if TYPE_CHECKING:
@@ -68,10 +69,10 @@ def build(
 def _print_header(plan: BuildPlan) -> None:
     s = plan.spec
     err_console.print(
-        f"[bold]build[/] {s.model.spec} -> {s.output} with profile {s.profile.name} "
+        f"[bold]build[/] {s.model.given} -> {s.output} with profile {s.profile.name} "
         f"({s.profile.id}): {s.engine}, tp {s.tp}, {s.dtype}"
         f"{', fp8' if s.quantization == 'fp8' else ''}, {s.num_medusa_heads} heads, "
-        + (f"a top-1 chain of {len(s.tree)}" if s.engine == "vllm" else f"{len(s.tree)}-node tree")
+        + (f"a top-1 chain of {len(s.tree)}" if engine_facts.get(s.engine).chain else f"{len(s.tree)}-node tree")
     )
 
 

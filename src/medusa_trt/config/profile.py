@@ -12,12 +12,14 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic_core import PydanticCustomError
 
-from medusa_trt import yamlread
+from medusa_trt import engine_facts, yamlread
 from medusa_trt.config import yaml_marks
 from medusa_trt.config.trtllm_flags import (
     TRTLLM_BUILD_DEPRECATED,
@@ -41,6 +43,19 @@ PosInt = Annotated[int, Field(ge=1)]
 FlagValue = str | bool | int | float
 
 DTYPE_BYTES: dict[str, float] = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+
+
+def _engine_name(value: object) -> object:
+    """A name in ``engine_facts.FACTS`` (read when validating, so a row added there is accepted), with
+    the error pydantic gives for a Literal."""
+    if isinstance(value, str) and value in engine_facts.FACTS:
+        return value
+    raise PydanticCustomError(
+        "literal_error", "Input should be {expected}", {"expected": engine_facts.spelled(engine_facts.names())}
+    )
+
+
+EngineName = Annotated[str, BeforeValidator(_engine_name)]
 
 
 class _Strict(BaseModel):
@@ -110,19 +125,19 @@ class Serve(_Strict):
 class HardwareProfile(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     description: str = ""
-    engine: Literal["trtllm", "reference", "vllm"]
+    engine: EngineName  # a row of engine_facts.FACTS
     hardware: Hardware
     parallelism: Parallelism = Parallelism()
     precision: Precision = Precision()
     limits: Limits
     medusa: MedusaSection
     trtllm_build: dict[str, FlagValue] = {}
-    vllm: dict[str, FlagValue] = {}  # engine vllm: more server flags (names without dashes, as trtllm_build)
+    vllm: dict[str, FlagValue] = {}  # vLLM's server flags (names without dashes, as trtllm_build)
     runtime_env: dict[str, str | int | float | bool] = {}
     serve: Serve = Serve()
 
     _source: Path | None = PrivateAttr(default=None)
-    _tree: tuple[str, list[list[int]]] | None = PrivateAttr(default=None)  # (spec key, resolved paths)
+    _tree: tuple[str, list[list[int]]] | None = PrivateAttr(default=None)  # (medusa.tree as JSON, its paths)
 
     @property
     def source(self) -> Path | None:
@@ -132,7 +147,7 @@ class HardwareProfile(_Strict):
     @property
     def tree(self) -> list[list[int]]:
         """The Medusa tree (named trees resolved to their paths)."""
-        key = json.dumps(self.medusa.tree)  # model_copy keeps private attrs: re-resolve when the spec changed
+        key = json.dumps(self.medusa.tree)  # model_copy keeps private attrs: re-resolve when medusa.tree changed
         if self._tree is None or self._tree[0] != key:
             from medusa_trt.medusa.trees import load_tree
 
@@ -196,7 +211,8 @@ def _cross_issues(p: HardwareProfile) -> list[Issue]:
         _build_flag_issues(p)
         + _runtime_env_issues(p)
         + _engine_issues(p)
-        + _vllm_issues(p)
+        + _section_issues(p)
+        + _fp8_device_issues(p)
         + _limit_issues(p)
         + _tree_issues(p)
     )
@@ -249,18 +265,25 @@ def _runtime_env_issues(p: HardwareProfile) -> list[Issue]:
     return issues
 
 
+def _alternatives(fits: Callable[[engine_facts.EngineFacts], bool], like: engine_facts.EngineFacts) -> str:
+    """The engines that draft as ``like`` does and pass ``fits``, for a hint: ``reference``."""
+    return " or ".join(f.name for f in engine_facts.FACTS.values() if f.drafting is like.drafting and fits(f))
+
+
 def _engine_issues(p: HardwareProfile) -> list[Issue]:
-    """What the engine needs of the device and precision (TensorRT-LLM on CUDA; the reference unquantized)."""
+    """What the engine needs of the device and precision (its row in engine_facts)."""
+    f, device = engine_facts.get(p.engine), p.hardware.device
     issues: list[Issue] = []
-    if p.engine == "trtllm" and p.hardware.device != "cuda":
+    if device not in f.devices:
+        others = _alternatives(lambda o: device in o.devices, f)
         issues.append(
             Issue(
                 ("hardware", "device"),
-                "engine trtllm needs device cuda",
-                hint="Use engine: reference for CPU profiles.",
+                f"engine {f.name} needs device {' or '.join(f.devices)}",
+                hint=f"Use engine: {others} for {device.upper()} profiles." if others else None,
             )
         )
-    if p.hardware.device == "cuda" and not p.hardware.gpu:
+    if device == "cuda" and not p.hardware.gpu:
         issues.append(
             Issue(
                 ("hardware",),
@@ -268,43 +291,54 @@ def _engine_issues(p: HardwareProfile) -> list[Issue]:
                 hint="e.g. gpu: H200 (matched against the names nvidia-smi reports).",
             )
         )
-    if p.engine == "reference" and p.precision.quantization != "none":
+    if not f.fp8_devices and p.precision.quantization != "none":
+        others = _alternatives(lambda o: bool(o.fp8_devices), f)
         issues.append(
             Issue(
                 ("precision", "quantization"),
-                "the reference engine runs unquantized checkpoints",
-                hint="Use quantization: none, or engine: trtllm for FP8.",
+                f"the {f.name} engine runs unquantized checkpoints",
+                hint="Use quantization: none" + (f", or engine: {others} for FP8." if others else "."),
             )
         )
-    if p.engine == "reference" and p.precision.kv_cache_dtype == "fp8":
+    if not f.fp8_devices and p.precision.kv_cache_dtype == "fp8":
         issues.append(
             Issue(
                 ("precision", "kv_cache_dtype"),
-                "the reference engine has no FP8 KV cache",
+                f"the {f.name} engine has no FP8 KV cache",
                 hint="Use auto, float32, float16 or bfloat16.",
             )
         )
     return issues
 
 
-def _vllm_issues(p: HardwareProfile) -> list[Issue]:
-    """engine vllm: its own flags in `vllm:`, none of TensorRT-LLM's; FP8 on GPUs only (vLLM's fp8 kernels)."""
-    if p.engine != "vllm":
-        return [Issue(("vllm",), f"a vllm section needs engine: vllm, not {p.engine}", on_key=True)] if p.vllm else []
+def _section_issues(p: HardwareProfile) -> list[Issue]:
+    """The sections only some engines read (engine_facts): set only for those; vLLM's flags not ours."""
+    f = engine_facts.get(p.engine)
+    if p.vllm and engine_facts.VLLM_FLAGS not in f.sections:
+        readers = " or ".join(o.name for o in engine_facts.FACTS.values() if engine_facts.VLLM_FLAGS in o.sections)
+        return [Issue(("vllm",), f"a vllm section needs engine: {readers}, not {f.name}", on_key=True)]
     issues = [
         Issue(("vllm", key), f"'{key}' is set by medusa-trt", hint=f"Set it through {VLLM_MANAGED[key]}.", on_key=True)
         for key in p.vllm
         if key in VLLM_MANAGED
     ]
-    if p.trtllm_build:
-        issues.append(Issue(("trtllm_build",), "engine vllm takes no trtllm-build flags", hint="Use the vllm section."))
-    if p.serve.extra_llm_api_options:
-        issues.append(
-            Issue(("serve", "extra_llm_api_options"), "a TensorRT-LLM option; engine vllm takes the vllm section")
-        )
-    if p.hardware.device == "cpu" and (p.precision.quantization == "fp8" or p.precision.kv_cache_dtype == "fp8"):
-        issues.append(Issue(("precision",), "vLLM's FP8 weights and KV cache need a GPU", hint="Use float32 on CPU."))
+    if p.trtllm_build and engine_facts.TRTLLM_BUILD not in f.sections:
+        hint = f"Use the {f.flags_section} section." if f.flags_section else None
+        issues.append(Issue(("trtllm_build",), f"engine {f.name} takes no trtllm-build flags", hint=hint))
+    if p.serve.extra_llm_api_options and engine_facts.LLM_API_OPTIONS not in f.sections:
+        takes = f"takes the {f.flags_section} section" if f.flags_section else "does not read it"
+        issues.append(Issue(("serve", "extra_llm_api_options"), f"a TensorRT-LLM option; engine {f.name} {takes}"))
     return issues
+
+
+def _fp8_device_issues(p: HardwareProfile) -> list[Issue]:
+    """An engine with FP8 on some devices only (vLLM's fp8 kernels: GPUs), on a device it otherwise runs on."""
+    f, device = engine_facts.get(p.engine), p.hardware.device
+    fp8 = p.precision.quantization == "fp8" or p.precision.kv_cache_dtype == "fp8"
+    if not fp8 or not f.fp8_devices or device in f.fp8_devices or device not in f.devices:
+        return []
+    need = " or ".join("a GPU" if d == "cuda" else f"a {d.upper()}" for d in f.fp8_devices)
+    return [Issue(("precision",), f"{f.title}'s FP8 weights and KV cache need {need}", hint="Use float32 on CPU.")]
 
 
 def _limit_issues(p: HardwareProfile) -> list[Issue]:
@@ -325,7 +359,7 @@ def _tree_issues(p: HardwareProfile) -> list[Issue]:
         tree = load_tree(p.medusa.tree)
     except TreeError as e:
         return [Issue(("medusa", "tree"), e.message, hint=e.hint)]
-    if p.engine == "vllm":
+    if engine_facts.get(p.engine).chain:
         return _chain_issues(p, tree)
     problems = tree_problems(tree, num_heads=p.medusa.num_heads, max_draft_len=p.medusa.max_draft_len)
     if problems:
@@ -341,14 +375,14 @@ def _tree_issues(p: HardwareProfile) -> list[Issue]:
 
 
 def _chain_issues(p: HardwareProfile, tree: list[list[int]]) -> list[Issue]:
-    """vLLM drafts a top-1 chain; max_draft_len caps its length (the heads' count may be lower)."""
+    """A top-1 chain (vLLM's drafting): max_draft_len caps its length (the heads' count may be lower)."""
     from medusa_trt.medusa.trees import chain, is_chain
 
     if not is_chain(tree) or len(tree) != p.medusa.max_draft_len:
         return [
             Issue(
                 ("medusa", "tree"),
-                "engine vllm drafts a top-1 chain: the tree must be the chain of max_draft_len nodes",
+                f"engine {p.engine} drafts a top-1 chain: the tree must be the chain of max_draft_len nodes",
                 hint=f"tree: {chain(p.medusa.max_draft_len)}",
             )
         ]
@@ -462,8 +496,8 @@ def profile_paths() -> dict[str, Path]:
     return found
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.endswith((".yaml", ".yml")) or os.sep in spec or "/" in spec
+def _looks_like_path(given: str) -> bool:
+    return given.endswith((".yaml", ".yml")) or os.sep in given or "/" in given
 
 
 def load_profile_file(path: Path, *, expect_name: str | None = None) -> HardwareProfile:
@@ -497,18 +531,18 @@ def load_profile_file(path: Path, *, expect_name: str | None = None) -> Hardware
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """A profile by name (see :func:`profile_paths`) or from a YAML file path."""
-    spec = str(name_or_path)
-    path = Path(spec).expanduser()
-    if isinstance(name_or_path, Path) or path.is_file() or _looks_like_path(spec):
-        logger.debug("profile %r: the file %s", spec, path)
+    given = str(name_or_path)
+    path = Path(given).expanduser()
+    if isinstance(name_or_path, Path) or path.is_file() or _looks_like_path(given):
+        logger.debug("profile %r: the file %s", given, path)
         return load_profile_file(path)
     paths = profile_paths()
-    if spec in paths:
-        logger.debug("profile %r: %s (searched %s)", spec, paths[spec], ", ".join(map(str, profile_dirs())))
-        return load_profile_file(paths[spec], expect_name=spec)
-    guess = closest(spec, set(paths))
+    if given in paths:
+        logger.debug("profile %r: %s (searched %s)", given, paths[given], ", ".join(map(str, profile_dirs())))
+        return load_profile_file(paths[given], expect_name=given)
+    guess = closest(given, set(paths))
     raise ProfileError(
-        f"unknown profile '{spec}'",
+        f"unknown profile '{given}'",
         hint=(f"Did you mean '{guess}'? " if guess else "")
         + f"Profiles: {', '.join(sorted(paths)) or '(none found)'}; or give a YAML file path.",
     )

@@ -6,10 +6,9 @@ Keys are vLLM flag names without the dashes, underscores for hyphens (``enforce_
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from collections.abc import Mapping
+
+from medusa_trt.engine_facts import VLLM_PYTHON_ENV, VLLM_TOOLKIT
 
 # Profile keys medusa-trt sets itself (from the profile's sections and the build), never through `vllm:`
 VLLM_MANAGED: dict[str, str] = {
@@ -33,12 +32,9 @@ VLLM_MANAGED: dict[str, str] = {
     "api_key": "run --api-key",
 }
 
-VLLM_PYTHON_ENV = "MEDUSA_TRT_VLLM_PYTHON"  # the interpreter of a separate vLLM environment
+__all__ = ["VLLM_MANAGED", "VLLM_PYTHON_ENV", "vllm_python"]
 
 
 def vllm_python(env: Mapping[str, str] | None = None) -> str | None:
     """The interpreter that runs vLLM: $MEDUSA_TRT_VLLM_PYTHON, else ours when vLLM is importable here."""
-    env = os.environ if env is None else env
-    if env.get(VLLM_PYTHON_ENV):
-        return env[VLLM_PYTHON_ENV]
-    return sys.executable if importlib.util.find_spec("vllm") is not None else None
+    return VLLM_TOOLKIT.interpreter(env)

@@ -1,22 +1,24 @@
 """The engine interface: what every engine (TensorRT-LLM, the reference runtime, vLLM) provides.
 
-An engine is one module (or package) under ``medusa_trt.engines`` exposing ``ENGINE``, an object
-with the attributes and methods of :class:`Engine`, and one line in ``engines.ENGINES``. Nothing
-else dispatches on an engine's name: ``build``, ``run``, ``run --prompt``, ``bench --engine`` (which
+An engine is one module (or package) ``medusa_trt.engines.<name>`` exposing ``ENGINE``, an object
+with the attributes and methods of :class:`Engine`, and one row in ``medusa_trt.engine_facts``.
+Nothing else dispatches on an engine's name: ``build``, ``run``, ``run --prompt``, ``bench --engine`` (which
 starts ``medusa-trt run``) and ``plan`` all go through ``engines.get(name)``.
 
 The contract, method by method:
 
-- ``name``: the profile's ``engine:`` value and the manifest's ``"engine"`` key; ``title`` the name
-  shown to people ("TensorRT-LLM").
-- ``capabilities``: what the engine can do (:class:`Capabilities`); read, never computed per call.
-- ``engine_dir``: the sub-directory of engine files its build writes (the manifest's ``engine_dir``,
-  e.g. TensorRT-LLM's ``engine/``), or None when it has none (the reference runtime serves the
-  converted checkpoint itself).
+- ``facts``: its row in ``medusa_trt.engine_facts`` (what the layers below ``engines/`` know of it:
+  profile rules, `plan`'s model). ``name`` (the profile's ``engine:`` value and the manifest's
+  ``"engine"`` key), ``title`` (the name shown to people, "TensorRT-LLM"), ``capabilities`` (what the
+  engine can do, :class:`Capabilities`) and ``engine_dir`` (the sub-directory of engine files its
+  build writes, the manifest's ``engine_dir``, e.g. TensorRT-LLM's ``engine/``, or None when it has
+  none) are the row's. ``config_file``: the serve configuration its build writes beside the manifest
+  (TensorRT-LLM's ``medusa.yaml``, the manifest's ``config``), or None.
 - ``build_steps(ctx)``: the ordered steps that turn the profile's sources into the engine's files
   under ``ctx.out``, from the first step (fetch, convert, quantize) up to, not including, the
   manifest, which the build writes itself. Pure: it reads ``ctx.spec`` and returns
-  :class:`BuildSteps` (steps and the notes ``build --dry-run`` shows); nothing is run or written.
+  :class:`BuildSteps` (steps, the notes ``build --dry-run`` shows and the documents of the files it
+  writes that ``build --dry-run --json`` shows); nothing is run or written.
   A ``StepKind.PYTHON`` step is run by a function from ``step_funcs`` (or a shared one: ``convert``,
   ``fetch-model``, ``fetch-medusa``, ``runtime-files``); a ``StepKind.PROCESS`` step runs its argv.
 - ``step_funcs(spec, out)``: the in-process functions of this engine's own ``StepKind.PYTHON`` steps,
@@ -40,7 +42,6 @@ The contract, method by method:
 
 from __future__ import annotations
 
-import enum
 import math
 import shlex
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medusa_trt import records
+from medusa_trt.engine_facts import Capabilities, EngineFacts
 from medusa_trt.steps import Step
 
 if TYPE_CHECKING:
@@ -58,35 +60,10 @@ if TYPE_CHECKING:
     from medusa_trt.serve.guard import ServeGuard
 
 GIB = 1024**3
-CHECKPOINT, ENGINE_SUBDIR = "checkpoint", "engine"  # sub-directories of an engine directory
+CHECKPOINT = "checkpoint"  # the TRT-LLM checkpoint, a sub-directory of an engine directory
 TREE_FILE, CONFIG_YAML = "medusa_tree.yaml", "medusa.yaml"
 MANIFEST = records.ENGINE.filename
 INTERNAL = "(in-process)"  # argv[0] of steps medusa-trt runs itself
-
-
-class Drafting(str, enum.Enum):
-    """How the engine drafts with the Medusa heads."""
-
-    TREE = "tree"  # a tree of candidates (medusa_choices), verified in one forward
-    CHAIN = "chain"  # the top-1 token of each of K heads, one chain
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    drafting: Drafting
-    sampling: bool  # temperature > 0 with the heads on
-    logprobs: bool  # logprobs in the OpenAI responses
-    hardware: str  # what serving needs, in words: "any machine", "NVIDIA GPUs (CUDA)"
-    api_key: bool  # the server checks `run --api-key` itself
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "drafting": self.drafting.value,
-            "sampling": self.sampling,
-            "logprobs": self.logprobs,
-            "hardware": self.hardware,
-            "api_key": self.api_key,
-        }
 
 
 @dataclass
@@ -95,6 +72,7 @@ class BuildSteps:
 
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
+    documents: dict[str, Any] = field(default_factory=dict)  # files it writes, as `build --dry-run --json` shows them
 
 
 @dataclass(frozen=True)
@@ -177,10 +155,12 @@ class GenerateRequest:
 class Engine(Protocol):
     """One engine; see the module docstring for what each member must do."""
 
+    facts: EngineFacts  # its row in engine_facts; the three below are read from it
     name: str
     title: str
     capabilities: Capabilities
     engine_dir: str | None
+    config_file: str | None
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps: ...
 

@@ -6,7 +6,7 @@ Layout of the output directory::
     engine/            trtllm-build output (TensorRT-LLM profiles only)
     tokenizer files    copied beside the manifest (trtllm-serve --tokenizer <out>)
     medusa_tree.yaml   the Medusa tree (medusa_choices)
-    medusa.yaml        the trtllm-serve --config YAML (speculative_config)
+    medusa.yaml        the trtllm-serve --config YAML (speculative_config; TensorRT-LLM profiles only)
     logs/              one log per external tool run
     .steps/            per-step stamps (input hash, output fingerprint) for resuming
     medusa-trt.json    the manifest, written last
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from medusa_trt import engines, fsio, integrity, outputs, records
 from medusa_trt.engines import recipe
-from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, MANIFEST, TREE_FILE
+from medusa_trt.engines.base import CHECKPOINT, MANIFEST, TREE_FILE
 from medusa_trt.engines.recipe import BuildPlan
 from medusa_trt.engines.spec import BuildSpec, resolve
 from medusa_trt.engines.versions import tool_versions
@@ -100,9 +100,9 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         funcs: dict[str, Callable[[], None]] = {
             "convert": lambda: _convert(spec, out),
             "runtime-files": lambda: _runtime_files(spec, owned),
-            "fetch-model": lambda: _fetch(spec.model.spec, spec.model.revision, out / "sources" / "model", "model"),
+            "fetch-model": lambda: _fetch(spec.model.given, spec.model.revision, out / "sources" / "model", "model"),
             "fetch-medusa": lambda: _fetch(
-                spec.medusa.spec if spec.medusa else "",
+                spec.medusa.given if spec.medusa else "",
                 spec.medusa.revision if spec.medusa else None,
                 out / "sources" / "medusa",
                 "heads",
@@ -203,9 +203,9 @@ def _convert(spec: BuildSpec, out: Path) -> None:
 
     heads = None
     if spec.medusa is not None and spec.model.format not in ("modelopt-fp8", "modelopt"):
-        heads = str(spec.medusa.local or spec.medusa.spec)
+        heads = str(spec.medusa.local or spec.medusa.given)
     convert_checkpoint(
-        str(spec.model.local or spec.model.spec),
+        str(spec.model.local or spec.model.given),
         out / CHECKPOINT,
         medusa=heads,
         tp=spec.tp,
@@ -247,7 +247,6 @@ def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
             hint="The model source must include tokenizer.json (or tokenizer.model).",
         )
     fsio.write_text(out / TREE_FILE, dump_tree(spec.tree))
-    fsio.write_text(out / CONFIG_YAML, recipe.medusa_yaml_text(spec))
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import engines, records
+from medusa_trt import engine_facts, engines, records
 from medusa_trt.engines.base import Engine, GenerateRequest, ServeCommand, ServeOptions
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.watchdog import FIRST_STEP_TIMEOUT_S, STEP_TIMEOUT_S
@@ -33,7 +33,8 @@ def load(engine_dir: Path) -> tuple[Engine, dict[str, Any]]:
         and any(engine_dir.glob("rank*.safetensors"))
     ):
         # a converted checkpoint (from `convert`) is served by the reference runtime as is
-        return engines.get("reference"), {"engine": "reference", "model_name": engine_dir.name, "runtime_env": {}}
+        name = engine_facts.CHECKPOINT_ENGINE
+        return engines.get(name), {"engine": name, "model_name": engine_dir.name, "runtime_env": {}}
     if not engine_dir.is_dir():
         raise CheckpointError(
             f"{engine_dir}: no such engine directory",
@@ -118,5 +119,6 @@ def generate(path: str | Path, request: GenerateRequest) -> dict[str, Any]:
     """One generation for `run DIR --prompt`, by the directory's engine."""
     path = Path(path)
     # without a manifest, `path` is a checkpoint (or not one): the reference runtime says which
-    engine = load(path.resolve())[0] if records.ENGINE.path(path).is_file() else engines.get("reference")
+    has_manifest = records.ENGINE.path(path).is_file()
+    engine = load(path.resolve())[0] if has_manifest else engines.get(engine_facts.CHECKPOINT_ENGINE)
     return engine.generate(path, request)

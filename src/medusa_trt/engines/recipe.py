@@ -1,10 +1,10 @@
 """The ordered steps of a build, from a resolved BuildSpec: what `build --dry-run` prints and `build` runs.
 
 The engine (``engines.get(spec.engine)``) lays out its own steps (``Engine.build_steps``, e.g.
-TensorRT-LLM: [fetch] -> convert or quantize -> trtllm-build -> runtime files; reference: convert ->
-runtime files -> validate); this module adds what every build shares: the manifest step, the serve
-step `run` would use (``Engine.serve_command``), the size estimates, and the steps several engines
-use (convert, runtime files).
+TensorRT-LLM: [fetch] -> convert or quantize -> trtllm-build -> runtime files -> serve config;
+reference: convert -> runtime files -> validate); this module adds what every build shares: the
+manifest step, the serve step `run` would use (``Engine.serve_command``), the size estimates, and the
+steps several engines use (convert, runtime files).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medusa_trt import engines
-from medusa_trt.engines.base import CHECKPOINT, CONFIG_YAML, GIB, INTERNAL, MANIFEST, TREE_FILE, PlanContext
+from medusa_trt.engines.base import CHECKPOINT, GIB, INTERNAL, MANIFEST, TREE_FILE, PlanContext
 from medusa_trt.engines.spec import BuildSpec
-from medusa_trt.engines.trtllm import commands as trtllm
 from medusa_trt.steps import Step, StepKind
 
 if TYPE_CHECKING:
@@ -29,6 +28,7 @@ class BuildPlan:
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
     checks: dict[str, Any] | None = None  # the `plan` preflight document, when it ran
+    documents: dict[str, Any] = field(default_factory=dict)  # the engine's own files, e.g. TRT-LLM's medusa_yaml
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
@@ -39,7 +39,7 @@ class BuildPlan:
             "notes": self.notes,
             "checks": self.checks,
             "steps": [s.to_json() for s in self.steps],
-            "medusa_yaml": medusa_yaml(self.spec),
+            **self.documents,
             "layout": layout(self.spec),
         }
 
@@ -49,22 +49,10 @@ def layout(spec: BuildSpec) -> dict[str, str | None]:
         "checkpoint_dir": CHECKPOINT,
         "engine_dir": engines.get(spec.engine).engine_dir,
         "tree": TREE_FILE,
-        "config": CONFIG_YAML,
+        "config": engines.get(spec.engine).config_file,
         "manifest": MANIFEST,
         "tokenizer_dir": ".",
     }
-
-
-def medusa_yaml(spec: BuildSpec) -> dict[str, Any]:
-    _flags, extra = trtllm.serve_settings(spec.profile.serve)
-    return trtllm.medusa_yaml_doc(
-        max_draft_len=spec.max_draft_len, num_medusa_heads=spec.num_medusa_heads, tree=spec.tree, extra=extra
-    )
-
-
-def medusa_yaml_text(spec: BuildSpec) -> str:
-    """``medusa.yaml`` as written into every engine directory."""
-    return trtllm.dump_medusa_yaml(medusa_yaml(spec))
 
 
 # --- size estimates (the same arithmetic as `plan`'s memory check, per step) ------------------------
@@ -76,7 +64,7 @@ def known_model(spec: BuildSpec) -> ModelShape | None:
 
     if spec.model.local is not None:
         return resolve_model(str(spec.model.local))
-    name = spec.model.spec.split("/")[-1].lower()
+    name = spec.model.given.split("/")[-1].lower()
     matches = [p for p in PRESETS if name.startswith(p)]
     return PRESETS[max(matches, key=len)] if matches else None
 
@@ -120,7 +108,8 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
         ),
         serve_step(spec, ctx.out, needs=ctx.needs("serve")),
     ]
-    return BuildPlan(spec, steps, [f"source format: {spec.model.format}", *spec.model.notes, *part.notes], checks)
+    notes = [f"source format: {spec.model.format}", *spec.model.notes, *part.notes]
+    return BuildPlan(spec, steps, notes, checks, part.documents)
 
 
 def spec_record(spec: BuildSpec) -> dict[str, Any]:
@@ -131,7 +120,7 @@ def spec_record(spec: BuildSpec) -> dict[str, Any]:
         "engine_dir": engines.get(spec.engine).engine_dir,
         "tokenizer_dir": ".",
         "tree_file": TREE_FILE,
-        "config": CONFIG_YAML,
+        "config": engines.get(spec.engine).config_file,
         "model_name": spec.model_name,
         "tree": spec.tree,
         "num_medusa_heads": spec.num_medusa_heads,
@@ -176,12 +165,12 @@ def convert_argv(spec: BuildSpec, out: Path, *, with_heads: bool) -> list[str]:
         "medusa-trt",
         "convert",
         "--model",
-        str(spec.model.local or spec.model.spec),
+        str(spec.model.local or spec.model.given),
         "--output",
         str(out / CHECKPOINT),
     ]
     if with_heads and spec.medusa is not None:
-        argv += ["--medusa", str(spec.medusa.local or spec.medusa.spec)]
+        argv += ["--medusa", str(spec.medusa.local or spec.medusa.given)]
     argv += [
         "--tp",
         str(spec.tp),
@@ -202,11 +191,11 @@ def convert_argv(spec: BuildSpec, out: Path, *, with_heads: bool) -> list[str]:
 
 
 def source_inputs(spec: BuildSpec) -> dict[str, Any]:
-    inputs: dict[str, Any] = {"model": spec.model.spec, "model_revision": spec.model.revision}
+    inputs: dict[str, Any] = {"model": spec.model.given, "model_revision": spec.model.revision}
     if spec.model.local is not None:
         inputs["model_dir"] = str(spec.model.local)
     if spec.medusa is not None:
-        inputs["medusa"] = spec.medusa.spec
+        inputs["medusa"] = spec.medusa.given
         inputs["medusa_revision"] = spec.medusa.revision
         if spec.medusa.local is not None:
             inputs["medusa_dir"] = str(spec.medusa.local)
@@ -235,12 +224,13 @@ def convert_step(ctx: PlanContext) -> Step:
 
 
 def runtime_files_step(spec: BuildSpec) -> Step:
+    """What every server of the checkpoint reads beside it: the tokenizer and the tree."""
     return Step(
         "runtime-files",
-        "tokenizer, medusa_tree.yaml and the trtllm-serve --config YAML",
-        [INTERNAL, "write", "tokenizer files", TREE_FILE, CONFIG_YAML],
-        inputs={"checkpoint_dir": CHECKPOINT, "yaml": medusa_yaml(spec)},
-        outputs=[TREE_FILE, CONFIG_YAML],
+        "tokenizer and medusa_tree.yaml",
+        [INTERNAL, "write", "tokenizer files", TREE_FILE],
+        inputs={"checkpoint_dir": CHECKPOINT, "tree": spec.tree},
+        outputs=[TREE_FILE],
         needs={"gpus": 0, "host": "any"},
         kind=StepKind.PYTHON,
     )

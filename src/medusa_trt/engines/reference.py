@@ -13,12 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import engine_facts
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import (
     CHECKPOINT,
     BuildSteps,
-    Capabilities,
-    Drafting,
     GenerateRequest,
     PlanContext,
     ServeCommand,
@@ -32,12 +31,10 @@ from medusa_trt.steps import Step, StepKind
 
 
 class Reference:
-    name = "reference"
-    title = "reference runtime"
-    engine_dir = None  # it runs the TRT-LLM checkpoint itself
-    capabilities = Capabilities(
-        drafting=Drafting.TREE, sampling=True, logprobs=True, hardware="any machine (CPU or CUDA)", api_key=True
-    )
+    facts = engine_facts.get("reference")
+    name, title, capabilities = facts.name, facts.title, facts.capabilities
+    engine_dir = facts.engine_subdir  # None: it runs the TRT-LLM checkpoint itself
+    config_file = None  # the tree and the profile are in the manifest
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps:
         return BuildSteps([recipe.convert_step(ctx), recipe.runtime_files_step(ctx.spec), _validate_step(ctx)])

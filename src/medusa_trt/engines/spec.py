@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import fsio
+from medusa_trt import engine_facts, fsio
 from medusa_trt.errors import CheckpointError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 class Source:
     """A model or heads source: a local directory or a Hugging Face repo id (with revision)."""
 
-    spec: str
+    given: str  # what the user gave: a directory or a repo id
     local: Path | None
     revision: str | None = None
     format: str = "hf"  # hf | modelopt-fp8 | modelopt | faster-decoding | unknown
@@ -39,7 +39,7 @@ class Source:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "spec": self.spec,
+            "spec": self.given,  # the key manifests and `build --dry-run --json` have always had
             "local": str(self.local) if self.local else None,
             "revision": self.revision,
             "format": self.format,
@@ -50,7 +50,7 @@ class Source:
 @dataclass
 class BuildSpec:
     profile: HardwareProfile
-    engine: str  # trtllm | reference | vllm
+    engine: str  # a row of engine_facts (the profile's engine:)
     model: Source
     medusa: Source | None
     output: Path
@@ -74,12 +74,7 @@ class BuildSpec:
 
     @property
     def model_name(self) -> str:
-        return self.model.spec.rstrip("/").split("/")[-1] if self.model.local is None else self.model.local.name
-
-    @property
-    def quantize_needed(self) -> bool:
-        """FP8 profile, BF16/FP16 source: ModelOpt PTQ runs before the build (docs/sources.md, checkpoint format)."""
-        return self.engine == "trtllm" and self.quantization == "fp8" and self.model.format != "modelopt-fp8"
+        return self.model.given.rstrip("/").split("/")[-1] if self.model.local is None else self.model.local.name
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,8 +100,8 @@ class BuildSpec:
         }
 
 
-def _is_repo_id(spec: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec)) and not Path(spec).exists()
+def _is_repo_id(given: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", given)) and not Path(given).exists()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -117,16 +112,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def detect_model(spec: str, revision: str | None = None) -> Source:
+def detect_model(given: str, revision: str | None = None) -> Source:
     """Classify a base-model source; a ModelOpt FP8 checkpoint converts directly (no quantize step)."""
-    path = Path(spec).expanduser()
+    path = Path(given).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CheckpointError(
                 f"{path}: no config.json (not a Hugging Face model directory)",
                 hint="Give a directory holding config.json and *.safetensors, or a hub repo id.",
             )
-        src = Source(spec, path.resolve(), revision)
+        src = Source(given, path.resolve(), revision)
         quant = path / "hf_quant_config.json"
         if quant.is_file():
             q = _read_json(quant)
@@ -136,9 +131,9 @@ def detect_model(spec: str, revision: str | None = None) -> Source:
                 src.format = "modelopt-fp8" if algo == "FP8" else "modelopt"
                 src.notes.append(f"ModelOpt checkpoint (quant_algo {algo or 'none'}): converted directly")
         return src
-    if _is_repo_id(spec):
+    if _is_repo_id(given):
         return Source(
-            spec,
+            given,
             None,
             revision or "main",
             "unknown",
@@ -148,22 +143,22 @@ def detect_model(spec: str, revision: str | None = None) -> Source:
             ],
         )
     raise InvalidInputError(
-        f"model '{spec}' is neither a local directory nor a Hugging Face repo id",
+        f"model '{given}' is neither a local directory nor a Hugging Face repo id",
         hint="Give a directory with config.json, or an id such as meta-llama/Llama-3.1-70B-Instruct.",
     )
 
 
-def detect_heads(spec: str, revision: str | None = None) -> tuple[Source, int | None, int | None]:
+def detect_heads(given: str, revision: str | None = None) -> tuple[Source, int | None, int | None]:
     """A Medusa-heads source and, for local FasterDecoding heads, (num_heads, num_layers) from the files."""
-    path = Path(spec).expanduser()
+    path = Path(given).expanduser()
     if path.is_dir():
-        src = Source(spec, path.resolve(), revision, "faster-decoding")
+        src = Source(given, path.resolve(), revision, "faster-decoding")
         heads, layers = _count_heads(path)
         return src, heads, layers
-    if _is_repo_id(spec):
-        return Source(spec, None, revision or "main", "unknown"), None, None
+    if _is_repo_id(given):
+        return Source(given, None, revision or "main", "unknown"), None, None
     raise InvalidInputError(
-        f"Medusa heads '{spec}' are neither a local directory nor a Hugging Face repo id",
+        f"Medusa heads '{given}' are neither a local directory nor a Hugging Face repo id",
         hint="Give a directory with config.json + medusa_lm_head.safetensors, or a repo id.",
     )
 
@@ -230,23 +225,26 @@ def resolve(
     out, sources["output"] = _output_dir(output, env, src, model, profile.name)
     heads, sources["num_medusa_heads"] = _file_or_profile(file_heads, profile.medusa.num_heads, "num_heads")
     layers, sources["num_medusa_layers"] = _file_or_profile(file_layers, profile.medusa.num_layers, "num_layers")
-    if profile.engine == "vllm":  # a top-1 chain, one token per head: as long as the heads allow
-        paths, max_draft_len = _vllm_chain(tree, int(heads), profile.medusa.max_draft_len)
-        sources["tree"] = sources["max_draft_len"] = "min(heads, profile medusa.max_draft_len): vLLM's top-1 chain"
+    facts = engine_facts.get(profile.engine)
+    if facts.chain:  # a top-1 chain, one token per head: as long as the heads allow
+        paths, max_draft_len = _top1_chain(facts, tree, int(heads), profile.medusa.max_draft_len)
+        sources["tree"] = sources["max_draft_len"] = (
+            f"min(heads, profile medusa.max_draft_len): {facts.title}'s top-1 chain"
+        )
         validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len)
     else:
-        tree_spec, sources["tree"] = _tree_spec(tree, env, profile)
-        paths = load_tree(tree_spec)
+        tree_given, sources["tree"] = _tree_given(tree, env, profile)
+        paths = load_tree(tree_given)
         max_draft_len, sources["max_draft_len"] = profile.medusa.max_draft_len, "profile medusa.max_draft_len"
         # the heads' tensors decide; the tree must not need a head they lack (NVIDIA's 8B Medusa has 3)
-        validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len, name=tree_name(tree_spec))
+        validate_tree(paths, num_heads=heads, max_draft_len=max_draft_len, name=tree_name(tree_given))
         if heads != profile.medusa.num_heads:
             logger.info(
                 "profile %s says medusa.num_heads: %d; the heads hold %d, and tree %s (depth %d) fits them: using %d",
                 profile.name,
                 profile.medusa.num_heads,
                 heads,
-                tree_name(tree_spec),
+                tree_name(tree_given),
                 max(len(p) for p in paths),
                 heads,
             )
@@ -308,13 +306,13 @@ def _heads_source(
 
 
 def _output_dir(
-    output: str | Path | None, env: dict[str, str], model: Source, spec: str, profile_name: str
+    output: str | Path | None, env: dict[str, str], model: Source, given: str, profile_name: str
 ) -> tuple[Path, str]:
     if output is not None:
         return Path(output), "flag --output"
     if env.get(OUTPUT_ENV):
         return Path(env[OUTPUT_ENV]), f"env {OUTPUT_ENV}"
-    slug = (model.local.name if model.local else spec.split("/")[-1]).lower()
+    slug = (model.local.name if model.local else given.split("/")[-1]).lower()
     return Path("engines") / f"{slug}-{profile_name}", "default engines/<model>-<profile>"
 
 
@@ -325,7 +323,7 @@ def _file_or_profile(from_files: int | None, from_profile: int, key: str) -> tup
     return from_profile, f"profile medusa.{key}"
 
 
-def _tree_spec(tree: str | None, env: dict[str, str], profile: HardwareProfile) -> tuple[str | list[list[int]], str]:
+def _tree_given(tree: str | None, env: dict[str, str], profile: HardwareProfile) -> tuple[str | list[list[int]], str]:
     if tree is not None:
         return tree, "flag --tree"
     if env.get(TREE_ENV):
@@ -333,13 +331,13 @@ def _tree_spec(tree: str | None, env: dict[str, str], profile: HardwareProfile) 
     return profile.medusa.tree, "profile medusa.tree"
 
 
-def _vllm_chain(tree: str | None, heads: int, cap: int) -> tuple[list[list[int]], int]:
-    """vLLM drafts the top-1 chain of min(heads, cap) tokens; a --tree is refused (it has no trees)."""
+def _top1_chain(facts: engine_facts.EngineFacts, tree: str | None, heads: int, cap: int) -> tuple[list[list[int]], int]:
+    """A chain engine (vLLM) drafts the top-1 chain of min(heads, cap) tokens; a --tree is refused."""
     from medusa_trt.medusa.trees import chain
 
     if tree is not None:
         raise InvalidInputError(
-            "--tree: vLLM drafts a top-1 chain, not a tree",
+            f"--tree: {facts.title} drafts a top-1 chain, not a tree",
             hint="Drop --tree; the chain is min(heads, the profile's medusa.max_draft_len) tokens long.",
         )
     k = min(heads, cap)

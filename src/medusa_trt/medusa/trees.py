@@ -53,11 +53,11 @@ def _parse(text: str, source: str) -> Tree:
     return [list(p) for p in data]
 
 
-def load_tree(spec: str | Path | Tree) -> Tree:
+def load_tree(given: str | Path | Tree) -> Tree:
     """A named tree, a YAML/JSON file path, or a literal list of paths."""
-    if isinstance(spec, list):
-        return [list(p) for p in spec]
-    name = str(spec)
+    if isinstance(given, list):
+        return [list(p) for p in given]
+    name = str(given)
     if name in named_trees():
         text = resources.files("medusa_trt.data").joinpath("trees").joinpath(f"{name}.yaml").read_text()
         return _parse(text, name)
@@ -135,9 +135,9 @@ def fitting_tree(num_heads: int, max_draft_len: int | None = None) -> str | None
     return max(fits)[1] if fits else None
 
 
-def tree_name(spec: str | Path | Tree) -> str:
+def tree_name(given: str | Path | Tree) -> str:
     """How an error names a tree: its name or file, or "the inline tree"."""
-    return "the inline tree" if isinstance(spec, list) else str(spec)
+    return "the inline tree" if isinstance(given, list) else str(given)
 
 
 def validate_tree(

@@ -9,9 +9,6 @@
 
 from medusa_trt.plan.perf import (
     DEFAULT_CONTEXT_LEN,
-    REFERENCE,
-    TRTLLM,
-    EngineConstants,
     Prediction,
     StepPrediction,
     default_tokens_per_step,
@@ -25,9 +22,6 @@ from medusa_trt.plan.report import PreflightReport, preflight_report
 
 __all__ = [
     "DEFAULT_CONTEXT_LEN",
-    "REFERENCE",
-    "TRTLLM",
-    "EngineConstants",
     "Prediction",
     "PreflightReport",
     "StepPrediction",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from medusa_trt import fsio
+from medusa_trt import engine_facts, fsio
 from medusa_trt.config.model import ModelShape
 from medusa_trt.config.profile import HardwareProfile
 from medusa_trt.medusa.trees import Tree, tree_problems, tree_stats
@@ -105,7 +105,7 @@ def check_limits(p: HardwareProfile, model: ModelShape) -> Check:
             f"{model.max_position_embeddings} (RoPE positions it was not trained on)"
         )
     need = lim.max_batch_size * (draft + 1)
-    if p.engine == "trtllm" and lim.max_num_tokens < need:
+    if engine_facts.get(p.engine).pads_to_max_draft_len and lim.max_num_tokens < need:
         verdict = "warn"
         notes.append(f"trtllm-build raises max_num_tokens {lim.max_num_tokens} to {need} (batch x (draft+1))")
     return Check(
@@ -129,7 +129,7 @@ def check_tree(tree: Tree, num_heads: int, max_draft_len: int) -> Check:
 
 def check_waste(p: HardwareProfile, model: ModelShape, tree: Tree, num_heads: int, context_len: int) -> Check:
     nodes, draft = len(tree), p.medusa.max_draft_len
-    if p.engine != "trtllm" or draft <= nodes:
+    if not engine_facts.get(p.engine).pads_to_max_draft_len or draft <= nodes:
         return Check("medusa_waste", "pass", f"{nodes + 1} tokens verified per step, none wasted")
     used = pm.step_time_ms(p, model, nodes + 1, context_len, num_heads)
     padded = pm.step_time_ms(p, model, draft + 1, context_len, num_heads)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from medusa_trt import engine_facts
+
 if TYPE_CHECKING:
     from medusa_trt.config.profile import HardwareProfile
 
@@ -117,15 +119,15 @@ def can_run(
     profile: HardwareProfile, gpus: tuple[Gpu, ...] | list[Gpu] | None = None, ram_gib: float | None = None
 ) -> tuple[bool, str]:
     """Whether this machine has what ``profile`` needs, and why not."""
-    hw = profile.hardware
+    hw, facts = profile.hardware, engine_facts.get(profile.engine)
     if hw.device == "cpu":
         ram = host_memory_gib() if ram_gib is None else ram_gib
         need = hw.memory_gib * hw.count
         if ram and ram < need:
             return False, f"needs {need:g} GiB RAM, this machine has {ram:.1f} GiB"
-        if profile.engine == "vllm":
-            return _vllm_found("vLLM on CPU")
-        return True, f"reference runtime on CPU ({hw.count} rank{'s' if hw.count > 1 else ''})"
+        if facts.toolkit is not None:
+            return _toolkit_found(facts.title, facts.toolkit, "CPU")
+        return True, f"{facts.title} on CPU ({hw.count} rank{'s' if hw.count > 1 else ''})"
     found = list(detect_gpus() if gpus is None else gpus)
     want = f"{hw.count}x {hw.gpu} ({hw.memory_gib:g} GiB)"
     if not found:
@@ -134,21 +136,14 @@ def can_run(
     if len(match) < hw.count:
         have = ", ".join(sorted({g.name for g in found}))
         return False, f"needs {want}; found {len(match)} matching of {len(found)} ({have})"
-    if profile.engine == "trtllm":
-        import importlib.util
-
-        if importlib.util.find_spec("tensorrt_llm") is None:
-            return False, f"has {want} but TensorRT-LLM is not installed (pip install 'medusa-trt[trtllm]')"
-    if profile.engine == "vllm":
-        return _vllm_found(f"vLLM on {len(match)}x {match[0].name}")
+    if facts.toolkit is not None:
+        return _toolkit_found(facts.title, facts.toolkit, f"{len(match)}x {match[0].name}")
     return True, f"{len(match)}x {match[0].name} found"
 
 
-def _vllm_found(what: str) -> tuple[bool, str]:
-    """Whether vLLM is installed here (or named by $MEDUSA_TRT_VLLM_PYTHON), without importing it."""
-    from medusa_trt.config.vllm_flags import VLLM_PYTHON_ENV, vllm_python
-
-    found = vllm_python()
+def _toolkit_found(title: str, kit: engine_facts.Toolkit, where: str) -> tuple[bool, str]:
+    """Whether the engine's toolkit is installed here (or in the interpreter its variable names), not imported."""
+    found, what = kit.interpreter(), f"{title} on {where}"
     if found is None:
-        return False, f"{what}: vLLM is not installed (pip install 'medusa-trt[vllm]', or set {VLLM_PYTHON_ENV})"
+        return False, f"{what}: {title} is not installed ({kit.install_hint()})"
     return True, f"{what} ({found})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from medusa_trt import engine_facts
 from medusa_trt.config.model import ModelShape
 from medusa_trt.config.profile import DTYPE_BYTES, HardwareProfile
 from medusa_trt.plan import perf as pm
@@ -65,7 +66,8 @@ def disk_need(
     mem = memory_per_gpu(profile, model, num_medusa_heads)
     rank_weights = sum(mem[k] for k in ("linear_weights", "embedding", "lm_head", "medusa_heads")) * GIB
     ckpt = rank_weights * tp * profile.parallelism.pp
-    engine = ckpt if profile.engine == "trtllm" else 0.0  # the reference "engine" is a manifest over the checkpoint
+    # engine files as large as the checkpoint (TensorRT engines); the others serve the checkpoint or the sources
+    engine = ckpt if engine_facts.get(profile.engine).compiles else 0.0
     out = {"hf_checkpoint": hf / GIB, "trtllm_checkpoint": ckpt / GIB, "engine": engine / GIB}
     out["total"] = sum(out.values())
     return out

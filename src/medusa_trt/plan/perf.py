@@ -17,53 +17,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from medusa_trt import engine_facts
 from medusa_trt.config.model import ModelShape
 from medusa_trt.config.profile import DTYPE_BYTES, HardwareProfile
+from medusa_trt.engine_facts import StepConstants
 
 DEFAULT_CONTEXT_LEN = 1024  # tokens in the KV cache when predicting: a chat-length prompt (KV reads ~negligible)
 ACCEPTANCE_PER_DEPTH = 0.6  # alpha for the default tokens/step (see default_tokens_per_step)
 AR_SMALL_BYTES = 32 * 1024  # all-reduce messages up to this size cost only the latency (sources.md, All-reduce)
 
 
-@dataclass(frozen=True)
-class EngineConstants:
-    """Per-engine constants of the step model; sources in docs/perf-model.md."""
-
-    hbm_efficiency: float  # eta: achieved fraction of the HBM bandwidth for small-M GEMMs
-    gemm_efficiency: float  # fraction of dense TFLOPS reached when a step turns compute-bound
-    layer_fixed_us: float  # latency-bound kernels per layer (norms, RoPE/KV append, attention, activation)
-    host_ms: float  # host / launch / sampling overhead per step
-    ar_bw_efficiency: float  # fraction of per-direction link bandwidth a one-shot all-reduce reaches
-    verify_token_us: float  # logits + sampling/acceptance cost per extra verified token
-    head_us: float  # fixed kernel cost per Medusa head (ResBlock GEMM, lm_head GEMM, top-k)
-    medusa_fixed_us: float  # tree acceptance and draft-buffer packing per step
-
-
-TRTLLM = EngineConstants(
-    hbm_efficiency=0.8,
-    gemm_efficiency=0.5,
-    layer_fixed_us=20.0,
-    host_ms=0.1,
-    ar_bw_efficiency=0.535,
-    verify_token_us=1.0,
-    head_us=10.0,
-    medusa_fixed_us=30.0,
-)
-# PyTorch eager on CPU: rough assumptions, not calibrated (the CPU path is for correctness; `bench` measures).
-REFERENCE = EngineConstants(
-    hbm_efficiency=0.5,
-    gemm_efficiency=0.3,
-    layer_fixed_us=150.0,
-    host_ms=2.0,
-    ar_bw_efficiency=0.5,
-    verify_token_us=20.0,
-    head_us=100.0,
-    medusa_fixed_us=500.0,
-)
-
-
-def constants_for(profile: HardwareProfile) -> EngineConstants:
-    return TRTLLM if profile.engine == "trtllm" else REFERENCE
+def constants_for(profile: HardwareProfile) -> StepConstants:
+    """The engine's step-time constants: its row in engine_facts (values and sources in docs/perf-model.md)."""
+    return engine_facts.get(profile.engine).step
 
 
 # --- bytes per rank ---------------------------------------------------------------------------------
@@ -210,7 +176,8 @@ def step_time_curve(
 
 def verify_tokens_for(profile: HardwareProfile, tree_nodes: int) -> int:
     """Tokens computed per Medusa step: TRT-LLM pads to max_draft_len+1, the reference runtime does not."""
-    return profile.medusa.max_draft_len + 1 if profile.engine == "trtllm" else tree_nodes + 1
+    padded = engine_facts.get(profile.engine).pads_to_max_draft_len
+    return profile.medusa.max_draft_len + 1 if padded else tree_nodes + 1
 
 
 def default_tokens_per_step(tree_depth: int, alpha: float = ACCEPTANCE_PER_DEPTH) -> float:

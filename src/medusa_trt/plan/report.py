@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import engine_facts
 from medusa_trt.config.model import ModelShape, resolve_model
 from medusa_trt.config.profile import HardwareProfile, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError, MedusaTrtError
@@ -141,7 +142,8 @@ def preflight_report(
     heads = prof.medusa.num_heads if num_medusa_heads is None else num_medusa_heads
     if heads < 1:
         raise InvalidInputError(f"--num-medusa-heads must be >= 1, got {heads}")
-    if prof.engine == "vllm":  # one token per head along the top-1 path: the chain the build will write
+    facts = engine_facts.get(prof.engine)
+    if facts.chain:  # one token per head along the top-1 path: the chain the build will write
         k = min(heads, prof.medusa.max_draft_len)
         medusa = prof.medusa.model_copy(update={"tree": chain(k), "max_draft_len": k, "num_heads": heads})
         prof = prof.model_copy(update={"medusa": medusa})
@@ -157,7 +159,7 @@ def preflight_report(
             tree_name(prof.medusa.tree),
             stats.depth,
         )
-    drafting = f"top-1 chain of {stats.depth}" if prof.engine == "vllm" else f"{stats.nodes}-node tree"
+    drafting = f"top-1 chain of {stats.depth}" if facts.chain else f"{stats.nodes}-node tree"
     if tokens_per_step is None and accuracy is not None:
         table = validate_accuracy(accuracy)
         if len(table) < stats.depth:
@@ -200,11 +202,11 @@ def preflight_report(
         ck.check_prediction(pred, default_tokens_per_step=tokens_per_step is None and accuracy is None),
     ]
     tree_doc = {
-        "spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",
+        "spec": prof.medusa.tree if isinstance(prof.medusa.tree, str) else "inline",  # `plan --json`'s key: kept
         "nodes": stats.nodes,
         "depth": stats.depth,
         "max_draft_len": prof.medusa.max_draft_len,
-        "drafting": "chain" if prof.engine == "vllm" else "tree",
+        "drafting": facts.drafting.value,
     }
     return PreflightReport(
         prof, shape, heads, not any(c.verdict == "fail" for c in checks), mem, disk, checks, pred, source, tree_doc

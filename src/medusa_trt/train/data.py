@@ -74,11 +74,11 @@ def _from_record(rec: Any, where: str) -> Prompt:
     )
 
 
-def load_prompts(spec: str | Path) -> list[Prompt]:
+def load_prompts(given: str | Path) -> list[Prompt]:
     """'builtin', a JSONL/JSON file of prompts, or a text file (prompts separated by blank lines)."""
-    if str(spec) == "builtin":
+    if str(given) == "builtin":
         return builtin_prompts()
-    path = Path(spec)
+    path = Path(given)
     try:
         text = path.read_text()
     except OSError as e:

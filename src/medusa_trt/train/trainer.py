@@ -139,12 +139,12 @@ def _stage(root: Path, name: str, key: dict[str, Any], resume: bool) -> Stage:
     return st.open()
 
 
-def _pick_tree(num_heads: int, spec: str | None) -> tuple[str, list[list[int]]]:
+def _pick_tree(num_heads: int, given: str | None) -> tuple[str, list[list[int]]]:
     from medusa_trt.medusa.trees import load_tree, named_trees, tree_problems
     from medusa_trt.runtime.config import simple_tree
 
-    if spec is not None:
-        return spec, load_tree(spec)
+    if given is not None:
+        return given, load_tree(given)
     fitting = [(len(t), n, t) for n in named_trees() if not tree_problems(t := load_tree(n), num_heads=num_heads)]
     if fitting:
         _, name, tree = max(fitting)

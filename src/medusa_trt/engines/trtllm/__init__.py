@@ -1,7 +1,7 @@
 """The TensorRT-LLM engine (1.0-1.2, TensorRT backend): build with trtllm-build, serve with trtllm-serve.
 
 Build: convert (or, for an FP8 profile with a BF16/FP16 source, [fetch] -> quantize.py with ModelOpt,
-heads unquantized) -> trtllm-build -> runtime files. Serve: ``trtllm-serve DIR/engine --backend
+heads unquantized) -> trtllm-build -> runtime files -> serve config (``medusa.yaml``). Serve: ``trtllm-serve DIR/engine --backend
 tensorrt ... --config DIR/medusa.yaml`` supervised as a child (``medusa_trt.supervise``); over several
 nodes, the mpirun/srun lines to launch it. The command lines themselves are in ``commands``.
 """
@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medusa_trt import engine_facts, fsio
 from medusa_trt.engines import recipe
 from medusa_trt.engines.base import (
     CHECKPOINT,
     CONFIG_YAML,
-    ENGINE_SUBDIR,
+    INTERNAL,
     BuildSteps,
-    Capabilities,
-    Drafting,
     GenerateRequest,
     PlanContext,
     ServeCommand,
@@ -35,23 +34,26 @@ from medusa_trt.errors import MissingDependencyError
 from medusa_trt.steps import Step, StepKind
 
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
+FACTS = engine_facts.get("trtllm")
+ENGINE_SUBDIR = str(FACTS.engine_subdir)  # trtllm-build's output: rank{r}.engine and config.json
+
+
+def quantize_needed(spec: BuildSpec) -> bool:
+    """FP8 profile, BF16/FP16 source: ModelOpt PTQ runs before the build (docs/sources.md, checkpoint format)."""
+    return spec.quantization == "fp8" and spec.model.format != "modelopt-fp8"
 
 
 class Trtllm:
-    name = "trtllm"
-    title = "TensorRT-LLM"
+    facts = FACTS
+    name, title, capabilities = facts.name, facts.title, facts.capabilities
     engine_dir = ENGINE_SUBDIR
-    # Medusa on TensorRT-LLM decodes greedily only (examples/medusa/README.md: "Medusa decoding only
-    # supporting greedy decoding"); logprobs are not claimed.
-    capabilities = Capabilities(
-        drafting=Drafting.TREE, sampling=False, logprobs=False, hardware="NVIDIA GPUs (CUDA)", api_key=False
-    )
+    config_file = CONFIG_YAML  # trtllm-serve --config: the speculative_config with the tree
 
     # --- build -----------------------------------------------------------------------------------
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps:
         spec, notes = ctx.spec, []
-        if spec.quantize_needed:
+        if quantize_needed(spec):
             notes.append(
                 "FP8 profile with a BF16/FP16 source: quantize.py (ModelOpt PTQ, --qformat fp8) runs on the GPU "
                 "host before trtllm-build; the Medusa heads stay unquantized (TRT-LLM merges them as float16)"
@@ -63,15 +65,20 @@ class Trtllm:
                     "ModelOpt FP8 checkpoint: converted directly (weights stay FP8, heads from the checkpoint)"
                 )
             steps = [recipe.convert_step(ctx)]
-        return BuildSteps([*steps, _build_step(ctx), recipe.runtime_files_step(spec)], notes)
+        steps += [_build_step(ctx), recipe.runtime_files_step(spec), _serve_config_step(spec)]
+        return BuildSteps(steps, notes, {"medusa_yaml": medusa_yaml(spec)})
 
     def step_funcs(self, spec: BuildSpec, out: Path) -> dict[str, Callable[[], None]]:
-        return {}  # quantize and trtllm-build are processes; convert and fetch are shared
+        # quantize and trtllm-build are processes; convert, fetch and the runtime files are shared
+        def serve_config() -> None:
+            fsio.write_text(out / CONFIG_YAML, commands.dump_medusa_yaml(medusa_yaml(spec)))
+
+        return {"serve-config": serve_config}
 
     def check_tools(self, spec: BuildSpec) -> dict[str, str | None]:
         """Exit 3 before any work when TensorRT-LLM (or quantize.py) is missing; returns its version."""
         version = commands.check_trtllm(("trtllm-build",))
-        if spec.quantize_needed:
+        if quantize_needed(spec):
             script = commands.quantize_script()
             if not script.is_file():
                 raise MissingDependencyError(
@@ -142,7 +149,28 @@ class Trtllm:
         runs that checkpoint as is, on any machine): the same weights trtllm-build compiled."""
         from medusa_trt import engines
 
-        return engines.get("reference").generate(path, request)
+        return engines.get(engine_facts.CHECKPOINT_ENGINE).generate(path, request)
+
+
+def medusa_yaml(spec: BuildSpec) -> dict[str, Any]:
+    """The trtllm-serve --config document: speculative_config (the heads, the tree) and the profile's
+    serve.extra_llm_api_options."""
+    _flags, extra = commands.serve_settings(spec.profile.serve)
+    return commands.medusa_yaml_doc(
+        max_draft_len=spec.max_draft_len, num_medusa_heads=spec.num_medusa_heads, tree=spec.tree, extra=extra
+    )
+
+
+def _serve_config_step(spec: BuildSpec) -> Step:
+    return Step(
+        "serve-config",
+        f"{CONFIG_YAML}: the trtllm-serve --config YAML (speculative_config with the tree)",
+        [INTERNAL, "write", CONFIG_YAML],
+        inputs={"yaml": medusa_yaml(spec)},
+        outputs=[CONFIG_YAML],
+        needs={"gpus": 0, "host": "any"},
+        kind=StepKind.PYTHON,
+    )
 
 
 def _serve_settings(manifest: dict[str, Any]) -> Any:
@@ -194,9 +222,9 @@ def _quantize_steps(ctx: PlanContext) -> list[Step]:
         steps.append(
             Step(
                 f"fetch-{role}",
-                f"download {src.spec} (quantize.py needs local files)",
-                ["hf", "download", src.spec, "--revision", src.revision or "main", "--local-dir", str(local)],
-                inputs={"repo": src.spec, "revision": src.revision},
+                f"download {src.given} (quantize.py needs local files)",
+                ["hf", "download", src.given, "--revision", src.revision or "main", "--local-dir", str(local)],
+                inputs={"repo": src.given, "revision": src.revision},
                 outputs=[f"sources/{role}"],
                 needs=ctx.needs(f"fetch-{role}"),
                 kind=StepKind.PYTHON,

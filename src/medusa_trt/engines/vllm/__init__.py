@@ -12,11 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medusa_trt import records
+from medusa_trt import engine_facts, records
 from medusa_trt.engines.base import (
     BuildSteps,
-    Capabilities,
-    Drafting,
     GenerateRequest,
     PlanContext,
     ServeCommand,
@@ -28,16 +26,10 @@ from medusa_trt.engines.vllm import commands
 
 
 class Vllm:
-    name = "vllm"
-    title = "vLLM"
-    engine_dir = None  # the heads are in the manifest's vllm.heads_dir; the model is served from where it is
-    capabilities = Capabilities(
-        drafting=Drafting.CHAIN,
-        sampling=True,
-        logprobs=True,
-        hardware="NVIDIA GPUs, or a CPU with vLLM's CPU build",
-        api_key=True,
-    )
+    facts = engine_facts.get("vllm")
+    name, title, capabilities = facts.name, facts.title, facts.capabilities
+    engine_dir = facts.engine_subdir  # None: the heads are in the manifest's vllm.heads_dir
+    config_file = None  # its server flags are in the manifest's vllm.args
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps:
         commands.check_sources(ctx.spec)

@@ -134,7 +134,7 @@ def check_sources(spec: BuildSpec) -> None:
     """What vLLM cannot load, refused with the reason before any work (exit 4)."""
     if spec.model.format in ("modelopt-fp8", "modelopt"):
         raise IncompatibleError(
-            f"{spec.model.spec}: vLLM cannot serve a ModelOpt combined checkpoint as the base model: its Llama "
+            f"{spec.model.given}: vLLM cannot serve a ModelOpt combined checkpoint as the base model: its Llama "
             "loader refuses the medusa_heads.* tensors stored beside the model's (vllm/model_executor/models/"
             "utils.py, AutoWeightsLoader)",
             hint="Give the BF16 model as --model (hgx-h200-vllm-fp8-tp8 quantizes it to FP8 on load) and this "
@@ -157,7 +157,7 @@ def _model_shape(spec: BuildSpec) -> ModelShape | None:
 
     if spec.model.local is not None:
         return resolve_model(str(spec.model.local))
-    name = spec.model.spec.split("/")[-1].lower()
+    name = spec.model.given.split("/")[-1].lower()
     matches = [p for p in PRESETS if name.startswith(p)]
     return PRESETS[max(matches, key=len)] if matches else None
 
@@ -166,7 +166,7 @@ def _check_cpu_head_size(spec: BuildSpec) -> None:
     m = _model_shape(spec)
     if m is not None and m.head_dim not in CPU_HEAD_SIZES:
         raise IncompatibleError(
-            f"{spec.model.spec}: head size {m.head_dim}; vLLM's CPU attention takes "
+            f"{spec.model.given}: head size {m.head_dim}; vLLM's CPU attention takes "
             f"{', '.join(map(str, CPU_HEAD_SIZES))}",
             hint="Serve this model with the reference runtime (profile cpu), or vLLM on a GPU.",
         )
@@ -185,7 +185,7 @@ def model_reference(spec: BuildSpec) -> tuple[str, str | None]:
     """The model as vLLM gets it: a local directory's absolute path, or the hub id and its revision."""
     if spec.model.local is not None:
         return str(spec.model.local), None
-    return spec.model.spec, spec.model.revision
+    return spec.model.given, spec.model.revision
 
 
 def server_args(spec: BuildSpec, out: Path, ref: tuple[str, str | None] | None = None) -> list[str]:
@@ -216,7 +216,7 @@ def write_heads(spec: BuildSpec, out: Path) -> dict[str, Any]:
     from medusa_trt.checkpoint.vllm_heads import write_vllm_heads
 
     assert spec.medusa is not None
-    src = spec.medusa.local or resolve_source(spec.medusa.spec, kind="heads", revision=spec.medusa.revision).path
+    src = spec.medusa.local or resolve_source(spec.medusa.given, kind="heads", revision=spec.medusa.revision).path
     (out / HEADS_DIR).mkdir(parents=True, exist_ok=True)
     info = write_vllm_heads(Path(src), out / HEADS_DIR, chain=spec.max_draft_len, dtype=spec.dtype)
     return info.to_json()
@@ -387,7 +387,7 @@ def build_steps(spec: BuildSpec, out: Path) -> tuple[list[Step], list[str]]:
     from medusa_trt.steps import Step, StepKind
 
     model, revision = model_reference(spec)
-    heads_in = {"medusa": spec.medusa.spec if spec.medusa else None, "medusa_revision": None}
+    heads_in = {"medusa": spec.medusa.given if spec.medusa else None, "medusa_revision": None}
     if spec.medusa is not None:
         heads_in["medusa_revision"] = spec.medusa.revision
         if spec.medusa.local is not None:
