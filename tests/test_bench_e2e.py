@@ -5,9 +5,11 @@ Every reported figure is checked against the server's own Prometheus counters (t
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -126,3 +128,100 @@ def test_engine_mode_starts_and_stops_our_server(tiny_engine: Path) -> None:
     # the server is gone afterwards: its URL no longer answers
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{rep.server['url']}/health", timeout=1)
+
+
+KEY = "bench-key"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(tiny_engine: Path) -> Iterator[str]:
+    """Our real app requiring an API key (`run --api-key`), under uvicorn on loopback."""
+    from medusa_trt.runtime import load_engine
+    from medusa_trt.serve import ServeGuard, create_app
+
+    engine = load_engine(tiny_engine)
+    try:
+        with app_in_thread(create_app(engine, guard=ServeGuard(api_key=KEY)), start_timeout_s=60) as url:
+            yield url
+    finally:
+        engine.close()
+
+
+def _bench_cli(
+    url: str, extra: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, dict[str, Any] | None]:
+    """`medusa-trt bench` as a user runs it (sys.argv too: the report keeps the command line)."""
+    from medusa_trt.cli import run
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--url", url, "--num-prompts", "2", "--max-tokens", "4", "--warmup", "0", "--json-out", str(out)]
+    monkeypatch.setattr("sys.argv", ["medusa-trt", *argv, *extra])
+    code = run([*argv, *extra])
+    return code, json.loads(out.read_text()) if out.exists() else None
+
+
+def test_api_key_is_sent_and_kept_out_of_the_report(
+    keyed_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MEDUSA_TRT_API_KEY", raising=False)
+    code, doc = _bench_cli(keyed_url, ["--api-key", f" {KEY}\n"], tmp_path, monkeypatch)
+    assert code == 0 and doc is not None
+    assert "stripped 2 whitespace characters" in capsys.readouterr().err
+    assert doc["runs"][0]["completed"] == 2 and doc["runs"][0]["failed"] == 0
+    assert KEY not in json.dumps(doc) and doc["command"][-2:] == ["--api-key", "***"]
+    assert doc["config"]["api_key_sent"] is True
+
+
+def test_api_key_from_the_environment(keyed_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDUSA_TRT_API_KEY", KEY)
+    code, doc = _bench_cli(keyed_url, [], tmp_path, monkeypatch)
+    assert code == 0 and doc is not None and doc["runs"][0]["completed"] == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "extra", "message"),
+    [
+        (None, [], "requires an API key (HTTP 401"),
+        (None, ["--api-key", "not-the-key"], "refused the API key (HTTP 401"),
+        ("", [], "is empty"),
+        ("  \t", [], "is empty after stripping whitespace"),
+        (None, ["--api-key", "a\x01b"], "control character"),
+    ],
+)
+def test_missing_wrong_or_bad_api_key_is_exit_2(
+    keyed_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: str | None,
+    extra: list[str],
+    message: str,
+) -> None:
+    if env is None:
+        monkeypatch.delenv("MEDUSA_TRT_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("MEDUSA_TRT_API_KEY", env)
+    code, doc = _bench_cli(keyed_url, extra, tmp_path, monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and doc is None
+    assert message in err and "hint:" in err and "Traceback" not in err
+
+
+def test_engine_mode_starts_the_server_with_the_key(tiny_engine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench --engine DIR --api-key KEY`: the server started for the run requires KEY, and bench sends it."""
+    from contextlib import contextmanager
+
+    from medusa_trt.bench import runner, server
+
+    refused: list[int] = []
+
+    @contextmanager
+    def watched(*args: Any, **kw: Any) -> Iterator[str]:
+        with server.engine_server(*args, **kw) as url:  # the real child server
+            refused.append(httpx.get(f"{url}/v1/models", timeout=30).status_code)  # no key sent here
+            yield url
+
+    monkeypatch.setattr(runner, "engine_server", watched)
+    rep = run_benchmark(BenchConfig(engine=tiny_engine, num_prompts=1, max_tokens=3, warmup=0, api_key=KEY))
+    run = rep.run(1)
+    assert refused == [401] and run is not None and run["completed"] == 1

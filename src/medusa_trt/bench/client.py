@@ -181,9 +181,15 @@ async def stream_request(
     return rec
 
 
-def make_client(base_url: str, concurrency: int, timeout_s: float) -> httpx.AsyncClient:
+def auth_headers(api_key: str | None) -> dict[bytes, bytes]:
+    """`Authorization: Bearer KEY` when there is a key. UTF-8 bytes: the server compares the key's
+    UTF-8 encoding, and httpx would refuse a str header value that is not ASCII."""
+    return {b"Authorization": f"Bearer {api_key}".encode()} if api_key else {}
+
+
+def make_client(base_url: str, concurrency: int, timeout_s: float, api_key: str | None = None) -> httpx.AsyncClient:
     """One pooled client for all users: one keep-alive connection per concurrent user."""
     _skip_missing_sniffio()
     limits = httpx.Limits(max_connections=max(concurrency, 1) + 2, max_keepalive_connections=max(concurrency, 1) + 2)
     timeout = httpx.Timeout(timeout_s, connect=10.0)
-    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout)
+    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, headers=auth_headers(api_key))

@@ -49,6 +49,7 @@ class BenchConfig:
     simulate: str | None = None  # a hardware profile name or YAML path
     sim_model: str = "llama-3.1-70b"  # model preset for the simulation
     command: list[str] | None = field(default=None)
+    api_key: str | None = field(default=None, repr=False)  # sent as a bearer token; never written to the report
 
     def validate(self) -> None:
         if (self.url is None) == (self.engine is None):
@@ -234,7 +235,7 @@ async def _measure_all(
     on_request: RequestCallback | None,
 ) -> None:
     col.task, col.loop = asyncio.current_task(), asyncio.get_running_loop()
-    async with make_client(url, max(cfg.concurrency), cfg.request_timeout_s) as client:
+    async with make_client(url, max(cfg.concurrency), cfg.request_timeout_s, cfg.api_key) as client:
         modes: tuple[bool | None, ...] = (True, False) if cfg.compare_no_medusa else (None,)
         for i in range(cfg.warmup):
             for m in modes:
@@ -262,7 +263,7 @@ def _measure(
     on_level: LevelCallback | None,
     on_request: RequestCallback | None,
 ) -> BenchReport:
-    info = probe(url)
+    info = probe(url, api_key=cfg.api_key)
     model = cfg.served_model or info.model
     if not model:
         raise InvalidInputError(f"{url}/v1/models lists no model", hint="Pass --served-model NAME.")
@@ -271,8 +272,9 @@ def _measure(
     conf = {
         k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
         for k, v in asdict(cfg).items()
-        if k != "command"
+        if k not in ("command", "api_key")
     }
+    conf["api_key_sent"] = cfg.api_key is not None
     report = BenchReport(
         tool={"name": "medusa-trt", "version": __version__},
         server=info.to_json(),
@@ -314,7 +316,7 @@ def run_benchmark(
         check_simulation(cfg.simulate, cfg.sim_model)  # a bad profile fails before minutes of measuring
     if cfg.engine is not None:
         engine = read_engine_provenance(Path(cfg.engine))
-        with engine_server(Path(cfg.engine), cfg.server_start_timeout_s) as url:
+        with engine_server(Path(cfg.engine), cfg.server_start_timeout_s, cfg.api_key) as url:
             report = _measure(cfg, url, prompts, engine, on_level, on_request)
     else:
         assert cfg.url is not None

@@ -14,10 +14,13 @@ from typing import Any
 import httpx
 
 from medusa_trt import records
+from medusa_trt.bench.client import auth_headers
 from medusa_trt.errors import InvalidInputError, ServerError
 from medusa_trt.supervise import Supervisor, free_port
 
 logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "MEDUSA_TRT_API_KEY"  # what `medusa-trt run` reads (serve.guard; bench does not import serve)
 
 
 @dataclass
@@ -31,14 +34,16 @@ class ServerInfo:
         return {"url": self.url, "model": self.model, "version": self.version, "headers": self.headers}
 
 
-def probe(url: str, timeout_s: float = 5.0) -> ServerInfo:
-    """Fail fast (ServerError) when nothing answers at `url`; else the model and version it reports."""
+def probe(url: str, timeout_s: float = 5.0, api_key: str | None = None) -> ServerInfo:
+    """Fail fast (ServerError) when nothing answers at `url`, InvalidInputError when it wants another
+    API key; else the model and version it reports."""
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise InvalidInputError(f"--url must start with http:// or https://, got {url!r}")
     try:
-        with httpx.Client(base_url=url, timeout=timeout_s) as c:
+        with httpx.Client(base_url=url, timeout=timeout_s, headers=auth_headers(api_key)) as c:
             models = c.get("/v1/models")
+            _check_auth(url, models.status_code, api_key)
             info = ServerInfo(url=url, model=None)
             if "server" in models.headers:
                 info.headers["server"] = models.headers["server"]
@@ -66,6 +71,21 @@ def probe(url: str, timeout_s: float = 5.0) -> ServerInfo:
         raise ServerError(f"{url}: unexpected answer to GET /v1/models ({e})") from None
 
 
+def _check_auth(url: str, status: int, api_key: str | None) -> None:
+    """401/403 on /v1/models: the server wants a key we did not send, or not this one."""
+    if status not in (401, 403):
+        return
+    if api_key is None:
+        raise InvalidInputError(
+            f"{url} requires an API key (HTTP {status} on /v1/models)",
+            hint=f"Pass --api-key KEY or set {API_KEY_ENV}.",
+        )
+    raise InvalidInputError(
+        f"{url} refused the API key (HTTP {status} on /v1/models)",
+        hint=f"Give the key the server was started with (--api-key or {API_KEY_ENV}).",
+    )
+
+
 def read_engine_provenance(engine_dir: Path) -> dict[str, Any]:
     """The engine manifest (medusa-trt.json) and the profile it was built for, when present."""
     out: dict[str, Any] = {"dir": str(engine_dir.resolve()), "manifest": None, "profile": None}
@@ -76,9 +96,10 @@ def read_engine_provenance(engine_dir: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def engine_server(engine_dir: Path, start_timeout_s: float = 600.0) -> Iterator[str]:
+def engine_server(engine_dir: Path, start_timeout_s: float = 600.0, api_key: str | None = None) -> Iterator[str]:
     """Start `medusa-trt run ENGINE_DIR` on a free loopback port (``supervise.Supervisor``); yield its URL;
-    stop it (SIGTERM, then SIGKILL)."""
+    stop it (SIGTERM, then SIGKILL). With `api_key` the server requires that key (through the
+    environment: a key stays out of argv and `ps`)."""
     if not engine_dir.is_dir():
         raise InvalidInputError(
             f"engine directory not found: {engine_dir}", hint="Build one with `medusa-trt build`, or pass --url."
@@ -90,7 +111,7 @@ def engine_server(engine_dir: Path, start_timeout_s: float = 600.0) -> Iterator[
         open(os.devnull, "w") as sink,
         Supervisor(
             argv,
-            env={"PYTHONUNBUFFERED": "1"},
+            env={"PYTHONUNBUFFERED": "1", **({API_KEY_ENV: api_key} if api_key else {})},
             host="127.0.0.1",
             port=port,
             startup_timeout_s=start_timeout_s,

@@ -103,10 +103,27 @@ def bench_cmd(
         str | None,
         typer.Option("--simulate", help="Hardware profile: print the analytic prediction at the measured tokens/step."),
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="MEDUSA_TRT_API_KEY",
+            show_envvar=True,
+            help="Send `Authorization: Bearer KEY` (a server started with --api-key); with --engine, the server "
+            "started for the run requires it.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Benchmark a server: TTFT, TPOT, ITL, E2EL, tokens/s/user, tokens/step (vLLM key names)."""
+    import os
+
     from medusa_trt.bench import BenchConfig, run_benchmark
+    from medusa_trt.engines.launch import api_key_setting
+
+    api_key, note = api_key_setting(api_key, os.environ, without="to send none")
+    if note is not None:
+        err_console.print(note, markup=False)
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise InvalidInputError(f"--plot must name a .png file, got {plot}")
@@ -135,7 +152,8 @@ def bench_cmd(
         request_timeout_s=timeout,
         simulate=simulate,
         sim_model=model,
-        command=["medusa-trt", *sys.argv[1:]],
+        command=["medusa-trt", *_redact_key(sys.argv[1:])],
+        api_key=api_key,
     )
     if len(engines) > 1:
         _side_by_side(cfg, engines, json_path, plot, json_out)
@@ -148,6 +166,20 @@ def bench_cmd(
     if json_out:
         emit_json(report.to_json())
     _raise_if_nothing_measured(report)
+
+
+def _redact_key(argv: list[str]) -> list[str]:
+    """The command line as the report keeps it: the value of --api-key replaced by ***."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+        elif arg.startswith("--api-key="):
+            out.append("--api-key=***")
+        else:
+            out.append(arg)
+        hide = arg == "--api-key" and not hide
+    return out
 
 
 class _LevelProgress:

@@ -40,8 +40,12 @@ class ServeGuard:
     template_timeout_s: float = TEMPLATE_TIMEOUT_S  # a chat template's rendering, per request
 
 
-def api_key_setting(value: str | None, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+def api_key_setting(
+    value: str | None, env: Mapping[str, str], without: str = "to serve without one"
+) -> tuple[str | None, str | None]:
     """The key to require (None: no auth) and a note to print, from ``--api-key`` or the environment.
+
+    The same rules for the key a client sends (`bench`); ``without`` ends the hint of an empty key.
 
     A secret file usually ends in a newline that no client sends, so surrounding whitespace is
     stripped (and said). A variable that is set but empty, or blank, is refused: it reads as "auth on"
@@ -57,7 +61,7 @@ def api_key_setting(value: str | None, env: Mapping[str, str]) -> tuple[str | No
     if not key:
         raise InvalidInputError(
             f"the API key ({where}) is empty" + (" after stripping whitespace" if value else ""),
-            hint=f"Set a key, or unset {API_KEY_ENV} (and drop --api-key) to serve without one.",
+            hint=f"Set a key, or unset {API_KEY_ENV} (and drop --api-key) {without}.",
         )
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
         raise InvalidInputError(
