@@ -13,7 +13,8 @@ interpreter, ``benchmarks/vllm_decode.py``): the same model, heads (written in v
 biases kept), token-id prompts, greedy, one request at a time, every request exactly ``--tokens`` tokens.
 It prints tokens/s, tokens/step, Medusa/plain and the cost of one step in plain steps of the same engine,
 for plain, chain (a top-1 chain of min(heads, 4), vLLM's drafting) and tree (ours: the engine's tree,
-adaptive), checks that every output is identical, and the issue's targets against the numbers.
+adaptive), and transformers' ``generate`` (plain, static cache; ``--no-transformers`` leaves it out),
+checks that every output is identical, and the targets against the numbers.
 
 The second form measures a given Hugging Face model (e.g. the demo's, from its cache dir) with given
 Medusa heads, or with heads initialised from its lm_head (``lm_head``: they predict the next token
@@ -275,6 +276,7 @@ def run_generation(engine: Any, medusa: bool, tokens: int, repeats: int) -> dict
     return best
 
 
+ENGINES = ("ours", "vllm", "transformers")
 CHAIN = 4  # vLLM drafts a top-1 chain: min(heads, CHAIN) tokens, as the cpu-vllm profile does
 
 
@@ -305,6 +307,42 @@ def generation_pass(engine: Any, prompts: list[list[int]], medusa: bool, tokens:
         "tokens_per_step": (total - len(prompts)) / max(steps, 1),  # the prefill's tokens are no step's
         "outputs": outputs,
     }
+
+
+class HFGreedy:
+    """transformers' ``generate`` on the same model: float32, greedy, a static KV cache (its fastest eager
+    path for one sequence), end-of-sequence ignored so every request yields exactly the same count."""
+
+    def __init__(self, model: Path) -> None:
+        import torch
+        from transformers import LlamaForCausalLM
+
+        self.torch = torch
+        self.model = LlamaForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
+        self.model.generation_config.eos_token_id = None  # as ignore_eos: no token ends a request
+
+    def generate(self, ids: list[int], tokens: int) -> list[int]:
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                self.torch.tensor([ids]),
+                max_new_tokens=tokens,
+                do_sample=False,
+                cache_implementation="static",
+                pad_token_id=0,
+            )
+        return [int(t) for t in out[0, len(ids) :]]
+
+
+def hf_pass(hf: HFGreedy, prompts: list[list[int]], tokens: int) -> dict[str, Any]:
+    """``generation_pass`` for transformers: tokens/s over the wall time of whole generations, the outputs."""
+    wall, total, outputs = 0.0, 0, []
+    for ids in prompts:
+        t0 = time.perf_counter()
+        out = hf.generate(ids, tokens)
+        wall += time.perf_counter() - t0
+        total += len(out)
+        outputs.append(out)
+    return {"tokens_per_s": total / wall, "tokens_per_step": 1.0, "outputs": outputs}
 
 
 def run_vllm(a: argparse.Namespace, work: Path, model: Path, heads: Path | None, k: int) -> dict[str, Any]:
@@ -356,13 +394,23 @@ def vs_vllm(a: argparse.Namespace) -> dict[str, Any]:
             modes = {"plain": (tree_engine, False), "chain": (chain_engine, True), "tree": (tree_engine, True)}
             generation_pass(tree_engine, prompts[:2], False, 8)  # warm-up
             generation_pass(tree_engine, prompts, True, a.tokens)  # the adaptive tree learns, as a server would
+            hf = HFGreedy(model) if a.transformers else None
+            if hf is not None:
+                hf_pass(hf, prompts[:2], 8)  # warm-up (the static cache's allocation)
             ours: dict[str, dict[str, Any]] = {}
+            theirs: dict[str, Any] = {}
             for _ in range(a.repeats):  # passes interleaved, so a load change hits every mode alike
                 for name, (eng, medusa) in modes.items():
                     row = generation_pass(eng, prompts, medusa, a.tokens)
                     if name not in ours or row["tokens_per_s"] > ours[name]["tokens_per_s"]:
                         ours[name] = row
+                if hf is not None:
+                    row = hf_pass(hf, prompts, a.tokens)
+                    if not theirs or row["tokens_per_s"] > theirs["tokens_per_s"]:
+                        theirs = row
             doc["ours"] = ours
+            if theirs:
+                doc["transformers"] = {"plain": theirs}
         finally:
             chain_engine.close()
             tree_engine.close()
@@ -387,7 +435,7 @@ def _threads() -> int:
 def summarise(doc: dict[str, Any]) -> None:
     """Medusa/plain, step cost in plain steps, identical outputs, and the targets."""
     reference = doc["ours"]["plain"]["outputs"]
-    for engine in ("ours", "vllm"):
+    for engine in ENGINES:
         rows = doc.get(engine) or {}
         plain = rows.get("plain")
         for row in rows.values():
@@ -402,8 +450,11 @@ def summarise(doc: dict[str, Any]) -> None:
         targets["ours_tree_vs_vllm_medusa (>= 1.3)"] = ours["tree"]["tokens_per_s"] / vllm["chain"]["tokens_per_s"]
         targets["ours_plain_vs_vllm_plain"] = ours["plain"]["tokens_per_s"] / vllm["plain"]["tokens_per_s"]
     targets["ours_tree_vs_ours_plain (>= 2 at ~3 tokens/step)"] = ours["tree"]["vs_plain"]
+    if doc.get("transformers"):
+        hf_rate = doc["transformers"]["plain"]["tokens_per_s"]
+        targets["ours_plain_vs_transformers_plain (>= 1.44)"] = ours["plain"]["tokens_per_s"] / hf_rate
     targets["all_outputs_identical"] = all(
-        r["identical_to_ours_plain"] for e in ("ours", "vllm") for r in (doc.get(e) or {}).values()
+        r["identical_to_ours_plain"] for e in ENGINES for r in (doc.get(e) or {}).values()
     )
     doc["targets"] = targets
 
@@ -413,11 +464,11 @@ def print_vs_vllm(doc: dict[str, Any]) -> None:
         f"demo model, {doc['prompts']} prompts x tokens each, one request at a time, greedy; best of N passes; "
         f"ours: {doc['threads']} threads, tree {doc['tree_nodes']} nodes adaptive, chain {doc['chain']}"
     )
-    print(f"{'engine':<7}{'mode':<7}{'tok/s':>9}{'tok/step':>10}{'vs plain':>10}{'step cost':>11}  identical")
-    for engine in ("ours", "vllm"):
+    print(f"{'engine':<13}{'mode':<7}{'tok/s':>9}{'tok/step':>10}{'vs plain':>10}{'step cost':>11}  identical")
+    for engine in ENGINES:
         for mode, r in (doc.get(engine) or {}).items():
             print(
-                f"{engine:<7}{mode:<7}{r['tokens_per_s']:>9.1f}{r['tokens_per_step']:>10.2f}{r['vs_plain']:>9.2f}x"
+                f"{engine:<13}{mode:<7}{r['tokens_per_s']:>9.1f}{r['tokens_per_step']:>10.2f}{r['vs_plain']:>9.2f}x"
                 f"{r['step_cost_plain_steps']:>10.2f}x  {r['identical_to_ours_plain']}"
             )
     print("step cost: one step's time in plain steps of the same engine")
@@ -548,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile (starts faster)")
     p.add_argument("--vllm-timeout", type=int, default=1800, help="seconds for each vLLM run")
+    p.add_argument(
+        "--no-transformers",
+        dest="transformers",
+        action="store_false",
+        help="with --vs-vllm: leave out transformers' generate (static cache), run by default",
+    )
     a = p.parse_args(argv)
 
     import torch

@@ -1,34 +1,64 @@
-"""What one decoding step costs: plain vs a fixed 5-node tree on one checkpoint, greedy, one thread.
+"""What one decoding step costs: plain vs a fixed 5-node tree on one checkpoint, greedy.
 
-    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128]
+    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--profile]
 
-Per step: wall milliseconds and this thread's CPU milliseconds (``time.thread_time``: on a shared,
-overloaded machine the CPU time moves far less than the wall time), their tree/plain ratios, tokens per
-step, and whether Medusa's output equals plain's. Run it under two source trees (PYTHONPATH=A/src,
-then B/src, alternating) to compare two versions of the runtime on the same checkpoint.
+Per round (a plain generation, then a tree one, so a load change hits both alike): wall milliseconds
+and this thread's CPU milliseconds per step (``time.thread_time``: on a shared, overloaded machine the
+CPU time moves far less than the wall time), their tree/plain ratios, tokens per step, and whether
+Medusa's output equals plain's; then the best of the rounds and the ratio of the bests. Run it under
+two source trees (PYTHONPATH=A/src, then B/src, alternating) to compare two versions of the runtime.
+
+``--profile`` then prints where a step's time goes, for each mode: torch's profiler per op (self CPU
+time, calls per step) and cProfile per Python function (own time per step).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import sys
 import time
 from typing import Any
 
 TREE5 = [[0], [0, 0], [1], [0, 0, 0], [0, 0, 0, 0]]
+PROMPT = [(i * 17) % 300 + 3 for i in range(40)]
 
 
-def run(engine: Any, medusa: bool, tokens: int) -> tuple[list[int], float, float, float]:
+def run(engine: Any, medusa: bool, tokens: int) -> tuple[list[int], float, float, float, int]:
+    """(output, wall ms per step, CPU ms per step, tokens per step, steps) of one generation."""
     from medusa_trt.runtime import SamplingParams
 
-    prompt = [(i * 17) % 300 + 3 for i in range(40)]
     c0 = time.thread_time()
-    gen = engine.generate(prompt, SamplingParams(max_tokens=tokens, stop_token_ids=()), medusa=medusa)
+    gen = engine.generate(PROMPT, SamplingParams(max_tokens=tokens, stop_token_ids=()), medusa=medusa)
     out = [t for chunk in gen for t in chunk.token_ids]
     cpu = time.thread_time() - c0
     st = gen.stats
-    return out, 1e3 * st.decode_s / st.num_steps, 1e3 * cpu / st.num_steps, st.tokens_per_step
+    return out, 1e3 * st.decode_s / st.num_steps, 1e3 * cpu / st.num_steps, st.tokens_per_step, st.num_steps
+
+
+def profile(engine: Any, tokens: int, rows: int) -> None:
+    """Per op (torch profiler) and per Python function (cProfile), per decoding step, for both modes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for name, medusa in (("plain", False), ("tree5", True)):
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            steps = run(engine, medusa, tokens)[4]
+        print(f"--- {name}: torch ops over {steps} steps (self CPU ms per step, calls per step)")
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:rows]
+        for e in ops:
+            print(f"  {e.key[:48]:<48} {e.self_cpu_time_total / 1e3 / steps:8.3f} ms {e.count / steps:7.1f}")
+        pr = cProfile.Profile()
+        pr.enable()
+        steps = run(engine, medusa, tokens)[4]
+        pr.disable()
+        text = io.StringIO()
+        pstats.Stats(pr, stream=text).sort_stats("tottime").print_stats(rows)
+        print(f"--- {name}: Python functions over {steps} steps (cProfile, seconds in total)")
+        print("\n".join(ln for ln in text.getvalue().splitlines() if ln.strip())[:8000])
 
 
 def main() -> int:
@@ -36,23 +66,38 @@ def main() -> int:
     p.add_argument("ckpt")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--profile", action="store_true", help="then print the per-op and per-function profile")
+    p.add_argument("--rows", type=int, default=25, help="rows of each profile table")
     a = p.parse_args()
     import torch
 
     from medusa_trt.runtime import load_engine
 
-    torch.set_num_threads(1)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     engine = load_engine(a.ckpt, tree=TREE5, adapt=False)
     run(engine, False, 16)
     run(engine, True, 16)  # warm-up
+    print(f"threads {torch.get_num_threads()}, {a.tokens} tokens per generation, 5-node tree {TREE5}")
+    best: dict[bool, list[float]] = {}
     for _ in range(a.rounds):
         plain, tree = run(engine, False, a.tokens), run(engine, True, a.tokens)
+        for medusa, row in ((False, plain), (True, tree)):
+            best[medusa] = [min(x, y) for x, y in zip(best.get(medusa, row[1:3]), row[1:3], strict=True)]
         print(
             f"load {os.getloadavg()[0]:.1f}  plain {plain[1]:.2f} ms/step (cpu {plain[2]:.2f})  "
             f"tree5 {tree[1]:.2f} (cpu {tree[2]:.2f})  ratio {tree[1] / plain[1]:.2f} "
             f"(cpu {tree[2] / plain[2]:.2f})  tokens/step {tree[3]:.2f}  identical {plain[0] == tree[0]}",
             flush=True,
         )
+    (pw, pc), (tw, tc) = best[False], best[True]
+    print(
+        f"best of {a.rounds}: plain {pw:.2f} ms/step (cpu {pc:.2f})  tree5 {tw:.2f} (cpu {tc:.2f})  "
+        f"ratio {tw / pw:.2f} (cpu {tc / pc:.2f})  load {os.getloadavg()[0]:.1f}"
+    )
+    if a.profile:
+        profile(engine, a.tokens, a.rows)
     engine.close()
     return 0
 

@@ -210,7 +210,8 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
     tiny_llama: Path, tiny_heads4: Path, tmp_path: Path
 ) -> None:
     """quantize.py's checkpoint has no tokenizer: runtime-files finds it in sources/model (the fetched hub model)."""
-    from medusa_trt.engines.build import _runtime_files, prepare
+    from medusa_trt.engines.build import prepare
+    from medusa_trt.engines.checkpoint_steps import runtime_files
     from medusa_trt.engines.trtllm import quantize_needed
     from medusa_trt.outputs import OwnedDir
 
@@ -221,7 +222,7 @@ def test_fp8_hub_build_takes_the_tokenizer_from_the_fetched_model(
     assert plan.spec.model.local is None and quantize_needed(plan.spec)
     (out / "checkpoint").mkdir(parents=True)
     shutil.copytree(tiny_llama, out / "sources" / "model")
-    _runtime_files(plan.spec, OwnedDir(out.resolve(), "engine"))
+    runtime_files(plan.spec, OwnedDir(out.resolve(), "engine"))
     assert (out / "tokenizer.json").read_bytes() == (tiny_llama / "tokenizer.json").read_bytes()
     assert (out / "medusa_tree.yaml").is_file() and not (out / "medusa.yaml").exists()  # serve-config writes it
 
@@ -274,7 +275,7 @@ def test_hub_fetch_links_the_pinned_snapshot_and_records_its_commit(
     import huggingface_hub.constants as hc
 
     from medusa_trt.checkpoint.sources import snapshot_commit
-    from medusa_trt.engines.build import _fetch
+    from medusa_trt.engines.trtllm import fetch
     from medusa_trt.errors import CheckpointError
 
     cache = tmp_path / "hf" / "hub"
@@ -283,8 +284,8 @@ def test_hub_fetch_links_the_pinned_snapshot_and_records_its_commit(
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     local = tmp_path / "eng" / "sources" / "model"
     local.parent.mkdir(parents=True)
-    _fetch("acme/tiny-llama", None, local, "model")
+    fetch("acme/tiny-llama", None, local, "model")
     assert (local / "config.json").read_bytes() == (tiny_llama / "config.json").read_bytes()
     assert snapshot_commit(local) == SHA and not local.with_name("model.partial").exists()
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
-        _fetch("acme/missing", None, tmp_path / "eng" / "sources" / "medusa", "heads")
+        fetch("acme/missing", None, tmp_path / "eng" / "sources" / "medusa", "heads")

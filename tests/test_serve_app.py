@@ -136,6 +136,26 @@ def test_streaming_completion_with_usage(url: str) -> None:
     assert plain[-1] == "[DONE]" and all("usage" not in e for e in plain[:-1])
 
 
+def test_stream_frames_are_json_dumps_bytes(url: str) -> None:
+    """Text frames are built from a template, not by json.dumps per chunk: every event must still be the
+    exact bytes json.dumps gives for its document (field order, spacing, escapes, non-ASCII as is)."""
+    bodies = {
+        "/v1/completions": {"prompt": 'say "\\ é \n"', "max_tokens": 24, "temperature": 0},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "é"}], "max_tokens": 24, "temperature": 0},
+    }
+    for path, body in bodies.items():
+        for options in ({}, {"stream_options": {"include_usage": True}}):
+            with (
+                httpx.Client(timeout=60) as c,
+                c.stream("POST", f"{url}{path}", json={**body, **options, "stream": True}) as r,
+            ):
+                data = [ln[len("data: ") :] for ln in r.iter_lines() if ln.startswith("data: ")]
+            docs = [json.loads(d) for d in data[:-1]]
+            assert data[-1] == "[DONE]" and len(docs) >= 3
+            assert [json.dumps(d, ensure_ascii=False) for d in docs] == data[:-1]
+            assert len({(d["id"], d["created"], d["model"]) for d in docs}) == 1
+
+
 def test_chat_stream_and_not(url: str, engine: Any) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
     text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -3,6 +3,7 @@ and the Prometheus exposition: the server's pure parts, with the real tiny byte-
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,34 @@ def test_special_tokens_are_not_shown(tok: Any) -> None:
     s = TextStream(tok)
     ids = [*tok.encode("hi"), tok.eos_token_id]
     assert s.push(ids) + s.finish() == "hi"
+
+
+def test_backend_decode_is_the_tokenizer_s_decode(tok: Any) -> None:
+    """TextStream decodes with the Rust tokenizer directly (skipping transformers' wrapper): the same text
+    for every token alone and for byte-split characters, special tokens skipped."""
+    from medusa_trt.runtime.text import _backend
+
+    backend = _backend(tok)
+    assert backend is not None
+    seqs = [[i] for i in range(len(tok))] + [tok.encode(MULTIBYTE), tok.encode(MULTIBYTE)[1:4]]
+    for ids in seqs:
+        want = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert backend.decode(ids, skip_special_tokens=True) == want
+
+
+def test_a_tokenizer_with_its_own_decode_keeps_it(tok: Any) -> None:
+    from medusa_trt.runtime.text import _backend
+
+    class Shouting(type(tok)):  # type: ignore[misc]
+        def _decode(self, *args: Any, **kwargs: Any) -> str:
+            return str(super()._decode(*args, **kwargs)).upper()
+
+    loud = copy.copy(tok)
+    loud.__class__ = Shouting
+    assert _backend(loud) is None
+    s = TextStream(loud)
+    ids = loud.encode("hello world")
+    assert s.push(ids) + s.finish() == "HELLO WORLD"
 
 
 def test_request_models() -> None:

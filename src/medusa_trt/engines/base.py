@@ -19,10 +19,12 @@ The contract, method by method:
   manifest, which the build writes itself. Pure: it reads ``ctx.spec`` and returns
   :class:`BuildSteps` (steps, the notes ``build --dry-run`` shows and the documents of the files it
   writes that ``build --dry-run --json`` shows); nothing is run or written.
-  A ``StepKind.PYTHON`` step is run by a function from ``step_funcs`` (or a shared one: ``convert``,
-  ``fetch-model``, ``fetch-medusa``, ``runtime-files``); a ``StepKind.PROCESS`` step runs its argv.
-- ``step_funcs(spec, out)``: the in-process functions of this engine's own ``StepKind.PYTHON`` steps,
-  by step name. Called only by ``build``, after ``check_tools``.
+  A ``StepKind.PYTHON`` step is run by its function from ``step_funcs``; a ``StepKind.PROCESS`` step
+  runs its argv. The steps of the engines that serve a TRT-LLM checkpoint (convert, runtime files)
+  are in ``engines.checkpoint_steps``, each with its function.
+- ``step_funcs(spec, owned)``: the function of every ``StepKind.PYTHON`` step ``build_steps`` lists,
+  by step name, writing under ``owned.root`` (the output directory, ``outputs.OwnedDir``: claim what
+  is not a step's declared output before writing it). Called only by ``build``, after ``check_tools``.
 - ``check_tools(spec)``: raise ``MissingDependencyError`` (exit 3) before any work when a tool the
   build steps run is missing; return the versions found (package name -> version), which the
   manifest's ``tools`` records.
@@ -56,11 +58,13 @@ from medusa_trt.steps import Step
 
 if TYPE_CHECKING:
     from medusa_trt.engines.spec import BuildSpec
+    from medusa_trt.outputs import OwnedDir
     from medusa_trt.runtime.types import SamplingParams
     from medusa_trt.serve.guard import ServeGuard
 
 GIB = 1024**3
 CHECKPOINT = "checkpoint"  # the TRT-LLM checkpoint, a sub-directory of an engine directory
+SOURCES = "sources"  # hub sources a build step fetched (links into the Hugging Face cache)
 TREE_FILE, CONFIG_YAML = "medusa_tree.yaml", "medusa.yaml"
 MANIFEST = records.ENGINE.filename
 INTERNAL = "(in-process)"  # argv[0] of steps medusa-trt runs itself
@@ -164,7 +168,7 @@ class Engine(Protocol):
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps: ...
 
-    def step_funcs(self, spec: BuildSpec, out: Path) -> dict[str, Callable[[], None]]: ...
+    def step_funcs(self, spec: BuildSpec, owned: OwnedDir) -> dict[str, Callable[[], None]]: ...
 
     def check_tools(self, spec: BuildSpec) -> dict[str, str | None]: ...
 

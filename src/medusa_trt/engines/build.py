@@ -7,6 +7,7 @@ Layout of the output directory::
     tokenizer files    copied beside the manifest (trtllm-serve --tokenizer <out>)
     medusa_tree.yaml   the Medusa tree (medusa_choices)
     medusa.yaml        the trtllm-serve --config YAML (speculative_config; TensorRT-LLM profiles only)
+    sources/           hub sources fetched for quantize.py (FP8 TensorRT-LLM profiles from a hub id)
     logs/              one log per external tool run
     .steps/            per-step stamps (input hash, output fingerprint) for resuming
     medusa-trt.json    the manifest, written last
@@ -20,23 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medusa_trt import engines, fsio, integrity, outputs, records
+from medusa_trt import engines, integrity, outputs, records
 from medusa_trt.engines import recipe
-from medusa_trt.engines.base import CHECKPOINT, MANIFEST, TREE_FILE
+from medusa_trt.engines.base import CHECKPOINT, MANIFEST, SOURCES
 from medusa_trt.engines.recipe import BuildPlan
 from medusa_trt.engines.spec import BuildSpec, resolve
 from medusa_trt.engines.versions import tool_versions
-from medusa_trt.errors import CheckpointError
 from medusa_trt.steps import Step, StepKind, StepRunner, fingerprint
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "generation_config.json",
-    "chat_template.jinja",
-)
 if TYPE_CHECKING:
     from medusa_trt.config.profile import HardwareProfile
 
@@ -97,18 +89,7 @@ def execute(plan: BuildPlan, *, force: bool = False, progress: ProgressFactory |
         owned.claim([MANIFEST])
         owned.remove(MANIFEST)  # the directory is incomplete until the manifest is rewritten
         runner = StepRunner(out, force=force, progress=progress, owned=owned)
-        funcs: dict[str, Callable[[], None]] = {
-            "convert": lambda: _convert(spec, out),
-            "runtime-files": lambda: _runtime_files(spec, owned),
-            "fetch-model": lambda: _fetch(spec.model.given, spec.model.revision, out / "sources" / "model", "model"),
-            "fetch-medusa": lambda: _fetch(
-                spec.medusa.given if spec.medusa else "",
-                spec.medusa.revision if spec.medusa else None,
-                out / "sources" / "medusa",
-                "heads",
-            ),
-            **engine.step_funcs(spec, out),
-        }
+        funcs = engine.step_funcs(spec, owned)
         t0 = time.perf_counter()
         for step in plan.steps:
             if step.kind is StepKind.SERVE or step.name == "manifest":
@@ -139,7 +120,7 @@ def check_output(spec: BuildSpec) -> None:
 def _served_files(owned: outputs.OwnedDir) -> list[str]:
     """What `run` and the server read: everything we wrote but the bookkeeping (stamps, logs, lists)."""
     skip = (MANIFEST, records.OWNER.filename)
-    return [f for f in owned.files if f not in skip and not f.startswith((".steps/", "logs/", "sources/"))]
+    return [f for f in owned.files if f not in skip and not f.startswith((".steps/", "logs/", f"{SOURCES}/"))]
 
 
 def _previous_hashes(out: Path) -> dict[str, dict[str, Any]]:
@@ -159,7 +140,7 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, tools: dict[str, str | Non
     inputs: dict[str, Any] = {}
     for role, src in (("model", spec.model), ("medusa", spec.medusa)):
         if src is not None:
-            fetched = out / "sources" / role  # a hub source downloaded for quantize.py
+            fetched = out / SOURCES / role  # a hub source downloaded for quantize.py
             local = src.local or (fetched if fetched.is_dir() else None)
             inputs[role] = {
                 **src.to_json(),
@@ -193,60 +174,6 @@ def manifest_doc(plan: BuildPlan, runner: StepRunner, tools: dict[str, str | Non
         "serve": {"argv": serve.argv, "env": serve.env},
         "timings": {**{r.name: round(r.seconds, 3) for r in runner.results}, "this_run_s": round(seconds, 3)},
     }
-
-
-# --- in-process steps ------------------------------------------------------------------------------
-
-
-def _convert(spec: BuildSpec, out: Path) -> None:
-    from medusa_trt.checkpoint.convert import convert_checkpoint
-
-    heads = None
-    if spec.medusa is not None and spec.model.format not in ("modelopt-fp8", "modelopt"):
-        heads = str(spec.medusa.local or spec.medusa.given)
-    convert_checkpoint(
-        str(spec.model.local or spec.model.given),
-        out / CHECKPOINT,
-        medusa=heads,
-        tp=spec.tp,
-        pp=spec.pp,
-        dtype=spec.dtype,
-        num_medusa_heads=spec.num_medusa_heads,
-        max_draft_len=spec.max_draft_len,
-        revision=spec.model.revision if not spec.model.local else None,
-        workers=spec.convert_workers,
-        progress=True,
-    )
-
-
-def _fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
-    """Download through the converter's hub code (pinned commit, clear errors for gated or missing
-    repos, HF_HOME/HF_HUB_OFFLINE) and link the snapshot at ``local`` for quantize.py."""
-    from medusa_trt.checkpoint.sources import resolve_source
-
-    snapshot = resolve_source(repo, kind=kind, revision=revision).path
-    with fsio.atomic_path(local, kind="other") as tmp:
-        tmp.symlink_to(snapshot, target_is_directory=True)
-
-
-def _runtime_files(spec: BuildSpec, owned: outputs.OwnedDir) -> None:
-    from medusa_trt.medusa.trees import dump_tree
-
-    out = owned.root
-    # a hub model fetched for quantize.py (FP8 profiles) lives in sources/model: its tokenizer is there
-    sources = [out / CHECKPOINT, spec.model.local or out / "sources" / "model"]
-    found = {name: next((d / name for d in sources if (d / name).is_file()), None) for name in TOKENIZER_FILES}
-    copies = {name: src for name, src in found.items() if src is not None}
-    owned.claim(copies)
-    for name, src in copies.items():
-        fsio.copy_file(src, out / name)
-    owned.done(copies)
-    if not (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").is_file():
-        raise CheckpointError(
-            f"no tokenizer files in {out / CHECKPOINT} or {sources[1]}",
-            hint="The model source must include tokenizer.json (or tokenizer.model).",
-        )
-    fsio.write_text(out / TREE_FILE, dump_tree(spec.tree))
 
 
 @contextlib.contextmanager

@@ -2,9 +2,9 @@
 
 The engine (``engines.get(spec.engine)``) lays out its own steps (``Engine.build_steps``, e.g.
 TensorRT-LLM: [fetch] -> convert or quantize -> trtllm-build -> runtime files -> serve config;
-reference: convert -> runtime files -> validate); this module adds what every build shares: the
-manifest step, the serve step `run` would use (``Engine.serve_command``), the size estimates, and the
-steps several engines use (convert, runtime files).
+reference: convert -> runtime files -> validate; the two share ``engines.checkpoint_steps``); this
+module adds what every build shares: the manifest step, the serve step `run` would use
+(``Engine.serve_command``), the size estimates and the manifest's fields from the spec.
 """
 
 from __future__ import annotations
@@ -154,83 +154,4 @@ def serve_step(
         inputs={"engine_dir": str(out)},
         needs=needs or {},
         kind=StepKind.SERVE,
-    )
-
-
-# --- steps several engines share -------------------------------------------------------------------
-
-
-def convert_argv(spec: BuildSpec, out: Path, *, with_heads: bool) -> list[str]:
-    argv = [
-        "medusa-trt",
-        "convert",
-        "--model",
-        str(spec.model.local or spec.model.given),
-        "--output",
-        str(out / CHECKPOINT),
-    ]
-    if with_heads and spec.medusa is not None:
-        argv += ["--medusa", str(spec.medusa.local or spec.medusa.given)]
-    argv += [
-        "--tp",
-        str(spec.tp),
-        "--pp",
-        str(spec.pp),
-        "--dtype",
-        spec.dtype,
-        "--num-medusa-heads",
-        str(spec.num_medusa_heads),
-        "--max-draft-len",
-        str(spec.max_draft_len),
-        "--workers",
-        str(spec.convert_workers),
-    ]
-    if spec.model.local is None and spec.model.revision:
-        argv += ["--revision", spec.model.revision]
-    return argv
-
-
-def source_inputs(spec: BuildSpec) -> dict[str, Any]:
-    inputs: dict[str, Any] = {"model": spec.model.given, "model_revision": spec.model.revision}
-    if spec.model.local is not None:
-        inputs["model_dir"] = str(spec.model.local)
-    if spec.medusa is not None:
-        inputs["medusa"] = spec.medusa.given
-        inputs["medusa_revision"] = spec.medusa.revision
-        if spec.medusa.local is not None:
-            inputs["medusa_dir"] = str(spec.medusa.local)
-    return inputs
-
-
-def convert_step(ctx: PlanContext) -> Step:
-    """The TRT-LLM checkpoint (run in process by ``build``: ``checkpoint.convert_checkpoint``)."""
-    spec = ctx.spec
-    return Step(
-        "convert",
-        "TRT-LLM checkpoint (config.json + rank{r}.safetensors) from the HF model and heads",
-        convert_argv(spec, ctx.out, with_heads=spec.model.format not in ("modelopt-fp8", "modelopt")),
-        inputs={
-            **source_inputs(spec),
-            "tp": spec.tp,
-            "pp": spec.pp,
-            "dtype": spec.dtype,
-            "num_medusa_heads": spec.num_medusa_heads,
-            "max_draft_len": spec.max_draft_len,
-        },
-        outputs=[CHECKPOINT],
-        needs=ctx.needs("convert"),
-        kind=StepKind.PYTHON,
-    )
-
-
-def runtime_files_step(spec: BuildSpec) -> Step:
-    """What every server of the checkpoint reads beside it: the tokenizer and the tree."""
-    return Step(
-        "runtime-files",
-        "tokenizer and medusa_tree.yaml",
-        [INTERNAL, "write", "tokenizer files", TREE_FILE],
-        inputs={"checkpoint_dir": CHECKPOINT, "tree": spec.tree},
-        outputs=[TREE_FILE],
-        needs={"gpus": 0, "host": "any"},
-        kind=StepKind.PYTHON,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medusa_trt import engine_facts
-from medusa_trt.engines import recipe
+from medusa_trt.engines import checkpoint_steps
 from medusa_trt.engines.base import (
     CHECKPOINT,
     BuildSteps,
@@ -27,6 +27,7 @@ from medusa_trt.engines.base import (
 )
 from medusa_trt.engines.spec import BuildSpec
 from medusa_trt.errors import CheckpointError, MedusaTrtError
+from medusa_trt.outputs import OwnedDir
 from medusa_trt.steps import Step, StepKind
 
 
@@ -37,10 +38,11 @@ class Reference:
     config_file = None  # the tree and the profile are in the manifest
 
     def build_steps(self, ctx: PlanContext) -> BuildSteps:
-        return BuildSteps([recipe.convert_step(ctx), recipe.runtime_files_step(ctx.spec), _validate_step(ctx)])
+        steps = [checkpoint_steps.convert_step(ctx), checkpoint_steps.runtime_files_step(ctx.spec)]
+        return BuildSteps([*steps, _validate_step(ctx)])
 
-    def step_funcs(self, spec: BuildSpec, out: Path) -> dict[str, Callable[[], None]]:
-        return {"validate": lambda: validate(spec, out)}
+    def step_funcs(self, spec: BuildSpec, owned: OwnedDir) -> dict[str, Callable[[], None]]:
+        return {**checkpoint_steps.funcs(spec, owned), "validate": lambda: validate(spec, owned.root)}
 
     def check_tools(self, spec: BuildSpec) -> dict[str, str | None]:
         return {}  # torch and transformers are dependencies of medusa-trt itself

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from medusa_trt.errors import CheckpointError, InvalidInputError
 from medusa_trt.runtime.config import CheckpointInfo
+from medusa_trt.runtime.kernels import linear
 from medusa_trt.runtime.weights import LayerWeights, ShardWeights, load_shard
 
 
@@ -220,14 +221,14 @@ class LlamaShard:
         self.length = n + t
         x = rms_norm(x[-1:] if last else x, w.ln_f, self.eps)
         self.last_hidden = x
-        return self.gather_vocab(F.linear(x, w.lm_head).float(), w.vocab_rows)  # [T or 1, V] on rank 0
+        return self.gather_vocab(linear(x, w.lm_head).float(), w.vocab_rows)  # [T or 1, V] on rank 0
 
     def _qkv(
         self, x: torch.Tensor, lw: LayerWeights, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A layer's q [.., Hl, T, hd] and k, v [.., KVl, T, hd], RoPE applied (q and k in one go), from
         x [.., T, D]; cos, sin [.., T, 1, hd]."""
-        qkv = F.linear(rms_norm(x, lw.ln1, self.eps), lw.qkv)  # [.., T, (Hl + 2 KVl) hd]
+        qkv = linear(rms_norm(x, lw.ln1, self.eps), lw.qkv)  # [.., T, (Hl + 2 KVl) hd]
         heads = qkv.unflatten(-1, (self.n_q + 2 * self.n_kv, self.hd))  # [.., T, Hl + 2 KVl, hd]
         qk = rotate(heads[..., : self.n_q + self.n_kv, :], cos, sin).transpose(-3, -2)  # [.., Hl + KVl, T, hd]
         v = heads[..., self.n_q + self.n_kv :, :].transpose(-3, -2)
@@ -235,11 +236,11 @@ class LlamaShard:
 
     def _dense_mlp(self, x: torch.Tensor, o: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
         """The rest of a layer: x [.., T, D] plus the attention output o [.., T, Hl hd] projected, then the MLP."""
-        a = F.linear(o, lw.dense)  # [.., T, D] partial sum
+        a = linear(o, lw.dense)  # [.., T, D] partial sum
         self.comm.all_reduce(a)
         x = x + a
-        fc, gate = F.linear(rms_norm(x, lw.ln2, self.eps), lw.fc_gate).chunk(2, dim=-1)  # [.., T, Il] each
-        m = F.linear(F.silu(fc) * gate, lw.proj)  # [.., T, D] partial sum
+        fc, gate = linear(rms_norm(x, lw.ln2, self.eps), lw.fc_gate).chunk(2, dim=-1)  # [.., T, Il] each
+        m = linear(F.silu(fc) * gate, lw.proj)  # [.., T, D] partial sum
         self.comm.all_reduce(m)
         return x + m
 
@@ -302,7 +303,7 @@ class LlamaShard:
             x = self._dense_mlp(x, o.transpose(1, 2).flatten(-2), lw)
         self.blength = n + t
         last = rms_norm(x[:, -1], self.w.ln_f, self.eps)  # [B, D]: only the next token is wanted
-        return self.gather_vocab(F.linear(last, self.w.lm_head).float(), self.w.vocab_rows)
+        return self.gather_vocab(linear(last, self.w.lm_head).float(), self.w.vocab_rows)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         w = self.w

@@ -1,7 +1,7 @@
 """Loading one rank's TRT-LLM shard into compute-ready tensors (docs/sources.md, TensorRT-LLM checkpoint format).
 
 Per-layer tensors are fused for speed where TRT-LLM fuses at build time (``fc`` and ``gate`` into one
-matmul); Medusa heads are stacked over heads (their lm_heads transposed) so all K run as one batched matmul. FP8 weights are
+matmul), and the trunk's matmul weights prepacked for the CPU's kernel (``kernels.pack``); Medusa heads are stacked over heads (their lm_heads transposed) so all K run as one batched matmul. FP8 weights are
 dequantized once (``weight * weights_scaling_factor``); activation scales are not simulated.
 """
 
@@ -16,6 +16,7 @@ import torch
 
 from medusa_trt import fsio
 from medusa_trt.errors import CheckpointError
+from medusa_trt.runtime import kernels
 from medusa_trt.runtime.config import CheckpointInfo
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -92,7 +93,9 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
     def get(name: str) -> torch.Tensor:
         if name not in state:
             raise CheckpointError(f"{path}: missing tensor '{name}'", hint="Convert the checkpoint again.")
-        return _dequant(state, name, dtype).to(device).contiguous()
+        w = _dequant(state, name, dtype).to(device).contiguous()
+        del state[name]  # each is read once: a packed copy (kernels.pack) never coexists with the file's
+        return w
 
     layers = [_layer(get, i) for i in range(info.num_layers)]
     parallel = bool(info.config.get("use_parallel_embedding")) and info.tp > 1
@@ -106,7 +109,7 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
         parallel_embedding=parallel,
         layers=layers,
         ln_f=get("transformer.ln_f.weight"),
-        lm_head=lm_head,
+        lm_head=kernels.pack(lm_head),
         vocab_rows=vocab_rows,
         heads_w=heads_w,
         heads_b=heads_b,
@@ -131,11 +134,11 @@ def _layer(get: Getter, i: int) -> LayerWeights:
     p = f"transformer.layers.{i}."
     return LayerWeights(
         ln1=get(p + "input_layernorm.weight"),
-        qkv=get(p + "attention.qkv.weight"),
-        dense=get(p + "attention.dense.weight"),
+        qkv=kernels.pack(get(p + "attention.qkv.weight")),
+        dense=kernels.pack(get(p + "attention.dense.weight")),
         ln2=get(p + "post_layernorm.weight"),
-        fc_gate=torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0).contiguous(),
-        proj=get(p + "mlp.proj.weight"),
+        fc_gate=kernels.pack(torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0)),
+        proj=kernels.pack(get(p + "mlp.proj.weight")),
     )
 
 

@@ -92,13 +92,29 @@ def create_app(
 
 def _count_requests(app: FastAPI, metrics: Metrics) -> None:
     """Every response counted by endpoint and status (unknown paths as "other", so labels stay bounded)."""
+    app.add_middleware(_RequestCounter, metrics=metrics)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        path = request.url.path
-        metrics.request(path if path in _ENDPOINTS else "other", response.status_code)
-        return response
+
+class _RequestCounter:
+    """Pure ASGI (not ``@app.middleware``, whose BaseHTTPMiddleware passes every streamed chunk through an
+    extra memory stream and task): counts a response when its status line goes out."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = path if path in _ENDPOINTS else "other"
+
+        async def counted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.request(endpoint, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counted)
 
 
 def _openai_errors(app: FastAPI) -> None:

@@ -2,7 +2,9 @@
 
 The engine is not thread-safe and its steps are blocking torch calls, so it lives on its own thread;
 the event loop stays free for `/health`, `/metrics` and queued clients. Each job sends its chunks
-back to the loop through an asyncio.Queue. Cancelling a job (client gone, stop string seen, server
+back to the loop through its Events: the loop is woken only when it waits for one (one wake-up per
+wait, not per chunk; a chunk that arrives while the loop is still sending the last one is picked up
+without a wake-up). Cancelling a job (client gone, stop string seen, server
 shutting down) makes the thread close the Generation after the step in flight, freeing the slot.
 
 Each engine step runs under a StepClock that the server's watchdog reads; while idle, a tp > 1
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,21 +40,74 @@ class Finished:
     cancelled: bool = False
 
 
+class Events:
+    """A job's events, in order, from any thread to the event loop's one reader.
+
+    ``put`` wakes the loop (call_soon_threadsafe: a write to its self-pipe) only when the reader is
+    waiting; events that arrive while it is busy are taken by ``get_nowait`` without a wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lock = threading.Lock()  # orders an append against the reader's decision to wait
+
+    def put(self, event: Any) -> None:
+        with self._lock:
+            self._items.append(event)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+                self._loop.call_soon_threadsafe(_resolve, waiter)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> Any:
+        """The next event; IndexError when there is none yet."""
+        return self._items.popleft()
+
+    async def get(self, timeout: float) -> Any:
+        """The next event; asyncio.TimeoutError if none came within ``timeout`` seconds."""
+        with self._lock:
+            if self._items:
+                return self._items.popleft()
+            waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            with self._lock:
+                if self._waiter is waiter:
+                    self._waiter = None
+        if not self._items:
+            raise asyncio.TimeoutError
+        return self._items.popleft()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass
 class Job:
     prompt_ids: list[int]
     params: SamplingParams
     medusa: bool
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    events: Events = field(init=False)
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.events = Events(self.loop)
 
     def cancel(self) -> None:
         self.cancelled.set()
 
     def _send(self, event: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        self.events.put(event)
 
 
 class EngineWorker:

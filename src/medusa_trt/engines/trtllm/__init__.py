@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from medusa_trt import engine_facts, fsio
-from medusa_trt.engines import recipe
+from medusa_trt.engines import checkpoint_steps
 from medusa_trt.engines.base import (
     CHECKPOINT,
     CONFIG_YAML,
     INTERNAL,
+    SOURCES,
     BuildSteps,
     GenerateRequest,
     PlanContext,
@@ -28,9 +29,10 @@ from medusa_trt.engines.base import (
     command_text,
     runtime_env,
 )
-from medusa_trt.engines.spec import BuildSpec
+from medusa_trt.engines.spec import BuildSpec, Source
 from medusa_trt.engines.trtllm import commands
 from medusa_trt.errors import MissingDependencyError
+from medusa_trt.outputs import OwnedDir
 from medusa_trt.steps import Step, StepKind
 
 STARTUP_ENV = "MEDUSA_TRT_STARTUP_TIMEOUT"
@@ -64,16 +66,22 @@ class Trtllm:
                 notes.append(
                     "ModelOpt FP8 checkpoint: converted directly (weights stay FP8, heads from the checkpoint)"
                 )
-            steps = [recipe.convert_step(ctx)]
-        steps += [_build_step(ctx), recipe.runtime_files_step(spec), _serve_config_step(spec)]
+            steps = [checkpoint_steps.convert_step(ctx)]
+        steps += [_build_step(ctx), checkpoint_steps.runtime_files_step(spec), _serve_config_step(spec)]
         return BuildSteps(steps, notes, {"medusa_yaml": medusa_yaml(spec)})
 
-    def step_funcs(self, spec: BuildSpec, out: Path) -> dict[str, Callable[[], None]]:
-        # quantize and trtllm-build are processes; convert, fetch and the runtime files are shared
+    def step_funcs(self, spec: BuildSpec, owned: OwnedDir) -> dict[str, Callable[[], None]]:
+        """quantize and trtllm-build are processes; these run in process."""
+        out = owned.root
+
         def serve_config() -> None:
             fsio.write_text(out / CONFIG_YAML, commands.dump_medusa_yaml(medusa_yaml(spec)))
 
-        return {"serve-config": serve_config}
+        funcs = {**checkpoint_steps.funcs(spec, owned), "serve-config": serve_config}
+        for role, src, kind in (("model", spec.model, "model"), ("medusa", spec.medusa, "heads")):
+            if src is not None:
+                funcs[f"fetch-{role}"] = _fetcher(src, out / SOURCES / role, kind)
+        return funcs
 
     def check_tools(self, spec: BuildSpec) -> dict[str, str | None]:
         """Exit 3 before any work when TensorRT-LLM (or quantize.py) is missing; returns its version."""
@@ -210,6 +218,20 @@ def _build_step(ctx: PlanContext) -> Step:
     )
 
 
+def _fetcher(src: Source, local: Path, kind: str) -> Callable[[], None]:
+    return lambda: fetch(src.given, src.revision, local, kind)
+
+
+def fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
+    """A fetch step: download through the converter's hub code (pinned commit, clear errors for gated
+    or missing repos, HF_HOME/HF_HUB_OFFLINE) and link the snapshot at ``local`` for quantize.py."""
+    from medusa_trt.checkpoint.sources import resolve_source
+
+    snapshot = resolve_source(repo, kind=kind, revision=revision).path
+    with fsio.atomic_path(local, kind="other") as tmp:
+        tmp.symlink_to(snapshot, target_is_directory=True)
+
+
 def _quantize_steps(ctx: PlanContext) -> list[Step]:
     """[fetch-model] [fetch-medusa] quantize: quantize.py needs local files."""
     spec, out = ctx.spec, ctx.out
@@ -218,14 +240,14 @@ def _quantize_steps(ctx: PlanContext) -> list[Step]:
     for role, src in (("model", spec.model), ("medusa", spec.medusa)):
         if src is None or src.local is not None:
             continue
-        local = out / "sources" / role
+        local = out / SOURCES / role
         steps.append(
             Step(
                 f"fetch-{role}",
                 f"download {src.given} (quantize.py needs local files)",
                 ["hf", "download", src.given, "--revision", src.revision or "main", "--local-dir", str(local)],
                 inputs={"repo": src.given, "revision": src.revision},
-                outputs=[f"sources/{role}"],
+                outputs=[f"{SOURCES}/{role}"],
                 needs=ctx.needs(f"fetch-{role}"),
                 kind=StepKind.PYTHON,
             )
@@ -252,7 +274,7 @@ def _quantize_steps(ctx: PlanContext) -> list[Step]:
             "quantize",
             "FP8 TRT-LLM checkpoint (ModelOpt PTQ, 512 calibration samples), heads unquantized",
             argv,
-            inputs={**recipe.source_inputs(spec), "model_dir": model_dir, "medusa_dir": medusa_dir},
+            inputs={**checkpoint_steps.source_inputs(spec), "model_dir": model_dir, "medusa_dir": medusa_dir},
             outputs=[CHECKPOINT],
             needs=ctx.needs("quantize"),
             kind=StepKind.PROCESS,

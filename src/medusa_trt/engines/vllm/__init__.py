@@ -23,6 +23,7 @@ from medusa_trt.engines.base import (
 )
 from medusa_trt.engines.spec import BuildSpec
 from medusa_trt.engines.vllm import commands
+from medusa_trt.outputs import OwnedDir
 
 
 class Vllm:
@@ -36,7 +37,9 @@ class Vllm:
         steps, notes = commands.build_steps(ctx.spec, ctx.out)
         return BuildSteps(steps, notes)
 
-    def step_funcs(self, spec: BuildSpec, out: Path) -> dict[str, Callable[[], None]]:
+    def step_funcs(self, spec: BuildSpec, owned: OwnedDir) -> dict[str, Callable[[], None]]:
+        out = owned.root
+
         def model_ref() -> None:
             commands.write_model_ref(spec, out)
 

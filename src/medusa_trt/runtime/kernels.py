@@ -1,0 +1,49 @@
+"""The matmul kernel of the trunk's linear layers: oneDNN with weights prepacked once, on CPU.
+
+``F.linear`` on CPU runs float32 through MKL's sgemm, which treats a block of a few rows (a Medusa
+verification step: 2-64 tree tokens) as a general matrix product and costs about twice one row, while
+a single row (a plain step) takes a fast matrix-vector path. oneDNN's inner product over a weight
+reordered once into its blocked layout costs about the same for 1 and 5 rows and less than MKL for
+either (float32 and bfloat16). It is the kernel torch's own CPU compiler (Inductor, with frozen
+weights) emits for a linear layer: ``mkldnn._reorder_linear_weight`` at load, then
+``mkldnn._linear_pointwise`` per call (pytorch/pytorch ``torch/_inductor/fx_passes/mkldnn_fusion.py``).
+
+Those are private ops: ``pack`` checks them on the weight it packs and keeps the plain tensor
+whenever they are missing, raise, or disagree with ``F.linear`` (another build, another device, a
+dtype oneDNN does not handle here); ``linear`` takes either kind.
+"""
+
+from __future__ import annotations
+
+# torch at module level is fine here: runtime modules load only inside commands that compute.
+import torch
+import torch.nn.functional as F
+
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+BATCH_HINT = 64  # rows oneDNN's layout is chosen for; 1..64 (plain steps to whole trees) all run well on it
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """``w`` [out, in] in oneDNN's blocked layout (an opaque ``torch._mkldnn`` tensor, ``shape`` kept), or
+    ``w`` itself where that is not available or does not compute what ``F.linear`` does."""
+    usable = w.device.type == "cpu" and w.dtype in PACKED_DTYPES and w.dim() == 2
+    if not usable or not torch.backends.mkldnn.is_available():
+        return w
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, BATCH_HINT)
+        probe = torch.linspace(-1, 1, 2 * w.shape[1], dtype=w.dtype).view(2, -1)  # [2, in]
+        got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+    except (AttributeError, RuntimeError):  # an older build, or no oneDNN kernel for this case
+        return w
+    want = F.linear(probe, w).float()
+    tol = (1e-4 if w.dtype == torch.float32 else 2e-2) * (float(want.abs().max()) + 1e-6)
+    if got.shape != want.shape or float((got.float() - want).abs().max()) > tol:
+        return w
+    return packed
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T``: x [.., in], w [out, in] plain or from ``pack``; [.., out]."""
+    if w.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return F.linear(x, w)
