@@ -104,7 +104,7 @@ def distil(root: Path, n: int, seq_len: int, gen: int, batch: int) -> dict[str, 
     from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
-    from medusa_trt.train.distil import JOURNAL, local_generator, plan_jobs, run_distil
+    from medusa_trt.train.distil import JOURNAL, distil_jobs, local_generator, run_distil
 
     torch.set_num_threads(os.cpu_count() or 1)
     _, ckpts = scale_model(root)
@@ -112,7 +112,7 @@ def distil(root: Path, n: int, seq_len: int, gen: int, batch: int) -> dict[str, 
     report: dict[str, Any] = {"sequences": n, "gen_tokens": gen, "runs": []}
     for tp, ckpt in ckpts.items():
         tok = load_tokenizer(ckpt)
-        jobs = plan_jobs([encode_prompt(tok, p) for p in prompts], gen_tokens=gen, seq_len=seq_len, max_pos=1024)
+        jobs = distil_jobs([encode_prompt(tok, p) for p in prompts], gen_tokens=gen, seq_len=seq_len, max_pos=1024)
         journals = []
         for b in (1, batch):
             st = Stage.at(root, f"distil-batch{b}-tp{tp}", {"n": n, "gen": gen, "seq": seq_len})
@@ -133,7 +133,7 @@ def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> 
     from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import builtin_prompts, encode_prompt
-    from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil
+    from medusa_trt.train.distil import DISTIL_VERSION, distil_jobs, local_generator, run_distil
     from medusa_trt.train.hidden import run_hidden
     from medusa_trt.train.loop import LoopConfig, train_data_parallel
 
@@ -145,7 +145,7 @@ def scale(root: Path, n: int, more: int, seq_len: int, gen: int, steps: int) -> 
     for tp in (1, 2):
         ckpt = ckpts[tp]
         tok = load_tokenizer(ckpt)
-        jobs = plan_jobs([encode_prompt(tok, p) for p in prompts], gen_tokens=gen, seq_len=seq_len, max_pos=1024)
+        jobs = distil_jobs([encode_prompt(tok, p) for p in prompts], gen_tokens=gen, seq_len=seq_len, max_pos=1024)
         st = Stage.at(root, f"distil-tp{tp}", {"n": n, "gen": gen, "seq": seq_len, "v": DISTIL_VERSION})
         dist, m = timed(run_distil, st, jobs, local_generator(ckpt, "cpu"), _nothing)
         report["runs"].append({"stage": "distil", "tp": tp, "sequences": n, **m})

@@ -102,3 +102,17 @@ def test_plan_reads_the_new_row(fake: engine_facts.EngineFacts) -> None:
     assert ok and why == "8x NVIDIA H200 found"
     ok, why = can_run(profile, EIGHT_H200[:4])
     assert not ok and "found 4 matching of 4" in why
+
+
+def test_every_row_has_its_engine_and_each_engine_reads_its_row() -> None:
+    from medusa_trt import engines
+
+    assert set(engines.ENGINES) == set(engine_facts.FACTS)
+    for name, row in engine_facts.FACTS.items():
+        engine = engines.get(name)
+        assert engine.facts is row and engine.name == name, name
+        assert (engine.title, engine.capabilities, engine.engine_dir) == (
+            row.title,
+            row.capabilities,
+            row.engine_subdir,
+        )

@@ -39,4 +39,4 @@ def test_gpu_check_on_cpu_writes_a_sane_document(tmp_path: Path) -> None:
     # the file itself is what `tree build --step-times` reads: draft nodes 0..63, i.e. 1..64 tree tokens
     times = parse_step_times(out.read_text(), str(out))
     assert sorted(times) == [0, 1, 3, 7, 15, 31, 63] and all(ms > 0 for ms in times.values())
-    assert 0 < doc["wall_s"] < 600
+    assert isinstance(doc["wall_s"], float) and doc["wall_s"] > 0  # recorded; timing claims live in benchmarks/

@@ -68,9 +68,9 @@ def served(stopping: tuple[Path, list[int], list[int], int]) -> Iterator[str]:
 
 def _jobs(tok: Any) -> list[Any]:
     from medusa_trt.train.data import encode_prompt
-    from medusa_trt.train.distil import plan_jobs
+    from medusa_trt.train.distil import distil_jobs
 
-    return plan_jobs([encode_prompt(tok, p) for p in PROMPTS], gen_tokens=BUDGET, seq_len=64, max_pos=256)
+    return distil_jobs([encode_prompt(tok, p) for p in PROMPTS], gen_tokens=BUDGET, seq_len=64, max_pos=256)
 
 
 @pytest.mark.parametrize("batch", [1, 2])

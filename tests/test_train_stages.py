@@ -119,12 +119,12 @@ def test_teacher_url_distils_the_same_tokens_as_local(tmp_path: Path, tiny_llama
     from medusa_trt.steps import Stage
     from medusa_trt.train.backbone import load_tokenizer
     from medusa_trt.train.data import encode_prompt
-    from medusa_trt.train.distil import local_generator, plan_jobs, run_distil, teacher_generator
+    from medusa_trt.train.distil import distil_jobs, local_generator, run_distil, teacher_generator
     from tests.helpers.checkpoints import make_checkpoint
 
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ck")
     tok = load_tokenizer(ckpt)
-    jobs = plan_jobs([encode_prompt(tok, p) for p in PROMPTS], gen_tokens=24, seq_len=48, max_pos=256)
+    jobs = distil_jobs([encode_prompt(tok, p) for p in PROMPTS], gen_tokens=24, seq_len=48, max_pos=256)
     local = run_distil(Stage.at(tmp_path, "local", {}), jobs, local_generator(ckpt, "cpu"), lambda: None)
     with engine_server(ckpt, start_timeout_s=120) as url:
         remote = run_distil(

@@ -88,6 +88,7 @@ DEMO_INFO = Record(  # what a demo stage measured, kept inside its output so tha
     ".demo-info.json", "medusa-trt-demo-info", 1, "demo stage record", (), "Run `medusa-trt demo --fresh`."
 )
 STAMP = Record(".steps", "medusa-trt-step", 1, "step stamp", ("name", "input_hash"), "Run the command again.")
+STAGE_KEY, STAGE_DONE = "key.json", "done.json"  # a stage directory's STAMPs: its inputs, its completion
 MANIFESTS = (ENGINE, CONVERT, HEADS)  # the records that list files with sizes and hashes (`medusa-trt verify`)
 
 

@@ -282,8 +282,8 @@ class Stage:
     key: dict[str, Any]
     dir: Path
 
-    KEY = "key.json"
-    DONE = "done.json"
+    KEY = records.STAGE_KEY
+    DONE = records.STAGE_DONE
 
     @classmethod
     def at(cls, root: Path, name: str, key: dict[str, Any]) -> Stage:

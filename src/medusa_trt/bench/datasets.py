@@ -165,11 +165,8 @@ def load_tokenizer(path: Path) -> Any:
 
 
 def _referenced_model(engine_dir: Path) -> list[Path]:
-    """The local model a vLLM engine directory serves by reference (its ``model.json``), if any."""
-    import json
+    """The local model a vLLM engine directory serves by reference (``records.MODEL_REF``), if any."""
+    from medusa_trt import records
 
-    try:
-        model = json.loads((engine_dir / "model.json").read_text()).get("model")
-    except (OSError, ValueError, AttributeError):
-        return []
+    model = (records.peek(records.MODEL_REF, engine_dir) or {}).get("model")
     return [Path(model)] if isinstance(model, str) and Path(model).is_dir() else []

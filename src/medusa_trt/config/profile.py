@@ -338,7 +338,13 @@ def _fp8_device_issues(p: HardwareProfile) -> list[Issue]:
     if not fp8 or not f.fp8_devices or device in f.fp8_devices or device not in f.devices:
         return []
     need = " or ".join("a GPU" if d == "cuda" else f"a {d.upper()}" for d in f.fp8_devices)
-    return [Issue(("precision",), f"{f.title}'s FP8 weights and KV cache need {need}", hint="Use float32 on CPU.")]
+    return [
+        Issue(
+            ("precision",),
+            f"{f.title}'s FP8 weights and KV cache need {need}",
+            hint=f"Use float32 on {device.upper()}.",
+        )
+    ]
 
 
 def _limit_issues(p: HardwareProfile) -> list[Issue]:

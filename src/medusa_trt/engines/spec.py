@@ -333,15 +333,15 @@ def _tree_given(tree: str | None, env: dict[str, str], profile: HardwareProfile)
 
 def _top1_chain(facts: engine_facts.EngineFacts, tree: str | None, heads: int, cap: int) -> tuple[list[list[int]], int]:
     """A chain engine (vLLM) drafts the top-1 chain of min(heads, cap) tokens; a --tree is refused."""
-    from medusa_trt.medusa.trees import chain
+    from medusa_trt.medusa.trees import top1_chain
 
     if tree is not None:
         raise InvalidInputError(
             f"--tree: {facts.title} drafts a top-1 chain, not a tree",
             hint="Drop --tree; the chain is min(heads, the profile's medusa.max_draft_len) tokens long.",
         )
-    k = min(heads, cap)
-    return chain(k), k
+    path = top1_chain(heads, cap)
+    return path, len(path)
 
 
 def _convert_workers(env: dict[str, str], world_size: int) -> tuple[int, str]:

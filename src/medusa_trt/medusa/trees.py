@@ -179,6 +179,11 @@ def chain(k: int) -> Tree:
     return [[0] * d for d in range(1, k + 1)]
 
 
+def top1_chain(heads: int, max_draft_len: int) -> Tree:
+    """The chain an engine that drafts top-1 chains runs: one token per head, at most max_draft_len."""
+    return chain(min(heads, max_draft_len))
+
+
 def is_chain(tree: Tree) -> bool:
     """Whether ``tree`` is a top-1 chain (in any order)."""
     return sorted(tree, key=len) == chain(len(tree))

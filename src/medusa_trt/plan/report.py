@@ -18,7 +18,7 @@ from medusa_trt.config.model import ModelShape, resolve_model
 from medusa_trt.config.profile import HardwareProfile, load_profile
 from medusa_trt.errors import IncompatibleError, InvalidInputError, MedusaTrtError
 from medusa_trt.medusa.tree_builder import expected_tokens_per_step, validate_accuracy
-from medusa_trt.medusa.trees import chain, tree_name, tree_stats, validate_tree
+from medusa_trt.medusa.trees import top1_chain, tree_name, tree_stats, validate_tree
 from medusa_trt.plan import checks as ck
 from medusa_trt.plan import perf as pm
 from medusa_trt.plan.memory import GIB, disk_need, memory_per_gpu
@@ -144,8 +144,8 @@ def preflight_report(
         raise InvalidInputError(f"--num-medusa-heads must be >= 1, got {heads}")
     facts = engine_facts.get(prof.engine)
     if facts.chain:  # one token per head along the top-1 path: the chain the build will write
-        k = min(heads, prof.medusa.max_draft_len)
-        medusa = prof.medusa.model_copy(update={"tree": chain(k), "max_draft_len": k, "num_heads": heads})
+        path = top1_chain(heads, prof.medusa.max_draft_len)
+        medusa = prof.medusa.model_copy(update={"tree": path, "max_draft_len": len(path), "num_heads": heads})
         prof = prof.model_copy(update={"medusa": medusa})
     tree = prof.tree
     stats = tree_stats(tree)

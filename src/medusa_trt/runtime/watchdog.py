@@ -13,7 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from medusa_trt.errors import EngineFailedError
 from medusa_trt.runtime.exiting import GENERATE_THREAD, forbid_finalization
@@ -58,10 +58,20 @@ class StepClock:
         return f"{what} took longer than {limit:g} s (a tensor-parallel rank is hung or stopped)"
 
 
+class Watched(Protocol):
+    """What the watchdog needs of an engine (``runtime.api.ReferenceEngine``)."""
+
+    def rank_failures(self) -> list[str]: ...
+
+    def abort(self) -> None: ...
+
+
 class Watchdog:
     """A daemon thread polling ``engine.rank_failures()`` and ``clock.overdue()``; trips once."""
 
-    def __init__(self, engine: Any, clock: StepClock, on_fault: Callable[[str], None], poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, engine: Watched, clock: StepClock, on_fault: Callable[[str], None], poll_s: float = POLL_S
+    ) -> None:
         self.engine, self.clock, self.on_fault, self.poll_s = engine, clock, on_fault, poll_s
         self.fault: str | None = None
         self.detected_at: float | None = None  # time.monotonic() of the fault
@@ -94,7 +104,7 @@ class Watchdog:
             return
 
 
-def rank_failure(engine: Any, e: BaseException, what: str) -> BaseException:
+def rank_failure(engine: Watched, e: BaseException, what: str) -> BaseException:
     """``e``, or an EngineFailedError naming the rank that died if that is why a step failed.
 
     A collective's own error names sockets and source files; a dead rank's exit may take a moment
@@ -119,7 +129,7 @@ def _ours(e: BaseException) -> bool:
 
 
 def run_guarded(
-    engine: Any,
+    engine: Watched,
     body: Callable[[StepClock], T],
     *,
     first_timeout_s: float = FIRST_STEP_TIMEOUT_S,

@@ -95,7 +95,7 @@ def trainable_params(m: ModelShape, num_heads: int, num_layers: int, share: bool
 
 
 def training_budget(m: ModelShape, profile: Any, w: Workload) -> TrainBudget:
-    """Every stage's plan against ``profile`` (a HardwareProfile)."""
+    """Every stage's budget against ``profile`` (a HardwareProfile)."""
     hw = profile.hardware
     dtype = profile.precision.dtype if profile.precision.dtype in _BYTES else "bfloat16"
     # the reference runtime dequantizes FP8 linears at load: the backbone sits in the profile dtype

@@ -51,7 +51,7 @@ class Distilled:
     starts: list[int]
 
 
-def plan_jobs(encoded: list[list[int]], *, gen_tokens: int, seq_len: int, max_pos: int) -> list[Job]:
+def distil_jobs(encoded: list[list[int]], *, gen_tokens: int, seq_len: int, max_pos: int) -> list[Job]:
     """Cut prompts to leave room for a continuation; the budget keeps prompt + continuation <= seq_len."""
     jobs = []
     for i, ids in enumerate(encoded):

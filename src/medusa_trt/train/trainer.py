@@ -202,7 +202,7 @@ def _train(
 ) -> TrainResult:
     from medusa_trt.runtime.config import read_checkpoint
     from medusa_trt.train.backbone import load_tokenizer, resolve_backbone
-    from medusa_trt.train.distil import DISTIL_VERSION, local_generator, plan_jobs, run_distil, teacher_generator
+    from medusa_trt.train.distil import DISTIL_VERSION, distil_jobs, local_generator, run_distil, teacher_generator
     from medusa_trt.train.hidden import run_hidden, sequences_per_shard
     from medusa_trt.train.loop import LoopConfig, train_data_parallel
     from medusa_trt.train.progress import TrainProgress
@@ -218,7 +218,7 @@ def _train(
         info = read_checkpoint(bb.ckpt_dir)
         tok = load_tokenizer(bb.ckpt_dir)
         encoded = [encode_prompt(tok, p) for p in prompts]
-        jobs = plan_jobs(encoded, gen_tokens=cfg.gen_tokens, seq_len=cfg.seq_len, max_pos=info.max_seq_len)
+        jobs = distil_jobs(encoded, gen_tokens=cfg.gen_tokens, seq_len=cfg.seq_len, max_pos=info.max_seq_len)
 
         t0 = time.perf_counter()
         dkey = {
