@@ -111,7 +111,7 @@ def bias_check(vllm_dir: Path, heads: Path, num_prompts: int, max_tokens: int, i
 
     from medusa_trt import spec_counters
     from medusa_trt.bench.datasets import draw_prompts, load_prompts, load_tokenizer
-    from medusa_trt.supervise import free_port, health_url
+    from medusa_trt.supervise import Supervisor, free_port
 
     tok = load_tokenizer(vllm_dir)  # the model's, through the engine's model.json
     prompts = [p.text for p in draw_prompts(load_prompts("builtin"), num_prompts, 0, input_len, tok)]
@@ -123,21 +123,13 @@ def bias_check(vllm_dir: Path, heads: Path, num_prompts: int, max_tokens: int, i
         port = free_port()
         argv = list(cmd["argv"])
         i = argv.index("--speculative-config")
-        spec = json.loads(argv[i + 1])
-        spec["model"] = str(heads_dir)
-        argv[i + 1] = json.dumps(spec)
+        speculative = json.loads(argv[i + 1])
+        speculative["model"] = str(heads_dir)
+        argv[i + 1] = json.dumps(speculative)
         argv[argv.index("--port") + 1] = str(port)
-        proc = subprocess.Popen(
-            argv, env={**os.environ, **cmd["env"]}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        url = health_url("127.0.0.1", port)
-        try:
-            while proc.poll() is None:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(1)
+        # started, waited for and stopped (its whole process group) as `run` does
+        with Supervisor(argv, env=cmd["env"], host="127.0.0.1", port=port, log=Path(os.devnull)) as sup:
+            url = sup.url
             before = spec_counters.read(url)
             for p in prompts:
                 body = {
@@ -153,9 +145,6 @@ def bias_check(vllm_dir: Path, heads: Path, num_prompts: int, max_tokens: int, i
             print(
                 f"{label}: accepted per position {counted['num_accepted_tokens_per_pos']} over {counted['num_drafts']} drafts, vLLM's mean acceptance length {counted['acceptance_length']:.3f}"
             )
-        finally:
-            proc.terminate()
-            proc.wait()
     print(f"load average {os.getloadavg()}")
 
 
