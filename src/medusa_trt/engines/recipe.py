@@ -114,11 +114,11 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
 
 def _serve_needs(ctx: PlanContext) -> dict[str, Any]:
     """The GPUs serving takes, and the memory per GPU `plan` found (its memory check), when it ran."""
-    if not ctx.sizes:
-        return {"host": "GPU host"}
+    world = ctx.spec.world_size
+    if not ctx.sizes:  # the profile's devices still say where: "8x H200", "1x cpu"
+        return {"host": f"{world}x {ctx.gpu}"}
     per_gpu = (ctx.checks or {}).get("memory_gib", {})
     total = per_gpu.get("total") if isinstance(per_gpu, dict) else None
-    world = ctx.spec.world_size
     return {"gpus": world, "gpu_memory_gib_per_gpu": total, "host": f"{world}x {ctx.gpu}"}
 
 
