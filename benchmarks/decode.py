@@ -450,6 +450,7 @@ def summarise(doc: dict[str, Any]) -> None:
         targets["ours_tree_vs_vllm_medusa (>= 1.3)"] = ours["tree"]["tokens_per_s"] / vllm["chain"]["tokens_per_s"]
         targets["ours_plain_vs_vllm_plain"] = ours["plain"]["tokens_per_s"] / vllm["plain"]["tokens_per_s"]
     targets["ours_tree_vs_ours_plain (>= 2 at ~3 tokens/step)"] = ours["tree"]["vs_plain"]
+    targets["ours_tree_step_in_plain_steps (<= 1.4)"] = ours["tree"]["step_cost_plain_steps"]
     if doc.get("transformers"):
         hf_rate = doc["transformers"]["plain"]["tokens_per_s"]
         targets["ours_plain_vs_transformers_plain (>= 1.44)"] = ours["plain"]["tokens_per_s"] / hf_rate

@@ -62,15 +62,18 @@ def inprocess(engine_dir: Path, prompts: list[list[int]], tokens: int) -> dict[s
 
         one_pass(True)  # warm-up; the adaptive tree learns, as the server's does in its warm-up
         doc: dict[str, Any] = {"threads": torch.get_num_threads()}
-        for name, medusa in MODES.items():
-            cpu0 = time.process_time()
-            rates, outputs = one_pass(medusa)
-            cpu = time.process_time() - cpu0
-            text = [
-                engine.tokenizer.decode(o, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                for o in outputs
-            ]
-            doc[name] = {"rates": rates, "text": text, "cpu_ms_per_token": 1e3 * cpu / (len(prompts) * tokens)}
+        for threads in (doc["threads"], 1):  # torch's default (as `run --prompt`), then one thread
+            torch.set_num_threads(threads)
+            for name, medusa in MODES.items():
+                cpu0 = time.process_time()
+                rates, outputs = one_pass(medusa)
+                cpu = time.process_time() - cpu0
+                text = [
+                    engine.tokenizer.decode(o, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                    for o in outputs
+                ]
+                key = name if threads == doc["threads"] else f"1-thread {name}"
+                doc[key] = {"rates": rates, "text": text, "cpu_ms_per_token": 1e3 * cpu / (len(prompts) * tokens)}
         return doc
     finally:
         engine.close()
@@ -259,7 +262,9 @@ def main() -> None:
         prompts_file.write_text(json.dumps(prompts))
         for r in range(args.rounds):
             for s in trees:
-                rows = {f"in-process {k}": v for k, v in run_inprocess(args, s, prompts_file).items() if k in MODES}
+                inproc = run_inprocess(args, s, prompts_file)
+                threads = inproc.pop("threads")
+                rows = {f"in-process {k}": v for k, v in inproc.items()}
                 rows |= through_server(args, s, prompts)
                 load = os.getloadavg()[0]
                 for key, row in rows.items():
@@ -277,6 +282,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "prompts": len(prompts),
         "tokens": args.tokens,
+        "in_process_threads": threads,
         "trees": {name: summary(rows) for name, rows in best.items()},
     }
     if args.json:
@@ -311,7 +317,10 @@ def summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out["server_vs_in_process_medusa"] = {
         c: round(rate[f"{c} medusa"] / rate["in-process medusa"], 3) for c in ("raw", "bench")
     }
-    out["speedup"] = {c: round(rate[f"{c} medusa"] / rate[f"{c} plain"], 3) for c in ("in-process", "raw", "bench")}
+    out["speedup"] = {
+        c: round(rate[f"{c} medusa"] / rate[f"{c} plain"], 3)
+        for c in ("in-process", "in-process 1-thread", "raw", "bench")
+    }
     return out
 
 
@@ -323,16 +332,23 @@ def report(doc: dict[str, Any]) -> None:
     for name, s in doc["trees"].items():
         rate = s["tokens_per_s_per_user"]
         print(f"{name}:")
-        print(f"  {'':<12}{'in process':>11}{'raw client':>12}{'bench client':>14}")
+        th = f"{doc['in_process_threads']} threads"
+        print(f"  {'':<12}{'in process':>11}{'in process':>12}{'server, raw':>13}{'server, bench':>15}")
+        print(f"  {'':<12}{th:>11}{'1 thread':>12}{'client':>13}{'client':>15}")
         for mode in MODES:
             print(
-                f"  {mode:<12}{rate[f'in-process {mode}']:>11.1f}{rate[f'raw {mode}']:>12.1f}"
-                f"{rate[f'bench {mode}']:>14.1f}"
+                f"  {mode:<12}{rate[f'in-process {mode}']:>11.1f}{rate[f'in-process 1-thread {mode}']:>12.1f}"
+                f"{rate[f'raw {mode}']:>13.1f}{rate[f'bench {mode}']:>15.1f}"
             )
         sp = s["speedup"]
-        print(f"  {'speedup':<12}{sp['in-process']:>10.2f}x{sp['raw']:>11.2f}x{sp['bench']:>13.2f}x")
+        print(
+            f"  {'speedup':<12}{sp['in-process']:>10.2f}x{sp['in-process 1-thread']:>11.2f}x"
+            f"{sp['raw']:>12.2f}x{sp['bench']:>14.2f}x"
+        )
         r = s["server_vs_in_process_plain"]
         print(f"  plain through the server / in process: raw client {r['raw']:.2f}, bench client {r['bench']:.2f}")
+        m = s["server_vs_in_process_medusa"]
+        print(f"  Medusa through the server / in process: raw client {m['raw']:.2f}, bench client {m['bench']:.2f}")
         print(f"  server CPU ms/token: {s['server_cpu_ms_per_token']}")
         print(f"  client CPU ms/token: {s['client_cpu_ms_per_token']}")
         print(f"  identical outputs: {s['identical_outputs']}")

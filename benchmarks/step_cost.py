@@ -1,6 +1,6 @@
 """What one decoding step costs: plain vs a fixed 5-node tree on one checkpoint, greedy.
 
-    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--profile]
+    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--split] [--profile]
 
 Per round (a plain generation, then a tree one, so a load change hits both alike): wall milliseconds
 and this thread's CPU milliseconds per step (``time.thread_time``: on a shared, overloaded machine the
@@ -8,6 +8,8 @@ CPU time moves far less than the wall time), their tree/plain ratios, tokens per
 Medusa's output equals plain's; then the best of the rounds and the ratio of the bests. Run it under
 two source trees (PYTHONPATH=A/src, then B/src, alternating) to compare two versions of the runtime.
 
+``--split`` then splits each mode's CPU time per step, inside real generations: the runner's forward,
+the Medusa heads, the KV-cache commit, and the rest (drafting, acceptance, the decoding loop).
 ``--profile`` then prints where a step's time goes, for each mode: torch's profiler per op (self CPU
 time, calls per step) and cProfile per Python function (own time per step).
 """
@@ -39,6 +41,44 @@ def run(engine: Any, medusa: bool, tokens: int) -> tuple[list[int], float, float
     return out, 1e3 * st.decode_s / st.num_steps, 1e3 * cpu / st.num_steps, st.tokens_per_step, st.num_steps
 
 
+def split(engine: Any, tokens: int, rounds: int) -> None:
+    """This thread's CPU microseconds per step in the runner's forward, the heads, the KV-cache commit
+    and the rest of the step, inside real generations; best of ``rounds`` per part, modes alternating."""
+    runner, spent = engine._runner, {"forward": 0.0, "heads": 0.0, "commit": 0.0}
+
+    def timed(name: str) -> Any:
+        inner = getattr(runner, name)
+
+        def call(*args: Any, **kw: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return inner(*args, **kw)
+            finally:
+                spent[name] += time.thread_time() - t0
+
+        return call
+
+    for name in spent:
+        setattr(runner, name, timed(name))  # an instance attribute: the class is untouched
+    best: dict[str, dict[str, float]] = {"plain": {}, "tree5": {}}
+    try:
+        for _ in range(rounds):
+            for mode, medusa in (("plain", False), ("tree5", True)):
+                spent.update(dict.fromkeys(spent, 0.0))
+                _, _, cpu_ms, _, steps = run(engine, medusa, tokens)
+                row = {k: 1e6 * v / steps for k, v in spent.items()}
+                row["rest"] = 1e3 * cpu_ms - sum(row.values())  # the prefill is in ``forward``, amortised
+                row["step"] = 1e3 * cpu_ms
+                best[mode] = {k: min(v, best[mode].get(k, v)) for k, v in row.items()}
+    finally:
+        for name in spent:
+            delattr(runner, name)
+    print(f"CPU us per step, best of {rounds} (load {os.getloadavg()[0]:.1f}):")
+    for mode, row in best.items():
+        print(f"  {mode:<6}" + "  ".join(f"{k} {v:7.0f}" for k, v in row.items()))
+    print(f"  tree5 / plain: {best['tree5']['step'] / best['plain']['step']:.2f}")
+
+
 def profile(engine: Any, tokens: int, rows: int) -> None:
     """Per op (torch profiler) and per Python function (cProfile), per decoding step, for both modes."""
     from torch.profiler import ProfilerActivity
@@ -67,6 +107,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--split", action="store_true", help="then split each step's CPU time: forward, heads, rest")
     p.add_argument("--profile", action="store_true", help="then print the per-op and per-function profile")
     p.add_argument("--rows", type=int, default=25, help="rows of each profile table")
     a = p.parse_args()
@@ -96,6 +137,8 @@ def main() -> int:
         f"best of {a.rounds}: plain {pw:.2f} ms/step (cpu {pc:.2f})  tree5 {tw:.2f} (cpu {tc:.2f})  "
         f"ratio {tw / pw:.2f} (cpu {tc / pc:.2f})  load {os.getloadavg()[0]:.1f}"
     )
+    if a.split:
+        split(engine, a.tokens, a.rounds)
     if a.profile:
         profile(engine, a.tokens, a.rows)
     engine.close()

@@ -190,6 +190,21 @@ def test_hub_source_fp8_plan_fetches_then_quantizes(
     assert doc["checks"]["fits"] is True
 
 
+@pytest.mark.parametrize("profile,host", [("cpu", "1x cpu"), ("hgx-h200-fp8-tp8", "8x H200")])
+def test_a_model_of_unknown_shape_plans_each_step_on_its_host(
+    profile: str, host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No preset for the hub id: no sizes and no `plan` checks, but every step still says where it runs."""
+    args = ("--profile", profile, "--model", "acme/unknown-model", "--medusa", "acme/heads", "-o", str(tmp_path / "o"))
+    doc = dry_run(capsys, *args)
+    needs = {s["name"]: s["needs"] for s in doc["steps"]}
+    assert doc["checks"] is None and needs["serve"] == {"host": host}
+    gpu_steps = {"quantize", "build"} & set(needs)
+    assert all(needs[n] == {"host": "GPU host"} for n in gpu_steps) and (profile == "cpu") != bool(gpu_steps)
+    others = set(needs) - gpu_steps - {"serve", "manifest"}  # fetch, convert, runtime files, validate, ...
+    assert others and all(needs[n]["host"] == "any" and not needs[n].get("disk_gib") for n in others)
+
+
 def test_reference_plan_validates_instead_of_building(
     tiny_llama: Path, tiny_heads: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -38,7 +38,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Iterat
 def server(engine: Any) -> Iterator[tuple[str, Any]]:
     from medusa_trt.serve import create_app
 
-    app = create_app(engine, "tiny")
+    app = create_app(engine, "tiny", threads=1)  # as `medusa-trt run` on 2 cores (serve.worker.engine_threads)
     with app_in_thread(app, start_timeout_s=20) as url:
         yield url, app
 
@@ -316,6 +316,12 @@ def test_health_while_generating_and_disconnect(
     assert now == before + 1, httpx.get(f"{url}/metrics").text
     ok = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 3, "temperature": 0}, timeout=30)
     assert ok.status_code == 200
+
+
+def test_the_engine_thread_runs_with_its_own_torch_threads(server: tuple[str, Any]) -> None:
+    worker = server[1].state.worker
+    assert worker.started.wait(30)
+    assert worker.torch_threads == 1
 
 
 def test_concurrent_requests_queue(url: str, engine: Any) -> None:

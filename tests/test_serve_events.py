@@ -65,3 +65,41 @@ def test_a_cancelled_reader_leaves_the_event_for_the_next_get() -> None:
         return await events.get(timeout=30)
 
     assert asyncio.run(main()) == "kept"
+
+
+def test_a_timer_armed_for_an_earlier_wait_does_not_cut_a_later_one_short() -> None:
+    """One timer serves successive waits: when it fires for a wait that already ended, the current wait
+    (with its own, later deadline) goes on and gets its event."""
+
+    async def main() -> object:
+        loop = asyncio.get_running_loop()
+        events = Events(loop)
+        first = asyncio.ensure_future(events.get(timeout=0.02))
+        await asyncio.sleep(0)
+        events.put("first")
+        assert await first == "first"
+        second = asyncio.ensure_future(events.get(timeout=30))
+        await asyncio.sleep(0.1)  # the first wait's timer has fired meanwhile
+        assert not second.done()
+        events.put("second")
+        return await second
+
+    assert asyncio.run(main()) == "second"
+
+
+@pytest.mark.parametrize(
+    ("tp", "cores", "torch_threads", "want"),
+    [
+        (1, 2, 2, 1),  # 2 cores: one for the engine, one for the event loop and a local client
+        (1, 1, 1, 1),  # never below one
+        (1, 16, 16, 15),
+        (1, 16, 4, 4),  # OMP_NUM_THREADS (a profile's runtime_env) is the upper bound
+        (2, 16, 8, None),  # tensor-parallel ranks already split the cores
+    ],
+)
+def test_engine_threads_leave_a_core_to_the_event_loop(
+    tp: int, cores: int, torch_threads: int, want: int | None
+) -> None:
+    from medusa_trt.serve.worker import engine_threads
+
+    assert engine_threads(tp, cores, torch_threads) == want

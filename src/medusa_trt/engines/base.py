@@ -44,7 +44,6 @@ The contract, method by method:
 
 from __future__ import annotations
 
-import math
 import shlex
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -82,16 +81,30 @@ class BuildSteps:
 @dataclass(frozen=True)
 class PlanContext:
     """What an engine's ``build_steps`` reads: the spec, the output directory, the size estimates and,
-    when it ran, `plan`'s preflight document (whose disk numbers the step needs reuse)."""
+    when it ran, `plan`'s preflight document (whose disk numbers the step needs reuse). Each step
+    says what it needs (disk, memory, GPUs, which host) from these; without ``sizes`` (a model of
+    unknown shape), only which host."""
 
     spec: BuildSpec
     out: Path
     sizes: dict[str, float]  # GiB per artefact (``recipe.estimates``); empty when the model's shape is unknown
     checks: dict[str, Any] | None = None
 
-    def needs(self, step: str) -> dict[str, Any]:
-        """What a step needs (disk, memory, GPUs, which host), as `plan` estimates it."""
-        return step_needs(self, step)
+    @property
+    def gpu(self) -> str:
+        return self.spec.profile.hardware.gpu or "cpu"
+
+    def disk(self) -> dict[str, Any]:
+        """`plan`'s disk check in GiB (the numbers `medusa-trt plan` prints); empty when it did not run."""
+        return (self.checks or {}).get("disk_gib") or {}
+
+    def checkpoint_gib(self) -> float:
+        """The TRT-LLM checkpoint on disk: `plan`'s figure when it ran, else the estimate."""
+        return round(float(self.disk().get("trtllm_checkpoint", self.sizes["checkpoint"])), 1)
+
+    def source_gib(self) -> float:
+        """The Hugging Face model and heads on disk: `plan`'s figure when it ran, else the estimate."""
+        return float(self.disk().get("hf_checkpoint", self.sizes["source"]))
 
 
 @dataclass(frozen=True)
@@ -193,47 +206,3 @@ def command_text(argv: list[str], env: dict[str, str]) -> str:
 def runtime_env(manifest: dict[str, Any]) -> dict[str, str]:
     """The profile's runtime environment recorded in a manifest, as strings."""
     return {k: str(v) for k, v in (manifest.get("runtime_env") or {}).items()}
-
-
-def step_needs(ctx: PlanContext, step: str) -> dict[str, Any]:
-    """The resources of a build step by name, from the size estimates and `plan`'s disk check."""
-    spec, est, checks = ctx.spec, ctx.sizes, ctx.checks
-    gpu_mem = float(spec.profile.hardware.memory_gib)
-    gpu = spec.profile.hardware.gpu or "cpu"
-    if not est:
-        return {"host": "GPU host" if step in ("quantize", "build", "serve") else "any"}
-    disk = (checks or {}).get("disk_gib") or {}
-    # `plan`'s disk check when it ran (the same numbers `medusa-trt plan` prints), else our own estimate
-    ckpt = round(float(disk.get("trtllm_checkpoint", est["checkpoint"])), 1)
-    if "hf_checkpoint" in disk:
-        est = {**est, "source": float(disk["hf_checkpoint"])}
-    if step == "fetch-model":
-        return {"disk_gib": round(est["source"], 1), "gpus": 0, "host": "any (network)"}
-    if step == "fetch-medusa":  # the heads alone, not the base model
-        return {"disk_gib": round(est["heads"], 1), "gpus": 0, "host": "any (network)"}
-    if step == "convert":
-        return {"disk_gib": ckpt, "host_memory_gib": 2.0, "gpus": 0, "host": "any (streams one tensor at a time)"}
-    if step == "quantize":
-        # ModelOpt loads the whole BF16 model across the visible GPUs for calibration
-        gpus = min(spec.profile.hardware.count, max(1, math.ceil(est["base_dense"] / (0.85 * gpu_mem))))
-        return {
-            "disk_gib": ckpt,
-            "gpu_memory_gib_total": round(est["base_dense"] * 1.1, 1),
-            "gpus": gpus,
-            "host_memory_gib": round(est["base_dense"], 1),
-            "host": f"GPU host ({gpu})",
-        }
-    if step == "build":
-        return {
-            "disk_gib": round(float(disk.get("engine", ckpt)), 1),
-            "host_memory_gib": ckpt,
-            "gpus": spec.world_size,
-            "host": f"GPU host ({spec.world_size}x {gpu}, same GPU model as serving)",
-        }
-    if step == "validate":
-        return {"host_memory_gib": round(est["checkpoint"] * 1.2 + 0.1, 2), "gpus": 0, "host": "any"}
-    if step == "serve":
-        per_gpu = (checks or {}).get("memory_gib", {})
-        total = per_gpu.get("total") if isinstance(per_gpu, dict) else None
-        return {"gpus": spec.world_size, "gpu_memory_gib_per_gpu": total, "host": f"{spec.world_size}x {gpu}"}
-    return {}

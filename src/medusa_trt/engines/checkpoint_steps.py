@@ -85,9 +85,20 @@ def convert_step(ctx: PlanContext) -> Step:
             "max_draft_len": spec.max_draft_len,
         },
         outputs=[CHECKPOINT],
-        needs=ctx.needs("convert"),
+        needs=_convert_needs(ctx),
         kind=StepKind.PYTHON,
     )
+
+
+def _convert_needs(ctx: PlanContext) -> dict[str, Any]:
+    if not ctx.sizes:
+        return {"host": "any"}
+    return {
+        "disk_gib": ctx.checkpoint_gib(),
+        "host_memory_gib": 2.0,
+        "gpus": 0,
+        "host": "any (streams one tensor at a time)",
+    }
 
 
 def runtime_files_step(spec: BuildSpec) -> Step:

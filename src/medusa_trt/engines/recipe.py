@@ -106,10 +106,20 @@ def make_build_plan(spec: BuildSpec, *, checks: dict[str, Any] | None = None) ->
             outputs=[MANIFEST],
             kind=StepKind.PYTHON,
         ),
-        serve_step(spec, ctx.out, needs=ctx.needs("serve")),
+        serve_step(spec, ctx.out, needs=_serve_needs(ctx)),
     ]
     notes = [f"source format: {spec.model.format}", *spec.model.notes, *part.notes]
     return BuildPlan(spec, steps, notes, checks, part.documents)
+
+
+def _serve_needs(ctx: PlanContext) -> dict[str, Any]:
+    """The GPUs serving takes, and the memory per GPU `plan` found (its memory check), when it ran."""
+    world = ctx.spec.world_size
+    if not ctx.sizes:  # the profile's devices still say where: "8x H200", "1x cpu"
+        return {"host": f"{world}x {ctx.gpu}"}
+    per_gpu = (ctx.checks or {}).get("memory_gib", {})
+    total = per_gpu.get("total") if isinstance(per_gpu, dict) else None
+    return {"gpus": world, "gpu_memory_gib_per_gpu": total, "host": f"{world}x {ctx.gpu}"}
 
 
 def spec_record(spec: BuildSpec) -> dict[str, Any]:

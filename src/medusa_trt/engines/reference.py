@@ -119,7 +119,10 @@ def _validate_step(ctx: PlanContext) -> Step:
         ["medusa-trt", "run", str(ctx.out / CHECKPOINT), "--prompt", "hello", "--max-tokens", "1"],
         env=spec.runtime_env,
         inputs={"checkpoint_dir": CHECKPOINT, "tp": spec.tp},
-        needs=ctx.needs("validate"),
+        # the checkpoint loaded in memory, and the interpreter's own
+        needs={"host_memory_gib": round(ctx.sizes["checkpoint"] * 1.2 + 0.1, 2), "gpus": 0, "host": "any"}
+        if ctx.sizes
+        else {"host": "any"},
         kind=StepKind.PYTHON,
     )
 

@@ -94,6 +94,7 @@ class LlamaShard:
         self.length = 0
         self._rope_cs: torch.Tensor | None = None  # [2, P, hd]: cos and signed sin of positions 0..P-1
         self._bias: torch.Tensor | None = None  # [Tmax, capacity]: additive attention mask of a tree step
+        self._block: tuple[torch.Tensor, torch.Tensor] | None = None  # the last tree mask, its additive [T, T]
         self.last_hidden: torch.Tensor | None = None  # [T, D] after ln_f, for the heads
         self.alloc_batch(0, 0)
 
@@ -144,8 +145,16 @@ class LlamaShard:
         assert self.cache is not None
         if self._bias is None or self._bias.shape[0] < t or self._bias.shape[1] != self.cache.shape[3]:
             self._bias = torch.zeros(max(t, 16), self.cache.shape[3], dtype=self.dtype, device=self.device)
-        self._bias[:t, n : n + t].masked_fill_(tree_mask.logical_not(), -float("inf"))
+        self._bias[:t, n : n + t].copy_(self._additive(tree_mask))
         return self._bias[:t, : n + t]
+
+    def _additive(self, tree_mask: torch.Tensor) -> torch.Tensor:
+        """``tree_mask`` [T, T] as 0 / -inf in the model's dtype, built again only when the mask changes
+        (rank 0 passes the same subtree's mask step after step; a worker rank receives a copy each step)."""
+        if self._block is None or self._block[0] is not tree_mask:
+            block = torch.zeros(tree_mask.shape, dtype=self.dtype, device=self.device)
+            self._block = (tree_mask, block.masked_fill_(tree_mask.logical_not(), -float("inf")))
+        return self._block[1]
 
     def _rope_at(self, pos: torch.Tensor, bound: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin [T, 1, hd] for positions ``pos`` [T]; from a table grown on demand when the

@@ -37,6 +37,7 @@ def create_app(
     model_name: str | None = None,
     guard: ServeGuard | None = None,
     on_fault: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ) -> FastAPI:
     """An app serving ``engine`` under ``model_name`` (default: the engine's). Starts the engine thread
     and its watchdog.
@@ -45,7 +46,8 @@ def create_app(
     the app's shutdown does too. When a tp rank dies or a step outlives its timeout, ``/health``
     turns 503, the running and queued requests fail with 503, the ranks are killed and
     ``on_fault(reason)`` is called (the server then exits). ``/health`` is 503 too while the prompt
-    worker (chat template, tokenizer) is stuck on one request past its budget.
+    worker (chat template, tokenizer) is stuck on one request past its budget. ``threads``: the engine
+    thread's torch threads (``serve.worker.engine_threads``; None leaves torch's setting).
     """
     if engine.tokenizer is None:
         raise CheckpointError(
@@ -56,7 +58,7 @@ def create_app(
     name = model_name or engine.model_name or "model"
     metrics = Metrics(name)
     clock = StepClock(guard.first_step_timeout_s, guard.step_timeout_s)
-    worker = EngineWorker(engine, metrics, clock)
+    worker = EngineWorker(engine, metrics, clock, threads=threads)
     handler = RequestHandler(engine, worker, metrics, name, template_timeout_s=guard.template_timeout_s)
     fault: list[str] = []
 

@@ -97,7 +97,8 @@ def _serve(
         _hard_exit_after(HARD_EXIT_S, EXIT_FAILURE, engine)
         _later(FAULT_EXIT_S, lambda: holder[0].stop_for_fault())
 
-    app = create_app(engine, model_name, guard, on_fault)
+    threads = _engine_threads(engine)
+    app = create_app(engine, model_name, guard, on_fault, threads=threads)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S, lifespan="on"
     )
@@ -135,6 +136,18 @@ def _serve(
     if faults:
         return EXIT_FAILURE
     return 0
+
+
+def _engine_threads(engine: ReferenceEngine) -> int | None:
+    import torch
+
+    from medusa_trt.serve.worker import engine_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = engine_threads(engine.tp, cores, torch.get_num_threads())
+    if threads is not None:
+        logger.info("engine thread: %d torch thread(s) of %d cores (one left to the HTTP server)", threads, cores)
+    return threads
 
 
 def _hard_exit_after(seconds: float, code: int, engine: ReferenceEngine) -> None:

@@ -31,6 +31,20 @@ if TYPE_CHECKING:
 PING_S = 5.0  # idle interval between liveness round trips through the tp ranks
 
 
+def engine_threads(tp: int, cores: int, torch_threads: int) -> int | None:
+    """Torch threads for a server's engine thread: one core fewer than the process may use, at most
+    ``torch_threads`` (torch's setting: OMP_NUM_THREADS, e.g. the profile's), at least one; None at tp > 1
+    (the ranks split the cores already).
+
+    The event loop (and a client on the same machine) needs a core. An engine team with every core makes
+    OpenMP wake a sleeping worker for each parallel region, which then competes with the loop for the
+    cores: on 2 cores that cost about 15 extra context switches per streamed token.
+    """
+    if tp > 1:
+        return None
+    return max(1, min(torch_threads, cores - 1))
+
+
 @dataclass
 class Finished:
     """The last event of a job: the engine's stats (None when cut short) or the error it raised."""
@@ -51,6 +65,8 @@ class Events:
         self._items: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._lock = threading.Lock()  # orders an append against the reader's decision to wait
+        self._deadline = 0.0  # when the waiting reader times out (loop time)
+        self._timer: asyncio.TimerHandle | None = None
 
     def put(self, event: Any) -> None:
         with self._lock:
@@ -73,17 +89,29 @@ class Events:
             if self._items:
                 return self._items.popleft()
             waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, _resolve, waiter)
+        # one timer at a time, re-armed when it fires (not one per wait: a stream waits once per token)
+        self._deadline = self._loop.time() + timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._expire)
         try:
             await waiter
         finally:
-            timer.cancel()
             with self._lock:
                 if self._waiter is waiter:
                     self._waiter = None
         if not self._items:
             raise asyncio.TimeoutError
         return self._items.popleft()
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a timer
+        if self._loop.time() < self._deadline:  # a later wait than the one this timer was armed for
+            self._timer = self._loop.call_at(self._deadline, self._expire)
+        else:
+            _resolve(waiter)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
@@ -119,9 +147,13 @@ class EngineWorker:
         metrics: Metrics | None = None,
         clock: StepClock | None = None,
         ping_s: float = PING_S,
+        threads: int | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.threads = threads  # torch intra-op threads of the engine thread (None: leave torch's)
+        self.started = threading.Event()  # set once the thread runs with its settings
+        self.torch_threads = 0
         self.clock = clock or StepClock()
         self.ping_s = ping_s if engine.tp > 1 else None
         self._jobs: queue.Queue[Job | None] = queue.Queue()
@@ -190,6 +222,12 @@ class EngineWorker:
                     continue
 
     def _loop(self) -> None:
+        import torch
+
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        self.torch_threads = torch.get_num_threads()  # what this thread's steps run with
+        self.started.set()
         while True:
             job = self._next_job()
             if job is None:

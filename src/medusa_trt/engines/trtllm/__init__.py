@@ -212,7 +212,7 @@ def _build_step(ctx: PlanContext) -> Step:
         argv,
         inputs={"checkpoint_dir": CHECKPOINT},
         outputs=[ENGINE_SUBDIR],
-        needs=ctx.needs("build"),
+        needs=_build_needs(ctx),
         kind=StepKind.PROCESS,
         notes=["max_draft_len is inherited from the checkpoint (not passed)"],
     )
@@ -232,6 +232,40 @@ def fetch(repo: str, revision: str | None, local: Path, kind: str) -> None:
         tmp.symlink_to(snapshot, target_is_directory=True)
 
 
+def _fetch_needs(ctx: PlanContext, role: str) -> dict[str, Any]:
+    if not ctx.sizes:
+        return {"host": "any"}
+    gib = ctx.source_gib() if role == "model" else ctx.sizes["heads"]  # the heads alone, not the base model
+    return {"disk_gib": round(gib, 1), "gpus": 0, "host": "any (network)"}
+
+
+def _quantize_needs(ctx: PlanContext) -> dict[str, Any]:
+    if not ctx.sizes:
+        return {"host": "GPU host"}
+    # ModelOpt loads the whole BF16 model across the visible GPUs for calibration
+    dense, hardware = ctx.sizes["base_dense"], ctx.spec.profile.hardware
+    gpus = min(hardware.count, max(1, math.ceil(dense / (0.85 * float(hardware.memory_gib)))))
+    return {
+        "disk_gib": ctx.checkpoint_gib(),
+        "gpu_memory_gib_total": round(dense * 1.1, 1),
+        "gpus": gpus,
+        "host_memory_gib": round(dense, 1),
+        "host": f"GPU host ({ctx.gpu})",
+    }
+
+
+def _build_needs(ctx: PlanContext) -> dict[str, Any]:
+    if not ctx.sizes:
+        return {"host": "GPU host"}
+    ckpt, world = ctx.checkpoint_gib(), ctx.spec.world_size
+    return {
+        "disk_gib": round(float(ctx.disk().get("engine", ckpt)), 1),
+        "host_memory_gib": ckpt,
+        "gpus": world,
+        "host": f"GPU host ({world}x {ctx.gpu}, same GPU model as serving)",
+    }
+
+
 def _quantize_steps(ctx: PlanContext) -> list[Step]:
     """[fetch-model] [fetch-medusa] quantize: quantize.py needs local files."""
     spec, out = ctx.spec, ctx.out
@@ -248,7 +282,7 @@ def _quantize_steps(ctx: PlanContext) -> list[Step]:
                 ["hf", "download", src.given, "--revision", src.revision or "main", "--local-dir", str(local)],
                 inputs={"repo": src.given, "revision": src.revision},
                 outputs=[f"{SOURCES}/{role}"],
-                needs=ctx.needs(f"fetch-{role}"),
+                needs=_fetch_needs(ctx, role),
                 kind=StepKind.PYTHON,
             )
         )
@@ -276,7 +310,7 @@ def _quantize_steps(ctx: PlanContext) -> list[Step]:
             argv,
             inputs={**checkpoint_steps.source_inputs(spec), "model_dir": model_dir, "medusa_dir": medusa_dir},
             outputs=[CHECKPOINT],
-            needs=ctx.needs("quantize"),
+            needs=_quantize_needs(ctx),
             kind=StepKind.PROCESS,
             notes=[
                 f"TensorRT-LLM examples directory: {where} ({source}; set {commands.EXAMPLES_ENV})",
