@@ -1,6 +1,7 @@
 """The trunk's linear layers on one checkpoint: ``F.linear`` against oneDNN over prepacked weights.
 
     python benchmarks/linear_kernels.py CKPT [--rows 1,6,16,64] [--rounds 5] [--threads 1]
+    python benchmarks/linear_kernels.py --shape 8b [--layers 1]   # random bfloat16 weights, Llama 3.1 8B's shapes
 
 Runs every linear layer of the checkpoint's trunk (each layer's qkv, dense, fc+gate, proj, then the
 lm_head) over an input of R rows, in order, as one decoding step does (so each weight comes from
@@ -46,9 +47,27 @@ def weights(ckpt: str) -> list[tuple[Any, Any]]:
     return out
 
 
+def weights_8b(layers: int) -> list[tuple[Any, Any]]:
+    """Random bfloat16 weights with Llama 3.1 8B's shapes: ``layers`` layers, then the lm_head."""
+    import torch
+
+    from medusa_trt.runtime import kernels
+
+    d, i, kv, vocab = 4096, 14336, 1024, 128256
+    g = torch.Generator().manual_seed(0)
+    shapes = [(d + 2 * kv, d), (d, d), (2 * i, d), (d, i)] * layers + [(vocab, d)]
+    out = []
+    for shape in shapes:
+        w = (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+        out.append((w, kernels.pack(w)))
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ckpt", help="a checkpoint or engine directory")
+    p.add_argument("ckpt", nargs="?", help="a checkpoint or engine directory")
+    p.add_argument("--shape", choices=["8b"], default=None, help="random weights of this shape instead of CKPT")
+    p.add_argument("--layers", type=int, default=1, help="with --shape: decoder layers")
     p.add_argument("--rows", default="1,6,16,64")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--passes", type=int, default=10, help="passes timed together in a round")
@@ -61,8 +80,10 @@ def main() -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    ws = weights(a.ckpt)
-    packed = sum(q.is_mkldnn for _, q in ws)
+    if (a.ckpt is None) == (a.shape is None):
+        p.error("give CKPT or --shape")
+    ws = weights(a.ckpt) if a.ckpt else weights_8b(a.layers)
+    packed = sum(isinstance(q, kernels.Packed) for _, q in ws)
     print(f"{len(ws)} weights ({packed} packed), {ws[0][0].dtype}, threads {torch.get_num_threads()}")
 
     def plain(xs: list[Any]) -> None:
