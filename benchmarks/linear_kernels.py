@@ -83,7 +83,7 @@ def main() -> int:
     if (a.ckpt is None) == (a.shape is None):
         p.error("give CKPT or --shape")
     ws = weights(a.ckpt) if a.ckpt else weights_8b(a.layers)
-    packed = sum(q.is_mkldnn for _, q in ws)
+    packed = sum(isinstance(q, kernels.Packed) for _, q in ws)
     print(f"{len(ws)} weights ({packed} packed), {ws[0][0].dtype}, threads {torch.get_num_threads()}")
 
     def plain(xs: list[Any]) -> None:

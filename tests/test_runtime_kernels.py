@@ -1,6 +1,6 @@
 """The trunk's linear kernel (``runtime.kernels``): weights prepacked for oneDNN compute what ``F.linear``
-computes, for a plain step's one row, a tree step's few and a prefill's many; what cannot be packed
-stays a plain tensor; a loaded engine runs on the packed weights (its logits against transformers':
+computes, for a plain step's one row, a tree step's few and a prefill's many; a twin sends one row to
+the plain weight; what cannot be packed stays a plain tensor; a loaded engine runs on the packed weights (its logits against transformers':
 tests/test_runtime_logits.py)."""
 
 from __future__ import annotations
@@ -25,10 +25,21 @@ def test_packed_weight_computes_what_f_linear_does(dtype: torch.dtype, tol: floa
     w = (torch.randn(96, 64, generator=g) * 0.1).to(dtype)
     x = torch.randn(*rows, 64, generator=g).to(dtype)
     packed = kernels.pack(w)
-    assert packed.is_mkldnn and packed.shape == w.shape
+    assert isinstance(packed, kernels.Packed) and packed.plain is None and packed.shape == w.shape
     got, want = kernels.linear(x, packed), F.linear(x, w)
     assert got.shape == want.shape == (*rows, 96) and got.dtype == dtype
     assert float((got.float() - want.float()).abs().max()) <= tol * float(want.float().abs().max())
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
+def test_a_twin_sends_one_row_to_the_plain_weight_and_more_to_onednn() -> None:
+    w, x = torch.randn(96, 64), torch.randn(6, 64)
+    twin = kernels.pack(w, twin=True)
+    assert isinstance(twin, kernels.Packed) and twin.plain is w
+    assert torch.equal(kernels.linear(x[:1], twin), F.linear(x[:1], w))  # the very same kernel
+    assert torch.equal(kernels.linear(x[None, None, :1], twin), F.linear(x[None, None, :1], w))
+    onednn = torch.ops.mkldnn._linear_pointwise(x, twin.onednn, None, "none", [], "")
+    assert torch.equal(kernels.linear(x, twin), onednn)
 
 
 @pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
@@ -52,9 +63,11 @@ def test_what_cannot_be_packed_stays_plain(w: torch.Tensor) -> None:
 
 
 @pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
-def test_an_engine_runs_on_packed_weights(tiny_llama: Path, tmp_path: Path) -> None:
-    with load_engine(make_checkpoint(tiny_llama, tmp_path / "ckpt")) as engine:
+@pytest.mark.parametrize(("dtype", "twin"), [("float32", True), ("bfloat16", False)])
+def test_an_engine_runs_on_packed_weights(tiny_llama: Path, tmp_path: Path, dtype: str, twin: bool) -> None:
+    """A tiny float32 shard is far below TWIN_MAX_BYTES: every trunk weight keeps its twin; bfloat16 never."""
+    with load_engine(make_checkpoint(tiny_llama, tmp_path / "ckpt", dtype=dtype)) as engine:
         w = engine._runner.model.w
         trunk = [t for lw in w.layers for t in (lw.qkv, lw.dense, lw.fc_gate, lw.proj)] + [w.lm_head]
-        assert all(t.is_mkldnn for t in trunk)
-        assert not w.embed.is_mkldnn  # the lookup reads rows: never packed
+        assert all(isinstance(t, kernels.Packed) and (t.plain is not None) == twin for t in trunk)
+        assert not isinstance(w.embed, kernels.Packed)  # the lookup reads rows: never packed

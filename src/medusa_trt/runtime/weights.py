@@ -25,11 +25,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 @dataclass
 class LayerWeights:
     ln1: torch.Tensor  # [D]
-    qkv: torch.Tensor  # [(Hl + 2*KVl) * hd, D]
-    dense: torch.Tensor  # [D, Hl * hd]
+    qkv: kernels.Weight  # [(Hl + 2*KVl) * hd, D]
+    dense: kernels.Weight  # [D, Hl * hd]
     ln2: torch.Tensor  # [D]
-    fc_gate: torch.Tensor  # [2 * Il, D]: fc (activated, from gate_proj) then gate (from up_proj)
-    proj: torch.Tensor  # [D, Il]
+    fc_gate: kernels.Weight  # [2 * Il, D]: fc (activated, from gate_proj) then gate (from up_proj)
+    proj: kernels.Weight  # [D, Il]
 
 
 @dataclass
@@ -39,7 +39,7 @@ class ShardWeights:
     parallel_embedding: bool
     layers: list[LayerWeights]
     ln_f: torch.Tensor  # [D]
-    lm_head: torch.Tensor  # [Vl, D] this rank's vocab rows
+    lm_head: kernels.Weight  # [Vl, D] this rank's vocab rows
     vocab_rows: list[int]  # lm_head rows on every rank (for the gather)
     heads_w: list[torch.Tensor]  # per Medusa layer l: [K, D/t, D]
     heads_b: list[torch.Tensor]  # per Medusa layer l: [K, D/t]
@@ -89,6 +89,11 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
             hint="Convert with --dtype float32, float16 or bfloat16.",
         )
     state = _read_state(path)
+    # a small float32 shard keeps its plain weights beside the packed ones (kernels.Packed)
+    twin = dtype == torch.float32 and 4 * sum(t.numel() for t in state.values()) <= kernels.TWIN_MAX_BYTES
+
+    def pack(w: torch.Tensor) -> kernels.Weight:
+        return kernels.pack(w, twin=twin)
 
     def get(name: str) -> torch.Tensor:
         if name not in state:
@@ -97,7 +102,7 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
         del state[name]  # each is read once: a packed copy (kernels.pack) never coexists with the file's
         return w
 
-    layers = [_layer(get, i) for i in range(info.num_layers)]
+    layers = [_layer(get, pack, i) for i in range(info.num_layers)]
     parallel = bool(info.config.get("use_parallel_embedding")) and info.tp > 1
     embed = get("transformer.vocab_embedding.weight")
     embed_rows = shard_rows(info, "transformer.vocab_embedding.weight") if parallel else [embed.shape[0]]
@@ -109,7 +114,7 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
         parallel_embedding=parallel,
         layers=layers,
         ln_f=get("transformer.ln_f.weight"),
-        lm_head=kernels.pack(lm_head),
+        lm_head=pack(lm_head),
         vocab_rows=vocab_rows,
         heads_w=heads_w,
         heads_b=heads_b,
@@ -130,15 +135,15 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         ) from e
 
 
-def _layer(get: Getter, i: int) -> LayerWeights:
+def _layer(get: Getter, pack: Callable[[torch.Tensor], kernels.Weight], i: int) -> LayerWeights:
     p = f"transformer.layers.{i}."
     return LayerWeights(
         ln1=get(p + "input_layernorm.weight"),
-        qkv=kernels.pack(get(p + "attention.qkv.weight")),
-        dense=kernels.pack(get(p + "attention.dense.weight")),
+        qkv=pack(get(p + "attention.qkv.weight")),
+        dense=pack(get(p + "attention.dense.weight")),
         ln2=get(p + "post_layernorm.weight"),
-        fc_gate=kernels.pack(torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0)),
-        proj=kernels.pack(get(p + "mlp.proj.weight")),
+        fc_gate=pack(torch.cat([get(p + "mlp.fc.weight"), get(p + "mlp.gate.weight")], dim=0)),
+        proj=pack(get(p + "mlp.proj.weight")),
     )
 
 
