@@ -5,7 +5,7 @@
         [--input-len 128] [--max-tokens 64] [--num-prompts 16] [--rounds 2]
 
 One server (`medusa-trt run ENGINE_DIR` on a free loopback port) is measured by the three tools in turn,
-round after round (so a change in the machine's load touches them alike), at concurrency 1, with the
+round after round, in a different order each round (so a change in the machine's load touches them alike), at concurrency 1, with the
 same prompt and output lengths, greedy, ``ignore_eos`` so every request yields ``--max-tokens`` tokens,
 and output tokens counted from the server's ``usage`` (aiperf: ``--use-server-token-count``; guidellm
 reads ``usage`` by default). TPOT is (E2EL - TTFT) / (tokens - 1) in all three: guidellm calls it
@@ -163,6 +163,17 @@ def _cpu_ns(pid: int) -> int | None:
         return None
 
 
+def measure(name: str, url: str, model: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    if name == "medusa-trt bench":
+        return ours(url, a, work / "bench.json")
+    if name == "guidellm":
+        return guidellm(url, model, a, work / "guidellm.json")
+    if name == "ours + 1 busy core":
+        return ours_beside_busy_core(url, a, work / "bench-busy.json")
+    paced = name == "aiperf (paced)"
+    return aiperf(url, model, a, work / ("aiperf-paced" if paced else "aiperf"), paced)
+
+
 def _median(xs: list[float | None]) -> float | None:
     known = [x for x in xs if x is not None]
     return round(statistics.median(known), 3) if known else None
@@ -212,11 +223,9 @@ def main() -> None:
             work = Path(tmp) / str(r)
             work.mkdir()
             loads.append(os.getloadavg()[0])
-            runs["medusa-trt bench"].append(ours(url, a, work / "bench.json"))
-            runs["guidellm"].append(guidellm(url, model, a, work / "guidellm.json"))
-            runs["aiperf"].append(aiperf(url, model, a, work / "aiperf"))
-            runs["aiperf (paced)"].append(aiperf(url, model, a, work / "aiperf-paced", paced=True))
-            runs["ours + 1 busy core"].append(ours_beside_busy_core(url, a, work / "bench-busy.json"))
+            # a different order each round: a burst of load from elsewhere does not always hit the same tools
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                runs[name].append(measure(name, url, model, a, work))
     summary = {tool: {k: _median([x[k] for x in rs]) for k in rs[0]} for tool, rs in runs.items()}
     base = summary["medusa-trt bench"]
     diff = {
