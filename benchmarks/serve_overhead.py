@@ -5,18 +5,19 @@
 On the demo's engine (``medusa-trt demo`` builds it; its cache dir holds ``engine/``), the demo's bench prompts
 (held-out stdlib code, as token ids), ``--tokens`` tokens each (ignore_eos), greedy, one request at a time:
 
-- in process: ``engine.generate`` in a fresh interpreter, torch's default threads (as `run` has them);
+- in process: ``engine.generate`` in a fresh interpreter, at torch's default threads (as `run --prompt`
+  has them) and at one thread (what the server's engine thread gets on 2 cores: serve.worker.engine_threads);
 - through the server: `medusa-trt run ENGINE` on loopback, streamed ``/v1/completions`` read by a raw
   HTTP/1.1 client (a few microseconds per chunk), and by `medusa-trt bench`'s own client (httpx, an SSE and
   JSON parse per chunk: what the demo's figures go through).
 
 Each is plain and Medusa (the engine's tree, adaptive, after one warm-up pass), and every rate is the demo's:
-per request ``(tokens - 1) / (last token - first token)`` (1/TPOT; the bench client ends at ``[DONE]``, as
-`bench` does), averaged over the requests. Rounds alternate in process and server, each source tree in turn
-(``--src DIR``: another source tree, e.g. ``git archive COMMIT src | tar -x -C DIR``), so a change in load
-touches them alike; each figure is the best of ``--rounds``. It also says the CPU milliseconds per token
-of the server process and of the client (both on the same cores), whether every output is identical
-to the in-process plain one, and the load average before and after.
+per request ``(tokens - 1) / (end - first token)`` (1/TPOT; the end is ``data: [DONE]`` through the server,
+the generation's last chunk in process), averaged over the requests. Rounds alternate in process and server,
+each source tree in turn (``--src DIR``: another source tree, e.g. ``git archive COMMIT src | tar -x -C
+DIR``), so a change in load touches them alike; each figure is the best of ``--rounds``. It also says the
+CPU milliseconds per token of the server process and of the client (both on the same cores), whether every
+output is identical to the in-process plain one, and the load average before and after.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ def inprocess(engine_dir: Path, prompts: list[list[int]], tokens: int) -> dict[s
             rates, outputs = [], []
             for ids in prompts:
                 gen = engine.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True), medusa=medusa)
-                times, out = [], []
+                first, out = 0.0, []
                 for chunk in gen:
-                    times.append(time.perf_counter())
+                    first = first or time.perf_counter()
                     out.extend(chunk.token_ids)
-                rates.append((len(out) - 1) / (times[-1] - times[0]))
+                rates.append((len(out) - 1) / (time.perf_counter() - first))  # 1/TPOT, as `bench`'s
                 outputs.append(out)
             return rates, outputs
 
@@ -116,6 +117,7 @@ def raw_stream(sock: socket.socket, port: int, buf: bytes, body: dict[str, Any])
         buf += _recv(sock)
     _, buf = buf.split(b"\r\n\r\n", 1)
     times: list[float] = []
+    done = 0.0
     parts: list[str] = []
     usage: dict[str, Any] = {}
     while True:  # chunked transfer: each chunk holds one or more whole SSE events
@@ -128,6 +130,8 @@ def raw_stream(sock: socket.socket, port: int, buf: bytes, body: dict[str, Any])
         chunk, buf = buf[:size], buf[size + 2 :]
         now = time.perf_counter()
         for event in chunk.split(b"\n\n"):
+            if event == b"data: [DONE]":
+                done = now
             if not event.startswith(b"data: {"):
                 continue
             doc = json.loads(event[6:])
@@ -140,7 +144,9 @@ def raw_stream(sock: socket.socket, port: int, buf: bytes, body: dict[str, Any])
         if size == 0:
             break
     n = int(usage["completion_tokens"])
-    return (n - 1) / (times[-1] - times[0]), "".join(parts), buf
+    # 1/TPOT as `bench` has it: first text to [DONE] (a server that falls behind and sends several steps in
+    # one write would make first-to-last-text read too fast)
+    return (n - 1) / (done - times[0]), "".join(parts), buf
 
 
 def raw_pass(port: int, prompts: list[list[int]], tokens: int, medusa: bool) -> tuple[list[float], list[str]]:
