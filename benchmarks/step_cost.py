@@ -1,6 +1,6 @@
 """What one decoding step costs: plain vs a fixed 5-node tree on one checkpoint, greedy.
 
-    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--split] [--profile]
+    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--twin-ab] [--split] [--profile]
 
 Per round (a plain generation, then a tree one, so a load change hits both alike): wall milliseconds
 and this thread's CPU milliseconds per step (``time.thread_time``: on a shared, overloaded machine the
@@ -8,6 +8,8 @@ CPU time moves far less than the wall time), their tree/plain ratios, tokens per
 Medusa's output equals plain's; then the best of the rounds and the ratio of the bests. Run it under
 two source trees (PYTHONPATH=A/src, then B/src, alternating) to compare two versions of the runtime.
 
+``--twin-ab`` then compares single rows through the float32 twins (``runtime.kernels.Packed``) with
+single rows through the packed weights, both engines in this process, generations alternating.
 ``--split`` then splits each mode's CPU time per step, inside real generations: the runner's forward,
 the Medusa heads, the KV-cache commit, and the rest (drafting, acceptance, the decoding loop).
 ``--profile`` then prints where a step's time goes, for each mode: torch's profiler per op (self CPU
@@ -39,6 +41,33 @@ def run(engine: Any, medusa: bool, tokens: int) -> tuple[list[int], float, float
     cpu = time.thread_time() - c0
     st = gen.stats
     return out, 1e3 * st.decode_s / st.num_steps, 1e3 * cpu / st.num_steps, st.tokens_per_step, st.num_steps
+
+
+def drop_twins(engine: Any) -> None:
+    """Let every packed trunk weight serve single rows too (``runtime.kernels.Packed`` without its twin)."""
+    from medusa_trt.runtime.kernels import Packed
+
+    w = engine._runner.model.w
+    for t in [t for lw in w.layers for t in (lw.qkv, lw.dense, lw.fc_gate, lw.proj)] + [w.lm_head]:
+        if isinstance(t, Packed):
+            t.plain = None
+
+
+def twin_ab(engine: Any, other: Any, tokens: int, rounds: int) -> None:
+    """Single rows through the float32 twins (``engine`` as loaded) against through the packed weights
+    (``other``, twins dropped), in one process, generations alternating: CPU ms per step, best of rounds."""
+    drop_twins(other)
+    best: dict[tuple[str, bool], float] = {}
+    for _ in range(rounds):
+        for name, eng in (("twin", engine), ("packed", other)):
+            for medusa in (False, True):
+                cpu = run(eng, medusa, tokens)[2]
+                best[name, medusa] = min(cpu, best.get((name, medusa), cpu))
+    other.close()
+    print(f"single rows, CPU ms per step, best of {rounds}, one process (load {os.getloadavg()[0]:.1f}):")
+    for name in ("twin", "packed"):
+        plain, tree = best[name, False], best[name, True]
+        print(f"  {name:<7} plain {plain:.2f}  tree5 {tree:.2f}  ratio {tree / plain:.2f}")
 
 
 def split(engine: Any, tokens: int, rounds: int) -> None:
@@ -107,6 +136,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--twin-ab", action="store_true", help="then compare with and without the twins, in process")
     p.add_argument("--split", action="store_true", help="then split each step's CPU time: forward, heads, rest")
     p.add_argument("--profile", action="store_true", help="then print the per-op and per-function profile")
     p.add_argument("--rows", type=int, default=25, help="rows of each profile table")
@@ -137,6 +167,8 @@ def main() -> int:
         f"best of {a.rounds}: plain {pw:.2f} ms/step (cpu {pc:.2f})  tree5 {tw:.2f} (cpu {tc:.2f})  "
         f"ratio {tw / pw:.2f} (cpu {tc / pc:.2f})  load {os.getloadavg()[0]:.1f}"
     )
+    if a.twin_ab:
+        twin_ab(engine, load_engine(a.ckpt, tree=TREE5, adapt=False), a.tokens, a.rounds)
     if a.split:
         split(engine, a.tokens, a.rounds)
     if a.profile:

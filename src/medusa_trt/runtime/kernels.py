@@ -3,8 +3,8 @@
 ``F.linear`` on CPU runs float32 through MKL's sgemm, which treats a block of a few rows (a Medusa
 verification step: 2-64 tree tokens) as a general matrix product and costs about twice one row, while
 a single row (a plain step) takes a fast matrix-vector path. oneDNN's inner product over a weight
-reordered once into its blocked layout costs about the same for 1 and 5 rows and less than MKL for
-either (float32 and bfloat16). It is the kernel torch's own CPU compiler (Inductor, with frozen
+reordered once into its blocked layout costs about the same for 1 and 6 rows, less than MKL's for 6
+(float32 and bfloat16; ``benchmarks/linear_kernels.py``). It is the kernel torch's own CPU compiler (Inductor, with frozen
 weights) emits for a linear layer: ``mkldnn._reorder_linear_weight`` at load, then
 ``mkldnn._linear_pointwise`` per call (pytorch/pytorch ``torch/_inductor/fx_passes/mkldnn_fusion.py``).
 
@@ -29,10 +29,11 @@ TWIN_MAX_BYTES = 512 * 2**20
 
 class Packed:
     """A linear weight [out, in] in oneDNN's blocked layout (``onednn``, an opaque ``torch._mkldnn`` tensor),
-    and, where asked, the plain tensor too (``plain``): for a single row of float32 (a plain decoding step)
-    MKL's matrix-vector product over the plain tensor measured 10-15% faster on the demo's model than
-    oneDNN, which wins from two rows on. The twin doubles the weights' memory, so only small float32
-    shards keep it (``TWIN_MAX_BYTES``); in bfloat16 oneDNN was faster for one row too."""
+    and, where asked, the plain tensor too (``plain``): a single float32 row (a plain decoding step) then
+    keeps MKL's matrix-vector kernel, so the plain step does not change (inside real generations the two
+    kernels measured alike for one row, within a shared machine's noise; oneDNN wins from two rows on).
+    The twin doubles the weights' memory, so only small float32 shards keep it (``TWIN_MAX_BYTES``); in
+    bfloat16 oneDNN was faster for one row too."""
 
     __slots__ = ("dtype", "onednn", "plain", "shape")
 
