@@ -10,7 +10,10 @@ same prompt and output lengths, greedy, ``ignore_eos`` so every request yields `
 and output tokens counted from the server's ``usage`` (aiperf: ``--use-server-token-count``; guidellm
 reads ``usage`` by default). TPOT is (E2EL - TTFT) / (tokens - 1) in all three: guidellm calls it
 ``inter_token_latency_ms``, aiperf ``inter_token_latency``. Prints one JSON document: each tool's
-median TTFT and TPOT per round, their medians, and each tool's difference from ours.
+median TTFT and TPOT per round, their medians, and each tool's difference from ours, and, from the server's
+``/metrics``, the tokens per step each tool's requests got: with Medusa on, TPOT follows tokens/step, which
+each tool's own (synthetic) prompts decide, so a TPOT difference comes with its tokens/step difference; ``step_ms`` (TPOT x tokens/step, the time of one
+decoding step) compares the tools with that taken out.
 guidellm 0.8 and aiperf 0.13 need different dependencies: install each in its own venv.
 
 Two more runs per round explain aiperf's TTFT. At ``--concurrency N`` without a request rate, aiperf 0.13
@@ -62,7 +65,9 @@ def guidellm_argv(url: str, model: str, a: argparse.Namespace, out: Path) -> lis
         a.guidellm,
         "run",
         "--backend",
-        f"kind=openai_http,target={url},model={model},request_format=/v1/completions",
+        # greedy like the others: without a temperature the server samples at 1.0 (OpenAI's default), where
+        # adaptive speculation keeps other statistics and TPOT is another quantity
+        f"kind=openai_http,target={url},model={model},request_format=/v1/completions,extras.body.temperature=0",
     ]
     argv += ["--profile", "kind=synchronous", "--constraint", f"kind=max_requests,count={a.num_prompts}"]
     argv += ["--data", f"kind=synthetic_text,prompt_tokens={a.input_len},output_tokens={a.max_tokens}"]
@@ -174,6 +179,20 @@ def measure(name: str, url: str, model: str, a: argparse.Namespace, work: Path) 
     return aiperf(url, model, a, work / ("aiperf-paced" if paced else "aiperf"), paced)
 
 
+def tokens_per_step(url: str) -> tuple[float, float]:
+    """The server's tokens-per-step histogram so far: (sum, count) over its series, one observation per
+    generation. With Medusa on, TPOT follows tokens/step, which each tool's own prompts decide."""
+    import httpx
+
+    total = [0.0, 0.0]
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        for i, suffix in enumerate(("_sum", "_count")):
+            if name == f"medusa_trt_tokens_per_step{suffix}":
+                total[i] += float(line.rsplit(" ", 1)[1])
+    return total[0], total[1]
+
+
 def _median(xs: list[float | None]) -> float | None:
     known = [x for x in xs if x is not None]
     return round(statistics.median(known), 3) if known else None
@@ -217,7 +236,10 @@ def main() -> None:
     names = ("medusa-trt bench", "guidellm", "aiperf", "aiperf (paced)", "ours + 1 busy core")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     loads: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-agreement-") as tmp, engine_server(a.engine) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-agreement-") as tmp,
+        engine_server(a.engine) as url,
+    ):
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
         for r in range(a.rounds):
             work = Path(tmp) / str(r)
@@ -225,11 +247,19 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             # a different order each round: a burst of load from elsewhere does not always hit the same tools
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                runs[name].append(measure(name, url, model, a, work))
+                before = tokens_per_step(url)
+                result = measure(name, url, model, a, work)
+                after = tokens_per_step(url)
+                n = after[1] - before[1]
+                result["tokens_per_step"] = round((after[0] - before[0]) / n, 3) if n else None
+                # the time of one decoding step: TPOT with each tool's own acceptance taken out
+                tps = result["tokens_per_step"]
+                result["step_ms"] = round(result["tpot_ms"] * tps, 3) if tps and result["tpot_ms"] else None
+                runs[name].append(result)
     summary = {tool: {k: _median([x[k] for x in rs]) for k in rs[0]} for tool, rs in runs.items()}
     base = summary["medusa-trt bench"]
     diff = {
-        tool: {k: f"{(v[k] - base[k]) / base[k] * 100:+.1f}%" for k in ("ttft_ms", "tpot_ms")}
+        tool: {k: f"{(v[k] - base[k]) / base[k] * 100:+.1f}%" for k in ("ttft_ms", "tpot_ms", "step_ms")}
         for tool, v in summary.items()
         if tool != "medusa-trt bench"
     }

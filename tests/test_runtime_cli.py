@@ -90,6 +90,13 @@ def test_missing_checkpoint_is_one_line_error(tmp_path: Path, capsys: pytest.Cap
     assert "no config.json" in capsys.readouterr().err
 
 
+def test_no_medusa_without_prompt_is_refused(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a server takes no --no-medusa (requests say "medusa": false): refused before anything starts
+    assert cli(["run", str(ckpt), "--no-medusa", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--no-medusa applies to one generation (--prompt)" in err and '"medusa": false' in err
+
+
 def test_engine_dir_manifest_names_checkpoint_and_tree(ckpt: Path, tmp_path: Path) -> None:
     import os
 

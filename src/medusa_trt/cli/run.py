@@ -115,6 +115,11 @@ def run_cmd(
     )
     if step_timeout < 0 or first_step_timeout < 0:
         raise InvalidInputError("--step-timeout and --first-step-timeout must be >= 0 (0 turns the check off)")
+    if prompt is None and no_medusa:  # a server decides per request; a flag it would ignore is refused
+        raise InvalidInputError(
+            "--no-medusa applies to one generation (--prompt), not to a server",
+            hint='A request decodes plain with "medusa": false in its body (`bench --compare-no-medusa` sends it).',
+        )
     if prompt is None:
         import os
 
