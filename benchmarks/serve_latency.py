@@ -37,17 +37,22 @@ def _read_response(sock: socket.socket, buf: bytes, first_data: list[float] | No
             buf += _recv(sock)
         return buf[n:]
     while True:  # chunked
-        while b"\r\n" not in buf:
-            buf += _recv(sock)
-        size_line, buf = buf.split(b"\r\n", 1)
-        size = int(size_line, 16)
-        while len(buf) < size + 2:
-            buf += _recv(sock)
-        chunk, buf = buf[:size], buf[size + 2 :]
+        chunk, buf = read_chunk(sock, buf)
         if first_data is not None and not first_data and b"data: {" in chunk:  # frames carry text
             first_data.append(time.perf_counter())
-        if size == 0:
+        if not chunk:
             return buf
+
+
+def read_chunk(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
+    """One chunk of a chunked HTTP body (``b""``: the last one) and the bytes left over after it."""
+    while b"\r\n" not in buf:
+        buf += _recv(sock)
+    size_line, buf = buf.split(b"\r\n", 1)
+    size = int(size_line, 16)
+    while len(buf) < size + 2:
+        buf += _recv(sock)
+    return buf[:size], buf[size + 2 :]
 
 
 def _recv(sock: socket.socket) -> bytes:

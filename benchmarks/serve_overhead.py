@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_latency import _recv, _request
+from serve_latency import _recv, _request, read_chunk
 
 MODES = {"plain": False, "medusa": True}
 
@@ -121,13 +121,7 @@ def raw_stream(sock: socket.socket, port: int, buf: bytes, body: dict[str, Any])
     parts: list[str] = []
     usage: dict[str, Any] = {}
     while True:  # chunked transfer: each chunk holds one or more whole SSE events
-        while b"\r\n" not in buf:
-            buf += _recv(sock)
-        size_line, buf = buf.split(b"\r\n", 1)
-        size = int(size_line, 16)
-        while len(buf) < size + 2:
-            buf += _recv(sock)
-        chunk, buf = buf[:size], buf[size + 2 :]
+        chunk, buf = read_chunk(sock, buf)
         now = time.perf_counter()
         for event in chunk.split(b"\n\n"):
             if event == b"data: [DONE]":
@@ -141,7 +135,7 @@ def raw_stream(sock: socket.socket, port: int, buf: bytes, body: dict[str, Any])
                 if choice.get("text"):
                     times.append(now)
                     parts.append(choice["text"])
-        if size == 0:
+        if not chunk:
             break
     n = int(usage["completion_tokens"])
     # 1/TPOT as `bench` has it: first text to [DONE] (a server that falls behind and sends several steps in
