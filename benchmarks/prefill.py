@@ -156,7 +156,7 @@ def compare(a: argparse.Namespace) -> None:
     after = os.getloadavg()
     print(f"{a.ckpt}, {a.threads or 'default'} thread(s), best / median of {a.rounds} rounds, wall ms")
     print(f"load average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} {after[1]:.2f}")
-    print(f"{'tree':<28}{'prompt':>7}{'TTFT':>16}{'TTFT cpu':>10}{'to drafts':>16}{'1st step':>16}{'x first':>8}")
+    print(f"{'tree':<28}{'prompt':>7}{'TTFT':>20}{'TTFT cpu':>10}{'to drafts':>20}{'1st step':>20}{'x first':>8}")
     for length in lengths:
         base = min(x["ttft_ms"] for x in runs[0, length])
         for i, c in enumerate(children):
@@ -164,7 +164,7 @@ def compare(a: argparse.Namespace) -> None:
             cells = [_cell([x[k] for x in rows]) for k in ("ttft_ms", "draft_ms", "step_ms")]
             cpu = min(x["ttft_cpu_ms"] for x in rows)
             ratio = min(x["ttft_ms"] for x in rows) / base
-            print(f"{c.name[-28:]:<28}{length:>7}{cells[0]:>16}{cpu:>10.2f}{cells[1]:>16}{cells[2]:>16}{ratio:>7.2f}x")
+            print(f"{c.name[-28:]:<28}{length:>7}{cells[0]:>20}{cpu:>10.1f}{cells[1]:>20}{cells[2]:>20}{ratio:>7.2f}x")
         same = all(x["tokens"] == runs[0, length][0]["tokens"] for i in range(len(children)) for x in runs[i, length])
         print(f"{'':<28}{length:>7}  identical first tokens and first step across trees and rounds: {same}")
 
