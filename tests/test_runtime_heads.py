@@ -55,3 +55,11 @@ def test_medusa_heads_match_an_independent_reference(tmp_path: Path, tp: int) ->
                     x = x + torch.nn.functional.silu(src[f"{k}.{ly}.linear.weight"] @ x + src[f"{k}.{ly}.linear.bias"])
                 want = src[f"{k}.{n_layers}.weight"] @ x
                 assert rel_err(got[k], want) < 1e-4, (row, k)
+        # a prefill for the last row alone (as generate runs one): its logits, and the heads on its row
+        engine.reset_cache(16)
+        last = engine._runner.forward(ids, torch.arange(12), last=True)
+        assert last.shape == (1, v) and rel_err(last, want_logits[-1:]) < 1e-4
+        want_heads = engine.head_logits(0)
+        engine.reset_cache(16)
+        engine.forward(ids, torch.arange(12))
+        assert rel_err(want_heads, engine.head_logits(11)) < 1e-4

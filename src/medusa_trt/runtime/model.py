@@ -191,8 +191,11 @@ class LlamaShard:
         if n + t > self.cache.shape[3]:
             raise InvalidInputError(f"KV cache full ({n}+{t} > {self.cache.shape[3]})")
         mask, causal = self._attn_mask(t, n, tree_mask)
+        # a causal forward whose last row alone is wanted: the top layer needs every row's keys and
+        # values, but only that row's query, dense and MLP (a tree's last node does not see every slot)
+        top = len(self.w.layers) - 1 if last and t > 1 and tree_mask is None else -1
         try:
-            return self._forward(ids, pos, n, mask, causal, pos_bound, last)
+            return self._forward(ids, pos, n, mask, causal, pos_bound, last, top)
         finally:
             if tree_mask is not None:
                 assert self._bias is not None
@@ -207,6 +210,7 @@ class LlamaShard:
         causal: bool,
         pos_bound: int | None,
         last: bool,
+        top: int,
     ) -> torch.Tensor | None:
         t = ids.shape[0]
         w = self.w
@@ -218,6 +222,8 @@ class LlamaShard:
             cache = self.cache[i]  # [2, KVl, cap, hd]
             cache[0, :, n : n + t] = k
             cache[1, :, n : n + t] = v
+            if i == top:  # the last row's query sees every slot: no mask
+                q, x, mask, causal = q[:, -1:], x[-1:], None, False  # [Hl, 1, hd], [1, D]
             o = F.scaled_dot_product_attention(
                 q[None],
                 cache[0, :, : n + t][None],
@@ -228,7 +234,7 @@ class LlamaShard:
             )  # [1, Hl, T, hd]
             x = self._dense_mlp(x, o[0].transpose(0, 1).flatten(-2), lw)
         self.length = n + t
-        x = rms_norm(x[-1:] if last else x, w.ln_f, self.eps)
+        x = rms_norm(x[-1:] if last else x, w.ln_f, self.eps)  # [T or 1, D]
         self.last_hidden = x
         return self.gather_vocab(linear(x, w.lm_head).float(), w.vocab_rows)  # [T or 1, V] on rank 0
 
@@ -297,11 +303,14 @@ class LlamaShard:
         mask = torch.ones(t, n + t, dtype=torch.bool, device=self.device).tril(n) & self.bvalid[:, None, : n + t]
         diag = torch.arange(t, device=self.device)
         mask[:, diag, diag + n] = True  # [B, T, n+T]
+        top = len(self.w.layers) - 1  # only the last column's logits are wanted: as in ``forward``
         for i, lw in enumerate(self.w.layers):
             q, k, v = self._qkv(x, lw, cos, sin)  # [B, Hl, T, hd], [B, KVl, T, hd] x2
             cache = self.bcache[i]  # [2, B, KVl, cap, hd]
             cache[0, :, :, n : n + t] = k
             cache[1, :, :, n : n + t] = v
+            if i == top:
+                q, x, mask = q[:, :, -1:], x[:, -1:], mask[:, -1:]  # [B, Hl, 1, hd], [B, 1, D], [B, 1, n+T]
             o = F.scaled_dot_product_attention(
                 q,
                 cache[0, :, :, : n + t],
