@@ -81,8 +81,25 @@ def ours_argv(url: str, a: argparse.Namespace, out: Path) -> list[str]:
     return argv
 
 
+TOOL_TIMEOUT_S = 900  # one tool's run; far above what 16 requests take, so that nothing hangs unattended
+
+
+def run_tool(argv: list[str], out: Path) -> None:
+    """Run one tool, its output to OUT.log; a failure stops the script with the log's last lines."""
+    log = out.with_name(out.name + ".log")
+    with log.open("wb") as f:
+        try:
+            code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, timeout=TOOL_TIMEOUT_S).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) or "(no output)"
+        why = f"exit {code}" if code is not None else f"no end after {TOOL_TIMEOUT_S} s"
+        raise SystemExit(f"{Path(argv[0]).name} {' '.join(argv[1:3])} failed ({why}):\n{tail}")
+
+
 def ours(url: str, a: argparse.Namespace, out: Path) -> dict[str, float]:
-    subprocess.run(ours_argv(url, a, out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_tool(ours_argv(url, a, out), out)
     doc = json.loads(out.read_text())
     level = _find(doc, "median_ttft_ms")
     return {"ttft_ms": level["median_ttft_ms"], "tpot_ms": level["median_tpot_ms"]}
@@ -105,8 +122,7 @@ def guidellm_argv(url: str, model: str, a: argparse.Namespace, out: Path) -> lis
 
 
 def guidellm(url: str, model: str, a: argparse.Namespace, out: Path) -> dict[str, float]:
-    argv = guidellm_argv(url, model, a, out)
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_tool(guidellm_argv(url, model, a, out), out)
     metrics = json.loads(out.read_text())["benchmarks"][0]["metrics"]
     return {
         "ttft_ms": metrics["time_to_first_token_ms"]["successful"]["median"],
@@ -138,7 +154,7 @@ def aiperf_argv(url: str, model: str, a: argparse.Namespace, out: Path, paced: b
 def aiperf(url: str, model: str, a: argparse.Namespace, out: Path, paced: bool = False) -> dict[str, Any]:
     argv = aiperf_argv(url, model, a, out, paced)
     with timing_manager_cpu() as cpu:
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run_tool(argv, out)
     doc = json.loads(next(out.rglob("profile_export_aiperf.json")).read_text())
     return {
         "ttft_ms": doc["time_to_first_token"]["p50"],
