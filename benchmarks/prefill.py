@@ -8,8 +8,8 @@ In process, greedy, one request at a time, on a checkpoint or engine dir (e.g. t
 its configured tree, adaptive speculation off. For each prompt length, one Medusa generation of two
 tokens: the first chunk is the first token (TTFT: the prompt's forward and the pick of its last row,
 from the ``generate`` call on), the first return of the runner's ``heads`` is the first drafts (the
-heads on the prompt's last hidden state), the second chunk ends the first verification step. Wall
-milliseconds, and this thread's CPU milliseconds to the first token (``time.thread_time``: on a
+heads on the prompt's last hidden state; ``heads``: that call alone), the second chunk ends the first
+verification step. Wall milliseconds, and this thread's CPU milliseconds to the first token (``time.thread_time``: on a
 shared, loaded machine it moves far less than the wall time).
 
 ``--src DIR`` (repeatable) adds another source tree, e.g. ``git archive COMMIT src | tar -x -C OLD``
@@ -52,12 +52,14 @@ class Probe:
     """The first return of ``runner.heads`` (the first drafts), recorded on an engine's runner."""
 
     def __init__(self, engine: Any) -> None:
-        runner, self.at = engine._runner, 0.0
+        runner, self.at, self.called = engine._runner, 0.0, 0.0
         inner = runner.heads
 
         def heads(*args: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
             out = inner(*args, **kw)
-            self.at = self.at or time.perf_counter()
+            if not self.at:
+                self.called, self.at = start, time.perf_counter()
             return out
 
         runner.heads = heads  # an instance attribute: the class is untouched
@@ -81,6 +83,7 @@ def one(engine: Any, probe: Probe, length: int) -> dict[str, Any]:
         "ttft_ms": 1e3 * (t1 - t0),
         "ttft_cpu_ms": 1e3 * (c1 - c0),
         "draft_ms": 1e3 * (probe.at - t0) if probe.at else None,
+        "heads_ms": 1e3 * (probe.at - probe.called) if probe.at else None,
         "step_ms": 1e3 * (t2 - t0),
         "tokens": first.token_ids + rest,
     }
@@ -156,15 +159,19 @@ def compare(a: argparse.Namespace) -> None:
     after = os.getloadavg()
     print(f"{a.ckpt}, {a.threads or 'default'} thread(s), best / median of {a.rounds} rounds, wall ms")
     print(f"load average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} {after[1]:.2f}")
-    print(f"{'tree':<28}{'prompt':>7}{'TTFT':>20}{'TTFT cpu':>10}{'to drafts':>20}{'1st step':>20}{'x first':>8}")
+    head = f"{'tree':<28}{'prompt':>7}{'TTFT':>20}{'TTFT cpu':>10}{'to drafts':>20}{'heads':>18}{'1st step':>20}"
+    print(head + f"{'x first':>8}")
     for length in lengths:
         base = min(x["ttft_ms"] for x in runs[0, length])
         for i, c in enumerate(children):
             rows = runs[i, length]
-            cells = [_cell([x[k] for x in rows]) for k in ("ttft_ms", "draft_ms", "step_ms")]
+            ttft, drafts, heads, step = (
+                _cell([x[k] for x in rows]) for k in ("ttft_ms", "draft_ms", "heads_ms", "step_ms")
+            )
             cpu = min(x["ttft_cpu_ms"] for x in rows)
             ratio = min(x["ttft_ms"] for x in rows) / base
-            print(f"{c.name[-28:]:<28}{length:>7}{cells[0]:>20}{cpu:>10.1f}{cells[1]:>20}{cells[2]:>20}{ratio:>7.2f}x")
+            row = f"{c.name[-28:]:<28}{length:>7}{ttft:>20}{cpu:>10.1f}{drafts:>20}{heads:>18}{step:>20}"
+            print(row + f"{ratio:>7.2f}x")
         same = all(x["tokens"] == runs[0, length][0]["tokens"] for i in range(len(children)) for x in runs[i, length])
         print(f"{'':<28}{length:>7}  identical first tokens and first step across trees and rounds: {same}")
 
