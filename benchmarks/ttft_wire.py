@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench_agreement import aiperf_argv, guidellm_argv, ours_argv
+from bench_agreement import aiperf_argv, guidellm_argv, ours_argv, write_prompts
 
 TEXT = re.compile(rb'"text": ?"(?:[^"\\]|\\.)')  # a completion chunk whose text is not empty
 
@@ -205,6 +205,7 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0, help="which prompts of the built-in set")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--paced-rate", type=float, default=50.0)
     a = ap.parse_args()
@@ -218,6 +219,7 @@ def main() -> None:
     result: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
     loads = []
     with tempfile.TemporaryDirectory(prefix="ttft-wire-") as tmp, engine_server(a.engine) as url:
+        a.prompts = write_prompts(a, Path(tmp) / "prompts.jsonl")  # every client sends the same requests
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
         proxy = WireProxy(int(url.rsplit(":", 1)[1]), _server_pid(int(url.rsplit(":", 1)[1])))
         with proxy.serving() as purl:

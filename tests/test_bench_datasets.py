@@ -69,6 +69,49 @@ def test_seeded_draw_is_deterministic_and_wraps() -> None:
     assert len(big) == len(pool) + 5 and len({p.text for p in big[: len(pool)]}) == len(pool)
 
 
+def test_a_line_may_give_its_output_length_in_each_tools_words(tmp_path: Path) -> None:
+    f = tmp_path / "p.jsonl"
+    rows = [
+        {"prompt": "a", "output_tokens": 3},  # vLLM's custom dataset
+        {"text": "b", "output_tokens_count": 5},  # guidellm
+        {"text": "c", "output_length": 7},  # aiperf single_turn
+        {"text": "d", "output_tokens": 9, "output_tokens_count": 9, "output_length": 9},  # one file for all
+        {"prompt": "e"},
+        "f",
+    ]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [(p.text, p.max_tokens) for p in load_prompts(f)] == [
+        ("a", 3),
+        ("b", 5),
+        ("c", 7),
+        ("d", 9),
+        ("e", None),
+        ("f", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "x", "output_tokens": 4, "output_length": 5}, "the output lengths disagree"),
+        ({"prompt": "x", "output_tokens": 0}, "'output_tokens' must be a positive integer"),
+        ({"prompt": "x", "output_length": "8"}, "'output_length' must be a positive integer"),
+        ({"prompt": "x", "output_tokens_count": True}, "'output_tokens_count' must be a positive integer"),
+    ],
+)
+def test_a_bad_output_length_names_its_line(tmp_path: Path, row: dict[str, object], message: str) -> None:
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(InvalidInputError, match=f"p.jsonl:2: {message}"):
+        load_prompts(f)
+
+
+def test_unshuffled_draw_keeps_the_files_order_and_wraps(tmp_path: Path) -> None:
+    pool = load_prompts("builtin")
+    assert draw_prompts(pool, 5, seed=1, shuffle=False) == pool[:5]
+    assert draw_prompts(pool, len(pool) + 2, seed=1, shuffle=False) == pool + pool[:2]
+
+
 def test_input_len_counts_tokens_of_the_model(tiny_llama: Path) -> None:
     """Every drawn prompt re-encodes to exactly --input-len tokens, cut (long) or padded (short)."""
     tok = load_tokenizer(tiny_llama)

@@ -130,6 +130,42 @@ def test_engine_mode_starts_and_stops_our_server(tiny_engine: Path) -> None:
         httpx.get(f"{rep.server['url']}/health", timeout=1)
 
 
+def test_a_dataset_file_sets_each_requests_length_and_order(
+    server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One JSONL that vLLM, guidellm and aiperf read alike: each line's own output length (in any of their
+    words) is what the server generates for it, `--disable-shuffle` sends the lines in the file's order,
+    and a line without a length gets --max-tokens."""
+    words = [" ".join(["apple"] * n) for n in (1, 4, 9, 16, 25)]  # prompt lengths tell the lines apart
+    rows = [
+        {"prompt": words[0], "output_tokens": 3},
+        {"text": words[1], "output_tokens_count": 6},
+        {"text": words[2], "output_length": 2},
+        {"text": words[3], "output_tokens": 5, "output_tokens_count": 5, "output_length": 5},
+        {"prompt": words[4]},
+    ]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    extra = ["--dataset", str(data), "--disable-shuffle", "--num-prompts", "5", "--endpoint", "completions"]
+    before = _counters(server_url)
+    code, doc = _bench_cli(server_url, extra, tmp_path, monkeypatch)  # --max-tokens 4
+    after = _counters(server_url)
+    assert code == 0 and doc is not None
+    reqs = doc["runs"][0]["requests"]  # concurrency 1: in the order sent
+    assert [(q["index"], q["output_tokens"]) for q in reqs] == [(0, 3), (1, 6), (2, 2), (3, 5), (4, 4)]
+    assert _delta(after, before, "tokens_total", kind="completion") == 3 + 6 + 2 + 5 + 4
+    assert doc["config"]["shuffle"] is False
+    # the prompts the server got: the file's, in its order (their lengths as the server counts them)
+    sent = [q["prompt_tokens"] for q in reqs]
+    assert sent == [_prompt_tokens(server_url, w) for w in words] and sent == sorted(set(sent))
+
+
+def _prompt_tokens(url: str, prompt: str) -> int:
+    """The server's own count of a prompt's tokens (usage of a one-token completion)."""
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0}
+    return int(httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"])
+
+
 KEY = "bench-key"
 
 

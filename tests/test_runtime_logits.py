@@ -68,6 +68,22 @@ def test_prefill_and_cached_decode_match_transformers(case: tuple[Path, Referenc
     assert rel_err(logits[PREFILL:], want[PREFILL:]) < 1e-4
 
 
+def test_generate_prefill_logprobs_match_transformers(case: tuple[Path, ReferenceEngine]) -> None:
+    """``generate``'s prefill computes only the last row past the top layer's keys and values: the first
+    token's log-probabilities still match transformers' last row, on every rank count."""
+    from medusa_trt.runtime import SamplingParams
+
+    model_dir, engine = case
+    ids = torch.randint(0, 320, (PREFILL,), generator=torch.Generator().manual_seed(11))
+    want = torch.log_softmax(hf_logits(model_dir, ids)[-1].double(), -1)  # [V]
+    gen = engine.generate(ids.tolist(), SamplingParams(max_tokens=1, ignore_eos=True, logprobs=5), medusa=False)
+    (got,) = next(gen).logprobs or []
+    gen.close()
+    assert got.token_id == int(want.argmax())
+    assert [t for t, _ in got.top] == want.topk(5).indices.tolist()
+    assert max(abs(lp - float(want[t])) for t, lp in got.top) < 1e-4
+
+
 def test_rope_scaling_matters_past_original_context(tiny_llama: Path) -> None:
     """A guard on the test itself: without llama3 scaling the long-context logits would differ."""
     from medusa_trt.runtime.model import llama3_inv_freq

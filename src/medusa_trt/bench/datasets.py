@@ -1,5 +1,9 @@
 """Prompt sets: the built-in set shipped with the package, JSONL of prompts, ShareGPT JSON.
 
+A JSONL line may also say how many tokens its request asks for: ``output_tokens`` (vLLM's custom dataset),
+``output_tokens_count`` (guidellm) or ``output_length`` (aiperf's ``single_turn``), so one file gives every
+tool the same requests. It overrides ``--max-tokens`` for that prompt, as it does in guidellm and aiperf.
+
 `--input-len N` counts tokens, as vLLM's benchmark, aiperf and trtllm-bench do, with the engine
 directory's tokenizer or `--tokenizer`: longer prompts are cut to N tokens, shorter ones are padded by
 repeating their own text. (Without a tokenizer there is no honest way to count them.)
@@ -24,24 +28,44 @@ class Prompt:
     text: str
     category: str = ""
     id: str = ""
+    max_tokens: int | None = None  # the file's own output length for this prompt, if it gives one
+
+
+# the output length's name in vLLM's custom dataset, guidellm's column mapper and aiperf's single_turn
+OUTPUT_LENGTH_KEYS = ("output_tokens", "output_tokens_count", "output_length")
 
 
 def _builtin_lines() -> list[str]:
     return resources.files("medusa_trt.data").joinpath("prompts.jsonl").read_text(encoding="utf-8").splitlines()
 
 
+def _output_length(obj: dict[str, Any], where: str) -> int | None:
+    """The line's output length: a positive integer under one of OUTPUT_LENGTH_KEYS (several must agree)."""
+    given = {k: obj[k] for k in OUTPUT_LENGTH_KEYS if obj.get(k) is not None}
+    for k, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidInputError(f"{where}: {k!r} must be a positive integer, got {v!r}")
+    if len(set(given.values())) > 1:
+        raise InvalidInputError(
+            f"{where}: the output lengths disagree ({', '.join(f'{k}={v}' for k, v in given.items())})",
+            hint="Give one number, or the same number under each name.",
+        )
+    return next(iter(given.values()), None)
+
+
 def _from_jsonl_obj(obj: Any, where: str) -> Prompt:
     if isinstance(obj, str):
         return Prompt(obj)
     if isinstance(obj, dict):
+        meta = (str(obj.get("category", "")), str(obj.get("id", "")), _output_length(obj, where))
         for key in ("prompt", "text", "question", "instruction"):
             if isinstance(obj.get(key), str):
-                return Prompt(obj[key], str(obj.get("category", "")), str(obj.get("id", "")))
+                return Prompt(obj[key], *meta)
         msgs = obj.get("messages")
         if isinstance(msgs, list):
             users = [m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
             if users and isinstance(users[0], str):
-                return Prompt(users[0], str(obj.get("category", "")), str(obj.get("id", "")))
+                return Prompt(users[0], *meta)
     raise InvalidInputError(
         f"{where}: no prompt text (expected a string or an object with 'prompt')",
         hint='One JSON per line: {"prompt": "..."} (also "text", or "messages").',
@@ -126,9 +150,14 @@ def fit_tokens(text: str, n_tokens: int, tokenizer: Any) -> str:
 
 
 def draw_prompts(
-    prompts: list[Prompt], n: int, seed: int, input_len: int | None = None, tokenizer: Any = None
+    prompts: list[Prompt],
+    n: int,
+    seed: int,
+    input_len: int | None = None,
+    tokenizer: Any = None,
+    shuffle: bool = True,
 ) -> list[Prompt]:
-    """`n` prompts drawn with `seed`: a seeded shuffle, repeated when n exceeds the set."""
+    """`n` prompts drawn with `seed`: a seeded shuffle (or the file's order), repeated when n exceeds the set."""
     if n <= 0:
         raise InvalidInputError(f"--num-prompts must be positive, got {n}")
     if not prompts:
@@ -137,7 +166,8 @@ def draw_prompts(
     out: list[Prompt] = []
     while len(out) < n:
         order = list(prompts)
-        rng.shuffle(order)
+        if shuffle:
+            rng.shuffle(order)
         out.extend(order[: n - len(out)])
     if input_len is not None:
         if tokenizer is None:
@@ -146,7 +176,7 @@ def draw_prompts(
                 hint="Pass --tokenizer DIR (a directory with tokenizer.json), or --engine DIR.",
             )
         fitted = {text: fit_tokens(text, input_len, tokenizer) for text in {p.text for p in out}}
-        out = [Prompt(fitted[p.text], p.category, p.id) for p in out]
+        out = [Prompt(fitted[p.text], p.category, p.id, p.max_tokens) for p in out]
     return out
 
 

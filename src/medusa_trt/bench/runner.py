@@ -42,6 +42,7 @@ class BenchConfig:
     compare_no_medusa: bool = False
     warmup: int = 1  # untimed requests (per Medusa mode) before measuring
     seed: int = 0
+    shuffle: bool = True  # False: the dataset's own order (vLLM's --disable-shuffle)
     temperature: float = 0.0
     endpoint: str = "chat"  # "chat" or "completions"
     request_timeout_s: float = 300.0
@@ -193,7 +194,7 @@ async def _send(
         index=index,
         prompt=prompt.text,
         model=model,
-        max_tokens=cfg.max_tokens,
+        max_tokens=prompt.max_tokens or cfg.max_tokens,  # the dataset's own length, where it gives one
         temperature=cfg.temperature,
         endpoint=cfg.endpoint,
         medusa=medusa,
@@ -311,7 +312,9 @@ def run_benchmark(
     if cfg.input_len is not None:
         source = cfg.tokenizer or cfg.engine
         tokenizer = load_tokenizer(Path(source)) if source is not None else None
-    prompts = draw_prompts(load_prompts(cfg.dataset), cfg.num_prompts, cfg.seed, cfg.input_len, tokenizer)
+    prompts = draw_prompts(
+        load_prompts(cfg.dataset), cfg.num_prompts, cfg.seed, cfg.input_len, tokenizer, shuffle=cfg.shuffle
+    )
     if cfg.simulate:
         check_simulation(cfg.simulate, cfg.sim_model)  # a bad profile fails before minutes of measuring
     if cfg.engine is not None:

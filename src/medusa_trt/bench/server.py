@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,16 +96,19 @@ def read_engine_provenance(engine_dir: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def engine_server(engine_dir: Path, start_timeout_s: float = 600.0, api_key: str | None = None) -> Iterator[str]:
-    """Start `medusa-trt run ENGINE_DIR` on a free loopback port (``supervise.Supervisor``); yield its URL;
-    stop it (SIGTERM, then SIGKILL). With `api_key` the server requires that key (through the
+def engine_server(
+    engine_dir: Path, start_timeout_s: float = 600.0, api_key: str | None = None, run_args: Sequence[str] = ()
+) -> Iterator[str]:
+    """Start `medusa-trt run ENGINE_DIR [RUN_ARGS]` on a free loopback port (``supervise.Supervisor``); yield
+    its URL; stop it (SIGTERM, then SIGKILL). With `api_key` the server requires that key (through the
     environment: a key stays out of argv and `ps`)."""
     if not engine_dir.is_dir():
         raise InvalidInputError(
             f"engine directory not found: {engine_dir}", hint="Build one with `medusa-trt build`, or pass --url."
         )
     port = free_port()
-    argv = [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "medusa_trt", "run", str(engine_dir), *run_args]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
     # its output goes nowhere (the bench's own output stays readable); its last lines come with any error
     with (
         open(os.devnull, "w") as sink,

@@ -57,7 +57,12 @@ def bench_cmd(
         ),
     ] = 32,
     concurrency: Annotated[str, typer.Option("--concurrency", help="Concurrent users, comma-separated levels.")] = "1",
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="max_tokens per request.")] = 128,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-tokens", help="max_tokens per request (a JSONL line's own output_tokens, if any, wins for it)."
+        ),
+    ] = 128,
     input_len: Annotated[
         int | None,
         typer.Option(
@@ -85,6 +90,13 @@ def bench_cmd(
     ] = False,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed requests before measuring.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for drawing prompts.")] = 0,
+    disable_shuffle: Annotated[
+        bool,
+        typer.Option(
+            "--disable-shuffle",
+            help="Send the dataset's prompts in its own order (as guidellm and aiperf read a file), not shuffled.",
+        ),
+    ] = False,
     temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
     endpoint: Annotated[str, typer.Option("--endpoint", help="'chat' or 'completions'.")] = "chat",
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per request.")] = 300.0,
@@ -147,6 +159,7 @@ def bench_cmd(
         compare_no_medusa=compare,
         warmup=warmup,
         seed=seed,
+        shuffle=not disable_shuffle,
         temperature=temperature,
         endpoint=endpoint,
         request_timeout_s=timeout,

@@ -191,8 +191,11 @@ class LlamaShard:
         if n + t > self.cache.shape[3]:
             raise InvalidInputError(f"KV cache full ({n}+{t} > {self.cache.shape[3]})")
         mask, causal = self._attn_mask(t, n, tree_mask)
+        # a causal forward whose last row alone is wanted: the top layer needs every row's keys and
+        # values, but only that row's query, dense and MLP (a tree's last node does not see every slot)
+        top = len(self.w.layers) - 1 if last and t > 1 and tree_mask is None else -1
         try:
-            return self._forward(ids, pos, n, mask, causal, pos_bound, last)
+            return self._forward(ids, pos, n, mask, causal, pos_bound, last, top)
         finally:
             if tree_mask is not None:
                 assert self._bias is not None
@@ -207,6 +210,7 @@ class LlamaShard:
         causal: bool,
         pos_bound: int | None,
         last: bool,
+        top: int,
     ) -> torch.Tensor | None:
         t = ids.shape[0]
         w = self.w
@@ -218,6 +222,8 @@ class LlamaShard:
             cache = self.cache[i]  # [2, KVl, cap, hd]
             cache[0, :, n : n + t] = k
             cache[1, :, n : n + t] = v
+            if i == top:  # the last row's query sees every slot: no mask
+                q, x, mask, causal = q[:, -1:], x[-1:], None, False  # [Hl, 1, hd], [1, D]
             o = F.scaled_dot_product_attention(
                 q[None],
                 cache[0, :, : n + t][None],
@@ -228,7 +234,7 @@ class LlamaShard:
             )  # [1, Hl, T, hd]
             x = self._dense_mlp(x, o[0].transpose(0, 1).flatten(-2), lw)
         self.length = n + t
-        x = rms_norm(x[-1:] if last else x, w.ln_f, self.eps)
+        x = rms_norm(x[-1:] if last else x, w.ln_f, self.eps)  # [T or 1, D]
         self.last_hidden = x
         return self.gather_vocab(linear(x, w.lm_head).float(), w.vocab_rows)  # [T or 1, V] on rank 0
 
@@ -297,11 +303,14 @@ class LlamaShard:
         mask = torch.ones(t, n + t, dtype=torch.bool, device=self.device).tril(n) & self.bvalid[:, None, : n + t]
         diag = torch.arange(t, device=self.device)
         mask[:, diag, diag + n] = True  # [B, T, n+T]
+        top = len(self.w.layers) - 1  # only the last column's logits are wanted: as in ``forward``
         for i, lw in enumerate(self.w.layers):
             q, k, v = self._qkv(x, lw, cos, sin)  # [B, Hl, T, hd], [B, KVl, T, hd] x2
             cache = self.bcache[i]  # [2, B, KVl, cap, hd]
             cache[0, :, :, n : n + t] = k
             cache[1, :, :, n : n + t] = v
+            if i == top:
+                q, x, mask = q[:, :, -1:], x[:, -1:], mask[:, -1:]  # [B, Hl, 1, hd], [B, 1, D], [B, 1, n+T]
             o = F.scaled_dot_product_attention(
                 q,
                 cache[0, :, :, : n + t],
@@ -330,11 +339,12 @@ class LlamaShard:
         layer, then lm_head. Returns [K, V] float32 logits on rank 0 (None elsewhere).
 
         Every head reads the same hidden state, so the first ResBlock of all K is one matmul over their
-        stacked weights; later ResBlocks and the lm_heads are one batched matmul each.
+        stacked weights; later ResBlocks and the lm_heads are one batched matmul each (in bfloat16 the
+        lm_heads are one packed product per head instead).
         """
         w = self.w
-        assert self.last_hidden is not None and w.heads_lm_t is not None
-        k = count or w.heads_lm_t.shape[0]
+        assert self.last_hidden is not None and w.heads_b
+        k = count or w.heads_b[0].shape[0]
         h = self.last_hidden[row]  # [D]
         d = h.shape[-1]
         x = h.expand(k, d)  # [K, D]
@@ -345,7 +355,11 @@ class LlamaShard:
             else:
                 y = torch.baddbmm(bias[:k, None], x[:, None], weight[:k].transpose(1, 2))[:, 0]  # [K, Dl]
             x = x + F.silu(self.comm.all_gather_last(y))  # column-parallel, gather_output=True
-        logits = torch.bmm(x[:, None], w.heads_lm_t[:k])[:, 0].float()  # [K, Vl]
+        if w.heads_lm is not None:  # bfloat16: one packed product per head (``weights._medusa_lm_heads``)
+            logits = torch.cat([linear(x[j : j + 1], w.heads_lm[j]) for j in range(k)]).float()  # [K, Vl]
+        else:
+            assert w.heads_lm_t is not None
+            logits = torch.bmm(x[:, None], w.heads_lm_t[:k])[:, 0].float()  # [K, Vl]
         return self.gather_vocab(logits, w.head_rows)
 
     def gather_vocab(self, local: torch.Tensor, rows: list[int]) -> torch.Tensor | None:
