@@ -8,8 +8,8 @@ In process, greedy, one request at a time, on a checkpoint or engine dir (e.g. t
 its configured tree, adaptive speculation off. For each prompt length, one Medusa generation of two
 tokens: the first chunk is the first token (TTFT: the prompt's forward and the pick of its last row,
 from the ``generate`` call on), the first return of the runner's ``heads`` is the first drafts (the
-heads on the prompt's last hidden state), the second chunk ends the first verification step. Wall
-milliseconds, and this thread's CPU milliseconds to the first token (``time.thread_time``: on a
+heads on the prompt's last hidden state; ``heads``: that call alone), the second chunk ends the first
+verification step. Wall milliseconds, and this thread's CPU milliseconds to the first token (``time.thread_time``: on a
 shared, loaded machine it moves far less than the wall time).
 
 ``--src DIR`` (repeatable) adds another source tree, e.g. ``git archive COMMIT src | tar -x -C OLD``
@@ -21,7 +21,9 @@ same first step's tokens, and the load average before and after.
 
 ``--build-8b DIR`` builds (once; kept in DIR) a random Llama 3.1 8B-shaped model with ``--layers``
 layers and one Medusa head in bfloat16 (``benchmarks/decode.py``'s ``build_8b_shaped``) and measures it.
-``--profile`` instead prints, per length, where one prefill and first drafts go in this source tree:
+``--fresh START:STOP`` instead times the first token of prompts of every length in that range, each
+length met for the first time by each tree's engine, then the same lengths again (a kernel that builds
+code for every new input shape pays for it on the first). ``--profile`` instead prints, per length, where one prefill and first drafts go in this source tree:
 torch's profiler per op (self CPU ms, calls) and cProfile per Python function.
 """
 
@@ -52,12 +54,14 @@ class Probe:
     """The first return of ``runner.heads`` (the first drafts), recorded on an engine's runner."""
 
     def __init__(self, engine: Any) -> None:
-        runner, self.at = engine._runner, 0.0
+        runner, self.at, self.called = engine._runner, 0.0, 0.0
         inner = runner.heads
 
         def heads(*args: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
             out = inner(*args, **kw)
-            self.at = self.at or time.perf_counter()
+            if not self.at:
+                self.called, self.at = start, time.perf_counter()
             return out
 
         runner.heads = heads  # an instance attribute: the class is untouched
@@ -81,6 +85,7 @@ def one(engine: Any, probe: Probe, length: int) -> dict[str, Any]:
         "ttft_ms": 1e3 * (t1 - t0),
         "ttft_cpu_ms": 1e3 * (c1 - c0),
         "draft_ms": 1e3 * (probe.at - t0) if probe.at else None,
+        "heads_ms": 1e3 * (probe.at - probe.called) if probe.at else None,
         "step_ms": 1e3 * (t2 - t0),
         "tokens": first.token_ids + rest,
     }
@@ -156,17 +161,53 @@ def compare(a: argparse.Namespace) -> None:
     after = os.getloadavg()
     print(f"{a.ckpt}, {a.threads or 'default'} thread(s), best / median of {a.rounds} rounds, wall ms")
     print(f"load average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} {after[1]:.2f}")
-    print(f"{'tree':<28}{'prompt':>7}{'TTFT':>20}{'TTFT cpu':>10}{'to drafts':>20}{'1st step':>20}{'x first':>8}")
+    head = f"{'tree':<28}{'prompt':>7}{'TTFT':>20}{'TTFT cpu':>10}{'to drafts':>20}{'heads':>18}{'1st step':>20}"
+    print(head + f"{'x first':>8}")
     for length in lengths:
         base = min(x["ttft_ms"] for x in runs[0, length])
         for i, c in enumerate(children):
             rows = runs[i, length]
-            cells = [_cell([x[k] for x in rows]) for k in ("ttft_ms", "draft_ms", "step_ms")]
+            ttft, drafts, heads, step = (
+                _cell([x[k] for x in rows]) for k in ("ttft_ms", "draft_ms", "heads_ms", "step_ms")
+            )
             cpu = min(x["ttft_cpu_ms"] for x in rows)
             ratio = min(x["ttft_ms"] for x in rows) / base
-            print(f"{c.name[-28:]:<28}{length:>7}{cells[0]:>20}{cpu:>10.1f}{cells[1]:>20}{cells[2]:>20}{ratio:>7.2f}x")
+            row = f"{c.name[-28:]:<28}{length:>7}{ttft:>20}{cpu:>10.1f}{drafts:>20}{heads:>18}{step:>20}"
+            print(row + f"{ratio:>7.2f}x")
         same = all(x["tokens"] == runs[0, length][0]["tokens"] for i in range(len(children)) for x in runs[i, length])
         print(f"{'':<28}{length:>7}  identical first tokens and first step across trees and rounds: {same}")
+
+
+def fresh(a: argparse.Namespace) -> None:
+    """TTFT of prompt lengths each child meets for the first time, then of the same lengths again, per tree.
+
+    A matrix kernel that builds code per input shape (oneDNN creates a primitive for every new row
+    count) pays for it on a length's first prompt: a server meeting prompts of every length pays it
+    often (and again once a shape has left the kernel's cache)."""
+    start, stop = (int(x) for x in a.fresh.split(":"))
+    before = os.getloadavg()
+    children = [Child(a, None), *(Child(a, s) for s in a.src)]
+    seen: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    try:
+        stop = min(stop, min(c.max_seq_len for c in children) - 4)
+        for when in ("first", "again"):
+            for length in range(start, stop):
+                order = list(enumerate(children))
+                for i, c in order if length % 2 == 0 else order[::-1]:
+                    seen.setdefault((i, when), []).append(c.measure(length))
+    finally:
+        for c in children:
+            c.close()
+    after = os.getloadavg()
+    print(f"{a.ckpt}, {a.threads or 'default'} thread(s), prompts of {start}..{stop - 1} tokens, mean ms")
+    print(f"load average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} {after[1]:.2f}")
+    print(f"{'tree':<28}{'TTFT, new length':>20}{'cpu':>8}{'TTFT, seen length':>20}{'cpu':>8}")
+    for i, c in enumerate(children):
+        cells = []
+        for when in ("first", "again"):
+            rows = seen[i, when]
+            cells += [statistics.mean(x["ttft_ms"] for x in rows), statistics.mean(x["ttft_cpu_ms"] for x in rows)]
+        print(f"{c.name[-28:]:<28}{cells[0]:>20.2f}{cells[1]:>8.2f}{cells[2]:>20.2f}{cells[3]:>8.2f}")
 
 
 def _cell(values: list[float | None]) -> str:
@@ -228,6 +269,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--src", action="append", default=[], help="another source tree to compare (repeatable)")
     p.add_argument("--profile", action="store_true", help="profile this tree instead of timing")
+    p.add_argument("--fresh", default=None, help="START:STOP: TTFT of new prompt lengths, then of the same again")
     p.add_argument("--rows", type=int, default=25, help="rows of each profile table")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -239,6 +281,8 @@ def main() -> int:
         return child(a.ckpt, a.threads)
     if a.profile:
         profile(a)
+    elif a.fresh:
+        fresh(a)
     else:
         compare(a)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medusa_trt.runtime import load_engine
 from tests.helpers.checkpoints import make_checkpoint
@@ -63,3 +64,33 @@ def test_medusa_heads_match_an_independent_reference(tmp_path: Path, tp: int) ->
         engine.reset_cache(16)
         engine.forward(ids, torch.arange(12))
         assert rel_err(want_heads, engine.head_logits(11)) < 1e-4
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_bfloat16_heads_run_on_packed_lm_heads(tmp_path: Path, tiny_llama: Path, tiny_heads: Path) -> None:
+    """In bfloat16 each head's lm_head is a packed oneDNN weight (no transposed stack): the head logits
+    still equal the head computed from the checkpoint's own tensors, for all heads and for the first few."""
+    from safetensors.torch import load_file
+
+    from medusa_trt.runtime import kernels
+
+    ckpt = make_checkpoint(tiny_llama, tmp_path / "ckpt", heads=tiny_heads, dtype="bfloat16")
+    src = {k: t.float() for k, t in load_file(str(ckpt / "rank0.safetensors")).items()}
+    ids = torch.randint(0, 320, (12,), generator=torch.Generator().manual_seed(2))
+    with load_engine(ckpt, tree=[[0], [0, 0], [0, 0, 0]]) as engine:
+        w = engine._runner.model.w
+        assert w.heads_lm_t is None and w.heads_lm is not None
+        assert all(isinstance(t, kernels.Packed) for t in w.heads_lm)
+        engine.reset_cache(16)
+        engine.forward(ids, torch.arange(12))
+        hidden = engine._runner.model.last_hidden
+        assert hidden is not None
+        for row in (0, 11):
+            got = engine.head_logits(row)  # [3, V]
+            assert got.shape == (3, 320)
+            for k in range(3):
+                p = f"medusa_heads.{k}."
+                x = hidden[row].float()
+                x = x + F.silu(src[p + "medusa_layers.0.linear.weight"] @ x + src[p + "medusa_layers.0.linear.bias"])
+                assert rel_err(got[k], src[p + "lm_head.weight"] @ x) < 2e-2, (row, k)
+            assert torch.equal(engine._runner.heads(row, 2), got[:2])

@@ -339,11 +339,12 @@ class LlamaShard:
         layer, then lm_head. Returns [K, V] float32 logits on rank 0 (None elsewhere).
 
         Every head reads the same hidden state, so the first ResBlock of all K is one matmul over their
-        stacked weights; later ResBlocks and the lm_heads are one batched matmul each.
+        stacked weights; later ResBlocks and the lm_heads are one batched matmul each (in bfloat16 the
+        lm_heads are one packed product per head instead).
         """
         w = self.w
-        assert self.last_hidden is not None and w.heads_lm_t is not None
-        k = count or w.heads_lm_t.shape[0]
+        assert self.last_hidden is not None and w.heads_b
+        k = count or w.heads_b[0].shape[0]
         h = self.last_hidden[row]  # [D]
         d = h.shape[-1]
         x = h.expand(k, d)  # [K, D]
@@ -354,7 +355,11 @@ class LlamaShard:
             else:
                 y = torch.baddbmm(bias[:k, None], x[:, None], weight[:k].transpose(1, 2))[:, 0]  # [K, Dl]
             x = x + F.silu(self.comm.all_gather_last(y))  # column-parallel, gather_output=True
-        logits = torch.bmm(x[:, None], w.heads_lm_t[:k])[:, 0].float()  # [K, Vl]
+        if w.heads_lm is not None:  # bfloat16: one packed product per head (``weights._medusa_lm_heads``)
+            logits = torch.cat([linear(x[j : j + 1], w.heads_lm[j]) for j in range(k)]).float()  # [K, Vl]
+        else:
+            assert w.heads_lm_t is not None
+            logits = torch.bmm(x[:, None], w.heads_lm_t[:k])[:, 0].float()  # [K, Vl]
         return self.gather_vocab(logits, w.head_rows)
 
     def gather_vocab(self, local: torch.Tensor, rows: list[int]) -> torch.Tensor | None:

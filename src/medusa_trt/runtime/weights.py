@@ -45,6 +45,8 @@ class ShardWeights:
     heads_b: list[torch.Tensor]  # per Medusa layer l: [K, D/t]
     heads_lm_t: torch.Tensor | None  # [K, D, Vl_head]: transposed once, for one batched matmul over heads
     head_rows: list[int]
+    # in bfloat16 instead (heads_lm_t None): each head's lm_head [Vl_head, D], packed (``_medusa_lm_heads``)
+    heads_lm: list[kernels.Weight] | None = None
 
 
 def shard_rows(info: CheckpointInfo, name: str) -> list[int]:
@@ -107,7 +109,8 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
     embed = get("transformer.vocab_embedding.weight")
     embed_rows = shard_rows(info, "transformer.vocab_embedding.weight") if parallel else [embed.shape[0]]
     lm_head, vocab_rows = _lm_head(info, rank, get, "lm_head.weight" in state, embed, parallel, path)
-    heads_w, heads_b, heads_lm, head_rows = _medusa_heads(info, get)
+    heads_w, heads_b, head_rows = _medusa_heads(info, get)
+    heads_lm_t, heads_lm = _medusa_lm_heads(info, get, dtype)
     return ShardWeights(
         embed=embed,
         embed_offset=sum(embed_rows[:rank]) if parallel else 0,
@@ -118,8 +121,9 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
         vocab_rows=vocab_rows,
         heads_w=heads_w,
         heads_b=heads_b,
-        heads_lm_t=heads_lm,
+        heads_lm_t=heads_lm_t,
         head_rows=head_rows,
+        heads_lm=heads_lm,
     )
 
 
@@ -159,22 +163,38 @@ def _lm_head(
     raise CheckpointError(f"{path}: missing tensor 'lm_head.weight'", hint="Convert the checkpoint again.")
 
 
-def _medusa_heads(
-    info: CheckpointInfo, get: Getter
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None, list[int]]:
-    """Per Medusa layer the K heads' ResBlock weights and biases stacked, their lm_heads, their row counts."""
+def _medusa_heads(info: CheckpointInfo, get: Getter) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    """Per Medusa layer the K heads' ResBlock weights and biases stacked, and their lm_heads' row counts."""
     k_heads = info.num_medusa_heads
     if not k_heads:
-        return [], [], None, []
+        return [], [], []
     heads_w: list[torch.Tensor] = []
     heads_b: list[torch.Tensor] = []
     for layer in range(info.num_medusa_layers):
         names = [f"medusa_heads.{k}.medusa_layers.{layer}.linear." for k in range(k_heads)]
         heads_w.append(torch.stack([get(n + "weight") for n in names]))  # [K, D/t, D]
         heads_b.append(torch.stack([get(n + "bias") for n in names]))  # [K, D/t]
+    return heads_w, heads_b, shard_rows(info, "medusa_heads.0.lm_head.weight")
+
+
+def _medusa_lm_heads(
+    info: CheckpointInfo, get: Getter, dtype: torch.dtype
+) -> tuple[torch.Tensor | None, list[kernels.Weight] | None]:
+    """The heads' lm_heads: transposed and stacked [K, D, Vl] for one batched matmul, or in bfloat16 one
+    packed weight [Vl, D] per head (``kernels.pack``; a plain one where oneDNN does not take it).
+
+    Each is one row times a [D, Vl] matrix: in bfloat16 oneDNN's packed product reads a large one about
+    twice as fast as the batched matmul (``benchmarks/prefill.py``'s heads column, Llama 3.1 8B-shaped);
+    in float32 the batched matmul over the transposed weights is the faster."""
+    k_heads = info.num_medusa_heads
+    if not k_heads:
+        return None, None
+    names = [f"medusa_heads.{k}.lm_head.weight" for k in range(k_heads)]
+    if dtype == torch.bfloat16:
+        return None, [kernels.pack(get(n)) for n in names]
     # [K, D, Vl_head]: built head by head, so the untransposed copy never exists for all heads at once
-    first = get("medusa_heads.0.lm_head.weight")
+    first = get(names[0])
     heads_lm = torch.empty(k_heads, first.shape[1], first.shape[0], dtype=first.dtype, device=first.device)
     for k in range(k_heads):
-        heads_lm[k] = (first if k == 0 else get(f"medusa_heads.{k}.lm_head.weight")).t()
-    return heads_w, heads_b, heads_lm, shard_rows(info, "medusa_heads.0.lm_head.weight")
+        heads_lm[k] = (first if k == 0 else get(names[k])).t()
+    return heads_lm, None
