@@ -2,7 +2,7 @@
 
     python benchmarks/bench_agreement.py --engine ENGINE_DIR \\
         --guidellm /path/to/venv/bin/guidellm --aiperf /path/to/other-venv/bin/aiperf \\
-        [--input-len 128] [--max-tokens 64] [--num-prompts 16] [--rounds 2] [--json-out FILE]
+        [--input-len 128] [--max-tokens 64] [--num-prompts 16] [--rounds 3] [--json-out FILE]
 
 One server (`medusa-trt run ENGINE_DIR` on a free loopback port) is measured by the tools in turn, round
 after round, in a different order each round (so a change in the machine's load touches them alike), at
@@ -12,8 +12,10 @@ prompts of the built-in set, each cut or padded to ``--input-len`` tokens) that 
 ``--input-file FILE --custom-dataset-type single_turn``), each line asking for ``--max-tokens`` tokens
 with ``ignore_eos`` (guidellm sends it for a line with ``output_tokens_count``), greedy, no warm-up
 requests, and output tokens counted from the server's ``usage`` (aiperf: ``--use-server-token-count``;
-guidellm reads ``usage`` by default). TPOT is (E2EL - TTFT) / (tokens - 1) in all three: guidellm calls
-it ``inter_token_latency_ms``, aiperf ``inter_token_latency``.
+guidellm reads ``usage`` by default). TPOT is the time from the first to the last token over (tokens - 1)
+in all three: guidellm calls it ``inter_token_latency_ms``, aiperf ``inter_token_latency`` (both up to the
+last chunk with text; ours, as vLLM's benchmark, up to the end of the stream: on the demo's engine 0.1-6 ms
+later, about 1% of TPOT at the median).
 
 The server's ``/metrics``, read before and after each tool's run, show what it did for that tool:
 requests, prompt and completion tokens per request (the same for every tool when they sent the same
@@ -79,8 +81,25 @@ def ours_argv(url: str, a: argparse.Namespace, out: Path) -> list[str]:
     return argv
 
 
+TOOL_TIMEOUT_S = 900  # one tool's run; far above what 16 requests take, so that nothing hangs unattended
+
+
+def run_tool(argv: list[str], out: Path) -> None:
+    """Run one tool, its output to OUT.log; a failure stops the script with the log's last lines."""
+    log = out.with_name(out.name + ".log")
+    with log.open("wb") as f:
+        try:
+            code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, timeout=TOOL_TIMEOUT_S).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) or "(no output)"
+        why = f"exit {code}" if code is not None else f"no end after {TOOL_TIMEOUT_S} s"
+        raise SystemExit(f"{Path(argv[0]).name} {' '.join(argv[1:3])} failed ({why}):\n{tail}")
+
+
 def ours(url: str, a: argparse.Namespace, out: Path) -> dict[str, float]:
-    subprocess.run(ours_argv(url, a, out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_tool(ours_argv(url, a, out), out)
     doc = json.loads(out.read_text())
     level = _find(doc, "median_ttft_ms")
     return {"ttft_ms": level["median_ttft_ms"], "tpot_ms": level["median_tpot_ms"]}
@@ -103,8 +122,7 @@ def guidellm_argv(url: str, model: str, a: argparse.Namespace, out: Path) -> lis
 
 
 def guidellm(url: str, model: str, a: argparse.Namespace, out: Path) -> dict[str, float]:
-    argv = guidellm_argv(url, model, a, out)
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_tool(guidellm_argv(url, model, a, out), out)
     metrics = json.loads(out.read_text())["benchmarks"][0]["metrics"]
     return {
         "ttft_ms": metrics["time_to_first_token_ms"]["successful"]["median"],
@@ -136,7 +154,7 @@ def aiperf_argv(url: str, model: str, a: argparse.Namespace, out: Path, paced: b
 def aiperf(url: str, model: str, a: argparse.Namespace, out: Path, paced: bool = False) -> dict[str, Any]:
     argv = aiperf_argv(url, model, a, out, paced)
     with timing_manager_cpu() as cpu:
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run_tool(argv, out)
     doc = json.loads(next(out.rglob("profile_export_aiperf.json")).read_text())
     return {
         "ttft_ms": doc["time_to_first_token"]["p50"],
@@ -358,7 +376,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0, help="which prompts of the built-in set")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--paced-rate", type=float, default=50.0, help="aiperf --request-rate of the paced run")
     ap.add_argument("--within", type=float, default=15.0, help="the verdict's bound, in %% of ours")
     ap.add_argument("--no-diagnostics", action="store_true", help="skip aiperf unpaced and ours + 1 busy core")

@@ -21,7 +21,9 @@ same first step's tokens, and the load average before and after.
 
 ``--build-8b DIR`` builds (once; kept in DIR) a random Llama 3.1 8B-shaped model with ``--layers``
 layers and one Medusa head in bfloat16 (``benchmarks/decode.py``'s ``build_8b_shaped``) and measures it.
-``--profile`` instead prints, per length, where one prefill and first drafts go in this source tree:
+``--fresh START:STOP`` instead times the first token of prompts of every length in that range, each
+length met for the first time by each tree's engine, then the same lengths again (a kernel that builds
+code for every new input shape pays for it on the first). ``--profile`` instead prints, per length, where one prefill and first drafts go in this source tree:
 torch's profiler per op (self CPU ms, calls) and cProfile per Python function.
 """
 
@@ -176,6 +178,38 @@ def compare(a: argparse.Namespace) -> None:
         print(f"{'':<28}{length:>7}  identical first tokens and first step across trees and rounds: {same}")
 
 
+def fresh(a: argparse.Namespace) -> None:
+    """TTFT of prompt lengths each child meets for the first time, then of the same lengths again, per tree.
+
+    A matrix kernel that builds code per input shape (oneDNN creates a primitive for every new row
+    count) pays for it on a length's first prompt: a server meeting prompts of every length pays it
+    often (and again once a shape has left the kernel's cache)."""
+    start, stop = (int(x) for x in a.fresh.split(":"))
+    before = os.getloadavg()
+    children = [Child(a, None), *(Child(a, s) for s in a.src)]
+    seen: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    try:
+        stop = min(stop, min(c.max_seq_len for c in children) - 4)
+        for when in ("first", "again"):
+            for length in range(start, stop):
+                order = list(enumerate(children))
+                for i, c in order if length % 2 == 0 else order[::-1]:
+                    seen.setdefault((i, when), []).append(c.measure(length))
+    finally:
+        for c in children:
+            c.close()
+    after = os.getloadavg()
+    print(f"{a.ckpt}, {a.threads or 'default'} thread(s), prompts of {start}..{stop - 1} tokens, mean ms")
+    print(f"load average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} {after[1]:.2f}")
+    print(f"{'tree':<28}{'TTFT, new length':>20}{'cpu':>8}{'TTFT, seen length':>20}{'cpu':>8}")
+    for i, c in enumerate(children):
+        cells = []
+        for when in ("first", "again"):
+            rows = seen[i, when]
+            cells += [statistics.mean(x["ttft_ms"] for x in rows), statistics.mean(x["ttft_cpu_ms"] for x in rows)]
+        print(f"{c.name[-28:]:<28}{cells[0]:>20.2f}{cells[1]:>8.2f}{cells[2]:>20.2f}{cells[3]:>8.2f}")
+
+
 def _cell(values: list[float | None]) -> str:
     got = [v for v in values if v is not None]
     return f"{min(got):.2f} / {statistics.median(got):.2f}" if got else "-"
@@ -235,6 +269,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--src", action="append", default=[], help="another source tree to compare (repeatable)")
     p.add_argument("--profile", action="store_true", help="profile this tree instead of timing")
+    p.add_argument("--fresh", default=None, help="START:STOP: TTFT of new prompt lengths, then of the same again")
     p.add_argument("--rows", type=int, default=25, help="rows of each profile table")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -246,6 +281,8 @@ def main() -> int:
         return child(a.ckpt, a.threads)
     if a.profile:
         profile(a)
+    elif a.fresh:
+        fresh(a)
     else:
         compare(a)
     return 0

@@ -53,12 +53,17 @@ def run_server(
     adapt: bool | None = None,
     guard: ServeGuard | None = None,
     announce: Announce | None = None,
+    loop: str = "auto",
+    http: str = "auto",
 ) -> int:
     """Serve ``engine_dir`` (an engine or converted checkpoint directory) until SIGINT/SIGTERM.
 
     ``announce`` gets the status lines: loading, ``serving MODEL at http://HOST:PORT`` once the port
     accepts connections (port 0 picks a free port; the line shows which), stopped. Without it they
     are logged (info). Faults are logged as errors. Returns the exit code (see module doc).
+
+    ``loop`` and ``http`` are uvicorn's settings: "auto" takes uvloop and httptools where they are
+    installed (the defaults' dependencies, uvloop not on Windows), else asyncio's loop and h11.
     """
     from medusa_trt.runtime import load_engine
 
@@ -76,7 +81,7 @@ def run_server(
             except KeyboardInterrupt:
                 return 128 + (got[0] if got else signal.SIGINT)
         try:
-            return _serve(engine, sock, model_name, guard, say)
+            return _serve(engine, sock, model_name, guard, say, uvicorn_options={"loop": loop, "http": http})
         finally:
             engine.close()
     finally:
@@ -84,7 +89,12 @@ def run_server(
 
 
 def _serve(
-    engine: ReferenceEngine, sock: socket.socket, model_name: str | None, guard: ServeGuard, say: Announce
+    engine: ReferenceEngine,
+    sock: socket.socket,
+    model_name: str | None,
+    guard: ServeGuard,
+    say: Announce,
+    uvicorn_options: dict[str, str],
 ) -> int:
     from medusa_trt.serve.app import create_app
 
@@ -99,8 +109,15 @@ def _serve(
 
     threads = _engine_threads(engine)
     app = create_app(engine, model_name, guard, on_fault, threads=threads)
+    # uvloop and httptools keep the loop thread's work per streamed token down: its time holds the GIL
+    # that the engine thread's next step waits for (benchmarks/serve_overhead.py measures both)
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S, lifespan="on"
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=GRACE_S,
+        lifespan="on",
+        **uvicorn_options,  # type: ignore[arg-type]  # uvicorn's Literal names, checked by uvicorn
     )
     name = app.state.model_name
     bound_host, bound_port = sock.getsockname()[:2]
@@ -124,7 +141,7 @@ def _serve(
     )
     holder.append(server)
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        server.run(sockets=[sock])  # on the loop config.loop names (uvicorn's loop factory)
     finally:
         app.state.watchdog.stop()
         worker.close(timeout=2)
@@ -181,6 +198,8 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        loop, http = type(asyncio.get_running_loop()), self.config.http_protocol_class
+        logger.info("event loop %s.%s, HTTP %s", loop.__module__, loop.__qualname__, getattr(http, "__name__", http))
         if self.started:  # no await since the socket began listening: this line precedes any response
             self._on_started()
 
