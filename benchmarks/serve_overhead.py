@@ -5,7 +5,7 @@
 The comparison (the verdict): plain decoding of the same prompts, the same tokens, at the same torch thread
 count, once in process (``engine.generate`` in a child interpreter) and once through the server (`medusa-trt
 run ENGINE` on loopback, streamed ``/v1/completions`` read by a raw HTTP/1.1 client that costs a few
-microseconds per chunk), measured back to back in each round. The thread count is the server engine thread's
+microseconds per chunk), interleaved request by request in each round. The thread count is the server engine thread's
 (``serve.worker.engine_threads``: one core fewer than the machine has, so 1 on 2 cores); `run --prompt` keeps
 torch's default, which ``--default-threads`` adds as a row of its own. Each round gives one ratio, server /
 in process; the verdict is their median against the target (>= 0.85: within 15%), with the spread beside it.
@@ -21,10 +21,11 @@ once cannot inflate.
 
 The in-process child and the server stay up for the whole run (loaded once); in each round, for each source
 tree (``--src PATH``: put first on PYTHONPATH, e.g. an older commit's ``git archive COMMIT src | tar -x -C
-DIR``; ``os.pathsep`` joins several), the two sides run one after the other per mode, which goes first
-alternating from round to round, so a change in load touches both alike. It also reports the CPU
-milliseconds per token of the server process, of the client and of the in-process child, whether every
-output is identical to the in-process plain one, and the load average before and after.
+DIR``; ``os.pathsep`` joins several), each mode runs every prompt on both sides back to back, which side
+first alternating from prompt to prompt, so a change in load (seconds long on a shared machine) touches both
+alike. It also reports the CPU milliseconds per token of the server process, of its event-loop thread alone,
+of the client and of the in-process child, whether every output is identical to the in-process plain one,
+and the load average before and after.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,7 +52,8 @@ TARGET = 0.85  # plain through the server at least this fraction of in process (
 
 # --- in process: a child interpreter that stays loaded, one pass per request on stdin ------------------------
 def child(engine_dir: Path, prompts: list[list[int]], tokens: int) -> None:
-    """The in-process side: answers each ``{"medusa": bool, "threads": int}`` line with one pass's rates."""
+    """The in-process side: answers each ``{"prompt": i, "medusa": bool, "threads": int}`` line with that
+    request's rate, text and CPU seconds (``"prompt": null``: every prompt, the warm-up)."""
     import torch
 
     from medusa_trt.runtime import SamplingParams, load_engine
@@ -67,27 +69,26 @@ def child(engine_dir: Path, prompts: list[list[int]], tokens: int) -> None:
     engine = load_engine(engine_dir)
     try:
 
-        def one_pass(medusa: bool) -> dict[str, Any]:
-            rates, text = [], []
+        def one(ids: list[int], medusa: bool) -> dict[str, Any]:
             cpu0 = time.process_time()
-            for ids in prompts:
-                gen = engine.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True), medusa=medusa)
-                first, out = 0.0, []
-                for chunk in gen:
-                    first = first or time.perf_counter()
-                    out.extend(chunk.token_ids)
-                rates.append((len(out) - 1) / (time.perf_counter() - first))  # 1/TPOT, as `bench`'s
-                text.append(engine.tokenizer.decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-            cpu = time.process_time() - cpu0
-            return {"rates": rates, "text": text, "cpu_ms_per_token": 1e3 * cpu / (len(prompts) * tokens)}
+            gen = engine.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True), medusa=medusa)
+            first, out = 0.0, []
+            for chunk in gen:
+                first = first or time.perf_counter()
+                out.extend(chunk.token_ids)
+            rate = (len(out) - 1) / (time.perf_counter() - first)  # 1/TPOT, as `bench`'s
+            text = engine.tokenizer.decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            return {"rate": rate, "text": text, "cpu_s": time.process_time() - cpu0}
 
         torch.set_num_threads(server)
-        one_pass(True)  # warm-up; the adaptive tree learns, as the server's does in its warm-up
+        for ids in prompts:  # warm-up; the adaptive tree learns, as the server's does in its warm-up
+            one(ids, True)
         _say(sys.stdout, {"server_threads": server, "default_threads": default})
         for line in sys.stdin:
             ask = json.loads(line)
-            torch.set_num_threads(int(ask["threads"]))
-            _say(sys.stdout, one_pass(bool(ask["medusa"])))
+            if torch.get_num_threads() != int(ask["threads"]):
+                torch.set_num_threads(int(ask["threads"]))
+            _say(sys.stdout, one(prompts[int(ask["prompt"])], bool(ask["medusa"])))
     finally:
         engine.close()
 
@@ -106,13 +107,19 @@ class InProcess:
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(src), bufsize=1
         )
+        self.prompts, self.tokens = len(json.loads(prompts_file.read_text())), args.tokens
         hello = self._read()
         self.server_threads, self.default_threads = int(hello["server_threads"]), int(hello["default_threads"])
 
-    def run(self, medusa: bool, threads: int) -> dict[str, Any]:
+    def request(self, prompt: int, medusa: bool, threads: int) -> dict[str, Any]:
+        """One generation of prompt number ``prompt``: its rate, text and CPU seconds."""
         assert self.proc.stdin is not None
-        _say(self.proc.stdin, {"medusa": medusa, "threads": threads})
+        _say(self.proc.stdin, {"prompt": prompt, "medusa": medusa, "threads": threads})
         return self._read()
+
+    def run(self, medusa: bool, threads: int) -> dict[str, Any]:
+        """Every prompt in turn: a row."""
+        return _row([self.request(i, medusa, threads) for i in range(self.prompts)], self.tokens)
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -130,6 +137,15 @@ class InProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _row(done: list[dict[str, Any]], tokens: int) -> dict[str, Any]:
+    cpu = sum(d["cpu_s"] for d in done)
+    return {
+        "rates": [d["rate"] for d in done],
+        "text": [d["text"] for d in done],
+        "cpu_ms_per_token": 1e3 * cpu / (len(done) * tokens),
+    }
 
 
 def _env(src: str | None) -> dict[str, str]:
@@ -196,6 +212,13 @@ def raw_pass(port: int, prompts: list[list[int]], tokens: int, medusa: bool) -> 
     return rates, texts
 
 
+def _timed_cpu(fn: Callable[[int], Any], arg: int) -> float:
+    """Our own CPU seconds spent calling ``fn`` (kept out of the client's figure)."""
+    t0 = time.process_time()
+    fn(arg)
+    return time.process_time() - t0
+
+
 def bench_pass(url: str, prompts: list[list[int]], tokens: int, medusa: bool) -> tuple[list[float], list[str]]:
     """`medusa-trt bench`'s client (the demo's): 1/TPOT per request, from the server's token counts."""
     from medusa_trt.bench.client import make_client, stream_request
@@ -232,10 +255,23 @@ class Served:
         raw_pass(self.port, prompts[:2], 8, False)  # first requests: imports, caches
         raw_pass(self.port, prompts, tokens, True)  # the adaptive tree learns, as in process
 
-    def run(self, client: str, medusa: bool) -> dict[str, Any]:
-        (cpu0, loop0), mine0 = _cpu(self.proc), time.process_time()
+    def run(self, client: str, medusa: bool, between: Callable[[int], Any] | None = None) -> dict[str, Any]:
+        """Every prompt in turn through ``client`` ("raw" or "bench"): a row. With ``between``, the raw client
+        calls it with each prompt's number before or after that prompt's request (alternately): the
+        in-process side's turn, so that both sides meet the same moments of load."""
+        (cpu0, loop0), mine0, spent = _cpu(self.proc), time.process_time(), 0.0
         if client == "raw":
-            rates, text = raw_pass(self.port, self.prompts, self.tokens, medusa)
+            rates, text = [], []
+            with socket.create_connection(("127.0.0.1", self.port)) as sock:
+                buf = b""
+                for i, ids in enumerate(self.prompts):
+                    if between is not None and i % 2 == 0:
+                        spent += _timed_cpu(between, i)
+                    rate, one, buf = raw_stream(sock, self.port, buf, _body(ids, self.tokens, medusa))
+                    rates.append(rate)
+                    text.append(one)
+                    if between is not None and i % 2 == 1:
+                        spent += _timed_cpu(between, i)
         else:
             rates, text = bench_pass(self.url, self.prompts, self.tokens, medusa)
         (cpu1, loop1), n = _cpu(self.proc), len(self.prompts) * self.tokens
@@ -244,7 +280,7 @@ class Served:
             "text": text,
             "server_cpu_ms_per_token": 1e3 * (cpu1 - cpu0) / n,
             "loop_cpu_ms_per_token": 1e3 * (loop1 - loop0) / n,
-            "client_cpu_ms_per_token": 1e3 * (time.process_time() - mine0) / n,
+            "client_cpu_ms_per_token": 1e3 * (time.process_time() - mine0 - spent) / n,
         }
 
 
@@ -290,14 +326,18 @@ def _cpu(proc: Any) -> tuple[float, float]:
 
 
 # --- the rounds ---------------------------------------------------------------------------------------------
-def one_round(r: int, inproc: InProcess, served: Served, default_threads: bool) -> dict[str, dict[str, Any]]:
-    """Every row once; per mode, in process and the raw client back to back (which first alternates)."""
+def one_round(inproc: InProcess, served: Served, default_threads: bool) -> dict[str, dict[str, Any]]:
+    """Every row once; per mode, in process and the raw client interleaved request by request (each prompt
+    on both sides back to back, which side first alternating)."""
     rows: dict[str, dict[str, Any]] = {}
     for name, medusa in MODES.items():
-        sides = ["in-process", "raw"] if r % 2 == 0 else ["raw", "in-process"]
-        for side in sides:
-            key = f"{side} {name}"
-            rows[key] = inproc.run(medusa, inproc.server_threads) if side == "in-process" else served.run("raw", medusa)
+        done: list[dict[str, Any]] = []
+
+        def turn(i: int, medusa: bool = medusa, done: list[dict[str, Any]] = done) -> None:
+            done.append(inproc.request(i, medusa, inproc.server_threads))
+
+        rows[f"raw {name}"] = served.run("raw", medusa, turn)
+        rows[f"in-process {name}"] = _row(done, inproc.tokens)
     for name, medusa in MODES.items():
         rows[f"bench {name}"] = served.run("bench", medusa)
         if default_threads:
@@ -347,7 +387,7 @@ def main() -> None:
             threads[name] = (inproc.server_threads, inproc.default_threads)
         for r in range(args.rounds):
             for name in names:
-                rows = one_round(r, *sides[name], args.default_threads)
+                rows = one_round(*sides[name], args.default_threads)
                 rounds[name].append(rows)
                 if not args.json:
                     print(f"round {r + 1} {name}: " + _line(rows), file=sys.stderr)
@@ -409,7 +449,7 @@ def summary(rounds: list[dict[str, dict[str, Any]]], server_threads: int, defaul
         "verdict": {
             "compares": (
                 f"plain tokens/s/user through the server (raw client) / in process, {server_threads} torch "
-                f"thread(s) on both, the same prompts and tokens, back to back in each round"
+                f"thread(s) on both, the same prompts and tokens, interleaved request by request in each round"
             ),
             "median": round(statistics.median(plain), 3),
             "rounds_at_target": sum(x >= TARGET for x in plain),
