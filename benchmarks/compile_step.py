@@ -147,7 +147,7 @@ class Setup:
         from medusa_trt.medusa.buffers import build_buffers
         from medusa_trt.runtime import load_engine
 
-        self.engine = load_engine(ckpt, tree=TREE5, adapt=False)
+        self.engine = load_engine(ckpt, adapt=False)  # its own tree: the steps here use the trunk alone
         self.shard = self.engine._runner.model
         self.capacity = capacity
         self.shard.alloc(capacity)
@@ -299,6 +299,20 @@ def timed(setup: Setup, step: Any, tree: bool, steps: int) -> tuple[list[float],
     return walls, cpus
 
 
+def profile(setup: Setup, step: Any, steps: int) -> dict[str, list[tuple[str, float]]]:
+    """The torch profiler's top ops by self CPU time over ``steps`` steps of each kind: (op, ms per step)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    out = {}
+    for kind in ("plain", "tree5"):
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            timed(setup, step, kind == "tree5", steps)
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
+        out[kind] = [(e.key[:60], e.self_cpu_time_total / 1e3 / steps) for e in ops]
+    return out
+
+
 def measure(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -329,8 +343,11 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     doc["outputs"] = {}
     for v in variants:
         got = outputs(setup, steps[v], a.chain)
+        same = [x == y for x, y in zip(got["tokens"], ref["tokens"], strict=True)] + [False]
         doc["outputs"][v] = {
             "chain_identical": got["tokens"] == ref["tokens"],
+            "chain_tokens_before_first_difference": same.index(False),
+            "logit_scale": float(ref["logits"].abs().max()),
             "chain_max_abs_diff": float((got["logits"] - ref["logits"]).abs().max()),
             "tree_argmax_identical": bool((got["tree"].argmax(-1) == ref["tree"].argmax(-1)).all()),
             "tree_max_abs_diff": float((got["tree"] - ref["tree"]).abs().max()),
@@ -347,6 +364,8 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
                 sc += c
         doc["loads"].append(os.getloadavg()[0])
         print(f"round {r + 1}/{a.rounds} done, load {doc['loads'][-1]:.2f}", file=sys.stderr, flush=True)
+    if a.profile:
+        doc["profile"] = {v: profile(setup, steps[v], a.profile) for v in variants}
     doc["ms"] = {
         v: {
             k: {"wall": statistics.median(samples[v, k][0]), "cpu": statistics.median(samples[v, k][1])}
@@ -372,12 +391,17 @@ def report(doc: dict[str, Any]) -> None:
             or f"{doc['in_process_start_s'][v]:.1f} (in process)"
         )
         o = doc["outputs"][v]
-        same = "identical" if o["chain_identical"] and o["tree_argmax_identical"] else "DIFFERENT"
+        same = "identical" if o["chain_identical"] else f"first {o['chain_tokens_before_first_difference']} same"
+        same += ", tree argmax " + ("identical" if o["tree_argmax_identical"] else "DIFFERENT")
         print(
             f"{v:<18}{p['wall']:>10.3f}{p['cpu']:>8.3f}{t['wall']:>10.3f}{t['cpu']:>8.3f}{t['wall'] / p['wall']:>11.2f}"
             f"{p['wall'] / base['plain']['wall']:>5.2f}/{t['wall'] / base['tree5']['wall']:.2f}  {start:<22}"
             f"{same}, max |dlogit| {max(o['chain_max_abs_diff'], o['tree_max_abs_diff']):.1e}"
+            f" of {o['logit_scale']:.1f}"
         )
+    for v, kinds in doc.get("profile", {}).items():
+        for kind, ops in kinds.items():
+            print(f"  {v} {kind}, self CPU ms per step: " + ", ".join(f"{k} {ms:.2f}" for k, ms in ops))
     for v, starts in doc["start"].items():
         for s in starts:
             if "error" in s:
@@ -397,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=40)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--start-rounds", type=int, default=2, help="fresh-process starts per compiling variant")
+    p.add_argument("--profile", type=int, default=0, help="then profile N steps of each kind per variant")
     p.add_argument("--json", action="store_true")
     p.add_argument("--start", default=None, help=argparse.SUPPRESS)  # internal: one start, timed
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)

@@ -1,4 +1,4 @@
-"""Where aiperf's extra TTFT comes from: the first token on the wire, and who used the CPU meanwhile.
+"""Where a tool's TTFT and TPOT differ from ours: the tokens on the wire, and who used the CPU meanwhile.
 
     python benchmarks/ttft_wire.py --engine ENGINE_DIR --aiperf /path/to/venv/bin/aiperf [--rounds 2]
 
@@ -9,9 +9,13 @@ TTFT": what the server took, without either client's own overhead) and, over tha
 time (``/proc/PID/task/*/schedstat``) of the client's processes (every process this script started
 except the server), per process, and of the server. Clients, round after round at concurrency 1, the
 same settings as ``bench_agreement.py``: ``medusa-trt bench``, aiperf as documented (``--concurrency 1``),
-aiperf paced (``--request-rate RATE --arrival-pattern constant`` as well) and, with ``--guidellm``, guidellm. Prints one JSON document:
-per client and round the medians of its own TTFT, the wire TTFT and the CPU milliseconds in the window.
-Linux only (/proc).
+aiperf paced (``--request-rate RATE --arrival-pattern constant`` as well) and, with ``--guidellm``, guidellm,
+all sending the same prompt file (``bench_agreement.write_prompts``) to a server that verifies the whole
+tree at every step (``run --no-adapt``), so every client's requests take the same decoding steps. The
+same for the decode window, from the first text chunk to the end of the stream: per token after the
+first, the wire's TPOT (first to last text chunk over ``--max-tokens`` - 1) and the CPU the client's
+processes and the server used. Prints one JSON document: per client and round the medians of its own
+TTFT and TPOT, the wire's, and the CPU milliseconds in each window. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -79,8 +83,8 @@ def _title(pid: int) -> str:
 class WireProxy:
     """A loopback TCP proxy (its own thread and event loop) that measures each streamed request."""
 
-    def __init__(self, upstream_port: int, server_pid: int) -> None:
-        self.up, self.server_pid = upstream_port, server_pid
+    def __init__(self, upstream_port: int, server_pid: int, tokens: int) -> None:
+        self.up, self.server_pid, self.tokens = upstream_port, server_pid, tokens
         self.rows: list[dict[str, Any]] = []
         self.loop = asyncio.new_event_loop()
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -104,8 +108,26 @@ class WireProxy:
                     st["pids"] = st.get("pids") or self.clients()
                     st["start"] = self.snapshot(st["pids"])
                 elif not up and st.get("start") and TEXT.search(b):
-                    self._row(st.pop("start"), self.snapshot(st["pids"]))
+                    st["first"] = self.snapshot(st["pids"])
+                    st["last_text"] = st["first"]["t"]
+                    self._row(st.pop("start"), st["first"])
+                elif not up and st.get("first"):
+                    if TEXT.search(b):
+                        st["last_text"] = self.loop.time()
+                    if b"[DONE]" in b:  # the decode window: first text to the stream's end
+                        self._decode(st.pop("first"), st["last_text"], self.snapshot(st["pids"]))
         w.close()
+
+    def _decode(self, a: dict[str, Any], last_text: float, b: dict[str, Any]) -> None:
+        """Per token after the first (every request yields `tokens`, ignore_eos): the wire's TPOT (first to
+        last text chunk, as guidellm and aiperf take it), and the CPU the clients and the server used."""
+        n = self.tokens - 1
+        client = sum(ns - a["per"].get(pid, ns) for pid, ns in b["per"].items()) / 1e6
+        self.rows[-1] |= {
+            "wire_tpot_ms": (last_text - a["t"]) * 1e3 / n,
+            "client_cpu_ms_per_token": client / n,
+            "server_cpu_ms_per_token": (b["server"] - a["server"]) / 1e6 / n,
+        }
 
     def _row(self, a: dict[str, Any], b: dict[str, Any]) -> None:
         per: dict[str, float] = {}
@@ -150,38 +172,56 @@ def _run(argv: list[str]) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _tool_ttfts(kind: str, out: Path) -> list[float]:
-    if kind == "guidellm":  # its median (the per-request layout is its own)
+def _tool_figures(kind: str, out: Path) -> dict[str, list[float]]:
+    """The tool's own TTFT and TPOT, per request in the order sent (guidellm: its medians only)."""
+    if kind == "guidellm":  # its medians (the per-request layout is its own)
         metrics = json.loads(out.read_text())["benchmarks"][0]["metrics"]
-        return [metrics["time_to_first_token_ms"]["successful"]["median"]]
+        return {
+            "ttft": [metrics["time_to_first_token_ms"]["successful"]["median"]],
+            "tpot": [metrics["inter_token_latency_ms"]["successful"]["median"]],
+        }
     if kind == "ours":
         doc = json.loads(out.read_text())
-        return [q["ttft_ms"] for run in doc["runs"] for q in run["requests"] if q["ok"]]
+        done = [q for run in doc["runs"] for q in run["requests"] if q["ok"]]
+        return {"ttft": [q["ttft_ms"] for q in done], "tpot": [q["tpot_ms"] for q in done]}
     recs = [json.loads(x) for x in next(out.rglob("profile_export.jsonl")).read_text().splitlines()]
     recs = sorted((r for r in recs if r["metadata"]["benchmark_phase"] == "profiling"), key=_started)
-    return [r["metrics"]["time_to_first_token"]["value"] for r in recs]
+    return {
+        "ttft": [r["metrics"]["time_to_first_token"]["value"] for r in recs],
+        "tpot": [r["metrics"]["inter_token_latency"]["value"] for r in recs],
+    }
 
 
 def _started(rec: dict[str, Any]) -> int:
     return int(rec["metadata"]["request_start_ns"])
 
 
-def _summary(tool: list[float], rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+def _summary(tool: dict[str, list[float]], rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     rows = rows[-n:]  # the measured requests come last (after warm-ups, validation requests)
     med = statistics.median
     names = {k for r in rows for k in r["client_cpu_ms_by_process"]}
     by = {k: round(med(r["client_cpu_ms_by_process"].get(k, 0.0) for r in rows), 2) for k in sorted(names)}
     # one request at a time: the tool's records and the proxy's rows are the same requests, in order
-    paired = len(tool) == len(rows)
+    paired = len(tool["ttft"]) == len(rows)
+
+    def decode(key: str) -> float | None:
+        xs = [r[key] for r in rows if key in r]
+        return round(med(xs), 3) if xs else None
+
     return {
-        "tool_ttft_ms": round(med(tool), 2),
-        "tool_minus_wire_ms": round(med(t - r["wire_ttft_ms"] for t, r in zip(tool, rows, strict=True)), 2)
+        "tool_ttft_ms": round(med(tool["ttft"]), 2),
+        "tool_minus_wire_ms": round(med(t - r["wire_ttft_ms"] for t, r in zip(tool["ttft"], rows, strict=True)), 2)
         if paired
         else None,
         "wire_ttft_ms": round(med(r["wire_ttft_ms"] for r in rows), 2),
         "client_cpu_ms_in_window": round(med(r["client_cpu_ms"] for r in rows), 2),
         "server_cpu_ms_in_window": round(med(r["server_cpu_ms"] for r in rows), 2),
         "client_cpu_ms_by_process": {k: v for k, v in by.items() if v >= 0.05},
+        # the decode window (first text to the end of the stream), per token after the first
+        "tool_tpot_ms": round(med(tool["tpot"]), 3),
+        "wire_tpot_ms": decode("wire_tpot_ms"),
+        "client_cpu_ms_per_token": decode("client_cpu_ms_per_token"),
+        "server_cpu_ms_per_token": decode("server_cpu_ms_per_token"),
         "requests": len(rows),
     }
 
@@ -218,10 +258,14 @@ def main() -> None:
     clients = ("medusa-trt bench", "aiperf", "aiperf (paced)", *(("guidellm",) if a.guidellm else ()))
     result: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
     loads = []
-    with tempfile.TemporaryDirectory(prefix="ttft-wire-") as tmp, engine_server(a.engine) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="ttft-wire-") as tmp,
+        engine_server(a.engine, run_args=("--no-adapt",)) as url,  # the same steps for every client
+    ):
         a.prompts = write_prompts(a, Path(tmp) / "prompts.jsonl")  # every client sends the same requests
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-        proxy = WireProxy(int(url.rsplit(":", 1)[1]), _server_pid(int(url.rsplit(":", 1)[1])))
+        port = int(url.rsplit(":", 1)[1])
+        proxy = WireProxy(port, _server_pid(port), a.max_tokens)
         with proxy.serving() as purl:
             for r in range(a.rounds):
                 loads.append(round(os.getloadavg()[0], 2))
@@ -236,7 +280,7 @@ def main() -> None:
                         _run(guidellm_argv(purl, model, a, out))
                     else:
                         _run(aiperf_argv(purl, model, a, out, paced=c.endswith("(paced)")))
-                    result[c].append(_summary(_tool_ttfts(kind, out), proxy.take(), a.num_prompts))
+                    result[c].append(_summary(_tool_figures(kind, out), proxy.take(), a.num_prompts))
     doc = {
         "load_average_at_each_round": loads,
         "load_average": [round(x, 2) for x in os.getloadavg()],
