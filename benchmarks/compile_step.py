@@ -11,6 +11,8 @@ Variants:
 
 - ``eager``: ``LlamaShard.forward`` as the runtime runs it (oneDNN over prepacked weights,
   ``runtime.kernels``).
+- ``eager-repacked``: the same over weights packed again after loading (a control: a frozen compile's
+  weights are packed late too).
 - ``compile`` / ``compile-autotune``: ``torch.compile`` of the runtime's own step (``LlamaShard._forward``),
   mode "default" / "max-autotune-no-cudagraphs", over the plain weights and ``F.linear`` (Inductor
   cannot lower the prepacked oneDNN tensors). The cache length changes every step, so the step
@@ -49,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 TREE5 = [[0], [0, 0], [1], [0, 0, 0], [0, 0, 0, 0]]
-VARIANTS = ("eager", "compile", "compile-autotune", "static-eager", "static-compile", "static-aoti")
+VARIANTS = ("eager", "eager-repacked", "compile", "compile-autotune", "static-eager", "static-compile", "static-aoti")
 COMPILED = ("compile", "compile-autotune", "static-compile", "static-aoti")
 DEMO_CKPT = "/tmp/m/demo/engine"
 
@@ -165,13 +167,33 @@ class Setup:
         return self._view
 
 
+def repacked(setup: Setup) -> Any:
+    """A shallow copy of the shard whose trunk weights are packed again now (``runtime.kernels.pack``, the
+    twins as loaded): the same kernels as eager over weights allocated late, as a frozen compile's are."""
+    import dataclasses
+
+    from medusa_trt.runtime import kernels
+
+    plain, w = setup.view(), setup.shard.w
+    twin = any(isinstance(t, kernels.Packed) and t.plain is not None for t in [w.lm_head, w.layers[0].qkv])
+
+    def pack(t: Any) -> Any:
+        return kernels.pack(t, twin=twin)
+
+    names = ("qkv", "dense", "fc_gate", "proj")
+    layers = [dataclasses.replace(lw, **{k: pack(getattr(lw, k)) for k in names}) for lw in plain.w.layers]
+    view = copy.copy(setup.shard)
+    view.w = dataclasses.replace(w, layers=layers, lm_head=pack(plain.w.lm_head))
+    return view
+
+
 def make_step(setup: Setup, variant: str, work: Path) -> Any:
     """``step(ids [T], pos [T], tree [T, T] | None, n) -> logits [T, V]`` for ``variant``, at cache slot n."""
     import torch
 
-    if variant == "eager" or variant.startswith("compile"):
-        shard = setup.shard if variant == "eager" else setup.view()
-        if variant != "eager":
+    if variant.startswith(("eager", "compile")):
+        shard = setup.shard if variant == "eager" else repacked(setup) if variant == "eager-repacked" else setup.view()
+        if variant.startswith("compile"):
             mode = "max-autotune-no-cudagraphs" if variant == "compile-autotune" else "default"
             shard._forward = torch.compile(shard._forward, mode=mode)  # an instance attribute: forward calls it
 

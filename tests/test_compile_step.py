@@ -42,7 +42,8 @@ def test_the_fixed_shape_step_reproduces_the_runtime(
 
 def test_the_benchmark_runs_and_reports_identical_outputs(tiny_llama: Path, tiny_heads4: Path, tmp_path: Path) -> None:
     ckpt = make_checkpoint(tiny_llama, tmp_path / "ckpt", heads=tiny_heads4)
-    args = [str(ckpt), "--variants", "eager,static-eager", "--start-rounds", "0", "--steps", "3", "--rounds", "2"]
+    args = [str(ckpt), "--variants", "eager,eager-repacked,static-eager", "--start-rounds", "0"]
+    args += ["--steps", "3", "--rounds", "2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "compile_step.py"), *args, "--chain", "8", "--json"],
@@ -53,7 +54,8 @@ def test_the_benchmark_runs_and_reports_identical_outputs(tiny_llama: Path, tiny
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
-    assert set(doc["ms"]) == {"eager", "static-eager"} and len(doc["loads"]) == 2
+    assert set(doc["ms"]) == {"eager", "eager-repacked", "static-eager"} and len(doc["loads"]) == 2
     assert all(ms[k]["wall"] > 0 and ms[k]["cpu"] >= 0 for ms in doc["ms"].values() for k in ("plain", "tree5"))
     assert doc["outputs"]["static-eager"]["chain_identical"] and doc["outputs"]["static-eager"]["tree_argmax_identical"]
     assert doc["outputs"]["eager"]["chain_max_abs_diff"] == 0.0  # eager against itself: the same kernels
+    assert doc["outputs"]["eager-repacked"]["chain_identical"]  # the same kernels over weights packed again
