@@ -24,7 +24,10 @@ so TPOT agrees only where tokens/step does. ``step_ms`` (TPOT x tokens/step) is 
 
 Prints a table (medians over rounds, each tool's difference from ours) and one verdict line per metric:
 TTFT and TPOT of guidellm and paced aiperf within ``--within`` % (15) of ours, and the same requests
-for every run (from ``/metrics``); exits 1 when a verdict fails. ``--json-out`` keeps every round.
+for every run (from ``/metrics``); exits 1 when a verdict fails. ``--json-out`` keeps every round. Per
+tool, it also prints in how many rounds the tool read above ours in the same round, and the median of
+those differences; ``--pool JSON...`` prints the report over the rounds of earlier runs' ``--json-out``
+files together, measuring nothing.
 guidellm 0.8 and aiperf 0.13 need different dependencies: install each in its own venv.
 
 Two more runs per round (``--no-diagnostics`` leaves them out; they are not in the verdict) explain
@@ -54,7 +57,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +273,7 @@ def served(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def _median(xs: list[float | None]) -> float | None:
+def _median(xs: Sequence[float | None]) -> float | None:
     known = [x for x in xs if x is not None]
     return round(statistics.median(known), 3) if known else None
 
@@ -323,7 +326,25 @@ def summarize(runs: dict[str, list[dict[str, Any]]], within_pct: float, adapt: b
         if {k: x[k] for k in keys} != ours_served
     ]
     verdicts["same requests"] = {"within": not odd, "each run": ours_served, "differing": odd}
-    return {"median": summary, "difference_from_ours_pct": diff, "verdict": verdicts}
+    return {"median": summary, "difference_from_ours_pct": diff, "verdict": verdicts, "by_round": by_round(runs)}
+
+
+def by_round(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each tool against ours in the same round (a minute apart at most, so slow changes in the machine's
+    load touch both): in how many rounds it read above ours, and the median of its differences."""
+    ours = runs["medusa-trt bench"]
+    out: dict[str, dict[str, Any]] = {}
+    for tool, rs in runs.items():
+        if tool == "medusa-trt bench":
+            continue
+        for key in ("ttft_ms", "tpot_ms"):
+            d = [p for x, o in zip(rs, ours, strict=True) if (p := _pct(x[key], o[key])) is not None]
+            out.setdefault(tool, {})[key] = {
+                "rounds": len(d),
+                "above_ours": sum(v > 0 for v in d),
+                "median_pct": _median(d),
+            }
+    return out
 
 
 def _pct(v: float | None, base: float | None) -> float | None:
@@ -349,6 +370,13 @@ def report_lines(doc: dict[str, Any], within_pct: float) -> list[str]:
         parts = ", ".join(f"{t} {d:+.1f}%" if d is not None else f"{t} n/a" for t, d in v["differences_pct"].items())
         word = "within" if v["within"] else "NOT within"
         lines.append(f"verdict {metric}: {word} {within_pct:g}% of ours ({parts})")
+    for tool, r in doc["by_round"].items():
+        rounds = [
+            f"{m} above ours in {x['above_ours']} of {x['rounds']} rounds (median {x['median_pct']:+.1f}%)"
+            for m, x in (("TTFT", r["ttft_ms"]), ("TPOT", r["tpot_ms"]))
+            if x["rounds"]
+        ]
+        lines.append(f"round by round, {tool}: " + "; ".join(rounds))
     same = verdict["same requests"]
     e = same["each run"]
     if same["within"]:
@@ -367,11 +395,30 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}" if abs(x) < 10 else f"{x:.2f}"
 
 
+def pool(paths: list[Path], within_pct: float) -> None:
+    """The report over the rounds of several runs (their --json-out files) taken together."""
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    adapt = {bool(d["settings"].get("adapt")) for d in docs}
+    if len(adapt) > 1:
+        raise SystemExit("--pool: runs with and without --adapt do not pool")
+    tools = [t for t in docs[0]["rounds"] if all(t in d["rounds"] for d in docs)]
+    runs = {t: [x for d in docs for x in d["rounds"][t]] for t in tools}
+    doc = {
+        "load_average_at_each_round": [x for d in docs for x in d["load_average_at_each_round"]],
+        "load_average": docs[-1]["load_average"],
+        "cpus": docs[-1]["cpus"],
+        **summarize(runs, within_pct, adapt.pop()),
+    }
+    print(f"{len(docs)} runs pooled, {len(runs['medusa-trt bench'])} rounds")
+    print("\n".join(report_lines(doc, within_pct)))
+    sys.exit(0 if all(v["within"] for v in doc["verdict"].values()) else 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine", type=Path, required=True)
-    ap.add_argument("--guidellm", required=True, help="the guidellm executable (its own venv)")
-    ap.add_argument("--aiperf", required=True, help="the aiperf executable (its own venv)")
+    ap.add_argument("--engine", type=Path, help="the engine directory to serve (required unless --pool)")
+    ap.add_argument("--guidellm", help="the guidellm executable (its own venv; required unless --pool)")
+    ap.add_argument("--aiperf", help="the aiperf executable (its own venv; required unless --pool)")
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--num-prompts", type=int, default=16)
@@ -386,7 +433,19 @@ def main() -> None:
         help="serve with adaptive speculation (run's default): the subtree then follows each run's step times",
     )
     ap.add_argument("--json-out", type=Path, help="also write every round's figures here (JSON)")
+    ap.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: pool the rounds of earlier --json-out files and print their report",
+    )
     a = ap.parse_args()
+    if a.pool:
+        pool(a.pool, a.within)
+        return
+    if not (a.engine and a.guidellm and a.aiperf):
+        ap.error("--engine, --guidellm and --aiperf are required (unless --pool)")
     a.engine = a.engine.resolve()
 
     import httpx

@@ -90,6 +90,8 @@ def test_verdicts_follow_the_numbers() -> None:
     assert doc["verdict"]["TPOT"]["within"] is False
     assert doc["verdict"]["TPOT"]["differences_pct"]["aiperf (paced)"] == 20.0
     assert doc["verdict"]["same requests"]["within"] is True
+    # round by round: guidellm's TTFT +10%, +4.5%, +16.7% against ours in the same round
+    assert doc["by_round"]["guidellm"]["ttft_ms"] == {"rounds": 3, "above_ours": 3, "median_pct": 10.0}
     # a run whose requests took other steps (the whole tree, greedy: they cannot) fails the check
     runs["guidellm"][1] = _run(23.0, 2.1, steps=31.0)
     doc = bench_agreement.summarize(runs, 15.0, adapt=False)
@@ -103,3 +105,6 @@ def test_verdicts_follow_the_numbers() -> None:
     assert "verdict TTFT: within 15% of ours (guidellm +10.0%, aiperf (paced) -5.0%)" in lines
     assert "verdict TPOT: NOT within 15% of ours (guidellm +5.0%, aiperf (paced) +20.0%)" in lines
     assert any(line.startswith("verdict same requests: NO") for line in lines)
+    assert any(
+        line.startswith("round by round, guidellm: TTFT above ours in 3 of 3 rounds (median +10.0%)") for line in lines
+    )

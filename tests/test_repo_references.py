@@ -201,7 +201,7 @@ PAGE_COMMANDS = {
 # Options of other tools that these pages quote alone, by page.
 FOREIGN_FLAGS = {
     "docs/bench.md": {"--use-server-token-count", "--request-rate", "--arrival-pattern"}  # aiperf's
-    | {"--within", "--adapt", "--no-diagnostics"}  # benchmarks/bench_agreement.py's
+    | {"--within", "--adapt", "--no-diagnostics", "--pool"}  # benchmarks/bench_agreement.py's
     | {"--no-adapt"},  # run's, named where the page speaks of the server
     "docs/convert.md": {"--baseline"},  # benchmarks/convert.py's
 }
