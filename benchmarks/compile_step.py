@@ -4,8 +4,9 @@
     python benchmarks/compile_step.py --model-8b [--layers 2] [--variants eager,compile]
 
 Times one plain (1-row) step and one step over a fixed 5-node tree (6 rows) after a ``--context``-token
-prompt, for each variant, on one checkpoint (default: the demo's engine, ``medusa-trt demo``), or on a
-random Llama 3.1 8B-shaped model with ``--layers`` layers in bfloat16 (``decode.py --curve-8b``'s).
+prompt, for each variant, on one checkpoint (default: the engine ``medusa-trt demo`` leaves in its
+default cache dir), or on a random Llama 3.1 8B-shaped model with ``--layers`` layers in bfloat16
+(``decode.py --curve-8b``'s).
 
 Variants:
 
@@ -53,7 +54,6 @@ from typing import Any
 TREE5 = [[0], [0, 0], [1], [0, 0, 0], [0, 0, 0, 0]]
 VARIANTS = ("eager", "eager-repacked", "compile", "compile-autotune", "static-eager", "static-compile", "static-aoti")
 COMPILED = ("compile", "compile-autotune", "static-compile", "static-aoti")
-DEMO_CKPT = "/tmp/m/demo/engine"
 
 
 def plain_view(shard: Any) -> Any:
@@ -432,7 +432,7 @@ def report(doc: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ckpt", nargs="?", default=DEMO_CKPT, help="checkpoint or engine dir (default: the demo's)")
+    p.add_argument("ckpt", nargs="?", default=None, help="checkpoint or engine dir (default: the demo's engine)")
     p.add_argument("--model-8b", action="store_true", help="a random Llama 3.1 8B-shaped model instead")
     p.add_argument("--layers", type=int, default=2, help="with --model-8b")
     p.add_argument("--seed", type=int, default=0, help="with --model-8b")
@@ -454,6 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         if a.threads:
             torch.set_num_threads(a.threads)
         return start_only(a)
+    if a.ckpt is None and not a.model_8b:
+        from medusa_trt.demo.pipeline import default_cache_dir
+
+        a.ckpt = str(default_cache_dir() / "engine")
+        if not Path(a.ckpt).is_dir():
+            raise SystemExit(f"{a.ckpt} is missing: run `medusa-trt demo` first, or give a checkpoint")
     with tempfile.TemporaryDirectory(prefix="compile-step-") as tmp:
         a.work = tmp
         if a.model_8b:
