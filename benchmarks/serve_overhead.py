@@ -24,7 +24,7 @@ tree (``--src PATH``: put first on PYTHONPATH, e.g. an older commit's ``git arch
 DIR``; ``os.pathsep`` joins several), each mode runs every prompt on both sides back to back, which side
 first alternating from prompt to prompt, so a change in load (seconds long on a shared machine) touches both
 alike. It also reports the CPU milliseconds per token of the server process, of its event-loop thread alone,
-of the client and of the in-process child, whether every output is identical to the in-process plain one,
+of the client and of the in-process child, the server's above the in-process child's, whether every output is identical to the in-process plain one,
 and the load average before and after.
 """
 
@@ -444,6 +444,17 @@ def summary(rounds: list[dict[str, dict[str, Any]]], server_threads: int, defaul
             "server_loop_thread": _cpu_medians(rounds, "loop_cpu_ms_per_token"),
             "client": _cpu_medians(rounds, "client_cpu_ms_per_token"),
             "in_process": _cpu_medians(rounds, "cpu_ms_per_token"),
+            # what the server spends per token beyond the same generation in process (same rounds, same tokens)
+            "server_above_in_process": {
+                mode: round(
+                    statistics.median(
+                        rows[f"raw {mode}"]["server_cpu_ms_per_token"] - rows[f"in-process {mode}"]["cpu_ms_per_token"]
+                        for rows in rounds
+                    ),
+                    3,
+                )
+                for mode in MODES
+            },
         },
         "identical_outputs": all(row["text"] == reference for rows in rounds for row in rows.values()),
         "verdict": {
