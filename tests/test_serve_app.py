@@ -138,13 +138,18 @@ def test_streaming_completion_with_usage(url: str) -> None:
 
 def test_stream_frames_are_json_dumps_bytes(url: str) -> None:
     """Text frames are built from a template, not by json.dumps per chunk: every event must still be the
-    exact bytes json.dumps gives for its document (field order, spacing, escapes, non-ASCII as is)."""
+    exact bytes json.dumps gives for its document (field order, spacing, escapes, non-ASCII as is), with
+    continuous_usage_stats too (the usage so far in every chunk, its counts rising)."""
     bodies = {
         "/v1/completions": {"prompt": 'say "\\ é \n"', "max_tokens": 24, "temperature": 0},
         "/v1/chat/completions": {"messages": [{"role": "user", "content": "é"}], "max_tokens": 24, "temperature": 0},
     }
     for path, body in bodies.items():
-        for options in ({}, {"stream_options": {"include_usage": True}}):
+        for options in (
+            {},
+            {"stream_options": {"include_usage": True}},
+            {"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+        ):
             with (
                 httpx.Client(timeout=60) as c,
                 c.stream("POST", f"{url}{path}", json={**body, **options, "stream": True}) as r,
@@ -154,6 +159,9 @@ def test_stream_frames_are_json_dumps_bytes(url: str) -> None:
             assert data[-1] == "[DONE]" and len(docs) >= 3
             assert [json.dumps(d, ensure_ascii=False) for d in docs] == data[:-1]
             assert len({(d["id"], d["created"], d["model"]) for d in docs}) == 1
+            if "continuous_usage_stats" in options.get("stream_options", {}):
+                done = [d["usage"]["completion_tokens"] for d in docs if d["choices"]]
+                assert all(d["usage"] for d in docs) and done == sorted(done) and done[-1] > done[0]
 
 
 def test_chat_stream_and_not(url: str, engine: Any) -> None:

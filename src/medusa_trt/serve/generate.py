@@ -456,20 +456,25 @@ class _SSE:
         self.logprobs = body.logprob_fields()[0] is not None
         self.sent = 0  # log-probability entries already sent
         self.offset = 0  # text_offset of the next token (completions)
-        # a text frame without per-chunk fields is the same JSON each time but for the text: encode the
-        # rest once and put each delta's JSON string between (the same bytes _frame's json.dumps gives)
-        self.template = None if self.logprobs or self.continuous else self._template()
+        # a text frame is the same JSON each time but for the text (and, with continuous_usage_stats, the
+        # usage so far): encode the rest once and put each delta's JSON string (and the usage's) between,
+        # the same bytes _frame's json.dumps gives
+        self.template = None if self.logprobs else self._template()
 
-    def _template(self) -> tuple[str, str]:
-        marker = f"medusa-trt-delta-{uuid.uuid4().hex}"
-        head, tail = self._frame(marker, None).split(json.dumps(marker), 1)
-        return head, tail
+    def _template(self) -> tuple[str, str, str | None]:
+        marker, umarker = (f"medusa-trt-{k}-{uuid.uuid4().hex}" for k in ("delta", "usage"))
+        head, rest = self._frame(marker, None, usage_marker=umarker).split(json.dumps(marker), 1)
+        if not self.continuous:
+            return head, rest, None
+        mid, tail = rest.split(json.dumps(umarker), 1)
+        return head, mid, tail
 
     def _text_frame(self, delta: str) -> str:
         if self.template is None:
             return self._frame(delta, None)
-        head, tail = self.template
-        return head + json.dumps(delta, ensure_ascii=False) + tail
+        head, mid, tail = self.template
+        text = head + json.dumps(delta, ensure_ascii=False) + mid
+        return text if tail is None else text + json.dumps(self.out.usage()) + tail
 
     def _logprobs(self) -> dict[str, Any] | None:
         """The log-probabilities of the tokens since the last frame, in the endpoint's shape."""
@@ -483,7 +488,7 @@ class _SSE:
             self.offset = doc["text_offset"][-1] + len(doc["tokens"][-1])
         return doc
 
-    def _frame(self, delta: str | None, finish: str | None, role: bool = False) -> str:
+    def _frame(self, delta: str | None, finish: str | None, role: bool = False, usage_marker: str = "") -> str:
         lp = None if role else self._logprobs()
         if self.chat:
             d: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta else {})
@@ -498,7 +503,7 @@ class _SSE:
             "choices": [choice],
         }
         if self.usage:  # vLLM's continuous_usage_stats: the counts so far in every chunk
-            doc["usage"] = self.out.usage() if self.continuous else None
+            doc["usage"] = (usage_marker or self.out.usage()) if self.continuous else None
         return _data(doc)
 
     async def frames(self) -> AsyncIterator[str]:
