@@ -43,6 +43,24 @@ def test_a_twin_sends_one_row_to_the_plain_weight_and_more_to_onednn() -> None:
 
 
 @pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("shape", [(64,), (1, 64), (1, 1, 64), (2, 64), (3, 64), (1, 3, 64)])
+def test_fewer_bfloat16_rows_run_as_the_first_of_a_few(shape: tuple[int, ...]) -> None:
+    """1-3 bfloat16 rows go through oneDNN's 4-row product (zeros below them), in their own shape."""
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(96, 64, generator=g) * 0.1).bfloat16()
+    x = torch.randn(shape, generator=g).bfloat16()
+    packed = kernels.pack(w)
+    assert isinstance(packed, kernels.Packed) and packed.plain is None
+    n = x.numel() // 64
+    block = torch.cat([x.reshape(n, 64), torch.zeros(kernels.PAD_ROWS - n, 64, dtype=torch.bfloat16)])
+    few = torch.ops.mkldnn._linear_pointwise(block, packed.onednn, None, "none", [], "")  # [P, 96]
+    got = kernels.linear(x, packed)
+    assert got.shape == (*shape[:-1], 96) and torch.equal(got.reshape(n, 96), few[:n])
+    want = F.linear(x.float(), w.float())
+    assert float((got.float() - want).abs().max()) <= 2e-2 * float(want.abs().max())
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
 def test_a_strided_input_is_fine() -> None:
     """The attention output reaches ``dense`` as a reshaped view; chunks of fc+gate are strided."""
     w = torch.randn(32, 48)
