@@ -61,6 +61,12 @@ def test_fewer_bfloat16_rows_run_as_the_first_of_a_few(shape: tuple[int, ...]) -
 
 
 @pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
+def test_no_rows_give_no_rows() -> None:
+    packed = kernels.pack((torch.randn(96, 64) * 0.1).bfloat16())
+    assert kernels.linear(torch.zeros(0, 64, dtype=torch.bfloat16), packed).shape == (0, 96)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
 def test_a_strided_input_is_fine() -> None:
     """The attention output reaches ``dense`` as a reshaped view; chunks of fc+gate are strided."""
     w = torch.randn(32, 48)

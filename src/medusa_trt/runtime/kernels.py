@@ -72,7 +72,7 @@ def linear(x: torch.Tensor, w: Weight) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
     if rows == 1 and w.plain is not None:
         return F.linear(x, w.plain)
-    if rows < PAD_ROWS and w.dtype == torch.bfloat16:
+    if 0 < rows < PAD_ROWS and w.dtype == torch.bfloat16:
         return _padded(x, w, rows)
     return torch.ops.mkldnn._linear_pointwise(x, w.onednn, None, "none", [], "")
 
