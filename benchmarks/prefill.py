@@ -39,6 +39,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,21 +145,33 @@ class Child:
         self.p.wait()
 
 
-def compare(a: argparse.Namespace) -> None:
-    before = os.getloadavg()
+@contextmanager
+def started(a: argparse.Namespace) -> Iterator[list[Child]]:
+    """This tree's child and one per ``--src``, closed at the end."""
     children = [Child(a, None), *(Child(a, s) for s in a.src)]
     try:
+        yield children
+    finally:
+        for c in children:
+            c.close()
+
+
+def turns(children: list[Child], flip: bool) -> list[tuple[int, Child]]:
+    """(index, child) in order, or reversed when ``flip``: the trees alternate who goes first."""
+    order = list(enumerate(children))
+    return order[::-1] if flip else order
+
+
+def compare(a: argparse.Namespace) -> None:
+    before = os.getloadavg()
+    with started(a) as children:
         cap = min(c.max_seq_len for c in children) - 4  # room for the two tokens and the tree's root
         lengths = sorted({min(int(x), cap) for x in a.lengths.split(",")})
         runs: dict[tuple[int, int], list[dict[str, Any]]] = {}
         for r in range(a.rounds):
             for length in lengths:
-                order = list(enumerate(children))
-                for i, c in order if r % 2 == 0 else order[::-1]:
+                for i, c in turns(children, r % 2 == 1):
                     runs.setdefault((i, length), []).append(c.measure(length))
-    finally:
-        for c in children:
-            c.close()
     after = os.getloadavg()
     print(f"{a.ckpt}, {a.threads or 'default'} thread(s), best / median of {a.rounds} rounds, wall ms")
     print(f"load average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} {after[1]:.2f}")
@@ -186,18 +200,13 @@ def fresh(a: argparse.Namespace) -> None:
     often (and again once a shape has left the kernel's cache)."""
     start, stop = (int(x) for x in a.fresh.split(":"))
     before = os.getloadavg()
-    children = [Child(a, None), *(Child(a, s) for s in a.src)]
     seen: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    try:
+    with started(a) as children:
         stop = min(stop, min(c.max_seq_len for c in children) - 4)
         for when in ("first", "again"):
             for length in range(start, stop):
-                order = list(enumerate(children))
-                for i, c in order if length % 2 == 0 else order[::-1]:
+                for i, c in turns(children, length % 2 == 1):
                     seen.setdefault((i, when), []).append(c.measure(length))
-    finally:
-        for c in children:
-            c.close()
     after = os.getloadavg()
     print(f"{a.ckpt}, {a.threads or 'default'} thread(s), prompts of {start}..{stop - 1} tokens, mean ms")
     print(f"load average before {before[0]:.2f} {before[1]:.2f}, after {after[0]:.2f} {after[1]:.2f}")
