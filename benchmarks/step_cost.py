@@ -1,6 +1,6 @@
 """What one decoding step costs: plain vs a fixed 5-node tree on one checkpoint, greedy.
 
-    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--twin-ab] [--split] [--profile]
+    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--twin-ab] [--pad-ab] [--split] [--profile]
 
 Per round (a plain generation, then a tree one, so a load change hits both alike): wall milliseconds
 and this thread's CPU milliseconds per step (``time.thread_time``: on a shared, overloaded machine the
@@ -10,6 +10,10 @@ two source trees (PYTHONPATH=A/src, then B/src, alternating) to compare two vers
 
 ``--twin-ab`` then compares single rows through the float32 twins (``runtime.kernels.Packed``) with
 single rows through the packed weights, both engines in this process, generations alternating.
+``--pad-ab`` then compares, in the same process and generations alternating, 1-3 bfloat16 rows run as
+the first rows of ``runtime.kernels.PAD_ROWS`` (the runtime's way) with the same rows through oneDNN's
+product as they are: wall ms per step, best of rounds, and whether the greedy outputs agree (a float32
+checkpoint never pads, so both read alike there).
 ``--split`` then splits each mode's CPU time per step, inside real generations: the runner's forward,
 the Medusa heads, the KV-cache commit, and the rest (drafting, acceptance, the decoding loop).
 ``--profile`` then prints where a step's time goes, for each mode: torch's profiler per op (self CPU
@@ -28,6 +32,7 @@ import time
 from typing import Any
 
 TREE5 = [[0], [0, 0], [1], [0, 0, 0], [0, 0, 0, 0]]
+WIDE5 = [[0], [1], [2], [3], [4]]  # 5 nodes from one head, for a checkpoint with fewer than 4
 PROMPT = [(i * 17) % 300 + 3 for i in range(40)]
 
 
@@ -68,6 +73,36 @@ def twin_ab(engine: Any, other: Any, tokens: int, rounds: int) -> None:
     for name in ("twin", "packed"):
         plain, tree = best[name, False], best[name, True]
         print(f"  {name:<7} plain {plain:.2f}  tree5 {tree:.2f}  ratio {tree / plain:.2f}")
+
+
+def pad_ab(engine: Any, tokens: int, rounds: int) -> None:
+    """Few bfloat16 rows padded (``kernels._padded``, as loaded) against the same rows through oneDNN's
+    product unpadded, in one engine, generations alternating: wall ms per step, best of ``rounds``."""
+    import torch
+
+    from medusa_trt.runtime import kernels
+
+    padded = kernels._padded
+
+    def unpadded(x: Any, w: Any, rows: int) -> Any:
+        return torch.ops.mkldnn._linear_pointwise(x, w.onednn, None, "none", [], "")
+
+    best: dict[tuple[str, bool], float] = {}
+    outs: dict[tuple[str, bool], list[int]] = {}
+    try:
+        for _ in range(rounds):
+            for name, fn in (("padded", padded), ("unpadded", unpadded)):
+                kernels._padded = fn  # type: ignore[assignment]  # this process only, restored below
+                for medusa in (False, True):
+                    out, wall = run(engine, medusa, tokens)[:2]
+                    best[name, medusa] = min(wall, best.get((name, medusa), wall))
+                    outs[name, medusa] = out
+    finally:
+        kernels._padded = padded
+    print(f"few bfloat16 rows, wall ms per step, best of {rounds}, one process (load {os.getloadavg()[0]:.1f}):")
+    for name in ("padded", "unpadded"):
+        same = outs[name, False] == outs[name, True]
+        print(f"  {name:<9} plain {best[name, False]:.2f}  tree5 {best[name, True]:.2f}  plain == Medusa {same}")
 
 
 def split(engine: Any, tokens: int, rounds: int) -> None:
@@ -137,6 +172,7 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--twin-ab", action="store_true", help="then compare with and without the twins, in process")
+    p.add_argument("--pad-ab", action="store_true", help="then compare bfloat16 rows padded and not, in process")
     p.add_argument("--split", action="store_true", help="then split each step's CPU time: forward, heads, rest")
     p.add_argument("--profile", action="store_true", help="then print the per-op and per-function profile")
     p.add_argument("--rows", type=int, default=25, help="rows of each profile table")
@@ -147,10 +183,13 @@ def main() -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    engine = load_engine(a.ckpt, tree=TREE5, adapt=False)
+    from medusa_trt.runtime.config import read_checkpoint
+
+    tree = TREE5 if read_checkpoint(a.ckpt).num_medusa_heads >= 4 else WIDE5
+    engine = load_engine(a.ckpt, tree=tree, adapt=False)
     run(engine, False, 16)
     run(engine, True, 16)  # warm-up
-    print(f"threads {torch.get_num_threads()}, {a.tokens} tokens per generation, 5-node tree {TREE5}")
+    print(f"threads {torch.get_num_threads()}, {a.tokens} tokens per generation, 5-node tree {tree}")
     best: dict[bool, list[float]] = {}
     for _ in range(a.rounds):
         plain, tree = run(engine, False, a.tokens), run(engine, True, a.tokens)
@@ -168,7 +207,9 @@ def main() -> int:
         f"ratio {tw / pw:.2f} (cpu {tc / pc:.2f})  load {os.getloadavg()[0]:.1f}"
     )
     if a.twin_ab:
-        twin_ab(engine, load_engine(a.ckpt, tree=TREE5, adapt=False), a.tokens, a.rounds)
+        twin_ab(engine, load_engine(a.ckpt, tree=tree, adapt=False), a.tokens, a.rounds)
+    if a.pad_ab:
+        pad_ab(engine, a.tokens, a.rounds)
     if a.split:
         split(engine, a.tokens, a.rounds)
     if a.profile:

@@ -79,8 +79,8 @@ def linear(x: torch.Tensor, w: Weight) -> torch.Tensor:
 
 def _padded(x: torch.Tensor, w: Packed, rows: int) -> torch.Tensor:
     """A few bfloat16 rows x [.., in] as the first of ``PAD_ROWS`` rows: oneDNN's packed product over 4
-    rows reads a large weight 20-30% faster than over 1 or 2 (Llama 3.1 8B's shapes on an AVX-512 CPU,
-    ``benchmarks/decode.py --curve-8b``); the other rows are zeros and are dropped. [.., out]."""
+    rows reads a large weight faster than over 1 or 2 (a plain step 13-21% faster on Llama 3.1 8B's
+    shapes on an AVX-512 CPU, ``benchmarks/step_cost.py --pad-ab``); the zero rows are dropped. [.., out]."""
     block = x.new_zeros(PAD_ROWS, x.shape[-1])  # [P, in]
     block[:rows] = x.reshape(rows, -1)
     out = torch.ops.mkldnn._linear_pointwise(block, w.onednn, None, "none", [], "")[:rows]  # [rows, out]
