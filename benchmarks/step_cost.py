@@ -1,6 +1,6 @@
 """What one decoding step costs: plain vs a fixed 5-node tree on one checkpoint, greedy.
 
-    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--twin-ab] [--pad-ab] [--split] [--profile]
+    python benchmarks/step_cost.py CKPT [--rounds 3] [--tokens 128] [--threads 1] [--twin-ab] [--pad-ab] [--share-ab] [--split] [--profile]
 
 Per round (a plain generation, then a tree one, so a load change hits both alike): wall milliseconds
 and this thread's CPU milliseconds per step (``time.thread_time``: on a shared, overloaded machine the
@@ -14,6 +14,10 @@ single rows through the packed weights, both engines in this process, generation
 the first rows of ``runtime.kernels.PAD_ROWS`` (the runtime's way) with the same rows through oneDNN's
 product as they are: wall ms per step, best of rounds, and whether the greedy outputs agree (a float32
 checkpoint never pads, so both read alike there).
+``--share-ab`` (heads whose lm_heads are all copies of the base one, as ``heads train --share-lm-head``
+and the demo write them) then compares, in one process and generations alternating, the runtime's way
+(the heads' rows through the base lm_head at once) with the heads' own lm_head copies loaded as separate
+heads' are: wall ms per step, best of rounds, and whether the outputs agree.
 ``--split`` then splits each mode's CPU time per step, inside real generations: the runner's forward,
 the Medusa heads, the KV-cache commit, and the rest (drafting, acceptance, the decoding loop).
 ``--profile`` then prints where a step's time goes, for each mode: torch's profiler per op (self CPU
@@ -105,6 +109,50 @@ def pad_ab(engine: Any, tokens: int, rounds: int) -> None:
         print(f"  {name:<9} plain {best[name, False]:.2f}  tree5 {best[name, True]:.2f}  plain == Medusa {same}")
 
 
+def unshare(engine: Any) -> None:
+    """Load the heads' lm_head copies from the checkpoint as separate heads' are (tp 1), instead of
+    projecting through the base lm_head."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medusa_trt.runtime import weights
+
+    model = engine._runner.model
+    state = load_file(str(model.info.ckpt_dir / "rank0.safetensors"))
+
+    def get(name: str) -> Any:
+        return weights._dequant(state, name, model.dtype).contiguous()
+
+    w = model.w
+    no_base = torch.empty(0, dtype=model.dtype)  # matches no head: every head keeps its own copy
+    w.heads_lm_t, w.heads_lm, w.heads_share_lm = weights._medusa_lm_heads(model.info, get, model.dtype, no_base)
+
+
+def share_ab(engine: Any, other: Any, tokens: int, rounds: int) -> None:
+    """Heads through the base lm_head (``engine`` as loaded) against their own lm_head copies (``other``),
+    in one process, generations alternating: wall ms per step, best of ``rounds``."""
+    if not engine._runner.model.w.heads_share_lm:
+        print("--share-ab: this checkpoint's heads have lm_heads of their own; nothing to compare")
+        other.close()
+        return
+    unshare(other)
+    best: dict[tuple[str, bool], float] = {}
+    outs: dict[str, list[int]] = {}
+    for _ in range(rounds):
+        for name, eng in (("shared", engine), ("copies", other)):
+            for medusa in (False, True):
+                out, wall = run(eng, medusa, tokens)[:2]
+                best[name, medusa] = min(wall, best.get((name, medusa), wall))
+                if medusa:
+                    outs[name] = out
+    other.close()
+    print(f"heads' lm_head, wall ms per step, best of {rounds}, one process (load {os.getloadavg()[0]:.1f}):")
+    for name in ("shared", "copies"):
+        plain, tree = best[name, False], best[name, True]
+        print(f"  {name:<7} plain {plain:.2f}  tree5 {tree:.2f}  ratio {tree / plain:.2f}")
+    print(f"  same Medusa output: {outs['shared'] == outs['copies']}")
+
+
 def split(engine: Any, tokens: int, rounds: int) -> None:
     """This thread's CPU microseconds per step in the runner's forward, the heads, the KV-cache commit
     and the rest of the step, inside real generations; best of ``rounds`` per part, modes alternating."""
@@ -173,6 +221,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--twin-ab", action="store_true", help="then compare with and without the twins, in process")
     p.add_argument("--pad-ab", action="store_true", help="then compare bfloat16 rows padded and not, in process")
+    p.add_argument("--share-ab", action="store_true", help="then compare shared-lm_head heads both ways, in process")
     p.add_argument("--split", action="store_true", help="then split each step's CPU time: forward, heads, rest")
     p.add_argument("--profile", action="store_true", help="then print the per-op and per-function profile")
     p.add_argument("--rows", type=int, default=25, help="rows of each profile table")
@@ -185,11 +234,11 @@ def main() -> int:
         torch.set_num_threads(a.threads)
     from medusa_trt.runtime.config import read_checkpoint
 
-    tree = TREE5 if read_checkpoint(a.ckpt).num_medusa_heads >= 4 else WIDE5
-    engine = load_engine(a.ckpt, tree=tree, adapt=False)
+    shape = TREE5 if read_checkpoint(a.ckpt).num_medusa_heads >= 4 else WIDE5
+    engine = load_engine(a.ckpt, tree=shape, adapt=False)
     run(engine, False, 16)
     run(engine, True, 16)  # warm-up
-    print(f"threads {torch.get_num_threads()}, {a.tokens} tokens per generation, 5-node tree {tree}")
+    print(f"threads {torch.get_num_threads()}, {a.tokens} tokens per generation, 5-node tree {shape}")
     best: dict[bool, list[float]] = {}
     for _ in range(a.rounds):
         plain, tree = run(engine, False, a.tokens), run(engine, True, a.tokens)
@@ -207,9 +256,11 @@ def main() -> int:
         f"ratio {tw / pw:.2f} (cpu {tc / pc:.2f})  load {os.getloadavg()[0]:.1f}"
     )
     if a.twin_ab:
-        twin_ab(engine, load_engine(a.ckpt, tree=tree, adapt=False), a.tokens, a.rounds)
+        twin_ab(engine, load_engine(a.ckpt, tree=shape, adapt=False), a.tokens, a.rounds)
     if a.pad_ab:
         pad_ab(engine, a.tokens, a.rounds)
+    if a.share_ab:
+        share_ab(engine, load_engine(a.ckpt, tree=shape, adapt=False), a.tokens, a.rounds)
     if a.split:
         split(engine, a.tokens, a.rounds)
     if a.profile:

@@ -150,3 +150,20 @@ def test_auto_tree_is_hardware_aware_and_deterministic(tiny_llama: Path) -> None
     assert tree == tree_growth(acc, len(tree))  # an optimal tree of the chosen size
     assert choose_demo_tree(acc, tiny_llama, cfg) == tree
     assert choose_demo_tree(acc, tiny_llama, replace(cfg, tree_nodes=5)) == tree_growth(acc, 5)
+
+
+def test_the_demo_heads_share_the_base_lm_head_and_the_engine_reads_it_once(demo_run: tuple[dict, dict, Path]) -> None:
+    """The demo trains its heads with the base lm_head frozen: the file carries bit-identical copies, and
+    the engine it builds keeps none of them (its heads project through the base lm_head)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medusa_trt.runtime import load_engine
+
+    _, _, cache = demo_run
+    heads = load_file(str(cache / "heads" / "medusa_lm_head.safetensors"))
+    base = load_file(str(cache / "model" / "model.safetensors"))["lm_head.weight"]
+    assert all(torch.equal(heads[f"{k}.1.weight"], base) for k in range(SMALL.num_heads))
+    with load_engine(cache / "engine") as engine:
+        w = engine._runner.model.w
+        assert w.heads_share_lm and w.heads_lm_t is None and w.heads_lm is None

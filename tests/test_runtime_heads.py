@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from medusa_trt.runtime import load_engine
 from tests.helpers.checkpoints import make_checkpoint
-from tests.helpers.models import make_tiny_llama
+from tests.helpers.models import make_medusa_heads, make_tiny_llama
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,3 +94,59 @@ def test_bfloat16_heads_run_on_packed_lm_heads(tmp_path: Path, tiny_llama: Path,
                 x = x + F.silu(src[p + "medusa_layers.0.linear.weight"] @ x + src[p + "medusa_layers.0.linear.bias"])
                 assert rel_err(got[k], src[p + "lm_head.weight"] @ x) < 2e-2, (row, k)
             assert torch.equal(engine._runner.heads(row, 2), got[:2])
+
+
+@pytest.mark.parametrize(("tp", "dtype"), [(1, "float32"), (2, "float32"), (1, "bfloat16")])
+def test_heads_sharing_the_base_lm_head_run_through_it(tmp_path: Path, tp: int, dtype: str) -> None:
+    """Heads trained with the base lm_head frozen carry copies of it: the runtime keeps none of them and
+    projects the K heads' rows through the base lm_head at once. Their logits still equal the heads
+    computed from the checkpoint's own tensors, and Medusa's greedy output still equals plain decoding's.
+    One head with an lm_head of its own (a copy, then changed in one element) keeps every head separate."""
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaForCausalLM
+
+    from medusa_trt.runtime import SamplingParams
+
+    model_dir = make_tiny_llama(tmp_path / "model", seed=3)
+    base = load_file(str(model_dir / "model.safetensors"))["lm_head.weight"]  # [V, D]
+    v, d = base.shape
+    shared = make_medusa_heads(tmp_path / "shared", hidden_size=d, vocab_size=v, num_heads=3, lm_head=base, scale=0.3)
+    own = make_medusa_heads(tmp_path / "own", hidden_size=d, vocab_size=v, num_heads=3, lm_head=base, scale=0.3)
+    state = load_file(str(own / "medusa_lm_head.safetensors"))
+    state["2.1.weight"][7, 5] += 0.25
+    save_file(state, str(own / "medusa_lm_head.safetensors"))
+    ids = torch.randint(0, v, (12,), generator=torch.Generator().manual_seed(4))
+    tol = 1e-4 if dtype == "float32" else 2e-2
+    with torch.no_grad():  # [S, D] after model.norm: the heads' input at tp > 1
+        hf_hidden = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)(
+            ids[None], output_hidden_states=True
+        ).hidden_states[-1][0]
+    for name, heads_dir in (("shared", shared), ("own", own)):
+        ckpt = make_checkpoint(model_dir, tmp_path / f"ckpt-{name}", heads=heads_dir, tp=tp, dtype=dtype)
+        src = {k: t.float() for k, t in load_file(str(heads_dir / "medusa_lm_head.safetensors")).items()}
+        with load_engine(ckpt, tree=[[0], [0, 0], [1], [0, 0, 0]]) as engine:
+            w = engine._runner.model.w if tp == 1 else None
+            if w is not None:
+                assert w.heads_share_lm is (name == "shared")
+                assert (w.heads_lm_t is None and w.heads_lm is None) is (name == "shared")
+            engine.reset_cache(16)
+            engine.forward(ids, torch.arange(12))
+            hidden = hf_hidden if w is None else w_hidden(engine)
+            for row in (0, 11):
+                got = engine.head_logits(row)  # [3, V]
+                for k in range(3):
+                    x = hidden[row].float()
+                    x = x + F.silu(src[f"{k}.0.linear.weight"] @ x + src[f"{k}.0.linear.bias"])
+                    assert rel_err(got[k], src[f"{k}.1.weight"] @ x) < tol, (name, row, k)
+            prompt = ids.tolist()
+            params = SamplingParams(max_tokens=24, stop_token_ids=())
+            plain = [t for c in engine.generate(prompt, params, medusa=False) for t in c.token_ids]
+            medusa = [t for c in engine.generate(prompt, params, medusa=True) for t in c.token_ids]
+            assert medusa == plain, name
+
+
+def w_hidden(engine: object) -> torch.Tensor:
+    """The runner's own final hidden states [T, D] (tp 1): the heads' exact input in any dtype."""
+    hidden = engine._runner.model.last_hidden  # type: ignore[attr-defined]
+    assert hidden is not None
+    return hidden

@@ -35,8 +35,11 @@ class DemoConfig:
     recipe: ModelRecipe = field(default_factory=ModelRecipe)
     corpus_chars: int = 1_500_000
     num_heads: int = 4
+    # the heads project with the frozen base lm_head (Medusa's shared-lm_head variant): the runtime
+    # then reads one lm_head for all of them, and the ResBlocks alone learn as well at a higher rate
+    share_lm_head: bool = True
     head_steps: int = 200
-    head_lr: float = 3e-3
+    head_lr: float = 1e-2
     head_batch: int = 16
     distill_prompts: int = 160
     distill_tokens: int = 96
@@ -140,6 +143,7 @@ class Stages:
                 num_heads=c.num_heads,
                 steps=c.head_steps,
                 lr=c.head_lr,
+                share_lm_head=c.share_lm_head,
                 batch_size=c.head_batch,
                 seq_len=c.distill_tokens + 96,
                 gen_tokens=c.distill_tokens,
@@ -158,7 +162,15 @@ class Stages:
             }
             records.write(records.DEMO_INFO, out, info)
 
-        keys = ("num_heads", "head_steps", "head_lr", "head_batch", "distill_prompts", "distill_tokens")
+        keys = (
+            "num_heads",
+            "share_lm_head",
+            "head_steps",
+            "head_lr",
+            "head_batch",
+            "distill_prompts",
+            "distill_tokens",
+        )
         reused = self._step("heads", "heads", {"model_dir": "model", **c.key(*keys)}, run)
         if reused:
             self.log(f"heads: reusing {out}")

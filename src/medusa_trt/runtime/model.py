@@ -340,7 +340,8 @@ class LlamaShard:
 
         Every head reads the same hidden state, so the first ResBlock of all K is one matmul over their
         stacked weights; later ResBlocks and the lm_heads are one batched matmul each (in bfloat16 the
-        lm_heads are one packed product per head instead).
+        lm_heads are one packed product per head instead; heads whose lm_heads are all the base one
+        run their K rows through it at once).
         """
         w = self.w
         assert self.last_hidden is not None and w.heads_b
@@ -355,7 +356,9 @@ class LlamaShard:
             else:
                 y = torch.baddbmm(bias[:k, None], x[:, None], weight[:k].transpose(1, 2))[:, 0]  # [K, Dl]
             x = x + F.silu(self.comm.all_gather_last(y))  # column-parallel, gather_output=True
-        if w.heads_lm is not None:  # bfloat16: one packed product per head (``weights._medusa_lm_heads``)
+        if w.heads_share_lm:  # every head projects with the base lm_head: one product over the K rows
+            logits = linear(x, w.lm_head).float()  # [K, Vl]
+        elif w.heads_lm is not None:  # bfloat16: one packed product per head (``weights._medusa_lm_heads``)
             logits = torch.cat([linear(x[j : j + 1], w.heads_lm[j]) for j in range(k)]).float()  # [K, Vl]
         else:
             assert w.heads_lm_t is not None

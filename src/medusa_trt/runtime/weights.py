@@ -47,6 +47,9 @@ class ShardWeights:
     head_rows: list[int]
     # in bfloat16 instead (heads_lm_t None): each head's lm_head [Vl_head, D], packed (``_medusa_lm_heads``)
     heads_lm: list[kernels.Weight] | None = None
+    # every head's lm_head is the base lm_head itself (heads trained with it frozen): neither of the
+    # above is kept, and the K heads' rows go through ``lm_head`` as one product
+    heads_share_lm: bool = False
 
 
 def shard_rows(info: CheckpointInfo, name: str) -> list[int]:
@@ -110,7 +113,7 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
     embed_rows = shard_rows(info, "transformer.vocab_embedding.weight") if parallel else [embed.shape[0]]
     lm_head, vocab_rows = _lm_head(info, rank, get, "lm_head.weight" in state, embed, parallel, path)
     heads_w, heads_b, head_rows = _medusa_heads(info, get)
-    heads_lm_t, heads_lm = _medusa_lm_heads(info, get, dtype)
+    heads_lm_t, heads_lm, share = _medusa_lm_heads(info, get, dtype, lm_head)
     return ShardWeights(
         embed=embed,
         embed_offset=sum(embed_rows[:rank]) if parallel else 0,
@@ -124,6 +127,7 @@ def load_shard(info: CheckpointInfo, rank: int, device: str) -> ShardWeights:
         heads_lm_t=heads_lm_t,
         head_rows=head_rows,
         heads_lm=heads_lm,
+        heads_share_lm=share,
     )
 
 
@@ -178,23 +182,43 @@ def _medusa_heads(info: CheckpointInfo, get: Getter) -> tuple[list[torch.Tensor]
 
 
 def _medusa_lm_heads(
-    info: CheckpointInfo, get: Getter, dtype: torch.dtype
-) -> tuple[torch.Tensor | None, list[kernels.Weight] | None]:
-    """The heads' lm_heads: transposed and stacked [K, D, Vl] for one batched matmul, or in bfloat16 one
-    packed weight [Vl, D] per head (``kernels.pack``; a plain one where oneDNN does not take it).
+    info: CheckpointInfo, get: Getter, dtype: torch.dtype, base: torch.Tensor
+) -> tuple[torch.Tensor | None, list[kernels.Weight] | None, bool]:
+    """The heads' lm_heads: (None, None, True) when every one equals the base lm_head ``base`` [Vl, D]
+    (heads trained with it frozen, written as copies): nothing more is kept, and the heads' K rows go
+    through the base lm_head as one product, reading its weight once instead of K copies. Otherwise
+    transposed and stacked [K, D, Vl] for one batched matmul, or in bfloat16 one packed weight [Vl, D]
+    per head (``kernels.pack``; a plain one where oneDNN does not take it).
 
     Each is one row times a [D, Vl] matrix: in bfloat16 oneDNN's packed product reads a large one about
     twice as fast as the batched matmul (``benchmarks/prefill.py``'s heads column, Llama 3.1 8B-shaped);
     in float32 the batched matmul over the transposed weights is the faster."""
     k_heads = info.num_medusa_heads
     if not k_heads:
-        return None, None
+        return None, None, False
     names = [f"medusa_heads.{k}.lm_head.weight" for k in range(k_heads)]
-    if dtype == torch.bfloat16:
-        return None, [kernels.pack(get(n)) for n in names]
-    # [K, D, Vl_head]: built head by head, so the untransposed copy never exists for all heads at once
     first = get(names[0])
+    later: dict[int, torch.Tensor] = {}  # heads after a shared first one that are not copies (held until used)
+    if _same(first, base):
+        for k in range(1, k_heads):  # one at a time: a copy is dropped as soon as it is compared
+            if not _same(w := get(names[k]), base):
+                later[k] = w
+        if not later:
+            return None, None, True
+        first = base
+
+    def head(k: int) -> torch.Tensor:  # [Vl_head, D]; read only when used: the K copies never coexist
+        if k == 0:
+            return first
+        return later.pop(k, base) if first is base else get(names[k])
+
+    if dtype == torch.bfloat16:
+        return None, [kernels.pack(head(k)) for k in range(k_heads)], False
     heads_lm = torch.empty(k_heads, first.shape[1], first.shape[0], dtype=first.dtype, device=first.device)
     for k in range(k_heads):
-        heads_lm[k] = (first if k == 0 else get(names[k])).t()
-    return heads_lm, None
+        heads_lm[k] = head(k).t()
+    return heads_lm, None, False
+
+
+def _same(w: torch.Tensor, base: torch.Tensor) -> bool:
+    return w.shape == base.shape and w.dtype == base.dtype and torch.equal(w, base)
