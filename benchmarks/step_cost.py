@@ -5,7 +5,8 @@
 Per round (a plain generation, then a tree one, so a load change hits both alike): wall milliseconds
 and this thread's CPU milliseconds per step (``time.thread_time``: on a shared, overloaded machine the
 CPU time moves far less than the wall time), their tree/plain ratios, tokens per step, and whether
-Medusa's output equals plain's; then the best of the rounds and the ratio of the bests. Run it under
+Medusa's output equals plain's; then the best of the rounds, the ratio of the bests, and the median and
+range of the per-round ratios (on a shared machine the plain step moves most with the load). Run it under
 two source trees (PYTHONPATH=A/src, then B/src, alternating) to compare two versions of the runtime.
 
 ``--twin-ab`` then compares single rows through the float32 twins (``runtime.kernels.Packed``) with
@@ -31,6 +32,7 @@ import cProfile
 import io
 import os
 import pstats
+import statistics
 import sys
 import time
 from typing import Any
@@ -240,8 +242,10 @@ def main() -> int:
     run(engine, True, 16)  # warm-up
     print(f"threads {torch.get_num_threads()}, {a.tokens} tokens per generation, 5-node tree {shape}")
     best: dict[bool, list[float]] = {}
+    ratios: list[float] = []  # per round: the two generations ran back to back, so a load change hits both
     for _ in range(a.rounds):
         plain, tree = run(engine, False, a.tokens), run(engine, True, a.tokens)
+        ratios.append(tree[1] / plain[1])
         for medusa, row in ((False, plain), (True, tree)):
             best[medusa] = [min(x, y) for x, y in zip(best.get(medusa, row[1:3]), row[1:3], strict=True)]
         print(
@@ -255,6 +259,7 @@ def main() -> int:
         f"best of {a.rounds}: plain {pw:.2f} ms/step (cpu {pc:.2f})  tree5 {tw:.2f} (cpu {tc:.2f})  "
         f"ratio {tw / pw:.2f} (cpu {tc / pc:.2f})  load {os.getloadavg()[0]:.1f}"
     )
+    print(f"per-round ratio: median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}")
     if a.twin_ab:
         twin_ab(engine, load_engine(a.ckpt, tree=shape, adapt=False), a.tokens, a.rounds)
     if a.pad_ab:
