@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.vllm import make_vllm_model, require_vllm
+from tests.helpers.vllm import make_vllm_model, require_vllm, train_vllm_heads
 
 # each vLLM start takes tens of seconds on a 2-core machine; one worker gets them all (pyproject: loadgroup)
 pytestmark = [pytest.mark.timeout(1800), pytest.mark.xdist_group("vllm")]
@@ -266,3 +266,31 @@ def test_bench_engines_side_by_side(engines: dict, tmp_path: Path) -> None:
     assert vllm_run["spec_decode"]["num_drafts"] > 0 and vllm_run["tokens_per_step"] > 1
     assert ref_run["tokens_per_step"] == pytest.approx(vllm_run["tokens_per_step"])  # the same chain, the same heads
     assert "greedy outputs identical" in done.stderr and plot.stat().st_size > 1000
+
+
+def test_heads_sharing_the_base_lm_head_reach_vllm_once_and_decode_as_ours(
+    vllm_python: str, trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Heads trained with the base lm_head frozen reach vLLM with ``original_lm_head`` and one lm_head
+    tensor (vLLM then holds one for every head); vLLM's greedy text and decoding steps still equal our
+    chain's on the same heads, so its drafts are the ones the copies gave."""
+    from safetensors import safe_open
+
+    model, _ = trained
+    heads = train_vllm_heads(model, tmp_path / "heads", num_heads=K, share_lm_head=True)
+    out = {"vllm": tmp_path / "vllm", "reference": tmp_path / "reference"}
+    done = _cli("build", "--profile", "cpu-vllm", "--model", str(model), "--medusa", str(heads), "-o", str(out["vllm"]))
+    assert done.returncode == 0, done.stderr
+    cfg = json.loads((out["vllm"] / "heads" / "config.json").read_text())
+    assert cfg["original_lm_head"] is True and cfg["num_heads"] == K
+    with safe_open(str(out["vllm"] / "heads" / "model.safetensors"), framework="pt") as f:
+        assert [k for k in f.keys() if k.startswith("lm_heads.")] == ["lm_heads.0.weight"]  # noqa: SIM118
+    done = _cli("build", "--profile", "cpu", "--model", str(model), "--medusa", str(heads), "-o", str(out["reference"]))
+    assert done.returncode == 0, done.stderr
+    mine = _reference(out["reference"])
+    assert sum(m["num_steps"] for m in mine) < sum(len(m["token_ids"]) for m in mine)  # drafts are accepted
+    for prompt, want in zip(PROMPTS[:2], mine, strict=False):
+        done = _cli("run", str(out["vllm"]), "--prompt", prompt, "--max-tokens", str(MAX_TOKENS), "--json")
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        assert doc["token_ids"] == want["token_ids"] and doc["num_steps"] == want["num_steps"], prompt

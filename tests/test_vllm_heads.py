@@ -100,3 +100,36 @@ def test_modelopt_fp8_heads_are_dequantized(tmp_path: Path, tiny_llama: Path, ti
 def test_a_directory_without_heads_is_refused(tmp_path: Path, tiny_llama: Path) -> None:
     with pytest.raises(CheckpointError, match="no Medusa heads"):
         write_vllm_heads(tiny_llama, tmp_path, chain=1, dtype="float32")
+
+
+def test_heads_with_one_lm_head_write_it_once(tmp_path: Path) -> None:
+    """Every head's lm_head the same tensor (``heads train --share-lm-head``): vLLM gets ``original_lm_head``
+    and a single ``lm_heads.0.weight``; one head whose lm_head differs keeps them all, and the flag off."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.helpers.models import make_medusa_heads
+
+    base = torch.randn(320, 64, generator=torch.Generator().manual_seed(0))
+    shared = make_medusa_heads(tmp_path / "shared", hidden_size=64, vocab_size=320, num_heads=3, lm_head=base)
+    info = write_vllm_heads(shared, tmp_path / "out-shared", chain=3, dtype="float32")
+    cfg, out = (
+        json.loads((tmp_path / "out-shared" / "config.json").read_text()),
+        _load(tmp_path / "out-shared" / "model.safetensors"),
+    )
+    assert info.shared_lm_head and cfg["original_lm_head"] is True
+    assert [k for k in out if k.startswith("lm_heads.")] == ["lm_heads.0.weight"] and out["lm_heads.0.weight"].equal(
+        base
+    )
+    own = make_medusa_heads(tmp_path / "own", hidden_size=64, vocab_size=320, num_heads=3, lm_head=base)
+    state = _load(own / "medusa_lm_head.safetensors")
+    state["2.1.weight"][0, 0] += 1.0
+    save_file(state, str(own / "medusa_lm_head.safetensors"))
+    info = write_vllm_heads(own, tmp_path / "out-own", chain=3, dtype="float32")
+    cfg, out = (
+        json.loads((tmp_path / "out-own" / "config.json").read_text()),
+        _load(tmp_path / "out-own" / "model.safetensors"),
+    )
+    assert not info.shared_lm_head and "original_lm_head" not in cfg
+    assert {k for k in out if k.startswith("lm_heads.")} == {f"lm_heads.{k}.weight" for k in range(3)}
+    assert out["lm_heads.2.weight"].equal(state["2.1.weight"])

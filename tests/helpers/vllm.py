@@ -67,7 +67,6 @@ def make_vllm_model(root: Path, *, num_heads: int = 4, steps: int = 120, head_st
     import torch
 
     from medusa_trt.demo.pretrain import ModelRecipe, pretrain
-    from medusa_trt.train.trainer import TrainConfig, train_heads
     from tests.helpers.models import DEFAULT_CORPUS
 
     torch.set_num_threads(1)
@@ -83,11 +82,29 @@ def make_vllm_model(root: Path, *, num_heads: int = 4, steps: int = 120, head_st
         **{k: v for k, v in VLLM_TINY.items() if k != "intermediate_size"},
     )
     pretrain(root / "model", DEFAULT_CORPUS, recipe)
+    return root / "model", train_vllm_heads(root / "model", root / "heads", num_heads=num_heads, steps=head_steps)
+
+
+def train_vllm_heads(model: Path, out: Path, *, num_heads: int, steps: int = 150, share_lm_head: bool = False) -> Path:
+    """Heads for ``make_vllm_model``'s model, trained by `heads train`'s code on its own greedy output
+    (with ``share_lm_head`` the base lm_head frozen: every head's lm_head is a copy of it)."""
+    import torch
+
+    from medusa_trt.train.trainer import TrainConfig, train_heads
+
+    torch.set_num_threads(1)
     cfg = TrainConfig(
-        num_heads=num_heads, steps=head_steps, lr=3e-3, batch_size=8, seq_len=64, gen_tokens=48, progress=False
+        num_heads=num_heads,
+        steps=steps,
+        lr=1e-2 if share_lm_head else 3e-3,  # the ResBlocks alone take a higher rate
+        batch_size=8,
+        seq_len=64,
+        gen_tokens=48,
+        progress=False,
+        share_lm_head=share_lm_head,
     )
-    train_heads(root / "model", root / "heads", data=PROMPTS, config=cfg)
-    return root / "model", root / "heads"
+    train_heads(model, out, data=PROMPTS, config=cfg)
+    return out
 
 
 PROMPTS = [

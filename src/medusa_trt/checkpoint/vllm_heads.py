@@ -8,6 +8,10 @@ Its loader also remaps FasterDecoding names, but builds the ResBlock layers with
 ``bias=config.medusa_fc_bias`` (default false): pointed at FasterDecoding heads it drops their biases
 without a word. Written here, ``medusa_fc_bias`` says whether the heads have them.
 
+Heads whose lm_heads are all one tensor (trained with the base lm_head frozen, ``heads train
+--share-lm-head``) get ``original_lm_head: true`` and a single ``lm_heads.0.weight``: vLLM's loader then
+holds one vocabulary projection for every head (it maps that name to its shared ``lm_head``), not K.
+
 Sources: FasterDecoding heads (``medusa_lm_head.safetensors|.pt``, also what ``heads train`` writes)
 and ModelOpt combined checkpoints (``medusa_heads.*``; FP8 layers are dequantized with their
 ``weight_scale``, since vLLM's Medusa layers are unquantized ``nn.Linear``).
@@ -44,6 +48,7 @@ class VllmHeads:
     source_format: str  # fasterdecoding | modelopt
     dtype: str
     notes: list[str] = field(default_factory=list)
+    shared_lm_head: bool = False  # every head's lm_head is the same tensor: written once (``tensors``)
 
     def config(self) -> dict[str, Any]:
         """vLLM's MedusaConfig fields (names verbatim)."""
@@ -57,6 +62,7 @@ class VllmHeads:
             "truncated_vocab_size": self.vocab_size,
             "medusa_fc_bias": self.has_bias,
             "torch_dtype": self.dtype,
+            **({"original_lm_head": True} if self.shared_lm_head else {}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +74,7 @@ class VllmHeads:
             "has_bias": self.has_bias,
             "source_format": self.source_format,
             "dtype": self.dtype,
+            "shared_lm_head": self.shared_lm_head,
             "notes": self.notes,
         }
 
@@ -145,17 +152,27 @@ def _tensor(heads: Heads, name: str, dtype: Any) -> Any:
 
 
 def tensors(heads: Heads, info: VllmHeads) -> dict[str, Any]:
-    """vLLM's names -> tensors, every head (vLLM loads the first num_speculative_tokens of them)."""
+    """vLLM's names -> tensors, every head (vLLM loads the first num_speculative_tokens of them); sets
+    ``info.shared_lm_head`` when every head's lm_head equals the first's, which is then the only one."""
     import torch
 
     dt = getattr(torch, info.dtype)
     out: dict[str, Any] = {}
+    first = _tensor(heads, heads.lm_head(0), dt)
+    # one at a time (all() stops at the first that differs): a copy is dropped as soon as it is compared
+    others = (_tensor(heads, heads.lm_head(k), dt) for k in range(1, info.num_heads))
+    info.shared_lm_head = info.num_heads > 1 and all(torch.equal(w, first) for w in others)
     for k in range(info.num_heads):
         for layer in range(info.num_layers):
             out[f"blocks.{k}.layers.{layer}.weight"] = _tensor(heads, heads.linear(k, layer, "weight"), dt)
             if info.has_bias:
                 out[f"blocks.{k}.layers.{layer}.bias"] = _tensor(heads, heads.linear(k, layer, "bias"), dt)
-        out[f"lm_heads.{k}.weight"] = _tensor(heads, heads.lm_head(k), dt)
+        if k == 0:
+            out["lm_heads.0.weight"] = first
+        elif not info.shared_lm_head:
+            out[f"lm_heads.{k}.weight"] = _tensor(heads, heads.lm_head(k), dt)
+    if info.shared_lm_head:
+        info.notes.append("every head's lm_head is one tensor: written once, original_lm_head: true")
     return out
 
 
