@@ -20,7 +20,7 @@ from medusa_trt.demo.predictable import EASY, HARD
 from medusa_trt.medusa.adaptive import NodeAcceptance, StepTimes, choose
 from medusa_trt.medusa.trees import load_tree
 from medusa_trt.runtime.speculation import regime_name
-from tests.helpers.loopback import app_in_thread
+from tests.helpers.loopback import engine_in_thread
 
 REQUESTS, TOKENS = 16, 40  # the greedy workload: 640 tokens, 8 requests begin after token 300
 WARMUP = 300
@@ -52,15 +52,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @contextmanager
 def serving(ckpt: Path) -> Iterator[str]:
     """A fresh engine (the default tree, adaptive) behind the real server."""
-    from medusa_trt.runtime import load_engine
-    from medusa_trt.serve import create_app
-
-    engine = load_engine(ckpt)
-    try:
-        with fixed_step_times(), app_in_thread(create_app(engine, "tiny"), start_timeout_s=30) as url:
-            yield url
-    finally:
-        engine.close()
+    with fixed_step_times(), engine_in_thread(ckpt, "tiny", start_timeout_s=30) as url:
+        yield url
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import pytest
 
 from medusa_trt.bench import BenchConfig, run_benchmark
 from medusa_trt.bench.datasets import load_prompts, load_tokenizer
-from tests.helpers.loopback import app_in_thread
+from tests.helpers.loopback import engine_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -42,17 +42,11 @@ def test_the_prompt_file_gives_every_tool_the_same_requests(tiny_llama: Path, tm
 @pytest.fixture(scope="module")
 def server_url(tiny_llama: Path, tiny_heads: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from medusa_trt.engines.build import execute, prepare
-    from medusa_trt.runtime import load_engine
-    from medusa_trt.serve import create_app
 
     out = tmp_path_factory.mktemp("agreement") / "engine"
     execute(prepare("cpu", str(tiny_llama), medusa=str(tiny_heads), output=out))
-    engine = load_engine(out)
-    try:
-        with app_in_thread(create_app(engine), start_timeout_s=60) as url:
-            yield url
-    finally:
-        engine.close()
+    with engine_in_thread(out) as url:
+        yield url
 
 
 def test_the_servers_counts_are_what_a_run_did(server_url: str, tiny_llama: Path, tmp_path: Path) -> None:

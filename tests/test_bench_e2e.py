@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from medusa_trt.bench import BenchConfig, run_benchmark
-from tests.helpers.loopback import app_in_thread
+from tests.helpers.loopback import app_in_thread, engine_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +31,8 @@ def tiny_engine(tiny_llama: Path, tiny_heads: Path, tmp_path_factory: pytest.Tem
 @pytest.fixture(scope="module")
 def server_url(tiny_engine: Path) -> Iterator[str]:
     """Our real app (serve.create_app over the reference engine) under uvicorn, in a thread here."""
-    from medusa_trt.runtime import load_engine
-    from medusa_trt.serve import create_app
-
-    engine = load_engine(tiny_engine)
-    try:
-        with app_in_thread(create_app(engine), start_timeout_s=60) as url:
-            yield url
-    finally:
-        engine.close()
+    with engine_in_thread(tiny_engine) as url:
+        yield url
 
 
 def _counters(url: str) -> dict[str, float]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from medusa_trt.bench.loopback import LoopbackOptions, LoopbackServer, loopback_server, serve_forever
 from tests.helpers import HANG_S
 
-__all__ = ["LoopbackOptions", "LoopbackServer", "app_in_thread", "loopback_server", "serve_forever"]
+__all__ = ["LoopbackOptions", "LoopbackServer", "app_in_thread", "engine_in_thread", "loopback_server", "serve_forever"]
 
 
 @contextmanager
@@ -36,3 +37,15 @@ def app_in_thread(app: object, start_timeout_s: float = HANG_S) -> Iterator[str]
         srv.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextmanager
+def engine_in_thread(
+    engine_dir: str | Path, model_name: str | None = None, start_timeout_s: float = 60
+) -> Iterator[str]:
+    """A reference engine loaded from ``engine_dir`` behind our real app (``app_in_thread``); closed after."""
+    from medusa_trt.runtime import load_engine
+    from medusa_trt.serve import create_app
+
+    with load_engine(engine_dir) as engine, app_in_thread(create_app(engine, model_name), start_timeout_s) as url:
+        yield url
