@@ -23,7 +23,7 @@ The in-process child and the server stay up for the whole run (loaded once); in 
 tree (``--src PATH``: put first on PYTHONPATH, e.g. an older commit's ``git archive COMMIT src | tar -x -C
 DIR``; ``os.pathsep`` joins several), each mode runs every prompt on both sides back to back, which side
 first alternating from prompt to prompt, so a change in load (seconds long on a shared machine) touches both
-alike. It also reports the CPU milliseconds per token of the server process, of its event-loop thread alone,
+alike. It also reports the CPU milliseconds per token of the server process (with its engine process), of its event-loop thread alone,
 of the client and of the in-process child, the server's above the in-process child's, whether every output is identical to the in-process plain one,
 and the load average before and after.
 """
@@ -317,12 +317,19 @@ def _server_process(port: int) -> Any:
 
 
 def _cpu(proc: Any) -> tuple[float, float]:
-    """CPU seconds of the server process, and of its main thread alone (the event loop's: HTTP, text, JSON)."""
+    """CPU seconds of the server process with its children (the engine process, the chat template's renderer),
+    and of its main thread alone (the event loop's: HTTP, text, JSON)."""
+    import psutil
+
     if proc is None:
         return float("nan"), float("nan")
-    t = proc.cpu_times()
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a child that ended meanwhile
+            t = p.cpu_times()
+            total += t.user + t.system
     main = [th.user_time + th.system_time for th in proc.threads() if th.id == proc.pid]
-    return float(t.user + t.system), float(main[0]) if main else float("nan")
+    return total, float(main[0]) if main else float("nan")
 
 
 # --- the rounds ---------------------------------------------------------------------------------------------

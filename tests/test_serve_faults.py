@@ -36,15 +36,24 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Path:
     return make_checkpoint(model, base / "ck2", heads=tiny_heads, tp=2)
 
 
-def ranks_of(pid: int, timeout: float = HANG_S) -> list[psutil.Process]:
-    """The spawned tp rank processes below ``pid`` (once they exist)."""
+def spawned(pid: int, timeout: float = HANG_S, *, ranks: bool = True) -> list[psutil.Process]:
+    """The spawned processes below ``pid`` (once they exist): the tp ranks, or (``ranks=False``) the
+    server's engine process, which is rank 0 and the ranks' parent (`run --prompt` drives rank 0 itself)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [c for c in psutil.Process(pid).children(recursive=True) if any("spawn_main" in a for a in c.cmdline())]
+        if ranks and any(c.ppid() != pid for c in found):  # below an engine process
+            found = [c for c in found if c.ppid() != pid]
+        elif not ranks:
+            found = [c for c in found if c.ppid() == pid and c.children()]
         if found:
             return found
         time.sleep(0.1)
-    raise AssertionError("no tp rank process appeared")
+    raise AssertionError("no spawned process appeared")
+
+
+def ranks_of(pid: int, timeout: float = HANG_S) -> list[psutil.Process]:
+    return spawned(pid, timeout)
 
 
 def gone(procs: list[psutil.Process]) -> bool:
@@ -119,6 +128,24 @@ def test_rank_killed_fails_health_and_requests_then_exits_1(server: Server) -> N
     client.close()
     assert server.proc.wait(timeout=HANG_S) == 1  # on its own: the hard exit fires whatever is stuck
     assert "rank 1 was killed by SIGKILL" in server.log.read_text()
+    assert gone(server.ranks)
+
+
+def test_engine_process_killed_fails_health_and_requests_then_exits_1(server: Server) -> None:
+    """The server's engine process (rank 0, the ranks' parent) dies: the same fault path as a rank's, and
+    its ranks follow it out."""
+    (engine,) = spawned(server.proc.pid, ranks=False)
+    client, _resp, lines = first_chunk(server.url)
+    os.kill(engine.pid, signal.SIGKILL)
+    deadline = time.monotonic() + HANG_S
+    while (health := httpx.get(f"{server.url}/health", timeout=HANG_S)).status_code == 200:
+        assert time.monotonic() < deadline, "still healthy"
+    assert health.status_code == 503 and "the engine process was killed by SIGKILL" in health.json()["reason"]
+    events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
+    assert "error" in events[-1], events[-1]
+    assert_clean_503(events[-1]["error"])
+    client.close()
+    assert server.proc.wait(timeout=HANG_S) == 1
     assert gone(server.ranks)
 
 

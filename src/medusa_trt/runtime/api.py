@@ -159,7 +159,11 @@ class ReferenceEngine:
 
     def rank_failures(self) -> list[str]:
         """One line per tensor-parallel rank that is no longer running (empty while all are up)."""
-        return [f"tensor-parallel rank {r} {_exit_text(code)}" for r, code in self._runner.dead_ranks()]
+        return [f"tensor-parallel rank {r} {exit_text(code)}" for r, code in self._runner.dead_ranks()]
+
+    def rank_pids(self) -> list[int]:
+        """Process ids of the tp ranks this engine spawned (empty at tp 1)."""
+        return self._runner.rank_pids()
 
     def ping(self) -> None:
         """A round trip through every rank; blocks while one is stopped or hung (call between generations)."""
@@ -224,7 +228,8 @@ class ReferenceEngine:
         self.close()
 
 
-def _exit_text(code: int | None) -> str:
+def exit_text(code: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it; None: still running)."""
     import signal
 
     if code is None:

@@ -164,6 +164,10 @@ class Runner:
             torch.set_num_threads(self._threads)
             self._threads = None
 
+    def rank_pids(self) -> list[int]:
+        """Process ids of the spawned ranks 1..t-1."""
+        return [p.pid for p in self._procs if p.pid is not None]
+
     def dead_ranks(self) -> list[tuple[int, int | None]]:
         """(rank, exit code) of every spawned rank that is no longer running (negative code: signal)."""
         return [(r, p.exitcode) for r, p in enumerate(self._procs, start=1) if not p.is_alive()]

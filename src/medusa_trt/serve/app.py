@@ -27,13 +27,13 @@ from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, Completio
 from medusa_trt.serve.worker import EngineWorker
 
 if TYPE_CHECKING:
-    from medusa_trt.runtime.api import ReferenceEngine
+    from medusa_trt.serve.served import ServedEngine
 
 _ENDPOINTS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version"}
 
 
 def create_app(
-    engine: ReferenceEngine,
+    engine: ServedEngine,
     model_name: str | None = None,
     guard: ServeGuard | None = None,
     on_fault: Callable[[str], None] | None = None,
@@ -139,7 +139,7 @@ def _openai_errors(app: FastAPI) -> None:
 
 
 def _info_routes(
-    app: FastAPI, engine: ReferenceEngine, name: str, metrics: Metrics, unhealthy: Callable[[], str | None]
+    app: FastAPI, engine: ServedEngine, name: str, metrics: Metrics, unhealthy: Callable[[], str | None]
 ) -> None:
     """/health, /version, /metrics and the /v1/models listing."""
     created = int(time.time())
@@ -196,7 +196,7 @@ def _generation_routes(app: FastAPI, handler: RequestHandler, name: str) -> None
         return await handler.chat(body, request)
 
 
-def _model_card(engine: ReferenceEngine, name: str, created: int) -> dict[str, Any]:
+def _model_card(engine: ServedEngine, name: str, created: int) -> dict[str, Any]:
     return {
         "id": name,
         "object": "model",

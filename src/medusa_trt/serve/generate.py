@@ -47,7 +47,7 @@ from medusa_trt.serve.protocol import APIError, ChatCompletionRequest, CommonReq
 from medusa_trt.serve.worker import EngineWorker, Finished, Job
 
 if TYPE_CHECKING:
-    from medusa_trt.runtime.api import ReferenceEngine
+    from medusa_trt.serve.served import ServedEngine
 
 _POLL_S = 0.25  # how often a waiting request checks that its client is still there
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class RequestHandler:
 
     def __init__(
         self,
-        engine: ReferenceEngine,
+        engine: ServedEngine,
         worker: EngineWorker,
         metrics: Metrics,
         model_name: str,

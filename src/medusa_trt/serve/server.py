@@ -33,7 +33,7 @@ from medusa_trt.errors import EXIT_FAILURE
 from medusa_trt.serve.guard import ServeGuard, exposure_warning
 
 if TYPE_CHECKING:
-    from medusa_trt.runtime.api import ReferenceEngine
+    from medusa_trt.serve.engine_process import EngineProcess
 
 GRACE_S = 2  # how long open connections may finish after a signal before they are cut
 FAULT_EXIT_S = 1.0  # after a fault, /health answers 503 this long before the port closes
@@ -65,7 +65,7 @@ def run_server(
     ``loop`` and ``http`` are uvicorn's settings: "auto" takes uvloop and httptools where they are
     installed (the defaults' dependencies, uvloop not on Windows), else asyncio's loop and h11.
     """
-    from medusa_trt.runtime import load_engine
+    from medusa_trt.serve.engine_process import EngineProcess
 
     say = announce or logger.info
     guard = guard or ServeGuard()
@@ -77,7 +77,7 @@ def run_server(
         with _signals_as_interrupt(got):  # a signal during the (long) engine load still exits cleanly
             try:
                 say(f"loading {engine_dir} on {device} ...")
-                engine = load_engine(Path(engine_dir), device=device, tree=tree, adapt=adapt)
+                engine = EngineProcess(Path(engine_dir), device=device, tree=tree, adapt=adapt)
             except KeyboardInterrupt:
                 return 128 + (got[0] if got else signal.SIGINT)
         try:
@@ -89,7 +89,7 @@ def run_server(
 
 
 def _serve(
-    engine: ReferenceEngine,
+    engine: EngineProcess,
     sock: socket.socket,
     model_name: str | None,
     guard: ServeGuard,
@@ -107,10 +107,8 @@ def _serve(
         _hard_exit_after(HARD_EXIT_S, EXIT_FAILURE, engine)
         _later(FAULT_EXIT_S, lambda: holder[0].stop_for_fault())
 
-    threads = _engine_threads(engine)
-    app = create_app(engine, model_name, guard, on_fault, threads=threads)
-    # uvloop and httptools keep the loop thread's work per streamed token down: its time holds the GIL
-    # that the engine thread's next step waits for (benchmarks/serve_overhead.py measures both)
+    logger.info("engine process: %d torch thread(s)", engine.torch_threads)
+    app = create_app(engine, model_name, guard, on_fault)
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -155,19 +153,7 @@ def _serve(
     return 0
 
 
-def _engine_threads(engine: ReferenceEngine) -> int | None:
-    import torch
-
-    from medusa_trt.serve.worker import engine_threads
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = engine_threads(engine.tp, cores, torch.get_num_threads())
-    if threads is not None:
-        logger.info("engine thread: %d torch thread(s) of %d cores (one left to the HTTP server)", threads, cores)
-    return threads
-
-
-def _hard_exit_after(seconds: float, code: int, engine: ReferenceEngine) -> None:
+def _hard_exit_after(seconds: float, code: int, engine: EngineProcess) -> None:
     """The last resort: kill the ranks and end the process if the orderly shutdown is still stuck."""
 
     def fire() -> None:

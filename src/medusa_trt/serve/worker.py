@@ -1,7 +1,8 @@
 """One engine, one generation at a time: a dedicated thread drains a FIFO of jobs.
 
-The engine is not thread-safe and its steps are blocking torch calls, so it lives on its own thread;
-the event loop stays free for `/health`, `/metrics` and queued clients. Each job sends its chunks
+The engine is not thread-safe and its calls block (torch steps in this process, or reads from the engine
+process's pipe: ``serve.engine_process``), so it is driven from its own thread; the event loop stays free
+for `/health`, `/metrics` and queued clients. Each job sends its chunks
 back to the loop through its Events: the loop is woken only when it waits for one (one wake-up per
 wait, not per chunk; a chunk that arrives while the loop is still sending the last one is picked up
 without a wake-up). Cancelling a job (client gone, stop string seen, server
@@ -25,16 +26,16 @@ from medusa_trt.runtime.watchdog import StepClock, rank_failure
 from medusa_trt.serve.metrics import Metrics
 
 if TYPE_CHECKING:
-    from medusa_trt.runtime.api import ReferenceEngine
     from medusa_trt.runtime.types import GenerationStats, SamplingParams
+    from medusa_trt.serve.served import ServedEngine
 
 PING_S = 5.0  # idle interval between liveness round trips through the tp ranks
 
 
 def engine_threads(tp: int, cores: int, torch_threads: int) -> int | None:
-    """Torch threads for a server's engine thread: one core fewer than the process may use, at most
-    ``torch_threads`` (torch's setting: OMP_NUM_THREADS, e.g. the profile's), at least one; None at tp > 1
-    (the ranks split the cores already).
+    """Torch threads for a server's engine (its process, or its thread): one core fewer than the process
+    may use, at most ``torch_threads`` (torch's setting: OMP_NUM_THREADS, e.g. the profile's), at least
+    one; None at tp > 1 (the ranks split the cores already).
 
     The event loop (and a client on the same machine) needs a core. An engine team with every core makes
     OpenMP wake a sleeping worker for each parallel region, which then competes with the loop for the
@@ -143,7 +144,7 @@ class EngineWorker:
 
     def __init__(
         self,
-        engine: ReferenceEngine,
+        engine: ServedEngine,
         metrics: Metrics | None = None,
         clock: StepClock | None = None,
         ping_s: float = PING_S,
@@ -222,11 +223,13 @@ class EngineWorker:
                     continue
 
     def _loop(self) -> None:
-        import torch
+        if self.threads is not None:  # an engine in this process: its steps run on this thread
+            import torch
 
-        if self.threads is not None:
             torch.set_num_threads(self.threads)
-        self.torch_threads = torch.get_num_threads()  # what this thread's steps run with
+            self.torch_threads = torch.get_num_threads()
+        else:  # an engine process (serve.engine_process) says its own; else this process's setting
+            self.torch_threads = getattr(self.engine, "torch_threads", 0) or _torch_threads()
         self.started.set()
         while True:
             job = self._next_job()
@@ -285,6 +288,12 @@ class EngineWorker:
     def _outcome(self, kind: str) -> None:
         if self.metrics:
             self.metrics.outcome(kind)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _close_quietly(gen: Any) -> None:
