@@ -57,6 +57,7 @@ class EngineProcess:
         import multiprocessing as mp
 
         from medusa_trt.runtime.api import load_tokenizer
+        from medusa_trt.runtime.config import read_checkpoint
 
         ctx = mp.get_context("spawn")
         self._faults: Any = ctx.Array("c", FAULTS_BYTES)  # the child's rank failures, "\n"-joined
@@ -69,12 +70,14 @@ class EngineProcess:
         self._closed = False
         self._rank_pids: list[int] = []
         try:
+            # the tokenizer here while the child loads the weights (the server detokenizes); a checkpoint
+            # that does not read fails here as it would in the child, the same check first in both
+            self.tokenizer = load_tokenizer(read_checkpoint(path).ckpt_dir, Path(path))
             facts = self._ready()
             self.model_name, self.max_seq_len, self.tp = facts["model_name"], facts["max_seq_len"], facts["tp"]
             self.has_medusa, self.num_medusa_heads = facts["has_medusa"], facts["num_medusa_heads"]
             self.tree, self.torch_threads = facts["tree"], facts["torch_threads"]
             self._rank_pids = facts["rank_pids"]
-            self.tokenizer = load_tokenizer(Path(facts["ckpt_dir"]), Path(path))
         except BaseException:
             self._kill()
             raise
@@ -285,7 +288,6 @@ def _load(
         "tree": engine.tree,
         "tp": engine.tp,
         "torch_threads": torch.get_num_threads(),
-        "ckpt_dir": str(engine.info.ckpt_dir),
         "tree_choices": engine.tree_choices(),
         "rank_pids": engine.rank_pids(),
     }
