@@ -5,7 +5,7 @@
 The comparison (the verdict): plain decoding of the same prompts, the same tokens, at the same torch thread
 count, once in process (``engine.generate`` in a child interpreter) and once through the server (`medusa-trt
 run ENGINE` on loopback, streamed ``/v1/completions`` read by a raw HTTP/1.1 client that costs a few
-microseconds per chunk), interleaved request by request in each round. The thread count is the server engine thread's
+microseconds per chunk), interleaved request by request in each round. The thread count is the server's engine's
 (``serve.worker.engine_threads``: one core fewer than the machine has, so 1 on 2 cores); `run --prompt` keeps
 torch's default, which ``--default-threads`` adds as a row of its own. Each round gives one ratio, server /
 in process; the verdict is their median against the target (>= 0.85: within 15%), with the spread beside it.
@@ -491,7 +491,7 @@ def report(doc: dict[str, Any]) -> None:
     )
     for name, s in doc["trees"].items():
         th = s["threads"]
-        print(f"{name} (in process and the server's engine thread at {th['in_process_and_server_engine']} thread(s)):")
+        print(f"{name} (in process and the server's engine at {th['in_process_and_server_engine']} thread(s)):")
         for key, v in s["tokens_per_s_per_user"].items():
             print(f"  {key:<36}{v['median']:>8.1f}  [{v['min']:.1f}-{v['max']:.1f}]")
         for key, v in s["server_vs_in_process"].items():
