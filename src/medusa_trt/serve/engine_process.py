@@ -60,7 +60,8 @@ class EngineProcess:
         from medusa_trt.runtime.config import read_checkpoint
 
         ctx = mp.get_context("spawn")
-        self._faults: Any = ctx.Array("c", FAULTS_BYTES)  # the child's rank failures, "\n"-joined
+        # the child's rank failures, "\n"-joined; its ``value`` is read and written under the array's lock
+        self._faults: Any = ctx.Array("c", FAULTS_BYTES)
         self._conn, child_conn = ctx.Pipe()
         args = (child_conn, str(path), device, tree, adapt, threads, self._faults, os.getpid())
         # not a daemon: a daemonic process may not start the tp ranks
