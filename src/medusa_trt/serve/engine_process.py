@@ -7,10 +7,10 @@ before, on another core (vLLM's V1 engine core runs apart from its API server fo
 
 The child loads the engine (``runtime.load_engine``) and answers one request at a time:
 ``("generate", ids, params, medusa)`` is answered by ``("chunk", Chunk)`` per step, as fast as the
-engine makes them, then ``("end", stats, tree_choices)`` or ``("error", exception)``; between steps
+engine makes them, then ``("end", stats, tree_choices)`` or ``("error", exception, tree_choices)``; between steps
 it looks for ``("cancel",)``. ``("ping",)`` and ``("stop",)`` round out the protocol. Only the server's
 engine thread (``serve.worker``) talks on the pipe; the watchdog reads liveness without it: the
-child's exit code, and a shared buffer in which the child's monitor writes its tp ranks' failures.
+child's exit code, and a second pipe on which the child's monitor sends its tp ranks' failures.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from medusa_trt.runtime.types import Chunk, GenerationStats, SamplingParams
 
 STOP_WAIT_S = 5.0  # how long close() waits for the child to close its engine before killing it
 MONITOR_S = 0.1  # how often the child looks at its tp ranks (the server's watchdog polls as often)
-FAULTS_BYTES = 2048  # room for the ranks' failure lines in the shared buffer
 
 
 class EngineProcess:
@@ -60,14 +59,17 @@ class EngineProcess:
         from medusa_trt.runtime.config import read_checkpoint
 
         ctx = mp.get_context("spawn")
-        # the child's rank failures, "\n"-joined; its ``value`` is read and written under the array's lock
-        self._faults: Any = ctx.Array("c", FAULTS_BYTES)
         self._conn, child_conn = ctx.Pipe()
-        args = (child_conn, str(path), device, tree, adapt, threads, self._faults, os.getpid())
+        # the child's tp rank failures come on a pipe of their own: the watchdog reads it, not the engine thread
+        self._fault_conn, child_faults = ctx.Pipe(duplex=False)
+        self._faults: list[str] = []
+        self._faults_lock = threading.Lock()
+        args = (child_conn, str(path), device, tree, adapt, threads, child_faults, os.getpid())
         # not a daemon: a daemonic process may not start the tp ranks
         self._proc = ctx.Process(target=_child_main, args=args, name="medusa-trt-engine")
         self._proc.start()
         child_conn.close()
+        child_faults.close()
         self._closed = False
         self._rank_pids: list[int] = []
         try:
@@ -121,8 +123,12 @@ class EngineProcess:
 
     def rank_failures(self) -> list[str]:
         """One line per failed part: the tp ranks the child saw die, then the child itself if it exited."""
-        text = self._faults.value.decode("utf-8", "replace")
-        lines = [line for line in text.split("\n") if line]
+        with self._faults_lock:
+            if not self._closed:
+                with contextlib.suppress(EOFError, OSError):  # EOF: the child is gone (its exit code says how)
+                    while self._fault_conn.poll():
+                        self._faults.extend(self._fault_conn.recv())
+            lines = list(self._faults)
         code = self._proc.exitcode
         if code is not None and not self._closed:
             lines.append(f"the engine process {exit_text(code)}")
@@ -144,6 +150,8 @@ class EngineProcess:
             self._rank_pids = []
         self._kill()
         self._conn.close()
+        with self._faults_lock:
+            self._fault_conn.close()
 
     def _kill(self) -> None:
         # the ranks too, once: a stopped rank cannot see its parent go (pids are not reused within seconds)
@@ -339,7 +347,7 @@ def _generate(conn: Any, engine: Any, ids: list[int], params: SamplingParams, me
 
 
 def _monitor(engine: Any, faults: Any) -> None:
-    """Write the tp ranks' failures to the shared buffer as soon as one shows (the server's watchdog reads it)."""
+    """Send the tp ranks' failures to the server as soon as one shows (its watchdog reads them)."""
 
     def watch() -> None:
         import time
@@ -347,7 +355,7 @@ def _monitor(engine: Any, faults: Any) -> None:
         while True:
             lines = engine.rank_failures()
             if lines:
-                faults.value = "\n".join(lines).encode()[: FAULTS_BYTES - 1]
+                faults.send(lines)
                 return
             time.sleep(MONITOR_S)
 
