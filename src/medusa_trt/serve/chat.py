@@ -179,7 +179,11 @@ class ChatPrompt:
     def _spawn(self) -> subprocess.Popen[bytes]:
         # run by path, with no directory of ours (or the cwd) on sys.path: nothing here can shadow a module
         boot = f"import runpy, sys; sys.path.pop(0); runpy.run_path({str(_CHILD)!r}, run_name='__main__')"
-        child = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        # its own session: a Ctrl-C at the terminal reaches the server, which stops the renderer itself,
+        # instead of a KeyboardInterrupt traceback from the renderer (it dies with the server: PDEATHSIG)
+        child = subprocess.Popen(
+            [sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+        )
         assert child.stdin is not None
         setup = {"template": self.template, "kwargs": self._kwargs, "max_chars": self.max_chars}
         _write(child.stdin, {**setup, "max_bytes": CHILD_MAX_BYTES})

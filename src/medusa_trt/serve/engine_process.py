@@ -67,7 +67,8 @@ class EngineProcess:
         args = (child_conn, str(path), device, tree, adapt, threads, child_faults, os.getpid())
         # not a daemon: a daemonic process may not start the tp ranks
         self._proc = ctx.Process(target=_child_main, args=args, name="medusa-trt-engine")
-        self._proc.start()
+        with _sigint_ignored():  # inherited: the child starts ignoring Ctrl-C, as it goes on to (``_child_main``)
+            self._proc.start()
         child_conn.close()
         child_faults.close()
         self._closed = False
@@ -238,6 +239,20 @@ class RemoteGeneration:
     def _end(self, tree_choices: dict[str, int] | None) -> None:
         self._done = True
         self._engine._finished(tree_choices)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block (main thread only): a process started meanwhile inherits that, and
+    Python then installs no KeyboardInterrupt handler in it, so a Ctrl-C during its start prints nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- the child ---------------------------------------------------------------------------------------
