@@ -164,3 +164,19 @@ def test_big_copies_show_a_progress_bar(
     assert f"verify {len(files)} copied files" in capsys.readouterr().err
     check_unchanged(copy, files, progress_from=1)  # remembered: nothing to hash, no bar
     assert "copied files" not in capsys.readouterr().err
+
+
+def test_the_server_refuses_a_changed_copy_as_run_prompt_does(
+    engine: Path, tmp_path: Path, own_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` as a server checks the files in its engine process: the same refusal, and the server's own
+    look-up of the tokenizer (``checkpoint_dir``) hashes nothing of a copy on its own."""
+    from medusa_trt.runtime.config import checkpoint_dir
+
+    copy = _copy(engine, tmp_path / "served")
+    _flip_a_byte(copy / "checkpoint" / "rank0.safetensors")
+    assert checkpoint_dir(copy) == (copy / "checkpoint").resolve()
+    assert not list(own_cache.glob("*.json"))  # nothing hashed, nothing remembered
+    rc, err = _cli(capsys, "run", str(copy), "--port", "0")
+    assert rc == 2 and "checkpoint/rank0.safetensors: content differs" in err, err
+    assert "Traceback" not in err

@@ -78,9 +78,15 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     return info
 
 
-def _locate(root: Path) -> tuple[Path, dict[str, Any]]:
+def checkpoint_dir(path: str | Path) -> Path:
+    """The checkpoint directory of an engine dir or checkpoint dir, without the start-up check of its
+    files (``read_checkpoint`` makes it; a copy's files may take minutes to hash): where its tokenizer is."""
+    return _locate(Path(path), verify=False)[0]
+
+
+def _locate(root: Path, *, verify: bool = True) -> tuple[Path, dict[str, Any]]:
     """The checkpoint directory under ``root`` and the engine manifest ({} for a bare checkpoint), after
-    the start-up check that the recorded files are unchanged."""
+    the start-up check that the recorded files are unchanged (``verify``)."""
     if not root.is_dir():
         raise CheckpointError(
             f"{root}: not a directory",
@@ -90,9 +96,10 @@ def _locate(root: Path) -> tuple[Path, dict[str, Any]]:
     ckpt = root
     if records.ENGINE.path(root).is_file():
         manifest = records.read(records.ENGINE, root)
-        integrity.check_unchanged(root, records.file_table(manifest))
+        if verify:
+            integrity.check_unchanged(root, records.file_table(manifest))
         ckpt = (root / str(manifest["checkpoint_dir"])).resolve()
-    elif records.CONVERT.path(root).is_file():  # a converted checkpoint: sizes only (no mtimes recorded)
+    elif verify and records.CONVERT.path(root).is_file():  # a converted checkpoint: sizes only (no mtimes)
         integrity.check_unchanged(root, records.file_table(records.read(records.CONVERT, root)))
     if not (ckpt / "config.json").is_file():
         raise CheckpointError(

@@ -7,10 +7,11 @@ before, on another core (vLLM's V1 engine core runs apart from its API server fo
 
 The child loads the engine (``runtime.load_engine``) and answers one request at a time:
 ``("generate", ids, params, medusa)`` is answered by ``("chunk", Chunk)`` per step, as fast as the
-engine makes them, then ``("end", stats, tree_choices)`` or ``("error", exception, tree_choices)``; between steps
-it looks for ``("cancel",)``. ``("ping",)`` and ``("stop",)`` round out the protocol. Only the server's
-engine thread (``serve.worker``) talks on the pipe; the watchdog reads liveness without it: the
-child's exit code, and a second pipe on which the child's monitor sends its tp ranks' failures.
+engine makes them, then ``("end", stats, tree_choices)`` or ``("error", exception, tree_choices)``;
+between steps it looks for ``("cancel",)``. ``("ping",)`` and ``("stop",)`` round out the protocol.
+Only the server's engine thread (``serve.worker``) talks on the pipe; the watchdog reads liveness
+without it: the child's exit code, and a second pipe on which the child's monitor sends its tp ranks'
+failures.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class EngineProcess:
         import multiprocessing as mp
 
         from medusa_trt.runtime.api import load_tokenizer
-        from medusa_trt.runtime.config import read_checkpoint
+        from medusa_trt.runtime.config import checkpoint_dir
 
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
@@ -74,9 +75,9 @@ class EngineProcess:
         self._closed = False
         self._rank_pids: list[int] = []
         try:
-            # the tokenizer here while the child loads the weights (the server detokenizes); a checkpoint
-            # that does not read fails here as it would in the child, the same check first in both
-            self.tokenizer = load_tokenizer(read_checkpoint(path).ckpt_dir, Path(path))
+            # the tokenizer here while the child checks the files and loads the weights (the server
+            # detokenizes); a directory that is no checkpoint fails here as it would in the child
+            self.tokenizer = load_tokenizer(checkpoint_dir(path), Path(path))
             facts = self._ready()
             self.model_name, self.max_seq_len, self.tp = facts["model_name"], facts["max_seq_len"], facts["tp"]
             self.has_medusa, self.num_medusa_heads = facts["has_medusa"], facts["num_medusa_heads"]
