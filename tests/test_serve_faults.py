@@ -36,7 +36,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_heads: Path) -> Path:
     return make_checkpoint(model, base / "ck2", heads=tiny_heads, tp=2)
 
 
-def spawned(pid: int, timeout: float = HANG_S, *, ranks: bool = True) -> list[psutil.Process]:
+def spawned(pid: int, timeout: float = HANG_S, *, ranks: bool = True, tp1: bool = False) -> list[psutil.Process]:
     """The spawned processes below ``pid`` (once they exist): the tp ranks, or (``ranks=False``) the
     server's engine process, which is rank 0 and the ranks' parent (`run --prompt` drives rank 0 itself)."""
     deadline = time.monotonic() + timeout
@@ -44,8 +44,8 @@ def spawned(pid: int, timeout: float = HANG_S, *, ranks: bool = True) -> list[ps
         found = [c for c in psutil.Process(pid).children(recursive=True) if any("spawn_main" in a for a in c.cmdline())]
         if ranks and any(c.ppid() != pid for c in found):  # below an engine process
             found = [c for c in found if c.ppid() != pid]
-        elif not ranks:
-            found = [c for c in found if c.ppid() == pid and c.children()]
+        elif not ranks:  # the one with ranks below it (tp1: the only one)
+            found = [c for c in found if c.ppid() == pid and (tp1 or c.children())]
         if found:
             return found
         time.sleep(0.1)
@@ -177,6 +177,29 @@ def test_rank_stopped_while_idle_is_found_by_the_ping(server: Server) -> None:
         time.sleep(0.1)
     assert server.proc.wait(timeout=HANG_S) == 1
     assert gone(server.ranks)
+
+
+def test_engine_process_stopped_while_idle_is_found_by_the_ping(
+    tmp_path: Path, tiny_llama: Path, tiny_heads: Path
+) -> None:
+    """tp 1: no ranks, but the engine process can stop on its own; the idle ping finds it too."""
+    from tests.helpers.checkpoints import make_checkpoint
+
+    srv = Server(
+        make_checkpoint(tiny_llama, tmp_path / "ck1", heads=tiny_heads), tmp_path / "s.log", "--step-timeout", "1"
+    )
+    try:
+        (engine,) = spawned(srv.proc.pid, ranks=False, tp1=True)
+        os.kill(engine.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + HANG_S
+        while (health := httpx.get(f"{srv.url}/health", timeout=HANG_S)).status_code == 200:
+            assert time.monotonic() < deadline, "a stopped engine process went unnoticed"
+            time.sleep(0.1)
+        assert health.status_code == 503 and "longer than 1 s" in health.json()["reason"]
+        assert srv.proc.wait(timeout=HANG_S) == 1
+        assert gone([engine])  # killed, not left stopped
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize("server", [("--step-timeout", "0")], indirect=True)

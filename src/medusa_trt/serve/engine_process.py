@@ -89,6 +89,11 @@ class EngineProcess:
         self._tree_choices: dict[str, int] = facts["tree_choices"]
         self._busy = False
 
+    @property
+    def pid(self) -> int | None:
+        """The engine process's id."""
+        return self._proc.pid
+
     def _ready(self) -> dict[str, Any]:
         try:
             kind, payload = self._conn.recv()

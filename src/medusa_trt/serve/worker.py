@@ -8,8 +8,9 @@ wait, not per chunk; a chunk that arrives while the loop is still sending the la
 without a wake-up). Cancelling a job (client gone, stop string seen, server
 shutting down) makes the thread close the Generation after the step in flight, freeing the slot.
 
-Each engine step runs under a StepClock that the server's watchdog reads; while idle, a tp > 1
-engine is pinged every PING_S so that a stopped rank is found before the next request hangs on it.
+Each engine step runs under a StepClock that the server's watchdog reads; while idle, an engine with
+processes of its own (tp ranks, an engine process) is pinged every PING_S, so that a stopped one is
+found before the next request hangs on it.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class EngineWorker:
         self.started = threading.Event()  # set once the thread runs with its settings
         self.torch_threads = 0
         self.clock = clock or StepClock()
-        self.ping_s = ping_s if engine.tp > 1 else None
+        self.ping_s = ping_s if _has_processes(engine) else None
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._current: Job | None = None
         self._lock = threading.Lock()
@@ -288,6 +289,12 @@ class EngineWorker:
     def _outcome(self, kind: str) -> None:
         if self.metrics:
             self.metrics.outcome(kind)
+
+
+def _has_processes(engine: ServedEngine) -> bool:
+    """Whether part of the engine runs in processes of its own (tp ranks, an engine process: ``pid``): each
+    can stop or hang apart from the server, so an idle engine is pinged through them."""
+    return engine.tp > 1 or getattr(engine, "pid", None) is not None
 
 
 def _torch_threads() -> int:
