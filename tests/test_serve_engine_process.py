@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +60,25 @@ def test_same_chunks_and_stats_as_the_engine_in_process(ckpt: Path, remote: Engi
             )
         if medusa:
             assert remote.tree_choices() == local.tree_choices() != {}
+
+
+def test_the_tokenizer_comes_from_the_engine_process_and_the_server_never_imports_torch(ckpt: Path) -> None:
+    """The child pickles the tokenizer it loaded; the server's side unpickles it instead of running
+    AutoTokenizer, which imports torch and the model classes (seconds of start-up it does not need)."""
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom medusa_trt.serve.engine_process import EngineProcess\n"
+        "from medusa_trt.runtime.api import load_tokenizer\n"
+        "with EngineProcess(Path(sys.argv[1]), threads=1) as e:\n"
+        "    torch_before = 'torch' in sys.modules\n"
+        "    text = 'def f(x):\\n    return x'\n"
+        "    got = (e.tokenizer.encode(text), e.tokenizer.eos_token_id, e.tokenizer.chat_template)\n"
+        "want_tok = load_tokenizer(Path(sys.argv[1]))\n"
+        "want = (want_tok.encode(text), want_tok.eos_token_id, want_tok.chat_template)\n"
+        "print(torch_before, got == want, type(e.tokenizer) is type(want_tok))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"], out.stdout
 
 
 def test_cancel_mid_generation_frees_the_engine(remote: EngineProcess) -> None:

@@ -75,10 +75,14 @@ class EngineProcess:
         self._closed = False
         self._rank_pids: list[int] = []
         try:
-            # the tokenizer here while the child checks the files and loads the weights (the server
-            # detokenizes); a directory that is no checkpoint fails here as it would in the child
-            self.tokenizer = load_tokenizer(checkpoint_dir(path), Path(path))
+            _preload_tokenizer_classes()  # while the child loads: what unpickling its tokenizer imports
             facts = self._ready()
+            # the child's tokenizer, as it loaded it (the server detokenizes); loaded here only if it did
+            # not pickle: AutoTokenizer imports torch and the model classes, seconds the server never needs
+            blob = facts["tokenizer"]
+            self.tokenizer = (
+                pickle.loads(blob) if blob is not None else load_tokenizer(checkpoint_dir(path), Path(path))
+            )
             self.model_name, self.max_seq_len, self.tp = facts["model_name"], facts["max_seq_len"], facts["tp"]
             self.has_medusa, self.num_medusa_heads = facts["has_medusa"], facts["num_medusa_heads"]
             self.tree, self.torch_threads = facts["tree"], facts["torch_threads"]
@@ -320,6 +324,7 @@ def _load(
         "torch_threads": torch.get_num_threads(),
         "tree_choices": engine.tree_choices(),
         "rank_pids": engine.rank_pids(),
+        "tokenizer": _pickled(engine.tokenizer),
     }
     conn.send(("ready", facts))
     return engine
@@ -381,6 +386,21 @@ def _monitor(engine: Any, faults: Any) -> None:
             time.sleep(MONITOR_S)
 
     threading.Thread(target=watch, daemon=True, name="medusa-trt-rank-monitor").start()
+
+
+def _pickled(tokenizer: Any) -> bytes | None:
+    """The tokenizer as bytes for the server; None when there is none or it does not pickle."""
+    if tokenizer is None:
+        return None
+    try:
+        return pickle.dumps(tokenizer)
+    except Exception:  # a tokenizer class holding something unpicklable: the server loads its own
+        return None
+
+
+def _preload_tokenizer_classes() -> None:
+    with contextlib.suppress(ImportError):
+        from transformers import PreTrainedTokenizerFast  # noqa: F401
 
 
 def _portable(e: BaseException) -> BaseException:
