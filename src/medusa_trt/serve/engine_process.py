@@ -43,7 +43,7 @@ class EngineProcess:
     """A ``ReferenceEngine`` loaded in a spawned process; what the server uses of one, over a pipe.
 
     One caller thread drives it (``generate``, ``ping``, ``close``); ``rank_failures`` and ``abort`` may
-    be called from any thread. The tokenizer is loaded here too: the server detokenizes."""
+    be called from any thread. ``tokenizer`` is the child's, sent over once loaded: the server detokenizes."""
 
     def __init__(
         self,
