@@ -81,6 +81,14 @@ def test_the_tokenizer_comes_from_the_engine_process_and_the_server_never_import
     assert out.stdout.split() == ["False", "True", "True"], out.stdout
 
 
+def test_a_tokenizer_that_does_not_travel_is_loaded_by_the_server() -> None:
+    from medusa_trt.serve.engine_process import _pickled, _unpickled
+
+    assert _pickled(None) is None and _pickled(lambda: 0) is None  # a lambda does not pickle
+    assert _unpickled(None) is None and _unpickled(b"not a pickle") is None
+    assert _unpickled(_pickled({"vocab": 3})) == {"vocab": 3}
+
+
 def test_cancel_mid_generation_frees_the_engine(remote: EngineProcess) -> None:
     params = SamplingParams(max_tokens=40, ignore_eos=True)
     whole = _tokens(remote.generate(PROMPTS[0], params))

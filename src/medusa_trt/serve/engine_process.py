@@ -79,10 +79,8 @@ class EngineProcess:
             facts = self._ready()
             # the child's tokenizer, as it loaded it (the server detokenizes); loaded here only if it did
             # not pickle: AutoTokenizer imports torch and the model classes, seconds the server never needs
-            blob = facts["tokenizer"]
-            self.tokenizer = (
-                pickle.loads(blob) if blob is not None else load_tokenizer(checkpoint_dir(path), Path(path))
-            )
+            tokenizer = _unpickled(facts["tokenizer"])
+            self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(checkpoint_dir(path), Path(path))
             self.model_name, self.max_seq_len, self.tp = facts["model_name"], facts["max_seq_len"], facts["tp"]
             self.has_medusa, self.num_medusa_heads = facts["has_medusa"], facts["num_medusa_heads"]
             self.tree, self.torch_threads = facts["tree"], facts["torch_threads"]
@@ -395,6 +393,16 @@ def _pickled(tokenizer: Any) -> bytes | None:
     try:
         return pickle.dumps(tokenizer)
     except Exception:  # a tokenizer class holding something unpicklable: the server loads its own
+        return None
+
+
+def _unpickled(blob: bytes | None) -> Any:
+    """The child's tokenizer, or None (none sent, or it does not unpickle here: the server loads its own)."""
+    if blob is None:
+        return None
+    try:
+        return pickle.loads(blob)
+    except Exception:
         return None
 
 
