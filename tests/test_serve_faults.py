@@ -1,7 +1,7 @@
 """Faults with real processes and signals: a tp 2 server (and `run --prompt`) whose rank 1 is killed
-(SIGKILL) or stopped (SIGSTOP). The server must stop claiming health, fail the requests in flight with
-an OpenAI-shaped 503 that names no internal file, kill what is left of its ranks and exit; SIGTERM
-must end it even while a rank hangs. The tests assert what happens and in which order; how fast it
+(SIGKILL) or stopped (SIGSTOP), and a server whose engine process is. The server must stop claiming
+health, fail the requests in flight with an OpenAI-shaped 503 that names no internal file, kill what
+is left of its ranks and exit; SIGTERM must end it even while a rank hangs. The tests assert what happens and in which order; how fast it
 happens is measured by benchmarks/faults.py. Their time limits only keep a broken build from hanging."""
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def spawned(pid: int, timeout: float = HANG_S, *, ranks: bool = True, tp1: bool 
 
 
 def ranks_of(pid: int, timeout: float = HANG_S) -> list[psutil.Process]:
+    """The tp ranks below ``pid`` (a tp 1 server: its engine process)."""
     return spawned(pid, timeout)
 
 
