@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,14 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medusa_trt.supervise import free_port
+
 HERE = Path(__file__).resolve().parents[1]
 LIMIT_S = 120.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _healthy(port: int) -> bool:
@@ -48,7 +43,7 @@ def one(engine: Path, src: str | None) -> dict[str, Any]:
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("MEDUSA_TRT_PROFILES_DIR", str(HERE / "profiles"))  # an archived src has no profiles/
-    port = _port()
+    port = free_port()
     argv = [sys.executable, "-m", "medusa_trt", "run", str(engine), "--port", str(port)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
