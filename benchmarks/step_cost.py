@@ -19,8 +19,11 @@ checkpoint never pads, so both read alike there).
 and the demo write them) then compares, in one process and generations alternating, the runtime's way
 (the heads' rows through the base lm_head at once) with the heads' own lm_head copies loaded as separate
 heads' are: wall ms per step, best of rounds, and whether the outputs agree.
-``--split`` then splits each mode's CPU time per step, inside real generations: the runner's forward,
-the Medusa heads, the KV-cache commit, and the rest (drafting, acceptance, the decoding loop).
+``--split`` then splits each mode's CPU time per decoding step (the prefill left out), inside real
+generations: the runner's forward, the Medusa heads, the KV-cache commit, and the rest (drafting,
+acceptance, the decoding loop); and the forward again by kind of work: matrix products, attention,
+RMSNorms, RoPE, and the rest of it (each part's timer costs about a microsecond a call, alike in both
+modes).
 ``--profile`` then prints where a step's time goes, for each mode: torch's profiler per op (self CPU
 time, calls per step) and cProfile per Python function (own time per step).
 """
@@ -155,42 +158,66 @@ def share_ab(engine: Any, other: Any, tokens: int, rounds: int) -> None:
     print(f"  same Medusa output: {outs['shared'] == outs['copies']}")
 
 
+FORWARD_PARTS = ("matmul", "attention", "norms", "rope")  # the forward's kinds of work; "other" is the rest
+
+
 def split(engine: Any, tokens: int, rounds: int) -> None:
-    """This thread's CPU microseconds per step in the runner's forward, the heads, the KV-cache commit
-    and the rest of the step, inside real generations; best of ``rounds`` per part, modes alternating."""
-    runner, spent = engine._runner, {"forward": 0.0, "heads": 0.0, "commit": 0.0}
+    """This thread's CPU microseconds per decoding step in the runner's forward, the heads, the KV-cache
+    commit and the rest of the step, inside real generations, the prefill left out; best of ``rounds``
+    per part, modes alternating. The forward is split again by kind of work: its matrix products
+    (``kernels.linear``), attention (SDPA), RMSNorms, RoPE, and the rest of it (embedding, cache writes,
+    residual adds, SiLU, views)."""
+    import medusa_trt.runtime.model as model
 
-    def timed(name: str) -> Any:
-        inner = getattr(runner, name)
+    runner = engine._runner
+    spent = dict.fromkeys(("prefill", "forward", "heads", "commit", *FORWARD_PARTS), 0.0)
+    inside: list[str] = []  # what is being timed: a forward's parts count only inside a decoding step's
 
+    def timed(inner: Any, name: str, part: bool = False) -> Any:
         def call(*args: Any, **kw: Any) -> Any:
+            if part and inside != ["forward"]:
+                return inner(*args, **kw)
+            key = "prefill" if name == "forward" and spent["prefill"] == 0 else name  # a generation's first
+            inside.append(key)
             t0 = time.thread_time()
             try:
                 return inner(*args, **kw)
             finally:
-                spent[name] += time.thread_time() - t0
+                spent[key] += time.thread_time() - t0
+                inside.pop()
 
         return call
 
-    for name in spent:
-        setattr(runner, name, timed(name))  # an instance attribute: the class is untouched
+    saved = {n: getattr(model, n) for n in ("linear", "rms_norm", "rotate")}
+    sdpa = model.F.scaled_dot_product_attention
+    for name in ("forward", "heads", "commit"):
+        setattr(runner, name, timed(getattr(runner, name), name))  # an instance attribute: the class is untouched
+    for name, part in (("linear", "matmul"), ("rms_norm", "norms"), ("rotate", "rope")):
+        setattr(model, name, timed(saved[name], part, part=True))
+    model.F.scaled_dot_product_attention = timed(sdpa, "attention", part=True)
     best: dict[str, dict[str, float]] = {"plain": {}, "tree5": {}}
     try:
         for _ in range(rounds):
             for mode, medusa in (("plain", False), ("tree5", True)):
                 spent.update(dict.fromkeys(spent, 0.0))
                 _, _, cpu_ms, _, steps = run(engine, medusa, tokens)
-                row = {k: 1e6 * v / steps for k, v in spent.items()}
-                row["rest"] = 1e3 * cpu_ms - sum(row.values())  # the prefill is in ``forward``, amortised
-                row["step"] = 1e3 * cpu_ms
+                row = {k: 1e6 * v / steps for k, v in spent.items() if k != "prefill"}
+                row["other"] = row["forward"] - sum(row[k] for k in FORWARD_PARTS)
+                row["step"] = 1e3 * cpu_ms - 1e6 * spent["prefill"] / steps
+                row["rest"] = row["step"] - row["forward"] - row["heads"] - row["commit"]
                 best[mode] = {k: min(v, best[mode].get(k, v)) for k, v in row.items()}
     finally:
-        for name in spent:
+        for name in ("forward", "heads", "commit"):
             delattr(runner, name)
-    print(f"CPU us per step, best of {rounds} (load {os.getloadavg()[0]:.1f}):")
+        for name, fn in saved.items():
+            setattr(model, name, fn)
+        model.F.scaled_dot_product_attention = sdpa
+    print(f"CPU us per decoding step, best of {rounds} (load {os.getloadavg()[0]:.1f}); forward = its parts + other:")
+    order = ("forward", *FORWARD_PARTS, "other", "heads", "commit", "rest", "step")
     for mode, row in best.items():
-        print(f"  {mode:<6}" + "  ".join(f"{k} {v:7.0f}" for k, v in row.items()))
-    print(f"  tree5 / plain: {best['tree5']['step'] / best['plain']['step']:.2f}")
+        print(f"  {mode:<6}" + "  ".join(f"{k} {row[k]:5.0f}" for k in order))
+    ratios = (f"{k} {best['tree5'][k] / best['plain'][k]:.2f}" for k in order if best["plain"][k] > 0)
+    print("  tree5 / plain: " + "  ".join(ratios))
 
 
 def profile(engine: Any, tokens: int, rows: int) -> None:
